@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The project's test command: install, then run the default (fast, tiny-model) test suite.
+# Slow tests on the real SmolLM2-135M weights: python3 -m pytest -m slow
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+${PYTHON:-python3} -m pytest -q "$@"

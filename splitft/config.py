@@ -1,0 +1,272 @@
+"""One typed config tree: YAML file + dotted overrides (`split.cut=3`), all errors reported at once, saved per run.
+
+    cfg = load_config("configs/default.yaml", ["federation.rounds=2", "--split.cut=4"])
+    save_config(cfg, run_dir / "config.yaml")
+
+Checks that need the model (cut < number of blocks, max_length <= context) live in `validate_against_model`,
+which reads only the model's metadata, so a bad config fails before any weights load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    source: str = "builtin:smollm2-135m-instruct"
+    """builtin:<name>, tiny:<family>, a Hugging Face folder, or a .gguf file (see splitft/model/loader.py)."""
+    dtype: str = "float32"
+    """float32 | bfloat16 | float16: dtype of weights and of the activations crossing the cut."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    """LoRA rank of every block except the cut layer."""
+    r_cut: int = 16
+    """LoRA rank of the last client block and the first server block (SplitFT uses 8 with r=16)."""
+    alpha: float = 32.0
+    """Absolute LoRA alpha; a module of rank r_i is scaled by alpha / r_i (PEFT convention)."""
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=list)
+    """Module-name suffixes to wrap; empty = the family's attention projections."""
+
+
+@dataclass
+class SplitConfig:
+    cut: int = 2
+    """Number of blocks each client holds (client: blocks [0, cut); server: [cut, n_layer))."""
+
+
+@dataclass
+class FederationConfig:
+    n_clients: int = 3
+    rounds: int = 3
+    local_steps: int = 4
+    """Split steps each selected client runs per round (interleaved across clients)."""
+    clients_per_round: int = 0
+    """How many clients a round selects (seeded); 0 = all."""
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-4
+    batch_size: int = 4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.0
+    """Clip each side's LoRA gradient norm separately (0 = no clipping)."""
+
+
+@dataclass
+class DataConfig:
+    path: str = "builtin:shakespeare_dialogue"
+    """builtin:<name> or a local .jsonl/.json/.csv/.parquet/.txt file."""
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    text_column: str = "text"
+    """Used when the data has no prompt/response columns: plain text, loss on every token."""
+    max_length: int = 256
+    """Tokens per sample; longer samples are truncated (and counted in the log)."""
+    max_samples: int = 0
+    """Use only the first N samples after shuffling (0 = all)."""
+    eval_fraction: float = 0.1
+    max_eval_samples: int = 64
+    partitioner: str = "iid"
+
+
+@dataclass
+class TransportConfig:
+    kind: str = "inproc"
+
+
+@dataclass
+class MetricsConfig:
+    out_dir: str = "out/default"
+    eval_every: int = 1
+    """Evaluate held-out perplexity every N rounds (and always after the last round)."""
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+
+class ConfigError(UserError):
+    """All problems found in a config, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid config:\n  " + "\n  ".join(problems))
+
+
+# --- building from dicts ---------------------------------------------------------------------------------
+
+
+def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (list, typing.List):
+        if not isinstance(value, list):
+            value = [value] if isinstance(value, str) and value else [] if value in ("", None) else value
+        if not isinstance(value, list):
+            problems.append(f"{key}: expected a list, got {value!r}")
+            return None
+        return [_coerce(v, typing.get_args(tp)[0], key, problems) for v in value]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        problems.append(f"{key}: expected {tp.__name__}, got {value!r}")
+        return None
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            problems.append(f"{prefix}{k}: unknown key; valid keys here: {', '.join(sorted(names))}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        tp, key = hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(data[f.name], dict):
+                problems.append(f"{key}: expected a section (mapping), got {data[f.name]!r}")
+                continue
+            kwargs[f.name] = _build(tp, data[f.name], key + ".", problems)
+        else:
+            kwargs[f.name] = _coerce(data[f.name], tp, key, problems)
+    return cls(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _apply_override(tree: dict[str, Any], item: str, problems: list[str]) -> None:
+    text = item[2:] if item.startswith("--") else item
+    if "=" not in text:
+        problems.append(f"override '{item}': expected key=value, e.g. split.cut=4")
+        return
+    key, raw = text.split("=", 1)
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            problems.append(f"override '{item}': '{p}' is not a section")
+            return
+    node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or defaults when `path` is None), apply dotted overrides, validate.
+
+    Raises:
+        ConfigError: listing every problem found (unknown keys, wrong types, out-of-range values).
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError([f"config file '{path}' not found"])
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError([f"config file '{path}' is not valid YAML: {e}".splitlines()[0]]) from None
+        if not isinstance(tree, dict):
+            raise ConfigError([f"config file '{path}' must hold a mapping of sections"])
+    problems: list[str] = []
+    for item in overrides or []:
+        _apply_override(tree, item, problems)
+    cfg = _build(Config, tree, "", problems)
+    problems += validate(cfg) if not problems else []
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+# --- validation --------------------------------------------------------------------------------------------
+
+
+def _positive(problems: list[str], **values: float) -> None:
+    for key, v in values.items():
+        if v <= 0:
+            problems.append(f"{key.replace('__', '.')}: must be > 0, got {v}")
+
+
+def validate(cfg: Config) -> list[str]:
+    """Model-independent checks; returns problems (empty when the config is valid)."""
+    p: list[str] = []
+    _positive(p, lora__r=cfg.lora.r, lora__r_cut=cfg.lora.r_cut, lora__alpha=cfg.lora.alpha,
+              federation__n_clients=cfg.federation.n_clients, federation__rounds=cfg.federation.rounds,
+              federation__local_steps=cfg.federation.local_steps, train__lr=cfg.train.lr,
+              train__batch_size=cfg.train.batch_size, data__max_length=cfg.data.max_length,
+              metrics__eval_every=cfg.metrics.eval_every)
+    if cfg.split.cut < 1:
+        p.append(f"split.cut: must be >= 1 (the client holds at least one block), got {cfg.split.cut}")
+    if not 0.0 <= cfg.lora.dropout < 1.0:
+        p.append(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
+    if not 0.0 < cfg.data.eval_fraction < 1.0:
+        p.append(f"data.eval_fraction: must be in (0, 1), got {cfg.data.eval_fraction}")
+    if not 0 <= cfg.federation.clients_per_round <= cfg.federation.n_clients:
+        p.append(f"federation.clients_per_round: must be in [0, n_clients={cfg.federation.n_clients}], "
+                 f"got {cfg.federation.clients_per_round}")
+    if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
+        p.append(f"model.dtype: must be float32, bfloat16 or float16, got '{cfg.model.dtype}'")
+    if not (cfg.model.device in ("auto", "cpu", "cuda") or cfg.model.device.startswith("cuda:")):
+        p.append(f"model.device: must be auto, cpu, cuda or cuda:N, got '{cfg.model.device}'")
+    if cfg.transport.kind != "inproc":
+        p.append(f"transport.kind: only 'inproc' is available in simulation, got '{cfg.transport.kind}'")
+    from .data.partitioners import PARTITIONERS
+
+    if cfg.data.partitioner not in PARTITIONERS:
+        p.append(f"data.partitioner: must be one of {', '.join(PARTITIONERS)}, got '{cfg.data.partitioner}'")
+    return p
+
+
+def validate_against_model(cfg: Config, n_layer: int, max_positions: int | None) -> None:
+    """Checks that need the model's shape (read from metadata, before weights load).
+
+    Raises:
+        ConfigError: cut outside [1, n_layer - 1] or max_length beyond the model's context.
+    """
+    p = []
+    if not 1 <= cfg.split.cut <= n_layer - 1:
+        p.append(f"split.cut: must be in [1, {n_layer - 1}] for this {n_layer}-block model, got {cfg.split.cut}")
+    if max_positions is not None and cfg.data.max_length > max_positions:
+        p.append(f"data.max_length: {cfg.data.max_length} exceeds the model's context of {max_positions} tokens")
+    if p:
+        raise ConfigError(p)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (every key, defaults included) so a run can be repeated exactly."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+

@@ -1,0 +1,169 @@
+"""Load local text or instruction data with `datasets`, tokenize it, and batch it (right padding).
+
+Instruction rows (prompt + response columns) are rendered with the tokenizer's chat template and trained with
+loss on response tokens only (prompt labels = -100). Plain-text rows (text column) train on every token.
+
+    examples, info = load_examples(cfg.data, tokenizer)   # list[Example], tokenization stats
+    batch = collate(examples[:4], pad_id)                 # input_ids/attention_mask/labels, each (B, T)
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import DataConfig
+from ..errors import UserError
+
+IGNORE = -100
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+BUILTIN_DATA = {"shakespeare_dialogue": "shakespeare_dialogue.jsonl"}
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    """Same length as input_ids; IGNORE where no loss is taken (prompt tokens)."""
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def resolve_path(path: str) -> Path:
+    """Local file for `data.path` (builtin:<name> lives inside the installed package)."""
+    if path.startswith("builtin:"):
+        name = path.split(":", 1)[1]
+        if name not in BUILTIN_DATA:
+            raise UserError(f"data.path: unknown builtin dataset '{name}'; known: {', '.join(BUILTIN_DATA)}")
+        return Path(str(resources.files("splitft.data") / "assets" / BUILTIN_DATA[name]))
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"data.path: file '{path}' not found")
+    if p.suffix not in FORMATS:
+        raise UserError(f"data.path: unsupported file type '{p.suffix}'; use one of {', '.join(FORMATS)}")
+    return p
+
+
+def read_rows(cfg: DataConfig) -> list[dict[str, Any]]:
+    """Rows of the data file as dicts (through `datasets`, no cache written next to the data)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = resolve_path(cfg.path)
+    if path.stat().st_size == 0:
+        raise UserError(f"data.path: '{cfg.path}' holds no samples")
+    try:
+        ds = datasets.load_dataset(FORMATS[path.suffix], data_files=str(path), split="train")
+    except Exception as e:  # datasets raises many types for unreadable files
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"data.path: cannot read '{cfg.path}': {reason}") from None
+    if len(ds) == 0:
+        raise UserError(f"data.path: '{cfg.path}' holds no samples")
+    return ds.to_list()
+
+
+def _columns(rows: list[dict[str, Any]], cfg: DataConfig) -> tuple[str, ...]:
+    cols = set(rows[0])
+    if {cfg.prompt_column, cfg.response_column} <= cols:
+        return (cfg.prompt_column, cfg.response_column)
+    if cfg.text_column in cols:
+        return (cfg.text_column,)
+    raise UserError(
+        f"data: columns {sorted(cols)} have neither data.prompt_column='{cfg.prompt_column}' + "
+        f"data.response_column='{cfg.response_column}' nor data.text_column='{cfg.text_column}'; set them to "
+        f"the names in your file"
+    )
+
+
+def _ids(out: Any) -> list[int]:
+    """apply_chat_template returns a list in some transformers versions and a BatchEncoding in others."""
+    return list(out["input_ids"] if not isinstance(out, list) else out)
+
+
+def tokenize_row(row: dict[str, Any], columns: tuple[str, ...], tokenizer: Any) -> Example:
+    """One row -> Example (untruncated). Instruction rows use the chat template when the tokenizer has one."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if len(columns) == 1:
+        ids = tokenizer(str(row[columns[0]]), add_special_tokens=True)["input_ids"] + eos
+        return Example(ids, list(ids))
+    prompt, response = str(row[columns[0]]), str(row[columns[1]])
+    if getattr(tokenizer, "chat_template", None):
+        p_ids = _ids(tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                   add_generation_prompt=True, tokenize=True))
+    else:
+        p_ids = tokenizer(prompt + "\n", add_special_tokens=True)["input_ids"]
+    r_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + eos
+    return Example(p_ids + r_ids, [IGNORE] * len(p_ids) + r_ids)
+
+
+def load_examples(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[list[Example], dict[str, int]]:
+    """Read, shuffle (seeded), cap at `max_samples`, tokenize and truncate to `max_length`.
+
+    Returns:
+        examples, and stats {"samples", "truncated", "dropped_no_target"}.
+
+    Raises:
+        UserError: missing file, empty data, unknown columns, or no sample left with a training target.
+    """
+    rows = read_rows(cfg)
+    columns = _columns(rows, cfg)
+    random.Random(seed).shuffle(rows)
+    if cfg.max_samples:
+        rows = rows[: cfg.max_samples]
+    examples, truncated, dropped = [], 0, 0
+    for row in rows:
+        ex = tokenize_row(row, columns, tokenizer)
+        if len(ex) > cfg.max_length:
+            truncated += 1
+            ex = Example(ex.input_ids[: cfg.max_length], ex.labels[: cfg.max_length])
+        if sum(lab != IGNORE for lab in ex.labels[1:]) == 0:
+            dropped += 1  # prompt filled max_length: nothing left to learn from
+            continue
+        examples.append(ex)
+    if len(examples) < 2:
+        raise UserError(f"data: only {len(examples)} usable samples in '{cfg.path}' (need at least 2); "
+                        f"raise data.max_length or add data")
+    return examples, {"samples": len(examples), "truncated": truncated, "dropped_no_target": dropped}
+
+
+def split_eval(examples: list[Example], fraction: float, max_eval: int) -> tuple[list[Example], list[Example]]:
+    """Hold out the last `fraction` (at most `max_eval`, at least 1) of already-shuffled examples."""
+    n_eval = max(1, min(max_eval, int(len(examples) * fraction)))
+    return examples[:-n_eval], examples[-n_eval:]
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: input_ids, attention_mask (1 = token), labels (IGNORE on padding)."""
+    width = max(len(e) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e)
+        ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e.input_ids), torch.tensor(e.labels), 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class BatchStream:
+    """Endless seeded stream of batches over one client's examples (reshuffled every epoch)."""
+
+    def __init__(self, examples: list[Example], batch_size: int, pad_id: int, seed: int):
+        assert examples, "a client needs at least one example"
+        self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+
+    def next(self) -> dict[str, torch.Tensor]:
+        picked = []
+        while len(picked) < self.batch_size:
+            if not self.order:
+                self.order = list(range(len(self.examples)))
+                self.rng.shuffle(self.order)
+            picked.append(self.examples[self.order.pop()])
+        return collate(picked, self.pad_id)

@@ -1,0 +1,196 @@
+"""Per-family knowledge of causal-LM layouts: where the embeddings, blocks and head live, and how to run them.
+
+A split model needs the forward pass in three pieces (embed -> blocks -> head) that can run in different
+processes. Each family reproduces its Hugging Face `forward` exactly (same position ids, same causal mask,
+same dropout placement), so split training equals unsplit training; `tests/unit/test_split.py` pins it.
+Only right padding is supported (our collator pads right), so position ids are `arange(T)` on real tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where a family keeps its modules, as dotted paths inside the `*ForCausalLM` model.
+
+    Attributes:
+        name: family key used in config and logs (`llama`, `qwen2`, `gpt2`, `opt`, `gpt_neo`).
+        embed_paths: modules that only the client holds (token + position embeddings).
+        layers_path: the `ModuleList` of transformer blocks.
+        head_paths: modules after the last block that only the server holds (final norm, LM head).
+        lora_targets: default LoRA target module suffixes (attention projections, as in the paper).
+        fan_in_fan_out: True when the targets are GPT-2 `Conv1D` layers (weight stored transposed).
+    """
+
+    name: str
+    embed_paths: tuple[str, ...]
+    layers_path: str
+    head_paths: tuple[str, ...]
+    lora_targets: tuple[str, ...]
+    embed: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    context: Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, Any]]
+    run_block: Callable[[nn.Module, int, torch.Tensor, dict[str, Any]], torch.Tensor]
+    head: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    fan_in_fan_out: bool = False
+
+
+def _positions(hidden: torch.Tensor) -> torch.Tensor:
+    """(1, T) position ids for right-padded input, as HF builds them without a cache."""
+    return torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+
+
+def _causal_mask(config: Any, hidden: torch.Tensor, attention_mask: torch.Tensor, **kw: Any) -> Any:
+    from transformers.masking_utils import create_causal_mask
+
+    return create_causal_mask(
+        config=config, inputs_embeds=hidden, attention_mask=attention_mask, past_key_values=None, **kw
+    )
+
+
+def _get(model: nn.Module, path: str) -> nn.Module:
+    return model.get_submodule(path)
+
+
+# --- Llama / Qwen2 / Mistral: rotary positions, RMSNorm, per-layer mask kinds --------------------------
+
+
+def _llama_embed(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return _get(model, "model.embed_tokens")(input_ids)
+
+
+def _llama_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
+    config = model.config
+    pos = _positions(hidden)
+    masks = {"full_attention": _causal_mask(config, hidden, attention_mask, position_ids=pos)}
+    layer_types = getattr(config, "layer_types", None) or []
+    if "sliding_attention" in layer_types:
+        from transformers.masking_utils import create_sliding_window_causal_mask
+
+        masks["sliding_attention"] = create_sliding_window_causal_mask(
+            config=config, inputs_embeds=hidden, attention_mask=attention_mask,
+            past_key_values=None, position_ids=pos,
+        )
+    rotary = _get(model, "model.rotary_emb")(hidden, position_ids=pos)
+    return {"masks": masks, "position_ids": pos, "rotary": rotary, "layer_types": layer_types}
+
+
+def _llama_block(model: nn.Module, i: int, hidden: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
+    kind = ctx["layer_types"][i] if ctx["layer_types"] else "full_attention"
+    layer = _get(model, "model.layers")[i]
+    return layer(
+        hidden, attention_mask=ctx["masks"][kind], position_embeddings=ctx["rotary"],
+        position_ids=ctx["position_ids"], past_key_values=None, use_cache=False,
+    )
+
+
+def _llama_head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return _get(model, "lm_head")(_get(model, "model.norm")(hidden))
+
+
+# --- GPT-2 / GPT-Neo: learned absolute positions, LayerNorm, embedding dropout -------------------------
+
+
+def _gpt_embed(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    tr = _get(model, "transformer")
+    hidden = tr.wte(input_ids)
+    return tr.drop(hidden + tr.wpe(_positions(hidden)))
+
+
+def _gpt_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
+    pos = _positions(hidden)
+    return {"mask": _causal_mask(model.config, hidden, attention_mask, position_ids=pos), "position_ids": pos}
+
+
+def _gpt2_block(model: nn.Module, i: int, hidden: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
+    block = _get(model, "transformer.h")[i]
+    return block(hidden, None, ctx["mask"], None, use_cache=False, position_ids=ctx["position_ids"])
+
+
+def _gpt_neo_block(model: nn.Module, i: int, hidden: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
+    block = _get(model, "transformer.h")[i]
+    return block(hidden, layer_past=None, attention_mask=ctx["mask"], use_cache=False)[0]
+
+
+def _gpt_head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return _get(model, "lm_head")(_get(model, "transformer.ln_f")(hidden))
+
+
+# --- OPT: learned positions offset by 2, optional project_in / project_out ----------------------------
+
+
+def _opt_embed(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    dec = _get(model, "model.decoder")
+    hidden = dec.embed_tokens(input_ids)
+    if dec.project_in is not None:
+        hidden = dec.project_in(hidden)
+    # As HF: positions = cumsum(mask) - 1 on real tokens (== arange for right padding), -1 on padding.
+    position_ids = (torch.cumsum(attention_mask, dim=1) * attention_mask - 1).long()
+    return hidden + dec.embed_positions(attention_mask, 0, position_ids=position_ids)
+
+
+def _opt_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
+    pos = _positions(hidden)
+    return {"mask": _causal_mask(model.config, hidden, attention_mask), "position_ids": pos}
+
+
+def _opt_block(model: nn.Module, i: int, hidden: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
+    layer = _get(model, "model.decoder.layers")[i]
+    return layer(hidden, attention_mask=ctx["mask"], position_ids=ctx["position_ids"],
+                 past_key_values=None, use_cache=False)
+
+
+def _opt_head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    dec = _get(model, "model.decoder")
+    if dec.final_layer_norm is not None:
+        hidden = dec.final_layer_norm(hidden)
+    if dec.project_out is not None:
+        hidden = dec.project_out(hidden)
+    return _get(model, "lm_head")(hidden)
+
+
+_LLAMA_KW = dict(
+    embed_paths=("model.embed_tokens",), layers_path="model.layers",
+    head_paths=("model.norm", "lm_head"), lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"),
+    embed=_llama_embed, context=_llama_context, run_block=_llama_block, head=_llama_head,
+)
+_GPT_KW = dict(
+    embed_paths=("transformer.wte", "transformer.wpe"), layers_path="transformer.h",
+    head_paths=("transformer.ln_f", "lm_head"), embed=_gpt_embed, context=_gpt_context, head=_gpt_head,
+)
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family(name="llama", **_LLAMA_KW),
+    "qwen2": Family(name="qwen2", **_LLAMA_KW),
+    "mistral": Family(name="mistral", **_LLAMA_KW),
+    "gpt2": Family(name="gpt2", lora_targets=("attn.c_attn", "attn.c_proj"), run_block=_gpt2_block,
+                   fan_in_fan_out=True, **_GPT_KW),
+    "gpt_neo": Family(name="gpt_neo", lora_targets=("q_proj", "k_proj", "v_proj", "out_proj"),
+                      run_block=_gpt_neo_block, **_GPT_KW),
+    "opt": Family(
+        name="opt", embed_paths=("model.decoder.embed_tokens", "model.decoder.embed_positions",
+                                 "model.decoder.project_in"),
+        layers_path="model.decoder.layers",
+        head_paths=("model.decoder.final_layer_norm", "model.decoder.project_out", "lm_head"),
+        lora_targets=("q_proj", "k_proj", "v_proj", "out_proj"),
+        embed=_opt_embed, context=_opt_context, run_block=_opt_block, head=_opt_head,
+    ),
+}
+
+
+def family_for(model_type: str) -> Family:
+    """The `Family` for an HF `config.model_type`.
+
+    Raises:
+        ValueError: the model type is not one we know how to split.
+    """
+    if model_type not in FAMILIES:
+        raise ValueError(
+            f"model family '{model_type}' is not supported; supported families: {', '.join(sorted(FAMILIES))}"
+        )
+    return FAMILIES[model_type]

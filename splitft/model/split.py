@@ -1,0 +1,122 @@
+"""Mechanism only: cut a LoRA-wrapped causal LM into a client part and a server part, keeping global names.
+
+A part is a copy of the whole PeftModel in which every module it does not hold is replaced by `Absent`
+(a parameter-free stand-in). Names therefore stay those of the full model (`...layers.7.self_attn...`), so
+aggregation is a merge keyed by name and adapters load back into the full model unchanged. Frozen base
+weights are shared between the parts and the source model (no copy); LoRA weights are copied per part.
+
+    client: embeddings + blocks [0, cut)            -> activations (B, T, H)
+    server: blocks [first, L) + final norm + LM head, entered at the caller's cut >= first
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..lora import is_lora_name
+from .families import Family
+
+
+class Absent(nn.Module):
+    """Stand-in for a module held by the other side; calling it is a bug in the split mechanism."""
+
+    def forward(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("this part does not hold that module")
+
+
+def _copy_sharing_frozen(model: nn.Module) -> nn.Module:
+    """Deep copy that shares frozen parameters and buffers with `model` and copies trainable (LoRA) ones."""
+    memo = {id(b): b for b in model.buffers()}
+    memo.update({id(p): p for p in model.parameters() if not p.requires_grad})
+    return copy.deepcopy(model, memo)
+
+
+def _remove(hf: nn.Module, path: str) -> None:
+    parent, _, attr = path.rpartition(".")
+    owner = hf.get_submodule(parent) if parent else hf
+    if getattr(owner, attr, None) is not None:
+        setattr(owner, attr, Absent())
+
+
+def _hf(peft_model: nn.Module) -> nn.Module:
+    """The `*ForCausalLM` inside a PeftModel (`base_model.model`)."""
+    return peft_model.base_model.model
+
+
+class _Part:
+    """Common state of both parts: the trimmed PeftModel copy and which blocks it holds."""
+
+    def __init__(self, peft_model: nn.Module, family: Family, layers: range, drop_paths: tuple[str, ...]):
+        self.family = family
+        self.layers = layers
+        self.module = _copy_sharing_frozen(peft_model)
+        hf = _hf(self.module)
+        blocks = hf.get_submodule(family.layers_path)
+        self.n_layer = len(blocks)
+        for i in range(self.n_layer):
+            if i not in layers:
+                blocks[i] = Absent()
+        for path in drop_paths:
+            _remove(hf, path)
+
+    @property
+    def hf(self) -> nn.Module:
+        return _hf(self.module)
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.module.named_parameters() if is_lora_name(n)]
+
+    def train(self, mode: bool = True) -> None:
+        self.module.train(mode)
+
+
+class ClientPart(_Part):
+    """Embeddings + blocks [0, cut) with their LoRA adapters."""
+
+    def __init__(self, peft_model: nn.Module, family: Family, cut: int):
+        super().__init__(peft_model, family, range(0, cut), family.head_paths)
+        assert 1 <= cut < self.n_layer, f"cut={cut} must be in [1, {self.n_layer - 1}]"
+        self.cut = cut
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids, attention_mask: (B, T) -> activations (B, T, H) after block cut-1 (no final norm)."""
+        hf, fam = self.hf, self.family
+        hidden = fam.embed(hf, input_ids, attention_mask)
+        ctx = fam.context(hf, hidden, attention_mask)
+        for i in self.layers:
+            hidden = fam.run_block(hf, i, hidden, ctx)
+        return hidden
+
+
+class ServerPart(_Part):
+    """Blocks [first, L) + final norm + LM head with their LoRA adapters; serves any client cut >= first."""
+
+    def __init__(self, peft_model: nn.Module, family: Family, first: int):
+        n_layer = len(_hf(peft_model).get_submodule(family.layers_path))
+        assert 1 <= first < n_layer, f"server first block {first} must be in [1, {n_layer - 1}]"
+        super().__init__(peft_model, family, range(first, n_layer), family.embed_paths)
+        self.first = first
+
+    def forward(self, activations: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
+        """activations (B, T, H) from a client holding [0, cut) -> logits (B, T, V)."""
+        assert self.first <= cut < self.n_layer, f"client cut {cut} outside server range [{self.first}, {self.n_layer})"
+        hf, fam = self.hf, self.family
+        ctx = fam.context(hf, activations, attention_mask)
+        hidden = activations
+        for i in range(cut, self.n_layer):
+            hidden = fam.run_block(hf, i, hidden, ctx)
+        return fam.head(hf, hidden)
+
+
+def full_forward(peft_model: nn.Module, family: Family, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor) -> torch.Tensor:
+    """Unsplit logits through the same family code path (used by baselines and equivalence tests)."""
+    hf = _hf(peft_model)
+    hidden = family.embed(hf, input_ids, attention_mask)
+    ctx = family.context(hf, hidden, attention_mask)
+    for i in range(len(hf.get_submodule(family.layers_path))):
+        hidden = family.run_block(hf, i, hidden, ctx)
+    return family.head(hf, hidden)

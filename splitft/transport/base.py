@@ -1,0 +1,99 @@
+"""The messages that cross the cut and the small `Transport` interface that carries them.
+
+Client and server code talk only to `Transport`; `inproc.py` calls the server object directly (simulation)
+and a network transport would encode the same messages. Wire dtypes are fixed here so byte counts are exact:
+    activations        (B, T, H)  model dtype (float32: 4 bytes/element)
+    attention_mask     (B, T)     uint8   (1 = token, 0 = padding)
+    labels             (B, T)     int32   (-100 = no loss; labels travel to the server, which computes the loss)
+    grad_activations   (B, T, H)  same dtype as activations
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+MASK_DTYPE = torch.uint8
+LABEL_DTYPE = torch.int32
+SCALARS_NBYTES = 8 * 3  # loss_sum (float64) + n_tokens + n_correct (int64) in every reply
+
+
+def tensor_nbytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+@dataclass
+class ForwardRequest:
+    """Client -> server, once per split step (train) or eval batch (train=False).
+
+    Bytes up = activations + attention_mask + labels, counted at the wire dtypes above.
+    """
+
+    client_id: int
+    round: int
+    step: int
+    cut: int
+    activations: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    train: bool = True
+
+    def __post_init__(self) -> None:
+        b, t = self.attention_mask.shape
+        assert self.activations.dim() == 3 and self.activations.shape[:2] == (b, t), (
+            f"activations {tuple(self.activations.shape)} do not match attention_mask {(b, t)}")
+        assert self.labels.shape == (b, t), f"labels {tuple(self.labels.shape)} != {(b, t)}"
+        assert self.attention_mask.dtype == MASK_DTYPE and self.labels.dtype == LABEL_DTYPE
+
+    def nbytes(self) -> dict[str, int]:
+        return {"activations": tensor_nbytes(self.activations),
+                "labels": tensor_nbytes(self.labels) + tensor_nbytes(self.attention_mask)}
+
+
+@dataclass
+class StepReply:
+    """Server -> client: the loss over label tokens and, for training steps, grad_activations (B, T, H)."""
+
+    loss_sum: float
+    n_tokens: int
+    n_correct: int
+    grad_activations: torch.Tensor | None = None
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.n_tokens, 1)
+
+    def nbytes(self) -> int:
+        return tensor_nbytes(self.grad_activations) + SCALARS_NBYTES
+
+
+@dataclass
+class AdapterUpdate:
+    """Client -> server at round end: the client's LoRA tensors (full names) and the samples they saw."""
+
+    client_id: int
+    round: int
+    adapters: dict[str, torch.Tensor]
+    n_samples: int
+    meta: dict[str, float] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        return sum(tensor_nbytes(t) for t in self.adapters.values())
+
+
+class Transport(Protocol):
+    """What a client can ask of the server. Implementations count bytes_up / bytes_down per client."""
+
+    def step(self, req: ForwardRequest) -> StepReply:
+        """Forward from the cut, loss, and (train) backward + server update; returns grad_activations."""
+        ...
+
+    def push_adapters(self, update: AdapterUpdate) -> None:
+        """Hand the client's adapters to the server for aggregation."""
+        ...
+
+    def pull_adapters(self, client_id: int, cut: int) -> dict[str, torch.Tensor]:
+        """The current global adapters for blocks [0, cut)."""
+        ...

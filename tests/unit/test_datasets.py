@@ -1,0 +1,82 @@
+"""Tokenization (prompt masked), formats through `datasets`, truncation, batching, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from splitft.config import DataConfig
+from splitft.data.datasets import IGNORE, BatchStream, collate, load_examples, split_eval, tokenize_row
+from splitft.errors import UserError
+from splitft.model.loader import byte_tokenizer
+
+
+def test_instruction_rows_mask_the_prompt_and_end_with_eos():
+    tok = byte_tokenizer()
+    ex = tokenize_row({"p": "Hi", "r": "Yo"}, ("p", "r"), tok)
+    n_prompt = sum(lab == IGNORE for lab in ex.labels)
+    assert tok.decode(ex.input_ids[:n_prompt]) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert ex.labels[n_prompt:] == ex.input_ids[n_prompt:] and ex.input_ids[-1] == tok.eos_token_id
+    assert tok.decode(ex.input_ids[n_prompt:-1]) == "Yo"
+
+
+def test_plain_text_rows_train_on_every_token():
+    ex = tokenize_row({"text": "abc"}, ("text",), byte_tokenizer())
+    assert ex.labels == ex.input_ids
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet", ".txt"])
+def test_local_formats_load(tmp_path, suffix):
+    rows = [{"text": f"line number {i}"} for i in range(10)]
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif suffix == ".txt":
+        path.write_text("".join(r["text"] + "\n" for r in rows))
+    else:
+        import pandas as pd
+
+        getattr(pd.DataFrame(rows), "to_csv" if suffix == ".csv" else "to_parquet")(path, index=False)
+    examples, stats = load_examples(DataConfig(path=str(path)), byte_tokenizer(), seed=0)
+    assert stats["samples"] == 10 and all(ex.labels == ex.input_ids for ex in examples)
+
+
+def test_truncation_is_counted_and_prompt_only_samples_dropped(qa_file):
+    cfg = DataConfig(path=str(qa_file), max_length=40)
+    examples, stats = load_examples(cfg, byte_tokenizer(), seed=0)
+    assert all(len(e) <= 40 for e in examples)
+    assert stats["truncated"] > 0 and stats["samples"] + stats["dropped_no_target"] == 30
+
+
+def test_bad_data_errors(tmp_path):
+    tok = byte_tokenizer()
+    with pytest.raises(UserError, match="not found"):
+        load_examples(DataConfig(path=str(tmp_path / "nope.jsonl")), tok, 0)
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(UserError, match="empty.jsonl"):
+        load_examples(DataConfig(path=str(tmp_path / "empty.jsonl")), tok, 0)
+    (tmp_path / "cols.jsonl").write_text('{"question": "a", "answer": "b"}\n' * 3)
+    with pytest.raises(UserError, match="prompt_column"):
+        load_examples(DataConfig(path=str(tmp_path / "cols.jsonl")), tok, 0)
+
+
+def test_collate_pads_right_and_ignores_padding():
+    tok = byte_tokenizer()
+    a, b = tokenize_row({"text": "abcd"}, ("text",), tok), tokenize_row({"text": "a"}, ("text",), tok)
+    batch = collate([a, b], pad_id=tok.pad_token_id)
+    assert batch["input_ids"].shape == (2, len(a))
+    assert batch["attention_mask"][1].tolist() == [1] * len(b) + [0] * (len(a) - len(b))
+    assert torch.all(batch["labels"][1, len(b):] == IGNORE)
+
+
+def test_batch_stream_is_seeded_and_cycles():
+    tok = byte_tokenizer()
+    exs = [tokenize_row({"text": str(i)}, ("text",), tok) for i in range(5)]
+    s1, s2 = BatchStream(exs, 2, 0, seed=3), BatchStream(exs, 2, 0, seed=3)
+    for _ in range(6):  # more than one epoch
+        assert torch.equal(s1.next()["input_ids"], s2.next()["input_ids"])
+
+
+def test_split_eval_holds_out_at_least_one():
+    train, held = split_eval(list(range(10)), 0.01, 64)  # type: ignore[arg-type]
+    assert len(held) == 1 and len(train) == 9
