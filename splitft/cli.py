@@ -2,6 +2,7 @@
 
     splitft simulate --config configs/default.yaml [key=value ...]   run a federation in one process
     splitft validate --config configs/default.yaml [key=value ...]   check a config, print it resolved
+    splitft partition --config ... [--png FILE] [key=value ...]      show how the data splits among clients
 User mistakes print one line `splitft: error: ...` and exit with code 2.
 """
 
@@ -20,10 +21,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="splitft", description="Federated split LoRA fine-tuning (SplitFT).")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in [("simulate", "run a federation in one process (in-process transport)"),
-                        ("validate", "check a config and print it fully resolved")]:
+                        ("validate", "check a config and print it fully resolved"),
+                        ("partition", "print per-client sample counts and length histograms (no model weights)")]:
         s = sub.add_parser(name, help=help_)
         s.add_argument("--config", help="YAML config file (defaults apply to missing keys)")
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. split.cut=4 federation.rounds=2")
+        if name == "partition":
+            s.add_argument("--png", help="also save a clients x buckets heat map to this PNG file")
+            s.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
     return p
 
 
@@ -58,7 +63,20 @@ def _validate(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {"simulate": _simulate, "validate": _validate}
+def _partition(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .config import load_config
+    from .data.describe import describe, format_table, save_heatmap
+
+    info = describe(load_config(args.config, overrides))
+    print(json.dumps(info) if args.json else format_table(info))
+    if args.png:
+        save_heatmap(info, args.png)
+        print(f"heat map written to {args.png}", file=sys.stderr)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {"simulate": _simulate, "validate": _validate,
+                                                                       "partition": _partition}
 
 
 def _quiet_libraries() -> None:

@@ -84,6 +84,17 @@ class DataConfig:
     eval_fraction: float = 0.1
     max_eval_samples: int = 64
     partitioner: str = "iid"
+    """iid | length_dirichlet (SplitFT: token-length buckets x Dirichlet) | dirichlet (over category_column)."""
+    alpha: float = 0.5
+    """Dirichlet concentration for the non-IID partitioners; 0.1 is highly non-IID, large values approach IID."""
+    n_buckets: int = 5
+    """Length buckets K for length_dirichlet (quantile edges), ignored when bucket_edges is set."""
+    bucket_edges: list[int] = field(default_factory=list)
+    """Explicit ascending inner token-length boundaries for length_dirichlet (K-1 values)."""
+    category_column: str = ""
+    """Column whose values the dirichlet partitioner spreads (e.g. `play` in the builtin data)."""
+    min_partition_size: int = 1
+    """Every client needs at least this many samples; Dirichlet draws are repeated (bounded) until it holds."""
 
 
 @dataclass
@@ -224,7 +235,8 @@ def validate(cfg: Config) -> list[str]:
               federation__n_clients=cfg.federation.n_clients, federation__rounds=cfg.federation.rounds,
               federation__local_steps=cfg.federation.local_steps, train__lr=cfg.train.lr,
               train__batch_size=cfg.train.batch_size, data__max_length=cfg.data.max_length,
-              metrics__eval_every=cfg.metrics.eval_every)
+              metrics__eval_every=cfg.metrics.eval_every, data__alpha=cfg.data.alpha,
+              data__n_buckets=cfg.data.n_buckets, data__min_partition_size=cfg.data.min_partition_size)
     if cfg.split.cut < 1:
         p.append(f"split.cut: must be >= 1 (the client holds at least one block), got {cfg.split.cut}")
     if not 0.0 <= cfg.lora.dropout < 1.0:
@@ -244,6 +256,8 @@ def validate(cfg: Config) -> list[str]:
 
     if cfg.data.partitioner not in PARTITIONERS:
         p.append(f"data.partitioner: must be one of {', '.join(PARTITIONERS)}, got '{cfg.data.partitioner}'")
+    if cfg.data.partitioner == "dirichlet" and not cfg.data.category_column:
+        p.append("data.category_column: required by data.partitioner=dirichlet (e.g. data.category_column=play)")
     return p
 
 

@@ -30,6 +30,8 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     """Same length as input_ids; IGNORE where no loss is taken (prompt tokens)."""
+    category: str | None = None
+    """Value of data.category_column, when set (used by the dirichlet partitioner only)."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -70,6 +72,9 @@ def read_rows(cfg: DataConfig) -> list[dict[str, Any]]:
 
 def _columns(rows: list[dict[str, Any]], cfg: DataConfig) -> tuple[str, ...]:
     cols = set(rows[0])
+    if cfg.category_column and cfg.category_column not in cols:
+        raise UserError(f"data.category_column: '{cfg.category_column}' is not a column of '{cfg.path}'; "
+                        f"columns: {sorted(cols)}")
     if {cfg.prompt_column, cfg.response_column} <= cols:
         return (cfg.prompt_column, cfg.response_column)
     if cfg.text_column in cols:
@@ -122,6 +127,8 @@ def load_examples(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[list[Exam
         if len(ex) > cfg.max_length:
             truncated += 1
             ex = Example(ex.input_ids[: cfg.max_length], ex.labels[: cfg.max_length])
+        if cfg.category_column:
+            ex.category = str(row[cfg.category_column])
         if sum(lab != IGNORE for lab in ex.labels[1:]) == 0:
             dropped += 1  # prompt filled max_length: nothing left to learn from
             continue

@@ -130,7 +130,7 @@ def _quiet_transformers() -> None:
 
 
 def load(source: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> LoadedModel:
-    """Load model + tokenizer for `source` (see module docstring), in eval-free train mode, on CPU.
+    """Load model + tokenizer for `source` (see module docstring) on the CPU, in fp32 unless `dtype` says.
 
     Raises:
         ModelSourceError: the source does not exist or is not a supported family.
@@ -138,19 +138,34 @@ def load(source: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> Load
     _quiet_transformers()
     if source.startswith("tiny:"):
         return _load_tiny(source.split(":", 1)[1], dtype, seed)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    path = _local_path(source)
-    kw: dict[str, Any] = {"local_files_only": True}
-    if path.suffix == ".gguf":
-        folder, kw["gguf_file"] = str(path.parent), path.name
-    else:
-        folder = str(path)
-    tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
+    folder, kw = _hf_args(source)
+    tokenizer = load_tokenizer(source)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw)
     _check_family(model.config.model_type)
     _disable_dropout_defaults(model)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
+
+
+def _hf_args(source: str) -> tuple[str, dict[str, Any]]:
+    """(folder, from_pretrained kwargs) for a local folder or GGUF source."""
+    path = _local_path(source)
+    kw: dict[str, Any] = {"local_files_only": True}
+    if path.suffix == ".gguf":
+        return str(path.parent), {**kw, "gguf_file": path.name}
+    return str(path), kw
+
+
+def load_tokenizer(source: str) -> Any:
+    """Only the tokenizer of `source` (no weights), e.g. to partition data by token length."""
+    _quiet_transformers()
+    if source.startswith("tiny:"):
+        return byte_tokenizer()
+    from transformers import AutoTokenizer
+
+    folder, kw = _hf_args(source)
+    return AutoTokenizer.from_pretrained(folder, **kw)
 
 
 def _check_family(model_type: str) -> None:

@@ -21,7 +21,7 @@ from .. import lora
 from ..client import SplitClient
 from ..config import Config, save_config, validate_against_model
 from ..data.datasets import BatchStream, Example, load_examples, resolve_path, split_eval
-from ..data.partitioners import PARTITIONERS
+from ..data.partitioners import Samples, make_partitioner
 from ..errors import UserError
 from ..federation import Federation
 from ..metrics import MetricsLogger
@@ -60,6 +60,8 @@ class Setup:
     eval: list[Example]
     data_stats: dict[str, int]
     device: torch.device
+    parts: list[list[int]]
+    """Indices into `train`, one list per client."""
 
     @property
     def pad_id(self) -> int:
@@ -81,19 +83,30 @@ def build(cfg: Config) -> Setup:
     loaded = loader.load(cfg.model.source, DTYPES[cfg.model.dtype], cfg.federation.seed)
     examples, stats = load_examples(cfg.data, loaded.tokenizer, cfg.federation.seed)
     train, held_out = split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
+    parts = partitioner_for(cfg).partition(samples_of(train))
     family = family_for(loaded.model.config.model_type)
     ranks = {i: lora.rank_for(i, cfg.split.cut, cfg.lora.r, cfg.lora.r_cut) for i in range(meta.n_layer)}
     torch.manual_seed(cfg.federation.seed)  # LoRA A init
     peft = lora.wrap(loaded.model.to(device), family, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                      targets=cfg.lora.targets or family.lora_targets, ranks=ranks)
-    return Setup(cfg, peft, family, loaded.tokenizer, train, held_out, stats, device)
+    return Setup(cfg, peft, family, loaded.tokenizer, train, held_out, stats, device, parts)
+
+
+def samples_of(examples: list[Example]) -> Samples:
+    cats = [e.category for e in examples]
+    return Samples([len(e) for e in examples], None if None in cats else [str(c) for c in cats])
+
+
+def partitioner_for(cfg: Config) -> Any:
+    d = cfg.data
+    return make_partitioner(d.partitioner, cfg.federation.n_clients, cfg.federation.seed, d.alpha, d.n_buckets,
+                            d.bucket_edges, d.min_partition_size)
 
 
 def build_federation(setup: Setup, logger: MetricsLogger, on_step: Any = None) -> Federation:
     """Server part, N clients (each with its partition and a client part), in-process transport."""
     cfg, fed = setup.cfg, setup.cfg.federation
-    lengths = [len(e) for e in setup.train]
-    parts = PARTITIONERS[cfg.data.partitioner](n_clients=fed.n_clients, seed=fed.seed).partition(lengths)
+    parts = setup.parts
     server_part = ServerPart(setup.peft, setup.family, cfg.split.cut)
     opt_kw = dict(lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, max_grad_norm=cfg.train.max_grad_norm)
     server = SplitServer(server_part, lora.adapter_state_dict(ClientPart(setup.peft, setup.family, cfg.split.cut)
