@@ -1,0 +1,16 @@
+"""Cut policies: pure decisions of each client's cut from plain data (no torch, no models).
+
+    policy = POLICIES["splitft"](bounds, cut=2, gamma=0.5, period=2)
+    decision = policy.assign(stats, current_cuts, round_)   # decision.cuts: {client_id: cut}
+The split machinery (`model/split.py`) applies a decision; nothing here touches a model.
+"""
+
+from .base import ClientStats, CutBounds, CutPolicy, Decision, max_feasible_cut
+from .fixed import FixedPolicy
+from .resource import ResourcePolicy
+from .splitft import SplitFTPolicy
+
+POLICIES: dict[str, type] = {"fixed": FixedPolicy, "resource": ResourcePolicy, "splitft": SplitFTPolicy}
+
+__all__ = ["POLICIES", "ClientStats", "CutBounds", "CutPolicy", "Decision", "FixedPolicy", "ResourcePolicy",
+           "SplitFTPolicy", "max_feasible_cut"]

@@ -1,0 +1,72 @@
+"""The CutPolicy interface and the plain data it decides from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    """What the policy knows of one client.
+
+    Attributes:
+        speed: relative compute speed (1.0 = reference device; 0.5 = twice as slow).
+        memory_gb: memory the client can give to its part of the model.
+        eval_loss: the client's latest held-out loss with the global model (lower is better); None before the
+            first evaluation.
+    """
+
+    client_id: int
+    speed: float = 1.0
+    memory_gb: float = float("inf")
+    eval_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class CutBounds:
+    """Allowed cuts and the client-side memory model.
+
+    Client memory for cut c = base_gb + c * block_gb (embeddings and optimizer state in base_gb; one block's
+    weights, LoRA state and stored activations in block_gb).
+    """
+
+    n_layer: int
+    cut_min: int = 1
+    cut_max: int = 0
+    """0 = n_layer - 1."""
+    base_gb: float = 0.0
+    block_gb: float = 0.0
+
+    def __post_init__(self) -> None:
+        hi = self.cut_max or self.n_layer - 1
+        assert 1 <= self.cut_min <= hi <= self.n_layer - 1, (
+            f"need 1 <= cut_min={self.cut_min} <= cut_max={hi} <= n_layer-1={self.n_layer - 1}")
+
+    @property
+    def hi(self) -> int:
+        return self.cut_max or self.n_layer - 1
+
+
+def max_feasible_cut(stats: ClientStats, bounds: CutBounds) -> int:
+    """Largest cut in [cut_min, cut_max] whose client memory fits `stats.memory_gb` (cut_min if none fits)."""
+    if bounds.block_gb <= 0 or stats.memory_gb == float("inf"):
+        return bounds.hi
+    fit = int((stats.memory_gb - bounds.base_gb) // bounds.block_gb)
+    return max(bounds.cut_min, min(bounds.hi, fit))
+
+
+@dataclass
+class Decision:
+    """New cuts and, per client, the inputs and arithmetic behind its cut (logged with every decision)."""
+
+    cuts: dict[int, int]
+    why: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+class CutPolicy(Protocol):
+    name: str
+
+    def assign(self, stats: list[ClientStats], current: dict[int, int], round_: int) -> Decision:
+        """Cuts for the coming round. `current` is empty before the first round."""
+        ...
