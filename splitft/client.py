@@ -11,7 +11,7 @@ import torch
 from . import lora
 from .data.datasets import BatchStream, Example, collate
 from .model.split import ClientPart
-from .server import clip, make_optimizer
+from .optim import clip, make_optimizer
 from .transport.base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, ForwardRequest, StepReply, Transport
 
 

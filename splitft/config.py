@@ -136,8 +136,10 @@ class ConfigError(UserError):
 def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     origin = typing.get_origin(tp)
     if origin in (list, typing.List):
-        if not isinstance(value, list):
-            value = [value] if isinstance(value, str) and value else [] if value in ("", None) else value
+        if value is None or value == "":
+            value = []
+        elif isinstance(value, (str, int, float)):
+            value = [value]  # `lora.targets=q_proj` means a one-element list
         if not isinstance(value, list):
             problems.append(f"{key}: expected a list, got {value!r}")
             return None

@@ -17,6 +17,7 @@ from . import lora
 from .aggregate import layerwise_fedavg
 from .data.datasets import IGNORE
 from .model.split import ServerPart
+from .optim import clip, make_optimizer
 from .transport.base import AdapterUpdate, ForwardRequest, StepReply
 
 
@@ -39,16 +40,6 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> TokenStats:
                                ignore_index=IGNORE, reduction="sum")
     n_correct = int(((pred.argmax(-1) == target) & mask).sum())
     return TokenStats(loss_sum, int(mask.sum()), n_correct)
-
-
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW over LoRA parameters (element-wise, so one optimizer per side equals one over both)."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
-def clip(params: list[torch.nn.Parameter], max_norm: float) -> None:
-    if max_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 class SplitServer:

@@ -15,7 +15,7 @@ import numpy as np
 from ..config import Config
 from ..model.loader import load_tokenizer, read_meta
 from .datasets import load_examples, resolve_path, split_eval
-from .partitioners import Samples, histogram, length_buckets, make_partitioner, mean_js_distance
+from .partitioners import Samples, histogram, length_buckets, mean_js_distance, partitioner_for, samples_of
 
 
 def _display_buckets(cfg: Config, samples: Samples) -> tuple[np.ndarray, list[str]]:
@@ -35,11 +35,9 @@ def describe(cfg: Config) -> dict[str, Any]:
     resolve_path(cfg.data.path)
     examples, _ = load_examples(cfg.data, load_tokenizer(cfg.model.source), cfg.federation.seed)
     train, _ = split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
-    cats = [e.category for e in train]
-    samples = Samples([len(e) for e in train], None if None in cats else [str(c) for c in cats])
+    samples = samples_of(train)
+    parts = partitioner_for(cfg).partition(samples)
     d = cfg.data
-    parts = make_partitioner(d.partitioner, cfg.federation.n_clients, cfg.federation.seed, d.alpha, d.n_buckets,
-                             d.bucket_edges, d.min_partition_size).partition(samples)
     ids, labels = _display_buckets(cfg, samples)
     hist = histogram(parts, ids)
     return {"partitioner": d.partitioner, "alpha": d.alpha, "buckets": labels, "sizes": [len(p) for p in parts],

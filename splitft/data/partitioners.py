@@ -14,10 +14,11 @@ Small alpha (0.1) gives highly skewed clients; large alpha approaches IID.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from ..config import Config
 from ..errors import UserError
 
 MAX_ATTEMPTS = 100
@@ -154,6 +155,19 @@ def make_partitioner(name: str, n_clients: int, seed: int, alpha: float, n_bucke
     if name == "length_dirichlet":
         return LengthDirichletPartitioner(n_clients, alpha, n_buckets, list(edges), min_size, seed)
     return CategoryDirichletPartitioner(n_clients, alpha, min_size, seed)
+
+
+def samples_of(examples: Sequence[Any]) -> Samples:
+    """Samples (token lengths, categories when every example has one) of tokenized `Example`s."""
+    cats = [e.category for e in examples]
+    return Samples([len(e) for e in examples], None if None in cats else [str(c) for c in cats])
+
+
+def partitioner_for(cfg: Config) -> IidPartitioner | LengthDirichletPartitioner | CategoryDirichletPartitioner:
+    """The partitioner `cfg.data` asks for, seeded by `federation.seed`."""
+    d = cfg.data
+    return make_partitioner(d.partitioner, cfg.federation.n_clients, cfg.federation.seed, d.alpha, d.n_buckets,
+                            d.bucket_edges, d.min_partition_size)
 
 
 def histogram(parts: list[list[int]], buckets: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from .. import lora
 from ..client import SplitClient
 from ..config import Config, save_config, validate_against_model
 from ..data.datasets import BatchStream, Example, load_examples, resolve_path, split_eval
-from ..data.partitioners import Samples, make_partitioner
+from ..data.partitioners import partitioner_for, samples_of
 from ..errors import UserError
 from ..federation import Federation
 from ..metrics import MetricsLogger
@@ -92,17 +92,6 @@ def build(cfg: Config) -> Setup:
     return Setup(cfg, peft, family, loaded.tokenizer, train, held_out, stats, device, parts)
 
 
-def samples_of(examples: list[Example]) -> Samples:
-    cats = [e.category for e in examples]
-    return Samples([len(e) for e in examples], None if None in cats else [str(c) for c in cats])
-
-
-def partitioner_for(cfg: Config) -> Any:
-    d = cfg.data
-    return make_partitioner(d.partitioner, cfg.federation.n_clients, cfg.federation.seed, d.alpha, d.n_buckets,
-                            d.bucket_edges, d.min_partition_size)
-
-
 def build_federation(setup: Setup, logger: MetricsLogger, on_step: Any = None) -> Federation:
     """Server part, N clients (each with its partition and a client part), in-process transport."""
     cfg, fed = setup.cfg, setup.cfg.federation
@@ -129,11 +118,17 @@ def export_adapter(setup: Setup, federation: Federation, path: Path) -> None:
     setup.peft.save_pretrained(str(path))
 
 
-def prepare_run_dir(cfg: Config) -> Path:
+def refuse_existing_run(cfg: Config) -> None:
+    """Checked before any model loads, so a name clash costs nothing and overwrites nothing."""
     out = Path(cfg.metrics.out_dir)
     if (out / "metrics.jsonl").exists():
         raise UserError(f"metrics.out_dir: '{out}' already holds a run; choose a new metrics.out_dir "
                         f"(nothing was overwritten)")
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    refuse_existing_run(cfg)
+    out = Path(cfg.metrics.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     return out
@@ -143,6 +138,7 @@ def run_simulation(cfg: Config) -> dict[str, Any]:
     """Build, train `federation.rounds` rounds, evaluate, export; returns the summary also written to disk."""
     from tqdm import tqdm
 
+    refuse_existing_run(cfg)
     setup = build(cfg)
     out = prepare_run_dir(cfg)
     logger = MetricsLogger(out / "metrics.jsonl")

@@ -7,7 +7,8 @@ from splitft import lora
 from splitft.data.datasets import BatchStream
 from splitft.data.partitioners import IidPartitioner
 from splitft.metrics import NullLogger
-from splitft.server import make_optimizer, token_loss
+from splitft.optim import make_optimizer
+from splitft.server import token_loss
 from splitft.sim.runner import build, build_federation
 from tests.conftest import FAMILIES, tiny_config
 
