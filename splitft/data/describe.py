@@ -13,16 +13,16 @@ from typing import Any
 import numpy as np
 
 from ..config import Config
-from ..model.loader import load_tokenizer, read_meta
+from ..model.loader import load_tokenizer
 from .datasets import load_examples, resolve_path, split_eval
-from .partitioners import Samples, histogram, length_buckets, mean_js_distance, partitioner_for, samples_of
+from .partitioners import (Samples, category_buckets, histogram, length_buckets, mean_js_distance, partitioner_for,
+                           samples_of)
 
 
 def _display_buckets(cfg: Config, samples: Samples) -> tuple[np.ndarray, list[str]]:
     """Bucket id per sample and a label per bucket: categories for `dirichlet`, length ranges otherwise."""
     if cfg.data.partitioner == "dirichlet":
-        names, ids = np.unique(np.asarray(samples.categories, dtype=str), return_inverse=True)
-        return ids, [str(n) for n in names]
+        return category_buckets(samples.categories or [])
     ids = length_buckets(samples.lengths, cfg.data.n_buckets, cfg.data.bucket_edges)
     lengths = np.asarray(samples.lengths)
     labels = [f"{lengths[ids == b].min()}-{lengths[ids == b].max()}" for b in range(int(ids.max()) + 1)]
@@ -31,8 +31,7 @@ def _display_buckets(cfg: Config, samples: Samples) -> tuple[np.ndarray, list[st
 
 def describe(cfg: Config) -> dict[str, Any]:
     """Partition the training split exactly as `simulate` would and return counts per client and bucket."""
-    read_meta(cfg.model.source)
-    resolve_path(cfg.data.path)
+    resolve_path(cfg.data.path)  # a missing data file fails before the tokenizer loads
     examples, _ = load_examples(cfg.data, load_tokenizer(cfg.model.source), cfg.federation.seed)
     train, _ = split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
     samples = samples_of(train)

@@ -93,12 +93,22 @@ def length_buckets(lengths: Sequence[int], n_buckets: int, edges: Sequence[int] 
     return np.unique(np.searchsorted(inner, arr, side="right"), return_inverse=True)[1]
 
 
+def category_buckets(categories: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Bucket id per sample (dense, in sorted category order) and the category name of each bucket."""
+    names, ids = np.unique(np.asarray(categories, dtype=str), return_inverse=True)
+    return ids, [str(n) for n in names]
+
+
 @dataclass
 class IidPartitioner:
     """Shuffle, then deal indices round-robin: sizes differ by at most one."""
 
     n_clients: int
     seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> IidPartitioner:
+        return cls(cfg.federation.n_clients, cfg.federation.seed)
 
     def partition(self, samples: Samples) -> list[list[int]]:
         _check_counts(len(samples), self.n_clients)
@@ -117,6 +127,12 @@ class LengthDirichletPartitioner:
     min_size: int = 1
     seed: int = 0
 
+    @classmethod
+    def from_config(cls, cfg: Config) -> LengthDirichletPartitioner:
+        d = cfg.data
+        return cls(cfg.federation.n_clients, d.alpha, d.n_buckets, list(d.bucket_edges), d.min_partition_size,
+                   cfg.federation.seed)
+
     def buckets(self, samples: Samples) -> np.ndarray:
         return length_buckets(samples.lengths, self.n_buckets, self.edges)
 
@@ -134,10 +150,15 @@ class CategoryDirichletPartitioner:
     min_size: int = 1
     seed: int = 0
 
+    @classmethod
+    def from_config(cls, cfg: Config) -> CategoryDirichletPartitioner:
+        d = cfg.data
+        return cls(cfg.federation.n_clients, d.alpha, d.min_partition_size, cfg.federation.seed)
+
     def buckets(self, samples: Samples) -> np.ndarray:
         if samples.categories is None:
             raise UserError("data.partitioner=dirichlet needs data.category_column naming a column of the data")
-        return np.unique(np.asarray(samples.categories, dtype=str), return_inverse=True)[1]
+        return category_buckets(samples.categories)[0]
 
     def partition(self, samples: Samples) -> list[list[int]]:
         _check_counts(len(samples), self.n_clients)
@@ -148,15 +169,6 @@ PARTITIONERS: dict[str, type] = {"iid": IidPartitioner, "length_dirichlet": Leng
                                  "dirichlet": CategoryDirichletPartitioner}
 
 
-def make_partitioner(name: str, n_clients: int, seed: int, alpha: float, n_buckets: int, edges: list[int],
-                     min_size: int) -> IidPartitioner | LengthDirichletPartitioner | CategoryDirichletPartitioner:
-    if name == "iid":
-        return IidPartitioner(n_clients, seed)
-    if name == "length_dirichlet":
-        return LengthDirichletPartitioner(n_clients, alpha, n_buckets, list(edges), min_size, seed)
-    return CategoryDirichletPartitioner(n_clients, alpha, min_size, seed)
-
-
 def samples_of(examples: Sequence[Any]) -> Samples:
     """Samples (token lengths, categories when every example has one) of tokenized `Example`s."""
     cats = [e.category for e in examples]
@@ -164,10 +176,8 @@ def samples_of(examples: Sequence[Any]) -> Samples:
 
 
 def partitioner_for(cfg: Config) -> IidPartitioner | LengthDirichletPartitioner | CategoryDirichletPartitioner:
-    """The partitioner `cfg.data` asks for, seeded by `federation.seed`."""
-    d = cfg.data
-    return make_partitioner(d.partitioner, cfg.federation.n_clients, cfg.federation.seed, d.alpha, d.n_buckets,
-                            d.bucket_edges, d.min_partition_size)
+    """The partitioner `cfg.data.partitioner` names (validated by the config), seeded by `federation.seed`."""
+    return PARTITIONERS[cfg.data.partitioner].from_config(cfg)
 
 
 def histogram(parts: list[list[int]], buckets: np.ndarray) -> np.ndarray:

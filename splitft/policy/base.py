@@ -39,9 +39,8 @@ class CutBounds:
     block_gb: float = 0.0
 
     def __post_init__(self) -> None:
-        hi = self.cut_max or self.n_layer - 1
-        assert 1 <= self.cut_min <= hi <= self.n_layer - 1, (
-            f"need 1 <= cut_min={self.cut_min} <= cut_max={hi} <= n_layer-1={self.n_layer - 1}")
+        assert 1 <= self.cut_min <= self.hi <= self.n_layer - 1, (
+            f"need 1 <= cut_min={self.cut_min} <= cut_max={self.hi} <= n_layer-1={self.n_layer - 1}")
 
     @property
     def hi(self) -> int:
