@@ -3,6 +3,8 @@
     splitft simulate --config configs/default.yaml [key=value ...]   run a federation in one process
     splitft validate --config configs/default.yaml [key=value ...]   check a config, print it resolved
     splitft partition --config ... [--png FILE] [key=value ...]      show how the data splits among clients
+    splitft experiment --config configs/experiment.yaml [--methods a,b] [--target-ppl X]
+                                                                     splitft vs sfl-fixed vs fedlora vs centralized
 User mistakes print one line `splitft: error: ...` and exit with code 2.
 """
 
@@ -22,13 +24,19 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in [("simulate", "run a federation in one process (in-process transport)"),
                         ("validate", "check a config and print it fully resolved"),
-                        ("partition", "print per-client sample counts and length histograms (no model weights)")]:
+                        ("partition", "print per-client sample counts and length histograms (no model weights)"),
+                        ("experiment", "run splitft, sfl-fixed, fedlora and centralized and print one table")]:
         s = sub.add_parser(name, help=help_)
         s.add_argument("--config", help="YAML config file (defaults apply to missing keys)")
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. split.cut=4 federation.rounds=2")
         if name == "partition":
             s.add_argument("--png", help="also save a clients x buckets heat map to this PNG file")
             s.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
+        if name == "experiment":
+            s.add_argument("--methods", default="splitft,sfl-fixed,fedlora,centralized",
+                           help="comma-separated subset of splitft,sfl-fixed,fedlora,centralized")
+            s.add_argument("--target-ppl", type=float, default=None,
+                           help="ppl for 'virtual time to target' (default: the worst final ppl of the methods)")
     return p
 
 
@@ -75,8 +83,17 @@ def _partition(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {"simulate": _simulate, "validate": _validate,
-                                                                       "partition": _partition}
+def _experiment(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .config import load_config
+    from .sim.experiment import parse_methods, run_experiment
+
+    methods = parse_methods(args.methods)
+    run_experiment(load_config(args.config, overrides), methods, args.target_ppl)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
+    "simulate": _simulate, "validate": _validate, "partition": _partition, "experiment": _experiment}
 
 
 def _quiet_libraries() -> None:

@@ -1,5 +1,8 @@
-"""SplitClient: holds its private data, the client part (embeddings + blocks [0, cut)) and its optimizer;
-runs split steps against a `Transport`. Raw tokens never leave; activations, labels and masks do.
+"""Clients: each holds its private data, its part of the model and its optimizer.
+
+`SplitClient` holds embeddings + blocks [0, cut) and runs split steps against a `Transport`: raw tokens never
+leave; activations, labels and masks do. `LocalClient` holds the whole model and trains where its data is (the
+no-split baselines); only its adapters cross the transport. Both push/pull adapters the same way.
 """
 
 from __future__ import annotations
@@ -10,27 +13,81 @@ import torch
 
 from . import lora
 from .data.datasets import BatchStream, Example, collate
-from .model.split import ClientPart
+from .loss import token_loss
+from .model.split import ClientPart, FullPart
 from .optim import clip, make_optimizer
 from .transport.base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, ForwardRequest, StepReply, Transport
 
 
-class SplitClient:
-    def __init__(self, client_id: int, part: ClientPart, stream: BatchStream, *, lr: float,
-                 weight_decay: float = 0.0, max_grad_norm: float = 0.0):
-        self.client_id = client_id
-        self.part = part
-        self.stream = stream
-        self.params = part.lora_parameters()
-        self.opt = make_optimizer(self.params, lr, weight_decay)
-        self.max_grad_norm = max_grad_norm
-        self.device = next(part.module.parameters()).device
+class _Client:
+    """Data stream, optimizer over the part's LoRA, and the adapter exchange shared by both client kinds."""
+
+    def __init__(self, client_id: int, part: ClientPart | FullPart, stream: BatchStream, *, lr: float,
+                 weight_decay: float = 0.0, max_grad_norm: float = 0.0, r_cut: int | None = None):
+        self.client_id, self.stream, self.r_cut = client_id, stream, r_cut
+        self.lr, self.weight_decay, self.max_grad_norm = lr, weight_decay, max_grad_norm
         self.samples_seen = 0  # since the last push; the FedAvg weight
+        self.last_loss: float | None = None  # mean step loss of the last round (the policy's performance signal)
+        self.replace_part(part)
+
+    def replace_part(self, part: ClientPart | FullPart) -> None:
+        """Take a new part (a new cut); AdamW state moves over for the LoRA tensors both parts hold."""
+        old = {n: p for n, p in self.part.module.named_parameters()} if hasattr(self, "part") else {}
+        self.part = part
+        named = [(n, p) for n, p in part.module.named_parameters() if lora.is_lora_name(n)]
+        self.params = [p for _, p in named]
+        opt = make_optimizer(self.params, self.lr, self.weight_decay)
+        for n, p in named:
+            if n in old and old[n] in self.opt.state and old[n].shape == p.shape:
+                opt.state[p] = self.opt.state[old[n]]
+        self.opt = opt
+        self.device = next(part.module.parameters()).device
         self.part.train()
 
     @property
     def cut(self) -> int:
-        return self.part.cut
+        return self.part.cut if isinstance(self.part, ClientPart) else self.part.n_layer
+
+    def push(self, transport: Transport, round_: int) -> None:
+        """Send this round's adapters (blocks [0, cut), the cut layer at r_cut) and the samples behind them."""
+        sd = lora.adapter_state_dict(self.part.module)
+        if isinstance(self.part, ClientPart) and self.r_cut is not None:
+            sd = lora.cut_payload(sd, self.part.family, self.cut, self.r_cut)
+        transport.push_adapters(AdapterUpdate(self.client_id, round_, sd, self.samples_seen))
+        self.samples_seen = 0
+
+    def pull(self, transport: Transport) -> None:
+        """Load the global adapters for this client's blocks (in place: optimizer state is kept)."""
+        lora.load_adapter_state_dict(self.part.module, transport.pull_adapters(self.client_id, self.cut))
+
+    def _next_batch(self) -> dict[str, torch.Tensor]:
+        batch = {k: v.to(self.device) for k, v in self.stream.next().items()}
+        self.last_shape = tuple(batch["input_ids"].shape)  # (B, T): what the virtual clock charges
+        return batch
+
+    def _update(self) -> None:
+        clip(self.params, self.max_grad_norm)
+        self.opt.step()
+
+    @torch.no_grad()
+    def evaluate(self, transport: Transport, examples: list[Example], batch_size: int, pad_id: int,
+                 round_: int) -> tuple[float, int, int]:
+        """(loss_sum, n_tokens, n_correct) of the current adapters on `examples` (no updates anywhere)."""
+        total = [0.0, 0, 0]
+        self.part.train(False)
+        for i, batch in enumerate(_batches(examples, batch_size, pad_id)):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            total = [a + b for a, b in zip(total, self._eval_batch(transport, batch, round_, i))]
+        self.part.train(True)
+        return total[0], int(total[1]), int(total[2])
+
+    def _eval_batch(self, transport: Transport, batch: dict[str, torch.Tensor], round_: int,
+                    i: int) -> tuple[float, int, int]:
+        raise NotImplementedError
+
+
+class SplitClient(_Client):
+    part: ClientPart
 
     def _request(self, batch: dict[str, torch.Tensor], acts: torch.Tensor, round_: int, step: int,
                  train: bool) -> ForwardRequest:
@@ -39,40 +96,44 @@ class SplitClient:
 
     def train_step(self, transport: Transport, round_: int, step: int) -> StepReply:
         """Forward to the cut -> send activations -> receive grad_activations -> backward -> AdamW step."""
-        batch = {k: v.to(self.device) for k, v in self.stream.next().items()}
+        batch = self._next_batch()
         acts = self.part.forward(batch["input_ids"], batch["attention_mask"])  # (B, T, H)
         reply = transport.step(self._request(batch, acts, round_, step, train=True))
         assert reply.grad_activations is not None and reply.grad_activations.shape == acts.shape
         self.opt.zero_grad(set_to_none=True)
         acts.backward(reply.grad_activations.to(acts.device, acts.dtype))
-        clip(self.params, self.max_grad_norm)
-        self.opt.step()
+        self._update()
         self.samples_seen += batch["input_ids"].shape[0]
         return reply
 
-    @torch.no_grad()
-    def evaluate(self, transport: Transport, examples: list[Example], batch_size: int, pad_id: int,
-                 round_: int) -> tuple[float, int, int]:
-        """(loss_sum, n_tokens, n_correct) of the current adapters on `examples` (no updates anywhere)."""
-        loss_sum, n_tok, n_ok = 0.0, 0, 0
-        self.part.train(False)
-        for i, batch in enumerate(_batches(examples, batch_size, pad_id)):
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            acts = self.part.forward(batch["input_ids"], batch["attention_mask"])
-            reply = transport.step(self._request(batch, acts, round_, i, train=False))
-            loss_sum, n_tok, n_ok = loss_sum + reply.loss_sum, n_tok + reply.n_tokens, n_ok + reply.n_correct
-        self.part.train(True)
-        return loss_sum, n_tok, n_ok
+    def _eval_batch(self, transport: Transport, batch: dict[str, torch.Tensor], round_: int,
+                    i: int) -> tuple[float, int, int]:
+        acts = self.part.forward(batch["input_ids"], batch["attention_mask"])
+        reply = transport.step(self._request(batch, acts, round_, i, train=False))
+        return reply.loss_sum, reply.n_tokens, reply.n_correct
 
-    def push(self, transport: Transport, round_: int) -> None:
-        """Send this round's adapters (blocks [0, cut)) and the samples behind them."""
-        transport.push_adapters(AdapterUpdate(self.client_id, round_, lora.adapter_state_dict(self.part.module),
-                                              self.samples_seen))
-        self.samples_seen = 0
 
-    def pull(self, transport: Transport) -> None:
-        """Load the global adapters for this client's blocks (in place: optimizer state is kept)."""
-        lora.load_adapter_state_dict(self.part.module, transport.pull_adapters(self.client_id, self.cut))
+class LocalClient(_Client):
+    """Trains the whole model on its own data (FedAvg-LoRA; with one client holding all data, centralized LoRA).
+
+    Replies are built locally, so the loss bookkeeping is the split client's; nothing but adapters is sent.
+    """
+
+    part: FullPart
+
+    def train_step(self, transport: Transport, round_: int, step: int) -> StepReply:
+        batch = self._next_batch()
+        stats = token_loss(self.part.forward(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        self.opt.zero_grad(set_to_none=True)
+        (stats.loss_sum / max(stats.n_tokens, 1)).backward()
+        self._update()
+        self.samples_seen += batch["input_ids"].shape[0]
+        return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct)
+
+    def _eval_batch(self, transport: Transport, batch: dict[str, torch.Tensor], round_: int,
+                    i: int) -> tuple[float, int, int]:
+        stats = token_loss(self.part.forward(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        return stats.loss_sum.item(), stats.n_tokens, stats.n_correct
 
 
 def _batches(examples: list[Example], batch_size: int, pad_id: int) -> Iterable[dict[str, torch.Tensor]]:

@@ -46,11 +46,24 @@ class LoraConfig:
 @dataclass
 class SplitConfig:
     cut: int = 2
-    """Number of blocks each client holds (client: blocks [0, cut); server: [cut, n_layer))."""
+    """Blocks a client holds (client: [0, cut); server: [cut, n_layer)): every client's cut under `fixed`, the
+    cut of a client of mean speed under `resource` and `splitft`."""
+    policy: str = "fixed"
+    """fixed (same cut for all) | resource (from speed and memory) | splitft (resource, then moved by loss)."""
+    cut_min: int = 1
+    cut_max: int = 0
+    """Adaptive cuts stay in [cut_min, cut_max]; 0 = n_layer - 1. The server holds blocks from cut_min on."""
+    gamma: float = 1.0
+    """splitft: blocks a client's cut moves per standard deviation its loss is below (+) or above (-) the mean."""
+    period: int = 2
+    """splitft: rounds between cut decisions."""
 
 
 @dataclass
 class FederationConfig:
+    method: str = "split"
+    """split (split learning with split.policy) | fedlora (no split: clients train the whole model, FedAvg) |
+    centralized (one trainer on the pooled data, n_clients x local_steps steps per round, on the server)."""
     n_clients: int = 3
     rounds: int = 3
     local_steps: int = 4
@@ -98,6 +111,33 @@ class DataConfig:
 
 
 @dataclass
+class DeviceConfig:
+    """A device tier for the virtual clock and the memory limit on cuts."""
+
+    name: str = "custom"
+    tflops: float = 1.0
+    """Effective training throughput, 1e12 FLOP/s."""
+    memory_gb: float = 4.0
+    up_mbps: float = 20.0
+    down_mbps: float = 100.0
+    latency_ms: float = 20.0
+
+
+@dataclass
+class HeterogeneityConfig:
+    profile: str = "homogeneous"
+    """homogeneous (all `laptop`) | tiers (each client drawn from phone/laptop/workstation, seeded) |
+    lognormal (laptop numbers times log-normal factors of sigma `spread`) | list (`devices`, one per client)."""
+    devices: list[str] = field(default_factory=list)
+    """Tier names, one per client, for profile=list."""
+    tiers: list[DeviceConfig] = field(default_factory=list)
+    """Extra or replacement tiers (by name) next to the builtin phone, laptop, workstation."""
+    spread: float = 0.5
+    server_tflops: float = 50.0
+    """The server's effective training throughput, 1e12 FLOP/s."""
+
+
+@dataclass
 class TransportConfig:
     kind: str = "inproc"
 
@@ -118,6 +158,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    heterogeneity: HeterogeneityConfig = field(default_factory=HeterogeneityConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
@@ -143,7 +184,12 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
         if not isinstance(value, list):
             problems.append(f"{key}: expected a list, got {value!r}")
             return None
-        return [_coerce(v, typing.get_args(tp)[0], key, problems) for v in value]
+        return [_coerce(v, typing.get_args(tp)[0], f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a mapping, got {value!r}")
+            return None
+        return _build(tp, value, key + ".", problems)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
@@ -254,12 +300,57 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"model.device: must be auto, cpu, cuda or cuda:N, got '{cfg.model.device}'")
     if cfg.transport.kind != "inproc":
         p.append(f"transport.kind: only 'inproc' is available in simulation, got '{cfg.transport.kind}'")
+    p += _validate_split(cfg) + _validate_heterogeneity(cfg)
     from .data.partitioners import PARTITIONERS
 
     if cfg.data.partitioner not in PARTITIONERS:
         p.append(f"data.partitioner: must be one of {', '.join(PARTITIONERS)}, got '{cfg.data.partitioner}'")
     if cfg.data.partitioner == "dirichlet" and not cfg.data.category_column:
         p.append("data.category_column: required by data.partitioner=dirichlet (e.g. data.category_column=play)")
+    return p
+
+
+METHODS = ("split", "fedlora", "centralized")
+POLICIES = ("fixed", "resource", "splitft")
+
+
+def _validate_split(cfg: Config) -> list[str]:
+    p, s = [], cfg.split
+    if cfg.federation.method not in METHODS:
+        p.append(f"federation.method: must be one of {', '.join(METHODS)}, got '{cfg.federation.method}'")
+    if s.policy not in POLICIES:
+        p.append(f"split.policy: must be one of {', '.join(POLICIES)}, got '{s.policy}'")
+    if s.cut_min < 1 or (s.cut_max and s.cut_max < s.cut_min):
+        p.append(f"split.cut_min/cut_max: need 1 <= cut_min <= cut_max (0 = last possible), got "
+                 f"{s.cut_min}/{s.cut_max}")
+    elif s.policy != "fixed" and not (s.cut_min <= s.cut and (not s.cut_max or s.cut <= s.cut_max)):
+        p.append(f"split.cut: the reference cut {s.cut} must lie in [cut_min={s.cut_min}, cut_max={s.cut_max}]")
+    if s.gamma < 0 or s.period < 1:
+        p.append(f"split.gamma must be >= 0 and split.period >= 1, got {s.gamma} and {s.period}")
+    if cfg.lora.r_cut > cfg.lora.r:
+        p.append(f"lora.r_cut: the cut-layer rank must not exceed lora.r={cfg.lora.r}, got {cfg.lora.r_cut}")
+    return p
+
+
+def _validate_heterogeneity(cfg: Config) -> list[str]:
+    from .sim.profiles import PROFILES, TIERS
+
+    p, h = [], cfg.heterogeneity
+    if h.profile not in PROFILES:
+        p.append(f"heterogeneity.profile: must be one of {', '.join(PROFILES)}, got '{h.profile}'")
+    names = set(TIERS) | {d.name for d in h.tiers}
+    if h.profile == "list" and len(h.devices) != cfg.federation.n_clients:
+        p.append(f"heterogeneity.devices: profile=list needs one tier name per client "
+                 f"({cfg.federation.n_clients}), got {len(h.devices)}")
+    for name in h.devices:
+        if name not in names:
+            p.append(f"heterogeneity.devices: unknown tier '{name}'; known: {', '.join(sorted(names))}")
+    for d in h.tiers:
+        if min(d.tflops, d.memory_gb, d.up_mbps, d.down_mbps) <= 0 or d.latency_ms < 0:
+            p.append(f"heterogeneity.tiers[{d.name}]: tflops, memory_gb, up_mbps, down_mbps must be > 0 and "
+                     f"latency_ms >= 0")
+    if h.server_tflops <= 0 or h.spread < 0:
+        p.append("heterogeneity.server_tflops must be > 0 and heterogeneity.spread >= 0")
     return p
 
 
@@ -272,6 +363,8 @@ def validate_against_model(cfg: Config, n_layer: int, max_positions: int | None)
     p = []
     if not 1 <= cfg.split.cut <= n_layer - 1:
         p.append(f"split.cut: must be in [1, {n_layer - 1}] for this {n_layer}-block model, got {cfg.split.cut}")
+    if cfg.split.cut_max > n_layer - 1:
+        p.append(f"split.cut_max: must be <= {n_layer - 1} for this {n_layer}-block model, got {cfg.split.cut_max}")
     if max_positions is not None and cfg.data.max_length > max_positions:
         p.append(f"data.max_length: {cfg.data.max_length} exceeds the model's context of {max_positions} tokens")
     if p:

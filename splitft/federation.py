@@ -1,22 +1,24 @@
-"""One federated round end to end: select clients, sync adapters, interleave split steps, FedAvg, evaluate.
+"""One federated round end to end: select clients, sync adapters, interleave steps, FedAvg, evaluate, re-cut.
 
 Step order inside a round is round-robin over the selected clients in a seeded permutation, so the shared
 server model sees the clients interleaved (c2, c0, c1, c2, c0, c1, ...) rather than one client's whole round
-after another's, and the same seed gives the same order.
+after another's, and the same seed gives the same order. After aggregation a cut policy (if any) decides the
+next round's cuts from each client's profile and last-round loss; `recut` applies the decision.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-from .client import SplitClient
+from .client import LocalClient, SplitClient
 from .data.datasets import Example
 from .lora import load_adapter_state_dict
 from .metrics import MetricsLogger, perplexity
+from .policy import ClientStats, CutPolicy
 from .server import SplitServer
-from .transport.base import Transport
 
 
 @dataclass
@@ -35,59 +37,117 @@ def plan_round(round_: int, client_ids: list[int], per_round: int, local_steps: 
     return RoundPlan(round_, chosen, [(c, s) for s in range(local_steps) for c in perm])
 
 
+class RoundClock(Protocol):
+    """Turns a round's step records and adapter bytes into virtual seconds (see sim/clock.py)."""
+
+    def round_seconds(self, steps: list[dict[str, Any]], lora_down: dict[int, int],
+                      lora_up: dict[int, int]) -> float: ...
+
+
+@dataclass
+class Adaptivity:
+    """What re-cutting needs: the policy, each client's static stats, and the mechanism that applies a cut."""
+
+    policy: CutPolicy
+    stats: dict[int, ClientStats]
+    recut: Callable[[int, int], None]
+
+
 class Federation:
     """Drives rounds over clients that share one transport to one server (in-process or remote)."""
 
-    def __init__(self, server: SplitServer, clients: dict[int, SplitClient], transport: Any, *,
+    def __init__(self, server: SplitServer, clients: dict[int, SplitClient | LocalClient], transport: Any, *,
                  eval_examples: list[Example], batch_size: int, pad_id: int, local_steps: int,
                  clients_per_round: int, seed: int, logger: MetricsLogger,
-                 on_step: Callable[[dict[str, Any]], None] | None = None):
+                 on_step: Callable[[dict[str, Any]], None] | None = None, clock: RoundClock | None = None,
+                 adaptivity: Adaptivity | None = None):
         self.server, self.clients, self.transport = server, clients, transport
         self.eval_examples, self.batch_size, self.pad_id = eval_examples, batch_size, pad_id
         self.local_steps, self.per_round, self.seed = local_steps, clients_per_round, seed
-        self.logger = logger
+        self.logger, self.clock, self.adaptivity = logger, clock, adaptivity
         self.on_step = on_step or (lambda record: None)
+        self.virtual_time = 0.0
 
     def run_round(self, round_: int, evaluate: bool) -> dict[str, Any]:
         plan = plan_round(round_, sorted(self.clients), self.per_round, self.local_steps, self.seed)
-        before = self.transport.counter.totals()
+        before = self._bytes(plan.clients)
+        cuts = {str(c): self.clients[c].cut for c in plan.clients}
         for cid in plan.clients:
             self.clients[cid].pull(self.transport)
-        losses = [self._step(cid, round_, step) for cid, step in plan.order]
+        steps = [self._step(cid, round_, step) for cid, step in plan.order]
         for cid in plan.clients:
             self.clients[cid].push(self.transport, round_)
         merged = self.server.aggregate()
+        delta = {c: {k: v - before[c][k] for k, v in b.items()} for c, b in self._bytes(plan.clients).items()}
         record: dict[str, Any] = {
-            "round": round_, "clients": merged, "cuts": {str(c): self.clients[c].cut for c in plan.clients},
-            "train_loss": sum(losses) / len(losses),
+            "round": round_, "clients": merged, "cuts": cuts,
+            "train_loss": sum(s["loss"] for s in steps) / len(steps),
+            "client_loss": {str(c): self._client_loss(c, steps) for c in plan.clients},
         }
+        record.update(self._time_and_bytes(steps, delta))
         if evaluate:
             record.update(self.evaluate(round_))
-        totals = self.transport.counter.totals()
-        delta = {k: totals[k] - before[k] for k in totals}
-        record.update(bytes=totals, bytes_up=delta["activations_up"] + delta["labels_up"] + delta["lora_up"],
-                      bytes_down=delta["grad_activations_down"] + delta["lora_down"])
+        if self.adaptivity is not None:
+            record["next_cuts"] = self.decide_cuts(round_ + 1)
         return self.logger.log("round", **record)
 
-    def _step(self, cid: int, round_: int, step: int) -> float:
+    def _bytes(self, clients: list[int]) -> dict[int, dict[str, int]]:
+        return {c: dict(self.transport.counter.bytes[c]) for c in clients}
+
+    def _client_loss(self, cid: int, steps: list[dict[str, Any]]) -> float:
+        losses = [s["loss"] for s in steps if s["client_id"] == cid]
+        self.clients[cid].last_loss = sum(losses) / len(losses)
+        return self.clients[cid].last_loss
+
+    def _time_and_bytes(self, steps: list[dict[str, Any]], delta: dict[int, dict[str, int]]) -> dict[str, Any]:
+        kinds = {k: sum(d[k] for d in delta.values()) for k in next(iter(delta.values()))}
+        out: dict[str, Any] = {
+            "bytes": self.transport.counter.totals(),
+            "bytes_up": kinds["activations_up"] + kinds["labels_up"] + kinds["lora_up"],
+            "bytes_down": kinds["grad_activations_down"] + kinds["lora_down"],
+        }
+        if self.clock is not None:
+            seconds = self.clock.round_seconds(steps, {c: d["lora_down"] for c, d in delta.items()},
+                                               {c: d["lora_up"] for c, d in delta.items()})
+            self.virtual_time += seconds
+            out.update(round_virtual_s=seconds, virtual_time=self.virtual_time)
+        return out
+
+    def _step(self, cid: int, round_: int, step: int) -> dict[str, Any]:
         client = self.clients[cid]
-        before = self.transport.counter.bytes[cid].copy()
+        before = dict(self.transport.counter.bytes[cid])
         reply = client.train_step(self.transport, round_, step)
         after = self.transport.counter.bytes[cid]
         rec = self.logger.log(
             "step", round=round_, step=step, client_id=cid, cut=client.cut, loss=reply.loss,
-            n_tokens=reply.n_tokens,
+            n_tokens=reply.n_tokens, batch=list(client.last_shape),
             bytes_up=after["activations_up"] + after["labels_up"] - before["activations_up"] - before["labels_up"],
             bytes_down=after["grad_activations_down"] - before["grad_activations_down"],
         )
         self.on_step(rec)
-        return reply.loss
+        return rec
+
+    def decide_cuts(self, round_: int) -> dict[str, int]:
+        """Ask the policy for the cuts of `round_`, log its reasons, apply the changes; returns the cuts."""
+        assert self.adaptivity is not None
+        a = self.adaptivity
+        stats = [dataclasses.replace(a.stats[c], loss=self.clients[c].last_loss) for c in sorted(self.clients)]
+        current = {c: self.clients[c].cut for c in self.clients}
+        decision = a.policy.assign(stats, current if round_ > 0 else {}, round_)
+        self.logger.log("cut_decision", round=round_, policy=a.policy.name,
+                        cuts={str(c): v for c, v in decision.cuts.items()},
+                        why={str(c): v for c, v in decision.why.items()})
+        for cid, cut in decision.cuts.items():
+            if cut != current[cid]:
+                a.recut(cid, cut)
+        return {str(c): v for c, v in decision.cuts.items()}
 
     def evaluate(self, round_: int) -> dict[str, float]:
-        """Held-out loss/ppl/next-token accuracy of the global model (global client adapters + server).
+        """Held-out loss/ppl/next-token accuracy of the global model, seen through the probe client's cut.
 
-        The probe client loads the global adapters straight from the server (a measurement, not protocol
-        traffic); its eval batches still cross the transport and are counted as eval_up / eval_down.
+        The probe client (lowest id) loads the global adapters straight from the server (a measurement, not
+        protocol traffic); its eval batches still cross the transport and are counted as eval_up / eval_down.
+        With different cuts per client, "the global model" is the one a client at the probe's cut would use.
         """
         probe = self.clients[min(self.clients)]
         load_adapter_state_dict(probe.part.module, self.server.global_adapters(probe.cut))
@@ -95,4 +155,4 @@ class Federation:
                                                round_)
         loss = loss_sum / max(n_tok, 1)
         return {"eval_loss": loss, "eval_ppl": perplexity(loss), "eval_acc": n_ok / max(n_tok, 1),
-                "eval_tokens": n_tok}
+                "eval_tokens": n_tok, "eval_cut": probe.cut}

@@ -1,9 +1,13 @@
-"""LoRA on both sides of the cut: per-layer rank map, PEFT wrapping, and adapter-only state dicts.
+"""LoRA on both sides of the cut: rank map, cut-layer rank masks, PEFT wrapping, adapter-only state dicts.
 
-The rank map is the SplitFT rule: the last client block (`cut - 1`) and the first server block (`cut`) use
-`r_cut`; every other block uses `r`. Scaling follows PEFT: a module of rank r_i computes
-    y = W x + (alpha / r_i) * B A x,      A: (r_i, d_in), B: (d_out, r_i), B initialised to 0,
-so `alpha` is absolute and a lower-rank module gets a larger scale (`scaling()` is the one place it lives).
+Rank convention (one place, `scaling`): every LoRA module is stored at rank r and computes
+    y = W x + (alpha / r) * B[:, :k] A[:k] x,      A: (r, d_in), B: (d_out, r), B initialised to 0,
+with k = r for ordinary blocks and k = r_cut for the cut layer (the last client block `cut - 1` and the first
+server block `cut`, `rank_for`). The cut-layer rank is a mask over leading components (`CutRankMask`), not a
+smaller tensor, so one shared server block can serve clients whose cuts put it at rank r_cut and others at r.
+Only the k active components cross the network (`cut_payload`): A[:k] and B[:, :k], a (k/r) share of the bytes.
+Scale alpha/r does not change with k, so dropping components never rescales the ones kept: a rank-r_cut
+payload padded back to rank r computes the same delta W (round trip exact), and averaging is per component.
 Adapters (the unit of exchange and aggregation) are dicts {full parameter name: tensor} with LoRA tensors only.
 """
 
@@ -25,9 +29,61 @@ def rank_for(layer: int, cut: int, r: int, r_cut: int) -> int:
     return r_cut if layer in (cut - 1, cut) else r
 
 
-def scaling(alpha: float, rank: int) -> float:
-    """The factor on B A x for a module of this rank (PEFT convention, `use_rslora=False`)."""
-    return alpha / rank
+def scaling(alpha: float, r: int) -> float:
+    """The factor on B A x for every module: alpha / r with r the stored rank (also for the masked cut layer)."""
+    return alpha / r
+
+
+def rank_dim(name: str) -> int:
+    """Which dim of a LoRA tensor indexes rank components: A is (r, d_in) -> 0, B is (d_out, r) -> 1."""
+    return 0 if ".lora_A." in name else 1
+
+
+def cut_payload(sd: dict[str, torch.Tensor], family: Family, cut: int, r_cut: int) -> dict[str, torch.Tensor]:
+    """What crosses the network for a client with this cut: its blocks' tensors with block cut-1 (its cut layer)
+    cut to the r_cut active components. Bytes: (r_cut / r) of the full block-(cut-1) adapters."""
+    out = {}
+    for name, t in sd.items():
+        if layer_of(name, family) == cut - 1 and t.shape[rank_dim(name)] > r_cut:
+            t = t.narrow(rank_dim(name), 0, r_cut)
+        out[name] = t
+    return out
+
+
+class CutRankMask:
+    """Masks LoRA components >= r_cut of the cut layer (blocks cut-1 and cut) of a model or part.
+
+    `set(cut)` moves the mask (the server calls it per request, a client once per cut); `set(None)` clears it.
+    A forward hook multiplies each lora_A output (..., r) by a 0/1 vector, so masked components get neither
+    output nor gradient. The state lives on the lora_A modules themselves (`_active_rank`), so a deep copy of
+    a masked model carries its own independent mask.
+    """
+
+    def __init__(self, model: nn.Module, family: Family, r_cut: int):
+        self.r_cut = r_cut
+        self.modules = [(layer_of(n, family), m) for n, m in model.named_modules() if n.endswith(".lora_A.default")]
+        for _, module in self.modules:
+            if not hasattr(module, "_active_rank"):
+                module.register_forward_hook(_mask_hook)
+            module._active_rank = None
+
+    def set(self, cut: int | None) -> None:
+        for layer, module in self.modules:
+            module._active_rank = self.r_cut if cut is not None and layer in (cut - 1, cut) else None
+
+
+def _mask_hook(module: nn.Module, inputs: object, out: torch.Tensor) -> torch.Tensor | None:
+    k = getattr(module, "_active_rank", None)
+    if k is None or k >= out.shape[-1]:
+        return None
+    keep = out.new_zeros(out.shape[-1])
+    keep[:k] = 1
+    return out * keep
+
+
+def active_lora_numel(sd: dict[str, torch.Tensor], family: Family, cut: int, r_cut: int) -> int:
+    """LoRA parameters a client with this cut trains and exchanges (its cut layer at r_cut)."""
+    return sum(t.numel() for t in cut_payload(sd, family, cut, r_cut).values())
 
 
 def layer_of(name: str, family: Family) -> int | None:
@@ -45,22 +101,13 @@ def target_module_names(model: nn.Module, family: Family, targets: Iterable[str]
     ]
 
 
-def build_rank_pattern(model: nn.Module, family: Family, targets: Iterable[str], ranks: dict[int, int]) -> dict[str, int]:
-    """PEFT `rank_pattern`: exact (escaped) module name -> rank, for blocks whose rank is in `ranks`."""
-    return {
-        re.escape(n): ranks[layer_of(n, family)]  # type: ignore[index]
-        for n in target_module_names(model, family, targets)
-        if layer_of(n, family) in ranks
-    }
-
-
 def wrap(model: nn.Module, family: Family, *, r: int, alpha: float, dropout: float,
-         targets: Iterable[str], ranks: dict[int, int] | None = None) -> nn.Module:
-    """Inject LoRA into every block of `model` (a PeftModel comes back); only LoRA weights stay trainable.
+         targets: Iterable[str]) -> nn.Module:
+    """Inject rank-r LoRA into every block of `model` (a PeftModel comes back); only LoRA weights stay trainable.
 
     Args:
-        r: default rank; `ranks` overrides it per block index (e.g. from `rank_for`).
-        alpha: absolute LoRA alpha; each module scales by alpha / its own rank.
+        r: stored rank of every module (the cut layer's r_cut is a mask, see `CutRankMask`).
+        alpha: LoRA alpha; every module scales by alpha / r.
         targets: module-name suffixes to wrap (family defaults when the config leaves them empty).
 
     Raises:
@@ -75,7 +122,7 @@ def wrap(model: nn.Module, family: Family, *, r: int, alpha: float, dropout: flo
                          f"the default for this family is {list(family.lora_targets)}")
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
-        rank_pattern=build_rank_pattern(model, family, targets, ranks or {}), bias="none",
+        bias="none",
         fan_in_fan_out=family.fan_in_fan_out, task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
@@ -93,6 +140,9 @@ def adapter_state_dict(part: nn.Module) -> dict[str, torch.Tensor]:
 def load_adapter_state_dict(part: nn.Module, sd: dict[str, torch.Tensor], strict: bool = True) -> None:
     """Copy `sd` into the LoRA parameters of `part` in place (optimizer references stay valid).
 
+    A tensor with fewer rank components than the parameter (a cut-layer payload) fills the leading components;
+    the others keep their values.
+
     Args:
         strict: every LoRA parameter of `part` must be in `sd` (extra keys in `sd` are always ignored,
             since a global adapter covers blocks this part does not hold).
@@ -104,7 +154,12 @@ def load_adapter_state_dict(part: nn.Module, sd: dict[str, torch.Tensor], strict
         for name, tensor in sd.items():
             if name in params:
                 p = params[name]
-                assert p.shape == tensor.shape, f"{name}: shape {tuple(tensor.shape)} != {tuple(p.shape)}"
+                if p.shape != tensor.shape:  # a cut-layer payload: leading rank components only
+                    d = rank_dim(name)
+                    ok = p.dim() == tensor.dim() == 2 and p.shape[1 - d] == tensor.shape[1 - d]
+                    assert ok and tensor.shape[d] <= p.shape[d], (
+                        f"{name}: shape {tuple(tensor.shape)} does not fit {tuple(p.shape)}")
+                    p = p.narrow(d, 0, tensor.shape[d])
                 p.copy_(tensor.to(p.device, p.dtype))
 
 

@@ -1,5 +1,5 @@
 """SplitServer: finishes each client's forward pass from its cut, computes the loss, back-propagates, and
-returns grad_activations; keeps the global client-side adapters and aggregates them each round.
+returns grad_activations; keeps the global adapters and aggregates them each round.
 
 Transport-agnostic: it receives `ForwardRequest`/`AdapterUpdate` objects and never knows how they arrived.
 One shared server-side model (blocks [first, L) + head) is trained on every client's activations, one
@@ -8,53 +8,48 @@ optimizer step per request, in the order requests arrive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
 
 import torch
-import torch.nn.functional as F
 
 from . import lora
 from .aggregate import layerwise_fedavg
-from .data.datasets import IGNORE
+from .loss import token_loss
+from .model.families import Family
 from .model.split import ServerPart
 from .optim import clip, make_optimizer
 from .transport.base import AdapterUpdate, ForwardRequest, StepReply
 
 
-@dataclass
-class TokenStats:
-    loss_sum: torch.Tensor
-    n_tokens: int
-    n_correct: int
-
-
-def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> TokenStats:
-    """Next-token cross-entropy summed over label tokens, with the one-token shift.
-
-    logits (B, T, V) at position t predict labels[t + 1]; positions whose label is IGNORE carry no loss.
-    Accuracy counts argmax(logits[:, t]) == labels[:, t + 1] over the same positions.
-    """
-    pred, target = logits[:, :-1], labels[:, 1:]
-    mask = target != IGNORE
-    loss_sum = F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1),
-                               ignore_index=IGNORE, reduction="sum")
-    n_correct = int(((pred.argmax(-1) == target) & mask).sum())
-    return TokenStats(loss_sum, int(mask.sum()), n_correct)
-
-
 class SplitServer:
-    """Server side of the split: the shared server part, its optimizer, and the client adapter store."""
+    """Server side of the split: the shared server part, its optimizer, and the global adapter store.
 
-    def __init__(self, part: ServerPart, global_client_adapters: dict[str, torch.Tensor], *, lr: float,
-                 weight_decay: float = 0.0, max_grad_norm: float = 0.0):
-        self.part = part
-        self.params = part.lora_parameters()
-        self.opt = make_optimizer(self.params, lr, weight_decay)
-        self.max_grad_norm = max_grad_norm
-        self.device = next(part.module.parameters()).device
-        self.global_adapters_ = dict(global_client_adapters)
+    Blocks [0, first) live only in the store (clients train them); blocks [first, L) live in the server part,
+    which serves every client from that client's cut. With adaptive cuts a block j in [first, cut_max) can be
+    trained in one round both by clients holding it (cut > j) and by the server (for clients with cut <= j);
+    `aggregate` merges all those copies (see `_own_copies` for the server's weights). With `part=None` the
+    server only aggregates (the no-split baselines): every block lives in the store.
+    """
+
+    def __init__(self, part: ServerPart | None, initial_adapters: dict[str, torch.Tensor], family: Family, *,
+                 r_cut: int | None = None, lr: float = 0.0, weight_decay: float = 0.0, max_grad_norm: float = 0.0):
+        self.part, self.family, self.r_cut = part, family, r_cut
+        n_layer = 1 + max(lora.layer_of(n, family) or 0 for n in initial_adapters)
+        self.first = part.first if part is not None else n_layer
+        self.store = {n: t.clone() for n, t in initial_adapters.items() if self._layer(n) < self.first}
         self.pending: list[AdapterUpdate] = []
-        self.part.train()
+        self.served: Counter[int] = Counter()  # training samples served per client cut this round
+        if part is not None:
+            self.params = part.lora_parameters()
+            self.opt = make_optimizer(self.params, lr, weight_decay)
+            self.max_grad_norm = max_grad_norm
+            self.device = next(part.module.parameters()).device
+            part.train()
+
+    def _layer(self, name: str) -> int:
+        layer = lora.layer_of(name, self.family)
+        assert layer is not None, f"{name}: adapters outside blocks are not supported"
+        return layer
 
     def step(self, req: ForwardRequest) -> StepReply:
         """One client's step: logits from its cut, loss over label tokens, and for training requests backward
@@ -63,6 +58,7 @@ class SplitServer:
         Returns:
             StepReply with grad_activations (B, T, H) of the activations' dtype when req.train.
         """
+        assert self.part is not None, "this server holds no blocks (no-split method); clients train locally"
         mask = req.attention_mask.to(self.device, torch.long)
         labels = req.labels.to(self.device, torch.long)
         acts = req.activations.to(self.device).detach().requires_grad_(req.train)
@@ -75,6 +71,7 @@ class SplitServer:
         (stats.loss_sum / max(stats.n_tokens, 1)).backward()
         clip(self.params, self.max_grad_norm)
         self.opt.step()
+        self.served[req.cut] += acts.shape[0]
         assert acts.grad is not None and acts.grad.shape == acts.shape
         return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct, acts.grad)
 
@@ -82,23 +79,58 @@ class SplitServer:
         self.pending.append(update)
 
     def aggregate(self) -> list[int]:
-        """FedAvg the adapters received this round (weighted by samples) into the global client adapters.
+        """Merge this round's client adapters and the server's own copies of the blocks clients also hold into
+        the global adapters (`layerwise_fedavg`: per element, weighted by samples trained on).
 
         Returns:
             client ids whose updates were merged (the survivors).
         """
-        if not self.pending:
+        updates, self.pending = self.pending, []
+        own, self.served = self._own_copies(), Counter()
+        if not updates:
             return []
-        merged = layerwise_fedavg([u.adapters for u in self.pending], [u.n_samples for u in self.pending])
-        self.global_adapters_.update(merged)
-        ids = [u.client_id for u in self.pending]
-        self.pending = []
-        return ids
+        held = 1 + max(self._layer(n) for u in updates for n in u.adapters)  # blocks [0, held) have client copies
+        base = self.global_view(held)
+        own = [(sd, w) for sd, w in own if self._layer(next(iter(sd))) < held]
+        merged = layerwise_fedavg([u.adapters for u in updates] + [sd for sd, _ in own],
+                                  [u.n_samples for u in updates] + [w for _, w in own], base)
+        self.store.update({n: t for n, t in merged.items() if self._layer(n) < self.first})
+        if self.part is not None:
+            lora.load_adapter_state_dict(self.part.module, merged, strict=False)
+        return [u.client_id for u in updates]
+
+    def _own_copies(self) -> list[tuple[dict[str, torch.Tensor], float]]:
+        """The server's copy of each block j it holds, as (adapters of block j, samples it trained them on).
+
+        Block j trained all r components for clients with cut < j, and only the r_cut leading ones for clients
+        with cut == j (block j was their first server block), so it enters the merge twice: full, weighted by
+        the samples of cuts < j, and cut to r_cut, weighted by the samples of cut j.
+        """
+        if self.part is None:
+            return []
+        by_layer: dict[int, dict[str, torch.Tensor]] = {}
+        for name, t in self.adapters().items():
+            by_layer.setdefault(self._layer(name), {})[name] = t
+        out = []
+        for j, sd in sorted(by_layer.items()):
+            out.append((sd, float(sum(n for c, n in self.served.items() if c < j))))
+            if self.r_cut is not None and self.served[j]:
+                out.append((lora.cut_payload(sd, self.family, j + 1, self.r_cut), float(self.served[j])))
+        return out
+
+    def global_view(self, cut: int) -> dict[str, torch.Tensor]:
+        """Current global adapters of blocks [0, cut), full rank: the store below `first`, the server part above."""
+        live = self.adapters() if self.part is not None and cut > self.first else {}
+        return {n: t.clone() for n, t in {**self.store, **live}.items() if self._layer(n) < cut}
 
     def global_adapters(self, cut: int) -> dict[str, torch.Tensor]:
-        """Global client-side adapters of blocks [0, cut) (what a client with this cut loads)."""
-        fam = self.part.family
-        return {n: t.clone() for n, t in self.global_adapters_.items() if (lora.layer_of(n, fam) or 0) < cut}
+        """What a client with this cut loads: blocks [0, cut), its cut layer (block cut-1) at r_cut components."""
+        view = self.global_view(cut)
+        if self.part is None or self.r_cut is None:
+            return view
+        return lora.cut_payload(view, self.family, cut, self.r_cut)
 
     def adapters(self) -> dict[str, torch.Tensor]:
+        """The server part's adapters (blocks [first, L)), full rank."""
+        assert self.part is not None
         return lora.adapter_state_dict(self.part.module)

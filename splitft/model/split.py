@@ -7,6 +7,9 @@ weights are shared between the parts and the source model (no copy); LoRA weight
 
     client: embeddings + blocks [0, cut)            -> activations (B, T, H)
     server: blocks [first, L) + final norm + LM head, entered at the caller's cut >= first
+    full:   everything (the no-split baselines: FedAvg-LoRA and centralized LoRA)
+With `r_cut`, a part masks its cut layer to r_cut LoRA components (`lora.CutRankMask`): a client part at its
+own cut, the server part at the cut of each request it serves.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import copy
 import torch
 from torch import nn
 
-from ..lora import is_lora_name
+from ..lora import CutRankMask, is_lora_name
 from .families import Family
 
 
@@ -76,10 +79,12 @@ class _Part:
 class ClientPart(_Part):
     """Embeddings + blocks [0, cut) with their LoRA adapters."""
 
-    def __init__(self, peft_model: nn.Module, family: Family, cut: int):
+    def __init__(self, peft_model: nn.Module, family: Family, cut: int, r_cut: int | None = None):
         super().__init__(peft_model, family, range(0, cut), family.head_paths)
         assert 1 <= cut < self.n_layer, f"cut={cut} must be in [1, {self.n_layer - 1}]"
         self.cut = cut
+        if r_cut is not None:
+            CutRankMask(self.module, family, r_cut).set(cut)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask: (B, T) -> activations (B, T, H) after block cut-1 (no final norm)."""
@@ -94,21 +99,36 @@ class ClientPart(_Part):
 class ServerPart(_Part):
     """Blocks [first, L) + final norm + LM head with their LoRA adapters; serves any client cut >= first."""
 
-    def __init__(self, peft_model: nn.Module, family: Family, first: int):
+    def __init__(self, peft_model: nn.Module, family: Family, first: int, r_cut: int | None = None):
         n_layer = len(_hf(peft_model).get_submodule(family.layers_path))
         assert 1 <= first < n_layer, f"server first block {first} must be in [1, {n_layer - 1}]"
         super().__init__(peft_model, family, range(first, n_layer), family.embed_paths)
         self.first = first
+        self.mask = CutRankMask(self.module, family, r_cut) if r_cut is not None else None
 
     def forward(self, activations: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
         """activations (B, T, H) from a client holding [0, cut) -> logits (B, T, V)."""
         assert self.first <= cut < self.n_layer, f"client cut {cut} outside server range [{self.first}, {self.n_layer})"
+        if self.mask is not None:
+            self.mask.set(cut)
         hf, fam = self.hf, self.family
         ctx = fam.context(hf, activations, attention_mask)
         hidden = activations
         for i in range(cut, self.n_layer):
             hidden = fam.run_block(hf, i, hidden, ctx)
         return fam.head(hf, hidden)
+
+
+class FullPart(_Part):
+    """The whole model with its LoRA adapters, trained where the data is (no split)."""
+
+    def __init__(self, peft_model: nn.Module, family: Family):
+        n_layer = len(_hf(peft_model).get_submodule(family.layers_path))
+        super().__init__(peft_model, family, range(n_layer), ())
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids, attention_mask: (B, T) -> logits (B, T, V)."""
+        return full_forward(self.module, self.family, input_ids, attention_mask)
 
 
 def full_forward(peft_model: nn.Module, family: Family, input_ids: torch.Tensor,

@@ -13,14 +13,15 @@ class ClientStats:
     Attributes:
         speed: relative compute speed (1.0 = reference device; 0.5 = twice as slow).
         memory_gb: memory the client can give to its part of the model.
-        eval_loss: the client's latest held-out loss with the global model (lower is better); None before the
-            first evaluation.
+        loss: the client's mean step loss over its last round (lower is better). Each batch's loss is measured
+            before the step that trains on it (progressive validation), so it costs no extra pass; None before the
+            first round.
     """
 
     client_id: int
     speed: float = 1.0
     memory_gb: float = float("inf")
-    eval_loss: float | None = None
+    loss: float | None = None
 
 
 @dataclass(frozen=True)

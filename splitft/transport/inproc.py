@@ -33,12 +33,21 @@ class ByteCounter:
         return out
 
 
-class InProcTransport:
-    """Carries messages to a `SplitServer` living in the same process."""
+class _NoCount(ByteCounter):
+    def add(self, client_id: int, kind: str, n: int) -> None:
+        pass
 
-    def __init__(self, server: object) -> None:
+
+class InProcTransport:
+    """Carries messages to a `SplitServer` living in the same process.
+
+    `count=False` is for the centralized baseline, whose trainer and adapters sit on one machine: nothing
+    crosses a network, so nothing is counted.
+    """
+
+    def __init__(self, server: object, count: bool = True) -> None:
         self.server = server
-        self.counter = ByteCounter()
+        self.counter = ByteCounter() if count else _NoCount()
 
     def step(self, req: ForwardRequest) -> StepReply:
         up = req.nbytes()

@@ -8,16 +8,18 @@ from splitft.data.datasets import BatchStream
 from splitft.data.partitioners import IidPartitioner
 from splitft.metrics import NullLogger
 from splitft.optim import make_optimizer
-from splitft.server import token_loss
-from splitft.sim.runner import build, build_federation
+from splitft.loss import token_loss
+from splitft.sim.methods import build_federation
+from splitft.sim.setup import build
 from tests.conftest import FAMILIES, tiny_config
 
 STEPS = 3
 
 
 def _unsplit_training(setup, steps: int):
-    """Train the full PeftModel (HF forward) on the exact batches client 0 sees."""
+    """Train the full PeftModel (HF forward, cut layer masked to r_cut) on the exact batches client 0 sees."""
     cfg = setup.cfg
+    lora.CutRankMask(setup.peft, setup.family, cfg.lora.r_cut).set(cfg.split.cut)
     idx = IidPartitioner(n_clients=1, seed=cfg.federation.seed).partition([len(e) for e in setup.train])[0]
     stream = BatchStream([setup.train[i] for i in idx], cfg.train.batch_size, setup.pad_id, cfg.federation.seed)
     params = lora.lora_params(setup.peft)
@@ -47,7 +49,7 @@ def test_split_training_equals_unsplit_training(tmp_path, family, cut):
     fed.on_step = lambda rec: split_losses.append(rec["loss"])
     for r in range(2):
         fed.run_round(r, evaluate=False)
-    split_sd = {**fed.server.global_adapters(cut), **fed.server.adapters()}
+    split_sd = fed.server.global_view(setup.n_layer)
 
     ref_losses, ref_sd = _unsplit_training(setup, 2 * STEPS)  # setup.peft still holds the initial LoRA
     assert split_sd.keys() == ref_sd.keys()

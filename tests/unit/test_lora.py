@@ -13,26 +13,77 @@ def test_rank_for_gives_r_cut_on_both_sides_of_the_cut():
     assert [lora.rank_for(i, cut=1, r=16, r_cut=4) for i in range(3)] == [4, 4, 16]
 
 
-def test_scaling_is_alpha_over_rank():
-    assert lora.scaling(32, 16) == 2.0 and lora.scaling(32, 8) == 4.0
+def test_scaling_is_alpha_over_the_stored_rank():
+    assert lora.scaling(32, 16) == 2.0 and lora.scaling(8, 4) == 2.0
 
 
-def _peft(family="llama", ranks=None):
+def _peft(family="llama"):
     m = load(f"tiny:{family}").model
     fam = family_for(m.config.model_type)
-    return lora.wrap(m, fam, r=4, alpha=8, dropout=0.0, targets=fam.lora_targets, ranks=ranks), fam
+    return lora.wrap(m, fam, r=4, alpha=8, dropout=0.0, targets=fam.lora_targets), fam
+
+
+def _lora_module(peft, fam, layer):
+    return next(m for n, m in peft.named_modules() if hasattr(m, "lora_A") and lora.layer_of(n, fam) == layer
+                and "default" in m.lora_A)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
-def test_per_layer_ranks_and_scaling_reach_the_modules(family):
-    peft, fam = _peft(family, ranks={1: 2, 2: 2})
-    seen = {}
-    for name, module in peft.named_modules():
-        if hasattr(module, "lora_A") and "default" in getattr(module, "r", {}):
-            layer = lora.layer_of(name, fam)
-            seen[layer] = (module.r["default"], module.scaling["default"])
-            assert module.lora_A["default"].weight.shape[0] == module.r["default"]
-    assert seen == {0: (4, 2.0), 1: (2, 4.0), 2: (2, 4.0), 3: (4, 2.0)}
+def test_masked_cut_layer_computes_alpha_over_r_times_leading_components(family):
+    """y = W x + (alpha / r) * B[:, :k] A[:k] x on blocks cut-1 and cut; every other block uses all r."""
+    peft, fam = _peft(family)
+    torch.manual_seed(0)
+    for p in lora.lora_params(peft):
+        p.data.normal_()
+    lora.CutRankMask(peft, fam, r_cut=2).set(2)  # blocks 1 and 2 masked to 2 of 4 components
+    for layer, k in [(0, 4), (1, 2), (2, 2), (3, 4)]:
+        mod = _lora_module(peft, fam, layer)
+        a, b = mod.lora_A["default"].weight, mod.lora_B["default"].weight
+        x = torch.randn(3, a.shape[1])
+        delta = mod(x) - mod.base_layer(x)
+        assert mod.scaling["default"] == lora.scaling(8, 4) == 2.0
+        assert torch.allclose(delta, 2.0 * x @ a[:k].T @ b[:, :k].T, atol=1e-5), (layer, k)
+
+
+def test_masked_components_get_no_gradient():
+    peft, fam = _peft()
+    for p in lora.lora_params(peft):
+        p.data.normal_()
+    lora.CutRankMask(peft, fam, r_cut=1).set(1)
+    ids = torch.randint(0, 200, (2, 6))
+    peft(input_ids=ids).logits.sum().backward()
+    mod = _lora_module(peft, fam, 1)
+    grad_a, grad_b = mod.lora_A["default"].weight.grad, mod.lora_B["default"].weight.grad
+    assert grad_a[1:].abs().sum() == 0 and grad_b[:, 1:].abs().sum() == 0
+    assert mod.lora_A["default"].weight.grad[0].abs().sum() > 0
+    full = _lora_module(peft, fam, 3)
+    assert full.lora_B["default"].weight.grad[:, 1:].abs().sum() > 0
+
+
+def test_cut_payload_carries_r_cut_components_of_the_last_client_block_only():
+    peft, fam = _peft()
+    sd = lora.adapter_state_dict(peft)
+    client = {n: t for n, t in sd.items() if lora.layer_of(n, fam) < 2}
+    payload = lora.cut_payload(client, fam, cut=2, r_cut=1)
+    for n, t in payload.items():
+        want = 1 if lora.layer_of(n, fam) == 1 else 4
+        assert t.shape[lora.rank_dim(n)] == want and torch.equal(t, client[n].narrow(lora.rank_dim(n), 0, want))
+    block1 = sum(t.numel() for n, t in client.items() if lora.layer_of(n, fam) == 1)
+    assert lora.active_lora_numel(client, fam, 2, 1) == sum(t.numel() for t in client.values()) - block1 * 3 // 4
+
+
+def test_payload_round_trip_restores_the_leading_components_and_keeps_the_rest():
+    peft, fam = _peft()
+    for p in lora.lora_params(peft):
+        p.data.normal_()
+    before = lora.adapter_state_dict(peft)
+    payload = {n: t * 3 for n, t in lora.cut_payload(before, fam, cut=2, r_cut=1).items()}
+    lora.load_adapter_state_dict(peft, payload)
+    after = lora.adapter_state_dict(peft)
+    for n, t in after.items():
+        d, k = lora.rank_dim(n), payload[n].shape[lora.rank_dim(n)]
+        assert torch.equal(t.narrow(d, 0, k), payload[n])
+        assert torch.equal(t.narrow(d, k, t.shape[d] - k), before[n].narrow(d, k, t.shape[d] - k))
 
 
 def test_only_lora_is_trainable_and_exported():

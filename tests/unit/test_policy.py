@@ -33,25 +33,27 @@ def test_resource_scales_with_speed_and_respects_memory():
 
 
 def test_splitft_starts_from_resource_cuts_then_moves_by_performance():
-    p = SplitFTPolicy(B, cut=4, gamma=0.5, period=1)
+    p = SplitFTPolicy(B, cut=4, gamma=1.0, period=1)
     stats = [ClientStats(0, speed=1.0), ClientStats(1, speed=1.0)]
     assert p.assign(stats, {}, 0).cuts == {0: 4, 1: 4}
-    stats = [ClientStats(0, speed=1.0, eval_loss=3.0), ClientStats(1, speed=1.0, eval_loss=5.0)]
-    d = p.assign(stats, {0: 4, 1: 4}, 1)  # mean 4: scores +0.25 / -0.25, steps +1 / -1 (0.5*0.25*8)
-    assert d.cuts == {0: 5, 1: 3} and d.why[0]["score"] == pytest.approx(0.25)
+    stats = [ClientStats(0, speed=1.0, loss=3.0), ClientStats(1, speed=1.0, loss=5.0)]
+    d = p.assign(stats, {0: 4, 1: 4}, 1)  # mean 4, sigma 1: scores +1 / -1, steps +1 / -1
+    assert d.cuts == {0: 5, 1: 3} and d.why[0]["score"] == pytest.approx(1.0)
+    assert p.assign([ClientStats(0, loss=2.0), ClientStats(1, loss=2.0)], {0: 4, 1: 4}, 1).cuts == {0: 4, 1: 4}
 
 
 def test_splitft_growth_is_scaled_by_speed_and_capped_by_memory():
-    p = SplitFTPolicy(B, cut=4, gamma=1.0, period=1)
-    stats = [ClientStats(0, speed=0.25, eval_loss=2.0), ClientStats(1, speed=1.0, eval_loss=2.0, memory_gb=3.0),
-             ClientStats(2, speed=1.0, eval_loss=8.0)]
-    d = p.assign(stats, {0: 4, 1: 4, 2: 4}, 1)  # mean 4: scores +.5, +.5, -1 -> steps 4*0.25=1, 4 (cap 4), -8
+    p = SplitFTPolicy(B, cut=4, gamma=4.0, period=1)
+    stats = [ClientStats(0, speed=0.25, loss=2.0), ClientStats(1, speed=1.0, loss=2.0, memory_gb=3.0),
+             ClientStats(2, speed=1.0, loss=8.0)]
+    # mean 4, sigma sqrt(8): scores .707, .707, -1.414 -> steps 2.83*0.25=.71 -> +1, 2.83 -> +3 (cap 4), -5.66 -> -6
+    d = p.assign(stats, {0: 4, 1: 4, 2: 4}, 1)
     assert d.cuts == {0: 5, 1: 4, 2: 1}
 
 
 def test_splitft_holds_between_periods_and_without_losses():
     p = SplitFTPolicy(B, cut=4, gamma=1.0, period=3)
-    stats = [ClientStats(0, eval_loss=1.0), ClientStats(1, eval_loss=9.0)]
+    stats = [ClientStats(0, loss=1.0), ClientStats(1, loss=9.0)]
     assert p.assign(stats, {0: 4, 1: 4}, 2).cuts == {0: 4, 1: 4}
     assert p.assign([ClientStats(0), ClientStats(1)], {0: 4, 1: 6}, 3).cuts == {0: 4, 1: 6}
 

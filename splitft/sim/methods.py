@@ -1,0 +1,145 @@
+"""How each method is assembled from the same `Setup` (same model, data, partition, seeds): who holds which
+blocks, which cut policy, which devices the virtual clock charges.
+
+    split        SplitClient per client + SplitServer; cuts from split.policy (fixed = SFL / SplitLoRA,
+                 splitft = SplitFT's adaptive cuts); cut layer at lora.r_cut
+    fedlora      LocalClient per client (whole model, no split) + an aggregation-only server
+    centralized  one LocalClient on the pooled training data, running on the server's device
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from .. import lora
+from ..client import LocalClient, SplitClient
+from ..data.datasets import BatchStream
+from ..federation import Adaptivity, Federation
+from ..metrics import MetricsLogger
+from ..model.split import ClientPart, FullPart, ServerPart
+from ..policy import POLICIES, ClientStats, CutBounds
+from ..server import SplitServer
+from ..transport.inproc import InProcTransport
+from .clock import CostModel, VirtualClock
+from .profiles import DeviceProfile, client_profiles, server_profile
+from .setup import Setup
+
+OnStep = Callable[[dict[str, Any]], None] | None
+
+
+def cost_model(setup: Setup) -> CostModel:
+    return CostModel.from_model(setup.peft.base_model.model, setup.family, setup.peft.dtype.itemsize)
+
+
+def cut_bounds(setup: Setup) -> CutBounds:
+    """Allowed cuts and the client memory model (from the model's shape and the training batch shape)."""
+    cfg = setup.cfg
+    base_gb, block_gb = cost_model(setup).memory_gb(cfg.train.batch_size, cfg.data.max_length)
+    return CutBounds(setup.n_layer, cfg.split.cut_min, cfg.split.cut_max, base_gb, block_gb)
+
+
+def _opt_kw(setup: Setup) -> dict[str, float]:
+    t = setup.cfg.train
+    return dict(lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
+
+
+def _stream(setup: Setup, cid: int, idx: list[int]) -> BatchStream:
+    cfg = setup.cfg
+    return BatchStream([setup.train[i] for i in idx], cfg.train.batch_size, setup.pad_id,
+                       cfg.federation.seed + 7919 * cid)
+
+
+def _federation(setup: Setup, server: SplitServer, clients: dict, devices: dict[int, DeviceProfile],
+                logger: MetricsLogger, on_step: OnStep, local_steps: int, per_round: int,
+                adaptivity: Adaptivity | None = None, networked: bool = True) -> Federation:
+    cfg = setup.cfg
+    clock = VirtualClock(cost_model(setup), devices, server_profile(cfg.heterogeneity))
+    logger.log("setup", method=cfg.federation.method, partition_sizes=[len(p) for p in setup.parts],
+               **setup.data_stats, eval_samples=len(setup.eval), n_layer=setup.n_layer, family=setup.family.name,
+               device=str(setup.device), devices={str(c): vars(d) for c, d in devices.items()})
+    return Federation(server, clients, InProcTransport(server, count=networked), eval_examples=setup.eval,
+                      batch_size=cfg.train.batch_size, pad_id=setup.pad_id, local_steps=local_steps,
+                      clients_per_round=per_round, seed=cfg.federation.seed, logger=logger, on_step=on_step,
+                      clock=clock, adaptivity=adaptivity)
+
+
+def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
+    cfg, peft, fam = setup.cfg, setup.peft, setup.family
+    r_cut = cfg.lora.r_cut if cfg.lora.r_cut < cfg.lora.r else None  # None: no mask, plain rank-r LoRA
+    bounds = cut_bounds(setup)
+    first = cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min
+    server = SplitServer(ServerPart(peft, fam, first, r_cut), lora.adapter_state_dict(peft), fam, r_cut=r_cut,
+                         **_opt_kw(setup))
+    clients = {cid: SplitClient(cid, ClientPart(peft, fam, cfg.split.cut, r_cut), _stream(setup, cid, idx),
+                                r_cut=r_cut, **_opt_kw(setup))
+               for cid, idx in enumerate(setup.parts)}
+    devices = dict(enumerate(client_profiles(cfg.heterogeneity, len(clients), cfg.federation.seed)))
+    policy = _policy(cfg, bounds)
+
+    def recut(cid: int, cut: int) -> None:
+        clients[cid].replace_part(ClientPart(peft, fam, cut, r_cut))
+
+    stats = {c: ClientStats(c, speed=d.tflops, memory_gb=d.memory_gb) for c, d in devices.items()}
+    fed = _federation(setup, server, clients, devices, logger, on_step, cfg.federation.local_steps,
+                      cfg.federation.clients_per_round, Adaptivity(policy, stats, recut))
+    fed.decide_cuts(0)
+    return fed
+
+
+def _policy(cfg: Any, bounds: CutBounds) -> Any:
+    s = cfg.split
+    extra = dict(gamma=s.gamma, period=s.period) if s.policy == "splitft" else {}
+    return POLICIES[s.policy](bounds, s.cut, **extra)
+
+
+def build_fedlora(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
+    cfg = setup.cfg
+    server = SplitServer(None, lora.adapter_state_dict(setup.peft), setup.family)
+    clients = {cid: LocalClient(cid, FullPart(setup.peft, setup.family), _stream(setup, cid, idx), **_opt_kw(setup))
+               for cid, idx in enumerate(setup.parts)}
+    devices = dict(enumerate(client_profiles(cfg.heterogeneity, len(clients), cfg.federation.seed)))
+    return _federation(setup, server, clients, devices, logger, on_step, cfg.federation.local_steps,
+                       cfg.federation.clients_per_round)
+
+
+def build_centralized(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
+    """One trainer, all training data, as many steps per round as the whole federation takes."""
+    cfg = setup.cfg
+    server = SplitServer(None, lora.adapter_state_dict(setup.peft), setup.family)
+    pooled = sorted(i for idx in setup.parts for i in idx)
+    client = LocalClient(0, FullPart(setup.peft, setup.family), _stream(setup, 0, pooled), **_opt_kw(setup))
+    n = cfg.federation.clients_per_round or cfg.federation.n_clients
+    return _federation(setup, server, {0: client}, {0: server_profile(cfg.heterogeneity)}, logger, on_step,
+                       cfg.federation.local_steps * n, 0, networked=False)
+
+
+def client_report(setup: Setup, fed: Federation, rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per client: device, largest cut held, estimated training memory vs budget, LoRA parameters it trains at
+    its final cut, LoRA bytes it exchanged."""
+    cfg, cost = setup.cfg, cost_model(setup)
+    base_gb, block_gb = cost.memory_gb(cfg.train.batch_size, cfg.data.max_length)
+    devices = fed.clock.devices if isinstance(fed.clock, VirtualClock) else {}
+    full = lora.adapter_state_dict(setup.peft)
+    out = {}
+    for cid, client in fed.clients.items():
+        max_cut = max([r["cuts"].get(str(cid), 0) for r in rounds if "cuts" in r] + [client.cut])
+        need = cost.full_model_gb(cfg.train.batch_size, cfg.data.max_length) if max_cut >= setup.n_layer \
+            else base_gb + max_cut * block_gb
+        held = {n: t for n, t in full.items() if (lora.layer_of(n, setup.family) or 0) < client.cut}
+        numel = lora.active_lora_numel(held, setup.family, client.cut, client.r_cut) if client.r_cut and \
+            client.cut < setup.n_layer else sum(t.numel() for t in held.values())
+        bytes_ = fed.transport.counter.bytes[cid]
+        dev = devices.get(cid)
+        budget = dev.memory_gb if dev and math.isfinite(dev.memory_gb) else None
+        out[str(cid)] = {"device": dev.name if dev else None, "final_cut": client.cut, "max_cut": max_cut,
+                         "memory_gb_needed": round(need, 3), "memory_gb_budget": budget,
+                         "lora_params": numel, "lora_up": bytes_["lora_up"], "lora_down": bytes_["lora_down"]}
+    return out
+
+
+BUILDERS = {"split": build_split, "fedlora": build_fedlora, "centralized": build_centralized}
+
+
+def build_federation(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
+    return BUILDERS[setup.cfg.federation.method](setup, logger, on_step)

@@ -1,0 +1,73 @@
+"""Virtual clock and device profiles (sim/), against hand-computed cases."""
+
+import math
+
+import pytest
+
+from splitft.config import load_config
+from splitft.sim.clock import CostModel, StepCost, round_time, transfer_s
+from splitft.sim.profiles import TIERS, DeviceProfile, client_profiles
+
+# 1 TFLOP/s, 8 Mbit/s (1 MB/s) both ways, no latency: 1e12 FLOPs = 1 s, 1e6 bytes = 1 s
+DEV = DeviceProfile("d", 1.0, 1.0, 8.0, 8.0, 0.0)
+SERVER = DeviceProfile("server", 2.0, math.inf, math.inf, math.inf, 0.0)
+
+
+def test_transfer_is_latency_plus_bits_over_bandwidth():
+    assert transfer_s(1e6, 8.0, 0.0) == 1.0 and transfer_s(0, 8.0, 30.0) == pytest.approx(0.03)
+
+
+def test_one_client_step_is_forward_upload_server_download_backward():
+    # fwd 1 s + up 1 s + server 2e12/2e12 = 1 s + down 0.5 s + bwd 1 s = 4.5 s; pull 0.25 s before, push 0.5 s
+    t = round_time([StepCost(0, 2e12, 2e12, 1_000_000, 500_000)], {0: DEV}, SERVER, {0: 250_000}, {0: 500_000})
+    assert t == {0: pytest.approx(0.25 + 4.5 + 0.5)}
+
+
+def test_two_clients_share_one_fifo_server():
+    # both arrive at t=2 (fwd 1 + up 1); server takes 2 s each: c0 served 2-4, c1 waits, served 4-6
+    step = dict(client_flops=2e12, server_flops=4e12, bytes_up=1_000_000)
+    t = round_time([StepCost(0, **step), StepCost(1, **step)], {0: DEV, 1: DEV}, SERVER, {}, {})
+    assert t == {0: pytest.approx(4 + 1), 1: pytest.approx(6 + 1)}
+
+
+def test_local_steps_never_touch_the_server_queue():
+    t = round_time([StepCost(0, 3e12), StepCost(0, 3e12), StepCost(1, 1e12)], {0: DEV, 1: DEV}, SERVER, {}, {})
+    assert t == {0: pytest.approx(6.0), 1: pytest.approx(1.0)}
+
+
+def test_flops_and_memory_follow_the_model_shape():
+    cost = CostModel(block_params=(100, 100), embed_params=50, head_params=40, d_model=4, n_heads=2, param_bytes=4)
+    # per token: block fwd 2*100 + 4*T*d = 200 + 4*3*4 = 248; head 2*40 = 80; x2 for training; 2*3 tokens
+    assert cost.train_flops(0, 1, batch=2, seq=3) == 2 * 6 * 248
+    assert cost.train_flops(1, 2, batch=2, seq=3, head=True) == 2 * 6 * (248 + 80)
+    base, block = cost.memory_gb(batch=1, seq=2)
+    assert base == 200 / 1e9 and block == pytest.approx((400 + 2 * 4 * (34 + 5 * 2 * 2 / 4) * 2) / 1e9)
+
+
+def test_profiles_are_seeded_and_lists_are_taken_as_given():
+    cfg = load_config(None, ["federation.n_clients=6", "heterogeneity.profile=tiers"]).heterogeneity
+    assert client_profiles(cfg, 6, seed=1) == client_profiles(cfg, 6, seed=1)
+    assert {p.name for p in client_profiles(cfg, 40, seed=1)} == {"phone", "laptop", "workstation"}
+    custom = load_config(None, ["federation.n_clients=2", "heterogeneity.profile=list",
+                                "heterogeneity.devices=[edge,phone]",
+                                "heterogeneity.tiers=[{name: edge, tflops: 3, memory_gb: 1}]"]).heterogeneity
+    edge, phone = client_profiles(custom, 2, seed=0)
+    assert (edge.name, edge.tflops, edge.memory_gb) == ("edge", 3.0, 1.0) and phone == TIERS["phone"]
+    logn = load_config(None, ["heterogeneity.profile=lognormal", "heterogeneity.spread=0"]).heterogeneity
+    assert client_profiles(logn, 3, seed=0) == [TIERS["laptop"]] * 3
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["heterogeneity.profile=list"], "one tier name per client"),
+    (["heterogeneity.devices=[phone,tablet,laptop]"], "unknown tier 'tablet'"),
+    (["heterogeneity.profile=zoo"], "heterogeneity.profile: must be one of"),
+    (["split.policy=greedy"], "split.policy: must be one of"),
+    (["federation.method=swarm"], "federation.method: must be one of"),
+    (["lora.r_cut=32"], "lora.r_cut: the cut-layer rank must not exceed"),
+    (["split.policy=splitft", "split.cut_min=3", "split.cut=2"], "reference cut 2 must lie in"),
+])
+def test_bad_heterogeneity_and_split_settings_say_how_to_fix_them(overrides, message):
+    from splitft.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
