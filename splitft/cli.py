@@ -5,6 +5,9 @@
     splitft partition --config ... [--png FILE] [key=value ...]      show how the data splits among clients
     splitft experiment --config configs/experiment.yaml [--methods a,b] [--target-ppl X]
                                                                      splitft vs sfl-fixed vs fedlora vs centralized
+    splitft server --config ... [key=value ...]                      serve a deployed federation over gRPC
+    splitft client --config ... --client-id N --server HOST:PORT     one client process (token in $SPLITFT_TOKEN)
+    splitft launch --config ... --clients N                          server + N clients on loopback
 User mistakes print one line `splitft: error: ...` and exit with code 2.
 """
 
@@ -25,13 +28,21 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_ in [("simulate", "run a federation in one process (in-process transport)"),
                         ("validate", "check a config and print it fully resolved"),
                         ("partition", "print per-client sample counts and length histograms (no model weights)"),
-                        ("experiment", "run splitft, sfl-fixed, fedlora and centralized and print one table")]:
+                        ("experiment", "run splitft, sfl-fixed, fedlora and centralized and print one table"),
+                        ("server", "serve a deployed federation over gRPC (split.policy=fixed)"),
+                        ("client", "run one client process against a gRPC server"),
+                        ("launch", "run a server and N client processes on loopback")]:
         s = sub.add_parser(name, help=help_)
         s.add_argument("--config", help="YAML config file (defaults apply to missing keys)")
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. split.cut=4 federation.rounds=2")
         if name == "partition":
             s.add_argument("--png", help="also save a clients x buckets heat map to this PNG file")
             s.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
+        if name == "client":
+            s.add_argument("--client-id", type=int, required=True, help="this client's id, 0 .. n_clients-1")
+            s.add_argument("--server", default=None, help="host:port of the server (default: transport.address)")
+        if name == "launch":
+            s.add_argument("--clients", type=int, required=True, help="number of client processes")
         if name == "experiment":
             s.add_argument("--methods", default="splitft,sfl-fixed,fedlora,centralized",
                            help="comma-separated subset of splitft,sfl-fixed,fedlora,centralized")
@@ -41,10 +52,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Pull `--section.key=value` items out before argparse sees them (it would reject unknown flags)."""
+    """Pull `section.key=value` and `--section.key=value` items out before argparse sees them (it would reject
+    unknown flags, and positionals after an option), so overrides may stand anywhere on the line."""
     known, overrides = [], []
     for a in argv:
-        (overrides if a.startswith("--") and "." in a.split("=", 1)[0] else known).append(a)
+        key = a.split("=", 1)[0]
+        is_override = "=" in a and "." in key and not key.startswith("-") or a.startswith("--") and "." in key
+        (overrides if is_override else known).append(a)
     return known, overrides
 
 
@@ -92,8 +106,35 @@ def _experiment(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _server(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .config import load_config
+    from .deploy.serve import serve
+
+    print(json.dumps(serve(load_config(args.config, overrides))))
+    return 0
+
+
+def _client(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .config import load_config
+    from .deploy.join import join
+
+    cfg = load_config(args.config, overrides)
+    report = join(cfg, args.client_id, args.server or cfg.transport.address)
+    print(json.dumps({k: v for k, v in report.items() if k != "losses"}))
+    return 0
+
+
+def _launch(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .config import load_config
+    from .deploy.launch import launch
+
+    launch(load_config(args.config, overrides), args.clients)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
-    "simulate": _simulate, "validate": _validate, "partition": _partition, "experiment": _experiment}
+    "simulate": _simulate, "validate": _validate, "partition": _partition, "experiment": _experiment,
+    "server": _server, "client": _client, "launch": _launch}
 
 
 def _quiet_libraries() -> None:

@@ -56,9 +56,9 @@ class _Client:
         transport.push_adapters(AdapterUpdate(self.client_id, round_, sd, self.samples_seen))
         self.samples_seen = 0
 
-    def pull(self, transport: Transport) -> None:
+    def pull(self, transport: Transport, round_: int) -> None:
         """Load the global adapters for this client's blocks (in place: optimizer state is kept)."""
-        lora.load_adapter_state_dict(self.part.module, transport.pull_adapters(self.client_id, self.cut))
+        lora.load_adapter_state_dict(self.part.module, transport.pull_adapters(self.client_id, self.cut, round_))
 
     def _next_batch(self) -> dict[str, torch.Tensor]:
         batch = {k: v.to(self.device) for k, v in self.stream.next().items()}

@@ -140,6 +140,24 @@ class HeterogeneityConfig:
 @dataclass
 class TransportConfig:
     kind: str = "inproc"
+    """inproc (`splitft simulate`) | grpc (`splitft server`, `client`, `launch`)."""
+    address: str = "127.0.0.1:50051"
+    """host:port the server listens on and clients connect to."""
+    tokens_file: str = ""
+    """Server: file with one secret token per line, line i for client i (`splitft launch` writes one)."""
+    token_env: str = "SPLITFT_TOKEN"
+    """Client: the environment variable holding this client's token (never on the command line)."""
+    tls_cert: str = ""
+    tls_key: str = ""
+    """Server: PEM certificate and key; both empty = plaintext (loopback tests only)."""
+    tls_root: str = ""
+    """Client: PEM certificate of the CA (or the self-signed server certificate) to trust."""
+    chunk_kb: int = 1024
+    """Frames carry at most this much of a serialized message; gRPC's message limit is set to match."""
+    max_message_mb: int = 64
+    """Largest message (all frames of it) either side accepts; larger ones are refused."""
+    timeout_s: float = 3600.0
+    """Deadline of a client's whole session."""
 
 
 @dataclass
@@ -298,8 +316,13 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"model.dtype: must be float32, bfloat16 or float16, got '{cfg.model.dtype}'")
     if not (cfg.model.device in ("auto", "cpu", "cuda") or cfg.model.device.startswith("cuda:")):
         p.append(f"model.device: must be auto, cpu, cuda or cuda:N, got '{cfg.model.device}'")
-    if cfg.transport.kind != "inproc":
-        p.append(f"transport.kind: only 'inproc' is available in simulation, got '{cfg.transport.kind}'")
+    t = cfg.transport
+    if t.kind not in ("inproc", "grpc"):
+        p.append(f"transport.kind: must be inproc or grpc, got '{t.kind}'")
+    _positive(p, transport__chunk_kb=t.chunk_kb, transport__max_message_mb=t.max_message_mb,
+              transport__timeout_s=t.timeout_s)
+    if bool(t.tls_cert) != bool(t.tls_key):
+        p.append("transport.tls_cert and transport.tls_key: give both (server TLS) or neither")
     p += _validate_split(cfg) + _validate_heterogeneity(cfg)
     from .data.partitioners import PARTITIONERS
 

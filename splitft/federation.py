@@ -73,7 +73,7 @@ class Federation:
         before = self._bytes(plan.clients)
         cuts = {str(c): self.clients[c].cut for c in plan.clients}
         for cid in plan.clients:
-            self.clients[cid].pull(self.transport)
+            self.clients[cid].pull(self.transport, round_)
         steps = [self._step(cid, round_, step) for cid, step in plan.order]
         for cid in plan.clients:
             self.clients[cid].push(self.transport, round_)

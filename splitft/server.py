@@ -85,7 +85,7 @@ class SplitServer:
         Returns:
             client ids whose updates were merged (the survivors).
         """
-        updates, self.pending = self.pending, []
+        updates, self.pending = sorted(self.pending, key=lambda u: u.client_id), []  # same sum order everywhere
         own, self.served = self._own_copies(), Counter()
         if not updates:
             return []

@@ -44,7 +44,7 @@ def _opt_kw(setup: Setup) -> dict[str, float]:
     return dict(lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
 
 
-def _stream(setup: Setup, cid: int, idx: list[int]) -> BatchStream:
+def client_stream(setup: Setup, cid: int, idx: list[int]) -> BatchStream:
     cfg = setup.cfg
     return BatchStream([setup.train[i] for i in idx], cfg.train.batch_size, setup.pad_id,
                        cfg.federation.seed + 7919 * cid)
@@ -71,7 +71,7 @@ def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> 
     first = cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min
     server = SplitServer(ServerPart(peft, fam, first, r_cut), lora.adapter_state_dict(peft), fam, r_cut=r_cut,
                          **_opt_kw(setup))
-    clients = {cid: SplitClient(cid, ClientPart(peft, fam, cfg.split.cut, r_cut), _stream(setup, cid, idx),
+    clients = {cid: SplitClient(cid, ClientPart(peft, fam, cfg.split.cut, r_cut), client_stream(setup, cid, idx),
                                 r_cut=r_cut, **_opt_kw(setup))
                for cid, idx in enumerate(setup.parts)}
     devices = dict(enumerate(client_profiles(cfg.heterogeneity, len(clients), cfg.federation.seed)))
@@ -96,7 +96,7 @@ def _policy(cfg: Any, bounds: CutBounds) -> Any:
 def build_fedlora(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
     cfg = setup.cfg
     server = SplitServer(None, lora.adapter_state_dict(setup.peft), setup.family)
-    clients = {cid: LocalClient(cid, FullPart(setup.peft, setup.family), _stream(setup, cid, idx), **_opt_kw(setup))
+    clients = {cid: LocalClient(cid, FullPart(setup.peft, setup.family), client_stream(setup, cid, idx), **_opt_kw(setup))
                for cid, idx in enumerate(setup.parts)}
     devices = dict(enumerate(client_profiles(cfg.heterogeneity, len(clients), cfg.federation.seed)))
     return _federation(setup, server, clients, devices, logger, on_step, cfg.federation.local_steps,
@@ -108,7 +108,7 @@ def build_centralized(setup: Setup, logger: MetricsLogger, on_step: OnStep = Non
     cfg = setup.cfg
     server = SplitServer(None, lora.adapter_state_dict(setup.peft), setup.family)
     pooled = sorted(i for idx in setup.parts for i in idx)
-    client = LocalClient(0, FullPart(setup.peft, setup.family), _stream(setup, 0, pooled), **_opt_kw(setup))
+    client = LocalClient(0, FullPart(setup.peft, setup.family), client_stream(setup, 0, pooled), **_opt_kw(setup))
     n = cfg.federation.clients_per_round or cfg.federation.n_clients
     return _federation(setup, server, {0: client}, {0: server_profile(cfg.heterogeneity)}, logger, on_step,
                        cfg.federation.local_steps * n, 0, networked=False)

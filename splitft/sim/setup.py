@@ -61,8 +61,26 @@ class Setup:
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
+def build_model(cfg: Config, meta: Any = None) -> tuple[torch.nn.Module, Family, Any, torch.device]:
+    """The model with seeded rank-r LoRA, its family, tokenizer and device: all a server needs (no data).
+
+    Raises:
+        UserError: a bad model source, or a config value that does not fit the model.
+    """
+    meta = meta or loader.read_meta(cfg.model.source)
+    validate_against_model(cfg, meta.n_layer, meta.max_positions)
+    device = resolve_device(cfg.model.device)
+    seed_everything(cfg.federation.seed)
+    loaded = loader.load(cfg.model.source, DTYPES[cfg.model.dtype], cfg.federation.seed)
+    family = family_for(loaded.model.config.model_type)
+    torch.manual_seed(cfg.federation.seed)  # LoRA A init: the same on every process of a deployment
+    peft = lora.wrap(loaded.model.to(device), family, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+                     targets=cfg.lora.targets or family.lora_targets)
+    return peft, family, loaded.tokenizer, device
+
+
 def build(cfg: Config) -> Setup:
-    """Validate against model metadata, load model + data, wrap rank-r LoRA (seeded init). No training.
+    """Model (`build_model`) + data + partition. No training.
 
     Raises:
         UserError: anything wrong with the model source, the data or a config value that needs the model.
@@ -70,16 +88,9 @@ def build(cfg: Config) -> Setup:
     meta = loader.read_meta(cfg.model.source)
     validate_against_model(cfg, meta.n_layer, meta.max_positions)
     resolve_path(cfg.data.path)  # a missing data file fails before the weights load
-    device = resolve_device(cfg.model.device)
-    seed_everything(cfg.federation.seed)
-    loaded = loader.load(cfg.model.source, DTYPES[cfg.model.dtype], cfg.federation.seed)
-    examples, stats = load_examples(cfg.data, loaded.tokenizer, cfg.federation.seed)
+    peft, family, tokenizer, device = build_model(cfg, meta)
+    examples, stats = load_examples(cfg.data, tokenizer, cfg.federation.seed)
     train, held_out = split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
     parts = partitioner_for(cfg).partition(samples_of(train))
-    family = family_for(loaded.model.config.model_type)
-    torch.manual_seed(cfg.federation.seed)  # LoRA A init
-    peft = lora.wrap(loaded.model.to(device), family, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                     targets=cfg.lora.targets or family.lora_targets)
-    return Setup(cfg, peft, family, loaded.tokenizer, train, held_out, stats, device, parts)
-
+    return Setup(cfg, peft, family, tokenizer, train, held_out, stats, device, parts)
 

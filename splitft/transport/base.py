@@ -15,9 +15,15 @@ from typing import Protocol
 
 import torch
 
+from ..errors import UserError
+
 MASK_DTYPE = torch.uint8
 LABEL_DTYPE = torch.int32
 SCALARS_NBYTES = 8 * 3  # loss_sum (float64) + n_tokens + n_correct (int64) in every reply
+
+
+class TransportError(UserError):
+    """The other side refused a request or could not be reached; the message says which and why."""
 
 
 def tensor_nbytes(t: torch.Tensor | None) -> int:
@@ -94,6 +100,7 @@ class Transport(Protocol):
         """Hand the client's adapters to the server for aggregation."""
         ...
 
-    def pull_adapters(self, client_id: int, cut: int) -> dict[str, torch.Tensor]:
-        """The current global adapters for blocks [0, cut)."""
+    def pull_adapters(self, client_id: int, cut: int, round_: int) -> dict[str, torch.Tensor]:
+        """The global adapters for blocks [0, cut) as of the start of `round_` (a network transport waits until
+        the previous round is aggregated)."""
         ...

@@ -64,7 +64,7 @@ class InProcTransport:
         self.counter.add(update.client_id, "lora_up", update.nbytes())
         self.server.receive_adapters(update)  # type: ignore[attr-defined]
 
-    def pull_adapters(self, client_id: int, cut: int) -> dict[str, torch.Tensor]:
+    def pull_adapters(self, client_id: int, cut: int, round_: int = 0) -> dict[str, torch.Tensor]:
         adapters = self.server.global_adapters(cut)  # type: ignore[attr-defined]
         self.counter.add(client_id, "lora_down", sum(t.numel() * t.element_size() for t in adapters.values()))
         return adapters

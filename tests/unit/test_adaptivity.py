@@ -46,7 +46,7 @@ def test_a_recut_client_pulls_the_global_adapters_of_its_new_blocks_and_keeps_op
     assert client.cut == 3
     moved = {n: p for n, p in client.part.module.named_parameters() if n in state_before}
     assert all(torch.equal(client.opt.state[p]["exp_avg"], state_before[n]) for n, p in moved.items())
-    client.pull(fed.transport)
+    client.pull(fed.transport, 1)
     want = fed.server.global_adapters(3)
     have = lora.adapter_state_dict(client.part.module)
     for n, t in want.items():

@@ -1,0 +1,63 @@
+"""`splitft client`: one client of a deployed federation, its own process, gRPC to the server.
+
+    SPLITFT_TOKEN=... splitft client --config cfg.yaml --client-id 2 --server host:50051 [key=value ...]
+Builds the same setup as the simulation (same seed: same partition), keeps only its own partition, runs its
+rounds (pull, local split steps, push), and client 0 evaluates the final global model on the held-out data.
+Writes <out_dir>/client_<id>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..client import SplitClient
+from ..config import Config
+from ..errors import UserError
+from ..federation import plan_round
+from ..metrics import perplexity
+from ..model.split import ClientPart
+from ..sim.methods import client_stream  # the simulation's per-client batch order: both runtimes match
+from ..sim.setup import build
+from ..transport.grpc import GrpcTransport
+from .serve import wire_options
+
+
+def join(cfg: Config, client_id: int, address: str) -> dict:
+    fed = cfg.federation
+    if not 0 <= client_id < fed.n_clients:
+        raise UserError(f"--client-id: must be in [0, {fed.n_clients - 1}], got {client_id}")
+    token = os.environ.get(cfg.transport.token_env, "")
+    if not token:
+        raise UserError(f"set this client's token in the environment variable {cfg.transport.token_env}")
+    setup = build(cfg)
+    r_cut = cfg.lora.r_cut if cfg.lora.r_cut < cfg.lora.r else None
+    t = cfg.train
+    client = SplitClient(client_id, ClientPart(setup.peft, setup.family, cfg.split.cut, r_cut),
+                         client_stream(setup, client_id, setup.parts[client_id]), r_cut=r_cut, lr=t.lr,
+                         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
+    transport = GrpcTransport(address, client_id, token, wire_options(cfg), cfg.transport.timeout_s)
+    losses = []
+    for r in range(fed.rounds):
+        if client_id not in plan_round(r, list(range(fed.n_clients)), fed.clients_per_round, 1, fed.seed).clients:
+            continue
+        client.pull(transport, r)
+        losses += [client.train_step(transport, r, s).loss for s in range(fed.local_steps)]
+        client.push(transport, r)
+        print(f"[client {client_id}] round {r}: mean step loss {sum(losses[-fed.local_steps:]) / fed.local_steps:.4f}",
+              flush=True)
+    report: dict = {"client_id": client_id, "losses": losses}
+    if client_id == 0:  # the probe, as in the simulation: the final global model on the held-out data
+        client.pull(transport, fed.rounds)
+        loss_sum, n_tok, n_ok = client.evaluate(transport, setup.eval, t.batch_size, setup.pad_id, fed.rounds)
+        report.update(eval_loss=loss_sum / max(n_tok, 1), eval_ppl=perplexity(loss_sum / max(n_tok, 1)),
+                      eval_acc=n_ok / max(n_tok, 1))
+        print(f"[client 0] final eval_ppl={report['eval_ppl']:.2f}", flush=True)
+    transport.done()
+    transport.close()
+    report.update(bytes=transport.counter.totals(), wire_up=transport.wire_up, wire_down=transport.wire_down)
+    out = Path(cfg.metrics.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"client_{client_id}.json").write_text(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,110 @@
+"""`splitft server`: the server of a deployed federation, one process, gRPC.
+
+    splitft server --config cfg.yaml transport.kind=grpc transport.address=0.0.0.0:50051 \\
+        transport.tokens_file=tokens.txt transport.tls_cert=server.pem transport.tls_key=server.key
+Loads the model (no data), serves every client's steps in the simulation's order, aggregates each round, and
+when every client has said DONE writes <out_dir>/adapter (PEFT), server.json and metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import torch
+
+from .. import lora
+from ..config import Config
+from ..errors import UserError
+from ..metrics import MetricsLogger
+from ..model.split import ServerPart
+from ..server import SplitServer
+from ..sim.runner import prepare_run_dir
+from ..sim.setup import build_model
+from ..transport import codec
+from ..transport.grpc import WireOptions, serve_grpc
+from .coordinator import Coordinator
+
+Envelope = codec.Envelope
+
+
+def wire_options(cfg: Config) -> WireOptions:
+    t = cfg.transport
+    return WireOptions(chunk_bytes=t.chunk_kb * 1024, max_bytes=t.max_message_mb << 20, tls_cert=t.tls_cert,
+                       tls_key=t.tls_key, tls_root=t.tls_root)
+
+
+def read_tokens(path: str, n_clients: int) -> dict[int, str]:
+    if not path:
+        raise UserError("transport.tokens_file: the server needs one token per client (line i = client i); "
+                        "make one with: python -c \"import secrets; print(secrets.token_hex(16))\" per line")
+    try:
+        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError as e:
+        raise UserError(f"transport.tokens_file: cannot read '{path}': {e.strerror}") from None
+    if len(lines) < n_clients or any(len(t) < 16 for t in lines):
+        raise UserError(f"transport.tokens_file: needs {n_clients} tokens of at least 16 characters, "
+                        f"one per line; '{path}' has {len(lines)}")
+    return dict(enumerate(lines[:n_clients]))
+
+
+class Endpoint:
+    """Envelope in, envelope out: decodes and checks, then asks the coordinator. No grpc in here."""
+
+    def __init__(self, coord: Coordinator, shape: codec.StepShape, adapter_shapes: dict[str, torch.Size],
+                 max_numel: int):
+        self.coord, self.shape, self.adapter_shapes, self.max_numel = coord, shape, adapter_shapes, max_numel
+
+    async def __call__(self, env: Envelope) -> Envelope:
+        if env.kind == Envelope.STEP:
+            req = codec.decode_step(env, self.shape)
+            return codec.encode_reply(await self.coord.step(req), env)
+        if env.kind == Envelope.PUSH:
+            await self.coord.push(codec.decode_push(env, self.adapter_shapes, self.max_numel))
+            return Envelope(kind=Envelope.ACK, client_id=env.client_id, round=env.round)
+        if env.kind == Envelope.PULL:
+            adapters = await self.coord.pull(env.client_id, env.cut, env.round)
+            return codec.encode_adapters(Envelope.ADAPTERS, env.client_id, env.round, adapters)
+        if env.kind == Envelope.HEARTBEAT:
+            return Envelope(kind=Envelope.HEARTBEAT, client_id=env.client_id)
+        if env.kind == Envelope.DONE:
+            await self.coord.client_done(env.client_id)
+            return Envelope(kind=Envelope.ACK, client_id=env.client_id)
+        raise codec.WireError(f"unexpected message kind {env.kind}")
+
+
+def serve(cfg: Config) -> dict:
+    """Run the server until every client is done; returns what it writes to server.json."""
+    if cfg.federation.method != "split" or cfg.split.policy != "fixed":
+        raise UserError("deployment runs federation.method=split with split.policy=fixed for now; adaptive cuts "
+                        "and the no-split baselines run in `splitft simulate` / `splitft experiment`")
+    tokens = read_tokens(cfg.transport.tokens_file, cfg.federation.n_clients)
+    out = prepare_run_dir(cfg)
+    peft, family, _, _ = build_model(cfg)
+    r_cut = cfg.lora.r_cut if cfg.lora.r_cut < cfg.lora.r else None
+    t = cfg.train
+    server = SplitServer(ServerPart(peft, family, cfg.split.cut, r_cut), lora.adapter_state_dict(peft), family,
+                         r_cut=r_cut, lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
+    logger = MetricsLogger(out / "metrics.jsonl")
+
+    def log(text: str) -> None:
+        print(f"[server] {text}", flush=True)
+        logger.log("server", message=text)
+
+    fed = cfg.federation
+    coord = Coordinator(server, fed.n_clients, fed.rounds, fed.local_steps, fed.clients_per_round, fed.seed, log)
+    hidden = peft.base_model.model.config.hidden_size
+    dtype = next(p for p in peft.parameters()).dtype
+    shape = codec.StepShape(hidden, dtype, max_tokens=cfg.train.batch_size * cfg.data.max_length,
+                            cut_range=(server.first, server.part.n_layer))
+    full = lora.adapter_state_dict(peft)
+    endpoint = Endpoint(coord, shape, {n: t.shape for n, t in full.items()}, max(t.numel() for t in full.values()))
+    asyncio.run(serve_grpc(endpoint, cfg.transport.address, tokens, wire_options(cfg), coord.finished, log))
+    lora.load_adapter_state_dict(peft, server.global_view(server.part.n_layer))
+    peft.save_pretrained(str(out / "adapter"))
+    summary = {"rounds": coord.round, "clients": fed.n_clients, "wall_time_s": round(logger.elapsed(), 2)}
+    (out / "server.json").write_text(json.dumps(summary, indent=2))
+    logger.close()
+    return summary
+

@@ -1,0 +1,121 @@
+"""Wire codec and the server endpoint: round trips, and hostile input refused with server state unchanged."""
+
+import asyncio
+
+import pytest
+import torch
+
+from splitft import lora
+from splitft.deploy.coordinator import Coordinator, Refused
+from splitft.deploy.serve import Endpoint
+from splitft.model.families import family_for
+from splitft.model.loader import load
+from splitft.model.split import ServerPart
+from splitft.server import SplitServer
+from splitft.transport import codec
+from splitft.transport.base import ForwardRequest
+
+Envelope = codec.Envelope
+SHAPE = codec.StepShape(hidden=32, dtype=torch.float32, max_tokens=64, cut_range=(2, 4))
+
+
+def _req(cid=0, step=0, acts=None, cut=2, train=True):
+    acts = torch.randn(2, 5, 32) if acts is None else acts
+    return ForwardRequest(cid, 0, step, cut, acts, torch.ones(2, 5, dtype=torch.uint8),
+                          torch.full((2, 5), 7, dtype=torch.int32), train)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.int32])
+def test_tensors_round_trip_bit_exactly(dtype):
+    t = (torch.randn(3, 4) * 50).to(dtype)
+    assert torch.equal(codec.tensor_from_pb(codec.tensor_to_pb("x", t), 100), t)
+
+
+def test_frames_reassemble_and_oversized_messages_are_refused():
+    env = codec.encode_step(_req())
+    frames = codec.to_frames(env, seq=3, chunk_bytes=100)
+    assert len(frames) > 10
+    r = codec.Reassembler(max_bytes=1 << 20)
+    assert [r.add(f) for f in frames[:-1]] == [None] * (len(frames) - 1) and r.add(frames[-1]) == env
+    small = codec.Reassembler(max_bytes=500)
+    with pytest.raises(codec.WireError, match="byte limit"):
+        for f in frames:
+            small.add(f)
+    with pytest.raises(codec.WireError, match="malformed"):
+        codec.Reassembler(1 << 20).add(codec.pb.Frame(seq=0, index=0, count=1, data=b"\xff\xff\xff"))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda e: e.tensors[0].__setattr__("dtype", "float64"), "not accepted"),
+    (lambda e: e.tensors[0].__setattr__("data", e.tensors[0].data[:-4]), "do not hold"),
+    (lambda e: e.__setattr__("cut", 1), "not served"),
+    (lambda e: e.tensors.pop(), "needs activations"),
+    (lambda e: e.tensors[1].__setattr__("dtype", "int32") or e.tensors[1].__setattr__("data", b"\0" * 40),
+     "uint8"),
+])
+def test_malformed_steps_are_refused(mutate, message):
+    env = codec.encode_step(_req())
+    mutate(env)
+    with pytest.raises(codec.WireError, match=message):
+        codec.decode_step(env, SHAPE)
+
+
+def test_non_finite_wrong_width_and_oversized_activations_are_refused():
+    bad = torch.randn(2, 5, 32)
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(codec.WireError, match="NaN"):
+        codec.decode_step(codec.encode_step(_req(acts=bad)), SHAPE)
+    with pytest.raises(codec.WireError, match=r"\(B, T, 32\)"):
+        codec.decode_step(codec.encode_step(_req(acts=torch.randn(2, 5, 16))), SHAPE)
+    big = torch.randn(2, 40, 32)
+    req = ForwardRequest(0, 0, 0, 2, big, torch.ones(2, 40, dtype=torch.uint8), torch.zeros(2, 40, dtype=torch.int32))
+    with pytest.raises(codec.WireError):
+        codec.decode_step(codec.encode_step(req), SHAPE)
+
+
+@pytest.fixture
+def endpoint():
+    fam = family_for("llama")
+    peft = lora.wrap(load("tiny:llama").model, fam, r=4, alpha=8, dropout=0.0, targets=fam.lora_targets)
+    server = SplitServer(ServerPart(peft, fam, 2), lora.adapter_state_dict(peft), fam, lr=0.1)
+    coord = Coordinator(server, n_clients=2, rounds=1, local_steps=1, per_round=0, seed=0, log=lambda s: None)
+    full = lora.adapter_state_dict(peft)
+    return Endpoint(coord, SHAPE, {n: t.shape for n, t in full.items()}, 10_000), server
+
+
+def _state(server):
+    return {n: t.clone() for n, t in {**server.adapters(), **server.store}.items()}
+
+
+def test_rejected_requests_leave_the_server_unchanged(endpoint):
+    ep, server = endpoint
+    before = _state(server)
+    first = ep.coord.plan.order[0]
+    other = 1 - first[0]
+    for env, err in [(codec.encode_step(_req(cid=5)), Refused), (codec.encode_step(_req(cid=other)), None),
+                     (codec.encode_adapters(Envelope.PUSH, first[0], 0, {"nope": torch.zeros(2)}, 3), codec.WireError),
+                     (codec.encode_adapters(Envelope.PUSH, first[0], 0, {}, 0), codec.WireError)]:
+        if err is None:  # out of turn: it would wait for its turn; prove it has not run by a short timeout
+            with pytest.raises(asyncio.TimeoutError):
+                asyncio.run(asyncio.wait_for(ep(env), 0.2))
+        else:
+            with pytest.raises(err):
+                asyncio.run(ep(env))
+    after = _state(server)
+    assert all(torch.equal(before[n], after[n]) for n in before) and ep.coord.pos == 0
+
+
+def test_a_replayed_step_is_refused_and_applied_once(endpoint):
+    ep, server = endpoint
+    cid, step = ep.coord.plan.order[0]
+
+    async def go():
+        reply = await ep(codec.encode_step(_req(cid=cid, step=step)))
+        assert reply.kind == Envelope.STEP_REPLY and len(reply.tensors) == 1
+        applied = _state(server)
+        with pytest.raises(Refused, match="replay"):
+            await ep(codec.encode_step(_req(cid=cid, step=step)))
+        return applied
+
+    applied = asyncio.run(go())
+    assert all(torch.equal(applied[n], t) for n, t in _state(server).items())
