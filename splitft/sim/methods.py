@@ -96,7 +96,8 @@ def _policy(cfg: Any, bounds: CutBounds) -> Any:
 def build_fedlora(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
     cfg = setup.cfg
     server = SplitServer(None, lora.adapter_state_dict(setup.peft), setup.family)
-    clients = {cid: LocalClient(cid, FullPart(setup.peft, setup.family), client_stream(setup, cid, idx), **_opt_kw(setup))
+    clients = {cid: LocalClient(cid, FullPart(setup.peft, setup.family), client_stream(setup, cid, idx),
+                                **_opt_kw(setup))
                for cid, idx in enumerate(setup.parts)}
     devices = dict(enumerate(client_profiles(cfg.heterogeneity, len(clients), cfg.federation.seed)))
     return _federation(setup, server, clients, devices, logger, on_step, cfg.federation.local_steps,

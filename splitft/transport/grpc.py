@@ -12,7 +12,7 @@ import asyncio
 import hmac
 import queue
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 import torch
@@ -195,6 +195,3 @@ class GrpcTransport:
         self.outbox.put(None)
         self.channel.close()
 
-
-def grpc_summary(t: GrpcTransport) -> dict[str, Any]:
-    return {"wire_up": t.wire_up, "wire_down": t.wire_down, "payload": t.counter.totals()}

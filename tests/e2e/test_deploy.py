@@ -25,7 +25,8 @@ def test_launch_matches_simulate_weights_and_bytes(tmp_path):
     assert splitft("simulate", *DEPLOY, f"metrics.out_dir={sim}").returncode == 0
     res = splitft("launch", "--clients", "3", *DEPLOY, f"metrics.out_dir={dep}")
     assert res.returncode == 0, res.stderr + "".join(p.read_text() for p in (dep / "logs").glob("*.log"))
-    a, b = load_file(sim / "adapter" / "adapter_model.safetensors"), load_file(dep / "adapter" / "adapter_model.safetensors")
+    a = load_file(sim / "adapter" / "adapter_model.safetensors")
+    b = load_file(dep / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), "gRPC run must end bit-identical"
     reports = [json.loads((dep / f"client_{i}.json").read_text()) for i in range(3)]
     sim_rounds = [r for r in read_metrics(sim / "metrics.jsonl") if r["kind"] == "round"]
