@@ -47,10 +47,10 @@ def layerwise_fedavg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
     names = dict.fromkeys(n for sd in states for n in sd)
     out = {}
     for name in names:
+        holders = [sd[name] for sd in states if name in sd]
         idx = [i for i, sd in enumerate(states) if name in sd and w[i] > 0]
         copies = [states[i][name] for i in idx]
-        full = _full_shape(name, [sd[name] for sd in states if name in sd], base)
-        first = next(sd[name] for sd in states if name in sd)
+        full, first = _full_shape(name, holders, base), holders[0]
         den = torch.zeros(full, dtype=torch.float64, device=first.device)
         for i, t in zip(idx, copies):
             den[_region(full, t.shape, name)] += w[i]

@@ -66,8 +66,12 @@ class CutRankMask:
             if not hasattr(module, "_active_rank"):
                 module.register_forward_hook(_mask_hook)
             module._active_rank = None
+        self.cut: int | None = None
 
     def set(self, cut: int | None) -> None:
+        if cut == self.cut:  # the server calls this per request; most requests keep the cut
+            return
+        self.cut = cut
         for layer, module in self.modules:
             module._active_rank = self.r_cut if cut is not None and layer in (cut - 1, cut) else None
 

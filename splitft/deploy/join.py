@@ -12,13 +12,11 @@ import json
 import os
 from pathlib import Path
 
-from ..client import SplitClient
 from ..config import Config
 from ..errors import UserError
 from ..federation import plan_round
 from ..metrics import perplexity
-from ..model.split import ClientPart
-from ..sim.methods import client_stream  # the simulation's per-client batch order: both runtimes match
+from ..sim.methods import split_client
 from ..sim.setup import build
 from ..transport.grpc import GrpcTransport
 from .serve import wire_options
@@ -32,11 +30,7 @@ def join(cfg: Config, client_id: int, address: str) -> dict:
     if not token:
         raise UserError(f"set this client's token in the environment variable {cfg.transport.token_env}")
     setup = build(cfg)
-    r_cut = cfg.lora.r_cut if cfg.lora.r_cut < cfg.lora.r else None
-    t = cfg.train
-    client = SplitClient(client_id, ClientPart(setup.peft, setup.family, cfg.split.cut, r_cut),
-                         client_stream(setup, client_id, setup.parts[client_id]), r_cut=r_cut, lr=t.lr,
-                         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
+    client = split_client(setup, client_id, cfg.split.cut)  # as in the simulation: both runtimes match
     transport = GrpcTransport(address, client_id, token, wire_options(cfg), cfg.transport.timeout_s)
     losses = []
     for r in range(fed.rounds):
@@ -50,7 +44,8 @@ def join(cfg: Config, client_id: int, address: str) -> dict:
     report: dict = {"client_id": client_id, "losses": losses}
     if client_id == 0:  # the probe, as in the simulation: the final global model on the held-out data
         client.pull(transport, fed.rounds)
-        loss_sum, n_tok, n_ok = client.evaluate(transport, setup.eval, t.batch_size, setup.pad_id, fed.rounds)
+        loss_sum, n_tok, n_ok = client.evaluate(transport, setup.eval, cfg.train.batch_size, setup.pad_id,
+                                                fed.rounds)
         report.update(eval_loss=loss_sum / max(n_tok, 1), eval_ppl=perplexity(loss_sum / max(n_tok, 1)),
                       eval_acc=n_ok / max(n_tok, 1))
         print(f"[client 0] final eval_ppl={report['eval_ppl']:.2f}", flush=True)

@@ -30,9 +30,9 @@ def _free_port() -> int:
 
 
 def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    f = log.open("w")
-    return subprocess.Popen([sys.executable, "-m", "splitft.cli", *args], stdout=f, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+    with log.open("w") as f:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "splitft.cli", *args], stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
 
 
 def _wait_listening(server: subprocess.Popen, log: Path, timeout_s: float) -> None:

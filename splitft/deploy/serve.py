@@ -18,8 +18,7 @@ from .. import lora
 from ..config import Config
 from ..errors import UserError
 from ..metrics import MetricsLogger
-from ..model.split import ServerPart
-from ..server import SplitServer
+from ..sim.methods import split_server
 from ..sim.runner import prepare_run_dir
 from ..sim.setup import build_model
 from ..transport import codec
@@ -82,10 +81,7 @@ def serve(cfg: Config) -> dict:
     tokens = read_tokens(cfg.transport.tokens_file, cfg.federation.n_clients)
     out = prepare_run_dir(cfg)
     peft, family, _, _ = build_model(cfg)
-    r_cut = cfg.lora.r_cut if cfg.lora.r_cut < cfg.lora.r else None
-    t = cfg.train
-    server = SplitServer(ServerPart(peft, family, cfg.split.cut, r_cut), lora.adapter_state_dict(peft), family,
-                         r_cut=r_cut, lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
+    server = split_server(cfg, peft, family, cfg.split.cut)
     logger = MetricsLogger(out / "metrics.jsonl")
 
     def log(text: str) -> None:

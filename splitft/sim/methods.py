@@ -12,11 +12,15 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+from torch import nn
+
 from .. import lora
 from ..client import LocalClient, SplitClient
+from ..config import Config
 from ..data.datasets import BatchStream
 from ..federation import Adaptivity, Federation
 from ..metrics import MetricsLogger
+from ..model.families import Family
 from ..model.split import ClientPart, FullPart, ServerPart
 from ..policy import POLICIES, ClientStats, CutBounds
 from ..server import SplitServer
@@ -44,6 +48,24 @@ def _opt_kw(setup: Setup) -> dict[str, float]:
     return dict(lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
 
 
+def cut_rank(cfg: Config) -> int | None:
+    """The cut layer's active rank, or None when it equals r (no mask: plain rank-r LoRA)."""
+    return cfg.lora.r_cut if cfg.lora.r_cut < cfg.lora.r else None
+
+
+def split_server(cfg: Config, peft: nn.Module, family: Family, first: int) -> SplitServer:
+    """The server of a split method (simulation and deployment alike): blocks [first, L), global store."""
+    t = cfg.train
+    return SplitServer(ServerPart(peft, family, first, cut_rank(cfg)), lora.adapter_state_dict(peft), family,
+                       r_cut=cut_rank(cfg), lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
+
+
+def split_client(setup: Setup, cid: int, cut: int) -> SplitClient:
+    """Client `cid` with its partition's batch stream (same order in simulation and deployment)."""
+    return SplitClient(cid, ClientPart(setup.peft, setup.family, cut, cut_rank(setup.cfg)),
+                       client_stream(setup, cid, setup.parts[cid]), r_cut=cut_rank(setup.cfg), **_opt_kw(setup))
+
+
 def client_stream(setup: Setup, cid: int, idx: list[int]) -> BatchStream:
     cfg = setup.cfg
     return BatchStream([setup.train[i] for i in idx], cfg.train.batch_size, setup.pad_id,
@@ -66,19 +88,15 @@ def _federation(setup: Setup, server: SplitServer, clients: dict, devices: dict[
 
 def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
     cfg, peft, fam = setup.cfg, setup.peft, setup.family
-    r_cut = cfg.lora.r_cut if cfg.lora.r_cut < cfg.lora.r else None  # None: no mask, plain rank-r LoRA
     bounds = cut_bounds(setup)
     first = cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min
-    server = SplitServer(ServerPart(peft, fam, first, r_cut), lora.adapter_state_dict(peft), fam, r_cut=r_cut,
-                         **_opt_kw(setup))
-    clients = {cid: SplitClient(cid, ClientPart(peft, fam, cfg.split.cut, r_cut), client_stream(setup, cid, idx),
-                                r_cut=r_cut, **_opt_kw(setup))
-               for cid, idx in enumerate(setup.parts)}
+    server = split_server(cfg, peft, fam, first)
+    clients = {cid: split_client(setup, cid, cfg.split.cut) for cid in range(len(setup.parts))}
     devices = dict(enumerate(client_profiles(cfg.heterogeneity, len(clients), cfg.federation.seed)))
     policy = _policy(cfg, bounds)
 
     def recut(cid: int, cut: int) -> None:
-        clients[cid].replace_part(ClientPart(peft, fam, cut, r_cut))
+        clients[cid].replace_part(ClientPart(peft, fam, cut, cut_rank(cfg)))
 
     stats = {c: ClientStats(c, speed=d.tflops, memory_gb=d.memory_gb) for c, d in devices.items()}
     fed = _federation(setup, server, clients, devices, logger, on_step, cfg.federation.local_steps,

@@ -10,6 +10,7 @@ and a network transport would encode the same messages. Wire dtypes are fixed he
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,6 +29,10 @@ class TransportError(UserError):
 
 def tensor_nbytes(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.numel() * t.element_size()
+
+
+def adapters_nbytes(adapters: dict[str, torch.Tensor]) -> int:
+    return sum(tensor_nbytes(t) for t in adapters.values())
 
 
 @dataclass
@@ -86,7 +91,47 @@ class AdapterUpdate:
     meta: dict[str, float] = field(default_factory=dict)
 
     def nbytes(self) -> int:
-        return sum(tensor_nbytes(t) for t in self.adapters.values())
+        return adapters_nbytes(self.adapters)
+
+
+BYTE_KINDS = ("activations_up", "labels_up", "grad_activations_down", "lora_up", "lora_down", "eval_up",
+              "eval_down")
+
+
+class ByteCounter:
+    """bytes[client_id][kind] of tensor payload for the kinds in BYTE_KINDS, shared by every transport."""
+
+    def __init__(self) -> None:
+        self.bytes: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(BYTE_KINDS, 0))
+
+    def add(self, client_id: int, kind: str, n: int) -> None:
+        self.bytes[client_id][kind] += n
+
+    def request(self, req: ForwardRequest) -> None:
+        """A step request: activations and labels + mask, or all of it as eval_up for evaluation."""
+        up = req.nbytes()
+        if req.train:
+            self.add(req.client_id, "activations_up", up["activations"])
+            self.add(req.client_id, "labels_up", up["labels"])
+        else:
+            self.add(req.client_id, "eval_up", up["activations"] + up["labels"])
+
+    def reply(self, req: ForwardRequest, reply: StepReply) -> None:
+        self.add(req.client_id, "grad_activations_down" if req.train else "eval_down", reply.nbytes())
+
+    def totals(self) -> dict[str, int]:
+        out = dict.fromkeys(BYTE_KINDS, 0)
+        for per in self.bytes.values():
+            for k, v in per.items():
+                out[k] += v
+        return out
+
+
+class NoCount(ByteCounter):
+    """Counts nothing: for training that crosses no network (the centralized baseline)."""
+
+    def add(self, client_id: int, kind: str, n: int) -> None:
+        pass
 
 
 class Transport(Protocol):

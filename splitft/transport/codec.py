@@ -22,6 +22,8 @@ Envelope = pb.Envelope
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                                   "uint8": torch.uint8, "int32": torch.int32}
 NAMES = {v: k for k, v in DTYPES.items()}
+NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16,  # bfloat16: raw bits
+         torch.uint8: np.uint8, torch.int32: np.int32}
 
 
 class WireError(ValueError):
@@ -48,9 +50,7 @@ def tensor_from_pb(m: pb.Tensor, max_numel: int) -> torch.Tensor:
     itemsize = torch.empty(0, dtype=dtype).element_size()
     if numel > max_numel or len(m.data) != numel * itemsize:
         raise WireError(f"tensor '{m.name}': {len(m.data)} bytes do not hold shape {list(m.shape)} of {m.dtype}")
-    np_dtype = {torch.bfloat16: np.int16, torch.float32: np.float32, torch.float16: np.float16,
-                torch.uint8: np.uint8, torch.int32: np.int32}[dtype]
-    arr = np.frombuffer(m.data, dtype=np.dtype(np_dtype).newbyteorder("<")).reshape(tuple(m.shape)).copy()
+    arr = np.frombuffer(m.data, dtype=np.dtype(NUMPY[dtype]).newbyteorder("<")).reshape(tuple(m.shape)).copy()
     t = torch.from_numpy(arr)
     return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
 

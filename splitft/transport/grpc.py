@@ -18,8 +18,7 @@ import grpc
 import torch
 
 from . import codec
-from .base import AdapterUpdate, ForwardRequest, StepReply, TransportError
-from .inproc import ByteCounter
+from .base import AdapterUpdate, ByteCounter, ForwardRequest, StepReply, TransportError, adapters_nbytes
 from .proto import splitft_pb2 as pb
 
 METHOD = "/splitft.SplitFT/Session"
@@ -167,14 +166,9 @@ class GrpcTransport:
         return frame
 
     def step(self, req: ForwardRequest) -> StepReply:
-        env = codec.encode_step(req)
-        up = req.nbytes()
-        self.counter.add(self.client_id, "activations_up" if req.train else "eval_up",
-                         up["activations"] + (0 if req.train else up["labels"]))
-        if req.train:
-            self.counter.add(self.client_id, "labels_up", up["labels"])
-        reply = codec.decode_reply(self._call(env), req.activations.numel())
-        self.counter.add(self.client_id, "grad_activations_down" if req.train else "eval_down", reply.nbytes())
+        self.counter.request(req)
+        reply = codec.decode_reply(self._call(codec.encode_step(req)), req.activations.numel())
+        self.counter.reply(req, reply)
         return reply
 
     def push_adapters(self, update: AdapterUpdate) -> None:
@@ -185,7 +179,7 @@ class GrpcTransport:
     def pull_adapters(self, client_id: int, cut: int, round_: int) -> dict[str, torch.Tensor]:
         env = self._call(Envelope(kind=Envelope.PULL, client_id=client_id, cut=cut, round=round_))
         adapters = {m.name: codec.tensor_from_pb(m, 1 << 30) for m in env.tensors}
-        self.counter.add(client_id, "lora_down", sum(t.numel() * t.element_size() for t in adapters.values()))
+        self.counter.add(client_id, "lora_down", adapters_nbytes(adapters))
         return adapters
 
     def done(self) -> None:

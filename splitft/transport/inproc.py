@@ -6,37 +6,9 @@ Bytes are those a network transport would carry as payload (tensor bytes at the 
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 
-from .base import AdapterUpdate, ForwardRequest, StepReply
-
-BYTE_KINDS = ("activations_up", "labels_up", "grad_activations_down", "lora_up", "lora_down", "eval_up",
-              "eval_down")
-
-
-class ByteCounter:
-    """bytes[client_id][kind] for the kinds in BYTE_KINDS; `snapshot()` for round deltas."""
-
-    def __init__(self) -> None:
-        self.bytes: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(BYTE_KINDS, 0))
-
-    def add(self, client_id: int, kind: str, n: int) -> None:
-        self.bytes[client_id][kind] += n
-
-    def totals(self) -> dict[str, int]:
-        out = dict.fromkeys(BYTE_KINDS, 0)
-        for per in self.bytes.values():
-            for k, v in per.items():
-                out[k] += v
-        return out
-
-
-class _NoCount(ByteCounter):
-    def add(self, client_id: int, kind: str, n: int) -> None:
-        pass
-
+from .base import AdapterUpdate, ByteCounter, ForwardRequest, NoCount, StepReply, adapters_nbytes
 
 class InProcTransport:
     """Carries messages to a `SplitServer` living in the same process.
@@ -47,17 +19,12 @@ class InProcTransport:
 
     def __init__(self, server: object, count: bool = True) -> None:
         self.server = server
-        self.counter = ByteCounter() if count else _NoCount()
+        self.counter = ByteCounter() if count else NoCount()
 
     def step(self, req: ForwardRequest) -> StepReply:
-        up = req.nbytes()
-        if req.train:
-            self.counter.add(req.client_id, "activations_up", up["activations"])
-            self.counter.add(req.client_id, "labels_up", up["labels"])
-        else:
-            self.counter.add(req.client_id, "eval_up", up["activations"] + up["labels"])
+        self.counter.request(req)
         reply = self.server.step(req)  # type: ignore[attr-defined]
-        self.counter.add(req.client_id, "grad_activations_down" if req.train else "eval_down", reply.nbytes())
+        self.counter.reply(req, reply)
         return reply
 
     def push_adapters(self, update: AdapterUpdate) -> None:
@@ -66,5 +33,5 @@ class InProcTransport:
 
     def pull_adapters(self, client_id: int, cut: int, round_: int = 0) -> dict[str, torch.Tensor]:
         adapters = self.server.global_adapters(cut)  # type: ignore[attr-defined]
-        self.counter.add(client_id, "lora_down", sum(t.numel() * t.element_size() for t in adapters.values()))
+        self.counter.add(client_id, "lora_down", adapters_nbytes(adapters))
         return adapters
