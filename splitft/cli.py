@@ -1,6 +1,7 @@
 """`splitft` command line: parse arguments, load the config, dispatch. No training logic lives here.
 
     splitft simulate --config configs/default.yaml [key=value ...]   run a federation in one process
+    splitft simulate --resume RUN_DIR                                continue it from its latest checkpoint
     splitft validate --config configs/default.yaml [key=value ...]   check a config, print it resolved
     splitft partition --config ... [--png FILE] [key=value ...]      show how the data splits among clients
     splitft experiment --config configs/experiment.yaml [--methods a,b] [--target-ppl X]
@@ -17,6 +18,7 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
@@ -38,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "partition":
             s.add_argument("--png", help="also save a clients x buckets heat map to this PNG file")
             s.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
+        if name == "simulate":
+            s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its latest checkpoint")
         if name == "client":
             s.add_argument("--client-id", type=int, required=True, help="this client's id, 0 .. n_clients-1")
             s.add_argument("--server", default=None, help="host:port of the server (default: transport.address)")
@@ -66,6 +70,15 @@ def _simulate(args: argparse.Namespace, overrides: list[str]) -> int:
     from .config import load_config
     from .sim.runner import run_simulation
 
+    if args.resume:
+        if args.config or overrides:
+            raise UserError("--resume: the run continues with its own config.yaml; drop --config and overrides")
+        cfg_file = Path(args.resume) / "config.yaml"
+        if not cfg_file.is_file():
+            raise UserError(f"--resume: '{args.resume}' is not a run directory (no config.yaml)")
+        summary = run_simulation(load_config(str(cfg_file), []), resume=True)
+        print(json.dumps(summary))
+        return 0
     cfg = load_config(args.config, overrides)
     summary = run_simulation(cfg)
     print(json.dumps(summary))

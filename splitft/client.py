@@ -88,10 +88,37 @@ class _Client:
 
 class SplitClient(_Client):
     part: ClientPart
+    noise: float = 0.0
+    _noise_gen: torch.Generator | None = None
+
+    def set_noise(self, noise: float, seed: int) -> None:
+        """Add N(0, (noise * rms)^2) to every activation sent (rms of that batch); a private generator keeps the
+        global RNG, and so the rest of the run, untouched."""
+        self.noise, self._noise_seed = noise, seed
+
+    def noise_state(self) -> torch.Tensor | None:
+        """The noise generator's state (checkpoints), None before the first noisy request."""
+        return None if self._noise_gen is None else self._noise_gen.get_state()
+
+    def load_noise_state(self, state: torch.Tensor, device: torch.device) -> None:
+        self._noise_gen = torch.Generator(device)
+        self._noise_gen.set_state(state)
+
+    def _sent(self, acts: torch.Tensor) -> torch.Tensor:
+        """What leaves the client: the activations, plus noise when configured. The noise is a constant shift,
+        so the server's grad w.r.t. what it received is exactly the grad w.r.t. `acts` (straight through)."""
+        sent = acts.detach()
+        if self.noise <= 0:
+            return sent
+        if self._noise_gen is None or self._noise_gen.device != sent.device:
+            self._noise_gen = torch.Generator(sent.device).manual_seed(self._noise_seed)
+        rms = sent.float().pow(2).mean().sqrt()
+        noise = torch.randn(sent.shape, generator=self._noise_gen, device=sent.device, dtype=torch.float32)
+        return (sent.float() + self.noise * rms * noise).to(sent.dtype)
 
     def _request(self, batch: dict[str, torch.Tensor], acts: torch.Tensor, round_: int, step: int,
                  train: bool) -> ForwardRequest:
-        return ForwardRequest(self.client_id, round_, step, self.cut, acts.detach(),
+        return ForwardRequest(self.client_id, round_, step, self.cut, self._sent(acts),
                               batch["attention_mask"].to(MASK_DTYPE), batch["labels"].to(LABEL_DTYPE), train)
 
     def train_step(self, transport: Transport, round_: int, step: int) -> StepReply:

@@ -71,6 +71,9 @@ class FederationConfig:
     clients_per_round: int = 0
     """How many clients a round selects (seeded); 0 = all."""
     seed: int = 0
+    dropout: float = 0.0
+    """Simulation: chance that a selected client drops out of a round, at a seeded random step (it does not
+    push; the round aggregates over the others)."""
 
 
 @dataclass
@@ -152,12 +155,33 @@ class TransportConfig:
     """Server: PEM certificate and key; both empty = plaintext (loopback tests only)."""
     tls_root: str = ""
     """Client: PEM certificate of the CA (or the self-signed server certificate) to trust."""
+    tls_client_ca: str = ""
+    """Server: mutual TLS: accept only clients whose certificate this PEM CA signed (needs tls_cert)."""
+    tls_client_cert: str = ""
+    tls_client_key: str = ""
+    """Client: PEM certificate and key presented to a mutual-TLS server (needs tls_root)."""
     chunk_kb: int = 1024
     """Frames carry at most this much of a serialized message; gRPC's message limit is set to match."""
     max_message_mb: int = 64
     """Largest message (all frames of it) either side accepts; larger ones are refused."""
     timeout_s: float = 3600.0
-    """Deadline of a client's whole session."""
+    """Client: per-call deadline; a reply that takes longer (the server stuck or gone) ends the client."""
+    heartbeat_s: float = 5.0
+    """Client: send a heartbeat this often, also while computing, so the server knows it is alive."""
+    dead_after_s: float = 120.0
+    """Server: a selected client silent this long (no heartbeat, no request) is dropped from the round."""
+    round_timeout_s: float = 1800.0
+    """Server: a selected client that has not pushed this long after its round began is dropped (straggler);
+    the round aggregates over the survivors."""
+    retries: int = 3
+    """Client: reconnect and resend this many times after a broken connection (keys make resends idempotent)."""
+
+
+@dataclass
+class PrivacyConfig:
+    noise: float = 0.0
+    """Gaussian noise added to the activations before they leave a client (training and evaluation), with
+    std = noise x the RMS of that batch's activations; 0 = off. A first defense against inverting them."""
 
 
 @dataclass
@@ -166,6 +190,8 @@ class MetricsConfig:
     eval_every: int = 1
     """Evaluate held-out perplexity every N rounds (and always after the last round)."""
     progress: bool = True
+    checkpoint_every: int = 1
+    """Save a checkpoint (checkpoints/round_<r>) every N rounds for `splitft simulate --resume`; 0 = never."""
 
 
 @dataclass
@@ -178,6 +204,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     heterogeneity: HeterogeneityConfig = field(default_factory=HeterogeneityConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
@@ -305,6 +332,12 @@ def validate(cfg: Config) -> list[str]:
               data__n_buckets=cfg.data.n_buckets, data__min_partition_size=cfg.data.min_partition_size)
     if cfg.split.cut < 1:
         p.append(f"split.cut: must be >= 1 (the client holds at least one block), got {cfg.split.cut}")
+    if cfg.privacy.noise < 0:
+        p.append(f"privacy.noise: must be >= 0 (a multiple of the activations' RMS), got {cfg.privacy.noise}")
+    if not 0.0 <= cfg.federation.dropout < 1.0:
+        p.append(f"federation.dropout: must be in [0, 1), got {cfg.federation.dropout}")
+    if cfg.metrics.checkpoint_every < 0:
+        p.append(f"metrics.checkpoint_every: must be >= 0 (0 = no checkpoints), got {cfg.metrics.checkpoint_every}")
     if not 0.0 <= cfg.lora.dropout < 1.0:
         p.append(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
     if not 0.0 < cfg.data.eval_fraction < 1.0:
@@ -320,9 +353,21 @@ def validate(cfg: Config) -> list[str]:
     if t.kind not in ("inproc", "grpc"):
         p.append(f"transport.kind: must be inproc or grpc, got '{t.kind}'")
     _positive(p, transport__chunk_kb=t.chunk_kb, transport__max_message_mb=t.max_message_mb,
-              transport__timeout_s=t.timeout_s)
+              transport__timeout_s=t.timeout_s, transport__heartbeat_s=t.heartbeat_s,
+              transport__dead_after_s=t.dead_after_s, transport__round_timeout_s=t.round_timeout_s)
+    if t.retries < 0:
+        p.append(f"transport.retries: must be >= 0, got {t.retries}")
+    if t.heartbeat_s * 2 > t.dead_after_s:
+        p.append(f"transport.dead_after_s: must be at least twice transport.heartbeat_s ({t.heartbeat_s}), "
+                 f"or live clients get dropped between heartbeats; got {t.dead_after_s}")
     if bool(t.tls_cert) != bool(t.tls_key):
         p.append("transport.tls_cert and transport.tls_key: give both (server TLS) or neither")
+    if t.tls_client_ca and not t.tls_cert:
+        p.append("transport.tls_client_ca: mutual TLS needs server TLS too; set transport.tls_cert and tls_key")
+    if bool(t.tls_client_cert) != bool(t.tls_client_key):
+        p.append("transport.tls_client_cert and transport.tls_client_key: give both (mutual TLS) or neither")
+    if t.tls_client_cert and not t.tls_root:
+        p.append("transport.tls_client_cert: a client certificate is only sent over TLS; set transport.tls_root")
     p += _validate_split(cfg) + _validate_heterogeneity(cfg)
     from .data.partitioners import PARTITIONERS
 

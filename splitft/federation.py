@@ -37,6 +37,16 @@ def plan_round(round_: int, client_ids: list[int], per_round: int, local_steps: 
     return RoundPlan(round_, chosen, [(c, s) for s in range(local_steps) for c in perm])
 
 
+def plan_dropouts(round_: int, clients: list[int], local_steps: int, p: float, seed: int) -> dict[int, int]:
+    """Pure: {client: the step at which it vanishes} for the selected clients that drop out of this round (each
+    with chance p; seeded by (seed, round) apart from the plan, so p does not change who is selected)."""
+    if p <= 0:
+        return {}
+    rng = random.Random(f"dropout/{seed}/{round_}")
+    draws = [(c, rng.random(), rng.randrange(local_steps)) for c in clients]
+    return {c: step for c, u, step in draws if u < p}
+
+
 class RoundClock(Protocol):
     """Turns a round's step records and adapter bytes into virtual seconds (see sim/clock.py)."""
 
@@ -60,30 +70,36 @@ class Federation:
                  eval_examples: list[Example], batch_size: int, pad_id: int, local_steps: int,
                  clients_per_round: int, seed: int, logger: MetricsLogger,
                  on_step: Callable[[dict[str, Any]], None] | None = None, clock: RoundClock | None = None,
-                 adaptivity: Adaptivity | None = None):
+                 adaptivity: Adaptivity | None = None, dropout: float = 0.0):
         self.server, self.clients, self.transport = server, clients, transport
         self.eval_examples, self.batch_size, self.pad_id = eval_examples, batch_size, pad_id
         self.local_steps, self.per_round, self.seed = local_steps, clients_per_round, seed
-        self.logger, self.clock, self.adaptivity = logger, clock, adaptivity
+        self.logger, self.clock, self.adaptivity, self.dropout = logger, clock, adaptivity, dropout
         self.on_step = on_step or (lambda record: None)
         self.virtual_time = 0.0
 
     def run_round(self, round_: int, evaluate: bool) -> dict[str, Any]:
         plan = plan_round(round_, sorted(self.clients), self.per_round, self.local_steps, self.seed)
+        gone = plan_dropouts(round_, plan.clients, self.local_steps, self.dropout, self.seed)
         before = self._bytes(plan.clients)
         cuts = {str(c): self.clients[c].cut for c in plan.clients}
         for cid in plan.clients:
             self.clients[cid].pull(self.transport, round_)
-        steps = [self._step(cid, round_, step) for cid, step in plan.order]
+        steps = [self._step(cid, round_, step) for cid, step in plan.order if step < gone.get(cid, self.local_steps)]
         for cid in plan.clients:
-            self.clients[cid].push(self.transport, round_)
+            if cid in gone:  # vanished mid-round: nothing delivered, its partial steps weigh nothing
+                self.clients[cid].samples_seen = 0
+            else:
+                self.clients[cid].push(self.transport, round_)
         merged = self.server.aggregate()
         delta = {c: {k: v - before[c][k] for k, v in b.items()} for c, b in self._bytes(plan.clients).items()}
         record: dict[str, Any] = {
             "round": round_, "clients": merged, "cuts": cuts,
-            "train_loss": sum(s["loss"] for s in steps) / len(steps),
+            "train_loss": sum(s["loss"] for s in steps) / len(steps) if steps else None,
             "client_loss": {str(c): self._client_loss(c, steps) for c in plan.clients},
         }
+        if self.dropout > 0:
+            record["dropped"] = {str(c): s for c, s in gone.items()}  # client -> the step it vanished at
         record.update(self._time_and_bytes(steps, delta))
         if evaluate:
             record.update(self.evaluate(round_))
@@ -94,9 +110,11 @@ class Federation:
     def _bytes(self, clients: list[int]) -> dict[int, dict[str, int]]:
         return {c: dict(self.transport.counter.bytes[c]) for c in clients}
 
-    def _client_loss(self, cid: int, steps: list[dict[str, Any]]) -> float:
+    def _client_loss(self, cid: int, steps: list[dict[str, Any]]) -> float | None:
+        """Mean step loss of `cid` this round (kept from an earlier round if it ran no step)."""
         losses = [s["loss"] for s in steps if s["client_id"] == cid]
-        self.clients[cid].last_loss = sum(losses) / len(losses)
+        if losses:
+            self.clients[cid].last_loss = sum(losses) / len(losses)
         return self.clients[cid].last_loss
 
     def _time_and_bytes(self, steps: list[dict[str, Any]], delta: dict[int, dict[str, int]]) -> dict[str, Any]:

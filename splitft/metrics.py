@@ -21,11 +21,13 @@ def perplexity(loss: float) -> float:
 
 
 class MetricsLogger:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, offset: float = 0.0):
+        """Appends to `path`; `offset` seconds are added to wall_time (a resumed run continues its clock)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lines = len(self.path.read_text().splitlines()) if self.path.exists() else 0
         self._f = self.path.open("a")
-        self.t0 = time.perf_counter()
+        self.t0 = time.perf_counter() - offset
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -34,6 +36,7 @@ class MetricsLogger:
         record = {"kind": kind, **record, "wall_time": round(self.elapsed(), 4)}
         self._f.write(json.dumps(record) + "\n")
         self._f.flush()
+        self.lines += 1
         return record
 
     def close(self) -> None:

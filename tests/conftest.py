@@ -31,3 +31,16 @@ def qa_file(tmp_path: Path) -> Path:
     rows = [{"prompt": f"Say {w}.", "response": f"{w} {w}!"} for w in
             ["alas", "anon", "hark", "fie", "prithee", "forsooth", "marry", "zounds", "sirrah", "ay"] * 3]
     return write_jsonl(tmp_path / "qa.jsonl", rows)
+
+
+def tiny_split_server(first: int = 2, lr: float = 0.1):
+    """(peft model, SplitServer holding blocks [first, L)) of tiny:llama at rank 4: a server to send requests to."""
+    from splitft import lora
+    from splitft.model.families import family_for
+    from splitft.model.loader import load
+    from splitft.model.split import ServerPart
+    from splitft.server import SplitServer
+
+    fam = family_for("llama")
+    peft = lora.wrap(load("tiny:llama").model, fam, r=4, alpha=8, dropout=0.0, targets=fam.lora_targets)
+    return peft, SplitServer(ServerPart(peft, fam, first), lora.adapter_state_dict(peft), fam, lr=lr)

@@ -1,15 +1,22 @@
 """The server's side of a deployed federation, independent of the network: orders the steps of a round as the
-simulation does, refuses replays and out-of-turn requests, aggregates when every selected client has pushed.
+simulation does, refuses out-of-turn requests, answers resent requests from a cache instead of applying them
+twice, drops clients that go silent or miss the round deadline, and aggregates over the survivors.
 
-With the same config and seed a deployment therefore applies the same updates in the same order as
-`splitft simulate`, and ends with the same LoRA weights. Every method is a coroutine awaited by the transport;
-the torch work runs inline (one request at a time, like the simulation).
+With the same config and seed, and no client dropped, a deployment applies the same updates in the same order
+as `splitft simulate` and ends with the same LoRA weights. Every method is a coroutine awaited by the
+transport; the torch work runs inline (one request at a time, like the simulation).
+
+Liveness: the transport calls `seen(cid)` for every frame (requests and heartbeats), and `check(now)` (every
+second, from `watch`) drops a selected client that has been silent for `dead_after_s`, or has not pushed
+`round_timeout_s` after its round began. A dropped client's steps still due are taken out of the round's order,
+its waiting requests are refused, and the round aggregates when every survivor has pushed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import time
+from typing import Any, Callable
 
 import torch
 
@@ -19,18 +26,26 @@ from ..transport.base import AdapterUpdate, ForwardRequest, StepReply
 
 
 class Refused(ValueError):
-    """A request that is well-formed but not acceptable now (replay, unknown client, stale round)."""
+    """A request that is well-formed but not acceptable now (replay, unknown client, stale round, dropped)."""
 
 
 class Coordinator:
     def __init__(self, server: SplitServer, n_clients: int, rounds: int, local_steps: int, per_round: int,
-                 seed: int, log: Any = print):
+                 seed: int, log: Callable[[str], Any] = print, *, dead_after_s: float = 120.0,
+                 round_timeout_s: float = 1800.0, on_round: Callable[[dict[str, Any]], Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.server, self.n_clients, self.rounds = server, n_clients, rounds
         self.local_steps, self.per_round, self.seed, self.log = local_steps, per_round, seed, log
+        self.dead_after_s, self.round_timeout_s, self.clock = dead_after_s, round_timeout_s, clock
+        self.on_round = on_round or (lambda record: None)
         self.round, self.pos = 0, 0
         self.plan = self._plan(0)
         self.pushed: set[int] = set()
+        self.dropped: dict[int, str] = {}  # this round: client -> why
         self.done: set[int] = set()
+        self.cache: dict[int, tuple[tuple[int, int, int], StepReply]] = {}  # client -> its last applied step
+        self.t0 = self.started = clock()  # when the server / the current round began
+        self.last_seen: dict[int, float] = {}
         self.changed = asyncio.Condition()
         self.finished = asyncio.Event()
 
@@ -41,6 +56,11 @@ class Coordinator:
         if not 0 <= cid < self.n_clients:
             raise Refused(f"unknown client id {cid} (this federation has {self.n_clients})")
 
+    def _check_not_dropped(self, cid: int, round_: int) -> None:
+        if round_ == self.round and cid in self.dropped:
+            raise Refused(f"client {cid} was dropped from round {round_} ({self.dropped[cid]}); it rejoins at its "
+                          f"next round")
+
     async def _wait(self, predicate) -> None:
         async with self.changed:
             await self.changed.wait_for(predicate)
@@ -48,6 +68,11 @@ class Coordinator:
     async def _notify(self) -> None:
         async with self.changed:
             self.changed.notify_all()
+
+    def seen(self, cid: int) -> None:
+        """Any frame from `cid` (a request or a heartbeat): it is alive."""
+        if 0 <= cid < self.n_clients:
+            self.last_seen[cid] = self.clock()
 
     async def pull(self, cid: int, cut: int, round_: int) -> dict[str, torch.Tensor]:
         """The global adapters for `cut` once rounds [0, round_) are aggregated (round_ = rounds: the final ones)."""
@@ -60,34 +85,106 @@ class Coordinator:
         return self.server.global_adapters(cut)
 
     async def step(self, req: ForwardRequest) -> StepReply:
-        """Training steps run in the round's plan order; evaluation requests (train=False) run any time."""
+        """Training steps run in the round's plan order; evaluation requests (train=False) run any time.
+
+        A resent step (same (client, round, step) as that client's last applied one, e.g. after a reconnect)
+        gets the cached reply and is not applied again; an older one is refused as a replay.
+        """
         self._check_client(req.client_id)
         if not req.train:
             return self.server.step(req)
-        key = (req.client_id, req.step)
-        if req.round != self.round or key not in self.plan.order[self.pos:]:
-            raise Refused(f"step {key} of round {req.round} is a replay or not in this round's plan "
-                          f"(federation at round {self.round})")
-        await self._wait(lambda: self.round == req.round and self.plan.order[self.pos] == key)
+        key, turn = (req.client_id, req.round, req.step), (req.client_id, req.step)
+        if (hit := self._cached(key)) is not None:
+            self.log(f"client {req.client_id}: step {key[1:]} resent; answered from cache, not applied again")
+            return hit
+        self._check_not_dropped(req.client_id, req.round)
+        if req.round != self.round or turn not in self.plan.order[self.pos:]:
+            raise Refused(f"step (round {req.round}, step {req.step}) of client {req.client_id} is a replay or "
+                          f"not in this round's plan (federation at round {self.round})")
+        await self._wait(lambda: self._cached(key) is not None or self.round != req.round
+                         or req.client_id in self.dropped or self.plan.order[self.pos] == turn)
+        if (hit := self._cached(key)) is not None:  # a resend that waited beside the original
+            return hit
+        self._check_not_dropped(req.client_id, req.round)
+        if self.round != req.round:
+            raise Refused(f"round {req.round} ended while step {req.step} of client {req.client_id} waited")
         reply = self.server.step(req)
+        self.cache[req.client_id] = (key, reply)
         self.pos += 1
         await self._notify()
         return reply
 
+    def _cached(self, key: tuple[int, int, int]) -> StepReply | None:
+        hit = self.cache.get(key[0])
+        return hit[1] if hit is not None and hit[0] == key else None
+
     async def push(self, update: AdapterUpdate) -> None:
+        """Take a client's adapters; a resent push of an accepted one is acknowledged and ignored."""
         self._check_client(update.client_id)
+        self._check_not_dropped(update.client_id, update.round)
+        if update.round == self.round and update.client_id in self.pushed:
+            self.log(f"client {update.client_id}: push of round {update.round} resent; ignored")
+            return
         if update.round != self.round or update.client_id not in self.plan.clients:
-            raise Refused(f"push for round {update.round} from client {update.client_id} is not expected now")
-        if update.client_id in self.pushed:
-            raise Refused(f"client {update.client_id} already pushed round {update.round}")
+            raise Refused(f"push for round {update.round} from client {update.client_id} is not expected now "
+                          f"(federation at round {self.round})")
+        if any(c == update.client_id for c, _ in self.plan.order[self.pos:]):
+            raise Refused(f"client {update.client_id} pushed round {update.round} before finishing its steps")
         self.server.receive_adapters(update)
         self.pushed.add(update.client_id)
-        if self.pushed == set(self.plan.clients):
-            merged = self.server.aggregate()
-            self.log(f"round {self.round}: aggregated clients {merged}")
-            self.round, self.pos, self.pushed = self.round + 1, 0, set()
-            self.plan = self._plan(self.round)
-            await self._notify()
+        await self._maybe_aggregate()
+
+    async def _maybe_aggregate(self) -> None:
+        if self.round >= self.rounds or not self.pushed | set(self.dropped) >= set(self.plan.clients):
+            return
+        merged = self.server.aggregate()
+        self.log(f"round {self.round}: aggregated clients {merged}"
+                 + (f"; dropped {self.dropped}" if self.dropped else ""))
+        self.on_round({"round": self.round, "clients": merged, "dropped": {str(c): w for c, w in self.dropped.items()}})
+        self.round, self.pos, self.pushed, self.dropped = self.round + 1, 0, set(), {}
+        self.plan, self.started = self._plan(self.round), self.clock()
+        await self._notify()
+        await self.check(self.started)  # a client already gone is dropped from the new round at once
+
+    async def drop(self, cid: int, why: str) -> None:
+        """Take `cid` out of the current round: its remaining steps leave the order, its waiting requests are
+        refused, and the round aggregates over the others once they have pushed."""
+        if self.round >= self.rounds or cid not in self.plan.clients or cid in self.pushed or cid in self.dropped:
+            return
+        self.dropped[cid] = why
+        self.log(f"round {self.round}: dropped client {cid}: {why}")
+        self.plan.order = self.plan.order[:self.pos] + [k for k in self.plan.order[self.pos:] if k[0] != cid]
+        await self._notify()
+        await self._maybe_aggregate()
+
+    async def check(self, now: float) -> None:
+        """Drop the silent and the late; finish once the last round is aggregated and every client is done or
+        gone. Silence counts only for a client that has connected (a fresh one may still be loading its model);
+        one that never connects is late at the round deadline."""
+        round_ = self.round
+        for cid in self.plan.clients if round_ < self.rounds else []:
+            if self.round != round_:  # a drop completed the round
+                break
+            if self._silent(cid, now):
+                await self.drop(cid, f"silent for {now - self.last_seen[cid]:.0f} s "
+                                     f"(transport.dead_after_s={self.dead_after_s:g})")
+            elif now - self.started > self.round_timeout_s:
+                await self.drop(cid, f"not done {now - self.started:.0f} s into the round "
+                                     f"(transport.round_timeout_s={self.round_timeout_s:g})")
+        gone = {c for c in range(self.n_clients)
+                if self._silent(c, now) or (c not in self.last_seen and now - self.t0 > self.round_timeout_s)}
+        if self.round >= self.rounds and self.done | gone >= set(range(self.n_clients)) and not self.finished.is_set():
+            if gone - self.done:
+                self.log(f"finishing without clients {sorted(gone - self.done)} (silent or never connected)")
+            self.finished.set()
+
+    def _silent(self, cid: int, now: float) -> bool:
+        return cid in self.last_seen and now - self.last_seen[cid] > self.dead_after_s
+
+    async def watch(self, every_s: float = 1.0) -> None:
+        while not self.finished.is_set():
+            await self.check(self.clock())
+            await asyncio.sleep(every_s)
 
     async def client_done(self, cid: int) -> None:
         self._check_client(cid)

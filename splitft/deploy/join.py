@@ -18,7 +18,7 @@ from ..federation import plan_round
 from ..metrics import perplexity
 from ..sim.methods import split_client
 from ..sim.setup import build
-from ..transport.grpc import GrpcTransport
+from ..transport.grpc import GrpcTransport, ServerRefused
 from .serve import wire_options
 
 
@@ -31,17 +31,26 @@ def join(cfg: Config, client_id: int, address: str) -> dict:
         raise UserError(f"set this client's token in the environment variable {cfg.transport.token_env}")
     setup = build(cfg)
     client = split_client(setup, client_id, cfg.split.cut)  # as in the simulation: both runtimes match
-    transport = GrpcTransport(address, client_id, token, wire_options(cfg), cfg.transport.timeout_s)
-    losses = []
+    t = cfg.transport
+    transport = GrpcTransport(address, client_id, token, wire_options(cfg), t.timeout_s, t.heartbeat_s, t.retries,
+                              log=lambda text: print(f"[client {client_id}] {text}", flush=True))
+    losses: list[float] = []
+    dropped: list[int] = []
     for r in range(fed.rounds):
         if client_id not in plan_round(r, list(range(fed.n_clients)), fed.clients_per_round, 1, fed.seed).clients:
             continue
         client.pull(transport, r)
-        losses += [client.train_step(transport, r, s).loss for s in range(fed.local_steps)]
-        client.push(transport, r)
-        print(f"[client {client_id}] round {r}: mean step loss {sum(losses[-fed.local_steps:]) / fed.local_steps:.4f}",
+        try:
+            round_losses = [client.train_step(transport, r, s).loss for s in range(fed.local_steps)]
+            client.push(transport, r)
+        except ServerRefused as e:  # dropped from this round (late or silent): go on with the next one
+            print(f"[client {client_id}] round {r}: {e}; skipping to the next round", flush=True)
+            client.samples_seen, dropped = 0, dropped + [r]
+            continue
+        losses += round_losses
+        print(f"[client {client_id}] round {r}: mean step loss {sum(round_losses) / len(round_losses):.4f}",
               flush=True)
-    report: dict = {"client_id": client_id, "losses": losses}
+    report: dict = {"client_id": client_id, "losses": losses, "dropped_rounds": dropped}
     if client_id == 0:  # the probe, as in the simulation: the final global model on the held-out data
         client.pull(transport, fed.rounds)
         loss_sum, n_tok, n_ok = client.evaluate(transport, setup.eval, cfg.train.batch_size, setup.pad_id,
@@ -51,7 +60,8 @@ def join(cfg: Config, client_id: int, address: str) -> dict:
         print(f"[client 0] final eval_ppl={report['eval_ppl']:.2f}", flush=True)
     transport.done()
     transport.close()
-    report.update(bytes=transport.counter.totals(), wire_up=transport.wire_up, wire_down=transport.wire_down)
+    report.update(bytes=transport.counter.totals(), wire_up=transport.wire_up, wire_down=transport.wire_down,
+                  reconnects=transport.reconnects)
     out = Path(cfg.metrics.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"client_{client_id}.json").write_text(json.dumps(report, indent=2))

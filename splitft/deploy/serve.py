@@ -2,8 +2,10 @@
 
     splitft server --config cfg.yaml transport.kind=grpc transport.address=0.0.0.0:50051 \\
         transport.tokens_file=tokens.txt transport.tls_cert=server.pem transport.tls_key=server.key
-Loads the model (no data), serves every client's steps in the simulation's order, aggregates each round, and
-when every client has said DONE writes <out_dir>/adapter (PEFT), server.json and metrics.jsonl.
+Loads the model (no data), serves every client's steps in the simulation's order, drops clients that go silent
+(transport.dead_after_s) or miss the round deadline (transport.round_timeout_s), aggregates each round over the
+clients that pushed, and when every client is done or gone writes <out_dir>/adapter (PEFT), server.json (with
+who was dropped in which round) and metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ Envelope = codec.Envelope
 def wire_options(cfg: Config) -> WireOptions:
     t = cfg.transport
     return WireOptions(chunk_bytes=t.chunk_kb * 1024, max_bytes=t.max_message_mb << 20, tls_cert=t.tls_cert,
-                       tls_key=t.tls_key, tls_root=t.tls_root)
+                       tls_key=t.tls_key, tls_root=t.tls_root, tls_client_ca=t.tls_client_ca,
+                       tls_client_cert=t.tls_client_cert, tls_client_key=t.tls_client_key)
 
 
 def read_tokens(path: str, n_clients: int) -> dict[int, str]:
@@ -55,6 +58,9 @@ class Endpoint:
                  max_numel: int):
         self.coord, self.shape, self.adapter_shapes, self.max_numel = coord, shape, adapter_shapes, max_numel
 
+    def seen(self, client_id: int) -> None:
+        self.coord.seen(client_id)
+
     async def __call__(self, env: Envelope) -> Envelope:
         if env.kind == Envelope.STEP:
             req = codec.decode_step(env, self.shape)
@@ -65,12 +71,18 @@ class Endpoint:
         if env.kind == Envelope.PULL:
             adapters = await self.coord.pull(env.client_id, env.cut, env.round)
             return codec.encode_adapters(Envelope.ADAPTERS, env.client_id, env.round, adapters)
-        if env.kind == Envelope.HEARTBEAT:
-            return Envelope(kind=Envelope.HEARTBEAT, client_id=env.client_id)
         if env.kind == Envelope.DONE:
             await self.coord.client_done(env.client_id)
             return Envelope(kind=Envelope.ACK, client_id=env.client_id)
         raise codec.WireError(f"unexpected message kind {env.kind}")
+
+
+async def _serve(coord: Coordinator, endpoint: Endpoint, tokens: dict[int, str], cfg: Config, log) -> None:
+    watchdog = asyncio.create_task(coord.watch())
+    try:
+        await serve_grpc(endpoint, cfg.transport.address, tokens, wire_options(cfg), coord.finished, log)
+    finally:
+        watchdog.cancel()
 
 
 def serve(cfg: Config) -> dict:
@@ -88,18 +100,25 @@ def serve(cfg: Config) -> dict:
         print(f"[server] {text}", flush=True)
         logger.log("server", message=text)
 
-    fed = cfg.federation
-    coord = Coordinator(server, fed.n_clients, fed.rounds, fed.local_steps, fed.clients_per_round, fed.seed, log)
+    fed, t = cfg.federation, cfg.transport
+    rounds: list[dict] = []
+
+    def on_round(record: dict) -> None:
+        rounds.append(logger.log("round", **record))
+
+    coord = Coordinator(server, fed.n_clients, fed.rounds, fed.local_steps, fed.clients_per_round, fed.seed, log,
+                        dead_after_s=t.dead_after_s, round_timeout_s=t.round_timeout_s, on_round=on_round)
     hidden = peft.base_model.model.config.hidden_size
     dtype = next(p for p in peft.parameters()).dtype
     shape = codec.StepShape(hidden, dtype, max_tokens=cfg.train.batch_size * cfg.data.max_length,
                             cut_range=(server.first, server.part.n_layer))
     full = lora.adapter_state_dict(peft)
     endpoint = Endpoint(coord, shape, {n: t.shape for n, t in full.items()}, max(t.numel() for t in full.values()))
-    asyncio.run(serve_grpc(endpoint, cfg.transport.address, tokens, wire_options(cfg), coord.finished, log))
+    asyncio.run(_serve(coord, endpoint, tokens, cfg, log))
     lora.load_adapter_state_dict(peft, server.global_view(server.part.n_layer))
     peft.save_pretrained(str(out / "adapter"))
-    summary = {"rounds": coord.round, "clients": fed.n_clients, "wall_time_s": round(logger.elapsed(), 2)}
+    summary = {"rounds": coord.round, "clients": fed.n_clients, "wall_time_s": round(logger.elapsed(), 2),
+               "dropped_by_round": [r["dropped"] for r in rounds]}
     (out / "server.json").write_text(json.dumps(summary, indent=2))
     logger.close()
     return summary

@@ -142,7 +142,13 @@ def load(source: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> Load
 
     folder, kw = _hf_args(source)
     tokenizer = load_tokenizer(source)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw)
+    if "gguf_file" not in kw:  # weights from safetensors only: a pickled pytorch_model.bin could run code
+        kw.update(use_safetensors=True, trust_remote_code=False)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw)
+    except OSError as e:
+        raise ModelSourceError(f"model.source: cannot load weights from '{source}' ({str(e).splitlines()[0]}); "
+                               "SplitFT reads .safetensors or .gguf weights only, never pickled .bin files") from None
     _check_family(model.config.model_type)
     _disable_dropout_defaults(model)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
@@ -165,7 +171,11 @@ def load_tokenizer(source: str) -> Any:
     from transformers import AutoTokenizer
 
     folder, kw = _hf_args(source)
-    return AutoTokenizer.from_pretrained(folder, **kw)
+    try:
+        return AutoTokenizer.from_pretrained(folder, **kw)
+    except (OSError, ValueError) as e:
+        raise ModelSourceError(f"model.source: cannot load a tokenizer from '{source}': "
+                               f"{str(e).strip().splitlines()[0]}") from None
 
 
 def _check_family(model_type: str) -> None:

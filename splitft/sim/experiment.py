@@ -2,7 +2,7 @@
 
     splitft experiment --config configs/experiment.yaml [--methods splitft,fedlora] [--target-ppl 30]
 Each method runs into <metrics.out_dir>/<method>/ (a normal run directory); a method whose directory already
-holds a summary.json is reused, not re-run. The table goes to stdout and to <out_dir>/experiment.md, the
+holds a summary.json is reused, not re-run; one that was interrupted resumes from its checkpoint. The table goes to stdout and to <out_dir>/experiment.md, the
 numbers to <out_dir>/experiment.json.
 """
 
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import Config, ConfigError, save_config, validate
+from ..config import Config, ConfigError, load_config, save_config, validate
 from ..errors import UserError
 from .runner import run_simulation
 
@@ -69,6 +69,10 @@ def run_experiment(base: Config, methods: list[str], target_ppl: float | None = 
         if done.is_file():
             print(f"== {name}: reusing {done}", flush=True)
             summaries[name] = json.loads(done.read_text())
+            continue
+        if (done.parent / "checkpoints" / "latest").is_file():  # interrupted: go on from its checkpoint
+            print(f"== {name}: resuming {done.parent}", flush=True)
+            summaries[name] = run_simulation(load_config(str(done.parent / "config.yaml"), []), resume=True)
             continue
         print(f"== {name}: running into {cfg.metrics.out_dir}", flush=True)
         summaries[name] = run_simulation(cfg)

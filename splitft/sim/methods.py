@@ -62,8 +62,10 @@ def split_server(cfg: Config, peft: nn.Module, family: Family, first: int) -> Sp
 
 def split_client(setup: Setup, cid: int, cut: int) -> SplitClient:
     """Client `cid` with its partition's batch stream (same order in simulation and deployment)."""
-    return SplitClient(cid, ClientPart(setup.peft, setup.family, cut, cut_rank(setup.cfg)),
-                       client_stream(setup, cid, setup.parts[cid]), r_cut=cut_rank(setup.cfg), **_opt_kw(setup))
+    client = SplitClient(cid, ClientPart(setup.peft, setup.family, cut, cut_rank(setup.cfg)),
+                         client_stream(setup, cid, setup.parts[cid]), r_cut=cut_rank(setup.cfg), **_opt_kw(setup))
+    client.set_noise(setup.cfg.privacy.noise, seed=setup.cfg.federation.seed * 1_000_003 + cid)
+    return client
 
 
 def client_stream(setup: Setup, cid: int, idx: list[int]) -> BatchStream:
@@ -75,6 +77,8 @@ def client_stream(setup: Setup, cid: int, idx: list[int]) -> BatchStream:
 def _federation(setup: Setup, server: SplitServer, clients: dict, devices: dict[int, DeviceProfile],
                 logger: MetricsLogger, on_step: OnStep, local_steps: int, per_round: int,
                 adaptivity: Adaptivity | None = None, networked: bool = True) -> Federation:
+    """The federation over the in-process transport; clients drop out with federation.dropout (the centralized
+    trainer, which is not networked, never does)."""
     cfg = setup.cfg
     clock = VirtualClock(cost_model(setup), devices, server_profile(cfg.heterogeneity))
     logger.log("setup", method=cfg.federation.method, partition_sizes=[len(p) for p in setup.parts],
@@ -83,7 +87,7 @@ def _federation(setup: Setup, server: SplitServer, clients: dict, devices: dict[
     return Federation(server, clients, InProcTransport(server, count=networked), eval_examples=setup.eval,
                       batch_size=cfg.train.batch_size, pad_id=setup.pad_id, local_steps=local_steps,
                       clients_per_round=per_round, seed=cfg.federation.seed, logger=logger, on_step=on_step,
-                      clock=clock, adaptivity=adaptivity)
+                      clock=clock, adaptivity=adaptivity, dropout=cfg.federation.dropout if networked else 0.0)
 
 
 def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:

@@ -8,15 +8,16 @@ writes <out_dir>/config.yaml, metrics.jsonl, summary.json and adapter/ (loadable
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from .. import lora
+from .. import checkpoint, lora
 from ..config import Config, save_config
 from ..errors import UserError
 from ..federation import Federation
-from ..metrics import MetricsLogger
+from ..metrics import MetricsLogger, NullLogger, read_metrics
 from .methods import build_federation, client_report
 from .setup import Setup, build
 
@@ -44,26 +45,52 @@ def prepare_run_dir(cfg: Config) -> Path:
     return out
 
 
-def run_simulation(cfg: Config) -> dict[str, Any]:
-    """Build, train `federation.rounds` rounds, evaluate, export; returns the summary also written to disk."""
+def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Build, train `federation.rounds` rounds, evaluate, export; returns the summary also written to disk.
+
+    With `resume`, `cfg` is the run's own config.yaml: the run continues after its latest checkpoint, and
+    metrics.jsonl is cut back to what it held then (the rounds after it are run again, identically).
+    """
     from tqdm import tqdm
 
-    refuse_existing_run(cfg)
+    out = Path(cfg.metrics.out_dir)
+    if resume:
+        tensors, meta = checkpoint.load(out)
+        if (out / "summary.json").exists():
+            raise UserError(f"--resume: '{out}' already finished (summary.json exists); nothing to resume")
+    else:
+        refuse_existing_run(cfg)
     setup = build(cfg)
-    out = prepare_run_dir(cfg)
-    logger = MetricsLogger(out / "metrics.jsonl")
-    total = cfg.federation.rounds * cfg.federation.local_steps * (cfg.federation.clients_per_round
-                                                                  or cfg.federation.n_clients)
-    bar = tqdm(total=total, desc=f"{cfg.federation.method} steps", unit="step", disable=not cfg.metrics.progress,
-               file=sys.stderr)
-    fed = build_federation(setup, logger, on_step=lambda r: (bar.update(1), bar.set_postfix(loss=f"{r['loss']:.3f}")))
-    rounds = [logger.log("round", round=-1, **fed.evaluate(-1))]  # the pretrained model, before any step
-    bar.write(f"round -1 (pretrained): eval_ppl={rounds[0]['eval_ppl']:.2f}")
-    for r in range(cfg.federation.rounds):
-        due = (r + 1) % cfg.metrics.eval_every == 0 or r == cfg.federation.rounds - 1
+    start = 0
+    if resume:  # build-time records (setup, the first cut decision) are in metrics.jsonl already
+        fed = build_federation(setup, NullLogger())
+        start = meta["round"] + 1
+        logger = MetricsLogger(_truncate(out / "metrics.jsonl", meta["metrics_lines"]), offset=meta["wall_time"])
+        checkpoint.restore_federation(fed, tensors, meta)
+        rounds = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
+        print(f"resuming {out} after round {meta['round']}", file=sys.stderr)
+    else:
+        prepare_run_dir(cfg)
+        logger = MetricsLogger(out / "metrics.jsonl")
+        fed = build_federation(setup, logger)
+    fed.logger = logger
+    f = cfg.federation
+    total = (f.rounds - start) * f.local_steps * (f.clients_per_round or f.n_clients)
+    bar = tqdm(total=total, desc=f"{f.method} steps", unit="step", disable=not cfg.metrics.progress, file=sys.stderr)
+    fed.on_step = lambda r: (bar.update(1), bar.set_postfix(loss=f"{r['loss']:.3f}"))
+    if not resume:
+        rounds = [logger.log("round", round=-1, **fed.evaluate(-1))]  # the pretrained model, before any step
+        bar.write(f"round -1 (pretrained): eval_ppl={rounds[0]['eval_ppl']:.2f}")
+    for r in range(start, f.rounds):
+        due = (r + 1) % cfg.metrics.eval_every == 0 or r == f.rounds - 1
         rec = fed.run_round(r, evaluate=due)
         rounds.append(rec)
         bar.write(_round_line(rec))
+        every = cfg.metrics.checkpoint_every
+        if every and (r + 1) % every == 0 and r < f.rounds - 1:
+            tensors, meta = checkpoint.federation_state(fed, r)
+            meta.update(metrics_lines=logger.lines, wall_time=logger.elapsed())
+            checkpoint.save(out, tensors, meta)
     bar.close()
     export_adapter(setup, fed, out / "adapter")
     summary = _summary(cfg, rounds, fed, logger.elapsed(), client_report(setup, fed, rounds))
@@ -72,12 +99,24 @@ def run_simulation(cfg: Config) -> dict[str, Any]:
     return summary
 
 
+def _truncate(path: Path, lines: int) -> Path:
+    """Keep the first `lines` records of a metrics file (those written before the checkpoint)."""
+    kept = path.read_text().splitlines(keepends=True)[:lines]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+    return path
+
+
 def _round_line(rec: dict[str, Any]) -> str:
-    line = f"round {rec['round']}: train_loss={rec['train_loss']:.4f}"
+    loss = rec["train_loss"]
+    line = f"round {rec['round']}: train_loss={'-' if loss is None else f'{loss:.4f}'}"
     if "eval_ppl" in rec:
         line += f" eval_ppl={rec['eval_ppl']:.2f} eval_acc={rec['eval_acc']:.3f}"
     line += f" bytes_up={rec['bytes_up'] / 1e6:.1f}MB bytes_down={rec['bytes_down'] / 1e6:.1f}MB"
     line += f" virtual_time={rec['virtual_time']:.1f}s cuts={','.join(map(str, rec['cuts'].values()))}"
+    if rec.get("dropped"):
+        line += f" dropped={','.join(rec['dropped'])}"
     return line
 
 

@@ -135,7 +135,10 @@ class NoCount(ByteCounter):
 
 
 class Transport(Protocol):
-    """What a client can ask of the server. Implementations count bytes_up / bytes_down per client."""
+    """What a client can ask of the server. Implementations count payload bytes per client and kind in
+    `counter` (the federation's bytes_up / bytes_down and the virtual clock read it)."""
+
+    counter: ByteCounter
 
     def step(self, req: ForwardRequest) -> StepReply:
         """Forward from the cut, loss, and (train) backward + server update; returns grad_activations."""

@@ -10,6 +10,7 @@ activations must be finite. Errors are `WireError` values the server returns to 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +46,7 @@ def tensor_from_pb(m: pb.Tensor, max_numel: int) -> torch.Tensor:
         raise WireError(f"tensor '{m.name}': dtype '{m.dtype}' not accepted (one of {', '.join(DTYPES)})")
     if any(d < 0 for d in m.shape) or len(m.shape) > 4:
         raise WireError(f"tensor '{m.name}': bad shape {list(m.shape)}")
-    numel = int(np.prod(m.shape, dtype=np.int64)) if m.shape else 1
+    numel = math.prod(m.shape)  # Python ints: a hostile shape cannot overflow to a small product
     dtype = DTYPES[m.dtype]
     itemsize = torch.empty(0, dtype=dtype).element_size()
     if numel > max_numel or len(m.data) != numel * itemsize:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import queue
+import threading
+import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Callable, Iterator, Protocol
 
 import grpc
 import torch
@@ -33,6 +35,10 @@ class WireOptions:
     tls_key: str = ""
     tls_root: str = ""
     """Client side: the CA (or self-signed server certificate) to trust; empty = plaintext."""
+    tls_client_ca: str = ""
+    """Server side: require client certificates signed by this CA (mutual TLS)."""
+    tls_client_cert: str = ""
+    tls_client_key: str = ""
 
     def grpc_options(self) -> list[tuple[str, int]]:
         frame = self.chunk_bytes + 4096  # one frame = one chunk + the Frame header
@@ -45,7 +51,16 @@ def _error(env: Envelope, text: str) -> Envelope:
 
 # --- server -----------------------------------------------------------------------------------------------
 
-Handler = Callable[[Envelope], Awaitable[Envelope]]
+
+class Handler(Protocol):
+    """What the server side needs from the application (deploy/serve.Endpoint); it never sees grpc."""
+
+    def seen(self, client_id: int) -> None:
+        """Any frame arrived from this client (heartbeats included): it is alive."""
+
+    async def __call__(self, env: Envelope) -> Envelope:
+        """The reply to one request envelope; raises WireError/ValueError to refuse it."""
+        ...
 
 
 class _Service:
@@ -63,37 +78,69 @@ class _Service:
         return cid if ok else None
 
     async def session(self, frames: AsyncIterator[pb.Frame], context: grpc.aio.ServicerContext):
+        """Requests are answered one at a time, in order; a reader task keeps taking frames meanwhile, so
+        heartbeats count while a request waits (e.g. a pull waiting for the round to end)."""
         cid = self._client_of(context)
         if cid is None:  # refused before a single frame is read
             self.log("refused a session: unknown client id or bad token")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown client id or bad token")
-        reasm, seq = codec.Reassembler(self.opts.max_bytes), 0
-        async for frame in frames:
-            try:
-                env = reasm.add(frame)
-                if env is None:
+        self.handler.seen(cid)
+        inbox: asyncio.Queue[Envelope | codec.WireError | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(cid, frames, inbox))
+        seq = 0
+        try:
+            while (item := await inbox.get()) is not None:
+                if isinstance(item, codec.WireError):
+                    self.log(f"client {cid}: refused: {item}")
+                    reply = _error(Envelope(client_id=cid), str(item))
+                else:
+                    reply = await self._handle(cid, item)
+                for out in codec.to_frames(reply, seq, self.opts.chunk_bytes):
+                    yield out
+                seq += 1
+        finally:
+            reader.cancel()
+
+    async def _read(self, cid: int, frames: AsyncIterator[pb.Frame],
+                    inbox: asyncio.Queue[Envelope | codec.WireError | None]) -> None:
+        reasm = codec.Reassembler(self.opts.max_bytes)
+        try:
+            async for frame in frames:
+                self.handler.seen(cid)
+                try:
+                    env = reasm.add(frame)
+                except codec.WireError as e:
+                    inbox.put_nowait(e)
                     continue
-                reply = await self._handle(cid, env)
-            except codec.WireError as e:
-                self.log(f"client {cid}: refused: {e}")
-                reply = _error(Envelope(client_id=cid), str(e))
-            for out in codec.to_frames(reply, seq, self.opts.chunk_bytes):
-                yield out
-            seq += 1
+                if env is not None and env.kind != Envelope.HEARTBEAT:  # heartbeats are one-way
+                    inbox.put_nowait(env)
+        except (grpc.RpcError, asyncio.CancelledError):
+            pass  # the client went away; the coordinator notices its silence
+        finally:
+            inbox.put_nowait(None)
 
     async def _handle(self, cid: int, env: Envelope) -> Envelope:
-        if env.client_id != cid:
-            raise codec.WireError(f"envelope claims client {env.client_id} on client {cid}'s session")
         try:
+            if env.client_id != cid:
+                raise codec.WireError(f"envelope claims client {env.client_id} on client {cid}'s session")
             return await self.handler(env)
         except (codec.WireError, ValueError) as e:  # Refused is a ValueError: state unchanged
-            self.log(f"client {cid}: refused {Envelope.Kind.Name(env.kind)}: {e}")
+            kind = Envelope.Kind.Name(env.kind) if env.kind in Envelope.Kind.values() else f"kind {env.kind}"
+            self.log(f"client {cid}: refused {kind}: {e}")
             return _error(env, str(e))
 
 
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def _server_credentials(opts: WireOptions) -> grpc.ServerCredentials:
+    pair = [(_read(opts.tls_key), _read(opts.tls_cert))]
+    if opts.tls_client_ca:  # mutual TLS: the handshake fails for a client without a certificate from this CA
+        return grpc.ssl_server_credentials(pair, root_certificates=_read(opts.tls_client_ca),
+                                           require_client_auth=True)
+    return grpc.ssl_server_credentials(pair)
 
 
 async def serve_grpc(handler: Handler, address: str, tokens: dict[int, str], opts: WireOptions,
@@ -105,45 +152,114 @@ async def serve_grpc(handler: Handler, address: str, tokens: dict[int, str], opt
     server = grpc.aio.server(options=opts.grpc_options())
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("splitft.SplitFT", {"Session": rpc})])
     if opts.tls_cert:
-        creds = grpc.ssl_server_credentials([(_read(opts.tls_key), _read(opts.tls_cert))])
-        port = server.add_secure_port(address, creds)
+        port = server.add_secure_port(address, _server_credentials(opts))
     else:
         port = server.add_insecure_port(address)
     if port == 0:
         raise TransportError(f"transport.address: cannot listen on '{address}'")
     await server.start()
-    log(f"listening on {address} ({'TLS' if opts.tls_cert else 'plaintext'})")
+    mode = "mutual TLS" if opts.tls_client_ca else "TLS" if opts.tls_cert else "plaintext"
+    log(f"listening on {address} ({mode})")
     await until.wait()
     await server.stop(grace=1.0)
 
 
 # --- client -----------------------------------------------------------------------------------------------
 
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
+             grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED}
 
-class GrpcTransport:
-    """`Transport` over one bidirectional stream. Counts payload bytes by kind like the in-process transport
-    (`counter`) and, apart, the serialized frames that really crossed (`wire_up`, `wire_down`)."""
 
-    def __init__(self, address: str, client_id: int, token: str, opts: WireOptions, timeout_s: float = 600.0):
-        self.client_id, self.opts = client_id, opts
+class ServerRefused(TransportError):
+    """The server answered ERROR: it refused this request and its state is unchanged (e.g. a dropped client)."""
+
+
+class _Broken(Exception):
+    """The connection broke before the reply came; the request may or may not have been applied."""
+
+
+class _Connection:
+    """One channel and its bidirectional stream; a reader thread moves reply frames to `inbox` so a wait can
+    have a deadline."""
+
+    def __init__(self, address: str, client_id: int, token: str, opts: WireOptions):
         if opts.tls_root:
-            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(_read(opts.tls_root)),
-                                               options=opts.grpc_options())
+            cert = _read(opts.tls_client_cert) if opts.tls_client_cert else None
+            key = _read(opts.tls_client_key) if opts.tls_client_key else None
+            creds = grpc.ssl_channel_credentials(_read(opts.tls_root), private_key=key, certificate_chain=cert)
+            self.channel = grpc.secure_channel(address, creds, options=opts.grpc_options())
         else:
             self.channel = grpc.insecure_channel(address, options=opts.grpc_options())
         self.outbox: queue.Queue[pb.Frame | None] = queue.Queue()
+        self.inbox: queue.Queue[pb.Frame | grpc.RpcError | None] = queue.Queue()
         call = self.channel.stream_stream(METHOD, request_serializer=pb.Frame.SerializeToString,
                                           response_deserializer=pb.Frame.FromString)
-        self.replies = call(iter(self.outbox.get, None), timeout=timeout_s,
+        self.replies = call(iter(self.outbox.get, None),
                             metadata=(("splitft-client-id", str(client_id)), ("splitft-token", token)))
+        threading.Thread(target=self._pump, args=(self.replies,), daemon=True).start()
+
+    def _pump(self, replies: Iterator[pb.Frame]) -> None:
+        try:
+            for frame in replies:
+                self.inbox.put(frame)
+        except grpc.RpcError as e:
+            self.inbox.put(e)
+        self.inbox.put(None)
+
+    def close(self) -> None:
+        self.outbox.put(None)
+        self.replies.cancel()
+        self.channel.close()
+
+
+class GrpcTransport:
+    """`Transport` over one bidirectional stream, synchronous, so `SplitClient` runs unchanged.
+
+    Counts payload bytes by kind like the in-process transport (`counter`) and, apart, the serialized frames
+    that really crossed (`wire_up`, `wire_down`, heartbeats and resends included). A heartbeat thread keeps
+    the server informed while the client computes. Every reply has a deadline (`timeout_s`); a broken
+    connection is re-opened and the request resent up to `retries` times: the server recognises a resent
+    step by its (client, round, step) key and answers it from its cache instead of applying it twice.
+    """
+
+    def __init__(self, address: str, client_id: int, token: str, opts: WireOptions, timeout_s: float = 3600.0,
+                 heartbeat_s: float = 5.0, retries: int = 3, log: Callable[[str], None] = print):
+        self.address, self.client_id, self.token, self.opts = address, client_id, token, opts
+        self.timeout_s, self.retries, self.log = timeout_s, retries, log
         self.counter = ByteCounter()
-        self.wire_up = self.wire_down = self.seq = 0
+        self.wire_up = self.wire_down = self.seq = self.reconnects = 0
+        self.lock = threading.Lock()  # the frames of one envelope leave together; heartbeats go in between
+        self.conn = _Connection(address, client_id, token, opts)
+        self.stopped = threading.Event()
+        threading.Thread(target=self._heartbeats, args=(heartbeat_s,), daemon=True).start()
+
+    def _send(self, env: Envelope) -> None:
+        with self.lock:
+            for frame in codec.to_frames(env, self.seq, self.opts.chunk_bytes):
+                self.wire_up += frame.ByteSize()
+                self.conn.outbox.put(frame)
+            self.seq += 1
+
+    def _heartbeats(self, every_s: float) -> None:
+        while not self.stopped.wait(every_s):
+            self._send(Envelope(kind=Envelope.HEARTBEAT, client_id=self.client_id))
 
     def _call(self, env: Envelope) -> Envelope:
-        for frame in codec.to_frames(env, self.seq, self.opts.chunk_bytes):
-            self.wire_up += frame.ByteSize()
-            self.outbox.put(frame)
-        self.seq += 1
+        for attempt in range(self.retries + 1):
+            try:
+                return self._exchange(env)
+            except _Broken as e:
+                if attempt == self.retries:
+                    raise TransportError(f"client {self.client_id}: connection to the server failed after "
+                                         f"{self.retries} reconnects (transport.retries): {e}") from None
+                self.log(f"client {self.client_id}: connection broke ({e}); reconnecting and resending")
+                time.sleep(min(0.5 * 2 ** attempt, 10.0))
+                self._reconnect()
+        raise AssertionError("unreachable")
+
+    def _exchange(self, env: Envelope) -> Envelope:
+        """Send one request and wait for its reply. Raises _Broken (retry), TransportError (give up)."""
+        self._send(env)
         reasm = codec.Reassembler(self.opts.max_bytes)
         try:
             while (reply := reasm.add(self._next())) is None:
@@ -151,19 +267,30 @@ class GrpcTransport:
         except codec.WireError as e:
             raise TransportError(f"client {self.client_id}: bad reply from the server: {e}") from None
         if reply.kind == Envelope.ERROR:
-            raise TransportError(f"client {self.client_id}: the server refused the request: {reply.error}")
+            raise ServerRefused(f"client {self.client_id}: the server refused the request: {reply.error}")
         return reply
 
     def _next(self) -> pb.Frame:
         try:
-            frame = next(self.replies)
-        except grpc.RpcError as e:
+            item = self.conn.inbox.get(timeout=self.timeout_s)
+        except queue.Empty:
+            raise TransportError(f"client {self.client_id}: no reply within {self.timeout_s:g} s "
+                                 "(transport.timeout_s)") from None
+        if isinstance(item, grpc.RpcError):
+            if item.code() in RETRYABLE:
+                raise _Broken(f"{item.code().name}: {item.details()}")
             raise TransportError(f"client {self.client_id}: connection to the server failed: "
-                                 f"{e.code().name}: {e.details()}") from None
-        except StopIteration:
-            raise TransportError(f"client {self.client_id}: the server closed the session") from None
-        self.wire_down += frame.ByteSize()
-        return frame
+                                 f"{item.code().name}: {item.details()}")
+        if item is None:
+            raise _Broken("the server closed the session")
+        self.wire_down += item.ByteSize()
+        return item
+
+    def _reconnect(self) -> None:
+        with self.lock:
+            self.conn.close()
+            self.conn = _Connection(self.address, self.client_id, self.token, self.opts)
+            self.reconnects += 1
 
     def step(self, req: ForwardRequest) -> StepReply:
         self.counter.request(req)
@@ -186,6 +313,6 @@ class GrpcTransport:
         self._call(Envelope(kind=Envelope.DONE, client_id=self.client_id))
 
     def close(self) -> None:
-        self.outbox.put(None)
-        self.channel.close()
-
+        self.stopped.set()
+        with self.lock:
+            self.conn.close()

@@ -75,3 +75,42 @@ def test_a_client_with_a_bad_token_is_refused(tmp_path):
 def test_server_without_tokens_is_a_clear_error(tmp_path):
     res = splitft("server", *DEPLOY, f"metrics.out_dir={tmp_path / 's'}")
     assert res.returncode == 2 and "transport.tokens_file" in res.stderr
+
+
+def test_a_killed_client_process_is_dropped_and_the_run_completes(tmp_path):
+    """SIGKILL one client process mid-run: the server drops it (silent past transport.dead_after_s), aggregates
+    every later round over the survivors, finishes and saves the adapter."""
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("".join(f"{i}" * 32 + "\n" for i in range(3)))
+    addr = f"127.0.0.1:{_free_port()}"
+    common = [*DEPLOY, "federation.rounds=10", f"transport.address={addr}", "transport.heartbeat_s=0.2",
+              "transport.dead_after_s=2", f"metrics.out_dir={tmp_path / 'run'}"]
+    logs = {name: tmp_path / f"{name}.log" for name in ("server", "c0", "c1", "c2")}
+
+    def spawn(args, name, env=None):
+        with logs[name].open("w") as f:
+            return subprocess.Popen([sys.executable, "-m", "splitft.cli", *args, *common], stdout=f,
+                                    stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+
+    server = spawn(["server", f"transport.tokens_file={tokens}"], "server")
+    procs = [server]
+    try:
+        deadline = time.monotonic() + 120
+        while "listening" not in logs["server"].read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        clients = [spawn(["client", "--client-id", str(i)], f"c{i}", {"SPLITFT_TOKEN": f"{i}" * 32}) for i in range(3)]
+        procs += clients
+        while "round 0:" not in logs["c2"].read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        clients[2].kill()
+        assert server.wait(timeout=240) == 0, logs["server"].read_text()
+        assert clients[0].wait(timeout=60) == 0 and clients[1].wait(timeout=60) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    summary = json.loads((tmp_path / "run" / "server.json").read_text())
+    dropped = [r for r, d in enumerate(summary["dropped_by_round"]) if "2" in d]
+    assert summary["rounds"] == 10 and dropped and dropped == list(range(dropped[0], 10)), summary
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "client_0.json").read_text())["eval_ppl"] > 1

@@ -8,12 +8,9 @@ import torch
 from splitft import lora
 from splitft.deploy.coordinator import Coordinator, Refused
 from splitft.deploy.serve import Endpoint
-from splitft.model.families import family_for
-from splitft.model.loader import load
-from splitft.model.split import ServerPart
-from splitft.server import SplitServer
 from splitft.transport import codec
 from splitft.transport.base import ForwardRequest
+from tests.conftest import tiny_split_server
 
 Envelope = codec.Envelope
 SHAPE = codec.StepShape(hidden=32, dtype=torch.float32, max_tokens=64, cut_range=(2, 4))
@@ -75,9 +72,7 @@ def test_non_finite_wrong_width_and_oversized_activations_are_refused():
 
 @pytest.fixture
 def endpoint():
-    fam = family_for("llama")
-    peft = lora.wrap(load("tiny:llama").model, fam, r=4, alpha=8, dropout=0.0, targets=fam.lora_targets)
-    server = SplitServer(ServerPart(peft, fam, 2), lora.adapter_state_dict(peft), fam, lr=0.1)
+    peft, server = tiny_split_server()
     coord = Coordinator(server, n_clients=2, rounds=1, local_steps=1, per_round=0, seed=0, log=lambda s: None)
     full = lora.adapter_state_dict(peft)
     return Endpoint(coord, SHAPE, {n: t.shape for n, t in full.items()}, 10_000), server
@@ -103,19 +98,3 @@ def test_rejected_requests_leave_the_server_unchanged(endpoint):
                 asyncio.run(ep(env))
     after = _state(server)
     assert all(torch.equal(before[n], after[n]) for n in before) and ep.coord.pos == 0
-
-
-def test_a_replayed_step_is_refused_and_applied_once(endpoint):
-    ep, server = endpoint
-    cid, step = ep.coord.plan.order[0]
-
-    async def go():
-        reply = await ep(codec.encode_step(_req(cid=cid, step=step)))
-        assert reply.kind == Envelope.STEP_REPLY and len(reply.tensors) == 1
-        applied = _state(server)
-        with pytest.raises(Refused, match="replay"):
-            await ep(codec.encode_step(_req(cid=cid, step=step)))
-        return applied
-
-    applied = asyncio.run(go())
-    assert all(torch.equal(applied[n], t) for n, t in _state(server).items())

@@ -1,0 +1,144 @@
+"""The same federation over both transports: in-process (`splitft simulate`) and gRPC (server + clients in
+threads of this process, the real `serve` / `join` code). Same seed -> bit-identical weights and the same
+payload bytes; a broken connection is resumed without applying a step twice; a vanished client is dropped and
+the run completes over the survivors."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from splitft.deploy import join as join_module
+from splitft.deploy.join import join
+from splitft.deploy.serve import serve
+from splitft.metrics import read_metrics
+from splitft.sim.runner import run_simulation
+from splitft.transport import grpc as wire
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.multiproc
+KINDS = ("activations_up", "labels_up", "grad_activations_down", "lora_up")
+TOKEN = "t" * 32
+
+
+def _config(tmp_path, name, *extra):
+    return tiny_config(tmp_path / name, "llama", "federation.n_clients=3", "transport.chunk_kb=16", *extra)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _deploy(tmp_path, monkeypatch, *extra):
+    """serve() and three join()s in threads; returns (out_dir, {client: report or exception})."""
+    cfg = _config(tmp_path, "grpc", *extra)
+    (tmp_path / "tokens.txt").write_text((TOKEN + "\n") * 3)
+    port = _free_port()
+    cfg.transport.kind, cfg.transport.address = "grpc", f"127.0.0.1:{port}"
+    cfg.transport.tokens_file = str(tmp_path / "tokens.txt")
+    monkeypatch.setenv(cfg.transport.token_env, TOKEN)
+    lock, build = threading.Lock(), join_module.build
+
+    def one_at_a_time(c):  # model init seeds torch's global RNG: threads must not interleave there (processes
+        with lock:         # have one RNG each)
+            return build(c)
+
+    monkeypatch.setattr(join_module, "build", one_at_a_time)
+    errors: list[BaseException] = []
+    server = threading.Thread(target=lambda: _catch(errors, serve, cfg), daemon=True)
+    server.start()
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    results: dict[int, object] = {}
+    clients = [threading.Thread(target=lambda i=i: results.__setitem__(i, _catch([], join, cfg, i, cfg.transport.address)),
+                                daemon=True) for i in range(3)]
+    for t in clients:
+        t.start()
+    for t in [*clients, server]:
+        t.join(timeout=300)
+        assert not t.is_alive(), "the deployment hung"
+    assert not errors, errors
+    return tmp_path / "grpc" / "run", results
+
+
+def _catch(errors, fn, *args):
+    try:
+        return fn(*args)
+    except BaseException as e:  # noqa: BLE001 - reported by the test
+        errors.append(e)
+        return e
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("inproc")
+    run_simulation(_config(tmp, "sim"))
+    out = tmp / "sim" / "run"
+    return load_file(out / "adapter" / "adapter_model.safetensors"), read_metrics(out / "metrics.jsonl")
+
+
+def _same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_both_transports_end_with_the_same_weights_and_bytes(simulated, tmp_path, monkeypatch):
+    out, reports = _deploy(tmp_path, monkeypatch)
+    assert _same_weights(simulated[0], load_file(out / "adapter" / "adapter_model.safetensors"))
+    totals = [r for r in simulated[1] if r["kind"] == "round"][-1]["bytes"]
+    for k in KINDS:
+        assert sum(reports[i]["bytes"][k] for i in range(3)) == totals[k], k
+    assert all(reports[i]["reconnects"] == 0 and reports[i]["dropped_rounds"] == [] for i in range(3))
+
+
+def test_a_lost_reply_is_resent_and_answered_from_cache_not_applied_twice(simulated, tmp_path, monkeypatch):
+    real, broke = wire.GrpcTransport._exchange, []
+
+    def lossy(self, env):
+        if self.client_id == 1 and env.kind == wire.Envelope.STEP and env.train and env.round == 1 and not broke:
+            broke.append(env.step)
+            self._send(env)
+            self.conn.inbox.get(timeout=60)  # the reply started: the server has applied the step
+            raise wire._Broken("injected: connection lost before the reply was read")
+        return real(self, env)
+
+    monkeypatch.setattr(wire.GrpcTransport, "_exchange", lossy)
+    out, reports = _deploy(tmp_path, monkeypatch)
+    assert broke and reports[1]["reconnects"] == 1
+    assert _same_weights(simulated[0], load_file(out / "adapter" / "adapter_model.safetensors"))
+    log = [r.get("message", "") for r in read_metrics(out / "metrics.jsonl")]
+    assert any("answered from cache" in m for m in log), "the resend must hit the cache"
+
+
+class _Vanished(Exception):
+    pass
+
+
+def test_a_vanished_client_is_dropped_and_the_run_completes(tmp_path, monkeypatch):
+    real = wire.GrpcTransport._exchange
+
+    def dies(self, env):
+        if self.client_id == 2 and env.kind == wire.Envelope.STEP and env.round == 1 and env.step == 1:
+            self.stopped.set()  # no more heartbeats, no goodbye: as if the process were killed
+            self.conn.close()
+            raise _Vanished()
+        return real(self, env)
+
+    monkeypatch.setattr(wire.GrpcTransport, "_exchange", dies)
+    out, reports = _deploy(tmp_path, monkeypatch, "transport.heartbeat_s=0.2", "transport.dead_after_s=2")
+    assert isinstance(reports[2], _Vanished)
+    summary = json.loads((out / "server.json").read_text())
+    assert summary["rounds"] == 2 and summary["dropped_by_round"][0] == {}
+    assert "silent" in summary["dropped_by_round"][1]["2"]
+    rounds = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
+    assert rounds[1]["clients"] == [0, 1], "round 1 aggregates over the survivors"
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and reports[0]["eval_ppl"] > 1

@@ -1,0 +1,92 @@
+"""Checkpoint/resume and simulated dropout: a run interrupted after round r and resumed from its checkpoint ends
+bit-identical to an uninterrupted one (adaptive cuts and dropout included); checkpoint files are refused when
+they point outside the run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from splitft.errors import UserError
+from splitft.federation import Federation, plan_dropouts
+from splitft.metrics import read_metrics
+from splitft.sim.runner import run_simulation
+from tests.conftest import tiny_config
+from tests.unit.test_adaptivity import ADAPTIVE
+
+RUN = [*ADAPTIVE, "federation.rounds=4", "federation.dropout=0.3", "metrics.checkpoint_every=1", "privacy.noise=0.1"]
+
+
+def _rounds(out):
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in read_metrics(out / "metrics.jsonl")
+            if r["kind"] in ("round", "cut_decision", "step")]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    cfg = tiny_config(tmp_path_factory.mktemp("whole"), "llama", *RUN)
+    run_simulation(cfg)
+    return cfg.metrics.out_dir
+
+
+def test_an_interrupted_run_resumed_from_its_checkpoint_ends_bit_identical(uninterrupted, tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, "llama", *RUN)
+    real = Federation.run_round
+
+    def crash_in_round_2(self, round_, evaluate):
+        if round_ == 2:
+            self.run_round = None
+            raise KeyboardInterrupt  # e.g. Ctrl-C or a killed job, after the checkpoint of round 1
+        return real(self, round_, evaluate)
+
+    monkeypatch.setattr(Federation, "run_round", crash_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(cfg)
+    monkeypatch.undo()
+    out = tmp_path / "run"
+    assert (out / "checkpoints" / "latest").read_text().strip() == "round_1"
+    res = subprocess.run([sys.executable, "-m", "splitft.cli", "simulate", "--resume", str(out)], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    whole = load_file(f"{uninterrupted}/adapter/adapter_model.safetensors")
+    resumed = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert _rounds(Path(uninterrupted)) == _rounds(out), "the same records, losses, bytes, cuts and drops"
+    rounds = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
+    assert [r["round"] for r in rounds] == [-1, 0, 1, 2, 3]
+    assert any(r.get("dropped") for r in rounds), "the seed should drop someone in 4 rounds at p=0.3"
+    assert len({tuple(r["cuts"].values()) for r in rounds[1:]}) > 1, "cuts moved, so recut state was restored"
+
+
+def test_resume_refuses_a_finished_run_overrides_and_a_tampered_pointer(uninterrupted, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "splitft.cli", "simulate", "--resume", uninterrupted, "x.y=1"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "drop --config and overrides" in res.stderr
+    with pytest.raises(UserError, match="already finished"):
+        run_simulation(tiny_config(tmp_path, "llama", *RUN, f"metrics.out_dir={uninterrupted}"), resume=True)
+    run = tmp_path / "evil"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("../../etc\n")
+    with pytest.raises(UserError, match="not a checkpoint folder"):
+        run_simulation(tiny_config(tmp_path, "llama", f"metrics.out_dir={run}"), resume=True)
+
+
+def test_dropped_clients_do_not_push_and_the_round_aggregates_over_the_rest(uninterrupted):
+    records = read_metrics(Path(uninterrupted) / "metrics.jsonl")
+    for r in (r for r in records if r["kind"] == "round" and r["round"] >= 0):
+        gone = {int(c) for c in r["dropped"]}
+        assert r["clients"] == sorted(set(map(int, r["cuts"])) - gone)
+        steps = [s for s in records if s["kind"] == "step" and s["round"] == r["round"]]
+        for c, at in r["dropped"].items():
+            assert sorted(s["step"] for s in steps if s["client_id"] == int(c)) == list(range(at))
+
+
+def test_dropout_draws_are_seeded_and_independent_of_selection():
+    a = plan_dropouts(3, [0, 1, 2, 3], 4, 0.5, seed=7)
+    assert a == plan_dropouts(3, [0, 1, 2, 3], 4, 0.5, seed=7) and all(0 <= s < 4 for s in a.values())
+    assert plan_dropouts(3, [0, 1, 2, 3], 4, 0.0, seed=7) == {}
+    hits = sum(len(plan_dropouts(r, list(range(10)), 2, 0.3, seed=1)) for r in range(200))
+    assert 0.25 < hits / 2000 < 0.35

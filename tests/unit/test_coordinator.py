@@ -1,0 +1,152 @@
+"""The deployed server's coordinator: plan order, resends answered from cache, replays refused, clients dropped
+for silence or lateness with the round aggregated over survivors, and the end of the run."""
+
+import asyncio
+
+import pytest
+import torch
+
+from splitft.deploy.coordinator import Coordinator, Refused
+from splitft.transport.base import AdapterUpdate, ForwardRequest
+from tests.conftest import tiny_split_server
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _req(cid, step, round_=0):
+    g = torch.Generator().manual_seed(100 * cid + step)
+    return ForwardRequest(cid, round_, step, 2, torch.randn(2, 5, 32, generator=g),
+                          torch.ones(2, 5, dtype=torch.uint8), torch.full((2, 5), 7, dtype=torch.int32))
+
+
+def _push(cid, round_, server):
+    return AdapterUpdate(cid, round_, {n: t.clone() for n, t in server.global_view(2).items()}, 2)
+
+
+@pytest.fixture
+def coord():
+    _, server = tiny_split_server()
+    records = []
+    c = Coordinator(server, n_clients=3, rounds=2, local_steps=2, per_round=0, seed=0, log=lambda s: None,
+                    dead_after_s=10, round_timeout_s=100, on_round=records.append, clock=FakeClock())
+    c.records = records
+    return c
+
+
+def _state(server):
+    return {n: t.clone() for n, t in {**server.adapters(), **server.store}.items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_a_resent_step_gets_the_cached_reply_and_an_old_one_is_refused(coord):
+    order = coord.plan.order
+    a = order[0][0]
+
+    async def go():
+        first = await coord.step(_req(a, 0))
+        applied = _state(coord.server)
+        again = await coord.step(_req(a, 0))  # e.g. resent after a reconnect: not applied twice
+        assert again is first and _same(applied, _state(coord.server)) and coord.pos == 1
+        for cid, step in order[1:order.index((a, 1)) + 1]:
+            await coord.step(_req(cid, step))
+        moved = _state(coord.server)
+        with pytest.raises(Refused, match="replay"):  # a's older step, once a has moved on
+            await coord.step(_req(a, 0))
+        assert _same(moved, _state(coord.server))
+
+    asyncio.run(go())
+
+
+async def _run_steps(coord, skip=()):
+    for cid, step in list(coord.plan.order):
+        if cid not in skip:
+            await coord.step(_req(cid, step, coord.round))
+
+
+def test_a_silent_client_is_dropped_and_the_round_aggregates_over_survivors(coord):
+    clock = coord.clock
+
+    async def go():
+        for c in range(3):
+            coord.seen(c)
+        # client 2 vanishes before its first step: the others' steps must not wait for it forever
+        order = coord.plan.order
+        blocked = asyncio.create_task(_run_steps(coord, skip={2}))
+        await asyncio.sleep(0.05)
+        assert not blocked.done() or order[0][0] != 2  # waiting on client 2's turn unless 2 went last
+        clock.now = 5
+        coord.seen(0), coord.seen(1)
+        await coord.check(clock.now)
+        assert coord.dropped == {}
+        clock.now = 11
+        await coord.check(clock.now)
+        assert set(coord.dropped) == {2} and "silent" in coord.dropped[2]
+        await asyncio.wait_for(blocked, 5)
+        for c in (0, 1):
+            await coord.push(_push(c, 0, coord.server))
+        assert coord.round == 1 and coord.records[-1]["clients"] == [0, 1] and "2" in coord.records[-1]["dropped"]
+
+    asyncio.run(go())
+
+
+def test_a_dropped_clients_waiting_and_later_requests_are_refused(coord):
+    async def go():
+        victim = coord.plan.order[-1][0]
+        waiting = asyncio.create_task(coord.step(_req(victim, 1)))  # its second step waits for its turn
+        await asyncio.sleep(0.05)
+        await coord.drop(victim, "test")
+        with pytest.raises(Refused, match="dropped"):
+            await waiting
+        with pytest.raises(Refused, match="dropped"):
+            await coord.push(_push(victim, 0, coord.server))
+
+    asyncio.run(go())
+
+
+def test_a_straggler_is_dropped_at_the_round_deadline(coord):
+    async def go():
+        await _run_steps(coord)
+        await coord.push(_push(0, 0, coord.server))
+        await coord.push(_push(0, 0, coord.server))  # a resent push is acknowledged and ignored
+        assert len(coord.server.pending) == 1
+        coord.clock.now = 101
+        for c in range(3):
+            coord.seen(c)  # alive, but late
+        await coord.check(coord.clock.now)
+        assert coord.round == 1 and coord.records[-1]["clients"] == [0]
+        assert set(coord.records[-1]["dropped"]) == {"1", "2"} and "round_timeout_s" in coord.records[-1]["dropped"]["1"]
+
+    asyncio.run(go())
+
+
+def test_a_push_before_the_clients_steps_are_done_is_refused(coord):
+    with pytest.raises(Refused, match="before finishing"):
+        asyncio.run(coord.push(_push(0, 0, coord.server)))
+
+
+def test_the_run_finishes_when_every_client_is_done_or_gone(coord):
+    async def go():
+        for r in range(2):
+            await _run_steps(coord)
+            for c in range(3):
+                await coord.push(_push(c, r, coord.server))
+        assert coord.round == 2
+        await coord.client_done(0)
+        await coord.client_done(1)
+        coord.seen(2)
+        await coord.check(coord.clock.now)
+        assert not coord.finished.is_set()
+        coord.clock.now += 11
+        await coord.check(coord.clock.now)
+        assert coord.finished.is_set()
+
+    asyncio.run(go())

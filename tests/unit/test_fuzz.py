@@ -1,0 +1,167 @@
+"""Hostile input at the server: 12,000 random and mutated messages through the real frame reassembly, envelope
+decoding, session checks and endpoint (deploy/serve.Endpoint -> Coordinator -> SplitServer). Zero crashes (only
+refusals or legitimate replies), and a refused message never changes the server: LoRA weights, optimizer state,
+round, plan position, pushes, caches."""
+
+import asyncio
+import math
+import random
+
+import pytest
+import torch
+
+from splitft import lora
+from splitft.deploy.coordinator import Coordinator
+from splitft.deploy.serve import Endpoint
+from splitft.transport import codec
+from splitft.transport.base import ForwardRequest
+from splitft.transport.grpc import WireOptions, _Service
+from tests.conftest import tiny_split_server
+
+Envelope = codec.Envelope
+N_INPUTS = 12_000
+
+
+@pytest.fixture(scope="module")
+def target():
+    peft, server = tiny_split_server()
+    coord = Coordinator(server, n_clients=2, rounds=2, local_steps=2, per_round=0, seed=0, log=lambda s: None)
+    full = lora.adapter_state_dict(peft)
+    shape = codec.StepShape(hidden=peft.base_model.model.config.hidden_size, dtype=torch.float32, max_tokens=64,
+                            cut_range=(2, 4))
+    endpoint = Endpoint(coord, shape, {n: t.shape for n, t in full.items()}, max(t.numel() for t in full.values()))
+    return _Service(endpoint, {0: "x" * 32, 1: "y" * 32}, WireOptions(max_bytes=1 << 20), log=lambda s: None), \
+        server, coord, shape.hidden, full
+
+
+def _fingerprint(server, coord):
+    """Everything a request could change: LoRA and AdamW moments of the server, its store, the coordinator."""
+    tensors = [*server.adapters().values(), *server.store.values()]
+    tensors += [v for st in server.opt.state.values() for v in st.values() if torch.is_tensor(v)]
+    flat = torch.cat([t.detach().float().flatten() for t in tensors]) if tensors else torch.zeros(0)
+    return (flat.clone(), coord.round, coord.pos, frozenset(coord.pushed), frozenset(coord.done),
+            tuple(sorted((c, k) for c, (k, _) in coord.cache.items())), len(server.pending))
+
+
+def _same(a, b):
+    return torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def _valid(rng, hidden, full):
+    """One well-formed envelope of a random kind, for mutation."""
+    kind = rng.choice(["step", "eval", "push", "pull", "done", "heartbeat"])
+    cid = rng.randrange(2)
+    if kind in ("step", "eval"):
+        b, t = rng.randint(1, 3), rng.randint(1, 8)
+        req = ForwardRequest(cid, 0, rng.randrange(2), 2, torch.randn(b, t, hidden), torch.ones(b, t, dtype=torch.uint8),
+                             torch.randint(0, 50, (b, t), dtype=torch.int32), kind == "step")
+        return codec.encode_step(req)
+    if kind == "push":
+        names = rng.sample(sorted(full), 3)
+        return codec.encode_adapters(Envelope.PUSH, cid, 0, {n: torch.randn_like(full[n]) for n in names}, 2)
+    if kind == "pull":
+        return Envelope(kind=Envelope.PULL, client_id=cid, cut=2, round=0)
+    return Envelope(kind=Envelope.DONE if kind == "done" else Envelope.HEARTBEAT, client_id=cid)
+
+
+def _mutate_fields(rng, env):
+    env = Envelope.FromString(env.SerializeToString())
+    for _ in range(rng.randint(1, 3)):
+        what = rng.randrange(9)
+        if what == 0:
+            env.kind = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 99])
+        elif what == 1:
+            env.client_id = rng.choice([-1, 2, 7, 2**31 - 1, -2**31])
+        elif what == 2:
+            env.round, env.step = rng.choice([-1, 1, 5, 2**31 - 1]), rng.choice([-3, 0, 1, 9])
+        elif what == 3:
+            env.cut = rng.choice([-1, 0, 1, 4, 1000])
+        elif what == 4 and env.tensors:
+            m = rng.choice(env.tensors)
+            m.dtype = rng.choice(["float64", "int8", "", "bfloat16", "float16", "uint8", "pickle"])
+        elif what == 5 and env.tensors:
+            m = rng.choice(env.tensors)
+            m.shape[:] = rng.choice([[], [-1], [2**32, 2**32, 1], [1] * 9, [0, 5, 64], list(reversed(m.shape))])
+        elif what == 6 and env.tensors:
+            m = rng.choice(env.tensors)
+            m.data = m.data[: rng.randrange(len(m.data) + 1)] if rng.random() < 0.5 else m.data + b"\0" * 4
+        elif what == 7 and env.tensors:
+            m = rng.choice(env.tensors)
+            try:
+                t = codec.tensor_from_pb(m, 1 << 30)
+            except codec.WireError:  # an earlier mutation broke it already
+                t = None
+            if t is not None and t.is_floating_point() and t.numel():
+                t.view(-1)[rng.randrange(t.numel())] = rng.choice([math.nan, math.inf, -math.inf, 1e38])
+                m.data = codec.tensor_to_pb(m.name, t).data
+        elif what == 8:
+            env.n_samples = rng.choice([-5, 0, 2**62])
+            if env.tensors and rng.random() < 0.5:
+                env.tensors[0].name = rng.choice(["", "nope", env.tensors[-1].name, "../../x"])
+    return env
+
+
+def _frames(rng, hidden, full):
+    """A list of frames: random bytes, byte-mutated valid envelopes, field-mutated ones, or broken framing."""
+    mode = rng.randrange(4)
+    if mode == 0:
+        data = bytes(rng.getrandbits(8) for _ in range(rng.randrange(200)))
+        return [codec.pb.Frame(seq=0, index=0, count=1, data=data)]
+    env = _valid(rng, hidden, full)
+    if mode == 1:
+        data = bytearray(env.SerializeToString())
+        for _ in range(rng.randint(1, 8)):
+            op, i = rng.randrange(3), rng.randrange(len(data) or 1)
+            if op == 0 and data:
+                data[i] ^= 1 << rng.randrange(8)
+            elif op == 1:
+                data[i:i] = bytes([rng.getrandbits(8)])
+            elif data:
+                del data[i]
+        return [codec.pb.Frame(seq=0, index=0, count=1, data=bytes(data))]
+    if mode == 2:
+        return codec.to_frames(_mutate_fields(rng, env), 0, 256)
+    frames = codec.to_frames(env, 0, 64)
+    if len(frames) > 1:
+        rng.choice([lambda: frames.pop(rng.randrange(len(frames))), lambda: frames.reverse(),
+                    lambda: frames[0].__setattr__("count", 0), lambda: frames[-1].__setattr__("seq", 9)])()
+    return frames
+
+
+def test_twelve_thousand_hostile_messages_crash_nothing_and_refusals_change_nothing(target):
+    service, server, coord, hidden, full = target
+    rng = random.Random(20261125)
+    outcomes = {"refused": 0, "accepted": 0, "waiting": 0, "heartbeat": 0}
+
+    async def one(frames) -> str:
+        reasm = codec.Reassembler(service.opts.max_bytes)
+        for frame in frames:
+            try:
+                env = reasm.add(frame)
+            except codec.WireError:
+                return "refused"
+            if env is None:
+                continue
+            if env.kind == Envelope.HEARTBEAT:  # the session consumes these without a reply
+                return "heartbeat"
+            session = rng.randrange(2)  # the authenticated client of the session it arrives on
+            try:
+                reply = await asyncio.wait_for(service._handle(session, env), 0.01)
+            except asyncio.TimeoutError:  # a valid request waiting for its turn, then cancelled
+                return "waiting"
+            return "refused" if reply.kind == Envelope.ERROR else "accepted"
+        return "refused"  # incomplete message: nothing was handed on
+
+    async def run():
+        before = _fingerprint(server, coord)
+        for _ in range(N_INPUTS):
+            outcome = await one(_frames(rng, hidden, full))  # any exception here is a crash and fails the test
+            outcomes[outcome] += 1
+            after = _fingerprint(server, coord)
+            if outcome != "accepted":
+                assert _same(before, after), f"a {outcome} message changed the server"
+            before = after
+
+    asyncio.run(run())
+    assert sum(outcomes.values()) == N_INPUTS and outcomes["refused"] > N_INPUTS // 2, outcomes
+    assert outcomes["accepted"] > 100, "the fuzzer must also reach the handler with valid-looking requests"
