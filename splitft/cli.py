@@ -9,6 +9,7 @@
     splitft server --config ... [key=value ...]                      serve a deployed federation over gRPC
     splitft client --config ... --client-id N --server HOST:PORT     one client process (token in $SPLITFT_TOKEN)
     splitft launch --config ... --clients N                          server + N clients on loopback
+    splitft report RUN_DIR [RUN_DIR ...] [--out DIR]                  PNG plots + markdown table of runs
 User mistakes print one line `splitft: error: ...` and exit with code 2.
 """
 
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                            help="comma-separated subset of splitft,sfl-fixed,fedlora,centralized")
             s.add_argument("--target-ppl", type=float, default=None,
                            help="ppl for 'virtual time to target' (default: the worst final ppl of the methods)")
+    rep = sub.add_parser("report", help="plots (PNG) and a markdown table comparing finished runs")
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by simulate/experiment")
+    rep.add_argument("--out", default="report", help="folder for the PNGs and report.md (default: report)")
     return p
 
 
@@ -145,9 +149,20 @@ def _launch(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .report import report
+
+    if overrides:
+        raise UserError(f"report takes run directories, not config overrides: {' '.join(overrides)}")
+    path = report(args.runs, args.out)
+    print(path.read_text())
+    print(f"report written to {path.parent}", file=sys.stderr)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "simulate": _simulate, "validate": _validate, "partition": _partition, "experiment": _experiment,
-    "server": _server, "client": _client, "launch": _launch}
+    "server": _server, "client": _client, "launch": _launch, "report": _report}
 
 
 def _quiet_libraries() -> None:
@@ -161,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     known, dashed = _split_overrides(list(sys.argv[1:] if argv is None else argv))
     args = _parser().parse_args(known)
     try:
-        return COMMANDS[args.command](args, list(args.overrides) + dashed)
+        return COMMANDS[args.command](args, list(getattr(args, "overrides", [])) + dashed)
     except UserError as e:
         print(f"splitft: error: {e}", file=sys.stderr)
         return 2

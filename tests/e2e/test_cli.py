@@ -112,3 +112,16 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, case):
     assert message in res.stderr and "Traceback" not in res.stderr
     assert res.stderr.startswith("splitft: error:")
     assert not out.exists()
+
+
+def test_report_renders_plots_and_a_table_from_run_directories(run_dir, tmp_path):
+    res = splitft("report", str(run_dir), str(run_dir), "--out", str(tmp_path / "rep"))
+    assert res.returncode == 0, res.stderr
+    for name in ("ppl_vs_virtual_time", "ppl_vs_wall_time", "bytes_per_round", "cuts"):
+        png = (tmp_path / "rep" / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, name
+    final = json.loads((run_dir / "summary.json").read_text())["final_eval_ppl"]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"| {final:.2f} |" in md and "run (2)" in md, "both runs in the table, names made unique"
+    bad = splitft("report", str(tmp_path / "nope"))
+    assert bad.returncode == 2 and "not a run directory" in bad.stderr

@@ -1,0 +1,161 @@
+"""`splitft report RUN_DIR [RUN_DIR ...] [--out DIR]`: plots and a comparison table from finished run directories.
+
+Reads each run's metrics.jsonl (round records) and summary.json; writes to --out:
+    ppl_vs_virtual_time.png   held-out perplexity vs simulated seconds on the clients' devices
+    ppl_vs_wall_time.png      held-out perplexity vs real seconds of the run
+    bytes_per_round.png       training traffic per round by kind (MB), one panel per run
+    cuts.png                  each client's cut per round, one panel per run
+    report.md                 a table comparing the runs, and the figures
+Nothing is recomputed: every number comes from the runs' own records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .metrics import read_metrics
+
+TRAFFIC = ("activations_up", "labels_up", "grad_activations_down", "lora_up", "lora_down")
+
+
+@dataclass
+class Run:
+    name: str
+    rounds: list[dict[str, Any]]
+    """round records in order, round -1 (the pretrained model) first."""
+    summary: dict[str, Any]
+
+
+def load_run(path: str | Path) -> Run:
+    d = Path(path)
+    if not (d / "metrics.jsonl").is_file():
+        raise UserError(f"report: '{d}' is not a run directory (no metrics.jsonl)")
+    if not (d / "summary.json").is_file():
+        raise UserError(f"report: '{d}' has not finished (no summary.json); resume it with "
+                        f"`splitft simulate --resume {d}` first")
+    import json
+
+    rounds = [r for r in read_metrics(d / "metrics.jsonl") if r["kind"] == "round"]
+    return Run(d.name if d.name not in ("", ".") else str(d), rounds, json.loads((d / "summary.json").read_text()))
+
+
+def _unique_names(runs: list[Run]) -> None:
+    seen: dict[str, int] = {}
+    for r in runs:
+        seen[r.name] = seen.get(r.name, 0) + 1
+        if seen[r.name] > 1:
+            r.name = f"{r.name} ({seen[r.name]})"
+
+
+def per_round_bytes(run: Run) -> list[dict[str, float]]:
+    """Training traffic of each round by kind, in MB (the records hold cumulative bytes)."""
+    out, prev = [], {k: 0 for k in TRAFFIC}
+    for r in run.rounds:
+        if r["round"] < 0:
+            continue
+        cur = {k: r["bytes"][k] for k in TRAFFIC}
+        out.append({k: (cur[k] - prev[k]) / 1e6 for k in TRAFFIC})
+        prev = cur
+    return out
+
+
+def table(runs: list[Run]) -> str:
+    head = ("| run | method | policy | rounds | initial ppl | final ppl | virtual time (s) | wall time (s) "
+            "| MB up | MB down |")
+    rows = [head, "|" + " --- |" * 10]
+    for r in runs:
+        s = r.summary
+        rows.append(f"| {r.name} | {s['method']} | {s.get('policy') or '-'} | {s['rounds']} "
+                    f"| {s['initial_eval_ppl']:.2f} | {s['final_eval_ppl']:.2f} | {s['virtual_time_s']:.1f} "
+                    f"| {s['wall_time_s']:.1f} | {s['bytes_up'] / 1e6:.1f} | {s['bytes_down'] / 1e6:.1f} |")
+    return "\n".join(rows)
+
+
+def _ppl_plot(runs: list[Run], x_key: str, xlabel: str, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in runs:
+        pts = [(r0.get(x_key, 0.0) if r0["round"] >= 0 else 0.0, r0["eval_ppl"]) for r0 in r.rounds if "eval_ppl" in r0]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=r.name)
+    ax.set(xlabel=xlabel, ylabel="held-out perplexity", title=title)
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _panels(n: int, title: str):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, n, figsize=(max(5.0, 4.5 * n), 4.2), squeeze=False)
+    fig.suptitle(title)
+    return fig, axes[0]
+
+
+def _bytes_plot(runs: list[Run], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = _panels(len(runs), "Training traffic per round, by kind")
+    for ax, r in zip(axes, runs):
+        per = per_round_bytes(r)
+        bottom = [0.0] * len(per)
+        for kind in TRAFFIC:
+            vals = [p[kind] for p in per]
+            ax.bar(range(len(per)), vals, bottom=bottom, label=kind)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        ax.set(xlabel="round", ylabel="MB", title=r.name)
+        ax.set_xticks(range(len(per)))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(TRAFFIC), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _cuts_plot(runs: list[Run], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = _panels(len(runs), "Cut per client per round (blocks held by the client; "
+                                   "lines offset slightly where clients share a cut)")
+    for ax, r in zip(axes, runs):
+        trained = [x for x in r.rounds if x["round"] >= 0]
+        clients = sorted({c for x in trained for c in x["cuts"]}, key=int)
+        for i, c in enumerate(clients):
+            pts = [(x["round"], x["cuts"][c]) for x in trained if c in x["cuts"]]
+            shift = (i - (len(clients) - 1) / 2) * 0.08  # so equal cuts stay visible as separate lines
+            ax.plot([p[0] for p in pts], [p[1] + shift for p in pts], marker="o", label=f"client {c}")
+        ax.set(xlabel="round", ylabel="cut", title=r.name)
+        ax.set_xticks([x["round"] for x in trained])
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(dirs: list[str], out: str | Path) -> Path:
+    """Write the figures and report.md for `dirs` into `out`; returns the path of report.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    if not dirs:
+        raise UserError("report: give at least one run directory")
+    runs = [load_run(d) for d in dirs]
+    _unique_names(runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _ppl_plot(runs, "virtual_time", "virtual time (s, simulated devices)", "Perplexity vs virtual time",
+              out / "ppl_vs_virtual_time.png")
+    _ppl_plot(runs, "wall_time", "wall time (s, this machine)", "Perplexity vs wall time", out / "ppl_vs_wall_time.png")
+    _bytes_plot(runs, out / "bytes_per_round.png")
+    _cuts_plot(runs, out / "cuts.png")
+    md = ["# SplitFT report", "", "Runs: " + ", ".join(f"`{d}`" for d in dirs), "", table(runs), ""]
+    md += [f"![{name}]({name}.png)" for name in ("ppl_vs_virtual_time", "ppl_vs_wall_time", "bytes_per_round", "cuts")]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    return out / "report.md"
