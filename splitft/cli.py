@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 import warnings
-from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
@@ -72,19 +71,11 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def _simulate(args: argparse.Namespace, overrides: list[str]) -> int:
     from .config import load_config
-    from .sim.runner import run_simulation
+    from .sim.runner import resume_simulation, run_simulation
 
-    if args.resume:
-        if args.config or overrides:
-            raise UserError("--resume: the run continues with its own config.yaml; drop --config and overrides")
-        cfg_file = Path(args.resume) / "config.yaml"
-        if not cfg_file.is_file():
-            raise UserError(f"--resume: '{args.resume}' is not a run directory (no config.yaml)")
-        summary = run_simulation(load_config(str(cfg_file), []), resume=True)
-        print(json.dumps(summary))
-        return 0
-    cfg = load_config(args.config, overrides)
-    summary = run_simulation(cfg)
+    if args.resume and (args.config or overrides):
+        raise UserError("--resume: the run continues with its own config.yaml; drop --config and overrides")
+    summary = resume_simulation(args.resume) if args.resume else run_simulation(load_config(args.config, overrides))
     print(json.dumps(summary))
     return 0
 

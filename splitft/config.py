@@ -176,6 +176,14 @@ class TransportConfig:
     retries: int = 3
     """Client: reconnect and resend this many times after a broken connection (keys make resends idempotent)."""
 
+    @property
+    def chunk_bytes(self) -> int:
+        return self.chunk_kb * 1024
+
+    @property
+    def max_bytes(self) -> int:
+        return self.max_message_mb << 20
+
 
 @dataclass
 class PrivacyConfig:

@@ -11,6 +11,7 @@ Nothing is recomputed: every number comes from the runs' own records.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,6 @@ def load_run(path: str | Path) -> Run:
     if not (d / "summary.json").is_file():
         raise UserError(f"report: '{d}' has not finished (no summary.json); resume it with "
                         f"`splitft simulate --resume {d}` first")
-    import json
-
     rounds = [r for r in read_metrics(d / "metrics.jsonl") if r["kind"] == "round"]
     return Run(d.name if d.name not in ("", ".") else str(d), rounds, json.loads((d / "summary.json").read_text()))
 

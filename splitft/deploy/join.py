@@ -19,7 +19,6 @@ from ..metrics import perplexity
 from ..sim.methods import split_client
 from ..sim.setup import build
 from ..transport.grpc import GrpcTransport, ServerRefused
-from .serve import wire_options
 
 
 def join(cfg: Config, client_id: int, address: str) -> dict:
@@ -31,8 +30,7 @@ def join(cfg: Config, client_id: int, address: str) -> dict:
         raise UserError(f"set this client's token in the environment variable {cfg.transport.token_env}")
     setup = build(cfg)
     client = split_client(setup, client_id, cfg.split.cut)  # as in the simulation: both runtimes match
-    t = cfg.transport
-    transport = GrpcTransport(address, client_id, token, wire_options(cfg), t.timeout_s, t.heartbeat_s, t.retries,
+    transport = GrpcTransport(address, client_id, token, cfg.transport,
                               log=lambda text: print(f"[client {client_id}] {text}", flush=True))
     losses: list[float] = []
     dropped: list[int] = []

@@ -24,17 +24,10 @@ from ..sim.methods import split_server
 from ..sim.runner import prepare_run_dir
 from ..sim.setup import build_model
 from ..transport import codec
-from ..transport.grpc import WireOptions, serve_grpc
+from ..transport.grpc import serve_grpc
 from .coordinator import Coordinator
 
 Envelope = codec.Envelope
-
-
-def wire_options(cfg: Config) -> WireOptions:
-    t = cfg.transport
-    return WireOptions(chunk_bytes=t.chunk_kb * 1024, max_bytes=t.max_message_mb << 20, tls_cert=t.tls_cert,
-                       tls_key=t.tls_key, tls_root=t.tls_root, tls_client_ca=t.tls_client_ca,
-                       tls_client_cert=t.tls_client_cert, tls_client_key=t.tls_client_key)
 
 
 def read_tokens(path: str, n_clients: int) -> dict[int, str]:
@@ -80,7 +73,7 @@ class Endpoint:
 async def _serve(coord: Coordinator, endpoint: Endpoint, tokens: dict[int, str], cfg: Config, log) -> None:
     watchdog = asyncio.create_task(coord.watch())
     try:
-        await serve_grpc(endpoint, cfg.transport.address, tokens, wire_options(cfg), coord.finished, log)
+        await serve_grpc(endpoint, cfg.transport.address, tokens, cfg.transport, coord.finished, log)
     finally:
         watchdog.cancel()
 

@@ -2,8 +2,8 @@
 
     splitft experiment --config configs/experiment.yaml [--methods splitft,fedlora] [--target-ppl 30]
 Each method runs into <metrics.out_dir>/<method>/ (a normal run directory); a method whose directory already
-holds a summary.json is reused, not re-run; one that was interrupted resumes from its checkpoint. The table goes to stdout and to <out_dir>/experiment.md, the
-numbers to <out_dir>/experiment.json.
+holds a summary.json is reused, not re-run; one that was interrupted resumes from its checkpoint. The table
+goes to stdout and to <out_dir>/experiment.md, the numbers to <out_dir>/experiment.json.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import Config, ConfigError, load_config, save_config, validate
+from ..config import Config, ConfigError, save_config, validate
 from ..errors import UserError
-from .runner import run_simulation
+from .runner import resume_simulation, run_simulation
 
 
 def _splitft(cfg: Config) -> None:
@@ -72,7 +72,7 @@ def run_experiment(base: Config, methods: list[str], target_ppl: float | None = 
             continue
         if (done.parent / "checkpoints" / "latest").is_file():  # interrupted: go on from its checkpoint
             print(f"== {name}: resuming {done.parent}", flush=True)
-            summaries[name] = run_simulation(load_config(str(done.parent / "config.yaml"), []), resume=True)
+            summaries[name] = resume_simulation(done.parent)
             continue
         print(f"== {name}: running into {cfg.metrics.out_dir}", flush=True)
         summaries[name] = run_simulation(cfg)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import checkpoint, lora
-from ..config import Config, save_config
+from ..config import Config, load_config, save_config
 from ..errors import UserError
 from ..federation import Federation
 from ..metrics import MetricsLogger, NullLogger, read_metrics
@@ -67,13 +67,13 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
         start = meta["round"] + 1
         logger = MetricsLogger(_truncate(out / "metrics.jsonl", meta["metrics_lines"]), offset=meta["wall_time"])
         checkpoint.restore_federation(fed, tensors, meta)
+        fed.logger = logger
         rounds = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
         print(f"resuming {out} after round {meta['round']}", file=sys.stderr)
     else:
         prepare_run_dir(cfg)
         logger = MetricsLogger(out / "metrics.jsonl")
         fed = build_federation(setup, logger)
-    fed.logger = logger
     f = cfg.federation
     total = (f.rounds - start) * f.local_steps * (f.clients_per_round or f.n_clients)
     bar = tqdm(total=total, desc=f"{f.method} steps", unit="step", disable=not cfg.metrics.progress, file=sys.stderr)
@@ -97,6 +97,14 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     logger.close()
     return summary
+
+
+def resume_simulation(run_dir: str | Path) -> dict[str, Any]:
+    """Continue the run in `run_dir` from its latest checkpoint, with the run's own config.yaml."""
+    cfg_file = Path(run_dir) / "config.yaml"
+    if not cfg_file.is_file():
+        raise UserError(f"--resume: '{run_dir}' is not a run directory (no config.yaml)")
+    return run_simulation(load_config(str(cfg_file), []), resume=True)
 
 
 def _truncate(path: Path, lines: int) -> Path:

@@ -13,12 +13,12 @@ import hmac
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Iterator, Protocol
 
 import grpc
 import torch
 
+from ..config import TransportConfig
 from . import codec
 from .base import AdapterUpdate, ByteCounter, ForwardRequest, StepReply, TransportError, adapters_nbytes
 from .proto import splitft_pb2 as pb
@@ -27,22 +27,9 @@ METHOD = "/splitft.SplitFT/Session"
 Envelope = pb.Envelope
 
 
-@dataclass
-class WireOptions:
-    chunk_bytes: int = 1 << 20
-    max_bytes: int = 64 << 20
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_root: str = ""
-    """Client side: the CA (or self-signed server certificate) to trust; empty = plaintext."""
-    tls_client_ca: str = ""
-    """Server side: require client certificates signed by this CA (mutual TLS)."""
-    tls_client_cert: str = ""
-    tls_client_key: str = ""
-
-    def grpc_options(self) -> list[tuple[str, int]]:
-        frame = self.chunk_bytes + 4096  # one frame = one chunk + the Frame header
-        return [("grpc.max_send_message_length", frame), ("grpc.max_receive_message_length", frame)]
+def _grpc_options(t: TransportConfig) -> list[tuple[str, int]]:
+    frame = t.chunk_bytes + 4096  # one frame = one chunk + the Frame header
+    return [("grpc.max_send_message_length", frame), ("grpc.max_receive_message_length", frame)]
 
 
 def _error(env: Envelope, text: str) -> Envelope:
@@ -64,7 +51,7 @@ class Handler(Protocol):
 
 
 class _Service:
-    def __init__(self, handler: Handler, tokens: dict[int, str], opts: WireOptions, log: Callable[[str], None]):
+    def __init__(self, handler: Handler, tokens: dict[int, str], opts: TransportConfig, log: Callable[[str], None]):
         self.handler, self.tokens, self.opts, self.log = handler, tokens, opts, log
 
     def _client_of(self, context: grpc.aio.ServicerContext) -> int | None:
@@ -135,7 +122,7 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def _server_credentials(opts: WireOptions) -> grpc.ServerCredentials:
+def _server_credentials(opts: TransportConfig) -> grpc.ServerCredentials:
     pair = [(_read(opts.tls_key), _read(opts.tls_cert))]
     if opts.tls_client_ca:  # mutual TLS: the handshake fails for a client without a certificate from this CA
         return grpc.ssl_server_credentials(pair, root_certificates=_read(opts.tls_client_ca),
@@ -143,13 +130,13 @@ def _server_credentials(opts: WireOptions) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(pair)
 
 
-async def serve_grpc(handler: Handler, address: str, tokens: dict[int, str], opts: WireOptions,
+async def serve_grpc(handler: Handler, address: str, tokens: dict[int, str], opts: TransportConfig,
                      until: asyncio.Event, log: Callable[[str], None] = print) -> None:
     """Serve sessions on `address` until `until` is set, then stop (in-flight calls get a grace second)."""
     service = _Service(handler, tokens, opts, log)
     rpc = grpc.stream_stream_rpc_method_handler(service.session, request_deserializer=pb.Frame.FromString,
                                                 response_serializer=pb.Frame.SerializeToString)
-    server = grpc.aio.server(options=opts.grpc_options())
+    server = grpc.aio.server(options=_grpc_options(opts))
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("splitft.SplitFT", {"Session": rpc})])
     if opts.tls_cert:
         port = server.add_secure_port(address, _server_credentials(opts))
@@ -182,14 +169,14 @@ class _Connection:
     """One channel and its bidirectional stream; a reader thread moves reply frames to `inbox` so a wait can
     have a deadline."""
 
-    def __init__(self, address: str, client_id: int, token: str, opts: WireOptions):
+    def __init__(self, address: str, client_id: int, token: str, opts: TransportConfig):
         if opts.tls_root:
             cert = _read(opts.tls_client_cert) if opts.tls_client_cert else None
             key = _read(opts.tls_client_key) if opts.tls_client_key else None
             creds = grpc.ssl_channel_credentials(_read(opts.tls_root), private_key=key, certificate_chain=cert)
-            self.channel = grpc.secure_channel(address, creds, options=opts.grpc_options())
+            self.channel = grpc.secure_channel(address, creds, options=_grpc_options(opts))
         else:
-            self.channel = grpc.insecure_channel(address, options=opts.grpc_options())
+            self.channel = grpc.insecure_channel(address, options=_grpc_options(opts))
         self.outbox: queue.Queue[pb.Frame | None] = queue.Queue()
         self.inbox: queue.Queue[pb.Frame | grpc.RpcError | None] = queue.Queue()
         call = self.channel.stream_stream(METHOD, request_serializer=pb.Frame.SerializeToString,
@@ -222,16 +209,16 @@ class GrpcTransport:
     step by its (client, round, step) key and answers it from its cache instead of applying it twice.
     """
 
-    def __init__(self, address: str, client_id: int, token: str, opts: WireOptions, timeout_s: float = 3600.0,
-                 heartbeat_s: float = 5.0, retries: int = 3, log: Callable[[str], None] = print):
+    def __init__(self, address: str, client_id: int, token: str, opts: TransportConfig,
+                 log: Callable[[str], None] = print):
         self.address, self.client_id, self.token, self.opts = address, client_id, token, opts
-        self.timeout_s, self.retries, self.log = timeout_s, retries, log
+        self.timeout_s, self.retries, self.log = opts.timeout_s, opts.retries, log
         self.counter = ByteCounter()
         self.wire_up = self.wire_down = self.seq = self.reconnects = 0
         self.lock = threading.Lock()  # the frames of one envelope leave together; heartbeats go in between
         self.conn = _Connection(address, client_id, token, opts)
         self.stopped = threading.Event()
-        threading.Thread(target=self._heartbeats, args=(heartbeat_s,), daemon=True).start()
+        threading.Thread(target=self._heartbeats, args=(opts.heartbeat_s,), daemon=True).start()
 
     def _send(self, env: Envelope) -> None:
         with self.lock:

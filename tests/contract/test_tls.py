@@ -11,7 +11,8 @@ import threading
 import pytest
 
 from splitft.transport.base import TransportError
-from splitft.transport.grpc import Envelope, GrpcTransport, WireOptions, serve_grpc
+from splitft.config import TransportConfig
+from splitft.transport.grpc import Envelope, GrpcTransport, serve_grpc
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -71,7 +72,7 @@ def mtls_server(pki):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"
-    opts = WireOptions(tls_cert=pki["server"][0], tls_key=pki["server"][1], tls_client_ca=pki["ca"][0])
+    opts = TransportConfig(tls_cert=pki["server"][0], tls_key=pki["server"][1], tls_client_ca=pki["ca"][0])
     ready, box = threading.Event(), {}
 
     async def main():
@@ -88,7 +89,7 @@ def mtls_server(pki):
 
 
 def _done(address, **opts):
-    t = GrpcTransport(address, 0, TOKEN, WireOptions(**opts), timeout_s=20, retries=0, log=lambda s: None)
+    t = GrpcTransport(address, 0, TOKEN, TransportConfig(timeout_s=20, retries=0, **opts), log=lambda s: None)
     try:
         t.done()
     finally:

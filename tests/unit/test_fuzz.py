@@ -15,7 +15,8 @@ from splitft.deploy.coordinator import Coordinator
 from splitft.deploy.serve import Endpoint
 from splitft.transport import codec
 from splitft.transport.base import ForwardRequest
-from splitft.transport.grpc import WireOptions, _Service
+from splitft.config import TransportConfig
+from splitft.transport.grpc import _Service
 from tests.conftest import tiny_split_server
 
 Envelope = codec.Envelope
@@ -30,7 +31,7 @@ def target():
     shape = codec.StepShape(hidden=peft.base_model.model.config.hidden_size, dtype=torch.float32, max_tokens=64,
                             cut_range=(2, 4))
     endpoint = Endpoint(coord, shape, {n: t.shape for n, t in full.items()}, max(t.numel() for t in full.values()))
-    return _Service(endpoint, {0: "x" * 32, 1: "y" * 32}, WireOptions(max_bytes=1 << 20), log=lambda s: None), \
+    return _Service(endpoint, {0: "x" * 32, 1: "y" * 32}, TransportConfig(max_message_mb=1), log=lambda s: None), \
         server, coord, shape.hidden, full
 
 
