@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .transport.compress import CODECS
 
 
 @dataclass
@@ -175,6 +176,10 @@ class TransportConfig:
     the round aggregates over the survivors."""
     retries: int = 3
     """Client: reconnect and resend this many times after a broken connection (keys make resends idempotent)."""
+    codec: str = "none"
+    """How activations (up) and grad_activations (down) cross the cut, in simulation and deployment alike:
+    none (model dtype) | fp16 | bf16 | int8_token | int8_channel (splitft/transport/compress.py); lossy codecs
+    pass gradients straight through. The server and every client must use the same one."""
 
     @property
     def chunk_bytes(self) -> int:
@@ -365,6 +370,8 @@ def validate(cfg: Config) -> list[str]:
               transport__dead_after_s=t.dead_after_s, transport__round_timeout_s=t.round_timeout_s)
     if t.retries < 0:
         p.append(f"transport.retries: must be >= 0, got {t.retries}")
+    if t.codec not in CODECS:
+        p.append(f"transport.codec: must be one of {', '.join(CODECS)}, got '{t.codec}'")
     if t.heartbeat_s * 2 > t.dead_after_s:
         p.append(f"transport.dead_after_s: must be at least twice transport.heartbeat_s ({t.heartbeat_s}), "
                  f"or live clients get dropped between heartbeats; got {t.dead_after_s}")

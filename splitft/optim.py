@@ -14,3 +14,9 @@ def clip(params: list[torch.nn.Parameter], max_norm: float) -> None:
     """Clip this side's gradient norm (0 = off); per side, since no process sees both sides' gradients."""
     if max_norm > 0:
         torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def grads_finite(params: list[torch.nn.Parameter]) -> bool:
+    """True when every gradient is finite (one device sync; LoRA gradients are small)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())

@@ -17,8 +17,13 @@ from .aggregate import layerwise_fedavg
 from .loss import token_loss
 from .model.families import Family
 from .model.split import ServerPart
-from .optim import clip, make_optimizer
+from .errors import UserError
+from .optim import clip, grads_finite, make_optimizer
 from .transport.base import AdapterUpdate, ForwardRequest, StepReply
+
+
+class NonFiniteStep(UserError):
+    """A training step whose loss or LoRA gradient is NaN/Inf; it was not applied (server state unchanged)."""
 
 
 class SplitServer:
@@ -57,6 +62,9 @@ class SplitServer:
 
         Returns:
             StepReply with grad_activations (B, T, H) of the activations' dtype when req.train.
+        Raises:
+            NonFiniteStep before any update when the loss or a gradient is not finite: one client's overflowing
+            activations (hostile, or a diverging run) must not turn the shared server LoRA into NaN.
         """
         assert self.part is not None, "this server holds no blocks (no-split method); clients train locally"
         mask = req.attention_mask.to(self.device, torch.long)
@@ -68,7 +76,14 @@ class SplitServer:
         if not req.train:
             return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct)
         self.opt.zero_grad(set_to_none=True)
-        (stats.loss_sum / max(stats.n_tokens, 1)).backward()
+        loss = stats.loss_sum / max(stats.n_tokens, 1)
+        if torch.isfinite(loss):
+            loss.backward()
+        if not torch.isfinite(loss) or not grads_finite(self.params) or not torch.isfinite(acts.grad).all():
+            self.opt.zero_grad(set_to_none=True)
+            raise NonFiniteStep(f"client {req.client_id}, round {req.round}, step {req.step}: the loss or a "
+                                "gradient is NaN/Inf, so the step was not applied (a diverging run: lower train.lr "
+                                "or use model.dtype=float32; in deployment, a client sent overflowing activations)")
         clip(self.params, self.max_grad_norm)
         self.opt.step()
         self.served[req.cut] += acts.shape[0]

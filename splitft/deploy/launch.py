@@ -29,10 +29,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# All processes share this machine's cores and take turns (steps run in plan order). OpenMP's default
+# busy-wait makes every idle process spin on the cores the busy one needs: on 2 cores the tiny model ran
+# 7 steps/s that way and 24 with passive waiting (benchmarks/transport.py). The caller's environment wins.
+SHARED_MACHINE = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     with log.open("w") as f:  # the child keeps its own copy of the descriptor
         return subprocess.Popen([sys.executable, "-m", "splitft.cli", *args], stdout=f, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+                                env={**SHARED_MACHINE, **os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
 
 
 def _wait_listening(server: subprocess.Popen, log: Path, timeout_s: float) -> None:

@@ -24,6 +24,8 @@ from ..sim.methods import split_server
 from ..sim.runner import prepare_run_dir
 from ..sim.setup import build_model
 from ..transport import codec
+from ..transport.base import ByteCounter
+from ..transport.compress import CODECS
 from ..transport.grpc import serve_grpc
 from .coordinator import Coordinator
 
@@ -45,11 +47,16 @@ def read_tokens(path: str, n_clients: int) -> dict[int, str]:
 
 
 class Endpoint:
-    """Envelope in, envelope out: decodes and checks, then asks the coordinator. No grpc in here."""
+    """Envelope in, envelope out: decodes and checks, then asks the coordinator. No grpc in here.
+
+    `counter` holds the payload bytes by client and kind, as the clients count them: every well-formed request
+    (a resend answered from the cache is counted again: it crossed again) and every reply.
+    """
 
     def __init__(self, coord: Coordinator, shape: codec.StepShape, adapter_shapes: dict[str, torch.Size],
-                 max_numel: int):
+                 max_numel: int, counter: ByteCounter | None = None):
         self.coord, self.shape, self.adapter_shapes, self.max_numel = coord, shape, adapter_shapes, max_numel
+        self.counter = counter or ByteCounter()
 
     def seen(self, client_id: int) -> None:
         self.coord.seen(client_id)
@@ -57,13 +64,20 @@ class Endpoint:
     async def __call__(self, env: Envelope) -> Envelope:
         if env.kind == Envelope.STEP:
             req = codec.decode_step(env, self.shape)
-            return codec.encode_reply(await self.coord.step(req), env)
+            self.counter.request(req, codec.payload_nbytes(env, "activations"))
+            reply = codec.encode_reply(await self.coord.step(req), env, self.shape.codec)
+            self.counter.reply(req, codec.payload_nbytes(reply))
+            return reply
         if env.kind == Envelope.PUSH:
-            await self.coord.push(codec.decode_push(env, self.adapter_shapes, self.max_numel))
+            update = codec.decode_push(env, self.adapter_shapes, self.max_numel)
+            self.counter.add(env.client_id, "lora_up", codec.payload_nbytes(env))  # before: it may end the round
+            await self.coord.push(update)
             return Envelope(kind=Envelope.ACK, client_id=env.client_id, round=env.round)
         if env.kind == Envelope.PULL:
             adapters = await self.coord.pull(env.client_id, env.cut, env.round)
-            return codec.encode_adapters(Envelope.ADAPTERS, env.client_id, env.round, adapters)
+            reply = codec.encode_adapters(Envelope.ADAPTERS, env.client_id, env.round, adapters)
+            self.counter.add(env.client_id, "lora_down", codec.payload_nbytes(reply))
+            return reply
         if env.kind == Envelope.DONE:
             await self.coord.client_done(env.client_id)
             return Envelope(kind=Envelope.ACK, client_id=env.client_id)
@@ -95,18 +109,25 @@ def serve(cfg: Config) -> dict:
 
     fed, t = cfg.federation, cfg.transport
     rounds: list[dict] = []
+    counter = ByteCounter()
 
-    def on_round(record: dict) -> None:
-        rounds.append(logger.log("round", **record))
+    def on_round(record: dict) -> None:  # bytes as in the simulation's records: cumulative, and this round's
+        totals = counter.totals()
+        d = {k: v - (rounds[-1]["bytes"][k] if rounds else 0) for k, v in totals.items()}
+        rounds.append(logger.log("round", **record, bytes=totals,
+                                 bytes_up=d["activations_up"] + d["labels_up"] + d["lora_up"],
+                                 bytes_down=d["grad_activations_down"] + d["lora_down"]))
 
     coord = Coordinator(server, fed.n_clients, fed.rounds, fed.local_steps, fed.clients_per_round, fed.seed, log,
                         dead_after_s=t.dead_after_s, round_timeout_s=t.round_timeout_s, on_round=on_round)
     hidden = peft.base_model.model.config.hidden_size
     dtype = next(p for p in peft.parameters()).dtype
     shape = codec.StepShape(hidden, dtype, max_tokens=cfg.train.batch_size * cfg.data.max_length,
-                            cut_range=(server.first, server.part.n_layer))
+                            vocab=peft.base_model.model.config.vocab_size,
+                            cut_range=(server.first, server.part.n_layer), codec=CODECS[t.codec])
     full = lora.adapter_state_dict(peft)
-    endpoint = Endpoint(coord, shape, {n: t.shape for n, t in full.items()}, max(t.numel() for t in full.values()))
+    endpoint = Endpoint(coord, shape, {n: t.shape for n, t in full.items()}, max(t.numel() for t in full.values()),
+                        counter)
     asyncio.run(_serve(coord, endpoint, tokens, cfg, log))
     lora.load_adapter_state_dict(peft, server.global_view(server.part.n_layer))
     peft.save_pretrained(str(out / "adapter"))

@@ -85,11 +85,13 @@ def run_experiment(base: Config, methods: list[str], target_ppl: float | None = 
     return result
 
 
-def virtual_time_to(summary: dict[str, Any], target: float) -> float | None:
-    """Virtual seconds at the end of the first evaluated round whose eval ppl <= target (None: never)."""
+def time_to(summary: dict[str, Any], target: float, clock: str = "virtual") -> float | None:
+    """Seconds on `clock` (virtual | wall) at the end of the first evaluated round whose eval ppl <= target
+    (None: never, or a run summarised before wall times were recorded)."""
+    times = summary.get(f"{clock}_time_by_round", {})
     for r, ppl in summary["eval_ppl_by_round"].items():
-        if int(r) >= 0 and ppl <= target:
-            return summary["virtual_time_by_round"][r]
+        if int(r) >= 0 and ppl <= target and r in times:
+            return times[r]
     return None
 
 
@@ -108,19 +110,23 @@ def compare_row(s: dict[str, Any], target: float) -> dict[str, Any]:
     over = [c for c, v in s["clients"].items() if v["memory_gb_budget"] is not None
             and v["memory_gb_needed"] > v["memory_gb_budget"]]
     split = s["method"] == "split"
-    return {"final_eval_ppl": s["final_eval_ppl"], "virtual_time_to_target_s": virtual_time_to(s, target),
+    return {"final_eval_ppl": s["final_eval_ppl"], "virtual_time_to_target_s": time_to(s, target),
+            "wall_time_to_target_s": time_to(s, target, "wall"),
             "virtual_time_s": s["virtual_time_s"], "wall_time_s": s["wall_time_s"], "bytes_up": s["bytes_up"],
             "bytes_down": s["bytes_down"], "cuts": cut_changes(s["cuts_by_round"]) if split else "no split",
             "clients_over_memory": over}
 
 
 def format_table(result: dict[str, Any]) -> str:
-    head = (f"| method | final eval ppl | virtual time to ppl {result['target_ppl']:.2f} | virtual time | wall time "
-            f"| bytes up | bytes down | clients over memory | cuts (client 0,1,...) by round |")
-    lines = [head, "|" + "---|" * 9]
+    target = f"{result['target_ppl']:.2f}"
+    head = (f"| method | final eval ppl | virtual time to ppl {target} | wall time to ppl {target} | virtual time "
+            f"| wall time | bytes up | bytes down | clients over memory | cuts (client 0,1,...) by round |")
+    lines = [head, "|" + "---|" * 10]
     for name, r in result["methods"].items():
-        reach = r["virtual_time_to_target_s"]
-        lines.append(f"| {name} | {r['final_eval_ppl']:.2f} | {'not reached' if reach is None else f'{reach:.1f} s'} "
-                     f"| {r['virtual_time_s']:.1f} s | {r['wall_time_s']:.0f} s | {r['bytes_up'] / 1e6:.1f} MB "
-                     f"| {r['bytes_down'] / 1e6:.1f} MB | {','.join(r['clients_over_memory']) or '-'} | {r['cuts']} |")
+        reach = [r["virtual_time_to_target_s"], r.get("wall_time_to_target_s")]
+        reach_s = ["not reached" if t is None else f"{t:.1f} s" for t in reach]
+        over = ",".join(r["clients_over_memory"]) or "-"
+        lines.append(f"| {name} | {r['final_eval_ppl']:.2f} | {reach_s[0]} | {reach_s[1]} "
+                     f"| {r['virtual_time_s']:.1f} s | {r['wall_time_s']:.0f} s | {r['bytes_up'] / 1e6:.1f} MB | {r['bytes_down'] / 1e6:.1f} MB "
+                     f"| {over} | {r['cuts']} |")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from ..model.families import Family
 from ..model.split import ClientPart, FullPart, ServerPart
 from ..policy import POLICIES, ClientStats, CutBounds
 from ..server import SplitServer
+from ..transport.compress import CODECS
 from ..transport.inproc import InProcTransport
 from .clock import CostModel, VirtualClock
 from .profiles import DeviceProfile, client_profiles, server_profile
@@ -84,10 +85,11 @@ def _federation(setup: Setup, server: SplitServer, clients: dict, devices: dict[
     logger.log("setup", method=cfg.federation.method, partition_sizes=[len(p) for p in setup.parts],
                **setup.data_stats, eval_samples=len(setup.eval), n_layer=setup.n_layer, family=setup.family.name,
                device=str(setup.device), devices={str(c): vars(d) for c, d in devices.items()})
-    return Federation(server, clients, InProcTransport(server, count=networked), eval_examples=setup.eval,
-                      batch_size=cfg.train.batch_size, pad_id=setup.pad_id, local_steps=local_steps,
-                      clients_per_round=per_round, seed=cfg.federation.seed, logger=logger, on_step=on_step,
-                      clock=clock, adaptivity=adaptivity, dropout=cfg.federation.dropout if networked else 0.0)
+    transport = InProcTransport(server, networked, CODECS[cfg.transport.codec])
+    return Federation(server, clients, transport, eval_examples=setup.eval, batch_size=cfg.train.batch_size,
+                      pad_id=setup.pad_id, local_steps=local_steps, clients_per_round=per_round,
+                      seed=cfg.federation.seed, logger=logger, on_step=on_step, clock=clock, adaptivity=adaptivity,
+                      dropout=cfg.federation.dropout if networked else 0.0)
 
 
 def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:

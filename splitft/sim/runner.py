@@ -137,6 +137,7 @@ def _summary(cfg: Config, rounds: list[dict[str, Any]], fed: Federation, wall: f
             "final_eval_acc": evals[-1]["eval_acc"], "rounds": len(trained),
             "eval_ppl_by_round": {str(r["round"]): r["eval_ppl"] for r in evals},
             "virtual_time_by_round": {str(r["round"]): r["virtual_time"] for r in trained},
+            "wall_time_by_round": {str(r["round"]): r["wall_time"] for r in trained},
             "cuts_by_round": {str(r["round"]): r["cuts"] for r in trained},
             "bytes": fed.transport.counter.totals(), "bytes_up": sum(r["bytes_up"] for r in trained),
             "bytes_down": sum(r["bytes_down"] for r in trained), "virtual_time_s": fed.virtual_time,

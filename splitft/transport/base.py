@@ -1,11 +1,13 @@
 """The messages that cross the cut and the small `Transport` interface that carries them.
 
 Client and server code talk only to `Transport`; `inproc.py` calls the server object directly (simulation)
-and a network transport would encode the same messages. Wire dtypes are fixed here so byte counts are exact:
-    activations        (B, T, H)  model dtype (float32: 4 bytes/element)
+and `grpc.py` encodes the same messages. Wire dtypes are fixed here so byte counts are exact:
+    activations        (B, T, H)  model dtype, or as `transport.codec` encodes them (compress.py)
     attention_mask     (B, T)     uint8   (1 = token, 0 = padding)
     labels             (B, T)     int32   (-100 = no loss; labels travel to the server, which computes the loss)
-    grad_activations   (B, T, H)  same dtype as activations
+    grad_activations   (B, T, H)  same dtype as activations, or encoded by the same codec
+The messages hold decoded tensors: each transport encodes what it sends with the codec, counts the encoded
+bytes, and hands the other side what it decodes.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def adapters_nbytes(adapters: dict[str, torch.Tensor]) -> int:
 class ForwardRequest:
     """Client -> server, once per split step (train) or eval batch (train=False).
 
-    Bytes up = activations + attention_mask + labels, counted at the wire dtypes above.
+    Bytes up = activations (as encoded) + attention_mask + labels.
     """
 
     client_id: int
@@ -58,9 +60,8 @@ class ForwardRequest:
         assert self.labels.shape == (b, t), f"labels {tuple(self.labels.shape)} != {(b, t)}"
         assert self.attention_mask.dtype == MASK_DTYPE and self.labels.dtype == LABEL_DTYPE
 
-    def nbytes(self) -> dict[str, int]:
-        return {"activations": tensor_nbytes(self.activations),
-                "labels": tensor_nbytes(self.labels) + tensor_nbytes(self.attention_mask)}
+    def labels_nbytes(self) -> int:
+        return tensor_nbytes(self.labels) + tensor_nbytes(self.attention_mask)
 
 
 @dataclass
@@ -76,8 +77,6 @@ class StepReply:
     def loss(self) -> float:
         return self.loss_sum / max(self.n_tokens, 1)
 
-    def nbytes(self) -> int:
-        return tensor_nbytes(self.grad_activations) + SCALARS_NBYTES
 
 
 @dataclass
@@ -107,17 +106,17 @@ class ByteCounter:
     def add(self, client_id: int, kind: str, n: int) -> None:
         self.bytes[client_id][kind] += n
 
-    def request(self, req: ForwardRequest) -> None:
-        """A step request: activations and labels + mask, or all of it as eval_up for evaluation."""
-        up = req.nbytes()
+    def request(self, req: ForwardRequest, activations_nbytes: int) -> None:
+        """A step request: activations (encoded size) and labels + mask, or all of it as eval_up for evaluation."""
         if req.train:
-            self.add(req.client_id, "activations_up", up["activations"])
-            self.add(req.client_id, "labels_up", up["labels"])
+            self.add(req.client_id, "activations_up", activations_nbytes)
+            self.add(req.client_id, "labels_up", req.labels_nbytes())
         else:
-            self.add(req.client_id, "eval_up", up["activations"] + up["labels"])
+            self.add(req.client_id, "eval_up", activations_nbytes + req.labels_nbytes())
 
-    def reply(self, req: ForwardRequest, reply: StepReply) -> None:
-        self.add(req.client_id, "grad_activations_down" if req.train else "eval_down", reply.nbytes())
+    def reply(self, req: ForwardRequest, grad_nbytes: int) -> None:
+        """A step reply: grad_activations (encoded size; 0 for evaluation) and the loss scalars."""
+        self.add(req.client_id, "grad_activations_down" if req.train else "eval_down", grad_nbytes + SCALARS_NBYTES)
 
     def totals(self) -> dict[str, int]:
         out = dict.fromkeys(BYTE_KINDS, 0)

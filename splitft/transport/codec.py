@@ -1,11 +1,14 @@
 """Tensors and messages <-> wire bytes for network transports: protobuf envelopes carrying raw tensor bytes
 (dtype + shape + C-order little-endian data; never pickle), chunked into frames, validated on the way in.
 
-    frames = to_frames(encode_step(req), seq, chunk_bytes)      # sender
-    env = Reassembler(max_bytes).add(frame) -> Envelope | None  # receiver, frame by frame
-    req = decode_step(env, expect)                              # raises WireError on anything malformed
-Decoding never trusts the peer: dtypes come from a whitelist, byte counts must match shapes, sizes are capped,
-activations must be finite. Errors are `WireError` values the server returns to that client as ERROR.
+    frames = to_frames(encode_step(req, codec.encode(acts)), seq, chunk_bytes)  # sender
+    env = Reassembler(max_bytes).add(frame) -> Envelope | None                  # receiver, frame by frame
+    req = decode_step(env, expect)                       # raises WireError on anything malformed
+Activations and grad_activations travel as the activation codec (compress.py) encodes them: the tensor
+`activations` in the codec's wire dtype and, for scaled codecs, `activations_scale` (float32); the envelope
+names the codec and the server accepts only its own. Decoding never trusts the peer: dtypes come from a
+whitelist, byte counts must match shapes, sizes are capped, scales and decoded activations must be finite.
+Errors are `WireError` values the server returns to that client as ERROR.
 """
 
 from __future__ import annotations
@@ -16,15 +19,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..data.datasets import IGNORE
 from .base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, ForwardRequest, StepReply
+from .compress import NONE, Codec, Packed
 from .proto import splitft_pb2 as pb
 
 Envelope = pb.Envelope
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                                  "uint8": torch.uint8, "int32": torch.int32}
+                                  "uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32}
 NAMES = {v: k for k, v in DTYPES.items()}
 NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16,  # bfloat16: raw bits
-         torch.uint8: np.uint8, torch.int32: np.int32}
+         torch.uint8: np.uint8, torch.int8: np.int8, torch.int32: np.int32}
 
 
 class WireError(ValueError):
@@ -70,56 +75,112 @@ def _tensors(env: Envelope, max_numel: int) -> dict[str, torch.Tensor]:
 
 @dataclass(frozen=True)
 class StepShape:
-    """What the server accepts from one client: its cut, hidden size and dtype, and a cap on B*T."""
+    """What the server accepts from one client: its cut, hidden size and dtype, a cap on B*T, the vocabulary size
+    (labels index the logits), and its codec."""
 
     hidden: int
     dtype: torch.dtype
     max_tokens: int
+    vocab: int
     cut_range: tuple[int, int]
     """[first, n_layer): cuts the server part can serve."""
+    codec: Codec = NONE
 
 
-def encode_step(req: ForwardRequest) -> Envelope:
+def packed_to_pb(role: str, p: Packed) -> list[pb.Tensor]:
+    """`role` (the values) and, for scaled codecs, `<role>_scale`."""
+    out = [tensor_to_pb(role, p.values)]
+    return out if p.scale is None else out + [tensor_to_pb(f"{role}_scale", p.scale)]
+
+
+def packed_from_pb(t: dict[str, torch.Tensor], role: str, c: Codec, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """(decoded (B, T, H) tensor of `dtype`, encoded bytes). Raises WireError unless the values are 3-d of the
+    codec's wire dtype (`none`: `dtype`) with a float32 scale of the codec's shape, and all decode finite."""
+    values, scale = t[role], t.get(f"{role}_scale")
+    want = c.wire_dtype or dtype
+    if values.dim() != 3 or values.dtype != want:
+        raise WireError(f"{role} must be (B, T, H) {NAMES[want]} under codec '{c.name}', got "
+                        f"{tuple(values.shape)} {NAMES[values.dtype]}")
+    scale_shape = c.scale_shape(tuple(values.shape))
+    if scale_shape is not None and (scale is None or scale.dtype != torch.float32
+                                    or tuple(scale.shape) != scale_shape or not torch.isfinite(scale).all()):
+        raise WireError(f"codec '{c.name}' needs a finite float32 {role}_scale of shape {scale_shape}")
+    out = c.decode(Packed(c.name, values, scale), dtype)
+    if not torch.isfinite(out).all():
+        raise WireError(f"{role} contain NaN or Inf")
+    return out, Packed(c.name, values, scale).nbytes()
+
+
+def _expect_tensors(t: dict[str, torch.Tensor], kind: str, names: set[str], c: Codec, role: str) -> None:
+    if c.scale:
+        names = names | {f"{role}_scale"}
+    if set(t) != names:
+        raise WireError(f"{kind} under codec '{c.name}' needs {', '.join(sorted(names))}; got {sorted(t)}")
+
+
+def _check_codec(env: Envelope, c: Codec, whose: str) -> None:
+    if (env.codec or NONE.name) != c.name:
+        raise WireError(f"{whose} encoded with codec '{env.codec or NONE.name}', but this side uses '{c.name}': "
+                        "set transport.codec the same on the server and every client")
+
+
+def encode_step(req: ForwardRequest, acts: Packed | None = None) -> Envelope:
+    """`acts`: the activations as the codec encoded them (None: as they are, codec `none`)."""
+    acts = acts or NONE.encode(req.activations)
     return Envelope(kind=Envelope.STEP, client_id=req.client_id, round=req.round, step=req.step, cut=req.cut,
-                    train=req.train, tensors=[tensor_to_pb("activations", req.activations),
-                                              tensor_to_pb("attention_mask", req.attention_mask),
-                                              tensor_to_pb("labels", req.labels)])
+                    train=req.train, codec=acts.codec,
+                    tensors=[*packed_to_pb("activations", acts), tensor_to_pb("attention_mask", req.attention_mask),
+                             tensor_to_pb("labels", req.labels)])
 
 
 def decode_step(env: Envelope, shape: StepShape) -> ForwardRequest:
-    """Raises WireError unless activations (B, T, hidden) of the server's dtype, finite, with a uint8 mask and
-    int32 labels of shape (B, T), B*T <= max_tokens, and a cut the server serves."""
+    """Raises WireError unless activations (B, T, hidden) in the server's codec (decoding to the server's dtype,
+    finite), a 0/1 uint8 mask and int32 labels (token ids or -100) of shape (B, T), B*T <= max_tokens, and a cut
+    the server serves."""
+    _check_codec(env, shape.codec, "activations")
     t = _tensors(env, shape.max_tokens * shape.hidden)
-    if set(t) != {"activations", "attention_mask", "labels"}:
-        raise WireError(f"STEP needs activations, attention_mask, labels; got {sorted(t)}")
-    acts, mask, labels = t["activations"], t["attention_mask"], t["labels"]
+    _expect_tensors(t, "STEP", {"activations", "attention_mask", "labels"}, shape.codec, "activations")
+    mask, labels = t["attention_mask"], t["labels"]
     lo, hi = shape.cut_range
     if not lo <= env.cut < hi:
         raise WireError(f"cut {env.cut} is not served here (server serves cuts in [{lo}, {hi}))")
-    if acts.dim() != 3 or acts.shape[2] != shape.hidden or acts.dtype != shape.dtype:
-        raise WireError(f"activations must be (B, T, {shape.hidden}) {NAMES[shape.dtype]}, got "
-                        f"{tuple(acts.shape)} {NAMES[acts.dtype]}")
-    if mask.dtype != MASK_DTYPE or labels.dtype != LABEL_DTYPE or mask.shape != acts.shape[:2] \
-            or labels.shape != acts.shape[:2]:
+    values = t["activations"]
+    if values.dim() != 3 or values.shape[2] != shape.hidden:
+        raise WireError(f"activations must be (B, T, {shape.hidden}), got {tuple(values.shape)}")
+    if mask.dtype != MASK_DTYPE or labels.dtype != LABEL_DTYPE or mask.shape != values.shape[:2] \
+            or labels.shape != values.shape[:2]:
         raise WireError("attention_mask must be uint8 and labels int32, both (B, T) like the activations")
-    if acts.shape[0] * acts.shape[1] > shape.max_tokens or acts.numel() == 0:
-        raise WireError(f"batch of {acts.shape[0]}x{acts.shape[1]} tokens outside (0, {shape.max_tokens}]")
-    if not torch.isfinite(acts).all():
-        raise WireError("activations contain NaN or Inf")
+    if mask.max() > 1 or not ((labels == IGNORE) | ((labels >= 0) & (labels < shape.vocab))).all():
+        raise WireError(f"attention_mask must be 0/1 and labels in [0, {shape.vocab}) or {IGNORE}")
+    if values.shape[0] * values.shape[1] > shape.max_tokens or values.numel() == 0:
+        raise WireError(f"batch of {values.shape[0]}x{values.shape[1]} tokens outside (0, {shape.max_tokens}]")
+    acts, _ = packed_from_pb(t, "activations", shape.codec, shape.dtype)
     return ForwardRequest(env.client_id, env.round, env.step, env.cut, acts, mask, labels, env.train)
 
 
-def encode_reply(reply: StepReply, env: Envelope) -> Envelope:
+def encode_reply(reply: StepReply, env: Envelope, c: Codec = NONE) -> Envelope:
+    """grad_activations go back in the codec the request came in."""
     out = Envelope(kind=Envelope.STEP_REPLY, client_id=env.client_id, round=env.round, step=env.step,
-                   loss_sum=reply.loss_sum, n_tokens=reply.n_tokens, n_correct=reply.n_correct)
+                   loss_sum=reply.loss_sum, n_tokens=reply.n_tokens, n_correct=reply.n_correct, codec=c.name)
     if reply.grad_activations is not None:
-        out.tensors.append(tensor_to_pb("grad_activations", reply.grad_activations))
+        out.tensors.extend(packed_to_pb("grad_activations", c.encode(reply.grad_activations)))
     return out
 
 
-def decode_reply(env: Envelope, max_numel: int) -> StepReply:
-    t = _tensors(env, max_numel)
-    return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct), t.get("grad_activations"))
+def decode_reply(env: Envelope, req: ForwardRequest, c: Codec = NONE) -> tuple[StepReply, int]:
+    """(reply with grad_activations decoded to the activations' dtype, grad bytes as encoded). Raises WireError
+    unless a training reply holds grad_activations of the request's shape in codec `c`, an eval reply none."""
+    acts = req.activations
+    t = _tensors(env, acts.numel())
+    if not req.train:
+        _expect_tensors(t, "STEP_REPLY (eval)", set(), NONE, "grad_activations")
+        return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct)), 0
+    _check_codec(env, c, "grad_activations")
+    _expect_tensors(t, "STEP_REPLY", {"grad_activations"}, c, "grad_activations")
+    if t["grad_activations"].shape != acts.shape:
+        raise WireError(f"grad_activations {tuple(t['grad_activations'].shape)} != activations {tuple(acts.shape)}")
+    grad, nbytes = packed_from_pb(t, "grad_activations", c, acts.dtype)
+    return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct), grad), nbytes
 
 
 def encode_adapters(kind: int, client_id: int, round_: int, adapters: dict[str, torch.Tensor],
@@ -142,9 +203,10 @@ def decode_push(env: Envelope, expected: dict[str, torch.Size], max_numel: int) 
     return AdapterUpdate(env.client_id, env.round, adapters, int(env.n_samples))
 
 
-def payload_nbytes(env: Envelope) -> int:
-    """Tensor payload bytes of an envelope (the in-process accounting); the rest is envelope overhead."""
-    return sum(len(m.data) for m in env.tensors)
+def payload_nbytes(env: Envelope, prefix: str = "") -> int:
+    """Tensor payload bytes of an envelope (the in-process accounting), of the tensors whose name starts with
+    `prefix` (e.g. "activations": values + scales); the rest is envelope overhead."""
+    return sum(len(m.data) for m in env.tensors if m.name.startswith(prefix))
 
 
 # --- frames -----------------------------------------------------------------------------------------------

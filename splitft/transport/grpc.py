@@ -21,6 +21,7 @@ import torch
 from ..config import TransportConfig
 from . import codec
 from .base import AdapterUpdate, ByteCounter, ForwardRequest, StepReply, TransportError, adapters_nbytes
+from .compress import CODECS
 from .proto import splitft_pb2 as pb
 
 METHOD = "/splitft.SplitFT/Session"
@@ -213,7 +214,7 @@ class GrpcTransport:
                  log: Callable[[str], None] = print):
         self.address, self.client_id, self.token, self.opts = address, client_id, token, opts
         self.timeout_s, self.retries, self.log = opts.timeout_s, opts.retries, log
-        self.counter = ByteCounter()
+        self.counter, self.codec = ByteCounter(), CODECS[opts.codec]
         self.wire_up = self.wire_down = self.seq = self.reconnects = 0
         self.lock = threading.Lock()  # the frames of one envelope leave together; heartbeats go in between
         self.conn = _Connection(address, client_id, token, opts)
@@ -280,9 +281,14 @@ class GrpcTransport:
             self.reconnects += 1
 
     def step(self, req: ForwardRequest) -> StepReply:
-        self.counter.request(req)
-        reply = codec.decode_reply(self._call(codec.encode_step(req)), req.activations.numel())
-        self.counter.reply(req, reply)
+        up = self.codec.encode(req.activations)
+        self.counter.request(req, up.nbytes())
+        env = self._call(codec.encode_step(req, up))
+        try:
+            reply, down = codec.decode_reply(env, req, self.codec)
+        except codec.WireError as e:
+            raise TransportError(f"client {self.client_id}: bad reply from the server: {e}") from None
+        self.counter.reply(req, down)
         return reply
 
     def push_adapters(self, update: AdapterUpdate) -> None:

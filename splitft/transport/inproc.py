@@ -1,14 +1,19 @@
-"""In-process transport: direct calls on the server object, zero copies, exact byte accounting.
+"""In-process transport: direct calls on the server object, exact byte accounting.
 
-Bytes are those a network transport would carry as payload (tensor bytes at the wire dtypes of
-`transport.base`, plus the reply scalars); envelopes/headers are not counted.
+Bytes are those a network transport carries as payload (tensor bytes at the wire dtypes of `transport.base`,
+activations and grad_activations as the codec encodes them, plus the reply scalars); envelopes/headers are not
+counted. With a lossy codec the server sees, and the client receives, exactly what the other side would decode.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from .base import AdapterUpdate, ByteCounter, ForwardRequest, NoCount, StepReply, adapters_nbytes
+from .compress import NONE, Codec
+
 
 class InProcTransport:
     """Carries messages to a `SplitServer` living in the same process.
@@ -17,14 +22,19 @@ class InProcTransport:
     crosses a network, so nothing is counted.
     """
 
-    def __init__(self, server: object, count: bool = True) -> None:
-        self.server = server
+    def __init__(self, server: object, count: bool = True, codec: Codec = NONE) -> None:
+        self.server, self.codec = server, codec
         self.counter = ByteCounter() if count else NoCount()
 
     def step(self, req: ForwardRequest) -> StepReply:
-        self.counter.request(req)
-        reply = self.server.step(req)  # type: ignore[attr-defined]
-        self.counter.reply(req, reply)
+        acts, up = self.codec.roundtrip(req.activations)  # `none`: acts is req.activations itself
+        self.counter.request(req, up)
+        reply = self.server.step(replace(req, activations=acts))  # type: ignore[attr-defined]
+        down = 0
+        if reply.grad_activations is not None:
+            grad, down = self.codec.roundtrip(reply.grad_activations)
+            reply = replace(reply, grad_activations=grad)
+        self.counter.reply(req, down)
         return reply
 
     def push_adapters(self, update: AdapterUpdate) -> None:

@@ -95,9 +95,30 @@ def test_both_transports_end_with_the_same_weights_and_bytes(simulated, tmp_path
     out, reports = _deploy(tmp_path, monkeypatch)
     assert _same_weights(simulated[0], load_file(out / "adapter" / "adapter_model.safetensors"))
     totals = [r for r in simulated[1] if r["kind"] == "round"][-1]["bytes"]
+    server_rounds = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
     for k in KINDS:
         assert sum(reports[i]["bytes"][k] for i in range(3)) == totals[k], k
+        assert server_rounds[-1]["bytes"][k] == totals[k], f"the server counts {k} as the clients do"
+    sim_rounds = [r for r in simulated[1] if r["kind"] == "round" and r["round"] >= 0]
+    assert [r["bytes_up"] for r in server_rounds] == [r["bytes_up"] for r in sim_rounds]
     assert all(reports[i]["reconnects"] == 0 and reports[i]["dropped_rounds"] == [] for i in range(3))
+
+
+def test_a_lossy_codec_gives_the_same_weights_and_encoded_bytes_over_both_transports(simulated, tmp_path,
+                                                                                   monkeypatch):
+    codec = "transport.codec=int8_token"
+    run_simulation(_config(tmp_path, "sim", codec))
+    sim_out = tmp_path / "sim" / "run"
+    out, reports = _deploy(tmp_path, monkeypatch, codec)
+    sim_weights = load_file(sim_out / "adapter" / "adapter_model.safetensors")
+    assert _same_weights(sim_weights, load_file(out / "adapter" / "adapter_model.safetensors"))
+    assert not _same_weights(sim_weights, simulated[0]), "int8 must change the training, if only slightly"
+    totals = [r for r in read_metrics(sim_out / "metrics.jsonl") if r["kind"] == "round"][-1]["bytes"]
+    plain = [r for r in simulated[1] if r["kind"] == "round"][-1]["bytes"]
+    for k in KINDS:
+        assert sum(reports[i]["bytes"][k] for i in range(3)) == totals[k], k
+    hidden = 32  # tiny models: 1 byte per element + a 4-byte scale per token, instead of 4 bytes per element
+    assert totals["activations_up"] == plain["activations_up"] // 4 * (hidden + 4) // hidden
 
 
 def test_a_lost_reply_is_resent_and_answered_from_cache_not_applied_twice(simulated, tmp_path, monkeypatch):

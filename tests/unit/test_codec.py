@@ -13,7 +13,8 @@ from splitft.transport.base import ForwardRequest
 from tests.conftest import tiny_split_server
 
 Envelope = codec.Envelope
-SHAPE = codec.StepShape(hidden=32, dtype=torch.float32, max_tokens=64, cut_range=(2, 4))
+VOCAB = 260
+SHAPE = codec.StepShape(hidden=32, dtype=torch.float32, max_tokens=64, vocab=VOCAB, cut_range=(2, 4))
 
 
 def _req(cid=0, step=0, acts=None, cut=2, train=True):
@@ -22,7 +23,8 @@ def _req(cid=0, step=0, acts=None, cut=2, train=True):
                           torch.full((2, 5), 7, dtype=torch.int32), train)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.int32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.int8,
+                                   torch.int32])
 def test_tensors_round_trip_bit_exactly(dtype):
     t = (torch.randn(3, 4) * 50).to(dtype)
     assert torch.equal(codec.tensor_from_pb(codec.tensor_to_pb("x", t), 100), t)
@@ -49,6 +51,11 @@ def test_frames_reassemble_and_oversized_messages_are_refused():
     (lambda e: e.tensors.pop(), "needs activations"),
     (lambda e: e.tensors[1].__setattr__("dtype", "int32") or e.tensors[1].__setattr__("data", b"\0" * 40),
      "uint8"),
+    (lambda e: e.tensors[1].__setattr__("data", b"\2" + e.tensors[1].data[1:]), "0/1"),
+    (lambda e: e.tensors[2].__setattr__("data", VOCAB.to_bytes(4, "little") + e.tensors[2].data[4:]), "labels in"),
+    (lambda e: e.tensors[2].__setattr__("data", (2**32 - 1).to_bytes(4, "little") + e.tensors[2].data[4:]),
+     "labels in"),
+    (lambda e: e.__setattr__("codec", "int8_token"), "set transport.codec the same"),
 ])
 def test_malformed_steps_are_refused(mutate, message):
     env = codec.encode_step(_req())

@@ -85,3 +85,22 @@ def test_fixed_cut_single_client_merge_is_bit_identical_to_its_update(server):
     srv.aggregate()
     view = srv.global_view(1)
     assert all(torch.equal(view[n], t) for n, t in upd.items())
+
+
+def test_a_step_that_overflows_is_refused_and_changes_nothing():
+    """Finite activations so large the forward overflows must not reach AdamW (it would make the shared LoRA NaN)."""
+    from splitft.server import NonFiniteStep
+    from splitft.transport.base import ForwardRequest
+    from tests.conftest import tiny_split_server
+
+    _, srv = tiny_split_server()
+    before = {n: t.clone() for n, t in srv.adapters().items()}
+    acts = torch.randn(1, 4, 32)
+    acts[0, 0, 0] = 2.5e38  # found by tests/unit/test_fuzz.py: the forward is finite, the LoRA gradients are NaN
+    req = ForwardRequest(0, 0, 0, 2, acts, torch.ones(1, 4, dtype=torch.uint8), torch.ones(1, 4, dtype=torch.int32))
+    with pytest.raises(NonFiniteStep, match="not applied"):
+        srv.step(req)
+    after = srv.adapters()
+    assert all(torch.equal(before[n], after[n]) for n in before) and not srv.opt.state and not srv.served
+    srv.step(ForwardRequest(0, 0, 0, 2, torch.randn(1, 4, 32), req.attention_mask, req.labels))  # still serves
+    assert all(torch.isfinite(t).all() for t in srv.adapters().values())
