@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from ..federation import plan_round
-from ..server import SplitServer
+from ..server import NonFiniteStep, SplitServer
 from ..transport.base import AdapterUpdate, ForwardRequest, StepReply
 
 
@@ -108,7 +108,11 @@ class Coordinator:
         self._check_not_dropped(req.client_id, req.round)
         if self.round != req.round:
             raise Refused(f"round {req.round} ended while step {req.step} of client {req.client_id} waited")
-        reply = self.server.step(req)
+        try:
+            reply = self.server.step(req)
+        except NonFiniteStep as e:  # not applied; out of this round, or the others would wait for its turn
+            await self.drop(req.client_id, f"step {req.step} had a NaN/Inf loss or gradient")
+            raise Refused(str(e)) from None
         self.cache[req.client_id] = (key, reply)
         self.pos += 1
         await self._notify()

@@ -150,10 +150,10 @@ def decode_step(env: Envelope, shape: StepShape) -> ForwardRequest:
     if mask.dtype != MASK_DTYPE or labels.dtype != LABEL_DTYPE or mask.shape != values.shape[:2] \
             or labels.shape != values.shape[:2]:
         raise WireError("attention_mask must be uint8 and labels int32, both (B, T) like the activations")
-    if mask.max() > 1 or not ((labels == IGNORE) | ((labels >= 0) & (labels < shape.vocab))).all():
-        raise WireError(f"attention_mask must be 0/1 and labels in [0, {shape.vocab}) or {IGNORE}")
     if values.shape[0] * values.shape[1] > shape.max_tokens or values.numel() == 0:
         raise WireError(f"batch of {values.shape[0]}x{values.shape[1]} tokens outside (0, {shape.max_tokens}]")
+    if mask.max() > 1 or not ((labels == IGNORE) | ((labels >= 0) & (labels < shape.vocab))).all():
+        raise WireError(f"attention_mask must be 0/1 and labels in [0, {shape.vocab}) or {IGNORE}")
     acts, _ = packed_from_pb(t, "activations", shape.codec, shape.dtype)
     return ForwardRequest(env.client_id, env.round, env.step, env.cut, acts, mask, labels, env.train)
 

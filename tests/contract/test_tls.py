@@ -77,12 +77,13 @@ def mtls_server(pki):
 
     async def main():
         box["loop"], box["until"] = asyncio.get_running_loop(), asyncio.Event()
-        ready.set()
-        await serve_grpc(_Ack(), address, {0: TOKEN}, opts, box["until"], log=lambda s: None)
+        # ready once it listens: a client connecting before that is refused (a race seen under load)
+        await serve_grpc(_Ack(), address, {0: TOKEN}, opts, box["until"],
+                         log=lambda s: ready.set() if s.startswith("listening") else None)
 
     thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
     thread.start()
-    ready.wait(30)
+    assert ready.wait(60), "the TLS test server did not start listening"
     yield address
     box["loop"].call_soon_threadsafe(box["until"].set)
     thread.join(10)

@@ -71,6 +71,10 @@ def test_non_finite_wrong_width_and_oversized_activations_are_refused():
         codec.decode_step(codec.encode_step(_req(acts=bad)), SHAPE)
     with pytest.raises(codec.WireError, match=r"\(B, T, 32\)"):
         codec.decode_step(codec.encode_step(_req(acts=torch.randn(2, 5, 16))), SHAPE)
+    empty = ForwardRequest(0, 0, 0, 2, torch.randn(0, 5, 32), torch.ones(0, 5, dtype=torch.uint8),
+                           torch.zeros(0, 5, dtype=torch.int32))
+    with pytest.raises(codec.WireError, match="tokens outside"):
+        codec.decode_step(codec.encode_step(empty), SHAPE)
     big = torch.randn(2, 40, 32)
     req = ForwardRequest(0, 0, 0, 2, big, torch.ones(2, 40, dtype=torch.uint8), torch.zeros(2, 40, dtype=torch.int32))
     with pytest.raises(codec.WireError):

@@ -30,6 +30,8 @@ def test_range_errors_say_how_to_fix():
         load_config(None, ["federation.rounds=0"])
     with pytest.raises(ConfigError, match=r"split.cut: must be >= 1"):
         load_config(None, ["split.cut=0"])
+    with pytest.raises(ConfigError, match=r"transport.codec: must be one of none, fp16, bf16, int8_token"):
+        load_config(None, ["transport.codec=int4"])
 
 
 def test_model_dependent_checks():

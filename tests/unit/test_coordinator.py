@@ -150,3 +150,25 @@ def test_the_run_finishes_when_every_client_is_done_or_gone(coord):
         assert coord.finished.is_set()
 
     asyncio.run(go())
+
+
+def test_a_step_that_overflows_drops_its_client_and_the_round_goes_on(coord):
+    order = coord.plan.order
+    a = order[0][0]
+    bad = _req(a, 0)
+    bad.activations[0, 0, 0] = 2.5e38  # finite on the wire; its LoRA gradients come out NaN
+
+    async def go():
+        before = _state(coord.server)
+        with pytest.raises(Refused, match="not applied"):
+            await coord.step(bad)
+        assert _same(before, _state(coord.server)) and a in coord.dropped
+        assert all(c != a for c, _ in coord.plan.order), "its remaining turns left the order"
+        for cid, step in list(coord.plan.order):
+            await coord.step(_req(cid, step))
+        survivors = [c for c in range(3) if c != a]
+        for cid in survivors:
+            await coord.push(_push(cid, 0, coord.server))
+        assert coord.round == 1 and coord.records[0]["clients"] == survivors
+
+    asyncio.run(go())
