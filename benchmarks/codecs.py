@@ -17,6 +17,7 @@ from _common import MODELS, ROOT, record
 from splitft.config import load_config
 from splitft.metrics import read_metrics
 from splitft.sim.runner import run_simulation
+from splitft.transport.base import SCALARS_NBYTES
 from splitft.transport.compress import CODECS
 
 
@@ -25,20 +26,20 @@ def main() -> None:
     ap.add_argument("--model", choices=sorted(MODELS), default="smollm2")
     ap.add_argument("--codecs", default=",".join(CODECS))
     args = ap.parse_args()
+    same_cuts = ["split.policy=fixed", "split.cut_max=0"]  # every codec's run has the same cuts
     rows = []
     for name in args.codecs.split(","):
         out = ROOT / "out" / "bench" / "codecs" / args.model / name
         shutil.rmtree(out, ignore_errors=True)  # our own scratch runs
         cfg = load_config(str(ROOT / "configs" / "default.yaml"),
-                          [f"model.source={MODELS[args.model]}", "split.policy=fixed", "split.cut_max=0",
-                           f"transport.codec={name}", "metrics.progress=false", "metrics.checkpoint_every=0",
-                           f"metrics.out_dir={out}"])
+                          [f"model.source={MODELS[args.model]}", *same_cuts, f"transport.codec={name}",
+                           "metrics.progress=false", "metrics.checkpoint_every=0", f"metrics.out_dir={out}"])
         print(f"== codec {name}", flush=True)
         s = run_simulation(cfg)
         steps = sum(1 for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "step")
         b = s["bytes"]
         rows.append({"codec": name, "activations_up_KB_per_step": b["activations_up"] / steps / 1e3,
-                     "grad_down_KB_per_step": (b["grad_activations_down"] - 24 * steps) / steps / 1e3,
+                     "grad_down_KB_per_step": (b["grad_activations_down"] - SCALARS_NBYTES * steps) / steps / 1e3,
                      "initial_eval_ppl": s["initial_eval_ppl"], "final_eval_ppl": s["final_eval_ppl"],
                      "wall_time_s": s["wall_time_s"], "steps": steps})
     base = next((r for r in rows if r["codec"] == "none"), rows[0])
@@ -46,7 +47,8 @@ def main() -> None:
         r["bytes_vs_none"] = r["activations_up_KB_per_step"] / base["activations_up_KB_per_step"]
         r["final_ppl_vs_none"] = r["final_eval_ppl"] / base["final_eval_ppl"]
     record(f"codecs_{args.model}", {"config": "configs/default.yaml", "model": MODELS[args.model],
-                                    "overrides": ["split.policy=fixed"], "grad_down_excludes": "24-byte loss scalars"},
+                                    "overrides": same_cuts,
+                                    "grad_down_excludes": f"{SCALARS_NBYTES}-byte loss scalars"},
            rows, ["codec", "activations_up_KB_per_step", "grad_down_KB_per_step", "bytes_vs_none",
                   "initial_eval_ppl", "final_eval_ppl", "final_ppl_vs_none", "wall_time_s"])
 

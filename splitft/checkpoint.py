@@ -76,7 +76,7 @@ def federation_state(fed: Federation, round_: int) -> tuple[dict[str, torch.Tens
 
 def restore_federation(fed: Federation, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Put a freshly built federation (same config) into the state `federation_state` saved."""
-    fed.server.store = {n[len("server/store/"):]: t.clone() for n, t in tensors.items() if n.startswith("server/store/")}
+    fed.server.store = {n: t.clone() for n, t in _under(tensors, "server/store/").items()}
     if fed.server.part is not None:
         lora.load_adapter_state_dict(fed.server.part.module, _under(tensors, "server/lora/"))
         _load_opt_state("server/", fed.server.opt, _lora_params(fed.server.part.module), tensors)

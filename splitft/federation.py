@@ -19,6 +19,7 @@ from .lora import load_adapter_state_dict
 from .metrics import MetricsLogger, perplexity
 from .policy import ClientStats, CutPolicy
 from .server import SplitServer
+from .transport.base import training_traffic
 
 
 @dataclass
@@ -119,11 +120,7 @@ class Federation:
 
     def _time_and_bytes(self, steps: list[dict[str, Any]], delta: dict[int, dict[str, int]]) -> dict[str, Any]:
         kinds = {k: sum(d[k] for d in delta.values()) for k in next(iter(delta.values()))}
-        out: dict[str, Any] = {
-            "bytes": self.transport.counter.totals(),
-            "bytes_up": kinds["activations_up"] + kinds["labels_up"] + kinds["lora_up"],
-            "bytes_down": kinds["grad_activations_down"] + kinds["lora_down"],
-        }
+        out: dict[str, Any] = {"bytes": self.transport.counter.totals(), **training_traffic(kinds)}
         if self.clock is not None:
             seconds = self.clock.round_seconds(steps, {c: d["lora_down"] for c, d in delta.items()},
                                                {c: d["lora_up"] for c, d in delta.items()})

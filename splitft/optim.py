@@ -16,7 +16,7 @@ def clip(params: list[torch.nn.Parameter], max_norm: float) -> None:
         torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
-def grads_finite(params: list[torch.nn.Parameter]) -> bool:
-    """True when every gradient is finite (one device sync; LoRA gradients are small)."""
-    grads = [p.grad for p in params if p.grad is not None]
+def grads_finite(tensors: list[torch.Tensor]) -> bool:
+    """True when every gradient present is finite (one device sync; LoRA gradients are small)."""
+    grads = [t.grad for t in tensors if t.grad is not None]
     return not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())

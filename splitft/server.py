@@ -14,10 +14,10 @@ import torch
 
 from . import lora
 from .aggregate import layerwise_fedavg
+from .errors import UserError
 from .loss import token_loss
 from .model.families import Family
 from .model.split import ServerPart
-from .errors import UserError
 from .optim import clip, grads_finite, make_optimizer
 from .transport.base import AdapterUpdate, ForwardRequest, StepReply
 
@@ -77,9 +77,10 @@ class SplitServer:
             return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct)
         self.opt.zero_grad(set_to_none=True)
         loss = stats.loss_sum / max(stats.n_tokens, 1)
-        if torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if finite:
             loss.backward()
-        if not torch.isfinite(loss) or not grads_finite(self.params) or not torch.isfinite(acts.grad).all():
+        if not (finite and grads_finite([*self.params, acts])):  # the LoRA's and the client's gradients
             self.opt.zero_grad(set_to_none=True)
             raise NonFiniteStep(f"client {req.client_id}, round {req.round}, step {req.step}: the loss or a "
                                 "gradient is NaN/Inf, so the step was not applied (a diverging run: lower train.lr "

@@ -24,7 +24,7 @@ from ..sim.methods import split_server
 from ..sim.runner import prepare_run_dir
 from ..sim.setup import build_model
 from ..transport import codec
-from ..transport.base import ByteCounter
+from ..transport.base import ByteCounter, training_traffic
 from ..transport.compress import CODECS
 from ..transport.grpc import serve_grpc
 from .coordinator import Coordinator
@@ -113,10 +113,8 @@ def serve(cfg: Config) -> dict:
 
     def on_round(record: dict) -> None:  # bytes as in the simulation's records: cumulative, and this round's
         totals = counter.totals()
-        d = {k: v - (rounds[-1]["bytes"][k] if rounds else 0) for k, v in totals.items()}
-        rounds.append(logger.log("round", **record, bytes=totals,
-                                 bytes_up=d["activations_up"] + d["labels_up"] + d["lora_up"],
-                                 bytes_down=d["grad_activations_down"] + d["lora_down"]))
+        this_round = {k: v - (rounds[-1]["bytes"][k] if rounds else 0) for k, v in totals.items()}
+        rounds.append(logger.log("round", **record, bytes=totals, **training_traffic(this_round)))
 
     coord = Coordinator(server, fed.n_clients, fed.rounds, fed.local_steps, fed.clients_per_round, fed.seed, log,
                         dead_after_s=t.dead_after_s, round_timeout_s=t.round_timeout_s, on_round=on_round)

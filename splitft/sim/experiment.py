@@ -127,6 +127,6 @@ def format_table(result: dict[str, Any]) -> str:
         reach_s = ["not reached" if t is None else f"{t:.1f} s" for t in reach]
         over = ",".join(r["clients_over_memory"]) or "-"
         lines.append(f"| {name} | {r['final_eval_ppl']:.2f} | {reach_s[0]} | {reach_s[1]} "
-                     f"| {r['virtual_time_s']:.1f} s | {r['wall_time_s']:.0f} s | {r['bytes_up'] / 1e6:.1f} MB | {r['bytes_down'] / 1e6:.1f} MB "
-                     f"| {over} | {r['cuts']} |")
+                     f"| {r['virtual_time_s']:.1f} s | {r['wall_time_s']:.0f} s | {r['bytes_up'] / 1e6:.1f} MB "
+                     f"| {r['bytes_down'] / 1e6:.1f} MB | {over} | {r['cuts']} |")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Mapping, Protocol
 
 import torch
 
@@ -78,7 +78,6 @@ class StepReply:
         return self.loss_sum / max(self.n_tokens, 1)
 
 
-
 @dataclass
 class AdapterUpdate:
     """Client -> server at round end: the client's LoRA tensors (full names) and the samples they saw."""
@@ -95,6 +94,12 @@ class AdapterUpdate:
 
 BYTE_KINDS = ("activations_up", "labels_up", "grad_activations_down", "lora_up", "lora_down", "eval_up",
               "eval_down")
+
+
+def training_traffic(kinds: Mapping[str, int]) -> dict[str, int]:
+    """bytes_up and bytes_down of training (evaluation traffic left out) from byte counts by kind."""
+    return {"bytes_up": kinds["activations_up"] + kinds["labels_up"] + kinds["lora_up"],
+            "bytes_down": kinds["grad_activations_down"] + kinds["lora_down"]}
 
 
 class ByteCounter:

@@ -93,9 +93,9 @@ def packed_to_pb(role: str, p: Packed) -> list[pb.Tensor]:
     return out if p.scale is None else out + [tensor_to_pb(f"{role}_scale", p.scale)]
 
 
-def packed_from_pb(t: dict[str, torch.Tensor], role: str, c: Codec, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
-    """(decoded (B, T, H) tensor of `dtype`, encoded bytes). Raises WireError unless the values are 3-d of the
-    codec's wire dtype (`none`: `dtype`) with a float32 scale of the codec's shape, and all decode finite."""
+def packed_from_pb(t: dict[str, torch.Tensor], role: str, c: Codec, dtype: torch.dtype) -> torch.Tensor:
+    """The decoded (B, T, H) tensor of `dtype`. Raises WireError unless the values are 3-d of the codec's wire
+    dtype (`none`: `dtype`) with a float32 scale of the codec's shape, and all decode finite."""
     values, scale = t[role], t.get(f"{role}_scale")
     want = c.wire_dtype or dtype
     if values.dim() != 3 or values.dtype != want:
@@ -108,7 +108,7 @@ def packed_from_pb(t: dict[str, torch.Tensor], role: str, c: Codec, dtype: torch
     out = c.decode(Packed(c.name, values, scale), dtype)
     if not torch.isfinite(out).all():
         raise WireError(f"{role} contain NaN or Inf")
-    return out, Packed(c.name, values, scale).nbytes()
+    return out
 
 
 def _expect_tensors(t: dict[str, torch.Tensor], kind: str, names: set[str], c: Codec, role: str) -> None:
@@ -154,7 +154,7 @@ def decode_step(env: Envelope, shape: StepShape) -> ForwardRequest:
         raise WireError(f"batch of {values.shape[0]}x{values.shape[1]} tokens outside (0, {shape.max_tokens}]")
     if mask.max() > 1 or not ((labels == IGNORE) | ((labels >= 0) & (labels < shape.vocab))).all():
         raise WireError(f"attention_mask must be 0/1 and labels in [0, {shape.vocab}) or {IGNORE}")
-    acts, _ = packed_from_pb(t, "activations", shape.codec, shape.dtype)
+    acts = packed_from_pb(t, "activations", shape.codec, shape.dtype)
     return ForwardRequest(env.client_id, env.round, env.step, env.cut, acts, mask, labels, env.train)
 
 
@@ -179,8 +179,8 @@ def decode_reply(env: Envelope, req: ForwardRequest, c: Codec = NONE) -> tuple[S
     _expect_tensors(t, "STEP_REPLY", {"grad_activations"}, c, "grad_activations")
     if t["grad_activations"].shape != acts.shape:
         raise WireError(f"grad_activations {tuple(t['grad_activations'].shape)} != activations {tuple(acts.shape)}")
-    grad, nbytes = packed_from_pb(t, "grad_activations", c, acts.dtype)
-    return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct), grad), nbytes
+    grad = packed_from_pb(t, "grad_activations", c, acts.dtype)
+    return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct), grad), payload_nbytes(env)
 
 
 def encode_adapters(kind: int, client_id: int, round_: int, adapters: dict[str, torch.Tensor],
