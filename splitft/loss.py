@@ -1,4 +1,8 @@
-"""The training objective both sides agree on: next-token cross-entropy over label tokens (prompt masked)."""
+"""The training objective both sides agree on: next-token cross-entropy over label tokens (prompt masked).
+
+`IGNORE` (-100, PyTorch's `ignore_index`) marks a label position that carries no loss: prompt tokens and padding.
+It lives with the loss, so the data pipeline and the wire checks both take it from here.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data.datasets import IGNORE
+IGNORE = -100
 
 
 @dataclass

@@ -19,8 +19,8 @@ import torch
 
 from ..config import DataConfig
 from ..errors import UserError
+from ..loss import IGNORE
 
-IGNORE = -100
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 BUILTIN_DATA = {"shakespeare_dialogue": "shakespeare_dialogue.jsonl"}
 

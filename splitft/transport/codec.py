@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.datasets import IGNORE
+from ..loss import IGNORE
 from .base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, ForwardRequest, StepReply
 from .compress import NONE, Codec, Packed
 from .proto import splitft_pb2 as pb
