@@ -49,20 +49,16 @@ def _load_opt_state(prefix: str, opt: torch.optim.Optimizer, named: dict[str, to
             opt.state[p] = {k: v.clone() if k == "step" else v.to(p.device, v.dtype).clone() for k, v in keys.items()}
 
 
-def _lora_params(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in module.named_parameters() if lora.is_lora_name(n)}
-
-
 def federation_state(fed: Federation, round_: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, json) of the federation after `round_` (aggregated, evaluated, next cuts applied)."""
     tensors: dict[str, torch.Tensor] = {f"server/store/{n}": t for n, t in fed.server.store.items()}
     if fed.server.part is not None:
         tensors.update({f"server/lora/{n}": t for n, t in fed.server.adapters().items()})
-        tensors.update(_opt_state("server/", fed.server.opt, _lora_params(fed.server.part.module)))
+        tensors.update(_opt_state("server/", fed.server.opt, lora.lora_parameters(fed.server.part.module)))
     clients: dict[str, Any] = {}
     for cid, c in fed.clients.items():
         tensors.update({f"client{cid}/lora/{n}": t for n, t in lora.adapter_state_dict(c.part.module).items()})
-        tensors.update(_opt_state(f"client{cid}/", c.opt, _lora_params(c.part.module)))
+        tensors.update(_opt_state(f"client{cid}/", c.opt, lora.lora_parameters(c.part.module)))
         if (noise := getattr(c, "noise_state", lambda: None)()) is not None:
             tensors[f"client{cid}/noise_rng"] = noise
         clients[str(cid)] = {"cut": c.cut, "last_loss": c.last_loss, "samples_seen": c.samples_seen,
@@ -79,14 +75,14 @@ def restore_federation(fed: Federation, tensors: dict[str, torch.Tensor], meta: 
     fed.server.store = {n: t.clone() for n, t in _under(tensors, "server/store/").items()}
     if fed.server.part is not None:
         lora.load_adapter_state_dict(fed.server.part.module, _under(tensors, "server/lora/"))
-        _load_opt_state("server/", fed.server.opt, _lora_params(fed.server.part.module), tensors)
+        _load_opt_state("server/", fed.server.opt, lora.lora_parameters(fed.server.part.module), tensors)
     for cid, c in fed.clients.items():
         saved = meta["clients"][str(cid)]
         if saved["cut"] != c.cut:
             assert fed.adaptivity is not None, "only adaptive runs change cuts"
             fed.adaptivity.recut(cid, saved["cut"])
         lora.load_adapter_state_dict(c.part.module, _under(tensors, f"client{cid}/lora/"))
-        _load_opt_state(f"client{cid}/", c.opt, _lora_params(c.part.module), tensors)
+        _load_opt_state(f"client{cid}/", c.opt, lora.lora_parameters(c.part.module), tensors)
         if f"client{cid}/noise_rng" in tensors:
             c.load_noise_state(tensors[f"client{cid}/noise_rng"], c.device)
         c.last_loss, c.samples_seen = saved["last_loss"], saved["samples_seen"]

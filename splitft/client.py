@@ -32,12 +32,12 @@ class _Client:
 
     def replace_part(self, part: ClientPart | FullPart) -> None:
         """Take a new part (a new cut); AdamW state moves over for the LoRA tensors both parts hold."""
-        old = {n: p for n, p in self.part.module.named_parameters()} if hasattr(self, "part") else {}
+        old = lora.lora_parameters(self.part.module) if hasattr(self, "part") else {}
         self.part = part
-        named = [(n, p) for n, p in part.module.named_parameters() if lora.is_lora_name(n)]
-        self.params = [p for _, p in named]
+        named = lora.lora_parameters(part.module)
+        self.params = list(named.values())
         opt = make_optimizer(self.params, self.lr, self.weight_decay)
-        for n, p in named:
+        for n, p in named.items():
             if n in old and old[n] in self.opt.state and old[n].shape == p.shape:
                 opt.state[p] = self.opt.state[old[n]]
         self.opt = opt

@@ -143,8 +143,6 @@ class HeterogeneityConfig:
 
 @dataclass
 class TransportConfig:
-    kind: str = "inproc"
-    """inproc (`splitft simulate`) | grpc (`splitft server`, `client`, `launch`)."""
     address: str = "127.0.0.1:50051"
     """host:port the server listens on and clients connect to."""
     tokens_file: str = ""
@@ -261,11 +259,18 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     return value
 
 
+RETIRED = {"transport.kind": "the command picks the transport (simulate: in-process; server, client, launch: "
+                             "gRPC); delete this key"}
+"""Keys older versions wrote into run directories: named with what replaced them instead of 'unknown key'."""
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in data:
-        if k not in names:
+        if f"{prefix}{k}" in RETIRED:
+            problems.append(f"{prefix}{k}: no longer a setting: {RETIRED[prefix + k]}")
+        elif k not in names:
             problems.append(f"{prefix}{k}: unknown key; valid keys here: {', '.join(sorted(names))}")
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -363,8 +368,6 @@ def validate(cfg: Config) -> list[str]:
     if not (cfg.model.device in ("auto", "cpu", "cuda") or cfg.model.device.startswith("cuda:")):
         p.append(f"model.device: must be auto, cpu, cuda or cuda:N, got '{cfg.model.device}'")
     t = cfg.transport
-    if t.kind not in ("inproc", "grpc"):
-        p.append(f"transport.kind: must be inproc or grpc, got '{t.kind}'")
     _positive(p, transport__chunk_kb=t.chunk_kb, transport__max_message_mb=t.max_message_mb,
               transport__timeout_s=t.timeout_s, transport__heartbeat_s=t.heartbeat_s,
               transport__dead_after_s=t.dead_after_s, transport__round_timeout_s=t.round_timeout_s)

@@ -3,7 +3,7 @@
 Rank convention (one place, `scaling`): every LoRA module is stored at rank r and computes
     y = W x + (alpha / r) * B[:, :k] A[:k] x,      A: (r, d_in), B: (d_out, r), B initialised to 0,
 with k = r for ordinary blocks and k = r_cut for the cut layer (the last client block `cut - 1` and the first
-server block `cut`, `rank_for`). The cut-layer rank is a mask over leading components (`CutRankMask`), not a
+server block `cut`, `cut_layers`). The cut-layer rank is a mask over leading components (`CutRankMask`), not a
 smaller tensor, so one shared server block can serve clients whose cuts put it at rank r_cut and others at r.
 Only the k active components cross the network (`cut_payload`): A[:k] and B[:, :k], a (k/r) share of the bytes.
 Scale alpha/r does not change with k, so dropping components never rescales the ones kept: a rank-r_cut
@@ -24,14 +24,10 @@ from .model.families import Family
 _LORA_KEY = re.compile(r"\.lora_[AB]\.")
 
 
-def rank_for(layer: int, cut: int, r: int, r_cut: int) -> int:
-    """LoRA rank of block `layer` when the client holds blocks [0, cut): r_cut at the cut layer, r elsewhere."""
-    return r_cut if layer in (cut - 1, cut) else r
-
-
-def scaling(alpha: float, r: int) -> float:
-    """The factor on B A x for every module: alpha / r with r the stored rank (also for the masked cut layer)."""
-    return alpha / r
+def cut_layers(cut: int) -> tuple[int, int]:
+    """The cut layer of a client holding blocks [0, cut): its last block `cut - 1` and the server's first `cut`.
+    Both run at r_cut components; every other block at r."""
+    return cut - 1, cut
 
 
 def rank_dim(name: str) -> int:
@@ -42,9 +38,9 @@ def rank_dim(name: str) -> int:
 def cut_payload(sd: dict[str, torch.Tensor], family: Family, cut: int, r_cut: int) -> dict[str, torch.Tensor]:
     """What crosses the network for a client with this cut: its blocks' tensors with block cut-1 (its cut layer)
     cut to the r_cut active components. Bytes: (r_cut / r) of the full block-(cut-1) adapters."""
-    out = {}
+    out, client_side = {}, cut_layers(cut)[0]
     for name, t in sd.items():
-        if layer_of(name, family) == cut - 1 and t.shape[rank_dim(name)] > r_cut:
+        if layer_of(name, family) == client_side and t.shape[rank_dim(name)] > r_cut:
             t = t.narrow(rank_dim(name), 0, r_cut)
         out[name] = t
     return out
@@ -73,7 +69,7 @@ class CutRankMask:
             return
         self.cut = cut
         for layer, module in self.modules:
-            module._active_rank = self.r_cut if cut is not None and layer in (cut - 1, cut) else None
+            module._active_rank = self.r_cut if cut is not None and layer in cut_layers(cut) else None
 
 
 def _mask_hook(module: nn.Module, inputs: object, out: torch.Tensor) -> torch.Tensor | None:
@@ -136,9 +132,15 @@ def is_lora_name(name: str) -> bool:
     return bool(_LORA_KEY.search(name))
 
 
+def lora_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
+    """The LoRA parameters of a (part of a) PeftModel, {full name: parameter}: the one way to enumerate them
+    (optimizers, checkpoints, adapter exchange)."""
+    return {n: p for n, p in module.named_parameters() if is_lora_name(n)}
+
+
 def adapter_state_dict(part: nn.Module) -> dict[str, torch.Tensor]:
     """LoRA tensors of a (part of a) PeftModel, keyed by full parameter name; detached clones."""
-    return {n: p.detach().clone() for n, p in part.named_parameters() if is_lora_name(n)}
+    return {n: p.detach().clone() for n, p in lora_parameters(part).items()}
 
 
 def load_adapter_state_dict(part: nn.Module, sd: dict[str, torch.Tensor], strict: bool = True) -> None:
@@ -151,8 +153,8 @@ def load_adapter_state_dict(part: nn.Module, sd: dict[str, torch.Tensor], strict
         strict: every LoRA parameter of `part` must be in `sd` (extra keys in `sd` are always ignored,
             since a global adapter covers blocks this part does not hold).
     """
-    params = dict(part.named_parameters())
-    missing = [n for n in params if is_lora_name(n) and n not in sd]
+    params = lora_parameters(part)
+    missing = [n for n in params if n not in sd]
     assert not (strict and missing), f"adapter state misses {len(missing)} LoRA tensors, e.g. {missing[:2]}"
     with torch.no_grad():
         for name, tensor in sd.items():
@@ -166,11 +168,3 @@ def load_adapter_state_dict(part: nn.Module, sd: dict[str, torch.Tensor], strict
                     p = p.narrow(d, 0, tensor.shape[d])
                 p.copy_(tensor.to(p.device, p.dtype))
 
-
-def lora_params(part: nn.Module) -> list[nn.Parameter]:
-    return [p for n, p in part.named_parameters() if is_lora_name(n) and p.requires_grad]
-
-
-def state_nbytes(sd: dict[str, torch.Tensor]) -> int:
-    """Raw tensor bytes of an adapter state dict (what crosses the network, before any envelope)."""
-    return sum(t.numel() * t.element_size() for t in sd.values())

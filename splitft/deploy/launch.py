@@ -57,7 +57,7 @@ def launch(base: Config, n_clients: int) -> dict:
     if n_clients < 1:
         raise UserError(f"--clients: need at least 1, got {n_clients}")
     cfg = copy.deepcopy(base)
-    cfg.federation.n_clients, cfg.transport.kind = n_clients, "grpc"
+    cfg.federation.n_clients = n_clients
     cfg.transport.address = f"127.0.0.1:{_free_port()}"
     refuse_existing_run(cfg)
     out = Path(cfg.metrics.out_dir)

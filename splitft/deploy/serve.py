@@ -1,6 +1,6 @@
 """`splitft server`: the server of a deployed federation, one process, gRPC.
 
-    splitft server --config cfg.yaml transport.kind=grpc transport.address=0.0.0.0:50051 \\
+    splitft server --config cfg.yaml transport.address=0.0.0.0:50051 \\
         transport.tokens_file=tokens.txt transport.tls_cert=server.pem transport.tls_key=server.key
 Loads the model (no data), serves every client's steps in the simulation's order, drops clients that go silent
 (transport.dead_after_s) or miss the round deadline (transport.round_timeout_s), aggregates each round over the

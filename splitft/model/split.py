@@ -19,7 +19,7 @@ import copy
 import torch
 from torch import nn
 
-from ..lora import CutRankMask, is_lora_name
+from ..lora import CutRankMask, lora_parameters
 from .families import Family
 
 
@@ -70,7 +70,7 @@ class _Part:
         return _hf(self.module)
 
     def lora_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.module.named_parameters() if is_lora_name(n)]
+        return list(lora_parameters(self.module).values())
 
     def train(self, mode: bool = True) -> None:
         self.module.train(mode)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .. import lora
 from ..model.families import Family
 from .profiles import DeviceProfile
 
@@ -39,7 +40,7 @@ class CostModel:
     @staticmethod
     def from_model(hf: nn.Module, family: Family, param_bytes: int) -> CostModel:
         blocks = hf.get_submodule(family.layers_path)
-        frozen = [sum(p.numel() for n, p in b.named_parameters() if "lora_" not in n) for b in blocks]
+        frozen = [sum(p.numel() for n, p in b.named_parameters() if not lora.is_lora_name(n)) for b in blocks]
         emb = hf.get_input_embeddings().weight
         cfg = hf.config
         return CostModel(tuple(frozen), emb.numel(), emb.numel(), cfg.hidden_size, cfg.num_attention_heads,

@@ -13,7 +13,7 @@ bytes, and hands the other side what it decodes.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Protocol
 
 import torch
@@ -30,6 +30,7 @@ class TransportError(UserError):
 
 
 def tensor_nbytes(t: torch.Tensor | None) -> int:
+    """Raw payload bytes of one tensor (numel x itemsize; 0 for None): the one byte-size rule of every count."""
     return 0 if t is None else t.numel() * t.element_size()
 
 
@@ -86,7 +87,6 @@ class AdapterUpdate:
     round: int
     adapters: dict[str, torch.Tensor]
     n_samples: int
-    meta: dict[str, float] = field(default_factory=dict)
 
     def nbytes(self) -> int:
         return adapters_nbytes(self.adapters)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .base import tensor_nbytes
+
 INT8_MAX = 127.0
 
 
@@ -35,7 +37,7 @@ class Packed:
     scale: torch.Tensor | None = None
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.values, self.scale) if t is not None)
+        return tensor_nbytes(self.values) + tensor_nbytes(self.scale)
 
 
 @dataclass(frozen=True)

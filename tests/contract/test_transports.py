@@ -40,7 +40,7 @@ def _deploy(tmp_path, monkeypatch, *extra):
     cfg = _config(tmp_path, "grpc", *extra)
     (tmp_path / "tokens.txt").write_text((TOKEN + "\n") * 3)
     port = _free_port()
-    cfg.transport.kind, cfg.transport.address = "grpc", f"127.0.0.1:{port}"
+    cfg.transport.address = f"127.0.0.1:{port}"
     cfg.transport.tokens_file = str(tmp_path / "tokens.txt")
     monkeypatch.setenv(cfg.transport.token_env, TOKEN)
     lock, build = threading.Lock(), join_module.build

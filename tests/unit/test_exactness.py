@@ -22,7 +22,7 @@ def _unsplit_training(setup, steps: int):
     lora.CutRankMask(setup.peft, setup.family, cfg.lora.r_cut).set(cfg.split.cut)
     idx = IidPartitioner(n_clients=1, seed=cfg.federation.seed).partition([len(e) for e in setup.train])[0]
     stream = BatchStream([setup.train[i] for i in idx], cfg.train.batch_size, setup.pad_id, cfg.federation.seed)
-    params = lora.lora_params(setup.peft)
+    params = list(lora.lora_parameters(setup.peft).values())
     opt = make_optimizer(params, cfg.train.lr, cfg.train.weight_decay)
     setup.peft.train()
     losses = []
