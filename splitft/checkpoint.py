@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from . import lora
 from .errors import UserError
 from .federation import Federation
+from .seeding import global_rng_state, load_global_rng_state, load_random_state, random_state
 
 LATEST = "latest"
 
@@ -62,11 +61,11 @@ def federation_state(fed: Federation, round_: int) -> tuple[dict[str, torch.Tens
         if (noise := getattr(c, "noise_state", lambda: None)()) is not None:
             tensors[f"client{cid}/noise_rng"] = noise
         clients[str(cid)] = {"cut": c.cut, "last_loss": c.last_loss, "samples_seen": c.samples_seen,
-                             "stream_rng": _random_state(c.stream.rng), "stream_order": c.stream.order}
-    tensors["rng/torch"] = torch.get_rng_state()
+                             "stream_rng": random_state(c.stream.rng), "stream_order": c.stream.order}
+    rng = global_rng_state()
+    tensors["rng/torch"] = rng.pop("torch")
     meta = {"round": round_, "virtual_time": fed.virtual_time, "clients": clients,
-            "bytes": {str(c): dict(b) for c, b in fed.transport.counter.bytes.items()},
-            "random": _random_state(random), "numpy": _numpy_state()}
+            "bytes": {str(c): dict(b) for c, b in fed.transport.counter.bytes.items()}, **rng}
     return {k: v.contiguous() for k, v in tensors.items()}, meta
 
 
@@ -86,36 +85,16 @@ def restore_federation(fed: Federation, tensors: dict[str, torch.Tensor], meta: 
         if f"client{cid}/noise_rng" in tensors:
             c.load_noise_state(tensors[f"client{cid}/noise_rng"], c.device)
         c.last_loss, c.samples_seen = saved["last_loss"], saved["samples_seen"]
-        c.stream.rng.setstate(_as_random_state(saved["stream_rng"]))
+        load_random_state(c.stream.rng, saved["stream_rng"])
         c.stream.order = list(saved["stream_order"])
     fed.virtual_time = meta["virtual_time"]
     for cid, kinds in meta["bytes"].items():
         fed.transport.counter.bytes[int(cid)].update(kinds)
-    torch.set_rng_state(tensors["rng/torch"])
-    random.setstate(_as_random_state(meta["random"]))
-    np.random.set_state(_as_numpy_state(meta["numpy"]))
+    load_global_rng_state({"torch": tensors["rng/torch"], "random": meta["random"], "numpy": meta["numpy"]})
 
 
 def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)}
-
-
-def _random_state(rng: Any) -> list:
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
-
-
-def _as_random_state(saved: list) -> tuple:
-    return saved[0], tuple(saved[1]), saved[2]
-
-
-def _numpy_state() -> list:
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return [name, keys.tolist(), pos, has_gauss, gauss]
-
-
-def _as_numpy_state(saved: list) -> tuple:
-    return saved[0], np.asarray(saved[1], dtype=np.uint32), saved[2], saved[3], saved[4]
 
 
 # --- files ------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from .data.datasets import Example
 from .lora import load_adapter_state_dict
 from .metrics import MetricsLogger, perplexity
 from .policy import ClientStats, CutPolicy
+from .seeding import derive_seed
 from .server import SplitServer
 from .transport.base import training_traffic
 
@@ -32,7 +33,7 @@ class RoundPlan:
 
 def plan_round(round_: int, client_ids: list[int], per_round: int, local_steps: int, seed: int) -> RoundPlan:
     """Pure: which clients take part and in which order their steps run (seeded by (seed, round))."""
-    rng = random.Random(seed * 1_000_003 + round_)
+    rng = random.Random(derive_seed(seed, "plan", round_))
     chosen = sorted(rng.sample(client_ids, per_round)) if 0 < per_round < len(client_ids) else list(client_ids)
     perm = rng.sample(chosen, len(chosen))
     return RoundPlan(round_, chosen, [(c, s) for s in range(local_steps) for c in perm])
@@ -43,7 +44,7 @@ def plan_dropouts(round_: int, clients: list[int], local_steps: int, p: float, s
     with chance p; seeded by (seed, round) apart from the plan, so p does not change who is selected)."""
     if p <= 0:
         return {}
-    rng = random.Random(f"dropout/{seed}/{round_}")
+    rng = random.Random(derive_seed(seed, "dropout", round_))
     draws = [(c, rng.random(), rng.randrange(local_steps)) for c in clients]
     return {c: step for c, u, step in draws if u < p}
 

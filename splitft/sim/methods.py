@@ -23,6 +23,7 @@ from ..metrics import MetricsLogger
 from ..model.families import Family
 from ..model.split import ClientPart, FullPart, ServerPart
 from ..policy import POLICIES, ClientStats, CutBounds
+from ..seeding import derive_seed
 from ..server import SplitServer
 from ..transport.compress import CODECS
 from ..transport.inproc import InProcTransport
@@ -65,14 +66,14 @@ def split_client(setup: Setup, cid: int, cut: int) -> SplitClient:
     """Client `cid` with its partition's batch stream (same order in simulation and deployment)."""
     client = SplitClient(cid, ClientPart(setup.peft, setup.family, cut, cut_rank(setup.cfg)),
                          client_stream(setup, cid, setup.parts[cid]), r_cut=cut_rank(setup.cfg), **_opt_kw(setup))
-    client.set_noise(setup.cfg.privacy.noise, seed=setup.cfg.federation.seed * 1_000_003 + cid)
+    client.set_noise(setup.cfg.privacy.noise, seed=derive_seed(setup.cfg.federation.seed, "noise", cid))
     return client
 
 
 def client_stream(setup: Setup, cid: int, idx: list[int]) -> BatchStream:
     cfg = setup.cfg
     return BatchStream([setup.train[i] for i in idx], cfg.train.batch_size, setup.pad_id,
-                       cfg.federation.seed + 7919 * cid)
+                       derive_seed(cfg.federation.seed, "stream", cid))
 
 
 def _federation(setup: Setup, server: SplitServer, clients: dict, devices: dict[int, DeviceProfile],

@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass
 
 from ..config import DeviceConfig, HeterogeneityConfig
+from ..seeding import derive_seed
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def all_tiers(cfg: HeterogeneityConfig) -> dict[str, DeviceProfile]:
 def client_profiles(cfg: HeterogeneityConfig, n_clients: int, seed: int) -> list[DeviceProfile]:
     """One profile per client id 0..n-1, deterministic in (cfg, seed). `cfg` is validated (config.py)."""
     tiers = all_tiers(cfg)
-    rng = random.Random(seed * 7_777_777 + 11)
+    rng = random.Random(derive_seed(seed, "devices"))
     if cfg.profile == "homogeneous":
         return [tiers["laptop"]] * n_clients
     if cfg.profile == "tiers":

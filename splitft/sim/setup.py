@@ -4,11 +4,9 @@ data, partition. Nothing here trains.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from .. import lora
@@ -18,6 +16,7 @@ from ..data.partitioners import partitioner_for, samples_of
 from ..errors import UserError
 from ..model import loader
 from ..model.families import Family, family_for
+from ..seeding import seed_everything
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -28,12 +27,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"model.device: '{name}' requested but no CUDA device is available; use auto or cpu")
     return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from splitft.data.datasets import BatchStream
 from splitft.data.partitioners import IidPartitioner
 from splitft.metrics import NullLogger
 from splitft.optim import make_optimizer
+from splitft.seeding import derive_seed
 from splitft.loss import token_loss
 from splitft.sim.methods import build_federation
 from splitft.sim.setup import build
@@ -21,7 +22,8 @@ def _unsplit_training(setup, steps: int):
     cfg = setup.cfg
     lora.CutRankMask(setup.peft, setup.family, cfg.lora.r_cut).set(cfg.split.cut)
     idx = IidPartitioner(n_clients=1, seed=cfg.federation.seed).partition([len(e) for e in setup.train])[0]
-    stream = BatchStream([setup.train[i] for i in idx], cfg.train.batch_size, setup.pad_id, cfg.federation.seed)
+    stream = BatchStream([setup.train[i] for i in idx], cfg.train.batch_size, setup.pad_id,
+                         derive_seed(cfg.federation.seed, "stream", 0))
     params = list(lora.lora_parameters(setup.peft).values())
     opt = make_optimizer(params, cfg.train.lr, cfg.train.weight_decay)
     setup.peft.train()
