@@ -9,33 +9,21 @@ so that memory binds the cut of a 135M-parameter model on the smallest tier; def
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
-from dataclasses import dataclass
 
 from ..config import DeviceConfig, HeterogeneityConfig
 from ..seeding import derive_seed
 
+DeviceProfile = DeviceConfig
+"""One device's numbers (compute, memory, link; fields documented on `config.DeviceConfig`): a tier in the
+config is already a profile, so there is no second list of the same fields to keep in step."""
 
-@dataclass(frozen=True)
-class DeviceProfile:
-    name: str
-    tflops: float
-    """Effective training throughput in 1e12 FLOP/s."""
-    memory_gb: float
-    """Memory the device gives to its part of the model (weights, LoRA state, activations kept for backward)."""
-    up_mbps: float
-    down_mbps: float
-    latency_ms: float
-    """One-way latency added to every message."""
 
-    @staticmethod
-    def of(d: DeviceConfig) -> DeviceProfile:
-        return DeviceProfile(d.name, d.tflops, d.memory_gb, d.up_mbps, d.down_mbps, d.latency_ms)
-
-    def scaled(self, compute: float, link: float) -> DeviceProfile:
-        return DeviceProfile(self.name, self.tflops * compute, self.memory_gb, self.up_mbps * link,
-                             self.down_mbps * link, self.latency_ms)
+def scaled(d: DeviceProfile, compute: float, link: float) -> DeviceProfile:
+    """`d` with its throughput times `compute` and both link bandwidths times `link`."""
+    return dataclasses.replace(d, tflops=d.tflops * compute, up_mbps=d.up_mbps * link, down_mbps=d.down_mbps * link)
 
 
 TIERS: dict[str, DeviceProfile] = {
@@ -47,7 +35,7 @@ PROFILES = ("homogeneous", "tiers", "lognormal", "list")
 
 
 def all_tiers(cfg: HeterogeneityConfig) -> dict[str, DeviceProfile]:
-    return {**TIERS, **{d.name: DeviceProfile.of(d) for d in cfg.tiers}}
+    return {**TIERS, **{d.name: d for d in cfg.tiers}}
 
 
 def client_profiles(cfg: HeterogeneityConfig, n_clients: int, seed: int) -> list[DeviceProfile]:
@@ -60,7 +48,7 @@ def client_profiles(cfg: HeterogeneityConfig, n_clients: int, seed: int) -> list
         names = ["phone", "laptop", "workstation"]
         return [tiers[rng.choice(names)] for _ in range(n_clients)]
     if cfg.profile == "lognormal":  # laptop numbers times exp(N(0, spread^2)) for compute and for the link
-        return [tiers["laptop"].scaled(math.exp(rng.gauss(0, cfg.spread)), math.exp(rng.gauss(0, cfg.spread)))
+        return [scaled(tiers["laptop"], math.exp(rng.gauss(0, cfg.spread)), math.exp(rng.gauss(0, cfg.spread)))
                 for _ in range(n_clients)]
     return [tiers[name] for name in cfg.devices]
 
