@@ -16,12 +16,11 @@ import time
 
 from _common import MODELS, ROOT, record
 
+from splitft.build import build_setup, split_client, split_server
 from splitft.client import LocalClient
 from splitft.config import load_config
 from splitft.data.datasets import BatchStream
 from splitft.model.split import FullPart
-from splitft.sim.methods import split_client, split_server
-from splitft.sim.setup import build
 from splitft.transport.inproc import InProcTransport
 
 
@@ -54,7 +53,7 @@ def main() -> None:
     overrides = [f"model.source={MODELS[args.model]}", "lora.r_cut=16", "split.policy=fixed", "split.cut_max=0",
                  f"split.cut={args.cut}", "metrics.progress=false"]
     cfg = load_config(str(ROOT / "configs" / "default.yaml"), overrides)
-    setup = build(cfg)
+    setup = build_setup(cfg)
     stream = BatchStream(setup.train, cfg.train.batch_size, setup.pad_id, seed=0)
     batches = [stream.next() for _ in range(args.steps)]
     tokens = sum(b["input_ids"].numel() for b in batches)

@@ -12,12 +12,12 @@ import json
 import os
 from pathlib import Path
 
+from ..build import build_setup as build
+from ..build import split_client
 from ..config import Config
 from ..errors import UserError
 from ..federation import plan_round
 from ..metrics import perplexity
-from ..sim.methods import split_client
-from ..sim.setup import build
 from ..transport.grpc import GrpcTransport, ServerRefused
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..config import Config, save_config
 from ..errors import UserError
-from ..sim.runner import refuse_existing_run
+from ..rundir import refuse_existing_run
 
 
 def _free_port() -> int:

@@ -17,12 +17,11 @@ from pathlib import Path
 import torch
 
 from .. import lora
+from ..build import build_model, split_server
 from ..config import Config
 from ..errors import UserError
 from ..metrics import MetricsLogger
-from ..sim.methods import split_server
-from ..sim.runner import prepare_run_dir
-from ..sim.setup import build_model
+from ..rundir import export_adapter, prepare_run_dir
 from ..transport import codec
 from ..transport.base import ByteCounter, training_traffic
 from ..transport.compress import CODECS
@@ -127,8 +126,7 @@ def serve(cfg: Config) -> dict:
     endpoint = Endpoint(coord, shape, {n: t.shape for n, t in full.items()}, max(t.numel() for t in full.values()),
                         counter)
     asyncio.run(_serve(coord, endpoint, tokens, cfg, log))
-    lora.load_adapter_state_dict(peft, server.global_view(server.part.n_layer))
-    peft.save_pretrained(str(out / "adapter"))
+    export_adapter(peft, server.global_view(server.part.n_layer), out / "adapter")
     summary = {"rounds": coord.round, "clients": fed.n_clients, "wall_time_s": round(logger.elapsed(), 2),
                "dropped_by_round": [r["dropped"] for r in rounds]}
     (out / "server.json").write_text(json.dumps(summary, indent=2))

@@ -29,6 +29,10 @@ class ModelSourceError(UserError):
     """A model source that cannot be resolved to local files (message says how to fix it)."""
 
 
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""`model.dtype` names: the dtype of the weights and of the activations crossing the cut."""
+
+
 @dataclass
 class ModelMeta:
     """What config validation needs, read without loading weights."""

@@ -12,24 +12,18 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from torch import nn
-
 from .. import lora
-from ..client import LocalClient, SplitClient
-from ..config import Config
-from ..data.datasets import BatchStream
+from ..build import Setup, client_stream, cut_rank, optimizer_settings, split_client, split_server
+from ..client import LocalClient
 from ..federation import Adaptivity, Federation
 from ..metrics import MetricsLogger
-from ..model.families import Family
-from ..model.split import ClientPart, FullPart, ServerPart
+from ..model.split import ClientPart, FullPart
 from ..policy import POLICIES, ClientStats, CutBounds
-from ..seeding import derive_seed
 from ..server import SplitServer
 from ..transport.compress import CODECS
 from ..transport.inproc import InProcTransport
 from .clock import CostModel, VirtualClock
 from .profiles import DeviceProfile, client_profiles, server_profile
-from .setup import Setup
 
 OnStep = Callable[[dict[str, Any]], None] | None
 
@@ -43,37 +37,6 @@ def cut_bounds(setup: Setup) -> CutBounds:
     cfg = setup.cfg
     base_gb, block_gb = cost_model(setup).memory_gb(cfg.train.batch_size, cfg.data.max_length)
     return CutBounds(setup.n_layer, cfg.split.cut_min, cfg.split.cut_max, base_gb, block_gb)
-
-
-def _opt_kw(setup: Setup) -> dict[str, float]:
-    t = setup.cfg.train
-    return dict(lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
-
-
-def cut_rank(cfg: Config) -> int | None:
-    """The cut layer's active rank, or None when it equals r (no mask: plain rank-r LoRA)."""
-    return cfg.lora.r_cut if cfg.lora.r_cut < cfg.lora.r else None
-
-
-def split_server(cfg: Config, peft: nn.Module, family: Family, first: int) -> SplitServer:
-    """The server of a split method (simulation and deployment alike): blocks [first, L), global store."""
-    t = cfg.train
-    return SplitServer(ServerPart(peft, family, first, cut_rank(cfg)), lora.adapter_state_dict(peft), family,
-                       r_cut=cut_rank(cfg), lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
-
-
-def split_client(setup: Setup, cid: int, cut: int) -> SplitClient:
-    """Client `cid` with its partition's batch stream (same order in simulation and deployment)."""
-    client = SplitClient(cid, ClientPart(setup.peft, setup.family, cut, cut_rank(setup.cfg)),
-                         client_stream(setup, cid, setup.parts[cid]), r_cut=cut_rank(setup.cfg), **_opt_kw(setup))
-    client.set_noise(setup.cfg.privacy.noise, seed=derive_seed(setup.cfg.federation.seed, "noise", cid))
-    return client
-
-
-def client_stream(setup: Setup, cid: int, idx: list[int]) -> BatchStream:
-    cfg = setup.cfg
-    return BatchStream([setup.train[i] for i in idx], cfg.train.batch_size, setup.pad_id,
-                       derive_seed(cfg.federation.seed, "stream", cid))
 
 
 def _federation(setup: Setup, server: SplitServer, clients: dict, devices: dict[int, DeviceProfile],
@@ -122,7 +85,7 @@ def build_fedlora(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -
     cfg = setup.cfg
     server = SplitServer(None, lora.adapter_state_dict(setup.peft), setup.family)
     clients = {cid: LocalClient(cid, FullPart(setup.peft, setup.family), client_stream(setup, cid, idx),
-                                **_opt_kw(setup))
+                                **optimizer_settings(setup.cfg))
                for cid, idx in enumerate(setup.parts)}
     devices = dict(enumerate(client_profiles(cfg.heterogeneity, len(clients), cfg.federation.seed)))
     return _federation(setup, server, clients, devices, logger, on_step, cfg.federation.local_steps,
@@ -134,7 +97,7 @@ def build_centralized(setup: Setup, logger: MetricsLogger, on_step: OnStep = Non
     cfg = setup.cfg
     server = SplitServer(None, lora.adapter_state_dict(setup.peft), setup.family)
     pooled = sorted(i for idx in setup.parts for i in idx)
-    client = LocalClient(0, FullPart(setup.peft, setup.family), client_stream(setup, 0, pooled), **_opt_kw(setup))
+    client = LocalClient(0, FullPart(setup.peft, setup.family), client_stream(setup, 0, pooled), **optimizer_settings(setup.cfg))
     n = cfg.federation.clients_per_round or cfg.federation.n_clients
     return _federation(setup, server, {0: client}, {0: server_profile(cfg.heterogeneity)}, logger, on_step,
                        cfg.federation.local_steps * n, 0, networked=False)

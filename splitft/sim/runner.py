@@ -8,41 +8,18 @@ writes <out_dir>/config.yaml, metrics.jsonl, summary.json and adapter/ (loadable
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from .. import checkpoint, lora
-from ..config import Config, load_config, save_config
+from .. import checkpoint
+from ..build import build_setup
+from ..config import Config, load_config
 from ..errors import UserError
 from ..federation import Federation
 from ..metrics import MetricsLogger, NullLogger, read_metrics
+from ..rundir import export_adapter, prepare_run_dir, refuse_existing_run, truncate_lines
 from .methods import build_federation, client_report
-from .setup import Setup, build
-
-
-def export_adapter(setup: Setup, federation: Federation, path: Path) -> None:
-    """The global adapters of every block into the full PeftModel, saved in PEFT's format (rank r everywhere;
-    a cut layer's components beyond r_cut hold what the clients that used them trained, or their init)."""
-    lora.load_adapter_state_dict(setup.peft, federation.server.global_view(setup.n_layer))
-    setup.peft.save_pretrained(str(path))
-
-
-def refuse_existing_run(cfg: Config) -> None:
-    """Checked before any model loads, so a name clash costs nothing and overwrites nothing."""
-    out = Path(cfg.metrics.out_dir)
-    if (out / "metrics.jsonl").exists():
-        raise UserError(f"metrics.out_dir: '{out}' already holds a run; choose a new metrics.out_dir "
-                        f"(nothing was overwritten)")
-
-
-def prepare_run_dir(cfg: Config) -> Path:
-    refuse_existing_run(cfg)
-    out = Path(cfg.metrics.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    return out
 
 
 def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
@@ -60,12 +37,12 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
             raise UserError(f"--resume: '{out}' already finished (summary.json exists); nothing to resume")
     else:
         refuse_existing_run(cfg)
-    setup = build(cfg)
+    setup = build_setup(cfg)
     start = 0
     if resume:  # build-time records (setup, the first cut decision) are in metrics.jsonl already
         fed = build_federation(setup, NullLogger())
         start = meta["round"] + 1
-        logger = MetricsLogger(_truncate(out / "metrics.jsonl", meta["metrics_lines"]), offset=meta["wall_time"])
+        logger = MetricsLogger(truncate_lines(out / "metrics.jsonl", meta["metrics_lines"]), offset=meta["wall_time"])
         checkpoint.restore_federation(fed, tensors, meta)
         fed.logger = logger
         rounds = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
@@ -92,7 +69,7 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
             meta.update(metrics_lines=logger.lines, wall_time=logger.elapsed())
             checkpoint.save(out, tensors, meta)
     bar.close()
-    export_adapter(setup, fed, out / "adapter")
+    export_adapter(setup.peft, fed.server.global_view(setup.n_layer), out / "adapter")
     summary = _summary(cfg, rounds, fed, logger.elapsed(), client_report(setup, fed, rounds))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     logger.close()
@@ -105,15 +82,6 @@ def resume_simulation(run_dir: str | Path) -> dict[str, Any]:
     if not cfg_file.is_file():
         raise UserError(f"--resume: '{run_dir}' is not a run directory (no config.yaml)")
     return run_simulation(load_config(str(cfg_file), []), resume=True)
-
-
-def _truncate(path: Path, lines: int) -> Path:
-    """Keep the first `lines` records of a metrics file (those written before the checkpoint)."""
-    kept = path.read_text().splitlines(keepends=True)[:lines]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
-    return path
 
 
 def _round_line(rec: dict[str, Any]) -> str:

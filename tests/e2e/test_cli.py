@@ -56,13 +56,13 @@ def test_activation_bytes_match_the_tensor_shapes(run_dir):
 def test_saved_adapter_reloads_with_peft_and_reproduces_final_eval_loss(run_dir):
     from peft import PeftModel
 
+    from splitft.build import build_setup
     from splitft.data.datasets import collate
     from splitft.loss import token_loss
     from splitft.model.loader import load
-    from splitft.sim.setup import build
 
     cfg = load_config(run_dir / "config.yaml")
-    setup = build(cfg)  # same seed: same base weights and same held-out examples
+    setup = build_setup(cfg)  # same seed: same base weights and same held-out examples
     model = PeftModel.from_pretrained(load(cfg.model.source, seed=cfg.federation.seed).model,
                                       str(run_dir / "adapter"))
     model.eval()

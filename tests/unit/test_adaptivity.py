@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from splitft import lora
+from splitft.build import build_setup
 from splitft.metrics import MetricsLogger, NullLogger, read_metrics
 from splitft.sim.methods import build_federation
-from splitft.sim.setup import build
 from tests.conftest import tiny_config
 
 ADAPTIVE = ["federation.n_clients=3", "split.policy=splitft", "split.period=1", "split.gamma=3.0",
@@ -18,7 +18,7 @@ ADAPTIVE = ["federation.n_clients=3", "split.policy=splitft", "split.period=1", 
 
 
 def test_resource_cuts_then_clients_with_different_cuts_train_together(tmp_path):
-    setup = build(tiny_config(tmp_path, "llama", *ADAPTIVE))
+    setup = build_setup(tiny_config(tmp_path, "llama", *ADAPTIVE))
     logger = MetricsLogger(tmp_path / "m.jsonl")
     fed = build_federation(setup, logger)
     # resource start: cut * speed / mean(speed) = 2 * (0.5, 2, 20) / 7.5 -> (0.13, 0.53, 5.3) -> clip to [1, 3]
@@ -35,7 +35,7 @@ def test_resource_cuts_then_clients_with_different_cuts_train_together(tmp_path)
 
 
 def test_a_recut_client_pulls_the_global_adapters_of_its_new_blocks_and_keeps_optimizer_state(tmp_path):
-    setup = build(tiny_config(tmp_path, "llama", *ADAPTIVE))
+    setup = build_setup(tiny_config(tmp_path, "llama", *ADAPTIVE))
     fed = build_federation(setup, NullLogger())
     fed.run_round(0, evaluate=False)
     client = fed.clients[0]
@@ -55,8 +55,8 @@ def test_a_recut_client_pulls_the_global_adapters_of_its_new_blocks_and_keeps_op
 
 @pytest.mark.parametrize("method", ["fedlora", "centralized"])
 def test_no_split_baselines_train_from_the_same_start(tmp_path, method):
-    split = build_federation(build(tiny_config(tmp_path, "llama", *ADAPTIVE)), NullLogger())
-    base = build(tiny_config(tmp_path, "llama", *ADAPTIVE, f"federation.method={method}"))
+    split = build_federation(build_setup(tiny_config(tmp_path, "llama", *ADAPTIVE)), NullLogger())
+    base = build_setup(tiny_config(tmp_path, "llama", *ADAPTIVE, f"federation.method={method}"))
     fed = build_federation(base, NullLogger())
     start = fed.evaluate(-1)
     assert start["eval_loss"] == pytest.approx(split.evaluate(-1)["eval_loss"], abs=1e-5)  # same model, LoRA B=0

@@ -3,8 +3,7 @@ passes the gradient straight through, and leaves the global RNG alone."""
 
 import torch
 
-from splitft.sim.methods import split_client
-from splitft.sim.setup import build
+from splitft.build import build_setup, split_client
 from splitft.transport.base import StepReply
 from tests.conftest import tiny_config
 
@@ -21,7 +20,7 @@ class Recorder:
 
 
 def _client(tmp_path, noise):
-    setup = build(tiny_config(tmp_path, "llama", f"privacy.noise={noise}"))
+    setup = build_setup(tiny_config(tmp_path, "llama", f"privacy.noise={noise}"))
     return split_client(setup, 0, 2)
 
 

@@ -4,8 +4,7 @@ in process and on the wire, hostile encodings refused, and gradients passed stra
 import pytest
 import torch
 
-from splitft.sim.methods import split_client
-from splitft.sim.setup import build
+from splitft.build import build_setup, split_client
 from splitft.transport import codec as wire
 from splitft.transport.base import ForwardRequest, StepReply
 from splitft.transport.compress import CODECS, NONE
@@ -106,10 +105,10 @@ def test_in_process_codec_counts_encoded_bytes_and_passes_gradients_straight_thr
     """The client applies the decoded grad_activations to its own activations as is (d decode(encode(x))/dx := I):
     its LoRA gradients equal those of an uncompressed client that was sent the same decoded gradient."""
     c = CODECS["int8_token"]
-    setup = build(tiny_config(tmp_path, "llama"))
+    setup = build_setup(tiny_config(tmp_path, "llama"))
     grad = lambda a: torch.randn(a.shape, generator=torch.Generator().manual_seed(3)) * 1e-5  # noqa: E731
     lossy_server, plain_server = Recorder(grad), Recorder(lambda a: c.roundtrip(grad(a))[0])
-    lossy, plain = split_client(setup, 0, 2), split_client(build(tiny_config(tmp_path, "llama")), 0, 2)
+    lossy, plain = split_client(setup, 0, 2), split_client(build_setup(tiny_config(tmp_path, "llama")), 0, 2)
     t = InProcTransport(lossy_server, codec=c)
     lossy.train_step(t, 0, 0)
     plain.train_step(InProcTransport(plain_server), 0, 0)

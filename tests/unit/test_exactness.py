@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from splitft import lora
+from splitft.build import build_setup
 from splitft.data.datasets import BatchStream
 from splitft.data.partitioners import IidPartitioner
+from splitft.loss import token_loss
 from splitft.metrics import NullLogger
 from splitft.optim import make_optimizer
 from splitft.seeding import derive_seed
-from splitft.loss import token_loss
 from splitft.sim.methods import build_federation
-from splitft.sim.setup import build
 from tests.conftest import FAMILIES, tiny_config
 
 STEPS = 3
@@ -44,7 +44,7 @@ def _unsplit_training(setup, steps: int):
 def test_split_training_equals_unsplit_training(tmp_path, family, cut):
     cfg = tiny_config(tmp_path, family, "federation.n_clients=1", f"split.cut={cut}", "train.lr=0.01",
                       f"federation.local_steps={STEPS}", "federation.rounds=2", "lora.r_cut=2")
-    setup = build(cfg)
+    setup = build_setup(cfg)
     initial = lora.adapter_state_dict(setup.peft)
     fed = build_federation(setup, NullLogger())
     split_losses = []

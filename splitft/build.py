@@ -1,0 +1,139 @@
+"""The composition root: everything both runtimes build from a config, and nothing that trains.
+
+    meta = check_model(cfg)                       # metadata only: a bad cut or source fails before any weight loads
+    setup = build_setup(cfg)                      # model + LoRA, tokenizer, data, held-out slice, partition
+    server = split_server(cfg, setup.peft, setup.family, first=cfg.split.cut)
+    client = split_client(setup, cid, cut)        # its partition's batch stream, its noise seed
+`sim/` (the simulator) and `deploy/` (server and client processes) both assemble their parties here, so a
+simulated client and a deployed one are the same object built the same way; neither runtime imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import lora
+from .client import SplitClient
+from .config import Config, validate_against_model
+from .data.datasets import BatchStream, Example, load_examples, resolve_path, split_eval
+from .data.partitioners import partitioner_for, samples_of
+from .errors import UserError
+from .model import loader
+from .model.families import Family, family_for
+from .model.split import ClientPart, ServerPart
+from .seeding import derive_seed, seed_everything
+from .server import SplitServer
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"model.device: '{name}' requested but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def check_model(cfg: Config) -> loader.ModelMeta:
+    """The model's metadata, with every config value that depends on it checked (no weights read).
+
+    Raises:
+        UserError: a bad model source, or a config value that does not fit the model.
+    """
+    meta = loader.read_meta(cfg.model.source)
+    validate_against_model(cfg, meta.n_layer, meta.max_positions)
+    return meta
+
+
+@dataclass
+class Setup:
+    """Everything built from a config before training starts: model + LoRA, tokenizer, data, partition."""
+
+    cfg: Config
+    peft: torch.nn.Module
+    family: Family
+    tokenizer: Any
+    train: list[Example]
+    eval: list[Example]
+    data_stats: dict[str, int]
+    device: torch.device
+    parts: list[list[int]]
+    """Indices into `train`, one list per client."""
+
+    @property
+    def n_layer(self) -> int:
+        return len(self.peft.base_model.model.get_submodule(self.family.layers_path))
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def build_model(cfg: Config, checked: loader.ModelMeta | None = None) -> tuple[torch.nn.Module, Family, Any,
+                                                                              torch.device]:
+    """The model with seeded rank-r LoRA, its family, tokenizer and device: all a server needs (no data).
+
+    Args:
+        checked: what `check_model(cfg)` returned, when the caller has already checked the config against the
+            model; None checks it here (before any weight loads).
+    """
+    if checked is None:
+        check_model(cfg)
+    device = resolve_device(cfg.model.device)
+    seed_everything(cfg.federation.seed)
+    loaded = loader.load(cfg.model.source, loader.MODEL_DTYPES[cfg.model.dtype], cfg.federation.seed)
+    family = family_for(loaded.model.config.model_type)
+    torch.manual_seed(cfg.federation.seed)  # LoRA A init: the same on every process of a deployment
+    peft = lora.wrap(loaded.model.to(device), family, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+                     targets=cfg.lora.targets or family.lora_targets)
+    return peft, family, loaded.tokenizer, device
+
+
+def build_setup(cfg: Config) -> Setup:
+    """Model (`build_model`) + data + partition. No training.
+
+    Raises:
+        UserError: anything wrong with the model source, the data or a config value that needs the model.
+    """
+    meta = check_model(cfg)
+    resolve_path(cfg.data.path)  # a missing data file fails before the weights load
+    peft, family, tokenizer, device = build_model(cfg, meta)
+    examples, stats = load_examples(cfg.data, tokenizer, cfg.federation.seed)
+    train, held_out = split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
+    parts = partitioner_for(cfg).partition(samples_of(train))
+    return Setup(cfg, peft, family, tokenizer, train, held_out, stats, device, parts)
+
+
+def cut_rank(cfg: Config) -> int | None:
+    """The cut layer's active rank, or None when it equals r (no mask: plain rank-r LoRA)."""
+    return cfg.lora.r_cut if cfg.lora.r_cut < cfg.lora.r else None
+
+
+def optimizer_settings(cfg: Config) -> dict[str, float]:
+    t = cfg.train
+    return dict(lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
+
+
+def split_server(cfg: Config, peft: torch.nn.Module, family: Family, first: int) -> SplitServer:
+    """The server of a split method (simulation and deployment alike): blocks [first, L), global store."""
+    return SplitServer(ServerPart(peft, family, first, cut_rank(cfg)), lora.adapter_state_dict(peft), family,
+                       r_cut=cut_rank(cfg), **optimizer_settings(cfg))
+
+
+def split_client(setup: Setup, cid: int, cut: int) -> SplitClient:
+    """Client `cid` with its partition's batch stream (same order in simulation and deployment)."""
+    cfg = setup.cfg
+    client = SplitClient(cid, ClientPart(setup.peft, setup.family, cut, cut_rank(cfg)),
+                         client_stream(setup, cid, setup.parts[cid]), r_cut=cut_rank(cfg), **optimizer_settings(cfg))
+    client.set_noise(cfg.privacy.noise, seed=derive_seed(cfg.federation.seed, "noise", cid))
+    return client
+
+
+def client_stream(setup: Setup, cid: int, idx: list[int]) -> BatchStream:
+    """Batches of client `cid` over the training examples `idx`, in its own seeded order."""
+    cfg = setup.cfg
+    return BatchStream([setup.train[i] for i in idx], cfg.train.batch_size, setup.pad_id,
+                       derive_seed(cfg.federation.seed, "stream", cid))

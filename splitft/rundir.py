@@ -1,0 +1,49 @@
+"""Run directories, shared by both runtimes: refuse to overwrite a run, write the resolved config, export
+the final adapters in PEFT's format, and write files so that a crash never leaves half of one.
+
+    <out_dir>/config.yaml     the resolved config (every key), written before anything runs
+    <out_dir>/metrics.jsonl   one JSON record per line (metrics.py)
+    <out_dir>/adapter/        the global adapters, loadable with peft.PeftModel.from_pretrained(base, path)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from . import lora
+from .config import Config, save_config
+from .errors import UserError
+
+
+def refuse_existing_run(cfg: Config) -> None:
+    """Checked before any model loads, so a name clash costs nothing and overwrites nothing."""
+    out = Path(cfg.metrics.out_dir)
+    if (out / "metrics.jsonl").exists():
+        raise UserError(f"metrics.out_dir: '{out}' already holds a run; choose a new metrics.out_dir "
+                        f"(nothing was overwritten)")
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    refuse_existing_run(cfg)
+    out = Path(cfg.metrics.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    return out
+
+
+def export_adapter(peft: torch.nn.Module, adapters: dict[str, torch.Tensor], path: Path) -> None:
+    """Load `adapters` (every block's, full rank) into the PeftModel and save it in PEFT's format."""
+    lora.load_adapter_state_dict(peft, adapters)
+    peft.save_pretrained(str(path))
+
+
+def truncate_lines(path: Path, lines: int) -> Path:
+    """Keep the first `lines` lines of a text file (a metrics file cut back to a checkpoint), atomically."""
+    kept = path.read_text().splitlines(keepends=True)[:lines]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+    return path
