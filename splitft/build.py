@@ -1,5 +1,6 @@
 """The composition root: everything both runtimes build from a config, and nothing that trains.
 
+    cfg = load(path, overrides)                   # config + every registry's name check, all problems at once
     meta = check_model(cfg)                       # metadata only: a bad cut or source fails before any weight loads
     setup = build_setup(cfg)                      # model + LoRA, tokenizer, data, held-out slice, partition
     server = split_server(cfg, setup.peft, setup.family, first=cfg.split.cut)
@@ -11,21 +12,48 @@ simulated client and a deployed one are the same object built the same way; neit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import lora
 from .client import SplitClient
-from .config import Config, validate_against_model
+from .config import Check, Config, ConfigError, load_config, validate_against_model
 from .data.datasets import BatchStream, Example, load_examples, resolve_path, split_eval
-from .data.partitioners import partitioner_for, samples_of
+from .data.partitioners import PARTITIONERS, partitioner_for, samples_of
 from .errors import UserError
 from .model import loader
 from .model.families import Family, family_for
 from .model.split import ClientPart, ServerPart
+from .policy import POLICIES
+from .registry import check_names
 from .seeding import derive_seed, seed_everything
 from .server import SplitServer
+from .transport.compress import CODECS
+
+REGISTRIES = (loader.MODEL_DTYPES, CODECS, PARTITIONERS, POLICIES)
+"""The registries every runtime builds from; a runtime adds its own (the simulator: methods, device profiles)."""
+
+
+def name_problems(cfg: Config) -> list[str]:
+    return check_names(cfg, REGISTRIES)
+
+
+def load(path: str | Path | None, overrides: list[str] | None = None, *checks: Check) -> Config:
+    """`load_config` with every registry's name check (and a runtime's `checks`) among its problems."""
+    return load_config(path, overrides, (name_problems, *checks))
+
+
+def check(cfg: Config, *checks: Check) -> None:
+    """The same checks for a config built in code (experiment arms, tests), before anything loads.
+
+    Raises:
+        ConfigError: every problem found.
+    """
+    problems = [p for c in (name_problems, *checks) for p in c(cfg)]
+    if problems:
+        raise ConfigError(problems)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,7 +131,7 @@ def build_setup(cfg: Config) -> Setup:
     peft, family, tokenizer, device = build_model(cfg, meta)
     examples, stats = load_examples(cfg.data, tokenizer, cfg.federation.seed)
     train, held_out = split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
-    parts = partitioner_for(cfg).partition(samples_of(train))
+    parts = partitioner_for(cfg.data, cfg.federation.n_clients, cfg.federation.seed).partition(samples_of(train))
     return Setup(cfg, peft, family, tokenizer, train, held_out, stats, device, parts)
 
 

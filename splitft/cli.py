@@ -70,12 +70,13 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _simulate(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .config import load_config
-    from .sim.runner import resume_simulation, run_simulation
+    from .build import load
+    from .sim.runner import resume_simulation, run_simulation, sim_problems
 
     if args.resume and (args.config or overrides):
         raise UserError("--resume: the run continues with its own config.yaml; drop --config and overrides")
-    summary = resume_simulation(args.resume) if args.resume else run_simulation(load_config(args.config, overrides))
+    summary = resume_simulation(args.resume) if args.resume else run_simulation(load(args.config, overrides,
+                                                                                     sim_problems))
     print(json.dumps(summary))
     return 0
 
@@ -83,21 +84,21 @@ def _simulate(args: argparse.Namespace, overrides: list[str]) -> int:
 def _validate(args: argparse.Namespace, overrides: list[str]) -> int:
     import yaml
 
-    from .config import load_config, to_dict, validate_against_model
-    from .model.loader import read_meta
+    from .build import check_model, load
+    from .config import to_dict
+    from .sim.runner import sim_problems
 
-    cfg = load_config(args.config, overrides)
-    meta = read_meta(cfg.model.source)
-    validate_against_model(cfg, meta.n_layer, meta.max_positions)
+    cfg = load(args.config, overrides, sim_problems)
+    check_model(cfg)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     return 0
 
 
 def _partition(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .config import load_config
+    from .build import load
     from .data.describe import describe, format_table, save_heatmap
 
-    info = describe(load_config(args.config, overrides))
+    info = describe(load(args.config, overrides))
     print(json.dumps(info) if args.json else format_table(info))
     if args.png:
         save_heatmap(info, args.png)
@@ -106,37 +107,38 @@ def _partition(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _experiment(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .config import load_config
+    from .build import load
     from .sim.experiment import parse_methods, run_experiment
+    from .sim.runner import sim_problems
 
     methods = parse_methods(args.methods)
-    run_experiment(load_config(args.config, overrides), methods, args.target_ppl)
+    run_experiment(load(args.config, overrides, sim_problems), methods, args.target_ppl)
     return 0
 
 
 def _server(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .config import load_config
+    from .build import load
     from .deploy.serve import serve
 
-    print(json.dumps(serve(load_config(args.config, overrides))))
+    print(json.dumps(serve(load(args.config, overrides))))
     return 0
 
 
 def _client(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .config import load_config
+    from .build import load
     from .deploy.join import join
 
-    cfg = load_config(args.config, overrides)
+    cfg = load(args.config, overrides)
     report = join(cfg, args.client_id, args.server or cfg.transport.address)
     print(json.dumps({k: v for k, v in report.items() if k != "losses"}))
     return 0
 
 
 def _launch(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .config import load_config
+    from .build import load
     from .deploy.launch import launch
 
-    launch(load_config(args.config, overrides), args.clients)
+    launch(load(args.config, overrides), args.clients)
     return 0
 
 

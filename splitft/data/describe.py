@@ -35,7 +35,7 @@ def describe(cfg: Config) -> dict[str, Any]:
     examples, _ = load_examples(cfg.data, load_tokenizer(cfg.model.source), cfg.federation.seed)
     train, _ = split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
     samples = samples_of(train)
-    parts = partitioner_for(cfg).partition(samples)
+    parts = partitioner_for(cfg.data, cfg.federation.n_clients, cfg.federation.seed).partition(samples)
     d = cfg.data
     ids, labels = _display_buckets(cfg, samples)
     hist = histogram(parts, ids)

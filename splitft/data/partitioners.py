@@ -13,13 +13,15 @@ Small alpha (0.1) gives highly skewed clients; large alpha approaches IID.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import Config
+from ..config import DataConfig
 from ..errors import UserError
+from ..registry import Registry
 
 MAX_ATTEMPTS = 100
 
@@ -106,10 +108,6 @@ class IidPartitioner:
     n_clients: int
     seed: int = 0
 
-    @classmethod
-    def from_config(cls, cfg: Config) -> IidPartitioner:
-        return cls(cfg.federation.n_clients, cfg.federation.seed)
-
     def partition(self, samples: Samples) -> list[list[int]]:
         _check_counts(len(samples), self.n_clients)
         order = np.random.default_rng(self.seed).permutation(len(samples))
@@ -126,12 +124,6 @@ class LengthDirichletPartitioner:
     edges: list[int] = field(default_factory=list)
     min_size: int = 1
     seed: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> LengthDirichletPartitioner:
-        d = cfg.data
-        return cls(cfg.federation.n_clients, d.alpha, d.n_buckets, list(d.bucket_edges), d.min_partition_size,
-                   cfg.federation.seed)
 
     def buckets(self, samples: Samples) -> np.ndarray:
         return length_buckets(samples.lengths, self.n_buckets, self.edges)
@@ -150,11 +142,6 @@ class CategoryDirichletPartitioner:
     min_size: int = 1
     seed: int = 0
 
-    @classmethod
-    def from_config(cls, cfg: Config) -> CategoryDirichletPartitioner:
-        d = cfg.data
-        return cls(cfg.federation.n_clients, d.alpha, d.min_partition_size, cfg.federation.seed)
-
     def buckets(self, samples: Samples) -> np.ndarray:
         if samples.categories is None:
             raise UserError("data.partitioner=dirichlet needs data.category_column naming a column of the data")
@@ -165,8 +152,9 @@ class CategoryDirichletPartitioner:
         return dirichlet_split(self.buckets(samples), self.n_clients, self.alpha, self.seed, self.min_size)
 
 
-PARTITIONERS: dict[str, type] = {"iid": IidPartitioner, "length_dirichlet": LengthDirichletPartitioner,
-                                 "dirichlet": CategoryDirichletPartitioner}
+Partitioner = IidPartitioner | LengthDirichletPartitioner | CategoryDirichletPartitioner
+PARTITIONERS = Registry("data.partitioner", {"iid": IidPartitioner, "length_dirichlet": LengthDirichletPartitioner,
+                                             "dirichlet": CategoryDirichletPartitioner})
 
 
 def samples_of(examples: Sequence[Any]) -> Samples:
@@ -175,9 +163,12 @@ def samples_of(examples: Sequence[Any]) -> Samples:
     return Samples([len(e) for e in examples], None if None in cats else [str(c) for c in cats])
 
 
-def partitioner_for(cfg: Config) -> IidPartitioner | LengthDirichletPartitioner | CategoryDirichletPartitioner:
-    """The partitioner `cfg.data.partitioner` names (validated by the config), seeded by `federation.seed`."""
-    return PARTITIONERS[cfg.data.partitioner].from_config(cfg)
+def partitioner_for(d: DataConfig, n_clients: int, seed: int) -> Partitioner:
+    """The partitioner `d.partitioner` names, built from plain values of the data section."""
+    values = dict(n_clients=n_clients, seed=seed, alpha=d.alpha, n_buckets=d.n_buckets, edges=list(d.bucket_edges),
+                  min_size=d.min_partition_size)
+    cls = PARTITIONERS[d.partitioner]
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
 
 
 def histogram(parts: list[list[int]], buckets: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from ..build import build_setup as build
-from ..build import split_client
+from ..build import check, split_client
 from ..config import Config
 from ..errors import UserError
 from ..federation import plan_round
@@ -22,6 +22,7 @@ from ..transport.grpc import GrpcTransport, ServerRefused
 
 
 def join(cfg: Config, client_id: int, address: str) -> dict:
+    check(cfg)
     fed = cfg.federation
     if not 0 <= client_id < fed.n_clients:
         raise UserError(f"--client-id: must be in [0, {fed.n_clients - 1}], got {client_id}")

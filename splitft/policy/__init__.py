@@ -5,12 +5,13 @@
 The split machinery (`model/split.py`) applies a decision; nothing here touches a model.
 """
 
+from ..registry import Registry
 from .base import ClientStats, CutBounds, CutPolicy, Decision, max_feasible_cut
 from .fixed import FixedPolicy
 from .resource import ResourcePolicy
 from .splitft import SplitFTPolicy
 
-POLICIES: dict[str, type] = {"fixed": FixedPolicy, "resource": ResourcePolicy, "splitft": SplitFTPolicy}
+POLICIES = Registry("split.policy", {"fixed": FixedPolicy, "resource": ResourcePolicy, "splitft": SplitFTPolicy})
 
 __all__ = ["POLICIES", "ClientStats", "CutBounds", "CutPolicy", "Decision", "FixedPolicy", "ResourcePolicy",
            "SplitFTPolicy", "max_feasible_cut"]

@@ -19,6 +19,7 @@ from ..federation import Adaptivity, Federation
 from ..metrics import MetricsLogger
 from ..model.split import ClientPart, FullPart
 from ..policy import POLICIES, ClientStats, CutBounds
+from ..registry import Registry
 from ..server import SplitServer
 from ..transport.compress import CODECS
 from ..transport.inproc import InProcTransport
@@ -127,8 +128,9 @@ def client_report(setup: Setup, fed: Federation, rounds: list[dict[str, Any]]) -
     return out
 
 
-BUILDERS = {"split": build_split, "fedlora": build_fedlora, "centralized": build_centralized}
+METHODS = Registry("federation.method", {"split": build_split, "fedlora": build_fedlora,
+                                         "centralized": build_centralized})
 
 
 def build_federation(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
-    return BUILDERS[setup.cfg.federation.method](setup, logger, on_step)
+    return METHODS[setup.cfg.federation.method](setup, logger, on_step)

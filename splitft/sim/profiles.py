@@ -14,6 +14,7 @@ import math
 import random
 
 from ..config import DeviceConfig, HeterogeneityConfig
+from ..registry import Registry
 from ..seeding import derive_seed
 
 DeviceProfile = DeviceConfig
@@ -31,26 +32,58 @@ TIERS: dict[str, DeviceProfile] = {
     "laptop": DeviceProfile("laptop", 2.0, 2.0, 50.0, 200.0, 20.0),
     "workstation": DeviceProfile("workstation", 20.0, 16.0, 500.0, 1000.0, 5.0),
 }
-PROFILES = ("homogeneous", "tiers", "lognormal", "list")
 
 
 def all_tiers(cfg: HeterogeneityConfig) -> dict[str, DeviceProfile]:
     return {**TIERS, **{d.name: d for d in cfg.tiers}}
 
 
-def client_profiles(cfg: HeterogeneityConfig, n_clients: int, seed: int) -> list[DeviceProfile]:
-    """One profile per client id 0..n-1, deterministic in (cfg, seed). `cfg` is validated (config.py)."""
+def _homogeneous(cfg: HeterogeneityConfig, n: int, rng: random.Random) -> list[DeviceProfile]:
+    return [all_tiers(cfg)["laptop"]] * n
+
+
+def _tiers(cfg: HeterogeneityConfig, n: int, rng: random.Random) -> list[DeviceProfile]:
     tiers = all_tiers(cfg)
-    rng = random.Random(derive_seed(seed, "devices"))
-    if cfg.profile == "homogeneous":
-        return [tiers["laptop"]] * n_clients
-    if cfg.profile == "tiers":
-        names = ["phone", "laptop", "workstation"]
-        return [tiers[rng.choice(names)] for _ in range(n_clients)]
-    if cfg.profile == "lognormal":  # laptop numbers times exp(N(0, spread^2)) for compute and for the link
-        return [scaled(tiers["laptop"], math.exp(rng.gauss(0, cfg.spread)), math.exp(rng.gauss(0, cfg.spread)))
-                for _ in range(n_clients)]
+    return [tiers[rng.choice(["phone", "laptop", "workstation"])] for _ in range(n)]
+
+
+def _lognormal(cfg: HeterogeneityConfig, n: int, rng: random.Random) -> list[DeviceProfile]:
+    """Laptop numbers times exp(N(0, spread^2)), drawn apart for compute and for the link."""
+    laptop = all_tiers(cfg)["laptop"]
+    return [scaled(laptop, math.exp(rng.gauss(0, cfg.spread)), math.exp(rng.gauss(0, cfg.spread))) for _ in range(n)]
+
+
+def _listed(cfg: HeterogeneityConfig, n: int, rng: random.Random) -> list[DeviceProfile]:
+    tiers = all_tiers(cfg)
     return [tiers[name] for name in cfg.devices]
+
+
+PROFILES = Registry("heterogeneity.profile", {"homogeneous": _homogeneous, "tiers": _tiers,
+                                              "lognormal": _lognormal, "list": _listed})
+
+
+def client_profiles(cfg: HeterogeneityConfig, n_clients: int, seed: int) -> list[DeviceProfile]:
+    """One profile per client id 0..n-1, deterministic in (cfg, seed); `cfg` passed `device_problems`."""
+    return PROFILES[cfg.profile](cfg, n_clients, random.Random(derive_seed(seed, "devices")))
+
+
+def device_problems(cfg: HeterogeneityConfig, n_clients: int) -> list[str]:
+    """Tier names and numbers of the heterogeneity section (the profile name is PROFILES' to check)."""
+    p = []
+    names = set(all_tiers(cfg))
+    if cfg.profile == "list" and len(cfg.devices) != n_clients:
+        p.append(f"heterogeneity.devices: profile=list needs one tier name per client ({n_clients}), "
+                 f"got {len(cfg.devices)}")
+    for name in cfg.devices:
+        if name not in names:
+            p.append(f"heterogeneity.devices: unknown tier '{name}'; known: {', '.join(sorted(names))}")
+    for d in cfg.tiers:
+        if min(d.tflops, d.memory_gb, d.up_mbps, d.down_mbps) <= 0 or d.latency_ms < 0:
+            p.append(f"heterogeneity.tiers[{d.name}]: tflops, memory_gb, up_mbps, down_mbps must be > 0 and "
+                     f"latency_ms >= 0")
+    if cfg.server_tflops <= 0 or cfg.spread < 0:
+        p.append("heterogeneity.server_tflops must be > 0 and heterogeneity.spread >= 0")
+    return p
 
 
 def server_profile(cfg: HeterogeneityConfig) -> DeviceProfile:

@@ -13,13 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from .. import checkpoint
-from ..build import build_setup
+from ..build import build_setup, check
 from ..config import Config, load_config
 from ..errors import UserError
 from ..federation import Federation
 from ..metrics import MetricsLogger, NullLogger, read_metrics
+from ..registry import check_names
 from ..rundir import export_adapter, prepare_run_dir, refuse_existing_run, truncate_lines
-from .methods import build_federation, client_report
+from .methods import METHODS, build_federation, client_report
+from .profiles import PROFILES, device_problems
+
+
+def sim_problems(cfg: Config) -> list[str]:
+    """The simulator's own checks: its method and device-profile names, its device tiers."""
+    return check_names(cfg, (METHODS, PROFILES)) + device_problems(cfg.heterogeneity, cfg.federation.n_clients)
 
 
 def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
@@ -30,6 +37,7 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """
     from tqdm import tqdm
 
+    check(cfg, sim_problems)
     out = Path(cfg.metrics.out_dir)
     if resume:
         tensors, meta = checkpoint.load(out)

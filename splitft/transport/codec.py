@@ -20,13 +20,14 @@ import numpy as np
 import torch
 
 from ..loss import IGNORE
+from ..model.loader import MODEL_DTYPES
 from .base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, ForwardRequest, StepReply
 from .compress import NONE, Codec, Packed
 from .proto import splitft_pb2 as pb
 
 Envelope = pb.Envelope
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                                  "uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32}
+DTYPES: dict[str, torch.dtype] = {**MODEL_DTYPES, "uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32}
+"""Dtypes a tensor may have on the wire: the model's (activations, adapters), the int8 codecs', masks, labels."""
 NAMES = {v: k for k, v in DTYPES.items()}
 NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16,  # bfloat16: raw bits
          torch.uint8: np.uint8, torch.int8: np.int8, torch.int32: np.int32}

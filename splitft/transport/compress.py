@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..registry import Registry
 from .base import tensor_nbytes
 
 INT8_MAX = 127.0
@@ -89,5 +90,5 @@ class Codec:
 
 
 NONE = Codec("none", None)
-CODECS = {c.name: c for c in (NONE, Codec("fp16", torch.float16, "tensor"), Codec("bf16", torch.bfloat16),
-                              Codec("int8_token", torch.int8, "token"), Codec("int8_channel", torch.int8, "channel"))}
+CODECS = Registry("transport.codec", {c.name: c for c in (NONE, Codec("fp16", torch.float16, "tensor"), Codec("bf16", torch.bfloat16),
+                              Codec("int8_token", torch.int8, "token"), Codec("int8_channel", torch.int8, "channel"))})

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from splitft.build import load
 from splitft.config import ConfigError, load_config, save_config, validate_against_model
+from splitft.sim.runner import run_simulation, sim_problems
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -31,7 +33,20 @@ def test_range_errors_say_how_to_fix():
     with pytest.raises(ConfigError, match=r"split.cut: must be >= 1"):
         load_config(None, ["split.cut=0"])
     with pytest.raises(ConfigError, match=r"transport.codec: must be one of none, fp16, bf16, int8_token"):
-        load_config(None, ["transport.codec=int4"])
+        load(None, ["transport.codec=int4"])
+
+
+def test_each_registry_checks_its_own_names_all_reported_with_the_other_problems(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load(None, ["model.dtype=fp8", "data.partitioner=zipf", "split.policy=greedy", "transport.codec=int4",
+                    "federation.rounds=0", "federation.method=swarm", "heterogeneity.profile=zoo"], sim_problems)
+    assert [p.split(":")[0] for p in e.value.problems] == [
+        "federation.rounds", "model.dtype", "transport.codec", "data.partitioner", "split.policy",
+        "federation.method", "heterogeneity.profile"]
+    assert "model.dtype: must be one of float32, bfloat16, float16, got 'fp8'" in e.value.problems
+    cfg = load_config(None, ["data.partitioner=zipf"])  # a config built without the registries' checks ...
+    with pytest.raises(ConfigError, match="data.partitioner: must be one of iid, length_dirichlet, dirichlet"):
+        run_simulation(cfg)  # ... is checked by the runtime before anything loads
 
 
 def test_model_dependent_checks():

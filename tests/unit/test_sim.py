@@ -67,7 +67,9 @@ def test_profiles_are_seeded_and_lists_are_taken_as_given():
     (["split.policy=splitft", "split.cut_min=3", "split.cut=2"], "reference cut 2 must lie in"),
 ])
 def test_bad_heterogeneity_and_split_settings_say_how_to_fix_them(overrides, message):
+    from splitft.build import load
     from splitft.config import ConfigError
+    from splitft.sim.runner import sim_problems
 
     with pytest.raises(ConfigError, match=message):
-        load_config(None, overrides)
+        load(None, overrides, sim_problems)
