@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from . import lora
 from .errors import UserError
 from .federation import Federation
+from .server import SplitServer
 from .seeding import global_rng_state, load_global_rng_state, load_random_state, random_state
 
 LATEST = "latest"
@@ -51,7 +52,7 @@ def _load_opt_state(prefix: str, opt: torch.optim.Optimizer, named: dict[str, to
 def federation_state(fed: Federation, round_: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, json) of the federation after `round_` (aggregated, evaluated, next cuts applied)."""
     tensors: dict[str, torch.Tensor] = {f"server/store/{n}": t for n, t in fed.server.store.items()}
-    if fed.server.part is not None:
+    if isinstance(fed.server, SplitServer):
         tensors.update({f"server/lora/{n}": t for n, t in fed.server.adapters().items()})
         tensors.update(_opt_state("server/", fed.server.opt, lora.lora_parameters(fed.server.part.module)))
     clients: dict[str, Any] = {}
@@ -72,7 +73,7 @@ def federation_state(fed: Federation, round_: int) -> tuple[dict[str, torch.Tens
 def restore_federation(fed: Federation, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Put a freshly built federation (same config) into the state `federation_state` saved."""
     fed.server.store = {n: t.clone() for n, t in _under(tensors, "server/store/").items()}
-    if fed.server.part is not None:
+    if isinstance(fed.server, SplitServer):
         lora.load_adapter_state_dict(fed.server.part.module, _under(tensors, "server/lora/"))
         _load_opt_state("server/", fed.server.opt, lora.lora_parameters(fed.server.part.module), tensors)
     for cid, c in fed.clients.items():

@@ -19,7 +19,7 @@ from .lora import load_adapter_state_dict
 from .metrics import MetricsLogger, perplexity
 from .policy import ClientStats, CutPolicy
 from .seeding import derive_seed
-from .server import SplitServer
+from .server import FedAvgServer
 from .transport.base import training_traffic
 
 
@@ -68,7 +68,7 @@ class Adaptivity:
 class Federation:
     """Drives rounds over clients that share one transport to one server (in-process or remote)."""
 
-    def __init__(self, server: SplitServer, clients: dict[int, SplitClient | LocalClient], transport: Any, *,
+    def __init__(self, server: FedAvgServer, clients: dict[int, SplitClient | LocalClient], transport: Any, *,
                  eval_examples: list[Example], batch_size: int, pad_id: int, local_steps: int,
                  clients_per_round: int, seed: int, logger: MetricsLogger,
                  on_step: Callable[[dict[str, Any]], None] | None = None, clock: RoundClock | None = None,

@@ -1,5 +1,6 @@
-"""SplitServer: finishes each client's forward pass from its cut, computes the loss, back-propagates, and
-returns grad_activations; keeps the global adapters and aggregates them each round.
+"""The server: `SplitServer` finishes each client's forward pass from its cut, computes the loss, back-propagates,
+and returns grad_activations; `FedAvgServer` (its base, and the whole server of the no-split baselines) keeps
+the global adapters and aggregates them each round.
 
 Transport-agnostic: it receives `ForwardRequest`/`AdapterUpdate` objects and never knows how they arrived.
 One shared server-side model (blocks [first, L) + head) is trained on every client's activations, one
@@ -26,35 +27,79 @@ class NonFiniteStep(UserError):
     """A training step whose loss or LoRA gradient is NaN/Inf; it was not applied (server state unchanged)."""
 
 
-class SplitServer:
-    """Server side of the split: the shared server part, its optimizer, and the global adapter store.
-
-    Blocks [0, first) live only in the store (clients train them); blocks [first, L) live in the server part,
-    which serves every client from that client's cut. With adaptive cuts a block j in [first, cut_max) can be
-    trained in one round both by clients holding it (cut > j) and by the server (for clients with cut <= j);
-    `aggregate` merges all those copies (see `_own_copies` for the server's weights). With `part=None` the
-    server only aggregates (the no-split baselines): every block lives in the store.
+class FedAvgServer:
+    """The global adapters and their aggregation, with no blocks to run: the server of the no-split baselines
+    (FedAvg-LoRA, centralized), where clients train the whole model and every block's adapters live in `store`.
     """
 
-    def __init__(self, part: ServerPart | None, initial_adapters: dict[str, torch.Tensor], family: Family, *,
-                 r_cut: int | None = None, lr: float = 0.0, weight_decay: float = 0.0, max_grad_norm: float = 0.0):
-        self.part, self.family, self.r_cut = part, family, r_cut
-        n_layer = 1 + max(lora.layer_of(n, family) or 0 for n in initial_adapters)
-        self.first = part.first if part is not None else n_layer
-        self.store = {n: t.clone() for n, t in initial_adapters.items() if self._layer(n) < self.first}
+    def __init__(self, initial_adapters: dict[str, torch.Tensor], family: Family):
+        self.family = family
+        self.store = {n: t.clone() for n, t in initial_adapters.items()}
         self.pending: list[AdapterUpdate] = []
-        self.served: Counter[int] = Counter()  # training samples served per client cut this round
-        if part is not None:
-            self.params = part.lora_parameters()
-            self.opt = make_optimizer(self.params, lr, weight_decay)
-            self.max_grad_norm = max_grad_norm
-            self.device = next(part.module.parameters()).device
-            part.train()
 
     def _layer(self, name: str) -> int:
         layer = lora.layer_of(name, self.family)
         assert layer is not None, f"{name}: adapters outside blocks are not supported"
         return layer
+
+    def receive_adapters(self, update: AdapterUpdate) -> None:
+        self.pending.append(update)
+
+    def aggregate(self) -> list[int]:
+        """Merge this round's client adapters (and, on a split server, its own copies of the blocks clients also
+        hold) into the global adapters (`layerwise_fedavg`: per element, weighted by samples trained on).
+
+        Returns:
+            client ids whose updates were merged (the survivors).
+        """
+        updates, self.pending = sorted(self.pending, key=lambda u: u.client_id), []  # same sum order everywhere
+        own = self._take_own_copies()
+        if not updates:
+            return []
+        held = 1 + max(self._layer(n) for u in updates for n in u.adapters)  # blocks [0, held) have client copies
+        base = self.global_view(held)
+        own = [(sd, w) for sd, w in own if self._layer(next(iter(sd))) < held]
+        merged = layerwise_fedavg([u.adapters for u in updates] + [sd for sd, _ in own],
+                                  [u.n_samples for u in updates] + [w for _, w in own], base)
+        self._keep(merged)
+        return [u.client_id for u in updates]
+
+    def _take_own_copies(self) -> list[tuple[dict[str, torch.Tensor], float]]:
+        """(adapters, weight) the server itself trained this round, to merge with the clients'; none here."""
+        return []
+
+    def _keep(self, merged: dict[str, torch.Tensor]) -> None:
+        self.store.update(merged)
+
+    def global_view(self, cut: int) -> dict[str, torch.Tensor]:
+        """Current global adapters of blocks [0, cut), full rank."""
+        return {n: t.clone() for n, t in self.store.items() if self._layer(n) < cut}
+
+    def global_adapters(self, cut: int) -> dict[str, torch.Tensor]:
+        """What a client holding blocks [0, cut) loads."""
+        return self.global_view(cut)
+
+
+class SplitServer(FedAvgServer):
+    """Server side of the split: the shared server part, its optimizer, and the global adapter store.
+
+    Blocks [0, first) live only in the store (clients train them); blocks [first, L) live in the server part,
+    which serves every client from that client's cut. With adaptive cuts a block j in [first, cut_max) can be
+    trained in one round both by clients holding it (cut > j) and by the server (for clients with cut <= j);
+    `aggregate` merges all those copies (see `_take_own_copies` for the server's weights).
+    """
+
+    def __init__(self, part: ServerPart, initial_adapters: dict[str, torch.Tensor], family: Family, *,
+                 r_cut: int | None = None, lr: float = 0.0, weight_decay: float = 0.0, max_grad_norm: float = 0.0):
+        super().__init__(initial_adapters, family)
+        self.part, self.r_cut, self.first = part, r_cut, part.first
+        self.store = {n: t for n, t in self.store.items() if self._layer(n) < self.first}  # the rest is live
+        self.served: Counter[int] = Counter()  # training samples served per client cut this round
+        self.params = part.lora_parameters()
+        self.opt = make_optimizer(self.params, lr, weight_decay)
+        self.max_grad_norm = max_grad_norm
+        self.device = next(part.module.parameters()).device
+        part.train()
 
     def step(self, req: ForwardRequest) -> StepReply:
         """One client's step: logits from its cut, loss over label tokens, and for training requests backward
@@ -66,7 +111,6 @@ class SplitServer:
             NonFiniteStep before any update when the loss or a gradient is not finite: one client's overflowing
             activations (hostile, or a diverging run) must not turn the shared server LoRA into NaN.
         """
-        assert self.part is not None, "this server holds no blocks (no-split method); clients train locally"
         mask = req.attention_mask.to(self.device, torch.long)
         labels = req.labels.to(self.device, torch.long)
         acts = req.activations.to(self.device).detach().requires_grad_(req.train)
@@ -91,39 +135,14 @@ class SplitServer:
         assert acts.grad is not None and acts.grad.shape == acts.shape
         return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct, acts.grad)
 
-    def receive_adapters(self, update: AdapterUpdate) -> None:
-        self.pending.append(update)
-
-    def aggregate(self) -> list[int]:
-        """Merge this round's client adapters and the server's own copies of the blocks clients also hold into
-        the global adapters (`layerwise_fedavg`: per element, weighted by samples trained on).
-
-        Returns:
-            client ids whose updates were merged (the survivors).
-        """
-        updates, self.pending = sorted(self.pending, key=lambda u: u.client_id), []  # same sum order everywhere
-        own, self.served = self._own_copies(), Counter()
-        if not updates:
-            return []
-        held = 1 + max(self._layer(n) for u in updates for n in u.adapters)  # blocks [0, held) have client copies
-        base = self.global_view(held)
-        own = [(sd, w) for sd, w in own if self._layer(next(iter(sd))) < held]
-        merged = layerwise_fedavg([u.adapters for u in updates] + [sd for sd, _ in own],
-                                  [u.n_samples for u in updates] + [w for _, w in own], base)
-        self.store.update({n: t for n, t in merged.items() if self._layer(n) < self.first})
-        if self.part is not None:
-            lora.load_adapter_state_dict(self.part.module, merged, strict=False)
-        return [u.client_id for u in updates]
-
-    def _own_copies(self) -> list[tuple[dict[str, torch.Tensor], float]]:
-        """The server's copy of each block j it holds, as (adapters of block j, samples it trained them on).
+    def _take_own_copies(self) -> list[tuple[dict[str, torch.Tensor], float]]:
+        """The server's copy of each block j it holds, as (adapters of block j, samples it trained them on);
+        starts the next round's count.
 
         Block j trained all r components for clients with cut < j, and only the r_cut leading ones for clients
         with cut == j (block j was their first server block), so it enters the merge twice: full, weighted by
         the samples of cuts < j, and cut to r_cut, weighted by the samples of cut j.
         """
-        if self.part is None:
-            return []
         by_layer: dict[int, dict[str, torch.Tensor]] = {}
         for name, t in self.adapters().items():
             by_layer.setdefault(self._layer(name), {})[name] = t
@@ -132,21 +151,25 @@ class SplitServer:
             out.append((sd, float(sum(n for c, n in self.served.items() if c < j))))
             if self.r_cut is not None and self.served[j]:
                 out.append((lora.cut_payload(sd, self.family, j + 1, self.r_cut), float(self.served[j])))
+        self.served = Counter()
         return out
+
+    def _keep(self, merged: dict[str, torch.Tensor]) -> None:
+        self.store.update({n: t for n, t in merged.items() if self._layer(n) < self.first})
+        lora.load_adapter_state_dict(self.part.module, merged, strict=False)
 
     def global_view(self, cut: int) -> dict[str, torch.Tensor]:
         """Current global adapters of blocks [0, cut), full rank: the store below `first`, the server part above."""
-        live = self.adapters() if self.part is not None and cut > self.first else {}
+        live = self.adapters() if cut > self.first else {}
         return {n: t.clone() for n, t in {**self.store, **live}.items() if self._layer(n) < cut}
 
     def global_adapters(self, cut: int) -> dict[str, torch.Tensor]:
         """What a client with this cut loads: blocks [0, cut), its cut layer (block cut-1) at r_cut components."""
         view = self.global_view(cut)
-        if self.part is None or self.r_cut is None:
+        if self.r_cut is None:
             return view
         return lora.cut_payload(view, self.family, cut, self.r_cut)
 
     def adapters(self) -> dict[str, torch.Tensor]:
         """The server part's adapters (blocks [first, L)), full rank."""
-        assert self.part is not None
         return lora.adapter_state_dict(self.part.module)

@@ -3,7 +3,7 @@ blocks, which cut policy, which devices the virtual clock charges.
 
     split        SplitClient per client + SplitServer; cuts from split.policy (fixed = SFL / SplitLoRA,
                  splitft = SplitFT's adaptive cuts); cut layer at lora.r_cut
-    fedlora      LocalClient per client (whole model, no split) + an aggregation-only server
+    fedlora      LocalClient per client (whole model, no split) + FedAvgServer (aggregation only)
     centralized  one LocalClient on the pooled training data, running on the server's device
 """
 
@@ -20,7 +20,7 @@ from ..metrics import MetricsLogger
 from ..model.split import ClientPart, FullPart
 from ..policy import POLICIES, ClientStats, CutBounds
 from ..registry import Registry
-from ..server import SplitServer
+from ..server import FedAvgServer
 from ..transport.compress import CODECS
 from ..transport.inproc import InProcTransport
 from .clock import CostModel, VirtualClock
@@ -40,7 +40,7 @@ def cut_bounds(setup: Setup) -> CutBounds:
     return CutBounds(setup.n_layer, cfg.split.cut_min, cfg.split.cut_max, base_gb, block_gb)
 
 
-def _federation(setup: Setup, server: SplitServer, clients: dict, devices: dict[int, DeviceProfile],
+def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict[int, DeviceProfile],
                 logger: MetricsLogger, on_step: OnStep, local_steps: int, per_round: int,
                 adaptivity: Adaptivity | None = None, networked: bool = True) -> Federation:
     """The federation over the in-process transport; clients drop out with federation.dropout (the centralized
@@ -84,7 +84,7 @@ def _policy(cfg: Any, bounds: CutBounds) -> Any:
 
 def build_fedlora(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
     cfg = setup.cfg
-    server = SplitServer(None, lora.adapter_state_dict(setup.peft), setup.family)
+    server = FedAvgServer(lora.adapter_state_dict(setup.peft), setup.family)
     clients = {cid: LocalClient(cid, FullPart(setup.peft, setup.family), client_stream(setup, cid, idx),
                                 **optimizer_settings(setup.cfg))
                for cid, idx in enumerate(setup.parts)}
@@ -96,7 +96,7 @@ def build_fedlora(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -
 def build_centralized(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
     """One trainer, all training data, as many steps per round as the whole federation takes."""
     cfg = setup.cfg
-    server = SplitServer(None, lora.adapter_state_dict(setup.peft), setup.family)
+    server = FedAvgServer(lora.adapter_state_dict(setup.peft), setup.family)
     pooled = sorted(i for idx in setup.parts for i in idx)
     client = LocalClient(0, FullPart(setup.peft, setup.family), client_stream(setup, 0, pooled), **optimizer_settings(setup.cfg))
     n = cfg.federation.clients_per_round or cfg.federation.n_clients
