@@ -42,8 +42,26 @@ class FedAvgServer:
         assert layer is not None, f"{name}: adapters outside blocks are not supported"
         return layer
 
-    def receive_adapters(self, update: AdapterUpdate) -> None:
+    # --- the `transport.base.Server` verbs ---------------------------------------------------------------
+
+    def push_adapters(self, update: AdapterUpdate) -> None:
+        """Keep a client's adapters until `aggregate`."""
         self.pending.append(update)
+
+    def pull_adapters(self, client_id: int, cut: int, round_: int) -> dict[str, torch.Tensor]:
+        """In process the rounds run in order, so the current global adapters are those of `round_`."""
+        return self.global_adapters(cut)
+
+    def step(self, req: ForwardRequest) -> StepReply:
+        raise NotImplementedError("a FedAvgServer holds no blocks (no-split method); clients train locally")
+
+    def done(self, client_id: int) -> None:
+        """Nothing to do in process: the federation driver knows when its clients are done."""
+
+    def seen(self, client_id: int) -> None:
+        """Nothing to do in process: an in-process client cannot go silent."""
+
+    # --- aggregation ---------------------------------------------------------------------------------------
 
     def aggregate(self) -> list[int]:
         """Merge this round's client adapters (and, on a split server, its own copies of the blocks clients also

@@ -30,6 +30,8 @@ class Refused(ValueError):
 
 
 class Coordinator:
+    """The `transport.base.AsyncServer` of a deployment: a `SplitServer` behind the rules above."""
+
     def __init__(self, server: SplitServer, n_clients: int, rounds: int, local_steps: int, per_round: int,
                  seed: int, log: Callable[[str], Any] = print, *, dead_after_s: float = 120.0,
                  round_timeout_s: float = 1800.0, on_round: Callable[[dict[str, Any]], Any] | None = None,
@@ -42,7 +44,7 @@ class Coordinator:
         self.plan = self._plan(0)
         self.pushed: set[int] = set()
         self.dropped: dict[int, str] = {}  # this round: client -> why
-        self.done: set[int] = set()
+        self.finished_clients: set[int] = set()
         self.cache: dict[int, tuple[tuple[int, int, int], StepReply]] = {}  # client -> its last applied step
         self.t0 = self.started = clock()  # when the server / the current round began
         self.last_seen: dict[int, float] = {}
@@ -74,7 +76,7 @@ class Coordinator:
         if 0 <= cid < self.n_clients:
             self.last_seen[cid] = self.clock()
 
-    async def pull(self, cid: int, cut: int, round_: int) -> dict[str, torch.Tensor]:
+    async def pull_adapters(self, cid: int, cut: int, round_: int) -> dict[str, torch.Tensor]:
         """The global adapters for `cut` once rounds [0, round_) are aggregated (round_ = rounds: the final ones)."""
         self._check_client(cid)
         if not 0 <= round_ <= self.rounds:
@@ -82,7 +84,7 @@ class Coordinator:
         await self._wait(lambda: self.round >= round_)
         if self.round > round_:
             raise Refused(f"stale round {round_}: the federation is at round {self.round}")
-        return self.server.global_adapters(cut)
+        return self.server.pull_adapters(cid, cut, round_)
 
     async def step(self, req: ForwardRequest) -> StepReply:
         """Training steps run in the round's plan order; evaluation requests (train=False) run any time.
@@ -122,7 +124,7 @@ class Coordinator:
         hit = self.cache.get(key[0])
         return hit[1] if hit is not None and hit[0] == key else None
 
-    async def push(self, update: AdapterUpdate) -> None:
+    async def push_adapters(self, update: AdapterUpdate) -> None:
         """Take a client's adapters; a resent push of an accepted one is acknowledged and ignored."""
         self._check_client(update.client_id)
         self._check_not_dropped(update.client_id, update.round)
@@ -134,7 +136,7 @@ class Coordinator:
                           f"(federation at round {self.round})")
         if any(c == update.client_id for c, _ in self.plan.order[self.pos:]):
             raise Refused(f"client {update.client_id} pushed round {update.round} before finishing its steps")
-        self.server.receive_adapters(update)
+        self.server.push_adapters(update)
         self.pushed.add(update.client_id)
         await self._maybe_aggregate()
 
@@ -177,9 +179,9 @@ class Coordinator:
                                      f"(transport.round_timeout_s={self.round_timeout_s:g})")
         gone = {c for c in range(self.n_clients)
                 if self._silent(c, now) or (c not in self.last_seen and now - self.t0 > self.round_timeout_s)}
-        if self.round >= self.rounds and self.done | gone >= set(range(self.n_clients)) and not self.finished.is_set():
-            if gone - self.done:
-                self.log(f"finishing without clients {sorted(gone - self.done)} (silent or never connected)")
+        if self.round >= self.rounds and self.finished_clients | gone >= set(range(self.n_clients)) and not self.finished.is_set():
+            if gone - self.finished_clients:
+                self.log(f"finishing without clients {sorted(gone - self.finished_clients)} (silent or never connected)")
             self.finished.set()
 
     def _silent(self, cid: int, now: float) -> bool:
@@ -190,8 +192,8 @@ class Coordinator:
             await self.check(self.clock())
             await asyncio.sleep(every_s)
 
-    async def client_done(self, cid: int) -> None:
+    async def done(self, cid: int) -> None:
         self._check_client(cid)
-        self.done.add(cid)
-        if len(self.done) == self.n_clients:
+        self.finished_clients.add(cid)
+        if len(self.finished_clients) == self.n_clients:
             self.finished.set()

@@ -57,7 +57,7 @@ def join(cfg: Config, client_id: int, address: str) -> dict:
         report.update(eval_loss=loss_sum / max(n_tok, 1), eval_ppl=perplexity(loss_sum / max(n_tok, 1)),
                       eval_acc=n_ok / max(n_tok, 1))
         print(f"[client 0] final eval_ppl={report['eval_ppl']:.2f}", flush=True)
-    transport.done()
+    transport.done(client_id)
     transport.close()
     report.update(bytes=transport.counter.totals(), wire_up=transport.wire_up, wire_down=transport.wire_down,
                   reconnects=transport.reconnects)

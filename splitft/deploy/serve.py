@@ -14,7 +14,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import torch
 
 from .. import lora
 from ..build import build_model, check, split_server
@@ -22,14 +21,11 @@ from ..config import Config
 from ..errors import UserError
 from ..metrics import MetricsLogger
 from ..rundir import export_adapter, prepare_run_dir
-from ..transport import codec
+from ..transport import wire
 from ..transport.base import ByteCounter, training_traffic
 from ..transport.compress import CODECS
-from ..transport.grpc import serve_grpc
+from ..transport.grpc import Endpoint, serve_grpc
 from .coordinator import Coordinator
-
-Envelope = codec.Envelope
-
 
 def read_tokens(path: str, n_clients: int) -> dict[int, str]:
     if not path:
@@ -43,44 +39,6 @@ def read_tokens(path: str, n_clients: int) -> dict[int, str]:
         raise UserError(f"transport.tokens_file: needs {n_clients} tokens of at least 16 characters, "
                         f"one per line; '{path}' has {len(lines)}")
     return dict(enumerate(lines[:n_clients]))
-
-
-class Endpoint:
-    """Envelope in, envelope out: decodes and checks, then asks the coordinator. No grpc in here.
-
-    `counter` holds the payload bytes by client and kind, as the clients count them: every well-formed request
-    (a resend answered from the cache is counted again: it crossed again) and every reply.
-    """
-
-    def __init__(self, coord: Coordinator, shape: codec.StepShape, adapter_shapes: dict[str, torch.Size],
-                 max_numel: int, counter: ByteCounter | None = None):
-        self.coord, self.shape, self.adapter_shapes, self.max_numel = coord, shape, adapter_shapes, max_numel
-        self.counter = counter or ByteCounter()
-
-    def seen(self, client_id: int) -> None:
-        self.coord.seen(client_id)
-
-    async def __call__(self, env: Envelope) -> Envelope:
-        if env.kind == Envelope.STEP:
-            req = codec.decode_step(env, self.shape)
-            self.counter.request(req, codec.payload_nbytes(env, "activations"))
-            reply = codec.encode_reply(await self.coord.step(req), env, self.shape.codec)
-            self.counter.reply(req, codec.payload_nbytes(reply))
-            return reply
-        if env.kind == Envelope.PUSH:
-            update = codec.decode_push(env, self.adapter_shapes, self.max_numel)
-            self.counter.add(env.client_id, "lora_up", codec.payload_nbytes(env))  # before: it may end the round
-            await self.coord.push(update)
-            return Envelope(kind=Envelope.ACK, client_id=env.client_id, round=env.round)
-        if env.kind == Envelope.PULL:
-            adapters = await self.coord.pull(env.client_id, env.cut, env.round)
-            reply = codec.encode_adapters(Envelope.ADAPTERS, env.client_id, env.round, adapters)
-            self.counter.add(env.client_id, "lora_down", codec.payload_nbytes(reply))
-            return reply
-        if env.kind == Envelope.DONE:
-            await self.coord.client_done(env.client_id)
-            return Envelope(kind=Envelope.ACK, client_id=env.client_id)
-        raise codec.WireError(f"unexpected message kind {env.kind}")
 
 
 async def _serve(coord: Coordinator, endpoint: Endpoint, tokens: dict[int, str], cfg: Config, log) -> None:
@@ -120,7 +78,7 @@ def serve(cfg: Config) -> dict:
                         dead_after_s=t.dead_after_s, round_timeout_s=t.round_timeout_s, on_round=on_round)
     hidden = peft.base_model.model.config.hidden_size
     dtype = next(p for p in peft.parameters()).dtype
-    shape = codec.StepShape(hidden, dtype, max_tokens=cfg.train.batch_size * cfg.data.max_length,
+    shape = wire.StepShape(hidden, dtype, max_tokens=cfg.train.batch_size * cfg.data.max_length,
                             vocab=peft.base_model.model.config.vocab_size,
                             cut_range=(server.first, server.part.n_layer), codec=CODECS[t.codec])
     full = lora.adapter_state_dict(peft)

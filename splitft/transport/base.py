@@ -140,7 +140,8 @@ class NoCount(ByteCounter):
 
 class Transport(Protocol):
     """What a client can ask of the server. Implementations count payload bytes per client and kind in
-    `counter` (the federation's bytes_up / bytes_down and the virtual clock read it)."""
+    `counter` (the federation's bytes_up / bytes_down and the virtual clock read it). The server's side of the
+    same verbs is `Server` (in process) or `AsyncServer` (behind a network)."""
 
     counter: ByteCounter
 
@@ -156,3 +157,39 @@ class Transport(Protocol):
         """The global adapters for blocks [0, cut) as of the start of `round_` (a network transport waits until
         the previous round is aggregated)."""
         ...
+
+    def done(self, client_id: int) -> None:
+        """This client has finished every round it takes part in."""
+        ...
+
+
+class Server(Protocol):
+    """The server's side of `Transport`, called in the server's process: the same verbs, plus `seen`.
+    `SplitServer` and `FedAvgServer` are one (the simulation calls them directly through `InProcTransport`)."""
+
+    def step(self, req: ForwardRequest) -> StepReply: ...
+
+    def push_adapters(self, update: AdapterUpdate) -> None: ...
+
+    def pull_adapters(self, client_id: int, cut: int, round_: int) -> dict[str, torch.Tensor]: ...
+
+    def done(self, client_id: int) -> None: ...
+
+    def seen(self, client_id: int) -> None:
+        """Something (a request, a heartbeat) arrived from this client: it is alive."""
+        ...
+
+
+class AsyncServer(Protocol):
+    """`Server` behind a network, where a request may wait (for its turn, for the round to end): the same verbs
+    as coroutines. `deploy.coordinator.Coordinator` is one; the gRPC endpoint calls it."""
+
+    async def step(self, req: ForwardRequest) -> StepReply: ...
+
+    async def push_adapters(self, update: AdapterUpdate) -> None: ...
+
+    async def pull_adapters(self, client_id: int, cut: int, round_: int) -> dict[str, torch.Tensor]: ...
+
+    async def done(self, client_id: int) -> None: ...
+
+    def seen(self, client_id: int) -> None: ...

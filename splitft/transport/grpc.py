@@ -1,8 +1,12 @@
 """gRPC transport: one long-lived bidirectional stream per client, protobuf envelopes with raw tensor bytes
-(`codec.py`), chunked frames, a per-client token checked before any frame is read, optional TLS.
+(`wire.py`), chunked frames, a per-client token checked before any frame is read, optional TLS.
 
-Server: `serve_grpc(handler, options)` runs a grpc.aio server; `handler` (deploy/coordinator) never sees grpc.
-Client: `GrpcTransport` implements `Transport` synchronously, so `SplitClient` runs unchanged.
+The two halves of the protocol, side by side:
+    client  `GrpcTransport` implements `Transport` synchronously (SplitClient runs unchanged): encodes each
+            request, counts its payload, sends, waits, decodes and counts the reply.
+    server  `Endpoint` decodes and checks each request, counts it, asks an `AsyncServer` (the deployment's
+            Coordinator, which never sees grpc or protobuf), encodes and counts the reply;
+            `serve_grpc(endpoint, ...)` runs the grpc.aio server around it.
 The only module that imports grpc.
 """
 
@@ -13,14 +17,14 @@ import hmac
 import queue
 import threading
 import time
-from typing import AsyncIterator, Callable, Iterator, Protocol
+from typing import AsyncIterator, Callable, Iterator
 
 import grpc
 import torch
 
 from ..config import TransportConfig
-from . import codec
-from .base import AdapterUpdate, ByteCounter, ForwardRequest, StepReply, TransportError, adapters_nbytes
+from . import wire
+from .base import AdapterUpdate, AsyncServer, ByteCounter, ForwardRequest, StepReply, TransportError, adapters_nbytes
 from .compress import CODECS
 from .proto import splitft_pb2 as pb
 
@@ -33,27 +37,51 @@ def _grpc_options(t: TransportConfig) -> list[tuple[str, int]]:
     return [("grpc.max_send_message_length", frame), ("grpc.max_receive_message_length", frame)]
 
 
-def _error(env: Envelope, text: str) -> Envelope:
-    return Envelope(kind=Envelope.ERROR, client_id=env.client_id, round=env.round, step=env.step, error=text)
-
-
 # --- server -----------------------------------------------------------------------------------------------
 
 
-class Handler(Protocol):
-    """What the server side needs from the application (deploy/serve.Endpoint); it never sees grpc."""
+class Endpoint:
+    """Envelope in, envelope out: decodes and checks a request, asks the `AsyncServer`, encodes its answer.
+
+    `counter` holds the payload bytes by client and kind, as the clients count them: every well-formed request
+    (a resend answered from the cache is counted again: it crossed again) and every reply.
+    """
+
+    def __init__(self, server: AsyncServer, shape: wire.StepShape, adapter_shapes: dict[str, torch.Size],
+                 max_numel: int, counter: ByteCounter | None = None):
+        self.server, self.shape, self.adapter_shapes, self.max_numel = server, shape, adapter_shapes, max_numel
+        self.counter = counter or ByteCounter()
 
     def seen(self, client_id: int) -> None:
-        """Any frame arrived from this client (heartbeats included): it is alive."""
+        self.server.seen(client_id)
 
     async def __call__(self, env: Envelope) -> Envelope:
-        """The reply to one request envelope; raises WireError/ValueError to refuse it."""
-        ...
+        """The reply to one request; raises WireError or ValueError (the server's Refused) to refuse it."""
+        if env.kind == Envelope.STEP:
+            req = wire.decode_step(env, self.shape)
+            self.counter.request(req, wire.payload_nbytes(env, "activations"))
+            reply = wire.encode_reply(await self.server.step(req), env, self.shape.codec)
+            self.counter.reply(req, wire.payload_nbytes(reply))
+            return reply
+        if env.kind == Envelope.PUSH:
+            update = wire.decode_push(env, self.adapter_shapes, self.max_numel)
+            self.counter.add(env.client_id, "lora_up", wire.payload_nbytes(env))  # before: it may end the round
+            await self.server.push_adapters(update)
+            return wire.ack(env)
+        if env.kind == Envelope.PULL:
+            client_id, cut, round_ = wire.decode_pull(env)
+            reply = wire.encode_adapters(client_id, round_, await self.server.pull_adapters(client_id, cut, round_))
+            self.counter.add(client_id, "lora_down", wire.payload_nbytes(reply))
+            return reply
+        if env.kind == Envelope.DONE:
+            await self.server.done(wire.decode_done(env))
+            return wire.ack(env)
+        raise wire.WireError(f"unexpected message kind {env.kind}")
 
 
 class _Service:
-    def __init__(self, handler: Handler, tokens: dict[int, str], opts: TransportConfig, log: Callable[[str], None]):
-        self.handler, self.tokens, self.opts, self.log = handler, tokens, opts, log
+    def __init__(self, endpoint: Endpoint, tokens: dict[int, str], opts: TransportConfig, log: Callable[[str], None]):
+        self.endpoint, self.tokens, self.opts, self.log = endpoint, tokens, opts, log
 
     def _client_of(self, context: grpc.aio.ServicerContext) -> int | None:
         md = dict(context.invocation_metadata() or ())
@@ -72,32 +100,32 @@ class _Service:
         if cid is None:  # refused before a single frame is read
             self.log("refused a session: unknown client id or bad token")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown client id or bad token")
-        self.handler.seen(cid)
-        inbox: asyncio.Queue[Envelope | codec.WireError | None] = asyncio.Queue()
+        self.endpoint.seen(cid)
+        inbox: asyncio.Queue[Envelope | wire.WireError | None] = asyncio.Queue()
         reader = asyncio.create_task(self._read(cid, frames, inbox))
         seq = 0
         try:
             while (item := await inbox.get()) is not None:
-                if isinstance(item, codec.WireError):
+                if isinstance(item, wire.WireError):
                     self.log(f"client {cid}: refused: {item}")
-                    reply = _error(Envelope(client_id=cid), str(item))
+                    reply = wire.error(Envelope(client_id=cid), str(item))
                 else:
                     reply = await self._handle(cid, item)
-                for out in codec.to_frames(reply, seq, self.opts.chunk_bytes):
+                for out in wire.to_frames(reply, seq, self.opts.chunk_bytes):
                     yield out
                 seq += 1
         finally:
             reader.cancel()
 
     async def _read(self, cid: int, frames: AsyncIterator[pb.Frame],
-                    inbox: asyncio.Queue[Envelope | codec.WireError | None]) -> None:
-        reasm = codec.Reassembler(self.opts.max_bytes)
+                    inbox: asyncio.Queue[Envelope | wire.WireError | None]) -> None:
+        reasm = wire.Reassembler(self.opts.max_bytes)
         try:
             async for frame in frames:
-                self.handler.seen(cid)
+                self.endpoint.seen(cid)
                 try:
                     env = reasm.add(frame)
-                except codec.WireError as e:
+                except wire.WireError as e:
                     inbox.put_nowait(e)
                     continue
                 if env is not None and env.kind != Envelope.HEARTBEAT:  # heartbeats are one-way
@@ -110,12 +138,12 @@ class _Service:
     async def _handle(self, cid: int, env: Envelope) -> Envelope:
         try:
             if env.client_id != cid:
-                raise codec.WireError(f"envelope claims client {env.client_id} on client {cid}'s session")
-            return await self.handler(env)
-        except (codec.WireError, ValueError) as e:  # Refused is a ValueError: state unchanged
+                raise wire.WireError(f"envelope claims client {env.client_id} on client {cid}'s session")
+            return await self.endpoint(env)
+        except (wire.WireError, ValueError) as e:  # Refused is a ValueError: state unchanged
             kind = Envelope.Kind.Name(env.kind) if env.kind in Envelope.Kind.values() else f"kind {env.kind}"
             self.log(f"client {cid}: refused {kind}: {e}")
-            return _error(env, str(e))
+            return wire.error(env, str(e))
 
 
 def _read(path: str) -> bytes:
@@ -131,10 +159,10 @@ def _server_credentials(opts: TransportConfig) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(pair)
 
 
-async def serve_grpc(handler: Handler, address: str, tokens: dict[int, str], opts: TransportConfig,
+async def serve_grpc(endpoint: Endpoint, address: str, tokens: dict[int, str], opts: TransportConfig,
                      until: asyncio.Event, log: Callable[[str], None] = print) -> None:
     """Serve sessions on `address` until `until` is set, then stop (in-flight calls get a grace second)."""
-    service = _Service(handler, tokens, opts, log)
+    service = _Service(endpoint, tokens, opts, log)
     rpc = grpc.stream_stream_rpc_method_handler(service.session, request_deserializer=pb.Frame.FromString,
                                                 response_serializer=pb.Frame.SerializeToString)
     server = grpc.aio.server(options=_grpc_options(opts))
@@ -223,7 +251,7 @@ class GrpcTransport:
 
     def _send(self, env: Envelope) -> None:
         with self.lock:
-            for frame in codec.to_frames(env, self.seq, self.opts.chunk_bytes):
+            for frame in wire.to_frames(env, self.seq, self.opts.chunk_bytes):
                 self.wire_up += frame.ByteSize()
                 self.conn.outbox.put(frame)
             self.seq += 1
@@ -248,11 +276,11 @@ class GrpcTransport:
     def _exchange(self, env: Envelope) -> Envelope:
         """Send one request and wait for its reply. Raises _Broken (retry), TransportError (give up)."""
         self._send(env)
-        reasm = codec.Reassembler(self.opts.max_bytes)
+        reasm = wire.Reassembler(self.opts.max_bytes)
         try:
             while (reply := reasm.add(self._next())) is None:
                 pass
-        except codec.WireError as e:
+        except wire.WireError as e:
             raise TransportError(f"client {self.client_id}: bad reply from the server: {e}") from None
         if reply.kind == Envelope.ERROR:
             raise ServerRefused(f"client {self.client_id}: the server refused the request: {reply.error}")
@@ -283,27 +311,28 @@ class GrpcTransport:
     def step(self, req: ForwardRequest) -> StepReply:
         up = self.codec.encode(req.activations)
         self.counter.request(req, up.nbytes())
-        env = self._call(codec.encode_step(req, up))
+        env = self._call(wire.encode_step(req, up))
         try:
-            reply, down = codec.decode_reply(env, req, self.codec)
-        except codec.WireError as e:
+            reply, down = wire.decode_reply(env, req, self.codec)
+        except wire.WireError as e:
             raise TransportError(f"client {self.client_id}: bad reply from the server: {e}") from None
         self.counter.reply(req, down)
         return reply
 
     def push_adapters(self, update: AdapterUpdate) -> None:
         self.counter.add(self.client_id, "lora_up", update.nbytes())
-        self._call(codec.encode_adapters(Envelope.PUSH, update.client_id, update.round, update.adapters,
-                                         update.n_samples))
+        self._call(wire.encode_push(update))
 
     def pull_adapters(self, client_id: int, cut: int, round_: int) -> dict[str, torch.Tensor]:
-        env = self._call(Envelope(kind=Envelope.PULL, client_id=client_id, cut=cut, round=round_))
-        adapters = {m.name: codec.tensor_from_pb(m, 1 << 30) for m in env.tensors}
+        try:
+            adapters = wire.decode_adapters(self._call(wire.encode_pull(client_id, cut, round_)), 1 << 30)
+        except wire.WireError as e:
+            raise TransportError(f"client {self.client_id}: bad reply from the server: {e}") from None
         self.counter.add(client_id, "lora_down", adapters_nbytes(adapters))
         return adapters
 
-    def done(self) -> None:
-        self._call(Envelope(kind=Envelope.DONE, client_id=self.client_id))
+    def done(self, client_id: int) -> None:
+        self._call(wire.encode_done(client_id))
 
     def close(self) -> None:
         self.stopped.set()

@@ -11,25 +11,25 @@ from dataclasses import replace
 
 import torch
 
-from .base import AdapterUpdate, ByteCounter, ForwardRequest, NoCount, StepReply, adapters_nbytes
+from .base import AdapterUpdate, ByteCounter, ForwardRequest, NoCount, Server, StepReply, adapters_nbytes
 from .compress import NONE, Codec
 
 
 class InProcTransport:
-    """Carries messages to a `SplitServer` living in the same process.
+    """Carries messages to a `Server` (SplitServer, FedAvgServer) living in the same process.
 
     `count=False` is for the centralized baseline, whose trainer and adapters sit on one machine: nothing
     crosses a network, so nothing is counted.
     """
 
-    def __init__(self, server: object, count: bool = True, codec: Codec = NONE) -> None:
+    def __init__(self, server: Server, count: bool = True, codec: Codec = NONE) -> None:
         self.server, self.codec = server, codec
         self.counter = ByteCounter() if count else NoCount()
 
     def step(self, req: ForwardRequest) -> StepReply:
         acts, up = self.codec.roundtrip(req.activations)  # `none`: acts is req.activations itself
         self.counter.request(req, up)
-        reply = self.server.step(replace(req, activations=acts))  # type: ignore[attr-defined]
+        reply = self.server.step(replace(req, activations=acts))
         down = 0
         if reply.grad_activations is not None:
             grad, down = self.codec.roundtrip(reply.grad_activations)
@@ -39,9 +39,12 @@ class InProcTransport:
 
     def push_adapters(self, update: AdapterUpdate) -> None:
         self.counter.add(update.client_id, "lora_up", update.nbytes())
-        self.server.receive_adapters(update)  # type: ignore[attr-defined]
+        self.server.push_adapters(update)
 
     def pull_adapters(self, client_id: int, cut: int, round_: int = 0) -> dict[str, torch.Tensor]:
-        adapters = self.server.global_adapters(cut)  # type: ignore[attr-defined]
+        adapters = self.server.pull_adapters(client_id, cut, round_)
         self.counter.add(client_id, "lora_down", adapters_nbytes(adapters))
         return adapters
+
+    def done(self, client_id: int) -> None:
+        self.server.done(client_id)

@@ -92,7 +92,7 @@ def mtls_server(pki):
 def _done(address, **opts):
     t = GrpcTransport(address, 0, TOKEN, TransportConfig(timeout_s=20, retries=0, **opts), log=lambda s: None)
     try:
-        t.done()
+        t.done(0)
     finally:
         t.close()
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from splitft.build import build_setup, split_client
-from splitft.transport import codec as wire
+from splitft.transport import wire
 from splitft.transport.base import ForwardRequest, StepReply
 from splitft.transport.compress import CODECS, NONE
 from splitft.transport.inproc import InProcTransport

@@ -92,7 +92,7 @@ def test_a_silent_client_is_dropped_and_the_round_aggregates_over_survivors(coor
         assert set(coord.dropped) == {2} and "silent" in coord.dropped[2]
         await asyncio.wait_for(blocked, 5)
         for c in (0, 1):
-            await coord.push(_push(c, 0, coord.server))
+            await coord.push_adapters(_push(c, 0, coord.server))
         assert coord.round == 1 and coord.records[-1]["clients"] == [0, 1] and "2" in coord.records[-1]["dropped"]
 
     asyncio.run(go())
@@ -107,7 +107,7 @@ def test_a_dropped_clients_waiting_and_later_requests_are_refused(coord):
         with pytest.raises(Refused, match="dropped"):
             await waiting
         with pytest.raises(Refused, match="dropped"):
-            await coord.push(_push(victim, 0, coord.server))
+            await coord.push_adapters(_push(victim, 0, coord.server))
 
     asyncio.run(go())
 
@@ -115,8 +115,8 @@ def test_a_dropped_clients_waiting_and_later_requests_are_refused(coord):
 def test_a_straggler_is_dropped_at_the_round_deadline(coord):
     async def go():
         await _run_steps(coord)
-        await coord.push(_push(0, 0, coord.server))
-        await coord.push(_push(0, 0, coord.server))  # a resent push is acknowledged and ignored
+        await coord.push_adapters(_push(0, 0, coord.server))
+        await coord.push_adapters(_push(0, 0, coord.server))  # a resent push is acknowledged and ignored
         assert len(coord.server.pending) == 1
         coord.clock.now = 101
         for c in range(3):
@@ -130,7 +130,7 @@ def test_a_straggler_is_dropped_at_the_round_deadline(coord):
 
 def test_a_push_before_the_clients_steps_are_done_is_refused(coord):
     with pytest.raises(Refused, match="before finishing"):
-        asyncio.run(coord.push(_push(0, 0, coord.server)))
+        asyncio.run(coord.push_adapters(_push(0, 0, coord.server)))
 
 
 def test_the_run_finishes_when_every_client_is_done_or_gone(coord):
@@ -138,10 +138,10 @@ def test_the_run_finishes_when_every_client_is_done_or_gone(coord):
         for r in range(2):
             await _run_steps(coord)
             for c in range(3):
-                await coord.push(_push(c, r, coord.server))
+                await coord.push_adapters(_push(c, r, coord.server))
         assert coord.round == 2
-        await coord.client_done(0)
-        await coord.client_done(1)
+        await coord.done(0)
+        await coord.done(1)
         coord.seen(2)
         await coord.check(coord.clock.now)
         assert not coord.finished.is_set()
@@ -168,7 +168,7 @@ def test_a_step_that_overflows_drops_its_client_and_the_round_goes_on(coord):
             await coord.step(_req(cid, step))
         survivors = [c for c in range(3) if c != a]
         for cid in survivors:
-            await coord.push(_push(cid, 0, coord.server))
+            await coord.push_adapters(_push(cid, 0, coord.server))
         assert coord.round == 1 and coord.records[0]["clients"] == survivors
 
     asyncio.run(go())

@@ -1,6 +1,6 @@
 """Hostile input at the server: 12,000 random and mutated messages (6,000 each under the `none` and `int8_token`
 activation codecs) through the real frame reassembly, envelope decoding, session checks and endpoint
-(deploy/serve.Endpoint -> Coordinator -> SplitServer). Zero crashes (only refusals or legitimate replies), and a
+(transport/grpc.Endpoint -> Coordinator -> SplitServer). Zero crashes (only refusals or legitimate replies), and a
 refused message never changes the server: LoRA weights, optimizer state, round, plan position, pushes, caches.
 Nothing makes the server's weights or optimizer state NaN/Inf (finite but huge activations whose gradients
 overflow are refused by the server step, not applied)."""
@@ -14,15 +14,14 @@ import torch
 
 from splitft import lora
 from splitft.deploy.coordinator import Coordinator
-from splitft.deploy.serve import Endpoint
-from splitft.transport import codec
-from splitft.transport.base import ForwardRequest
+from splitft.transport import wire
+from splitft.transport.base import AdapterUpdate, ForwardRequest
 from splitft.transport.compress import CODECS
 from splitft.config import TransportConfig
-from splitft.transport.grpc import _Service
+from splitft.transport.grpc import Endpoint, _Service
 from tests.conftest import tiny_split_server
 
-Envelope = codec.Envelope
+Envelope = wire.Envelope
 N_INPUTS = 6_000  # per codec
 
 
@@ -31,7 +30,7 @@ def target(request):
     peft, server = tiny_split_server()
     coord = Coordinator(server, n_clients=2, rounds=2, local_steps=2, per_round=0, seed=0, log=lambda s: None)
     full = lora.adapter_state_dict(peft)
-    shape = codec.StepShape(hidden=peft.base_model.model.config.hidden_size, dtype=torch.float32, max_tokens=64,
+    shape = wire.StepShape(hidden=peft.base_model.model.config.hidden_size, dtype=torch.float32, max_tokens=64,
                             vocab=peft.base_model.model.config.vocab_size, cut_range=(2, 4),
                             codec=CODECS[request.param])
     endpoint = Endpoint(coord, shape, {n: t.shape for n, t in full.items()}, max(t.numel() for t in full.values()))
@@ -44,7 +43,7 @@ def _fingerprint(server, coord):
     tensors = [*server.adapters().values(), *server.store.values()]
     tensors += [v for st in server.opt.state.values() for v in st.values() if torch.is_tensor(v)]
     flat = torch.cat([t.detach().float().flatten() for t in tensors]) if tensors else torch.zeros(0)
-    return (flat.clone(), coord.round, coord.pos, frozenset(coord.pushed), frozenset(coord.done),
+    return (flat.clone(), coord.round, coord.pos, frozenset(coord.pushed), frozenset(coord.finished_clients),
             tuple(sorted((c, k) for c, (k, _) in coord.cache.items())), len(server.pending))
 
 
@@ -62,12 +61,12 @@ def _valid(rng, shape, full):
                              torch.ones(b, t, dtype=torch.uint8),
                              torch.randint(0, 50, (b, t), dtype=torch.int32), kind == "step")
         c = shape.codec if rng.random() < 0.9 else CODECS[rng.choice(sorted(CODECS))]
-        return codec.encode_step(req, c.encode(req.activations))
+        return wire.encode_step(req, c.encode(req.activations))
     if kind == "push":
         names = rng.sample(sorted(full), 3)
-        return codec.encode_adapters(Envelope.PUSH, cid, 0, {n: torch.randn_like(full[n]) for n in names}, 2)
+        return wire.encode_push(AdapterUpdate(cid, 0, {n: torch.randn_like(full[n]) for n in names}, 2))
     if kind == "pull":
-        return Envelope(kind=Envelope.PULL, client_id=cid, cut=2, round=0)
+        return wire.encode_pull(cid, 2, 0)
     return Envelope(kind=Envelope.DONE if kind == "done" else Envelope.HEARTBEAT, client_id=cid)
 
 
@@ -95,12 +94,12 @@ def _mutate_fields(rng, env):
         elif what == 7 and env.tensors:
             m = rng.choice(env.tensors)
             try:
-                t = codec.tensor_from_pb(m, 1 << 30)
-            except codec.WireError:  # an earlier mutation broke it already
+                t = wire.tensor_from_pb(m, 1 << 30)
+            except wire.WireError:  # an earlier mutation broke it already
                 t = None
             if t is not None and t.is_floating_point() and t.numel():
                 t.view(-1)[rng.randrange(t.numel())] = rng.choice([math.nan, math.inf, -math.inf, 1e38])
-                m.data = codec.tensor_to_pb(m.name, t).data
+                m.data = wire.tensor_to_pb(m.name, t).data
         elif what == 8:
             env.n_samples = rng.choice([-5, 0, 2**62])
             if env.tensors and rng.random() < 0.5:
@@ -110,13 +109,13 @@ def _mutate_fields(rng, env):
         elif what == 10 and env.tensors:  # token ids and mask values: the server indexes logits with them
             m = rng.choice(env.tensors)
             try:
-                t = codec.tensor_from_pb(m, 1 << 30) if m.dtype in ("int32", "uint8") else None
-            except codec.WireError:
+                t = wire.tensor_from_pb(m, 1 << 30) if m.dtype in ("int32", "uint8") else None
+            except wire.WireError:
                 t = None
             if t is not None and t.numel():
                 t.view(-1)[rng.randrange(t.numel())] = rng.choice([-1, 2, 255] if m.dtype == "uint8"
                                                                   else [-101, -1, 2**31 - 1, 259, 260])
-                m.data = codec.tensor_to_pb(m.name, t).data
+                m.data = wire.tensor_to_pb(m.name, t).data
     return env
 
 
@@ -125,7 +124,7 @@ def _frames(rng, shape, full):
     mode = rng.randrange(4)
     if mode == 0:
         data = bytes(rng.getrandbits(8) for _ in range(rng.randrange(200)))
-        return [codec.pb.Frame(seq=0, index=0, count=1, data=data)]
+        return [wire.pb.Frame(seq=0, index=0, count=1, data=data)]
     env = _valid(rng, shape, full)
     if mode == 1:
         data = bytearray(env.SerializeToString())
@@ -137,10 +136,10 @@ def _frames(rng, shape, full):
                 data[i:i] = bytes([rng.getrandbits(8)])
             elif data:
                 del data[i]
-        return [codec.pb.Frame(seq=0, index=0, count=1, data=bytes(data))]
+        return [wire.pb.Frame(seq=0, index=0, count=1, data=bytes(data))]
     if mode == 2:
-        return codec.to_frames(_mutate_fields(rng, env), 0, 256)
-    frames = codec.to_frames(env, 0, 64)
+        return wire.to_frames(_mutate_fields(rng, env), 0, 256)
+    frames = wire.to_frames(env, 0, 64)
     if len(frames) > 1:
         rng.choice([lambda: frames.pop(rng.randrange(len(frames))), lambda: frames.reverse(),
                     lambda: frames[0].__setattr__("count", 0), lambda: frames[-1].__setattr__("seq", 9)])()
@@ -155,11 +154,11 @@ def test_hostile_messages_crash_nothing_and_refusals_change_nothing(target):
     outcomes = {"refused": 0, "accepted": 0, "waiting": 0, "heartbeat": 0}
 
     async def one(frames) -> str:
-        reasm = codec.Reassembler(service.opts.max_bytes)
+        reasm = wire.Reassembler(service.opts.max_bytes)
         for frame in frames:
             try:
                 env = reasm.add(frame)
-            except codec.WireError:
+            except wire.WireError:
                 return "refused"
             if env is None:
                 continue

@@ -49,8 +49,8 @@ def test_blocks_held_by_clients_and_server_merge_by_samples_per_component(server
     srv, sd, fam = server
     # client 0: cut 1 (block 0 is its cut layer, 2 of 4 components), 4 samples;
     # client 1: cut 3 (blocks 0-2, block 2 at 2 components), 2 samples.
-    srv.receive_adapters(AdapterUpdate(0, 0, _const(sd, fam, {0: 1.0}, rank={0: 2}), 4))
-    srv.receive_adapters(AdapterUpdate(1, 0, _const(sd, fam, {0: 2.0, 1: 3.0, 2: 4.0}, rank={2: 2}), 2))
+    srv.push_adapters(AdapterUpdate(0, 0, _const(sd, fam, {0: 1.0}, rank={0: 2}), 4))
+    srv.push_adapters(AdapterUpdate(1, 0, _const(sd, fam, {0: 2.0, 1: 3.0, 2: 4.0}, rank={2: 2}), 2))
     srv.served = Counter({1: 4, 3: 2})  # the server trained for client 0 (cut 1) and client 1 (cut 3)
     assert srv.aggregate() == [0, 1]
     view = srv.global_view(4)
@@ -81,7 +81,7 @@ def test_a_client_pulls_its_blocks_with_the_cut_layer_at_r_cut(server):
 def test_fixed_cut_single_client_merge_is_bit_identical_to_its_update(server):
     srv, sd, fam = server
     upd = {n: torch.randn_like(t) for n, t in _const(sd, fam, {0: 0.0}).items()}
-    srv.receive_adapters(AdapterUpdate(0, 0, upd, 3))
+    srv.push_adapters(AdapterUpdate(0, 0, upd, 3))
     srv.aggregate()
     view = srv.global_view(1)
     assert all(torch.equal(view[n], t) for n, t in upd.items())

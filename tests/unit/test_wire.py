@@ -7,14 +7,14 @@ import torch
 
 from splitft import lora
 from splitft.deploy.coordinator import Coordinator, Refused
-from splitft.deploy.serve import Endpoint
-from splitft.transport import codec
-from splitft.transport.base import ForwardRequest
+from splitft.transport import wire
+from splitft.transport.grpc import Endpoint
+from splitft.transport.base import AdapterUpdate, ForwardRequest
 from tests.conftest import tiny_split_server
 
-Envelope = codec.Envelope
+Envelope = wire.Envelope
 VOCAB = 260
-SHAPE = codec.StepShape(hidden=32, dtype=torch.float32, max_tokens=64, vocab=VOCAB, cut_range=(2, 4))
+SHAPE = wire.StepShape(hidden=32, dtype=torch.float32, max_tokens=64, vocab=VOCAB, cut_range=(2, 4))
 
 
 def _req(cid=0, step=0, acts=None, cut=2, train=True):
@@ -27,21 +27,21 @@ def _req(cid=0, step=0, acts=None, cut=2, train=True):
                                    torch.int32])
 def test_tensors_round_trip_bit_exactly(dtype):
     t = (torch.randn(3, 4) * 50).to(dtype)
-    assert torch.equal(codec.tensor_from_pb(codec.tensor_to_pb("x", t), 100), t)
+    assert torch.equal(wire.tensor_from_pb(wire.tensor_to_pb("x", t), 100), t)
 
 
 def test_frames_reassemble_and_oversized_messages_are_refused():
-    env = codec.encode_step(_req())
-    frames = codec.to_frames(env, seq=3, chunk_bytes=100)
+    env = wire.encode_step(_req())
+    frames = wire.to_frames(env, seq=3, chunk_bytes=100)
     assert len(frames) > 10
-    r = codec.Reassembler(max_bytes=1 << 20)
+    r = wire.Reassembler(max_bytes=1 << 20)
     assert [r.add(f) for f in frames[:-1]] == [None] * (len(frames) - 1) and r.add(frames[-1]) == env
-    small = codec.Reassembler(max_bytes=500)
-    with pytest.raises(codec.WireError, match="byte limit"):
+    small = wire.Reassembler(max_bytes=500)
+    with pytest.raises(wire.WireError, match="byte limit"):
         for f in frames:
             small.add(f)
-    with pytest.raises(codec.WireError, match="malformed"):
-        codec.Reassembler(1 << 20).add(codec.pb.Frame(seq=0, index=0, count=1, data=b"\xff\xff\xff"))
+    with pytest.raises(wire.WireError, match="malformed"):
+        wire.Reassembler(1 << 20).add(wire.pb.Frame(seq=0, index=0, count=1, data=b"\xff\xff\xff"))
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -58,27 +58,27 @@ def test_frames_reassemble_and_oversized_messages_are_refused():
     (lambda e: e.__setattr__("codec", "int8_token"), "set transport.codec the same"),
 ])
 def test_malformed_steps_are_refused(mutate, message):
-    env = codec.encode_step(_req())
+    env = wire.encode_step(_req())
     mutate(env)
-    with pytest.raises(codec.WireError, match=message):
-        codec.decode_step(env, SHAPE)
+    with pytest.raises(wire.WireError, match=message):
+        wire.decode_step(env, SHAPE)
 
 
 def test_non_finite_wrong_width_and_oversized_activations_are_refused():
     bad = torch.randn(2, 5, 32)
     bad[0, 0, 0] = float("nan")
-    with pytest.raises(codec.WireError, match="NaN"):
-        codec.decode_step(codec.encode_step(_req(acts=bad)), SHAPE)
-    with pytest.raises(codec.WireError, match=r"\(B, T, 32\)"):
-        codec.decode_step(codec.encode_step(_req(acts=torch.randn(2, 5, 16))), SHAPE)
+    with pytest.raises(wire.WireError, match="NaN"):
+        wire.decode_step(wire.encode_step(_req(acts=bad)), SHAPE)
+    with pytest.raises(wire.WireError, match=r"\(B, T, 32\)"):
+        wire.decode_step(wire.encode_step(_req(acts=torch.randn(2, 5, 16))), SHAPE)
     empty = ForwardRequest(0, 0, 0, 2, torch.randn(0, 5, 32), torch.ones(0, 5, dtype=torch.uint8),
                            torch.zeros(0, 5, dtype=torch.int32))
-    with pytest.raises(codec.WireError, match="tokens outside"):
-        codec.decode_step(codec.encode_step(empty), SHAPE)
+    with pytest.raises(wire.WireError, match="tokens outside"):
+        wire.decode_step(wire.encode_step(empty), SHAPE)
     big = torch.randn(2, 40, 32)
     req = ForwardRequest(0, 0, 0, 2, big, torch.ones(2, 40, dtype=torch.uint8), torch.zeros(2, 40, dtype=torch.int32))
-    with pytest.raises(codec.WireError):
-        codec.decode_step(codec.encode_step(req), SHAPE)
+    with pytest.raises(wire.WireError):
+        wire.decode_step(wire.encode_step(req), SHAPE)
 
 
 @pytest.fixture
@@ -96,11 +96,11 @@ def _state(server):
 def test_rejected_requests_leave_the_server_unchanged(endpoint):
     ep, server = endpoint
     before = _state(server)
-    first = ep.coord.plan.order[0]
+    first = ep.server.plan.order[0]
     other = 1 - first[0]
-    for env, err in [(codec.encode_step(_req(cid=5)), Refused), (codec.encode_step(_req(cid=other)), None),
-                     (codec.encode_adapters(Envelope.PUSH, first[0], 0, {"nope": torch.zeros(2)}, 3), codec.WireError),
-                     (codec.encode_adapters(Envelope.PUSH, first[0], 0, {}, 0), codec.WireError)]:
+    for env, err in [(wire.encode_step(_req(cid=5)), Refused), (wire.encode_step(_req(cid=other)), None),
+                     (wire.encode_push(AdapterUpdate(first[0], 0, {"nope": torch.zeros(2)}, 3)), wire.WireError),
+                     (wire.encode_push(AdapterUpdate(first[0], 0, {}, 0)), wire.WireError)]:
         if err is None:  # out of turn: it would wait for its turn; prove it has not run by a short timeout
             with pytest.raises(asyncio.TimeoutError):
                 asyncio.run(asyncio.wait_for(ep(env), 0.2))
@@ -108,4 +108,20 @@ def test_rejected_requests_leave_the_server_unchanged(endpoint):
             with pytest.raises(err):
                 asyncio.run(ep(env))
     after = _state(server)
-    assert all(torch.equal(before[n], after[n]) for n in before) and ep.coord.pos == 0
+    assert all(torch.equal(before[n], after[n]) for n in before) and ep.server.pos == 0
+
+
+def test_every_message_has_an_encoder_and_a_decoder_that_invert_each_other():
+    adapters = {"a.lora_A.default.weight": torch.randn(2, 3), "a.lora_B.default.weight": torch.randn(3, 2)}
+    push = wire.decode_push(wire.encode_push(AdapterUpdate(1, 4, adapters, 7)),
+                            {n: t.shape for n, t in adapters.items()}, 100)
+    assert (push.client_id, push.round, push.n_samples) == (1, 4, 7)
+    assert all(torch.equal(push.adapters[n], t) for n, t in adapters.items())
+    assert wire.decode_pull(wire.encode_pull(1, 3, 4)) == (1, 3, 4)
+    pulled = wire.decode_adapters(wire.encode_adapters(1, 4, adapters), 100)
+    assert pulled.keys() == adapters.keys() and all(torch.equal(pulled[n], t) for n, t in adapters.items())
+    assert wire.decode_done(wire.encode_done(2)) == 2
+    with pytest.raises(wire.WireError, match="expected ADAPTERS"):
+        wire.decode_adapters(wire.ack(wire.encode_done(2)), 100)
+    with pytest.raises(wire.WireError, match="cut >= 1"):
+        wire.decode_pull(wire.encode_pull(1, 0, 4))

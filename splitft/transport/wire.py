@@ -1,9 +1,17 @@
-"""Tensors and messages <-> wire bytes for network transports: protobuf envelopes carrying raw tensor bytes
-(dtype + shape + C-order little-endian data; never pickle), chunked into frames, validated on the way in.
+"""The wire format of network transports: messages <-> protobuf envelopes carrying raw tensor bytes (dtype +
+shape + C-order little-endian data; never pickle), chunked into frames, validated on the way in.
 
     frames = to_frames(encode_step(req, codec.encode(acts)), seq, chunk_bytes)  # sender
     env = Reassembler(max_bytes).add(frame) -> Envelope | None                  # receiver, frame by frame
     req = decode_step(env, expect)                       # raises WireError on anything malformed
+Every message has its encoder and its decoder, one pair per verb of `transport.base.Transport`:
+    STEP        encode_step / decode_step          client -> server  ForwardRequest
+    STEP_REPLY  encode_reply / decode_reply        server -> client  StepReply
+    PUSH        encode_push / decode_push          client -> server  AdapterUpdate
+    PULL        encode_pull / decode_pull          client -> server  (client_id, cut, round)
+    ADAPTERS    encode_adapters / decode_adapters  server -> client  the pulled adapters
+    DONE        encode_done / decode_done          client -> server  client_id
+    ACK, ERROR  ack / error                        server -> client  (ERROR: the refusal's text)
 Activations and grad_activations travel as the activation codec (compress.py) encodes them: the tensor
 `activations` in the codec's wire dtype and, for scaled codecs, `activations_scale` (float32); the envelope
 names the codec and the server accepts only its own. Decoding never trusts the peer: dtypes come from a
@@ -184,10 +192,14 @@ def decode_reply(env: Envelope, req: ForwardRequest, c: Codec = NONE) -> tuple[S
     return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct), grad), payload_nbytes(env)
 
 
-def encode_adapters(kind: int, client_id: int, round_: int, adapters: dict[str, torch.Tensor],
-                    n_samples: int = 0, cut: int = 0) -> Envelope:
-    return Envelope(kind=kind, client_id=client_id, round=round_, n_samples=n_samples, cut=cut,
-                    tensors=[tensor_to_pb(n, t) for n, t in adapters.items()])
+def _encode_tensors(kind: int, client_id: int, round_: int, adapters: dict[str, torch.Tensor],
+                    **fields: int) -> Envelope:
+    return Envelope(kind=kind, client_id=client_id, round=round_, tensors=[tensor_to_pb(n, t) for n, t in
+                                                                           adapters.items()], **fields)
+
+
+def encode_push(update: AdapterUpdate) -> Envelope:
+    return _encode_tensors(Envelope.PUSH, update.client_id, update.round, update.adapters, n_samples=update.n_samples)
 
 
 def decode_push(env: Envelope, expected: dict[str, torch.Size], max_numel: int) -> AdapterUpdate:
@@ -202,6 +214,47 @@ def decode_push(env: Envelope, expected: dict[str, torch.Size], max_numel: int) 
     if env.n_samples <= 0:
         raise WireError(f"PUSH needs n_samples > 0, got {env.n_samples}")
     return AdapterUpdate(env.client_id, env.round, adapters, int(env.n_samples))
+
+
+def encode_pull(client_id: int, cut: int, round_: int) -> Envelope:
+    return Envelope(kind=Envelope.PULL, client_id=client_id, cut=cut, round=round_)
+
+
+def decode_pull(env: Envelope) -> tuple[int, int, int]:
+    """(client_id, cut, round). Raises WireError on tensors in a PULL or a cut below 1."""
+    if env.tensors or env.cut < 1:
+        raise WireError(f"PULL carries no tensors and a cut >= 1, got {len(env.tensors)} tensors and cut {env.cut}")
+    return env.client_id, env.cut, env.round
+
+
+def encode_adapters(client_id: int, round_: int, adapters: dict[str, torch.Tensor]) -> Envelope:
+    """The reply to a PULL."""
+    return _encode_tensors(Envelope.ADAPTERS, client_id, round_, adapters)
+
+
+def decode_adapters(env: Envelope, max_numel: int) -> dict[str, torch.Tensor]:
+    """The pulled adapters. Raises WireError unless the reply is ADAPTERS with each name once, within size."""
+    if env.kind != Envelope.ADAPTERS:
+        raise WireError(f"expected ADAPTERS in reply to a PULL, got kind {env.kind}")
+    return _tensors(env, max_numel)
+
+
+def encode_done(client_id: int) -> Envelope:
+    return Envelope(kind=Envelope.DONE, client_id=client_id)
+
+
+def decode_done(env: Envelope) -> int:
+    return env.client_id
+
+
+def ack(env: Envelope) -> Envelope:
+    """The reply to a PUSH or DONE that was accepted."""
+    return Envelope(kind=Envelope.ACK, client_id=env.client_id, round=env.round)
+
+
+def error(env: Envelope, text: str) -> Envelope:
+    """The reply to a request that was refused (state unchanged); `text` says why."""
+    return Envelope(kind=Envelope.ERROR, client_id=env.client_id, round=env.round, step=env.step, error=text)
 
 
 def payload_nbytes(env: Envelope, prefix: str = "") -> int:
