@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 from . import lora
 from .errors import UserError
 from .federation import Federation
-from .server import SplitServer
 from .seeding import global_rng_state, load_global_rng_state, load_random_state, random_state
+from .server import SplitServer
 
 LATEST = "latest"
 

@@ -14,7 +14,6 @@ import asyncio
 import json
 from pathlib import Path
 
-
 from .. import lora
 from ..build import build_model, check, split_server
 from ..config import Config
@@ -26,6 +25,7 @@ from ..transport.base import ByteCounter, training_traffic
 from ..transport.compress import CODECS
 from ..transport.grpc import Endpoint, serve_grpc
 from .coordinator import Coordinator
+
 
 def read_tokens(path: str, n_clients: int) -> dict[int, str]:
     if not path:

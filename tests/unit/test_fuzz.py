@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from splitft import lora
+from splitft.config import TransportConfig
 from splitft.deploy.coordinator import Coordinator
 from splitft.transport import wire
 from splitft.transport.base import AdapterUpdate, ForwardRequest
 from splitft.transport.compress import CODECS
-from splitft.config import TransportConfig
 from splitft.transport.grpc import Endpoint, _Service
 from tests.conftest import tiny_split_server
 

@@ -8,8 +8,8 @@ import torch
 from splitft import lora
 from splitft.deploy.coordinator import Coordinator, Refused
 from splitft.transport import wire
-from splitft.transport.grpc import Endpoint
 from splitft.transport.base import AdapterUpdate, ForwardRequest
+from splitft.transport.grpc import Endpoint
 from tests.conftest import tiny_split_server
 
 Envelope = wire.Envelope
