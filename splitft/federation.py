@@ -20,7 +20,7 @@ from .metrics import MetricsLogger, perplexity
 from .policy import ClientStats, CutPolicy
 from .seeding import derive_seed
 from .server import FedAvgServer
-from .transport.base import training_traffic
+from .transport.base import sum_kinds, training_traffic
 
 
 @dataclass
@@ -83,7 +83,7 @@ class Federation:
     def run_round(self, round_: int, evaluate: bool) -> dict[str, Any]:
         plan = plan_round(round_, sorted(self.clients), self.per_round, self.local_steps, self.seed)
         gone = plan_dropouts(round_, plan.clients, self.local_steps, self.dropout, self.seed)
-        before = self._bytes(plan.clients)
+        before = self.transport.counter.snapshot()
         cuts = {str(c): self.clients[c].cut for c in plan.clients}
         for cid in plan.clients:
             self.clients[cid].pull(self.transport, round_)
@@ -94,7 +94,7 @@ class Federation:
             else:
                 self.clients[cid].push(self.transport, round_)
         merged = self.server.aggregate()
-        delta = {c: {k: v - before[c][k] for k, v in b.items()} for c, b in self._bytes(plan.clients).items()}
+        delta = self.transport.counter.since(before, plan.clients)
         record: dict[str, Any] = {
             "round": round_, "clients": merged, "cuts": cuts,
             "train_loss": sum(s["loss"] for s in steps) / len(steps) if steps else None,
@@ -109,9 +109,6 @@ class Federation:
             record["next_cuts"] = self.decide_cuts(round_ + 1)
         return self.logger.log("round", **record)
 
-    def _bytes(self, clients: list[int]) -> dict[int, dict[str, int]]:
-        return {c: dict(self.transport.counter.bytes[c]) for c in clients}
-
     def _client_loss(self, cid: int, steps: list[dict[str, Any]]) -> float | None:
         """Mean step loss of `cid` this round (kept from an earlier round if it ran no step)."""
         losses = [s["loss"] for s in steps if s["client_id"] == cid]
@@ -120,7 +117,7 @@ class Federation:
         return self.clients[cid].last_loss
 
     def _time_and_bytes(self, steps: list[dict[str, Any]], delta: dict[int, dict[str, int]]) -> dict[str, Any]:
-        kinds = {k: sum(d[k] for d in delta.values()) for k in next(iter(delta.values()))}
+        kinds = sum_kinds(delta)
         out: dict[str, Any] = {"bytes": self.transport.counter.totals(), **training_traffic(kinds)}
         if self.clock is not None:
             seconds = self.clock.round_seconds(steps, {c: d["lora_down"] for c, d in delta.items()},
@@ -131,14 +128,13 @@ class Federation:
 
     def _step(self, cid: int, round_: int, step: int) -> dict[str, Any]:
         client = self.clients[cid]
-        before = dict(self.transport.counter.bytes[cid])
+        before = self.transport.counter.snapshot([cid])
         reply = client.train_step(self.transport, round_, step)
-        after = self.transport.counter.bytes[cid]
+        sent = self.transport.counter.since(before)[cid]
         rec = self.logger.log(
             "step", round=round_, step=step, client_id=cid, cut=client.cut, loss=reply.loss,
             n_tokens=reply.n_tokens, batch=list(client.last_shape),
-            bytes_up=after["activations_up"] + after["labels_up"] - before["activations_up"] - before["labels_up"],
-            bytes_down=after["grad_activations_down"] - before["grad_activations_down"],
+            bytes_up=sent["activations_up"] + sent["labels_up"], bytes_down=sent["grad_activations_down"],
         )
         self.on_step(rec)
         return rec

@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..metrics import MetricsLogger
 from ..rundir import export_adapter, prepare_run_dir
 from ..transport import wire
-from ..transport.base import ByteCounter, training_traffic
+from ..transport.base import ByteCounter, sum_kinds, training_traffic
 from ..transport.compress import CODECS
 from ..transport.grpc import Endpoint, serve_grpc
 from .coordinator import Coordinator
@@ -68,11 +68,13 @@ def serve(cfg: Config) -> dict:
     fed, t = cfg.federation, cfg.transport
     rounds: list[dict] = []
     counter = ByteCounter()
+    last_round = counter.snapshot()  # the counts when the previous round ended
 
     def on_round(record: dict) -> None:  # bytes as in the simulation's records: cumulative, and this round's
-        totals = counter.totals()
-        this_round = {k: v - (rounds[-1]["bytes"][k] if rounds else 0) for k, v in totals.items()}
-        rounds.append(logger.log("round", **record, bytes=totals, **training_traffic(this_round)))
+        nonlocal last_round
+        this_round = sum_kinds(counter.since(last_round))
+        last_round = counter.snapshot()
+        rounds.append(logger.log("round", **record, bytes=counter.totals(), **training_traffic(this_round)))
 
     coord = Coordinator(server, fed.n_clients, fed.rounds, fed.local_steps, fed.clients_per_round, fed.seed, log,
                         dead_after_s=t.dead_after_s, round_timeout_s=t.round_timeout_s, on_round=on_round)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from typing import Iterable, Mapping, Protocol
 
 import torch
 
@@ -124,11 +124,28 @@ class ByteCounter:
         self.add(req.client_id, "grad_activations_down" if req.train else "eval_down", grad_nbytes + SCALARS_NBYTES)
 
     def totals(self) -> dict[str, int]:
-        out = dict.fromkeys(BYTE_KINDS, 0)
-        for per in self.bytes.values():
-            for k, v in per.items():
-                out[k] += v
-        return out
+        return sum_kinds(self.bytes)
+
+    def snapshot(self, clients: Iterable[int] | None = None) -> dict[int, dict[str, int]]:
+        """The counts so far of `clients` (default: every client counted yet), to pass to `since` later."""
+        return {c: dict(self.bytes[c]) for c in (self.bytes if clients is None else clients)}
+
+    def since(self, snapshot: dict[int, dict[str, int]],
+              clients: Iterable[int] | None = None) -> dict[int, dict[str, int]]:
+        """Bytes by client and kind counted after `snapshot` (a step's, a round's), of `clients` (default: every
+        client counted by now): the one place per-step and per-round deltas are computed."""
+        ids = sorted(set(self.bytes) | set(snapshot)) if clients is None else clients
+        zero = dict.fromkeys(BYTE_KINDS, 0)
+        return {c: {k: self.bytes[c][k] - snapshot.get(c, zero)[k] for k in BYTE_KINDS} for c in ids}
+
+
+def sum_kinds(per_client: Mapping[int, Mapping[str, int]]) -> dict[str, int]:
+    """Bytes by kind, summed over clients."""
+    out = dict.fromkeys(BYTE_KINDS, 0)
+    for kinds in per_client.values():
+        for k, v in kinds.items():
+            out[k] += v
+    return out
 
 
 class NoCount(ByteCounter):
