@@ -7,7 +7,7 @@ no-split baselines); only its adapters cross the transport. Both push/pull adapt
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
@@ -15,7 +15,7 @@ from . import lora
 from .data.datasets import BatchStream, Example, collate
 from .loss import token_loss
 from .model.split import ClientPart, FullPart
-from .optim import clip, make_optimizer
+from .optim import clip, load_optimizer_state, make_optimizer, optimizer_state
 from .transport.base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, ForwardRequest, StepReply, Transport
 
 
@@ -47,6 +47,22 @@ class _Client:
     @property
     def cut(self) -> int:
         return self.part.cut if isinstance(self.part, ClientPart) else self.part.n_layer
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the client carries from round to round: its cut, LoRA and AdamW state, its last loss, the
+        samples since its last push, and where its batch stream stands."""
+        return {"cut": self.cut, "lora": lora.adapter_state_dict(self.part.module),
+                "opt": optimizer_state(self.opt, lora.lora_parameters(self.part.module)),
+                "last_loss": self.last_loss, "samples_seen": self.samples_seen, "stream": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`; the part must already be at the saved cut (the federation re-cuts first,
+        since only it can build a part)."""
+        assert state["cut"] == self.cut, f"client {self.client_id}: saved at cut {state['cut']}, part at {self.cut}"
+        lora.load_adapter_state_dict(self.part.module, state["lora"])
+        load_optimizer_state(self.opt, lora.lora_parameters(self.part.module), state["opt"])
+        self.last_loss, self.samples_seen = state["last_loss"], state["samples_seen"]
+        self.stream.load_state_dict(state["stream"])
 
     def push(self, transport: Transport, round_: int) -> None:
         """Send this round's adapters (blocks [0, cut), the cut layer at r_cut) and the samples behind them."""
@@ -96,13 +112,18 @@ class SplitClient(_Client):
         global RNG, and so the rest of the run, untouched."""
         self.noise, self._noise_seed = noise, seed
 
-    def noise_state(self) -> torch.Tensor | None:
-        """The noise generator's state (checkpoints), None before the first noisy request."""
-        return None if self._noise_gen is None else self._noise_gen.get_state()
+    def state_dict(self) -> dict[str, Any]:
+        """The client's state and, once the first noisy request has drawn from it, the noise generator's."""
+        state = super().state_dict()
+        if self._noise_gen is not None:
+            state["noise_rng"] = self._noise_gen.get_state()
+        return state
 
-    def load_noise_state(self, state: torch.Tensor, device: torch.device) -> None:
-        self._noise_gen = torch.Generator(device)
-        self._noise_gen.set_state(state)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "noise_rng" in state:
+            self._noise_gen = torch.Generator(self.device)
+            self._noise_gen.set_state(state["noise_rng"])
 
     def _sent(self, acts: torch.Tensor) -> torch.Tensor:
         """What leaves the client: the activations, plus noise when configured. The noise is a constant shift,

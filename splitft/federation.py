@@ -18,7 +18,7 @@ from .data.datasets import Example
 from .lora import load_adapter_state_dict
 from .metrics import MetricsLogger, perplexity
 from .policy import ClientStats, CutPolicy
-from .seeding import derive_seed
+from .seeding import derive_seed, global_rng_state, load_global_rng_state
 from .server import FedAvgServer
 from .transport.base import sum_kinds, training_traffic
 
@@ -79,6 +79,28 @@ class Federation:
         self.logger, self.clock, self.adaptivity, self.dropout = logger, clock, adaptivity, dropout
         self.on_step = on_step or (lambda record: None)
         self.virtual_time = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next round depends on, taken at a round boundary (aggregated, evaluated, next cuts
+        applied): the server's, each client's and the byte counter's own state, the virtual time, and the global
+        generators (model code and dropout draw from them). Resuming from it ends bit-identical."""
+        return {"virtual_time": self.virtual_time, "server": self.server.state_dict(),
+                "clients": {str(c): client.state_dict() for c, client in self.clients.items()},
+                "bytes": self.transport.counter.state_dict(), "rng": global_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put a freshly built federation (same config) into the saved state; clients saved at another cut are
+        re-cut first (only the federation can build a part)."""
+        self.server.load_state_dict(state["server"])
+        for cid, client in self.clients.items():
+            saved = state["clients"][str(cid)]
+            if saved["cut"] != client.cut:
+                assert self.adaptivity is not None, "only adaptive runs change cuts"
+                self.adaptivity.recut(cid, saved["cut"])
+            client.load_state_dict(saved)
+        self.virtual_time = state["virtual_time"]
+        self.transport.counter.load_state_dict(state["bytes"])
+        load_global_rng_state(state["rng"])
 
     def run_round(self, round_: int, evaluate: bool) -> dict[str, Any]:
         plan = plan_round(round_, sorted(self.clients), self.per_round, self.local_steps, self.seed)

@@ -20,3 +20,19 @@ def grads_finite(tensors: list[torch.Tensor]) -> bool:
     """True when every gradient present is finite (one device sync; LoRA gradients are small)."""
     grads = [t.grad for t in tensors if t.grad is not None]
     return not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
+
+
+def optimizer_state(opt: torch.optim.Optimizer, named: dict[str, torch.nn.Parameter]) -> dict[str, dict[str, torch.Tensor]]:
+    """AdamW moments and step count of each parameter that has any, {param name: {key: tensor}} (CPU copies)."""
+    return {name: {k: torch.as_tensor(v).detach().clone().cpu() for k, v in opt.state[p].items()}
+            for name, p in named.items() if opt.state.get(p)}
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, named: dict[str, torch.nn.Parameter],
+                         state: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Replace `opt`'s per-parameter state with `state` (from `optimizer_state`), on each parameter's device."""
+    opt.state.clear()
+    for name, p in named.items():
+        if name in state:  # 'step' stays on the CPU, as torch's AdamW keeps it
+            opt.state[p] = {k: v.clone() if k == "step" else v.to(p.device, v.dtype).clone()
+                            for k, v in state[name].items()}

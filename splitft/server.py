@@ -10,6 +10,7 @@ optimizer step per request, in the order requests arrive.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import torch
 
@@ -19,7 +20,7 @@ from .errors import UserError
 from .loss import token_loss
 from .model.families import Family
 from .model.split import ServerPart
-from .optim import clip, grads_finite, make_optimizer
+from .optim import clip, grads_finite, load_optimizer_state, make_optimizer, optimizer_state
 from .transport.base import AdapterUpdate, ForwardRequest, StepReply
 
 
@@ -92,6 +93,15 @@ class FedAvgServer:
     def global_view(self, cut: int) -> dict[str, torch.Tensor]:
         """Current global adapters of blocks [0, cut), full rank."""
         return {n: t.clone() for n, t in self.store.items() if self._layer(n) < cut}
+
+    # --- state (checkpoints are taken at round boundaries: nothing pending) ---------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        assert not self.pending, "a server's state is taken between rounds, with no update pending"
+        return {"store": dict(self.store)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.store = {n: t.clone() for n, t in state["store"].items()}
 
     def global_adapters(self, cut: int) -> dict[str, torch.Tensor]:
         """What a client holding blocks [0, cut) loads."""
@@ -191,3 +201,16 @@ class SplitServer(FedAvgServer):
     def adapters(self) -> dict[str, torch.Tensor]:
         """The server part's adapters (blocks [first, L)), full rank."""
         return lora.adapter_state_dict(self.part.module)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The store, the server part's LoRA and AdamW state, and the samples served per cut this round."""
+        named = lora.lora_parameters(self.part.module)
+        return {**super().state_dict(), "lora": self.adapters(), "opt": optimizer_state(self.opt, named),
+                "served": {str(cut): n for cut, n in self.served.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        named = lora.lora_parameters(self.part.module)
+        lora.load_adapter_state_dict(self.part.module, state["lora"])
+        load_optimizer_state(self.opt, named, state["opt"])
+        self.served = Counter({int(cut): n for cut, n in state["served"].items()})

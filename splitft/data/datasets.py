@@ -20,6 +20,7 @@ import torch
 from ..config import DataConfig
 from ..errors import UserError
 from ..loss import IGNORE
+from ..seeding import load_random_state, random_state
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 BUILTIN_DATA = {"shakespeare_dialogue": "shakespeare_dialogue.jsonl"}
@@ -174,3 +175,11 @@ class BatchStream:
                 self.rng.shuffle(self.order)
             picked.append(self.examples[self.order.pop()])
         return collate(picked, self.pad_id)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream stands: its generator and what is left of this epoch's order."""
+        return {"rng": random_state(self.rng), "order": list(self.order)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_random_state(self.rng, state["rng"])
+        self.order = list(state["order"])

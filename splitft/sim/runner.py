@@ -40,7 +40,7 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
     check(cfg, sim_problems)
     out = Path(cfg.metrics.out_dir)
     if resume:
-        tensors, meta = checkpoint.load(out)
+        saved = checkpoint.load(out)
         if (out / "summary.json").exists():
             raise UserError(f"--resume: '{out}' already finished (summary.json exists); nothing to resume")
     else:
@@ -49,12 +49,13 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
     start = 0
     if resume:  # build-time records (setup, the first cut decision) are in metrics.jsonl already
         fed = build_federation(setup, NullLogger())
-        start = meta["round"] + 1
-        logger = MetricsLogger(truncate_lines(out / "metrics.jsonl", meta["metrics_lines"]), offset=meta["wall_time"])
-        checkpoint.restore_federation(fed, tensors, meta)
+        start = saved["round"] + 1
+        logger = MetricsLogger(truncate_lines(out / "metrics.jsonl", saved["metrics_lines"]),
+                               offset=saved["wall_time"])
+        fed.load_state_dict(saved["federation"])
         fed.logger = logger
         rounds = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
-        print(f"resuming {out} after round {meta['round']}", file=sys.stderr)
+        print(f"resuming {out} after round {saved['round']}", file=sys.stderr)
     else:
         prepare_run_dir(cfg)
         logger = MetricsLogger(out / "metrics.jsonl")
@@ -73,9 +74,8 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
         bar.write(_round_line(rec))
         every = cfg.metrics.checkpoint_every
         if every and (r + 1) % every == 0 and r < f.rounds - 1:
-            tensors, meta = checkpoint.federation_state(fed, r)
-            meta.update(metrics_lines=logger.lines, wall_time=logger.elapsed())
-            checkpoint.save(out, tensors, meta)
+            checkpoint.save(out, r, {"round": r, "metrics_lines": logger.lines, "wall_time": logger.elapsed(),
+                                     "federation": fed.state_dict()})
     bar.close()
     export_adapter(setup.peft, fed.server.global_view(setup.n_layer), out / "adapter")
     summary = _summary(cfg, rounds, fed, logger.elapsed(), client_report(setup, fed, rounds))

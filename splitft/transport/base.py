@@ -126,6 +126,14 @@ class ByteCounter:
     def totals(self) -> dict[str, int]:
         return sum_kinds(self.bytes)
 
+    def state_dict(self) -> dict[str, dict[str, int]]:
+        return {str(c): dict(kinds) for c, kinds in self.bytes.items()}
+
+    def load_state_dict(self, state: dict[str, dict[str, int]]) -> None:
+        self.bytes.clear()
+        for c, kinds in state.items():
+            self.bytes[int(c)].update(kinds)
+
     def snapshot(self, clients: Iterable[int] | None = None) -> dict[int, dict[str, int]]:
         """The counts so far of `clients` (default: every client counted yet), to pass to `since` later."""
         return {c: dict(self.bytes[c]) for c in (self.bytes if clients is None else clients)}

@@ -10,9 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from splitft import checkpoint
+from splitft.build import build_setup
+from splitft.client import SplitClient
 from splitft.errors import UserError
 from splitft.federation import Federation, plan_dropouts
-from splitft.metrics import read_metrics
+from splitft.metrics import NullLogger, read_metrics
+from splitft.sim.methods import build_federation
 from splitft.sim.runner import run_simulation
 from tests.conftest import tiny_config
 from tests.unit.test_adaptivity import ADAPTIVE
@@ -90,3 +94,58 @@ def test_dropout_draws_are_seeded_and_independent_of_selection():
     assert plan_dropouts(3, [0, 1, 2, 3], 4, 0.0, seed=7) == {}
     hits = sum(len(plan_dropouts(r, list(range(10)), 2, 0.3, seed=1)) for r in range(200))
     assert 0.25 < hits / 2000 < 0.35
+
+
+class _CountingClient(SplitClient):
+    """A client with a field of its own (batches trained), which it keeps in its own state_dict."""
+
+    batches = 0
+
+    def train_step(self, transport, round_, step):
+        self.batches += 1
+        return super().train_step(transport, round_, step)
+
+    def state_dict(self):
+        return {**super().state_dict(), "batches": self.batches}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.batches = state["batches"]
+
+
+class _ForgetfulClient(_CountingClient):
+    """The same field, left out of its state_dict: nothing else may carry it through a checkpoint."""
+
+    def state_dict(self):
+        return SplitClient.state_dict(self)
+
+    def load_state_dict(self, state):
+        SplitClient.load_state_dict(self, state)
+
+
+@pytest.mark.parametrize("cls, survives", [(_CountingClient, True), (_ForgetfulClient, False)])
+def test_a_new_client_field_survives_resume_only_through_the_clients_own_state_dict(tmp_path, cls, survives):
+    cfg = tiny_config(tmp_path, "llama", *ADAPTIVE)
+
+    def federation():
+        fed = build_federation(build_setup(cfg), NullLogger())
+        for client in fed.clients.values():
+            client.__class__ = cls
+        return fed
+
+    fed = federation()
+    fed.run_round(0, evaluate=False)
+    assert {c.batches for c in fed.clients.values()} == {cfg.federation.local_steps}
+    checkpoint.save(tmp_path, 0, {"federation": fed.state_dict()})
+    resumed = federation()
+    resumed.load_state_dict(checkpoint.load(tmp_path)["federation"])
+    assert {c.batches for c in resumed.clients.values()} == {cfg.federation.local_steps if survives else 0}
+    assert {c: cl.cut for c, cl in resumed.clients.items()} == {c: cl.cut for c, cl in fed.clients.items()}
+
+
+def test_a_state_round_trips_through_the_files_with_tensors_apart_from_json(tmp_path):
+    state = {"a": {"w": torch.arange(6.0).reshape(2, 3), "n": 3, "names": ["x"]}, "rng": torch.tensor([1, 2])}
+    folder = checkpoint.save(tmp_path, 7, state)
+    assert set(load_file(folder / "state.safetensors")) == {"a/w", "rng"}
+    back = checkpoint.load(tmp_path)
+    assert back["a"]["n"] == 3 and back["a"]["names"] == ["x"] and torch.equal(back["a"]["w"], state["a"]["w"])
