@@ -23,7 +23,8 @@ from ..errors import UserError
 from ..rundir import refuse_existing_run
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (launch and the tests pick their servers' ports)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -58,7 +59,7 @@ def launch(base: Config, n_clients: int) -> dict:
         raise UserError(f"--clients: need at least 1, got {n_clients}")
     cfg = copy.deepcopy(base)
     cfg.federation.n_clients = n_clients
-    cfg.transport.address = f"127.0.0.1:{_free_port()}"
+    cfg.transport.address = f"127.0.0.1:{free_port()}"
     refuse_existing_run(cfg)
     out = Path(cfg.metrics.out_dir)
     (out / "logs").mkdir(parents=True, exist_ok=True)

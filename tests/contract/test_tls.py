@@ -5,13 +5,13 @@ refused at the handshake, before any message."""
 import asyncio
 import datetime
 import ipaddress
-import socket
 import threading
 
 import pytest
 
-from splitft.transport.base import TransportError
 from splitft.config import TransportConfig
+from splitft.deploy.launch import free_port
+from splitft.transport.base import TransportError
 from splitft.transport.grpc import Envelope, GrpcTransport, serve_grpc
 
 x509 = pytest.importorskip("cryptography.x509")
@@ -69,9 +69,7 @@ class _Ack:
 
 @pytest.fixture(scope="module")
 def mtls_server(pki):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{s.getsockname()[1]}"
+    address = f"127.0.0.1:{free_port()}"
     opts = TransportConfig(tls_cert=pki["server"][0], tls_key=pki["server"][1], tls_client_ca=pki["ca"][0])
     ready, box = threading.Event(), {}
 

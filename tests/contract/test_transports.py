@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from splitft.deploy import join as join_module
 from splitft.deploy.join import join
+from splitft.deploy.launch import free_port
 from splitft.deploy.serve import serve
 from splitft.metrics import read_metrics
 from splitft.sim.runner import run_simulation
@@ -29,17 +30,11 @@ def _config(tmp_path, name, *extra):
     return tiny_config(tmp_path / name, "llama", "federation.n_clients=3", "transport.chunk_kb=16", *extra)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _deploy(tmp_path, monkeypatch, *extra):
     """serve() and three join()s in threads; returns (out_dir, {client: report or exception})."""
     cfg = _config(tmp_path, "grpc", *extra)
     (tmp_path / "tokens.txt").write_text((TOKEN + "\n") * 3)
-    port = _free_port()
+    port = free_port()
     cfg.transport.address = f"127.0.0.1:{port}"
     cfg.transport.tokens_file = str(tmp_path / "tokens.txt")
     monkeypatch.setenv(cfg.transport.token_env, TOKEN)

@@ -3,7 +3,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
+from splitft.deploy.launch import free_port
 from splitft.metrics import read_metrics
 from tests.e2e.test_cli import TINY, splitft
 
@@ -41,16 +41,10 @@ def test_launch_matches_simulate_weights_and_bytes(tmp_path):
     assert oct((dep / "tokens.txt").stat().st_mode)[-3:] == "600"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_client_with_a_bad_token_is_refused(tmp_path):
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("a" * 32 + "\n" + "b" * 32 + "\n")
-    addr = f"127.0.0.1:{_free_port()}"
+    addr = f"127.0.0.1:{free_port()}"
     common = [*[o for o in DEPLOY if "n_clients" not in o], "federation.n_clients=2", f"transport.address={addr}"]
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen([sys.executable, "-m", "splitft.cli", "server", *common,
@@ -82,7 +76,7 @@ def test_a_killed_client_process_is_dropped_and_the_run_completes(tmp_path):
     every later round over the survivors, finishes and saves the adapter."""
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("".join(f"{i}" * 32 + "\n" for i in range(3)))
-    addr = f"127.0.0.1:{_free_port()}"
+    addr = f"127.0.0.1:{free_port()}"
     common = [*DEPLOY, "federation.rounds=10", f"transport.address={addr}", "transport.heartbeat_s=0.2",
               "transport.dead_after_s=2", f"metrics.out_dir={tmp_path / 'run'}"]
     logs = {name: tmp_path / f"{name}.log" for name in ("server", "c0", "c1", "c2")}
