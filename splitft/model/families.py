@@ -8,6 +8,8 @@ Only right padding is supported (our collator pads right), so position ids are `
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -45,12 +47,22 @@ def _positions(hidden: torch.Tensor) -> torch.Tensor:
     return torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
 
 
+@functools.cache
+def _no_cache(mask_fn: Callable[..., Any]) -> dict[str, None]:
+    """The 'no KV cache' argument of a transformers mask function, which must be given: `cache` in current 5.x,
+    `past_key_values` in the releases before the rename (deprecated there, removed in 5.40)."""
+    return {"cache": None} if "cache" in inspect.signature(mask_fn).parameters else {"past_key_values": None}
+
+
+def _mask(mask_fn: Callable[..., Any], config: Any, hidden: torch.Tensor, attention_mask: torch.Tensor,
+          **kw: Any) -> Any:
+    return mask_fn(config=config, inputs_embeds=hidden, attention_mask=attention_mask, **_no_cache(mask_fn), **kw)
+
+
 def _causal_mask(config: Any, hidden: torch.Tensor, attention_mask: torch.Tensor, **kw: Any) -> Any:
     from transformers.masking_utils import create_causal_mask
 
-    return create_causal_mask(
-        config=config, inputs_embeds=hidden, attention_mask=attention_mask, past_key_values=None, **kw
-    )
+    return _mask(create_causal_mask, config, hidden, attention_mask, **kw)
 
 
 def _get(model: nn.Module, path: str) -> nn.Module:
@@ -72,10 +84,8 @@ def _llama_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch
     if "sliding_attention" in layer_types:
         from transformers.masking_utils import create_sliding_window_causal_mask
 
-        masks["sliding_attention"] = create_sliding_window_causal_mask(
-            config=config, inputs_embeds=hidden, attention_mask=attention_mask,
-            past_key_values=None, position_ids=pos,
-        )
+        masks["sliding_attention"] = _mask(create_sliding_window_causal_mask, config, hidden, attention_mask,
+                                           position_ids=pos)
     rotary = _get(model, "model.rotary_emb")(hidden, position_ids=pos)
     return {"masks": masks, "position_ids": pos, "rotary": rotary, "layer_types": layer_types}
 
@@ -85,7 +95,7 @@ def _llama_block(model: nn.Module, i: int, hidden: torch.Tensor, ctx: dict[str, 
     layer = _get(model, "model.layers")[i]
     return layer(
         hidden, attention_mask=ctx["masks"][kind], position_embeddings=ctx["rotary"],
-        position_ids=ctx["position_ids"], past_key_values=None, use_cache=False,
+        position_ids=ctx["position_ids"], use_cache=False,
     )
 
 
@@ -141,8 +151,7 @@ def _opt_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.T
 
 def _opt_block(model: nn.Module, i: int, hidden: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
     layer = _get(model, "model.decoder.layers")[i]
-    return layer(hidden, attention_mask=ctx["mask"], position_ids=ctx["position_ids"],
-                 past_key_values=None, use_cache=False)
+    return layer(hidden, attention_mask=ctx["mask"], position_ids=ctx["position_ids"], use_cache=False)
 
 
 def _opt_head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
