@@ -96,8 +96,12 @@ class Setup:
 
     @property
     def pad_id(self) -> int:
-        tok = self.tokenizer
-        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return pad_id_of(self.tokenizer)
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    """The padding token id (the tokenizer's pad token, else its end-of-sequence token)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def build_model(cfg: Config, checked: loader.ModelMeta | None = None) -> tuple[torch.nn.Module, Family, Any,
@@ -129,10 +133,16 @@ def build_setup(cfg: Config) -> Setup:
     meta = check_model(cfg)
     resolve_path(cfg.data.path)  # a missing data file fails before the weights load
     peft, family, tokenizer, device = build_model(cfg, meta)
-    examples, stats = load_examples(cfg.data, tokenizer, cfg.federation.seed)
-    train, held_out = split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
+    train, held_out, stats = load_data(cfg, tokenizer)
     parts = partitioner_for(cfg.data, cfg.federation.n_clients, cfg.federation.seed).partition(samples_of(train))
     return Setup(cfg, peft, family, tokenizer, train, held_out, stats, device, parts)
+
+
+def load_data(cfg: Config, tokenizer: Any) -> tuple[list[Example], list[Example], dict[str, int]]:
+    """(training examples, held-out examples, tokenization stats): the same split for every command."""
+    examples, stats = load_examples(cfg.data, tokenizer, cfg.federation.seed)
+    train, held_out = split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
+    return train, held_out, stats
 
 
 def cut_rank(cfg: Config) -> int | None:

@@ -10,6 +10,7 @@
     splitft client --config ... --client-id N --server HOST:PORT     one client process (token in $SPLITFT_TOKEN)
     splitft launch --config ... --clients N                          server + N clients on loopback
     splitft report RUN_DIR [RUN_DIR ...] [--out DIR]                  PNG plots + markdown table of runs
+    splitft evaluate RUN_DIR [--adapter DIR] [--json]                 held-out ppl of an adapter, loaded with PEFT
 User mistakes print one line `splitft: error: ...` and exit with code 2.
 """
 
@@ -55,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="plots (PNG) and a markdown table comparing finished runs")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by simulate/experiment")
     rep.add_argument("--out", default="report", help="folder for the PNGs and report.md (default: report)")
+    ev = sub.add_parser("evaluate", help="held-out loss/ppl/accuracy of a run's adapter, loaded with PEFT")
+    ev.add_argument("run", metavar="RUN_DIR", help="a finished run directory (its config.yaml picks model and data)")
+    ev.add_argument("--adapter", help="a PEFT adapter folder to evaluate instead of RUN_DIR/adapter")
+    ev.add_argument("--json", action="store_true", help="print one JSON object instead of a line for people")
     return p
 
 
@@ -153,9 +158,23 @@ def _report(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .evaluate import evaluate_run
+
+    if overrides:
+        raise UserError(f"evaluate takes a run directory (its own config.yaml), not overrides: {' '.join(overrides)}")
+    result = evaluate_run(args.run, args.adapter)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['adapter']}: eval_loss={result['eval_loss']:.4f} eval_ppl={result['eval_ppl']:.2f} "
+              f"eval_acc={result['eval_acc']:.3f} ({result['eval_tokens']} held-out tokens)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "simulate": _simulate, "validate": _validate, "partition": _partition, "experiment": _experiment,
-    "server": _server, "client": _client, "launch": _launch, "report": _report}
+    "server": _server, "client": _client, "launch": _launch, "report": _report, "evaluate": _evaluate}
 
 
 def _quiet_libraries() -> None:

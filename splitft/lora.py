@@ -46,6 +46,18 @@ def cut_payload(sd: dict[str, torch.Tensor], family: Family, cut: int, r_cut: in
     return out
 
 
+def mask_cut_layer(sd: dict[str, torch.Tensor], family: Family, cut: int, r_cut: int) -> dict[str, torch.Tensor]:
+    """`sd` as a client with this cut uses it: in both cut-layer blocks, components >= r_cut set to 0 (a rank-r
+    module with those components zero computes exactly what `CutRankMask` lets through). Clones."""
+    out = {}
+    for name, t in sd.items():
+        t = t.clone()
+        if layer_of(name, family) in cut_layers(cut):
+            t.narrow(rank_dim(name), r_cut, t.shape[rank_dim(name)] - r_cut).zero_()
+        out[name] = t
+    return out
+
+
 class CutRankMask:
     """Masks LoRA components >= r_cut of the cut layer (blocks cut-1 and cut) of a model or part.
 

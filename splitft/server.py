@@ -107,6 +107,11 @@ class FedAvgServer:
         """What a client holding blocks [0, cut) loads."""
         return self.global_view(cut)
 
+    def global_model(self, eval_cut: int) -> dict[str, torch.Tensor]:
+        """The one global model a run reports, evaluates and exports: every block's global adapters, as a
+        client at `eval_cut` (the probe's cut) runs them. Without a split, all of them at full rank."""
+        return self.global_view(1 + max(self._layer(n) for n in self.store))
+
 
 class SplitServer(FedAvgServer):
     """Server side of the split: the shared server part, its optimizer, and the global adapter store.
@@ -190,6 +195,13 @@ class SplitServer(FedAvgServer):
         """Current global adapters of blocks [0, cut), full rank: the store below `first`, the server part above."""
         live = self.adapters() if cut > self.first else {}
         return {n: t.clone() for n, t in {**self.store, **live}.items() if self._layer(n) < cut}
+
+    def global_model(self, eval_cut: int) -> dict[str, torch.Tensor]:
+        """Every block's global adapters with the two cut-layer blocks of `eval_cut` at r_cut components (the
+        rest zero), which is what a client at that cut and the server compute with: the model a run evaluates
+        is exactly the one it exports, and PEFT's rank-r modules reproduce it."""
+        view = self.global_view(self.part.n_layer)
+        return view if self.r_cut is None else lora.mask_cut_layer(view, self.family, eval_cut, self.r_cut)
 
     def global_adapters(self, cut: int) -> dict[str, torch.Tensor]:
         """What a client with this cut loads: blocks [0, cut), its cut layer (block cut-1) at r_cut components."""

@@ -87,7 +87,7 @@ def serve(cfg: Config) -> dict:
     endpoint = Endpoint(coord, shape, {n: t.shape for n, t in full.items()}, max(t.numel() for t in full.values()),
                         counter)
     asyncio.run(_serve(coord, endpoint, tokens, cfg, log))
-    export_adapter(peft, server.global_view(server.part.n_layer), out / "adapter")
+    export_adapter(peft, server.global_model(cfg.split.cut), out / "adapter")  # the model client 0 evaluates
     summary = {"rounds": coord.round, "clients": fed.n_clients, "wall_time_s": round(logger.elapsed(), 2),
                "dropped_by_round": [r["dropped"] for r in rounds]}
     (out / "server.json").write_text(json.dumps(summary, indent=2))

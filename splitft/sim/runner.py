@@ -77,7 +77,8 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
             checkpoint.save(out, r, {"round": r, "metrics_lines": logger.lines, "wall_time": logger.elapsed(),
                                      "federation": fed.state_dict()})
     bar.close()
-    export_adapter(setup.peft, fed.server.global_view(setup.n_layer), out / "adapter")
+    evals = [r for r in rounds if "eval_cut" in r]  # the last evaluation defines the model the run reports
+    export_adapter(setup.peft, fed.server.global_model(evals[-1]["eval_cut"]), out / "adapter")
     summary = _summary(cfg, rounds, fed, logger.elapsed(), client_report(setup, fed, rounds))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     logger.close()

@@ -28,6 +28,23 @@ def test_experiment_runs_every_method_and_prints_one_table(tmp_path):
     again = splitft("experiment", *TINY, *ADAPTIVE, f"metrics.out_dir={out}", "--methods", "fedlora")
     assert again.returncode == 0 and "reusing" in again.stdout
 
+    # Each exported adapter, loaded with PEFT on the base model, is the model whose perplexity the run reports:
+    # fixed cut, adaptive cuts with r_cut < r (blocks trained beyond r_cut by clients of other cuts), no split.
+    for name in m:
+        res = splitft("evaluate", str(out / name), "--json")
+        assert res.returncode == 0, res.stderr
+        got = json.loads(res.stdout)["eval_ppl"]
+        want = json.loads((out / name / "summary.json").read_text())["final_eval_ppl"]
+        assert abs(got - want) <= 1e-4 * want, (name, got, want)
+
+
+def test_evaluate_refuses_what_is_not_a_finished_run(tmp_path):
+    res = splitft("evaluate", str(tmp_path))
+    assert res.returncode == 2 and "not a run directory" in res.stderr and "Traceback" not in res.stderr
+    (tmp_path / "config.yaml").write_text("")
+    res = splitft("evaluate", str(tmp_path))
+    assert res.returncode == 2 and "no PEFT adapter" in res.stderr
+
 
 def test_unknown_method_is_a_clear_error(tmp_path):
     res = splitft("experiment", *TINY, f"metrics.out_dir={tmp_path / 'x'}", "--methods", "splitft,magic")

@@ -1,0 +1,71 @@
+"""`splitft evaluate RUN_DIR [--adapter DIR] [--json]`: held-out loss, perplexity and next-token accuracy of an
+exported adapter, loaded with PEFT's own `PeftModel.from_pretrained` on the run's base model, on the run's
+held-out data (rebuilt from the run's config.yaml, so the same examples).
+
+A run exports exactly the model it evaluates (`FedAvgServer.global_model`), so for a finished run this gives
+summary.json's final_eval_ppl back: a check that what you ship is what was measured. Plain PEFT and
+transformers do the forward pass here, not SplitFT's split code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .build import check_model, load, load_data, pad_id_of, resolve_device
+from .data.datasets import Example, collate
+from .errors import UserError
+from .loss import token_loss
+from .metrics import perplexity
+from .model import loader
+from .seeding import seed_everything
+
+
+def evaluate_run(run_dir: str | Path, adapter: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate `adapter` (default: the run's adapter/) on the run's held-out data.
+
+    Raises:
+        UserError: not a run directory, no adapter there, or an adapter PEFT cannot load on this base model.
+    """
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise UserError(f"evaluate: '{run}' is not a run directory (no config.yaml)")
+    folder = Path(adapter) if adapter is not None else run / "adapter"
+    if not (folder / "adapter_config.json").is_file():
+        raise UserError(f"evaluate: no PEFT adapter in '{folder}' (no adapter_config.json); a run writes "
+                        f"adapter/ when it finishes")
+    cfg = load(run / "config.yaml")
+    check_model(cfg)
+    seed_everything(cfg.federation.seed)  # tiny:<family> models are seeded random weights: the run's own
+    loaded = loader.load(cfg.model.source, loader.MODEL_DTYPES[cfg.model.dtype], cfg.federation.seed)
+    model = _with_adapter(loaded.model.to(resolve_device(cfg.model.device)), folder)
+    _, held_out, _ = load_data(cfg, loaded.tokenizer)
+    result = evaluate_model(model, held_out, cfg.train.batch_size, pad_id_of(loaded.tokenizer))
+    return {"run": str(run), "adapter": str(folder), **result}
+
+
+def _with_adapter(base: torch.nn.Module, folder: Path) -> torch.nn.Module:
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(base, str(folder)).eval()
+    except (ValueError, RuntimeError, OSError, KeyError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"evaluate: PEFT cannot load the adapter in '{folder}' on this run's base model: "
+                        f"{reason}") from None
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, examples: list[Example], batch_size: int, pad_id: int) -> dict[str, Any]:
+    """Next-token loss over label tokens (the training objective), its perplexity, and argmax accuracy."""
+    device = next(model.parameters()).device
+    loss_sum, n_tok, n_ok = 0.0, 0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[i:i + batch_size], pad_id).items()}
+        stats = token_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                           batch["labels"])
+        loss_sum, n_tok, n_ok = loss_sum + stats.loss_sum.item(), n_tok + stats.n_tokens, n_ok + stats.n_correct
+    loss = loss_sum / max(n_tok, 1)
+    return {"eval_loss": loss, "eval_ppl": perplexity(loss), "eval_acc": n_ok / max(n_tok, 1), "eval_tokens": n_tok}
