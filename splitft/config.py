@@ -60,6 +60,9 @@ class SplitConfig:
     """splitft: blocks a client's cut moves per standard deviation its loss is below (+) or above (-) the mean."""
     period: int = 2
     """splitft: rounds between cut decisions."""
+    allow_over_memory: bool = False
+    """A client whose memory budget fits no cut it may be given (cut_min; split.cut under `fixed`) refuses the run;
+    true runs it anyway at that cut, with a warning in the log and the `setup` record."""
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from .. import lora
 from ..build import Setup, client_stream, cut_rank, optimizer_settings, split_client, split_server
 from ..client import LocalClient
+from ..errors import UserError
 from ..federation import Adaptivity, Federation
 from ..metrics import MetricsLogger
 from ..model.split import ClientPart, FullPart
@@ -40,6 +41,37 @@ def cut_bounds(setup: Setup) -> CutBounds:
     return CutBounds(setup.n_layer, cfg.split.cut_min, cfg.split.cut_max, base_gb, block_gb)
 
 
+def over_memory(setup: Setup) -> dict[str, dict[str, Any]]:
+    """Split clients whose device memory fits no cut they may be given: the smallest is split.cut under `fixed`
+    and split.cut_min otherwise. {client: device, budget, the smallest cut and its estimated need}."""
+    cfg = setup.cfg
+    if cfg.federation.method != "split":
+        return {}
+    bounds = cut_bounds(setup)
+    smallest = cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min
+    need = bounds.base_gb + smallest * bounds.block_gb
+    devices = client_profiles(cfg.heterogeneity, cfg.federation.n_clients, cfg.federation.seed)
+    return {str(c): {"device": d.name, "memory_gb_budget": d.memory_gb, "cut": smallest,
+                     "memory_gb_needed": round(need, 3)} for c, d in enumerate(devices) if need > d.memory_gb}
+
+
+def check_placement(setup: Setup) -> dict[str, dict[str, Any]]:
+    """Refuse a run that would put a client over its memory budget, unless split.allow_over_memory; returns
+    the clients that run over it anyway (for the log and the setup record).
+
+    Raises:
+        UserError: naming each such client, its budget and the smallest cut's need, and the fixes.
+    """
+    over = over_memory(setup)
+    if over and not setup.cfg.split.allow_over_memory:
+        who = "; ".join(f"client {c} ({o['device']}): {o['memory_gb_budget']:g} GB budget, cut {o['cut']} needs "
+                        f"{o['memory_gb_needed']:g} GB" for c, o in over.items())
+        raise UserError(f"no cut fits in memory for {who}; give the device more memory (heterogeneity.tiers), "
+                        f"lower split.cut_min (or split.cut under split.policy=fixed), lower train.batch_size or "
+                        f"data.max_length, or run anyway with split.allow_over_memory=true")
+    return over
+
+
 def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict[int, DeviceProfile],
                 logger: MetricsLogger, on_step: OnStep, local_steps: int, per_round: int,
                 adaptivity: Adaptivity | None = None, networked: bool = True) -> Federation:
@@ -49,7 +81,8 @@ def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict
     clock = VirtualClock(cost_model(setup), devices, server_profile(cfg.heterogeneity))
     logger.log("setup", method=cfg.federation.method, partition_sizes=[len(p) for p in setup.parts],
                **setup.data_stats, eval_samples=len(setup.eval), n_layer=setup.n_layer, family=setup.family.name,
-               device=str(setup.device), devices={str(c): vars(d) for c, d in devices.items()})
+               device=str(setup.device), devices={str(c): vars(d) for c, d in devices.items()},
+               over_memory=over_memory(setup))
     transport = InProcTransport(server, networked, CODECS[cfg.transport.codec])
     return Federation(server, clients, transport, eval_examples=setup.eval, batch_size=cfg.train.batch_size,
                       pad_id=setup.pad_id, local_steps=local_steps, clients_per_round=per_round,

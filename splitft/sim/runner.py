@@ -20,7 +20,7 @@ from ..federation import Federation
 from ..metrics import MetricsLogger, NullLogger, read_metrics
 from ..registry import check_names
 from ..rundir import export_adapter, prepare_run_dir, refuse_existing_run, truncate_lines
-from .methods import METHODS, build_federation, client_report
+from .methods import METHODS, build_federation, check_placement, client_report
 from .profiles import PROFILES, device_problems
 
 
@@ -57,6 +57,10 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
         rounds = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
         print(f"resuming {out} after round {saved['round']}", file=sys.stderr)
     else:
+        for cid, o in check_placement(setup).items():  # refused before the run directory is written
+            print(f"warning: client {cid} ({o['device']}) runs over its memory budget: cut {o['cut']} needs "
+                  f"{o['memory_gb_needed']:g} GB of {o['memory_gb_budget']:g} GB (split.allow_over_memory=true)",
+                  file=sys.stderr)
         prepare_run_dir(cfg)
         logger = MetricsLogger(out / "metrics.jsonl")
         fed = build_federation(setup, logger)

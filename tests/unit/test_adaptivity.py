@@ -67,3 +67,29 @@ def test_no_split_baselines_train_from_the_same_start(tmp_path, method):
     n_steps = 2 * 3  # local_steps x clients, for both: centralized runs the federation's steps on one trainer
     assert len(fed.clients) == (1 if method == "centralized" else 3)
     assert n_steps == fed.local_steps * len(fed.clients)
+
+
+TINY_PHONE = ["heterogeneity.tiers=[{name: tinyphone, tflops: 0.5, memory_gb: 0.00001, up_mbps: 10, "
+              "down_mbps: 50, latency_ms: 40}]", "heterogeneity.devices=[tinyphone,laptop,workstation]"]
+
+
+def test_a_client_whose_memory_fits_no_cut_refuses_the_run_before_anything_is_written(tmp_path):
+    from splitft.errors import UserError
+    from splitft.sim.runner import run_simulation
+
+    cfg = tiny_config(tmp_path, "llama", *ADAPTIVE, *TINY_PHONE)
+    with pytest.raises(UserError, match=r"client 0 \(tinyphone\): 1e-05 GB budget, cut 1 needs [0-9.e-]+ GB; "
+                                        r".*split.allow_over_memory=true"):
+        run_simulation(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_allow_over_memory_runs_it_with_a_warning_in_the_log_and_the_setup_record(tmp_path, capsys):
+    from splitft.sim.runner import run_simulation
+
+    cfg = tiny_config(tmp_path, "llama", *ADAPTIVE, *TINY_PHONE, "split.allow_over_memory=true",
+                      "federation.rounds=1")
+    run_simulation(cfg)
+    assert "client 0 (tinyphone) runs over its memory budget" in capsys.readouterr().err
+    setup = next(r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "setup")
+    assert set(setup["over_memory"]) == {"0"} and setup["over_memory"]["0"]["cut"] == 1

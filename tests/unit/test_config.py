@@ -22,7 +22,7 @@ def test_all_problems_are_reported_together():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["split.cutt=3", "train.lr=fast", "federation.rounds=0"])
     msg = str(e.value)
-    assert "split.cutt: unknown key" in msg and "valid keys here: cut" in msg
+    assert "split.cutt: unknown key" in msg and "valid keys here: allow_over_memory, cut, cut_max" in msg
     assert "train.lr: expected float" in msg
     assert len(e.value.problems) == 2  # range checks run once types are right
 
