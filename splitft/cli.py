@@ -11,7 +11,8 @@
     splitft launch --config ... --clients N                          server + N clients on loopback
     splitft report RUN_DIR [RUN_DIR ...] [--out DIR]                  PNG plots + markdown table of runs
     splitft evaluate RUN_DIR [--adapter DIR] [--json]                 held-out ppl of an adapter, loaded with PEFT
-User mistakes print one line `splitft: error: ...` and exit with code 2.
+User mistakes print one line `splitft: error: ...` and exit with code 2. stdout carries only results for tools
+(JSON, or the markdown table of experiment/report); progress, round lines and logs go to stderr.
 """
 
 from __future__ import annotations

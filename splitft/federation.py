@@ -78,6 +78,8 @@ class Federation:
         self.local_steps, self.per_round, self.seed = local_steps, clients_per_round, seed
         self.logger, self.clock, self.adaptivity, self.dropout = logger, clock, adaptivity, dropout
         self.on_step = on_step or (lambda record: None)
+        self.on_phase: Callable[[str, int], None] = lambda phase, round_: None
+        """Told "evaluate" before and "train" after each evaluation (progress output keeps the two apart)."""
         self.virtual_time = 0.0
 
     def state_dict(self) -> dict[str, Any]:
@@ -183,10 +185,12 @@ class Federation:
         protocol traffic); its eval batches still cross the transport and are counted as eval_up / eval_down.
         With different cuts per client, "the global model" is the one a client at the probe's cut would use.
         """
+        self.on_phase("evaluate", round_)
         probe = self.clients[min(self.clients)]
         load_adapter_state_dict(probe.part.module, self.server.global_adapters(probe.cut))
         loss_sum, n_tok, n_ok = probe.evaluate(self.transport, self.eval_examples, self.batch_size, self.pad_id,
                                                round_)
+        self.on_phase("train", round_)
         loss = loss_sum / max(n_tok, 1)
         return {"eval_loss": loss, "eval_ppl": perplexity(loss), "eval_acc": n_ok / max(n_tok, 1),
                 "eval_tokens": n_tok, "eval_cut": probe.cut}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from ..build import build_setup as build
@@ -32,7 +33,7 @@ def join(cfg: Config, client_id: int, address: str) -> dict:
     setup = build(cfg)
     client = split_client(setup, client_id, cfg.split.cut)  # as in the simulation: both runtimes match
     transport = GrpcTransport(address, client_id, token, cfg.transport,
-                              log=lambda text: print(f"[client {client_id}] {text}", flush=True))
+                              log=lambda text: print(f"[client {client_id}] {text}", file=sys.stderr, flush=True))
     losses: list[float] = []
     dropped: list[int] = []
     for r in range(fed.rounds):
@@ -43,12 +44,12 @@ def join(cfg: Config, client_id: int, address: str) -> dict:
             round_losses = [client.train_step(transport, r, s).loss for s in range(fed.local_steps)]
             client.push(transport, r)
         except ServerRefused as e:  # dropped from this round (late or silent): go on with the next one
-            print(f"[client {client_id}] round {r}: {e}; skipping to the next round", flush=True)
+            print(f"[client {client_id}] round {r}: {e}; skipping to the next round", file=sys.stderr, flush=True)
             client.samples_seen, dropped = 0, dropped + [r]
             continue
         losses += round_losses
         print(f"[client {client_id}] round {r}: mean step loss {sum(round_losses) / len(round_losses):.4f}",
-              flush=True)
+              file=sys.stderr, flush=True)
     report: dict = {"client_id": client_id, "losses": losses, "dropped_rounds": dropped}
     if client_id == 0:  # the probe, as in the simulation: the final global model on the held-out data
         client.pull(transport, fed.rounds)
@@ -56,7 +57,7 @@ def join(cfg: Config, client_id: int, address: str) -> dict:
                                                 fed.rounds)
         report.update(eval_loss=loss_sum / max(n_tok, 1), eval_ppl=perplexity(loss_sum / max(n_tok, 1)),
                       eval_acc=n_ok / max(n_tok, 1))
-        print(f"[client 0] final eval_ppl={report['eval_ppl']:.2f}", flush=True)
+        print(f"[client 0] final eval_ppl={report['eval_ppl']:.2f}", file=sys.stderr, flush=True)
     transport.done(client_id)
     transport.close()
     report.update(bytes=transport.counter.totals(), wire_up=transport.wire_up, wire_down=transport.wire_down,

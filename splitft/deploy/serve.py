@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 
 from .. import lora
@@ -62,7 +63,7 @@ def serve(cfg: Config) -> dict:
     logger = MetricsLogger(out / "metrics.jsonl")
 
     def log(text: str) -> None:
-        print(f"[server] {text}", flush=True)
+        print(f"[server] {text}", file=sys.stderr, flush=True)
         logger.log("server", message=text)
 
     fed, t = cfg.federation, cfg.transport

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,14 +68,14 @@ def run_experiment(base: Config, methods: list[str], target_ppl: float | None = 
         cfg = method_config(base, name)
         done = Path(cfg.metrics.out_dir) / "summary.json"
         if done.is_file():
-            print(f"== {name}: reusing {done}", flush=True)
+            print(f"== {name}: reusing {done}", file=sys.stderr, flush=True)
             summaries[name] = json.loads(done.read_text())
             continue
         if (done.parent / "checkpoints" / "latest").is_file():  # interrupted: go on from its checkpoint
-            print(f"== {name}: resuming {done.parent}", flush=True)
+            print(f"== {name}: resuming {done.parent}", file=sys.stderr, flush=True)
             summaries[name] = resume_simulation(done.parent)
             continue
-        print(f"== {name}: running into {cfg.metrics.out_dir}", flush=True)
+        print(f"== {name}: running into {cfg.metrics.out_dir}", file=sys.stderr, flush=True)
         summaries[name] = run_simulation(cfg)
     target = target_ppl or max(s["final_eval_ppl"] for s in summaries.values())
     result = {"target_ppl": target, "methods": {n: compare_row(s, target) for n, s in summaries.items()}}

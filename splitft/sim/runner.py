@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .. import checkpoint
 from ..build import build_setup, check
@@ -68,14 +68,15 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
     total = (f.rounds - start) * f.local_steps * (f.clients_per_round or f.n_clients)
     bar = tqdm(total=total, desc=f"{f.method} steps", unit="step", disable=not cfg.metrics.progress, file=sys.stderr)
     fed.on_step = lambda r: (bar.update(1), bar.set_postfix(loss=f"{r['loss']:.3f}"))
+    fed.on_phase = _progress_phases(bar, f"{f.method} steps")
     if not resume:
         rounds = [logger.log("round", round=-1, **fed.evaluate(-1))]  # the pretrained model, before any step
-        bar.write(f"round -1 (pretrained): eval_ppl={rounds[0]['eval_ppl']:.2f}")
+        bar.write(f"round -1 (pretrained): eval_ppl={rounds[0]['eval_ppl']:.2f}", file=sys.stderr)
     for r in range(start, f.rounds):
         due = (r + 1) % cfg.metrics.eval_every == 0 or r == f.rounds - 1
         rec = fed.run_round(r, evaluate=due)
         rounds.append(rec)
-        bar.write(_round_line(rec))
+        bar.write(_round_line(rec), file=sys.stderr)
         every = cfg.metrics.checkpoint_every
         if every and (r + 1) % every == 0 and r < f.rounds - 1:
             checkpoint.save(out, r, {"round": r, "metrics_lines": logger.lines, "wall_time": logger.elapsed(),
@@ -95,6 +96,20 @@ def resume_simulation(run_dir: str | Path) -> dict[str, Any]:
     if not cfg_file.is_file():
         raise UserError(f"--resume: '{run_dir}' is not a run directory (no config.yaml)")
     return run_simulation(load_config(str(cfg_file), []), resume=True)
+
+
+def _progress_phases(bar: Any, label: str) -> Callable[[str, int], None]:
+    """Evaluation shows as its own phase on the bar, and its time is left out of the step rate and the ETA
+    (tqdm's `unpause`), so the ETA counts training steps only."""
+
+    def on_phase(phase: str, round_: int) -> None:
+        if phase == "evaluate":
+            bar.set_description_str("evaluating the pretrained model" if round_ < 0 else f"evaluating round {round_}")
+        else:
+            bar.unpause()
+            bar.set_description_str(label)
+
+    return on_phase
 
 
 def _round_line(rec: dict[str, Any]) -> str:

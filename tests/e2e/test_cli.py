@@ -28,7 +28,8 @@ def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("e2e") / "run"
     res = splitft("simulate", *TINY, f"metrics.out_dir={out}")
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout.strip().splitlines()[-1])["rounds"] == 2
+    assert json.loads(res.stdout)["rounds"] == 2, "stdout holds the summary JSON alone (`| jq` works)"
+    assert "round 1: train_loss=" in res.stderr, "round lines for people go to stderr"
     return out
 
 

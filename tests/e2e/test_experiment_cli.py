@@ -26,7 +26,7 @@ def test_experiment_runs_every_method_and_prints_one_table(tmp_path):
         assert summary["method"] == {"splitft": "split", "sfl-fixed": "split"}.get(name, name)
 
     again = splitft("experiment", *TINY, *ADAPTIVE, f"metrics.out_dir={out}", "--methods", "fedlora")
-    assert again.returncode == 0 and "reusing" in again.stdout
+    assert again.returncode == 0 and "reusing" in again.stderr
 
     # Each exported adapter, loaded with PEFT on the base model, is the model whose perplexity the run reports:
     # fixed cut, adaptive cuts with r_cut < r (blocks trained beyond r_cut by clients of other cuts), no split.

@@ -73,3 +73,26 @@ def test_bad_heterogeneity_and_split_settings_say_how_to_fix_them(overrides, mes
 
     with pytest.raises(ConfigError, match=message):
         load(None, overrides, sim_problems)
+
+
+def test_the_progress_eta_counts_training_steps_not_evaluations():
+    import io
+
+    from tqdm import tqdm
+
+    from splitft.sim.runner import _progress_phases
+
+    now = [0.0]
+    bar = tqdm(total=100, file=io.StringIO(), mininterval=0, miniters=1)
+    bar._time, bar.start_t, bar.last_print_t = (lambda: now[0]), 0.0, 0.0
+    phases = _progress_phases(bar, "split steps")
+    for round_ in range(3):
+        phases("evaluate", round_ - 1)
+        assert bar.desc.startswith("evaluating")
+        now[0] += 60.0  # a long evaluation (the pretrained one, then after each round)
+        phases("train", round_ - 1)
+        for _ in range(5):
+            now[0] += 2.0
+            bar.update(1)
+    assert bar.desc == "split steps" and bar.format_dict["rate"] == pytest.approx(0.5)
+    assert bar.format_dict["elapsed"] == pytest.approx(30.0), "15 steps of 2 s; the evaluations are left out"
