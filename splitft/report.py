@@ -3,8 +3,8 @@
 Reads each run's metrics.jsonl (round records) and summary.json; writes to --out:
     ppl_vs_virtual_time.png   held-out perplexity vs simulated seconds on the clients' devices
     ppl_vs_wall_time.png      held-out perplexity vs real seconds of the run
-    bytes_per_round.png       training traffic per round by kind (MB), one panel per run
-    cuts.png                  each client's cut per round, one panel per run
+    bytes_per_round.png       training traffic per round by kind (MB), one panel per run, one y scale
+    cuts.png                  each client's cut per round: a clients x rounds grid per run, cut in each cell
     report.md                 a table comparing the runs, and the figures
 Nothing is recomputed: every number comes from the runs' own records.
 """
@@ -89,53 +89,86 @@ def _ppl_plot(runs: list[Run], x_key: str, xlabel: str, title: str, path: Path) 
     plt.close(fig)
 
 
-def _panels(n: int, title: str):
+def _panels(n: int, title: str, **kw: Any):
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, n, figsize=(max(5.0, 4.5 * n), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(max(5.0, 4.5 * n), 4.2), squeeze=False, **kw)
     fig.suptitle(title)
     return fig, axes[0]
 
 
-def _bytes_plot(runs: list[Run], path: Path) -> None:
+def _note(ax: Any, text: str) -> None:
+    """A panel with nothing to draw says why, in words, instead of showing empty axes."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.3")
+
+
+def _bytes_plot(runs: list[Run], path: Path) -> Any:
+    """Stacked MB per round by kind; one y scale for every panel, so heights compare across runs."""
     import matplotlib.pyplot as plt
 
-    fig, axes = _panels(len(runs), "Training traffic per round, by kind")
+    fig, axes = _panels(len(runs), "Training traffic per round, by kind", sharey=True)
     for ax, r in zip(axes, runs):
         per = per_round_bytes(r)
+        ax.set(xlabel="round", title=r.name)
+        if not any(v for p in per for v in p.values()):
+            ax.set_xticks([])
+            _note(ax, "no traffic\n(nothing crosses a network)")
+            continue
         bottom = [0.0] * len(per)
         for kind in TRAFFIC:
             vals = [p[kind] for p in per]
             ax.bar(range(len(per)), vals, bottom=bottom, label=kind)
             bottom = [b + v for b, v in zip(bottom, vals)]
-        ax.set(xlabel="round", ylabel="MB", title=r.name)
         ax.set_xticks(range(len(per)))
-    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].set_ylabel("MB")
+    handles, labels = next((ax.get_legend_handles_labels() for ax in axes if ax.containers), ([], []))
     fig.legend(handles, labels, loc="lower center", ncol=len(TRAFFIC), fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return fig
 
 
-def _cuts_plot(runs: list[Run], path: Path) -> None:
+def cut_grid(run: Run) -> tuple[list[str], list[int], list[list[int | None]]] | None:
+    """(client ids, rounds, cut of each client in each round; None where it took no part), or None for a run
+    without a split (fedlora, centralized: every client holds the whole model)."""
+    if run.summary.get("method", "split") != "split":
+        return None
+    trained = [x for x in run.rounds if x["round"] >= 0]
+    clients = sorted({c for x in trained for c in x["cuts"]}, key=int)
+    return clients, [x["round"] for x in trained], [[x["cuts"].get(c) for x in trained] for c in clients]
+
+
+def _cuts_plot(runs: list[Run], path: Path) -> Any:
+    """A clients x rounds grid per run with the cut printed in each cell (equal cuts read as equal), one colour
+    scale for every panel; a run without a split says so."""
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, axes = _panels(len(runs), "Cut per client per round (blocks held by the client; "
-                                   "lines offset slightly where clients share a cut)")
-    for ax, r in zip(axes, runs):
-        trained = [x for x in r.rounds if x["round"] >= 0]
-        clients = sorted({c for x in trained for c in x["cuts"]}, key=int)
-        for i, c in enumerate(clients):
-            pts = [(x["round"], x["cuts"][c]) for x in trained if c in x["cuts"]]
-            shift = (i - (len(clients) - 1) / 2) * 0.08  # so equal cuts stay visible as separate lines
-            ax.plot([p[0] for p in pts], [p[1] + shift for p in pts], marker="o", label=f"client {c}")
-        ax.set(xlabel="round", ylabel="cut", title=r.name)
-        ax.set_xticks([x["round"] for x in trained])
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+    grids = [cut_grid(r) for r in runs]
+    cuts = [v for g in grids if g for row in g[2] for v in row if v is not None]
+    lo, hi = (min(cuts), max(cuts)) if cuts else (0, 1)
+    fig, axes = _panels(len(runs), "Cut per client per round (blocks held by the client)")
+    for ax, r, g in zip(axes, runs, grids):
+        ax.set(title=r.name)
+        if g is None:
+            ax.set(xticks=[], yticks=[])
+            _note(ax, "no split\n(every client holds the whole model)")
+            continue
+        clients, rounds, rows = g
+        values = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+        ax.imshow(values, cmap="viridis", vmin=lo, vmax=hi + 0.5, aspect="auto")
+        for i, row in enumerate(rows):
+            for j, v in enumerate(row):  # dark text on the light (high) end of the colour scale
+                light = v is not None and (v - lo) / (hi + 0.5 - lo) > 0.6
+                ax.text(j, i, "-" if v is None else str(v), ha="center", va="center", fontsize=10,
+                        color="black" if light else "white")
+        ax.set(xlabel="round", ylabel="client", xticks=range(len(rounds)), xticklabels=rounds,
+               yticks=range(len(clients)), yticklabels=clients)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return fig
 
 
 def report(dirs: list[str], out: str | Path) -> Path:
