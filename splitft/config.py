@@ -40,7 +40,9 @@ class LoraConfig:
     r_cut: int = 16
     """LoRA rank of the last client block and the first server block (SplitFT uses 8 with r=16)."""
     alpha: float = 32.0
-    """Absolute LoRA alpha; a module of rank r_i is scaled by alpha / r_i (PEFT convention)."""
+    """LoRA alpha. Every module, the cut layer included, is scaled by alpha / r (r = lora.r, the stored rank; the
+    cut layer's r_cut is a mask over components, not a smaller rank), so the exported rank-r adapter loads in
+    PEFT at exactly this scale. See the convention in splitft/lora.py."""
     dropout: float = 0.0
     targets: list[str] = field(default_factory=list)
     """Module-name suffixes to wrap; empty = the family's attention projections."""

@@ -9,6 +9,12 @@ Only the k active components cross the network (`cut_payload`): A[:k] and B[:, :
 Scale alpha/r does not change with k, so dropping components never rescales the ones kept: a rank-r_cut
 payload padded back to rank r computes the same delta W (round trip exact), and averaging is per component.
 Adapters (the unit of exchange and aggregation) are dicts {full parameter name: tensor} with LoRA tensors only.
+
+What this means for a user: the cut layer runs at alpha / r, not alpha / r_cut. A PEFT module trained at rank
+r_cut = 8 with alpha = 32 would scale by 4; ours, with r = 16, scales its 8 active components by 2. The adapter a
+run exports is stored at rank r with lora_alpha = alpha (and the unused cut-layer components zero), so
+`PeftModel.from_pretrained` applies alpha / r everywhere and reproduces the trained model exactly; to continue
+training it in plain PEFT at rank r_cut, rescale B by r_cut / r, or keep rank r.
 """
 
 from __future__ import annotations
