@@ -50,7 +50,7 @@ def plan_dropouts(round_: int, clients: list[int], local_steps: int, p: float, s
 
 
 class RoundClock(Protocol):
-    """Turns a round's step records and adapter bytes into virtual seconds (see sim/clock.py)."""
+    """Turns a round's step records and adapter bytes into virtual seconds (see sim/clock.py, cost.py)."""
 
     def round_seconds(self, steps: list[dict[str, Any]], lora_down: dict[int, int],
                       lora_up: dict[int, int]) -> float: ...

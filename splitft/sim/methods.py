@@ -15,6 +15,7 @@ from typing import Any, Callable
 from .. import lora
 from ..build import Setup, client_stream, cut_rank, optimizer_settings, split_client, split_server
 from ..client import LocalClient
+from ..cost import CostModel
 from ..errors import UserError
 from ..federation import Adaptivity, Federation
 from ..metrics import MetricsLogger
@@ -24,14 +25,14 @@ from ..registry import Registry
 from ..server import FedAvgServer
 from ..transport.compress import CODECS
 from ..transport.inproc import InProcTransport
-from .clock import CostModel, VirtualClock
+from .clock import VirtualClock, cost_model_of
 from .profiles import DeviceProfile, client_profiles, server_profile
 
 OnStep = Callable[[dict[str, Any]], None] | None
 
 
 def cost_model(setup: Setup) -> CostModel:
-    return CostModel.from_model(setup.peft.base_model.model, setup.family, setup.peft.dtype.itemsize)
+    return cost_model_of(setup.peft.base_model.model, setup.family, setup.peft.dtype.itemsize)
 
 
 def cut_bounds(setup: Setup) -> CutBounds:

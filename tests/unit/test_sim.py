@@ -5,7 +5,7 @@ import math
 import pytest
 
 from splitft.config import load_config
-from splitft.sim.clock import CostModel, StepCost, round_time, transfer_s
+from splitft.cost import CostModel, StepCost, round_time, transfer_s
 from splitft.sim.profiles import TIERS, DeviceProfile, client_profiles
 
 # 1 TFLOP/s, 8 Mbit/s (1 MB/s) both ways, no latency: 1e12 FLOPs = 1 s, 1e6 bytes = 1 s

@@ -1,0 +1,117 @@
+"""What a round costs, in plain numbers: FLOPs and memory from the model's shape, bytes, and the round-time model
+shared by the virtual clock (`sim/clock.py`) and the cut policies that plan for round time (`policy/makespan.py`).
+
+Per split step of client i (batch B, padded length T):
+    client forward  F_c / 2 / tflops_i      upload   latency_i + bytes_up * 8 / up_i
+    server          F_s / tflops_server     download latency_i + bytes_down * 8 / down_i
+    client backward F_c / 2 / tflops_i
+Clients run in parallel; the server is one FIFO queue (it runs one request at a time, as the engine does), so
+clients wait for each other there. A round starts with every selected client pulling its adapters and ends
+when the last one has pushed them. FLOPs come from the model's shape: a block's forward is 2 * params +
+4 * T * d per token (matmuls + attention scores and values); training is 2 x forward, because frozen weights
+need input gradients only. No torch here: policies stay pure.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass
+from typing import Mapping, Protocol
+
+
+class Device(Protocol):
+    """A device's compute and link, as the round-time model reads them (`sim.profiles.DeviceProfile` is one)."""
+
+    tflops: float
+    up_mbps: float
+    down_mbps: float
+    latency_ms: float
+
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class CostModel:
+    block_params: tuple[int, ...]
+    """Frozen parameters of each block."""
+    embed_params: int
+    head_params: int
+    """Parameters of the LM head matmul (d x V), counted even when tied to the embeddings."""
+    d_model: int
+    n_heads: int
+    param_bytes: int
+
+    @property
+    def n_layer(self) -> int:
+        return len(self.block_params)
+
+    def train_flops(self, first: int, last: int, batch: int, seq: int, head: bool = False) -> float:
+        """Forward + backward FLOPs of blocks [first, last) (and the head) on a (batch, seq) batch."""
+        tokens = batch * seq
+        fwd = sum(tokens * (2 * self.block_params[j] + 4 * seq * self.d_model) for j in range(first, last))
+        return 2.0 * (fwd + (2 * self.head_params * tokens if head else 0))
+
+    def memory_gb(self, batch: int, seq: int) -> tuple[float, float]:
+        """(base, per block) client memory for training with these shapes: embeddings, then a block's weights
+        plus the activations kept for its backward (Korthikanti et al. 2022: s*b*h*(34 + 5*a*s/h) bytes at 16
+        bits, scaled to param_bytes)."""
+        acts = seq * batch * self.d_model * (34 + 5 * self.n_heads * seq / self.d_model) * self.param_bytes / 2
+        block = max(self.block_params) * self.param_bytes + acts
+        return self.embed_params * self.param_bytes / GB, block / GB
+
+    def full_model_gb(self, batch: int, seq: int) -> float:
+        """Memory to train the whole model on one device: every block, plus logits (B, T, V) and their grad."""
+        base, block = self.memory_gb(batch, seq)
+        vocab = self.head_params // self.d_model
+        return base + self.n_layer * block + 2 * batch * seq * vocab * self.param_bytes / GB
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """One training step as the clock sees it (local steps have server_flops = 0 and no bytes)."""
+
+    client_id: int
+    client_flops: float
+    server_flops: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+def transfer_s(nbytes: float, mbps: float, latency_ms: float) -> float:
+    return latency_ms / 1e3 + nbytes * 8 / (mbps * 1e6)
+
+
+def round_time(steps: list[StepCost], devices: Mapping[int, Device], server: Device,
+               lora_down: dict[int, int], lora_up: dict[int, int]) -> dict[int, float]:
+    """Virtual seconds from round start to each client's last push; the round takes the max of them.
+
+    Args:
+        steps: the round's steps; each client's steps run in the order given.
+        devices: profile of every client taking part; lora_down / lora_up: adapter bytes per client.
+    """
+    ready = {c: transfer_s(lora_down.get(c, 0), d.down_mbps, d.latency_ms) for c, d in devices.items()}
+    todo = {c: deque(s for s in steps if s.client_id == c) for c in devices}
+    heap: list[tuple[float, int]] = []
+
+    def arrive(c: int) -> None:
+        if todo[c]:
+            s, d = todo[c][0], devices[c]
+            heapq.heappush(heap, (ready[c] + s.client_flops / 2 / (d.tflops * 1e12)
+                                  + transfer_s(s.bytes_up, d.up_mbps, d.latency_ms) * (s.server_flops > 0), c))
+
+    for c in devices:
+        arrive(c)
+    server_free = 0.0
+    while heap:
+        t, c = heapq.heappop(heap)
+        s, d = todo[c].popleft(), devices[c]
+        if s.server_flops > 0:  # the server queue is shared: wait for it, then the reply travels back
+            server_free = max(t, server_free) + s.server_flops / (server.tflops * 1e12)
+            t = server_free + transfer_s(s.bytes_down, d.down_mbps, d.latency_ms)
+        ready[c] = t + s.client_flops / 2 / (d.tflops * 1e12)
+        arrive(c)
+    return {c: ready[c] + transfer_s(lora_up.get(c, 0), d.up_mbps, d.latency_ms) for c, d in devices.items()}
+
+
