@@ -22,7 +22,8 @@ def grads_finite(tensors: list[torch.Tensor]) -> bool:
     return not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
 
 
-def optimizer_state(opt: torch.optim.Optimizer, named: dict[str, torch.nn.Parameter]) -> dict[str, dict[str, torch.Tensor]]:
+def optimizer_state(opt: torch.optim.Optimizer,
+                    named: dict[str, torch.nn.Parameter]) -> dict[str, dict[str, torch.Tensor]]:
     """AdamW moments and step count of each parameter that has any, {param name: {key: tensor}} (CPU copies)."""
     return {name: {k: torch.as_tensor(v).detach().clone().cpu() for k, v in opt.state[p].items()}
             for name, p in named.items() if opt.state.get(p)}

@@ -179,9 +179,11 @@ class Coordinator:
                                      f"(transport.round_timeout_s={self.round_timeout_s:g})")
         gone = {c for c in range(self.n_clients)
                 if self._silent(c, now) or (c not in self.last_seen and now - self.t0 > self.round_timeout_s)}
-        if self.round >= self.rounds and self.finished_clients | gone >= set(range(self.n_clients)) and not self.finished.is_set():
+        everyone = set(range(self.n_clients))
+        if self.round >= self.rounds and self.finished_clients | gone >= everyone and not self.finished.is_set():
             if gone - self.finished_clients:
-                self.log(f"finishing without clients {sorted(gone - self.finished_clients)} (silent or never connected)")
+                self.log(f"finishing without clients {sorted(gone - self.finished_clients)} "
+                         "(silent or never connected)")
             self.finished.set()
 
     def _silent(self, cid: int, now: float) -> bool:

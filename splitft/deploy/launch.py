@@ -78,8 +78,10 @@ def launch(base: Config, n_clients: int) -> dict:
     if "server" in failed or len(failed) >= n_clients:
         raise UserError(f"{', '.join(failed)} failed; see {out / 'logs'}")
     for name in failed:  # the server dropped it and finished over the others: say so, the run stands
-        print(f"warning: {name} exited with an error; the server dropped it (see {out / 'logs'})", file=sys.stderr, flush=True)
-    print(f"launch finished: {n_clients - len(failed)}/{n_clients} clients, logs in {out / 'logs'}", file=sys.stderr, flush=True)
+        print(f"warning: {name} exited with an error; the server dropped it (see {out / 'logs'})", file=sys.stderr,
+              flush=True)
+    print(f"launch finished: {n_clients - len(failed)}/{n_clients} clients, logs in {out / 'logs'}", file=sys.stderr,
+          flush=True)
     return {"out_dir": str(out), "clients": n_clients, "failed": failed}
 
 

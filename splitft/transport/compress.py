@@ -90,5 +90,6 @@ class Codec:
 
 
 NONE = Codec("none", None)
-CODECS = Registry("transport.codec", {c.name: c for c in (NONE, Codec("fp16", torch.float16, "tensor"), Codec("bf16", torch.bfloat16),
-                              Codec("int8_token", torch.int8, "token"), Codec("int8_channel", torch.int8, "channel"))})
+CODECS = Registry("transport.codec", {c.name: c for c in (
+    NONE, Codec("fp16", torch.float16, "tensor"), Codec("bf16", torch.bfloat16),
+    Codec("int8_token", torch.int8, "token"), Codec("int8_channel", torch.int8, "channel"))})
