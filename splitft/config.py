@@ -54,14 +54,19 @@ class SplitConfig:
     """Blocks a client holds (client: [0, cut); server: [cut, n_layer)): every client's cut under `fixed`, the
     cut of a client of mean speed under `resource` and `splitft`."""
     policy: str = "fixed"
-    """fixed (same cut for all) | resource (from speed and memory) | splitft (resource, then moved by loss)."""
+    """fixed (same cut for all) | resource (from speed and memory) | splitft (resource, then moved by loss) |
+    makespan (the cuts that minimise the predicted round time within memory, then moved by loss)."""
     cut_min: int = 1
     cut_max: int = 0
     """Adaptive cuts stay in [cut_min, cut_max]; 0 = n_layer - 1. The server holds blocks from cut_min on."""
     gamma: float = 1.0
     """splitft: blocks a client's cut moves per standard deviation its loss is below (+) or above (-) the mean."""
     period: int = 2
-    """splitft: rounds between cut decisions."""
+    """splitft, makespan: rounds between cut decisions."""
+    tolerance: float = 0.02
+    """makespan: how much slower than the fastest predicted round the performance rule may make it (0.02 = 2%)."""
+    hysteresis: float = 0.05
+    """makespan: keep the current cuts unless new ones predict a round at least this much faster (0.05 = 5%)."""
     allow_over_memory: bool = False
     """A client whose memory budget fits no cut it may be given (cut_min; split.cut under `fixed`) refuses the run;
     true runs it anyway at that cut, with a warning in the log and the `setup` record."""
@@ -410,6 +415,8 @@ def _validate_split(cfg: Config) -> list[str]:
                  f"{s.cut_min}/{s.cut_max}")
     elif s.policy != "fixed" and not (s.cut_min <= s.cut and (not s.cut_max or s.cut <= s.cut_max)):
         p.append(f"split.cut: the reference cut {s.cut} must lie in [cut_min={s.cut_min}, cut_max={s.cut_max}]")
+    if not (0 <= s.tolerance < 1 and 0 <= s.hysteresis < 1):
+        p.append(f"split.tolerance and split.hysteresis: must be in [0, 1), got {s.tolerance} and {s.hysteresis}")
     if s.gamma < 0 or s.period < 1:
         p.append(f"split.gamma must be >= 0 and split.period >= 1, got {s.gamma} and {s.period}")
     if cfg.lora.r_cut > cfg.lora.r:

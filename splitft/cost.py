@@ -92,7 +92,9 @@ def round_time(steps: list[StepCost], devices: Mapping[int, Device], server: Dev
         devices: profile of every client taking part; lora_down / lora_up: adapter bytes per client.
     """
     ready = {c: transfer_s(lora_down.get(c, 0), d.down_mbps, d.latency_ms) for c, d in devices.items()}
-    todo = {c: deque(s for s in steps if s.client_id == c) for c in devices}
+    todo: dict[int, deque[StepCost]] = {c: deque() for c in devices}
+    for s in steps:  # one pass (the planner calls this thousands of times per decision)
+        todo[s.client_id].append(s)
     heap: list[tuple[float, int]] = []
 
     def arrive(c: int) -> None:

@@ -8,10 +8,12 @@ The split machinery (`model/split.py`) applies a decision; nothing here touches 
 from ..registry import Registry
 from .base import ClientStats, CutBounds, CutPolicy, Decision, max_feasible_cut
 from .fixed import FixedPolicy
+from .makespan import MakespanPolicy
 from .resource import ResourcePolicy
 from .splitft import SplitFTPolicy
 
-POLICIES = Registry("split.policy", {"fixed": FixedPolicy, "resource": ResourcePolicy, "splitft": SplitFTPolicy})
+POLICIES = Registry("split.policy", {"fixed": FixedPolicy, "resource": ResourcePolicy, "splitft": SplitFTPolicy,
+                                     "makespan": MakespanPolicy})
 
 __all__ = ["POLICIES", "ClientStats", "CutBounds", "CutPolicy", "Decision", "FixedPolicy", "ResourcePolicy",
            "SplitFTPolicy", "max_feasible_cut"]

@@ -11,8 +11,10 @@ class ClientStats:
     """What the policy knows of one client.
 
     Attributes:
-        speed: relative compute speed (1.0 = reference device; 0.5 = twice as slow).
+        speed: compute speed, effective training TFLOP/s (the `fixed`/`resource`/`splitft` rules use only its
+            ratio to other clients'; `makespan` uses it as TFLOP/s).
         memory_gb: memory the client can give to its part of the model.
+        up_mbps, down_mbps, latency_ms: the client's link (`makespan` plans transfers with them).
         loss: the client's mean step loss over its last round (lower is better). Each batch's loss is measured
             before the step that trains on it (progressive validation), so it costs no extra pass; None before the
             first round.
@@ -22,6 +24,14 @@ class ClientStats:
     speed: float = 1.0
     memory_gb: float = float("inf")
     loss: float | None = None
+    up_mbps: float = float("inf")
+    down_mbps: float = float("inf")
+    latency_ms: float = 0.0
+
+    @property
+    def tflops(self) -> float:
+        """`speed` read as the round-time model's device compute (`cost.Device`)."""
+        return self.speed
 
 
 @dataclass(frozen=True)

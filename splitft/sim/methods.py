@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import torch
+
 from .. import lora
 from ..build import Setup, client_stream, cut_rank, optimizer_settings, split_client, split_server
 from ..client import LocalClient
@@ -21,8 +23,10 @@ from ..federation import Adaptivity, Federation
 from ..metrics import MetricsLogger
 from ..model.split import ClientPart, FullPart
 from ..policy import POLICIES, ClientStats, CutBounds
+from ..policy.makespan import MakespanPolicy, RoundCosts
 from ..registry import Registry
 from ..server import FedAvgServer
+from ..transport.base import LABEL_DTYPE, MASK_DTYPE, SCALARS_NBYTES
 from ..transport.compress import CODECS
 from ..transport.inproc import InProcTransport
 from .clock import VirtualClock, cost_model_of
@@ -98,22 +102,57 @@ def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> 
     server = split_server(cfg, peft, fam, first)
     clients = {cid: split_client(setup, cid, cfg.split.cut) for cid in range(len(setup.parts))}
     devices = dict(enumerate(client_profiles(cfg.heterogeneity, len(clients), cfg.federation.seed)))
-    policy = _policy(cfg, bounds)
+    policy = _policy(setup, bounds)
 
     def recut(cid: int, cut: int) -> None:
         clients[cid].replace_part(ClientPart(peft, fam, cut, cut_rank(cfg)))
 
-    stats = {c: ClientStats(c, speed=d.tflops, memory_gb=d.memory_gb) for c, d in devices.items()}
+    stats = client_stats(devices)
     fed = _federation(setup, server, clients, devices, logger, on_step, cfg.federation.local_steps,
                       cfg.federation.clients_per_round, Adaptivity(policy, stats, recut))
     fed.decide_cuts(0)
     return fed
 
 
-def _policy(cfg: Any, bounds: CutBounds) -> Any:
-    s = cfg.split
+def _policy(setup: Setup, bounds: CutBounds) -> Any:
+    s = setup.cfg.split
+    if s.policy == "makespan":
+        return MakespanPolicy(bounds, round_costs(setup), s.cut, gamma=s.gamma, period=s.period,
+                              tolerance=s.tolerance, hysteresis=s.hysteresis)
     extra = dict(gamma=s.gamma, period=s.period) if s.policy == "splitft" else {}
     return POLICIES[s.policy](bounds, s.cut, **extra)
+
+
+def client_stats(devices: dict[int, DeviceProfile]) -> dict[int, ClientStats]:
+    """What the policies know of each simulated client: its profile (speed, memory, link)."""
+    return {c: ClientStats(c, speed=d.tflops, memory_gb=d.memory_gb, up_mbps=d.up_mbps, down_mbps=d.down_mbps,
+                           latency_ms=d.latency_ms) for c, d in devices.items()}
+
+
+def held_lora_numel(setup: Setup, cut: int) -> int:
+    """LoRA parameters a client at `cut` trains and exchanges: blocks [0, cut), the cut layer at r_cut."""
+    full = lora.adapter_state_dict(setup.peft)
+    held = {n: t for n, t in full.items() if (lora.layer_of(n, setup.family) or 0) < cut}
+    r_cut = cut_rank(setup.cfg)
+    if r_cut is None or cut >= setup.n_layer:
+        return sum(t.numel() for t in held.values())
+    return lora.active_lora_numel(held, setup.family, cut, r_cut)
+
+
+def round_costs(setup: Setup) -> RoundCosts:
+    """What a round costs at each cut for this model, batch shape (B, data.max_length: an upper bound on the
+    padded length), codec and LoRA ranks: the numbers the `makespan` policy and `splitft plan` predict with."""
+    cfg, cost = setup.cfg, cost_model(setup)
+    b, t, n_layer = cfg.train.batch_size, cfg.data.max_length, setup.n_layer
+    hidden = setup.peft.base_model.model.config.hidden_size
+    acts = CODECS[cfg.transport.codec].encode(torch.zeros(b, t, hidden, dtype=setup.peft.dtype)).nbytes()
+    labels = b * t * (MASK_DTYPE.itemsize + LABEL_DTYPE.itemsize)  # attention_mask + labels
+    itemsize = setup.peft.dtype.itemsize
+    return RoundCosts(client_flops=tuple(cost.train_flops(0, k, b, t) for k in range(n_layer)),
+                      server_flops=tuple(cost.train_flops(k, n_layer, b, t, head=True) for k in range(n_layer)),
+                      lora_bytes=tuple(held_lora_numel(setup, k) * itemsize for k in range(n_layer)),
+                      step_bytes_up=acts + labels, step_bytes_down=acts + SCALARS_NBYTES,
+                      local_steps=cfg.federation.local_steps, server_tflops=cfg.heterogeneity.server_tflops)
 
 
 def build_fedlora(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
@@ -132,7 +171,8 @@ def build_centralized(setup: Setup, logger: MetricsLogger, on_step: OnStep = Non
     cfg = setup.cfg
     server = FedAvgServer(lora.adapter_state_dict(setup.peft), setup.family)
     pooled = sorted(i for idx in setup.parts for i in idx)
-    client = LocalClient(0, FullPart(setup.peft, setup.family), client_stream(setup, 0, pooled), **optimizer_settings(setup.cfg))
+    client = LocalClient(0, FullPart(setup.peft, setup.family), client_stream(setup, 0, pooled),
+                         **optimizer_settings(setup.cfg))
     n = cfg.federation.clients_per_round or cfg.federation.n_clients
     return _federation(setup, server, {0: client}, {0: server_profile(cfg.heterogeneity)}, logger, on_step,
                        cfg.federation.local_steps * n, 0, networked=False)
@@ -144,15 +184,12 @@ def client_report(setup: Setup, fed: Federation, rounds: list[dict[str, Any]]) -
     cfg, cost = setup.cfg, cost_model(setup)
     base_gb, block_gb = cost.memory_gb(cfg.train.batch_size, cfg.data.max_length)
     devices = fed.clock.devices if isinstance(fed.clock, VirtualClock) else {}
-    full = lora.adapter_state_dict(setup.peft)
     out = {}
     for cid, client in fed.clients.items():
         max_cut = max([r["cuts"].get(str(cid), 0) for r in rounds if "cuts" in r] + [client.cut])
         need = cost.full_model_gb(cfg.train.batch_size, cfg.data.max_length) if max_cut >= setup.n_layer \
             else base_gb + max_cut * block_gb
-        held = {n: t for n, t in full.items() if (lora.layer_of(n, setup.family) or 0) < client.cut}
-        numel = lora.active_lora_numel(held, setup.family, client.cut, client.r_cut) if client.r_cut and \
-            client.cut < setup.n_layer else sum(t.numel() for t in held.values())
+        numel = held_lora_numel(setup, client.cut)
         bytes_ = fed.transport.counter.bytes[cid]
         dev = devices.get(cid)
         budget = dev.memory_gb if dev and math.isfinite(dev.memory_gb) else None
