@@ -3,6 +3,7 @@
     splitft simulate --config configs/default.yaml [key=value ...]   run a federation in one process
     splitft simulate --resume RUN_DIR                                continue it from its latest checkpoint
     splitft validate --config configs/default.yaml [key=value ...]   check a config, print it resolved
+    splitft plan --config ... [--json] [key=value ...]               each cut policy's cuts and predicted round time
     splitft partition --config ... [--png FILE] [key=value ...]      show how the data splits among clients
     splitft experiment --config configs/experiment.yaml [--methods a,b] [--target-ppl X]
                                                                      splitft vs sfl-fixed vs fedlora vs centralized
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in [("simulate", "run a federation in one process (in-process transport)"),
                         ("validate", "check a config and print it fully resolved"),
+                        ("plan", "each cut policy's cuts and predicted round time for the config (no training)"),
                         ("partition", "print per-client sample counts and length histograms (no model weights)"),
                         ("experiment", "run splitft, sfl-fixed, fedlora and centralized and print one table"),
                         ("server", "serve a deployed federation over gRPC (split.policy=fixed)"),
@@ -39,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_)
         s.add_argument("--config", help="YAML config file (defaults apply to missing keys)")
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. split.cut=4 federation.rounds=2")
+        if name == "plan":
+            s.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
         if name == "partition":
             s.add_argument("--png", help="also save a clients x buckets heat map to this PNG file")
             s.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
@@ -97,6 +101,16 @@ def _validate(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = load(args.config, overrides, sim_problems)
     check_model(cfg)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def _plan(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .build import load
+    from .sim.plan import format_plan, plan
+    from .sim.runner import sim_problems
+
+    result = plan(load(args.config, overrides, sim_problems))
+    print(json.dumps(result) if args.json else format_plan(result))
     return 0
 
 
@@ -174,7 +188,7 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
-    "simulate": _simulate, "validate": _validate, "partition": _partition, "experiment": _experiment,
+    "simulate": _simulate, "validate": _validate, "plan": _plan, "partition": _partition, "experiment": _experiment,
     "server": _server, "client": _client, "launch": _launch, "report": _report, "evaluate": _evaluate}
 
 

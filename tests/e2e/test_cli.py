@@ -126,3 +126,16 @@ def test_report_renders_plots_and_a_table_from_run_directories(run_dir, tmp_path
     assert f"| {final:.2f} |" in md and "run (2)" in md, "both runs in the table, names made unique"
     bad = splitft("report", str(tmp_path / "nope"))
     assert bad.returncode == 2 and "not a run directory" in bad.stderr
+
+
+def test_plan_prints_every_policy_with_its_cuts_and_predicted_round(tmp_path):
+    res = splitft("plan", *TINY, f"metrics.out_dir={tmp_path / 'p'}", "heterogeneity.profile=list",
+                  "heterogeneity.devices=[phone,laptop,workstation]", "--json")
+    assert res.returncode == 0, res.stderr
+    policies = json.loads(res.stdout)["policies"]
+    assert set(policies) == {"fixed-1", "fixed-2", "fixed-best", "resource", "splitft", "makespan", "oracle"}
+    assert all(set(p["cuts"]) == {"0", "1", "2"} and p["round_s"] > 0 for p in policies.values())
+    assert policies["makespan"]["round_s"] <= min(p["round_s"] for p in policies.values()) * 1.02
+    assert policies["oracle"]["exact"] and not (tmp_path / "p").exists(), "plan trains nothing, writes nothing"
+    table = splitft("plan", *TINY, f"metrics.out_dir={tmp_path / 'p'}")
+    assert table.returncode == 0 and "| makespan |" in table.stdout and "| oracle (exact) |" in table.stdout

@@ -1,0 +1,76 @@
+"""`splitft plan --config FILE [overrides] [--json]`: what each cut policy would assign, and the round time the
+clock predicts for it, without training.
+
+For the federation in the config (its devices, model, batch shape, codec, ranks, server), prints per policy
+every client's cut, the predicted seconds of a round (`cost.round_time`, the virtual clock's model: parallel
+clients, one FIFO server queue; padded length taken as data.max_length, so times are upper bounds) and the
+clients its cuts put over their memory budget. Policies: fixed-1, fixed-2, fixed-4, fixed-best (the fastest
+fixed cut that fits every client's memory, or the fastest of all when none does), resource, splitft (its first
+decision: the resource rule), makespan and oracle (exact search where feasible, else the best found; `exact`
+says which). Loads the model's weights (for its shape), no data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..build import Setup, build_model
+from ..config import Config, SplitConfig
+from ..policy import ClientStats, CutBounds, ResourcePolicy, max_feasible_cut
+from ..policy.makespan import MakespanPolicy, RoundCosts, oracle
+from .methods import client_stats, cut_bounds, round_costs
+from .profiles import client_profiles
+
+
+def plan(cfg: Config) -> dict[str, Any]:
+    """{"policies": {name: {"cuts": {client_id: cut}, "round_s": s, "over_memory": [...], ...}}, ...}."""
+    peft, family, tokenizer, device = build_model(cfg)
+    setup = Setup(cfg, peft, family, tokenizer, [], [], {}, device, [])
+    devices = dict(enumerate(client_profiles(cfg.heterogeneity, cfg.federation.n_clients, cfg.federation.seed)))
+    result = plan_policies(round_costs(setup), cut_bounds(setup), client_stats(devices), cfg.split)
+    return {**result, "server_tflops": cfg.heterogeneity.server_tflops,
+            "devices": {str(c): d.name for c, d in devices.items()}}
+
+
+def plan_policies(costs: RoundCosts, bounds: CutBounds, stats: dict[int, ClientStats], s: SplitConfig) -> dict:
+    """Every policy's first assignment for these clients, its predicted round and who it puts over memory."""
+    assignments: dict[str, dict[int, int]] = {}
+    for k in (1, 2, 4):
+        if k < bounds.n_layer:
+            assignments[f"fixed-{k}"] = dict.fromkeys(stats, k)
+    assignments["fixed-best"] = _best_fixed(costs, stats, bounds)
+    assignments["resource"] = ResourcePolicy(bounds, s.cut).assign(list(stats.values()), {}, 0).cuts
+    assignments["splitft"] = dict(assignments["resource"])  # SplitFT's first decision is the resource rule
+    makespan = MakespanPolicy(bounds, costs, s.cut, gamma=s.gamma, period=s.period, tolerance=s.tolerance,
+                              hysteresis=s.hysteresis)
+    assignments["makespan"] = makespan.assign(list(stats.values()), {}, 0).cuts
+    best, _, exact = oracle(costs, list(stats.values()), bounds)
+    assignments["oracle"] = best
+    out = {name: _row(cuts, costs, stats, bounds) for name, cuts in assignments.items()}
+    out["oracle"]["exact"] = exact
+    return {"policies": out, "memory_gb": {"base": bounds.base_gb, "per_block": bounds.block_gb}}
+
+
+def _best_fixed(costs: RoundCosts, stats: dict[int, ClientStats], bounds: CutBounds) -> dict[int, int]:
+    options = [dict.fromkeys(stats, k) for k in range(bounds.cut_min, bounds.hi + 1)]
+    fitting = [o for o in options if all(k <= max_feasible_cut(stats[c], bounds) for c, k in o.items())]
+    return min(fitting or options, key=lambda cuts: costs.round_s(cuts, stats))
+
+
+def _row(cuts: dict[int, int], costs: RoundCosts, stats: dict[int, ClientStats], bounds: CutBounds) -> dict:
+    over = [str(c) for c, k in cuts.items() if bounds.base_gb + k * bounds.block_gb > stats[c].memory_gb]
+    return {"cuts": {str(c): k for c, k in cuts.items()}, "round_s": costs.round_s(cuts, stats),
+            "over_memory": over}
+
+
+def format_plan(result: dict[str, Any]) -> str:
+    """A markdown table: policy, predicted seconds per round, speed-up over fixed-2, cuts, clients over memory."""
+    rows = result["policies"]
+    ref = rows.get("fixed-2", next(iter(rows.values())))["round_s"]
+    lines = ["| policy | round (s) | vs fixed-2 | cuts (client 0,1,...) | over memory |", "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        label = name + ("" if name != "oracle" else " (exact)" if r.get("exact") else " (best found)")
+        cuts = ",".join(str(r["cuts"][c]) for c in sorted(r["cuts"], key=int))
+        lines.append(f"| {label} | {r['round_s']:.2f} | {ref / r['round_s']:.2f}x | {cuts} | "
+                     f"{','.join(r['over_memory']) or '-'} |")
+    return "\n".join(lines)
