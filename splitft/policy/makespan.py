@@ -8,8 +8,9 @@ sends the same activation bytes whatever its cut: with a fast server the slowest
 per-client cuts pay when the server is the bottleneck.
 
 Search: exhaustive over all assignments when there are at most EXACT_LIMIT of them, else coordinate descent
-(move one client's cut at a time to the best cut for the round, until no move helps) from the fastest fixed cut
-(clipped to each client's memory) and from the resource rule's cuts; the better end wins.
+(move one client's cut at a time to the best cut for the round, until no move helps; a move that keeps the round
+but lowers the clients' mean finish time counts, so the search crosses plateaus set by one slow client) from the
+fastest fixed cut (clipped to each client's memory) and from the resource rule's cuts; the better end wins.
 
 Decision every `period` rounds, in this order:
   1. best   = the fastest assignment found (ties: the earlier in the search order: smaller cuts first);
@@ -67,11 +68,16 @@ class RoundCosts:
 
     def round_s(self, cuts: Mapping[int, int], stats: Mapping[int, ClientStats]) -> float:
         """Predicted seconds of one round with these cuts (the clock's model; steps interleaved round-robin)."""
+        return self.score(cuts, stats)[0]
+
+    def score(self, cuts: Mapping[int, int], stats: Mapping[int, ClientStats]) -> tuple[float, float]:
+        """(round seconds, mean of the clients' finish times): the second breaks the first's ties, so a search
+        can move on across assignments whose round is set by the same slowest client."""
         steps = [StepCost(c, self.client_flops[k], self.server_flops[k], self.step_bytes_up, self.step_bytes_down)
                  for _ in range(self.local_steps) for c, k in cuts.items()]
         lora = {c: self.lora_bytes[k] for c, k in cuts.items()}
         finish = round_time(steps, {c: stats[c] for c in cuts}, _Server(self.server_tflops), lora, lora)
-        return max(finish.values())
+        return max(finish.values()), sum(finish.values()) / len(finish)
 
 
 def allowed_cuts(stats: Iterable[ClientStats], bounds: CutBounds) -> dict[int, range]:
@@ -96,19 +102,19 @@ def descend(costs: RoundCosts, stats: Mapping[int, ClientStats], allowed: Mappin
             start: Mapping[int, int]) -> tuple[dict[int, int], float]:
     """Coordinate descent from `start`: give one client at a time its best cut, until a sweep changes nothing."""
     cuts = {c: min(max(start[c], allowed[c].start), allowed[c].stop - 1) for c in allowed}
-    best_s = costs.round_s(cuts, stats)
+    best = costs.score(cuts, stats)
     for _ in range(MAX_SWEEPS):
         moved = False
         for c in sorted(allowed):
             for k in allowed[c]:
                 if k == cuts[c]:
                     continue
-                t = costs.round_s({**cuts, c: k}, stats)
-                if t < best_s - 1e-12:
-                    cuts, best_s, moved = {**cuts, c: k}, t, True
+                t = costs.score({**cuts, c: k}, stats)
+                if t[0] < best[0] - 1e-12 or (t[0] <= best[0] + 1e-12 and t[1] < best[1] - 1e-12):
+                    cuts, best, moved = {**cuts, c: k}, t, True
         if not moved:
             break
-    return cuts, best_s
+    return cuts, best[0]
 
 
 def fastest(costs: RoundCosts, stats: Mapping[int, ClientStats], allowed: Mapping[int, range],
