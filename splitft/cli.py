@@ -6,7 +6,7 @@
     splitft plan --config ... [--json] [key=value ...]               each cut policy's cuts and predicted round time
     splitft partition --config ... [--png FILE] [key=value ...]      show how the data splits among clients
     splitft experiment --config configs/experiment.yaml [--methods a,b] [--target-ppl X]
-                                                                     splitft vs sfl-fixed vs fedlora vs centralized
+                                                  splitft vs makespan vs sfl-fixed vs fedlora vs centralized, one table
     splitft server --config ... [key=value ...]                      serve a deployed federation over gRPC
     splitft client --config ... --client-id N --server HOST:PORT     one client process (token in $SPLITFT_TOKEN)
     splitft launch --config ... --clients N                          server + N clients on loopback
@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
                         ("validate", "check a config and print it fully resolved"),
                         ("plan", "each cut policy's cuts and predicted round time for the config (no training)"),
                         ("partition", "print per-client sample counts and length histograms (no model weights)"),
-                        ("experiment", "run splitft, sfl-fixed, fedlora and centralized and print one table"),
+                        ("experiment", "run splitft, makespan, sfl-fixed, fedlora and centralized; print one table"),
                         ("server", "serve a deployed federation over gRPC (split.policy=fixed)"),
                         ("client", "run one client process against a gRPC server"),
                         ("launch", "run a server and N client processes on loopback")]:
@@ -54,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "launch":
             s.add_argument("--clients", type=int, required=True, help="number of client processes")
         if name == "experiment":
-            s.add_argument("--methods", default="splitft,sfl-fixed,fedlora,centralized",
-                           help="comma-separated subset of splitft,sfl-fixed,fedlora,centralized")
+            s.add_argument("--methods", default="splitft,makespan,sfl-fixed,fedlora,centralized",
+                           help="comma-separated subset of splitft,makespan,sfl-fixed,fedlora,centralized")
             s.add_argument("--target-ppl", type=float, default=None,
                            help="ppl for 'virtual time to target' (default: the worst final ppl of the methods)")
     rep = sub.add_parser("report", help="plots (PNG) and a markdown table comparing finished runs")

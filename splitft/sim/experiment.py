@@ -1,4 +1,5 @@
-"""Run the four methods on the same model, data, partition, devices and seeds, and print one comparison table.
+"""Run the methods (splitft, makespan, sfl-fixed, fedlora, centralized) on the same model, data, partition,
+devices and seeds, and print one comparison table.
 
     splitft experiment --config configs/experiment.yaml [--methods splitft,fedlora] [--target-ppl 30]
 Each method runs into <metrics.out_dir>/<method>/ (a normal run directory); a method whose directory already
@@ -27,6 +28,10 @@ def _sfl_fixed(cfg: Config) -> None:  # SplitLoRA-style: one cut for all, one ra
     cfg.federation.method, cfg.split.policy, cfg.lora.r_cut = "split", "fixed", cfg.lora.r
 
 
+def _makespan(cfg: Config) -> None:  # SplitFT's r_cut, cuts for round time (policy/makespan.py)
+    cfg.federation.method, cfg.split.policy = "split", "makespan"
+
+
 def _fedlora(cfg: Config) -> None:
     cfg.federation.method = "fedlora"
 
@@ -35,8 +40,8 @@ def _centralized(cfg: Config) -> None:
     cfg.federation.method = "centralized"
 
 
-METHODS: dict[str, Callable[[Config], None]] = {"splitft": _splitft, "sfl-fixed": _sfl_fixed, "fedlora": _fedlora,
-                                                "centralized": _centralized}
+METHODS: dict[str, Callable[[Config], None]] = {"splitft": _splitft, "makespan": _makespan, "sfl-fixed": _sfl_fixed,
+                                                "fedlora": _fedlora, "centralized": _centralized}
 
 
 def method_config(base: Config, name: str) -> Config:

@@ -13,17 +13,17 @@ def test_experiment_runs_every_method_and_prints_one_table(tmp_path):
     res = splitft("experiment", *TINY, *ADAPTIVE, f"metrics.out_dir={out}")
     assert res.returncode == 0, res.stderr
     rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "method" not in line]
-    assert [r.split("|")[1].strip() for r in rows] == ["splitft", "sfl-fixed", "fedlora", "centralized"]
+    assert [r.split("|")[1].strip() for r in rows] == ["splitft", "makespan", "sfl-fixed", "fedlora", "centralized"]
     result = json.loads((out / "experiment.json").read_text())
     m = result["methods"]
     assert m["sfl-fixed"]["cuts"] == "r0 2,2,2" and m["fedlora"]["cuts"] == "no split"
     assert m["splitft"]["cuts"].startswith("r0 1,1,3")  # resource start: 2 * (0.5, 2, 20) / 7.5, clipped
     assert m["fedlora"]["bytes_up"] < m["sfl-fixed"]["bytes_up"]  # adapters only vs activations every step
     assert all(r["virtual_time_s"] > 0 and r["final_eval_ppl"] > 0 for r in m.values())
-    assert len((out / "experiment.md").read_text().splitlines()) == 2 + 4  # header, rule, one row per method
+    assert len((out / "experiment.md").read_text().splitlines()) == 2 + 5  # header, rule, one row per method
     for name in m:
         summary = json.loads((out / name / "summary.json").read_text())
-        assert summary["method"] == {"splitft": "split", "sfl-fixed": "split"}.get(name, name)
+        assert summary["method"] == {"splitft": "split", "makespan": "split", "sfl-fixed": "split"}.get(name, name)
 
     again = splitft("experiment", *TINY, *ADAPTIVE, f"metrics.out_dir={out}", "--methods", "fedlora")
     assert again.returncode == 0 and "reusing" in again.stderr
