@@ -129,9 +129,10 @@ def client_stats(devices: dict[int, DeviceProfile]) -> dict[int, ClientStats]:
                            latency_ms=d.latency_ms) for c, d in devices.items()}
 
 
-def held_lora_numel(setup: Setup, cut: int) -> int:
-    """LoRA parameters a client at `cut` trains and exchanges: blocks [0, cut), the cut layer at r_cut."""
-    full = lora.adapter_state_dict(setup.peft)
+def held_lora_numel(setup: Setup, cut: int, full: dict[str, torch.Tensor] | None = None) -> int:
+    """LoRA parameters a client at `cut` trains and exchanges: blocks [0, cut), the cut layer at r_cut.
+    `full`: the model's adapters, when the caller has them (saves a copy per call)."""
+    full = lora.adapter_state_dict(setup.peft) if full is None else full
     held = {n: t for n, t in full.items() if (lora.layer_of(n, setup.family) or 0) < cut}
     r_cut = cut_rank(setup.cfg)
     if r_cut is None or cut >= setup.n_layer:
@@ -147,10 +148,10 @@ def round_costs(setup: Setup) -> RoundCosts:
     hidden = setup.peft.base_model.model.config.hidden_size
     acts = CODECS[cfg.transport.codec].encode(torch.zeros(b, t, hidden, dtype=setup.peft.dtype)).nbytes()
     labels = b * t * (MASK_DTYPE.itemsize + LABEL_DTYPE.itemsize)  # attention_mask + labels
-    itemsize = setup.peft.dtype.itemsize
+    itemsize, full = setup.peft.dtype.itemsize, lora.adapter_state_dict(setup.peft)
     return RoundCosts(client_flops=tuple(cost.train_flops(0, k, b, t) for k in range(n_layer)),
                       server_flops=tuple(cost.train_flops(k, n_layer, b, t, head=True) for k in range(n_layer)),
-                      lora_bytes=tuple(held_lora_numel(setup, k) * itemsize for k in range(n_layer)),
+                      lora_bytes=tuple(held_lora_numel(setup, k, full) * itemsize for k in range(n_layer)),
                       step_bytes_up=acts + labels, step_bytes_down=acts + SCALARS_NBYTES,
                       local_steps=cfg.federation.local_steps, server_tflops=cfg.heterogeneity.server_tflops)
 
@@ -184,12 +185,13 @@ def client_report(setup: Setup, fed: Federation, rounds: list[dict[str, Any]]) -
     cfg, cost = setup.cfg, cost_model(setup)
     base_gb, block_gb = cost.memory_gb(cfg.train.batch_size, cfg.data.max_length)
     devices = fed.clock.devices if isinstance(fed.clock, VirtualClock) else {}
+    full = lora.adapter_state_dict(setup.peft)
     out = {}
     for cid, client in fed.clients.items():
         max_cut = max([r["cuts"].get(str(cid), 0) for r in rounds if "cuts" in r] + [client.cut])
         need = cost.full_model_gb(cfg.train.batch_size, cfg.data.max_length) if max_cut >= setup.n_layer \
             else base_gb + max_cut * block_gb
-        numel = held_lora_numel(setup, client.cut)
+        numel = held_lora_numel(setup, client.cut, full)
         bytes_ = fed.transport.counter.bytes[cid]
         dev = devices.get(cid)
         budget = dev.memory_gb if dev and math.isfinite(dev.memory_gb) else None
