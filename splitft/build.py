@@ -112,16 +112,23 @@ def build_model(cfg: Config, checked: loader.ModelMeta | None = None) -> tuple[t
         checked: what `check_model(cfg)` returned, when the caller has already checked the config against the
             model; None checks it here (before any weight loads).
     """
+    base, tokenizer, device = load_base(cfg, checked)
+    family = family_for(base.config.model_type)
+    torch.manual_seed(cfg.federation.seed)  # LoRA A init: the same on every process of a deployment
+    peft = lora.wrap(base, family, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+                     targets=cfg.lora.targets or family.lora_targets)
+    return peft, family, tokenizer, device
+
+
+def load_base(cfg: Config, checked: loader.ModelMeta | None = None) -> tuple[torch.nn.Module, Any, torch.device]:
+    """The base model (no LoRA) on its device, seeded as every run seeds it (tiny:<family> weights are random),
+    and its tokenizer. `checked` as in `build_model`."""
     if checked is None:
         check_model(cfg)
     device = resolve_device(cfg.model.device)
     seed_everything(cfg.federation.seed)
     loaded = loader.load(cfg.model.source, loader.MODEL_DTYPES[cfg.model.dtype], cfg.federation.seed)
-    family = family_for(loaded.model.config.model_type)
-    torch.manual_seed(cfg.federation.seed)  # LoRA A init: the same on every process of a deployment
-    peft = lora.wrap(loaded.model.to(device), family, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                     targets=cfg.lora.targets or family.lora_targets)
-    return peft, family, loaded.tokenizer, device
+    return loaded.model.to(device), loaded.tokenizer, device
 
 
 def build_setup(cfg: Config) -> Setup:

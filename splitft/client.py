@@ -7,12 +7,12 @@ no-split baselines); only its adapters cross the transport. Both push/pull adapt
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
 from . import lora
-from .data.datasets import BatchStream, Example, collate
+from .data.datasets import BatchStream, Example, batches
 from .loss import token_loss
 from .model.split import ClientPart, FullPart
 from .optim import clip, load_optimizer_state, make_optimizer, optimizer_state
@@ -91,7 +91,7 @@ class _Client:
         """(loss_sum, n_tokens, n_correct) of the current adapters on `examples` (no updates anywhere)."""
         total = [0.0, 0, 0]
         self.part.train(False)
-        for i, batch in enumerate(_batches(examples, batch_size, pad_id)):
+        for i, batch in enumerate(batches(examples, batch_size, pad_id)):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             total = [a + b for a, b in zip(total, self._eval_batch(transport, batch, round_, i))]
         self.part.train(True)
@@ -182,8 +182,3 @@ class LocalClient(_Client):
                     i: int) -> tuple[float, int, int]:
         stats = token_loss(self.part.forward(batch["input_ids"], batch["attention_mask"]), batch["labels"])
         return stats.loss_sum.item(), stats.n_tokens, stats.n_correct
-
-
-def _batches(examples: list[Example], batch_size: int, pad_id: int) -> Iterable[dict[str, torch.Tensor]]:
-    for i in range(0, len(examples), batch_size):
-        yield collate(examples[i : i + batch_size], pad_id)

@@ -14,13 +14,11 @@ from typing import Any
 
 import torch
 
-from .build import check_model, load, load_data, pad_id_of, resolve_device
-from .data.datasets import Example, collate
+from .build import load, load_base, load_data, pad_id_of
+from .data.datasets import Example, batches
 from .errors import UserError
 from .loss import token_loss
 from .metrics import perplexity
-from .model import loader
-from .seeding import seed_everything
 
 
 def evaluate_run(run_dir: str | Path, adapter: str | Path | None = None) -> dict[str, Any]:
@@ -37,12 +35,10 @@ def evaluate_run(run_dir: str | Path, adapter: str | Path | None = None) -> dict
         raise UserError(f"evaluate: no PEFT adapter in '{folder}' (no adapter_config.json); a run writes "
                         f"adapter/ when it finishes")
     cfg = load(run / "config.yaml")
-    check_model(cfg)
-    seed_everything(cfg.federation.seed)  # tiny:<family> models are seeded random weights: the run's own
-    loaded = loader.load(cfg.model.source, loader.MODEL_DTYPES[cfg.model.dtype], cfg.federation.seed)
-    model = _with_adapter(loaded.model.to(resolve_device(cfg.model.device)), folder)
-    _, held_out, _ = load_data(cfg, loaded.tokenizer)
-    result = evaluate_model(model, held_out, cfg.train.batch_size, pad_id_of(loaded.tokenizer))
+    base, tokenizer, _ = load_base(cfg)  # the run's own base weights (tiny models: the same seeded init)
+    model = _with_adapter(base, folder)
+    _, held_out, _ = load_data(cfg, tokenizer)
+    result = evaluate_model(model, held_out, cfg.train.batch_size, pad_id_of(tokenizer))
     return {"run": str(run), "adapter": str(folder), **result}
 
 
@@ -62,8 +58,8 @@ def evaluate_model(model: torch.nn.Module, examples: list[Example], batch_size: 
     """Next-token loss over label tokens (the training objective), its perplexity, and argmax accuracy."""
     device = next(model.parameters()).device
     loss_sum, n_tok, n_ok = 0.0, 0, 0
-    for i in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[i:i + batch_size], pad_id).items()}
+    for batch in batches(examples, batch_size, pad_id):
+        batch = {k: v.to(device) for k, v in batch.items()}
         stats = token_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
                            batch["labels"])
         loss_sum, n_tok, n_ok = loss_sum + stats.loss_sum.item(), n_tok + stats.n_tokens, n_ok + stats.n_correct

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -156,6 +156,12 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         n = len(e)
         ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e.input_ids), torch.tensor(e.labels), 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def batches(examples: list[Example], batch_size: int, pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
+    """`examples` in order, `batch_size` at a time, collated (evaluation: every example once)."""
+    for i in range(0, len(examples), batch_size):
+        yield collate(examples[i : i + batch_size], pad_id)
 
 
 class BatchStream:
