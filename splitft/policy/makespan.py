@@ -200,7 +200,8 @@ class MakespanPolicy:
 def oracle(costs: RoundCosts, stats: list[ClientStats], bounds: CutBounds,
            exact_limit: int = 200_000) -> tuple[dict[int, int], float, bool]:
     """The fastest assignment: exhaustive up to `exact_limit` assignments (exact=True), else the best of
-    descents from every fixed cut, the resource rule and seeded random starts (exact=False: best found).
+    descents from the three fastest fixed cuts, the resource rule's cuts and four seeded random starts
+    (exact=False: best found).
     For tests and benchmarks, not for deciding rounds."""
     import random
 

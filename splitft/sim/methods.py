@@ -129,10 +129,9 @@ def client_stats(devices: dict[int, DeviceProfile]) -> dict[int, ClientStats]:
                            latency_ms=d.latency_ms) for c, d in devices.items()}
 
 
-def held_lora_numel(setup: Setup, cut: int, full: dict[str, torch.Tensor] | None = None) -> int:
+def held_lora_numel(setup: Setup, cut: int, full: dict[str, torch.Tensor]) -> int:
     """LoRA parameters a client at `cut` trains and exchanges: blocks [0, cut), the cut layer at r_cut.
-    `full`: the model's adapters, when the caller has them (saves a copy per call)."""
-    full = lora.adapter_state_dict(setup.peft) if full is None else full
+    `full`: the model's adapters (`lora.adapter_state_dict`), taken once by the caller for all its cuts."""
     held = {n: t for n, t in full.items() if (lora.layer_of(n, setup.family) or 0) < cut}
     r_cut = cut_rank(setup.cfg)
     if r_cut is None or cut >= setup.n_layer:
