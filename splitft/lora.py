@@ -19,6 +19,7 @@ training it in plain PEFT at rank r_cut, rescale B by r_cut / r, or keep rank r.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Iterable
 
@@ -143,7 +144,54 @@ def wrap(model: nn.Module, family: Family, *, r: int, alpha: float, dropout: flo
         bias="none",
         fan_in_fan_out=family.fan_in_fan_out, task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with _adapters_of_meta_layers_on_cpu():
+        return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def _adapters_of_meta_layers_on_cpu():
+    """PEFT moves each new adapter to its base layer's device and dtype. A base layer still on `meta` (a block this
+    process does not hold, `model.weights`) would take the adapter's seeded initial values with it, which the
+    server's global store needs for every block; such adapters are cast to the layer's dtype and stay on the CPU.
+    The random draws are PEFT's own, in the same order: the initial LoRA does not depend on what is held."""
+    from peft.tuners.lora.model import LoraModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    move, replace = BaseTunerLayer._move_adapter_to_device_of_base_layer, LoraModel._replace_module
+
+    def on_meta(layer: nn.Module) -> bool:
+        weight = getattr(getattr(layer, "base_layer", layer), "weight", None)
+        return weight is not None and weight.device.type == "meta"
+
+    def guarded_move(self: BaseTunerLayer, adapter_name: str, device: torch.device | None = None) -> None:
+        move(self, adapter_name, torch.device("cpu") if device is None and on_meta(self.get_base_layer()) else device)
+
+    def guarded_replace(self: LoraModel, parent: nn.Module, child_name: str, new_module: nn.Module,
+                        child: nn.Module) -> None:
+        if on_meta(child):  # PEFT would move the new adapter to the base weight's device: meta
+            setattr(parent, child_name, new_module)
+        else:
+            replace(self, parent, child_name, new_module, child)
+
+    BaseTunerLayer._move_adapter_to_device_of_base_layer = guarded_move  # type: ignore[method-assign]
+    LoraModel._replace_module = guarded_replace  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        BaseTunerLayer._move_adapter_to_device_of_base_layer = move  # type: ignore[method-assign]
+        LoraModel._replace_module = replace  # type: ignore[method-assign]
+
+
+def follow_base_layers(model: nn.Module) -> None:
+    """Move every adapter to its base layer's device and dtype (after `model.weights.materialize` put a layer's
+    weights on the model's device)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        weight = getattr(module.get_base_layer(), "weight", None) if isinstance(module, BaseTunerLayer) else None
+        if weight is not None and weight.device.type != "meta":
+            for adapter in module.active_adapters:
+                module._move_adapter_to_device_of_base_layer(adapter)
 
 
 def is_lora_name(name: str) -> bool:

@@ -160,6 +160,38 @@ def load(source: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> Load
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
 
 
+def open_weights(source: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple[LoadedModel, Any]:
+    """The model of `source` as a skeleton (every parameter on `meta`), its tokenizer, and the `WeightFile` that
+    fills it tensor by tensor (`weights.materialize`): for a process that holds only some blocks. A tiny:<family>
+    model is built whole from `seed` (as `load` builds it) and read back from memory, so both paths give the
+    same weights.
+
+    Raises:
+        ModelSourceError: the source does not exist, is not a supported family, or its weights are unreadable.
+    """
+    from . import weights as w
+
+    _quiet_transformers()
+    if source.startswith("tiny:"):
+        full = _load_tiny(source.split(":", 1)[1], dtype, seed)
+        state = {n: p.detach() for n, p in full.model.named_parameters()}
+        skeleton = w.skeleton(full.model.config, dtype)
+        return LoadedModel(skeleton, full.tokenizer, source), w.WeightFile(Path(source), state.__getitem__, state)
+    from transformers import AutoConfig
+
+    folder, kw = _hf_args(source)
+    tokenizer = load_tokenizer(source)
+    try:
+        config = AutoConfig.from_pretrained(folder, **kw)
+    except (OSError, ValueError) as e:
+        raise ModelSourceError(f"model.source: cannot read a model config in '{source}': "
+                               f"{str(e).splitlines()[0]}") from None
+    _check_family(config.model_type)
+    skeleton = w.skeleton(config, dtype)
+    _disable_dropout_defaults(skeleton)
+    return LoadedModel(skeleton, tokenizer, source), w.WeightFile.open(_local_path(source), skeleton)
+
+
 def _hf_args(source: str) -> tuple[str, dict[str, Any]]:
     """(folder, from_pretrained kwargs) for a local folder or GGUF source."""
     path = _local_path(source)
