@@ -201,6 +201,19 @@ class TransportConfig:
 
 
 @dataclass
+class MeasureConfig:
+    """What a deployed client reports to the server's cut policy (a simulation uses `heterogeneity` instead)."""
+
+    memory_gb: float = 0.0
+    """Most memory (GB) the client gives to its part; 0 = what the machine has free (RAM, or CUDA memory)."""
+    profile: str = ""
+    """A device tier name (phone, laptop, workstation or one of heterogeneity.tiers): report its numbers instead
+    of measured ones, for reproducible runs; empty = measure."""
+    ewma: float = 0.3
+    """Weight of the newest step in the smoothed compute and link measurements (0 < ewma <= 1)."""
+
+
+@dataclass
 class PrivacyConfig:
     noise: float = 0.0
     """Gaussian noise added to the activations before they leave a client (training and evaluation), with
@@ -228,6 +241,7 @@ class Config:
     heterogeneity: HeterogeneityConfig = field(default_factory=HeterogeneityConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
@@ -372,6 +386,10 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"split.cut: must be >= 1 (the client holds at least one block), got {cfg.split.cut}")
     if cfg.privacy.noise < 0:
         p.append(f"privacy.noise: must be >= 0 (a multiple of the activations' RMS), got {cfg.privacy.noise}")
+    if not (0.0 <= cfg.measure.memory_gb < float("inf")):
+        p.append(f"measure.memory_gb: must be a number >= 0 (0 = what is free), got {cfg.measure.memory_gb}")
+    if not 0.0 < cfg.measure.ewma <= 1.0:
+        p.append(f"measure.ewma: must be in (0, 1], got {cfg.measure.ewma}")
     if not 0.0 <= cfg.federation.dropout < 1.0:
         p.append(f"federation.dropout: must be in [0, 1), got {cfg.federation.dropout}")
     if cfg.metrics.checkpoint_every < 0:

@@ -2,9 +2,7 @@
 
     heterogeneity.profile=tiers      each client drawn uniformly from phone / laptop / workstation
     heterogeneity.profile=list       heterogeneity.devices=[phone,laptop,workstation,...], one per client
-The tier numbers are illustrative orders of magnitude (effective training throughput, not peak FLOP/s), sized
-so that memory binds the cut of a 135M-parameter model on the smallest tier; define your own in
-`heterogeneity.tiers`.
+The tiers themselves live in `splitft/devices.py` (a deployed client can report one instead of measuring).
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ import math
 import random
 
 from ..config import DeviceConfig, HeterogeneityConfig
+from ..devices import all_tiers
 from ..registry import Registry
 from ..seeding import derive_seed
 
@@ -25,17 +24,6 @@ config is already a profile, so there is no second list of the same fields to ke
 def scaled(d: DeviceProfile, compute: float, link: float) -> DeviceProfile:
     """`d` with its throughput times `compute` and both link bandwidths times `link`."""
     return dataclasses.replace(d, tflops=d.tflops * compute, up_mbps=d.up_mbps * link, down_mbps=d.down_mbps * link)
-
-
-TIERS: dict[str, DeviceProfile] = {
-    "phone": DeviceProfile("phone", 0.5, 0.35, 10.0, 50.0, 40.0),
-    "laptop": DeviceProfile("laptop", 2.0, 2.0, 50.0, 200.0, 20.0),
-    "workstation": DeviceProfile("workstation", 20.0, 16.0, 500.0, 1000.0, 5.0),
-}
-
-
-def all_tiers(cfg: HeterogeneityConfig) -> dict[str, DeviceProfile]:
-    return {**TIERS, **{d.name: d for d in cfg.tiers}}
 
 
 def _homogeneous(cfg: HeterogeneityConfig, n: int, rng: random.Random) -> list[DeviceProfile]:
