@@ -7,7 +7,9 @@ no-split baselines); only its adapters cross the transport. Both push/pull adapt
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -16,7 +18,17 @@ from .data.datasets import BatchStream, Example, batches
 from .loss import token_loss
 from .model.split import ClientPart, FullPart
 from .optim import clip, load_optimizer_state, make_optimizer, optimizer_state
-from .transport.base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, ForwardRequest, StepReply, Transport
+from .transport.base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, ForwardRequest, StepReply, Transport, TransportError
+
+
+@dataclass
+class StepTiming:
+    """What the last training step cost this client, as measured: its own compute (forward, backward, update),
+    the link (round trip minus the time the server held the step), and the batch's padded tokens B*T."""
+
+    compute_s: float
+    link_s: float = 0.0
+    tokens: int = 0
 
 
 class _Client:
@@ -28,18 +40,23 @@ class _Client:
         self.lr, self.weight_decay, self.max_grad_norm = lr, weight_decay, max_grad_norm
         self.samples_seen = 0  # since the last push; the FedAvg weight
         self.last_loss: float | None = None  # mean step loss of the last round (the policy's performance signal)
+        self.timing: StepTiming | None = None  # of the last training step (a deployed client's measurements)
         self.replace_part(part)
 
     def replace_part(self, part: ClientPart | FullPart) -> None:
-        """Take a new part (a new cut); AdamW state moves over for the LoRA tensors both parts hold."""
+        """Take a new part (a new cut): the LoRA tensors both parts hold keep their values and AdamW state; the
+        new part's other blocks keep what they came with (the next pull loads the global adapters)."""
         old = lora.lora_parameters(self.part.module) if hasattr(self, "part") else {}
         self.part = part
         named = lora.lora_parameters(part.module)
         self.params = list(named.values())
         opt = make_optimizer(self.params, self.lr, self.weight_decay)
-        for n, p in named.items():
-            if n in old and old[n] in self.opt.state and old[n].shape == p.shape:
-                opt.state[p] = self.opt.state[old[n]]
+        with torch.no_grad():
+            for n, p in named.items():
+                if n in old and old[n].shape == p.shape:
+                    p.copy_(old[n])
+                    if old[n] in self.opt.state:
+                        opt.state[p] = self.opt.state[old[n]]
         self.opt = opt
         self.device = next(part.module.parameters()).device
         self.part.train()
@@ -64,17 +81,27 @@ class _Client:
         self.last_loss, self.samples_seen = state["last_loss"], state["samples_seen"]
         self.stream.load_state_dict(state["stream"])
 
-    def push(self, transport: Transport, round_: int) -> None:
+    def push(self, transport: Transport, round_: int, report: dict[str, Any] | None = None) -> None:
         """Send this round's adapters (blocks [0, cut), the cut layer at r_cut) and the samples behind them."""
         sd = lora.adapter_state_dict(self.part.module)
         if isinstance(self.part, ClientPart) and self.r_cut is not None:
             sd = lora.cut_payload(sd, self.part.family, self.cut, self.r_cut)
-        transport.push_adapters(AdapterUpdate(self.client_id, round_, sd, self.samples_seen))
+        transport.push_adapters(AdapterUpdate(self.client_id, round_, sd, self.samples_seen, report or {}))
         self.samples_seen = 0
 
-    def pull(self, transport: Transport, round_: int) -> None:
-        """Load the global adapters for this client's blocks (in place: optimizer state is kept)."""
-        lora.load_adapter_state_dict(self.part.module, transport.pull_adapters(self.client_id, self.cut, round_))
+    def pull(self, transport: Transport, round_: int, report: dict[str, Any] | None = None,
+             recut: Callable[[int], ClientPart | FullPart] | None = None) -> int:
+        """Load the global adapters for this client's blocks (in place: optimizer state is kept). When the server
+        answers with another cut (a deployed server's policy), `recut` builds the part for it first. Returns the
+        cut of the round."""
+        pulled = transport.pull_adapters(self.client_id, self.cut, round_, report)
+        if pulled.cut != self.cut:
+            if recut is None:
+                raise TransportError(f"client {self.client_id}: the server assigned cut {pulled.cut} to a client "
+                                     f"that cannot change its cut (at {self.cut})")
+            self.replace_part(recut(pulled.cut))
+        lora.load_adapter_state_dict(self.part.module, pulled.adapters)
+        return pulled.cut
 
     def _next_batch(self) -> dict[str, torch.Tensor]:
         batch = {k: v.to(self.device) for k, v in self.stream.next().items()}
@@ -84,6 +111,11 @@ class _Client:
     def _update(self) -> None:
         clip(self.params, self.max_grad_norm)
         self.opt.step()
+
+    def _sync(self) -> None:
+        """Wait for queued GPU work, so step timings measure the compute (no-op on the CPU)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @torch.no_grad()
     def evaluate(self, transport: Transport, examples: list[Example], batch_size: int, pad_id: int,
@@ -145,12 +177,20 @@ class SplitClient(_Client):
     def train_step(self, transport: Transport, round_: int, step: int) -> StepReply:
         """Forward to the cut -> send activations -> receive grad_activations -> backward -> AdamW step."""
         batch = self._next_batch()
+        start = time.perf_counter()
         acts = self.part.forward(batch["input_ids"], batch["attention_mask"])  # (B, T, H)
-        reply = transport.step(self._request(batch, acts, round_, step, train=True))
+        request = self._request(batch, acts, round_, step, train=True)
+        sent = time.perf_counter()
+        reply = transport.step(request)
+        answered = time.perf_counter()
         assert reply.grad_activations is not None and reply.grad_activations.shape == acts.shape
         self.opt.zero_grad(set_to_none=True)
         acts.backward(reply.grad_activations.to(acts.device, acts.dtype))
         self._update()
+        self._sync()
+        self.timing = StepTiming(compute_s=(sent - start) + (time.perf_counter() - answered),
+                                 link_s=max(answered - sent - reply.server_s, 0.0),
+                                 tokens=acts.shape[0] * acts.shape[1])
         self.samples_seen += batch["input_ids"].shape[0]
         return reply
 
@@ -171,10 +211,13 @@ class LocalClient(_Client):
 
     def train_step(self, transport: Transport, round_: int, step: int) -> StepReply:
         batch = self._next_batch()
+        start = time.perf_counter()
         stats = token_loss(self.part.forward(batch["input_ids"], batch["attention_mask"]), batch["labels"])
         self.opt.zero_grad(set_to_none=True)
         (stats.loss_sum / max(stats.n_tokens, 1)).backward()
         self._update()
+        self._sync()
+        self.timing = StepTiming(time.perf_counter() - start, tokens=batch["input_ids"].numel())
         self.samples_seen += batch["input_ids"].shape[0]
         return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct)
 

@@ -13,8 +13,8 @@ bytes, and hands the other side what it decodes.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Protocol
 
 import torch
 
@@ -73,6 +73,9 @@ class StepReply:
     n_tokens: int
     n_correct: int
     grad_activations: torch.Tensor | None = None
+    server_s: float = 0.0
+    """Seconds the server held the step (its queue and compute): the client's round trip minus this is its link
+    time. 0 in process (the simulation's clock charges links from profiles)."""
 
     @property
     def loss(self) -> float:
@@ -87,9 +90,21 @@ class AdapterUpdate:
     round: int
     adapters: dict[str, torch.Tensor]
     n_samples: int
+    report: dict[str, Any] = field(default_factory=dict)
+    """What a deployed client measured this round and its evaluation (`measure.Report`); empty in process."""
 
     def nbytes(self) -> int:
         return adapters_nbytes(self.adapters)
+
+
+@dataclass
+class Pulled:
+    """Server -> client at round start: the cut the client holds this round and the global adapters of its
+    blocks [0, cut). In process the cut is the one asked for (the federation decides cuts itself); a deployed
+    server answers with the cut its policy decided."""
+
+    cut: int
+    adapters: dict[str, torch.Tensor]
 
 
 BYTE_KINDS = ("activations_up", "labels_up", "grad_activations_down", "lora_up", "lora_down", "eval_up",
@@ -178,13 +193,15 @@ class Transport(Protocol):
         """Hand the client's adapters to the server for aggregation."""
         ...
 
-    def pull_adapters(self, client_id: int, cut: int, round_: int) -> dict[str, torch.Tensor]:
-        """The global adapters for blocks [0, cut) as of the start of `round_` (a network transport waits until
-        the previous round is aggregated)."""
+    def pull_adapters(self, client_id: int, cut: int, round_: int,
+                      report: dict[str, Any] | None = None) -> Pulled:
+        """This round's cut and the global adapters for blocks [0, cut) as of the start of `round_` (a network
+        transport waits until the previous round is aggregated). `cut` is the client's current one and `report`
+        what it measured so far (a deployed server decides the cut from them)."""
         ...
 
-    def done(self, client_id: int) -> None:
-        """This client has finished every round it takes part in."""
+    def done(self, client_id: int, report: dict[str, Any] | None = None) -> None:
+        """This client has finished every round it takes part in (`report`: its evaluation of the final model)."""
         ...
 
 
@@ -213,8 +230,9 @@ class AsyncServer(Protocol):
 
     async def push_adapters(self, update: AdapterUpdate) -> None: ...
 
-    async def pull_adapters(self, client_id: int, cut: int, round_: int) -> dict[str, torch.Tensor]: ...
+    async def pull_adapters(self, client_id: int, cut: int, round_: int,
+                            report: dict[str, Any] | None = None) -> Pulled: ...
 
-    async def done(self, client_id: int) -> None: ...
+    async def done(self, client_id: int, report: dict[str, Any] | None = None) -> None: ...
 
     def seen(self, client_id: int) -> None: ...

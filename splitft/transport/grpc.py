@@ -17,14 +17,23 @@ import hmac
 import queue
 import threading
 import time
-from typing import AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import grpc
 import torch
 
 from ..config import TransportConfig
 from . import wire
-from .base import AdapterUpdate, AsyncServer, ByteCounter, ForwardRequest, StepReply, TransportError, adapters_nbytes
+from .base import (
+    AdapterUpdate,
+    AsyncServer,
+    ByteCounter,
+    ForwardRequest,
+    Pulled,
+    StepReply,
+    TransportError,
+    adapters_nbytes,
+)
 from .compress import CODECS
 from .proto import splitft_pb2 as pb
 
@@ -60,7 +69,10 @@ class Endpoint:
         if env.kind == Envelope.STEP:
             req = wire.decode_step(env, self.shape)
             self.counter.request(req, wire.payload_nbytes(env, "activations"))
-            reply = wire.encode_reply(await self.server.step(req), env, self.shape.codec)
+            start = time.monotonic()
+            answer = await self.server.step(req)
+            answer.server_s = time.monotonic() - start
+            reply = wire.encode_reply(answer, env, self.shape.codec)
             self.counter.reply(req, wire.payload_nbytes(reply))
             return reply
         if env.kind == Envelope.PUSH:
@@ -69,12 +81,13 @@ class Endpoint:
             await self.server.push_adapters(update)
             return wire.ack(env)
         if env.kind == Envelope.PULL:
-            client_id, cut, round_ = wire.decode_pull(env)
-            reply = wire.encode_adapters(client_id, round_, await self.server.pull_adapters(client_id, cut, round_))
+            client_id, cut, round_, report = wire.decode_pull(env)
+            pulled = await self.server.pull_adapters(client_id, cut, round_, report)
+            reply = wire.encode_adapters(client_id, round_, pulled)
             self.counter.add(client_id, "lora_down", wire.payload_nbytes(reply))
             return reply
         if env.kind == Envelope.DONE:
-            await self.server.done(wire.decode_done(env))
+            await self.server.done(*wire.decode_done(env))
             return wire.ack(env)
         raise wire.WireError(f"unexpected message kind {env.kind}")
 
@@ -323,16 +336,16 @@ class GrpcTransport:
         self.counter.add(self.client_id, "lora_up", update.nbytes())
         self._call(wire.encode_push(update))
 
-    def pull_adapters(self, client_id: int, cut: int, round_: int) -> dict[str, torch.Tensor]:
+    def pull_adapters(self, client_id: int, cut: int, round_: int, report: dict[str, Any] | None = None) -> Pulled:
         try:
-            adapters = wire.decode_adapters(self._call(wire.encode_pull(client_id, cut, round_)), 1 << 30)
+            pulled = wire.decode_adapters(self._call(wire.encode_pull(client_id, cut, round_, report)), 1 << 30)
         except wire.WireError as e:
             raise TransportError(f"client {self.client_id}: bad reply from the server: {e}") from None
-        self.counter.add(client_id, "lora_down", adapters_nbytes(adapters))
-        return adapters
+        self.counter.add(client_id, "lora_down", adapters_nbytes(pulled.adapters))
+        return pulled
 
-    def done(self, client_id: int) -> None:
-        self._call(wire.encode_done(client_id))
+    def done(self, client_id: int, report: dict[str, Any] | None = None) -> None:
+        self._call(wire.encode_done(client_id, report))
 
     def close(self) -> None:
         self.stopped.set()

@@ -8,10 +8,9 @@ counted. With a lossy codec the server sees, and the client receives, exactly wh
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
-import torch
-
-from .base import AdapterUpdate, ByteCounter, ForwardRequest, NoCount, Server, StepReply, adapters_nbytes
+from .base import AdapterUpdate, ByteCounter, ForwardRequest, NoCount, Pulled, Server, StepReply, adapters_nbytes
 from .compress import NONE, Codec
 
 
@@ -41,10 +40,10 @@ class InProcTransport:
         self.counter.add(update.client_id, "lora_up", update.nbytes())
         self.server.push_adapters(update)
 
-    def pull_adapters(self, client_id: int, cut: int, round_: int = 0) -> dict[str, torch.Tensor]:
+    def pull_adapters(self, client_id: int, cut: int, round_: int = 0, report: Any = None) -> Pulled:
         adapters = self.server.pull_adapters(client_id, cut, round_)
         self.counter.add(client_id, "lora_down", adapters_nbytes(adapters))
-        return adapters
+        return Pulled(cut, adapters)
 
-    def done(self, client_id: int) -> None:
+    def done(self, client_id: int, report: Any = None) -> None:
         self.server.done(client_id)

@@ -8,9 +8,10 @@ Every message has its encoder and its decoder, one pair per verb of `transport.b
     STEP        encode_step / decode_step          client -> server  ForwardRequest
     STEP_REPLY  encode_reply / decode_reply        server -> client  StepReply
     PUSH        encode_push / decode_push          client -> server  AdapterUpdate
-    PULL        encode_pull / decode_pull          client -> server  (client_id, cut, round)
-    ADAPTERS    encode_adapters / decode_adapters  server -> client  the pulled adapters
-    DONE        encode_done / decode_done          client -> server  client_id
+    PULL        encode_pull / decode_pull          client -> server  (client_id, cut, round, report)
+    ADAPTERS    encode_adapters / decode_adapters  server -> client  Pulled: this round's cut and its adapters
+    DONE        encode_done / decode_done          client -> server  (client_id, report)
+PUSH, PULL and DONE carry the client's `report`, a small JSON object (what it measured, its evaluation).
     ACK, ERROR  ack / error                        server -> client  (ERROR: the refusal's text)
 Activations and grad_activations travel as the activation codec (compress.py) encodes them: the tensor
 `activations` in the codec's wire dtype and, for scaled codecs, `activations_scale` (float32); the envelope
@@ -21,15 +22,17 @@ Errors are `WireError` values the server returns to that client as ERROR.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..loss import IGNORE
 from ..model.loader import MODEL_DTYPES
-from .base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, ForwardRequest, StepReply
+from .base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, ForwardRequest, Pulled, StepReply
 from .compress import NONE, Codec, Packed
 from .proto import splitft_pb2 as pb
 
@@ -37,6 +40,8 @@ Envelope = pb.Envelope
 DTYPES: dict[str, torch.dtype] = {**MODEL_DTYPES, "uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32}
 """Dtypes a tensor may have on the wire: the model's (activations, adapters), the int8 codecs', masks, labels."""
 NAMES = {v: k for k, v in DTYPES.items()}
+MAX_REPORT = 64 * 1024
+"""Bytes of a client's JSON report (measurements and evaluation: a few hundred bytes in practice)."""
 NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16,  # bfloat16: raw bits
          torch.uint8: np.uint8, torch.int8: np.int8, torch.int32: np.int32}
 
@@ -170,7 +175,8 @@ def decode_step(env: Envelope, shape: StepShape) -> ForwardRequest:
 def encode_reply(reply: StepReply, env: Envelope, c: Codec = NONE) -> Envelope:
     """grad_activations go back in the codec the request came in."""
     out = Envelope(kind=Envelope.STEP_REPLY, client_id=env.client_id, round=env.round, step=env.step,
-                   loss_sum=reply.loss_sum, n_tokens=reply.n_tokens, n_correct=reply.n_correct, codec=c.name)
+                   loss_sum=reply.loss_sum, n_tokens=reply.n_tokens, n_correct=reply.n_correct, codec=c.name,
+                   server_s=reply.server_s)
     if reply.grad_activations is not None:
         out.tensors.extend(packed_to_pb("grad_activations", c.encode(reply.grad_activations)))
     return out
@@ -183,13 +189,13 @@ def decode_reply(env: Envelope, req: ForwardRequest, c: Codec = NONE) -> tuple[S
     t = _tensors(env, acts.numel())
     if not req.train:
         _expect_tensors(t, "STEP_REPLY (eval)", set(), NONE, "grad_activations")
-        return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct)), 0
+        return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct), server_s=env.server_s), 0
     _check_codec(env, c, "grad_activations")
     _expect_tensors(t, "STEP_REPLY", {"grad_activations"}, c, "grad_activations")
     if t["grad_activations"].shape != acts.shape:
         raise WireError(f"grad_activations {tuple(t['grad_activations'].shape)} != activations {tuple(acts.shape)}")
     grad = packed_from_pb(t, "grad_activations", c, acts.dtype)
-    return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct), grad), payload_nbytes(env)
+    return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct), grad, env.server_s), payload_nbytes(env)
 
 
 def _encode_tensors(kind: int, client_id: int, round_: int, adapters: dict[str, torch.Tensor],
@@ -198,8 +204,26 @@ def _encode_tensors(kind: int, client_id: int, round_: int, adapters: dict[str, 
                                                                            adapters.items()], **fields)
 
 
+def encode_report(report: dict[str, Any] | None) -> str:
+    return json.dumps(report or {})
+
+
+def decode_report(env: Envelope) -> dict[str, Any]:
+    """The client's report (a JSON object of at most MAX_REPORT bytes); its values are the receiver's to check."""
+    if len(env.report) > MAX_REPORT:
+        raise WireError(f"report of {len(env.report)} bytes exceeds {MAX_REPORT}")
+    try:
+        report = json.loads(env.report or "{}")
+    except ValueError:
+        raise WireError("report is not JSON") from None
+    if not isinstance(report, dict):
+        raise WireError("report must be a JSON object")
+    return report
+
+
 def encode_push(update: AdapterUpdate) -> Envelope:
-    return _encode_tensors(Envelope.PUSH, update.client_id, update.round, update.adapters, n_samples=update.n_samples)
+    return _encode_tensors(Envelope.PUSH, update.client_id, update.round, update.adapters, n_samples=update.n_samples,
+                           report=encode_report(update.report))
 
 
 def decode_push(env: Envelope, expected: dict[str, torch.Size], max_numel: int) -> AdapterUpdate:
@@ -213,38 +237,39 @@ def decode_push(env: Envelope, expected: dict[str, torch.Size], max_numel: int) 
             raise WireError(f"adapter '{name}' contains NaN or Inf")
     if env.n_samples <= 0:
         raise WireError(f"PUSH needs n_samples > 0, got {env.n_samples}")
-    return AdapterUpdate(env.client_id, env.round, adapters, int(env.n_samples))
+    return AdapterUpdate(env.client_id, env.round, adapters, int(env.n_samples), decode_report(env))
 
 
-def encode_pull(client_id: int, cut: int, round_: int) -> Envelope:
-    return Envelope(kind=Envelope.PULL, client_id=client_id, cut=cut, round=round_)
+def encode_pull(client_id: int, cut: int, round_: int, report: dict[str, Any] | None = None) -> Envelope:
+    return Envelope(kind=Envelope.PULL, client_id=client_id, cut=cut, round=round_, report=encode_report(report))
 
 
-def decode_pull(env: Envelope) -> tuple[int, int, int]:
-    """(client_id, cut, round). Raises WireError on tensors in a PULL or a cut below 1."""
+def decode_pull(env: Envelope) -> tuple[int, int, int, dict[str, Any]]:
+    """(client_id, cut, round, report). Raises WireError on tensors in a PULL or a cut below 1."""
     if env.tensors or env.cut < 1:
         raise WireError(f"PULL carries no tensors and a cut >= 1, got {len(env.tensors)} tensors and cut {env.cut}")
-    return env.client_id, env.cut, env.round
+    return env.client_id, env.cut, env.round, decode_report(env)
 
 
-def encode_adapters(client_id: int, round_: int, adapters: dict[str, torch.Tensor]) -> Envelope:
-    """The reply to a PULL."""
-    return _encode_tensors(Envelope.ADAPTERS, client_id, round_, adapters)
+def encode_adapters(client_id: int, round_: int, pulled: Pulled) -> Envelope:
+    """The reply to a PULL: the client's cut for the round and the adapters of its blocks."""
+    return _encode_tensors(Envelope.ADAPTERS, client_id, round_, pulled.adapters, cut=pulled.cut)
 
 
-def decode_adapters(env: Envelope, max_numel: int) -> dict[str, torch.Tensor]:
-    """The pulled adapters. Raises WireError unless the reply is ADAPTERS with each name once, within size."""
-    if env.kind != Envelope.ADAPTERS:
-        raise WireError(f"expected ADAPTERS in reply to a PULL, got kind {env.kind}")
-    return _tensors(env, max_numel)
+def decode_adapters(env: Envelope, max_numel: int) -> Pulled:
+    """The pulled cut and adapters. Raises WireError unless the reply is ADAPTERS with a cut >= 1 and each name
+    once, within size."""
+    if env.kind != Envelope.ADAPTERS or env.cut < 1:
+        raise WireError(f"expected ADAPTERS with a cut >= 1 in reply to a PULL, got kind {env.kind}, cut {env.cut}")
+    return Pulled(env.cut, _tensors(env, max_numel))
 
 
-def encode_done(client_id: int) -> Envelope:
-    return Envelope(kind=Envelope.DONE, client_id=client_id)
+def encode_done(client_id: int, report: dict[str, Any] | None = None) -> Envelope:
+    return Envelope(kind=Envelope.DONE, client_id=client_id, report=encode_report(report))
 
 
-def decode_done(env: Envelope) -> int:
-    return env.client_id
+def decode_done(env: Envelope) -> tuple[int, dict[str, Any]]:
+    return env.client_id, decode_report(env)
 
 
 def ack(env: Envelope) -> Envelope:

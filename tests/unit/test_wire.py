@@ -8,7 +8,7 @@ import torch
 from splitft import lora
 from splitft.deploy.coordinator import Coordinator, Refused
 from splitft.transport import wire
-from splitft.transport.base import AdapterUpdate, ForwardRequest
+from splitft.transport.base import AdapterUpdate, ForwardRequest, Pulled
 from splitft.transport.grpc import Endpoint
 from tests.conftest import tiny_split_server
 
@@ -113,14 +113,20 @@ def test_rejected_requests_leave_the_server_unchanged(endpoint):
 
 def test_every_message_has_an_encoder_and_a_decoder_that_invert_each_other():
     adapters = {"a.lora_A.default.weight": torch.randn(2, 3), "a.lora_B.default.weight": torch.randn(3, 2)}
-    push = wire.decode_push(wire.encode_push(AdapterUpdate(1, 4, adapters, 7)),
+    report = {"memory_gb": 0.5, "loss": 2.0, "eval": {"round": 3, "loss_sum": 1.5, "n_tokens": 9, "n_correct": 2}}
+    push = wire.decode_push(wire.encode_push(AdapterUpdate(1, 4, adapters, 7, report)),
                             {n: t.shape for n, t in adapters.items()}, 100)
-    assert (push.client_id, push.round, push.n_samples) == (1, 4, 7)
+    assert (push.client_id, push.round, push.n_samples, push.report) == (1, 4, 7, report)
     assert all(torch.equal(push.adapters[n], t) for n, t in adapters.items())
-    assert wire.decode_pull(wire.encode_pull(1, 3, 4)) == (1, 3, 4)
-    pulled = wire.decode_adapters(wire.encode_adapters(1, 4, adapters), 100)
-    assert pulled.keys() == adapters.keys() and all(torch.equal(pulled[n], t) for n, t in adapters.items())
-    assert wire.decode_done(wire.encode_done(2)) == 2
+    assert wire.decode_pull(wire.encode_pull(1, 3, 4, report)) == (1, 3, 4, report)
+    pulled = wire.decode_adapters(wire.encode_adapters(1, 4, Pulled(3, adapters)), 100)
+    assert pulled.cut == 3 and pulled.adapters.keys() == adapters.keys()
+    assert all(torch.equal(pulled.adapters[n], t) for n, t in adapters.items())
+    assert wire.decode_done(wire.encode_done(2, report)) == (2, report)
+    with pytest.raises(wire.WireError, match="report must be a JSON object"):
+        wire.decode_pull(wire.Envelope(kind=wire.Envelope.PULL, cut=1, report="[1]"))
+    with pytest.raises(wire.WireError, match="exceeds"):
+        wire.decode_pull(wire.Envelope(kind=wire.Envelope.PULL, cut=1, report=" " * (wire.MAX_REPORT + 1)))
     with pytest.raises(wire.WireError, match="expected ADAPTERS"):
         wire.decode_adapters(wire.ack(wire.encode_done(2)), 100)
     with pytest.raises(wire.WireError, match="cut >= 1"):
