@@ -20,13 +20,15 @@ import torch
 from . import lora
 from .client import SplitClient
 from .config import Check, Config, ConfigError, load_config, validate_against_model
+from .cost import CostModel
 from .data.datasets import BatchStream, Example, load_examples, resolve_path, split_eval
 from .data.partitioners import PARTITIONERS, partitioner_for, samples_of
 from .errors import UserError
 from .model import loader
 from .model.families import Family, family_for
 from .model.split import ClientPart, ServerPart
-from .policy import POLICIES
+from .model.weights import WeightFile, held_bytes, materialize, release
+from .policy import POLICIES, CutBounds, CutPolicy
 from .registry import check_names
 from .seeding import derive_seed, seed_everything
 from .server import SplitServer
@@ -120,6 +122,66 @@ def build_model(cfg: Config, checked: loader.ModelMeta | None = None) -> tuple[t
     return peft, family, tokenizer, device
 
 
+@dataclass
+class PartialModel:
+    """A deployed party's model: seeded rank-r LoRA on every block (the server's store needs every block's initial
+    adapters), base weights only where `hold` read them (`model.weights`); the rest stays on `meta`."""
+
+    peft: torch.nn.Module
+    family: Family
+    tokenizer: Any
+    device: torch.device
+    weights: WeightFile
+    dtype: torch.dtype
+
+    @property
+    def n_layer(self) -> int:
+        return len(self.peft.base_model.model.get_submodule(self.family.layers_path))
+
+    def blocks(self, layers: range) -> list[str]:
+        return [f"{self.family.layers_path}.{i}" for i in layers]
+
+    def hold(self, paths: list[str]) -> None:
+        """Read the base weights under `paths` (HF module paths) onto the device; their adapters follow."""
+        materialize(self.peft, self.weights, paths, self.device, self.dtype)
+        lora.follow_base_layers(self.peft)
+
+    def drop(self, paths: list[str]) -> None:
+        release(self.peft, paths)
+
+    def client_paths(self, cut: int) -> list[str]:
+        """What a client at `cut` runs: embeddings and blocks [0, cut) (all of it when cut = n_layer)."""
+        if cut >= self.n_layer:
+            return [""]
+        return [*self.family.embed_paths, *self.blocks(range(cut))]
+
+    def server_paths(self, first: int) -> list[str]:
+        """What a server serving cuts >= `first` runs: blocks [first, L), final norm, head (a head tied to the
+        embeddings brings the embedding matrix with it)."""
+        return [*self.blocks(range(first, self.n_layer)), *self.family.head_paths]
+
+    def held_gb(self) -> float:
+        return held_bytes(self.peft) / 1e9
+
+
+def open_model(cfg: Config, checked: loader.ModelMeta | None = None) -> PartialModel:
+    """The model as `build_model` builds it (same seeded LoRA), with no base weight read yet."""
+    if checked is None:
+        check_model(cfg)
+    device = resolve_device(cfg.model.device)
+    dtype = loader.MODEL_DTYPES[cfg.model.dtype]
+    seed_everything(cfg.federation.seed)
+    loaded, weights = loader.open_weights(cfg.model.source, dtype, cfg.federation.seed)
+    family = family_for(loaded.model.config.model_type)
+    for name, buf in loaded.model.named_buffers():  # rotary frequencies etc. are real already: to the device
+        owner, _, attr = name.rpartition(".")
+        loaded.model.get_submodule(owner)._buffers[attr] = buf.to(device)
+    torch.manual_seed(cfg.federation.seed)  # LoRA A init: as build_model draws it
+    peft = lora.wrap(loaded.model, family, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+                     targets=cfg.lora.targets or family.lora_targets)
+    return PartialModel(peft, family, loaded.tokenizer, device, weights, dtype)
+
+
 def load_base(cfg: Config, checked: loader.ModelMeta | None = None) -> tuple[torch.nn.Module, Any, torch.device]:
     """The base model (no LoRA) on its device, seeded as every run seeds it (tiny:<family> weights are random),
     and its tokenizer. `checked` as in `build_model`."""
@@ -160,6 +222,30 @@ def cut_rank(cfg: Config) -> int | None:
 def optimizer_settings(cfg: Config) -> dict[str, float]:
     t = cfg.train
     return dict(lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
+
+
+def cost_model_of(hf: torch.nn.Module, family: Family, param_bytes: int) -> CostModel:
+    """The cost model of an HF `*ForCausalLM`: frozen parameters per block, embeddings, head, shapes (shapes
+    only: a model whose weights are still on `meta` gives the same one)."""
+    blocks = hf.get_submodule(family.layers_path)
+    frozen = [sum(p.numel() for n, p in b.named_parameters() if not lora.is_lora_name(n)) for b in blocks]
+    emb = hf.get_input_embeddings().weight
+    c = hf.config
+    return CostModel(tuple(frozen), emb.numel(), emb.numel(), c.hidden_size, c.num_attention_heads, param_bytes)
+
+
+def cut_bounds(cfg: Config, cost: CostModel, n_layer: int) -> CutBounds:
+    """Allowed cuts and the client memory model (from the model's shape and the training batch shape)."""
+    base_gb, block_gb = cost.memory_gb(cfg.train.batch_size, cfg.data.max_length)
+    return CutBounds(n_layer, cfg.split.cut_min, cfg.split.cut_max, base_gb, block_gb)
+
+
+def rule_policy(cfg: Config, bounds: CutBounds) -> CutPolicy:
+    """The cut policies that decide from client stats alone: fixed, resource, splitft (`makespan` also needs
+    the simulator's round-cost table)."""
+    s = cfg.split
+    extra = dict(gamma=s.gamma, period=s.period) if s.policy == "splitft" else {}
+    return POLICIES[s.policy](bounds, s.cut, **extra)
 
 
 def split_server(cfg: Config, peft: torch.nn.Module, family: Family, first: int) -> SplitServer:

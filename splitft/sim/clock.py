@@ -5,21 +5,11 @@ charged.
 
 from __future__ import annotations
 
-from torch import nn
-
-from .. import lora
+from ..build import cost_model_of
 from ..cost import CostModel, StepCost, round_time
-from ..model.families import Family
 from .profiles import DeviceProfile
 
-
-def cost_model_of(hf: nn.Module, family: Family, param_bytes: int) -> CostModel:
-    """The cost model of an HF `*ForCausalLM`: frozen parameters per block, embeddings, head, shapes."""
-    blocks = hf.get_submodule(family.layers_path)
-    frozen = [sum(p.numel() for n, p in b.named_parameters() if not lora.is_lora_name(n)) for b in blocks]
-    emb = hf.get_input_embeddings().weight
-    cfg = hf.config
-    return CostModel(tuple(frozen), emb.numel(), emb.numel(), cfg.hidden_size, cfg.num_attention_heads, param_bytes)
+__all__ = ["VirtualClock", "cost_model_of"]
 
 
 class VirtualClock:

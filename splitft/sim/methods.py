@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from .. import lora
+from .. import build, lora
 from ..build import Setup, client_stream, cut_rank, optimizer_settings, split_client, split_server
 from ..client import LocalClient
 from ..cost import CostModel
@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..federation import Adaptivity, Federation
 from ..metrics import MetricsLogger
 from ..model.split import ClientPart, FullPart
-from ..policy import POLICIES, ClientStats, CutBounds
+from ..policy import ClientStats, CutBounds
 from ..policy.makespan import MakespanPolicy, RoundCosts
 from ..registry import Registry
 from ..server import FedAvgServer
@@ -41,9 +41,7 @@ def cost_model(setup: Setup) -> CostModel:
 
 def cut_bounds(setup: Setup) -> CutBounds:
     """Allowed cuts and the client memory model (from the model's shape and the training batch shape)."""
-    cfg = setup.cfg
-    base_gb, block_gb = cost_model(setup).memory_gb(cfg.train.batch_size, cfg.data.max_length)
-    return CutBounds(setup.n_layer, cfg.split.cut_min, cfg.split.cut_max, base_gb, block_gb)
+    return build.cut_bounds(setup.cfg, cost_model(setup), setup.n_layer)
 
 
 def over_memory(setup: Setup) -> dict[str, dict[str, Any]]:
@@ -119,8 +117,7 @@ def _policy(setup: Setup, bounds: CutBounds) -> Any:
     if s.policy == "makespan":
         return MakespanPolicy(bounds, round_costs(setup), s.cut, gamma=s.gamma, period=s.period,
                               tolerance=s.tolerance, hysteresis=s.hysteresis)
-    extra = dict(gamma=s.gamma, period=s.period) if s.policy == "splitft" else {}
-    return POLICIES[s.policy](bounds, s.cut, **extra)
+    return build.rule_policy(setup.cfg, bounds)
 
 
 def client_stats(devices: dict[int, DeviceProfile]) -> dict[int, ClientStats]:
