@@ -34,11 +34,25 @@ def load_run(path: str | Path) -> Run:
     d = Path(path)
     if not (d / "metrics.jsonl").is_file():
         raise UserError(f"report: '{d}' is not a run directory (no metrics.jsonl)")
+    records = read_metrics(d / "metrics.jsonl")
     if not (d / "summary.json").is_file():
-        raise UserError(f"report: '{d}' has not finished (no summary.json); resume it with "
-                        f"`splitft simulate --resume {d}` first")
-    rounds = [r for r in read_metrics(d / "metrics.jsonl") if r["kind"] == "round"]
-    return Run(d.name if d.name not in ("", ".") else str(d), rounds, json.loads((d / "summary.json").read_text()))
+        deployed = any(r["kind"] == "server" for r in records)
+        hint = ("a deployment's server writes it when every client is done or gone" if deployed else
+                f"resume it with `splitft simulate --resume {d}` first")
+        raise UserError(f"report: '{d}' has not finished (no summary.json); {hint}")
+    return Run(d.name if d.name not in ("", ".") else str(d), rounds_of(records),
+               json.loads((d / "summary.json").read_text()))
+
+
+def rounds_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Round records in order, each with its evaluation. A deployed server logs a round's evaluation as its own
+    `eval` record (the clients report it with their next push), merged here into the round's record; the
+    pretrained model's evaluation becomes round -1."""
+    rounds = {r["round"]: dict(r) for r in records if r["kind"] == "round"}
+    for e in (r for r in records if r["kind"] == "eval"):
+        rec = rounds.setdefault(e["round"], {"kind": "round", "round": e["round"], "wall_time": e["wall_time"]})
+        rec.update({k: v for k, v in e.items() if k.startswith("eval_")})
+    return [rounds[k] for k in sorted(rounds)]
 
 
 def _unique_names(runs: list[Run]) -> None:
@@ -68,9 +82,13 @@ def table(runs: list[Run]) -> str:
     for r in runs:
         s = r.summary
         rows.append(f"| {r.name} | {s['method']} | {s.get('policy') or '-'} | {s['rounds']} "
-                    f"| {s['initial_eval_ppl']:.2f} | {s['final_eval_ppl']:.2f} | {s['virtual_time_s']:.1f} "
+                    f"| {s['initial_eval_ppl']:.2f} | {s['final_eval_ppl']:.2f} | {_num(s.get('virtual_time_s'))} "
                     f"| {s['wall_time_s']:.1f} | {s['bytes_up'] / 1e6:.1f} | {s['bytes_down'] / 1e6:.1f} |")
     return "\n".join(rows)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 def _ppl_plot(runs: list[Run], x_key: str, xlabel: str, title: str, path: Path) -> None:
@@ -78,6 +96,8 @@ def _ppl_plot(runs: list[Run], x_key: str, xlabel: str, title: str, path: Path) 
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in runs:
+        if x_key == "virtual_time" and r.summary.get("virtual_time_s") is None:
+            continue  # a deployment has wall time only
         pts = [(r0.get(x_key, 0.0) if r0["round"] >= 0 else 0.0, r0["eval_ppl"]) for r0 in r.rounds if "eval_ppl" in r0]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=r.name)
     ax.set(xlabel=xlabel, ylabel="held-out perplexity", title=title)

@@ -18,11 +18,10 @@ import asyncio
 import time
 from typing import Any, Callable
 
-import torch
-
 from ..federation import plan_round
-from ..server import NonFiniteStep, SplitServer
-from ..transport.base import AdapterUpdate, ForwardRequest, StepReply
+from ..server import FedAvgServer, NonFiniteStep
+from ..transport.base import AdapterUpdate, ForwardRequest, Pulled, StepReply
+from .placement import Placement
 
 
 class Refused(ValueError):
@@ -30,12 +29,23 @@ class Refused(ValueError):
 
 
 class Coordinator:
-    """The `transport.base.AsyncServer` of a deployment: a `SplitServer` behind the rules above."""
+    """The `transport.base.AsyncServer` of a deployment: a `SplitServer` (or, for fedlora, a `FedAvgServer`)
+    behind the rules above, with each round's cuts from `placement`.
 
-    def __init__(self, server: SplitServer, n_clients: int, rounds: int, local_steps: int, per_round: int,
+    Evaluations come from the clients: each evaluates the global model it pulled on its own held-out data and
+    reports it with its next push (the model after the previous round) or with `done` (the final model);
+    `evals[round][client]` = (loss_sum, n_tokens, n_correct, cut), and `on_eval(round)` is called once a round's
+    evaluations are all in."""
+
+    def __init__(self, server: FedAvgServer, n_clients: int, rounds: int, local_steps: int, per_round: int,
                  seed: int, log: Callable[[str], Any] = print, *, dead_after_s: float = 120.0,
                  round_timeout_s: float = 1800.0, on_round: Callable[[dict[str, Any]], Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, placement: Placement | None = None,
+                 on_eval: Callable[[int], Any] | None = None):
+        self.placement = placement
+        self.on_eval = on_eval or (lambda round_: None)
+        self.evals: dict[int, dict[int, tuple[float, int, int, int]]] = {}
+        self.pulled: set[int] = set()  # clients that pulled the current round (round 0 is decided when all have)
         self.server, self.n_clients, self.rounds = server, n_clients, rounds
         self.local_steps, self.per_round, self.seed, self.log = local_steps, per_round, seed, log
         self.dead_after_s, self.round_timeout_s, self.clock = dead_after_s, round_timeout_s, clock
@@ -76,15 +86,40 @@ class Coordinator:
         if 0 <= cid < self.n_clients:
             self.last_seen[cid] = self.clock()
 
-    async def pull_adapters(self, cid: int, cut: int, round_: int) -> dict[str, torch.Tensor]:
-        """The global adapters for `cut` once rounds [0, round_) are aggregated (round_ = rounds: the final ones)."""
+    async def pull_adapters(self, cid: int, cut: int, round_: int,
+                            report: dict[str, Any] | None = None) -> Pulled:
+        """The client's cut for `round_` and the global adapters of its blocks, once rounds [0, round_) are
+        aggregated (round_ = rounds: the final ones, at the client's last cut). The cut asked for is ignored:
+        the placement decides it (a client never gets adapters of blocks it does not hold)."""
         self._check_client(cid)
         if not 0 <= round_ <= self.rounds:
             raise Refused(f"round {round_} outside [0, {self.rounds}]")
         await self._wait(lambda: self.round >= round_)
         if self.round > round_:
             raise Refused(f"stale round {round_}: the federation is at round {self.round}")
-        return self.server.pull_adapters(cid, cut, round_)
+        if self.placement is None:
+            return Pulled(cut, self.server.global_adapters(cut))
+        self.placement.note(cid, report or {})
+        if round_ < self.rounds and self.placement.decided < round_:
+            self.pulled.add(cid)
+            await self._maybe_decide()
+            await self._wait(lambda: self.placement.decided >= round_ or self.round != round_)
+        if cid in self.placement.refused:
+            why = self.placement.refused[cid]
+            self.finished_clients.add(cid)  # it has no place in this federation: the run does not wait for it
+            await self.drop(cid, why)
+            raise Refused(why)
+        assigned = self.placement.cut_of(cid)
+        return Pulled(assigned, self.server.global_adapters(assigned))
+
+    async def _maybe_decide(self) -> None:
+        """Decide the current round's cuts once every selected client still in it has pulled."""
+        p = self.placement
+        if p is None or self.round >= self.rounds or p.decided >= self.round:
+            return
+        if set(self.plan.clients) - set(self.dropped) <= self.pulled:
+            p.decide(self.round, list(range(self.n_clients)))
+            await self._notify()
 
     async def step(self, req: ForwardRequest) -> StepReply:
         """Training steps run in the round's plan order; evaluation requests (train=False) run any time.
@@ -138,7 +173,21 @@ class Coordinator:
             raise Refused(f"client {update.client_id} pushed round {update.round} before finishing its steps")
         self.server.push_adapters(update)
         self.pushed.add(update.client_id)
+        if self.placement is not None:
+            self.placement.note(update.client_id, update.report)
+        self._note_eval(update.client_id, update.report)
         await self._maybe_aggregate()
+
+    def _note_eval(self, cid: int, report: dict[str, Any]) -> None:
+        """Keep a client's evaluation of a global model (ignored unless well-formed numbers of a known round)."""
+        e = report.get("eval")
+        try:
+            r, loss_sum, n_tok, n_ok = int(e["round"]), float(e["loss_sum"]), int(e["n_tokens"]), int(e["n_correct"])
+        except (TypeError, KeyError, ValueError):
+            return
+        if -1 <= r < self.rounds and n_tok > 0 and 0 <= n_ok <= n_tok and loss_sum == loss_sum and loss_sum >= 0:
+            cut = self.placement.cut_of(cid) if self.placement is not None else 0
+            self.evals.setdefault(r, {})[cid] = (loss_sum, n_tok, n_ok, cut)
 
     async def _maybe_aggregate(self) -> None:
         if self.round >= self.rounds or not self.pushed | set(self.dropped) >= set(self.plan.clients):
@@ -146,8 +195,14 @@ class Coordinator:
         merged = self.server.aggregate()
         self.log(f"round {self.round}: aggregated clients {merged}"
                  + (f"; dropped {self.dropped}" if self.dropped else ""))
-        self.on_round({"round": self.round, "clients": merged, "dropped": {str(c): w for c, w in self.dropped.items()}})
-        self.round, self.pos, self.pushed, self.dropped = self.round + 1, 0, set(), {}
+        if self.round - 1 in self.evals or self.round == 0:
+            self.on_eval(self.round - 1)  # the pushes of this round carried the evaluations of the previous model
+        cuts = {str(c): self.placement.cut_of(c) for c in self.plan.clients} if self.placement else {}
+        self.on_round({"round": self.round, "clients": merged, "cuts": cuts,
+                       "dropped": {str(c): w for c, w in self.dropped.items()}})
+        if self.placement is not None and self.round + 1 < self.rounds:
+            self.placement.decide(self.round + 1, list(range(self.n_clients)))
+        self.round, self.pos, self.pushed, self.dropped, self.pulled = self.round + 1, 0, set(), {}, set()
         self.plan, self.started = self._plan(self.round), self.clock()
         await self._notify()
         await self.check(self.started)  # a client already gone is dropped from the new round at once
@@ -161,6 +216,7 @@ class Coordinator:
         self.log(f"round {self.round}: dropped client {cid}: {why}")
         self.plan.order = self.plan.order[:self.pos] + [k for k in self.plan.order[self.pos:] if k[0] != cid]
         await self._notify()
+        await self._maybe_decide()
         await self._maybe_aggregate()
 
     async def check(self, now: float) -> None:
@@ -194,8 +250,10 @@ class Coordinator:
             await self.check(self.clock())
             await asyncio.sleep(every_s)
 
-    async def done(self, cid: int) -> None:
+    async def done(self, cid: int, report: dict[str, Any] | None = None) -> None:
+        """`cid` has finished; its report may carry its evaluation of the final model."""
         self._check_client(cid)
+        self._note_eval(cid, report or {})
         self.finished_clients.add(cid)
         if len(self.finished_clients) == self.n_clients:
             self.finished.set()

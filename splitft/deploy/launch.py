@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ..config import Config, save_config
+from ..data.datasets import read_rows
 from ..errors import UserError
 from ..rundir import refuse_existing_run
 
@@ -54,9 +55,16 @@ def _wait_listening(server: subprocess.Popen, log: Path, timeout_s: float) -> No
     raise UserError(f"the server did not start listening within {timeout_s:.0f} s; see {log}")
 
 
-def launch(base: Config, n_clients: int) -> dict:
+def launch(base: Config, n_clients: int, client_data: list[str] | None = None) -> dict:
+    """`client_data`: one data file per client; None deals `data.path` with the configured partitioner."""
     if n_clients < 1:
         raise UserError(f"--clients: need at least 1, got {n_clients}")
+    if client_data is not None:
+        if len(client_data) != n_clients:
+            raise UserError(f"--client-data: give one file per client ({n_clients}), got {len(client_data)}")
+        for path in client_data:
+            base.data.path = path
+            read_rows(base.data)  # missing, empty or unreadable: one line now, not a client failing later
     cfg = copy.deepcopy(base)
     cfg.federation.n_clients = n_clients
     cfg.transport.address = f"127.0.0.1:{free_port()}"
@@ -72,8 +80,15 @@ def launch(base: Config, n_clients: int) -> dict:
     save_config(cfg, cfg_file)
     server = _spawn(["server", "--config", str(cfg_file)], out / "logs" / "server.log")
     _wait_listening(server, out / "logs" / "server.log", timeout_s=600)
-    clients = [_spawn(["client", "--config", str(cfg_file), "--client-id", str(i), "--server", cfg.transport.address],
-                      out / "logs" / f"client_{i}.log", {cfg.transport.token_env: tokens[i]}) for i in range(n_clients)]
+    if client_data is None:
+        print(f"launch: every client trains on its share of {cfg.data.path}, dealt with data.partitioner="
+              f"{cfg.data.partitioner} as `splitft simulate` deals it (--client-data gives each its own file)",
+              file=sys.stderr, flush=True)
+    own = [["--dealt"] if client_data is None else [f"data.path={Path(client_data[i]).resolve()}"]
+           for i in range(n_clients)]
+    clients = [_spawn(["client", "--config", str(cfg_file), "--client-id", str(i), "--server", cfg.transport.address,
+                       *own[i]], out / "logs" / f"client_{i}.log", {cfg.transport.token_env: tokens[i]})
+               for i in range(n_clients)]
     failed = _wait_all(server, clients)
     if "server" in failed or len(failed) >= n_clients:
         raise UserError(f"{', '.join(failed)} failed; see {out / 'logs'}")

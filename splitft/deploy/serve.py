@@ -2,30 +2,40 @@
 
     splitft server --config cfg.yaml transport.address=0.0.0.0:50051 \\
         transport.tokens_file=tokens.txt transport.tls_cert=server.pem transport.tls_key=server.key
-Loads the model (no data), serves every client's steps in the simulation's order, drops clients that go silent
-(transport.dead_after_s) or miss the round deadline (transport.round_timeout_s), aggregates each round over the
-clients that pushed, and when every client is done or gone writes <out_dir>/adapter (PEFT), server.json (with
-who was dropped in which round) and metrics.jsonl.
+Reads no data. Holds only its blocks (split: blocks [first, L), the final norm and the head, where first is
+split.cut under `fixed` and split.cut_min otherwise; fedlora: no weights at all, it only aggregates). Decides
+each round's cut per client with split.policy from what the clients measure (`placement.py`), serves every
+client's steps in the simulation's order, drops clients that go silent (transport.dead_after_s) or miss the
+round deadline (transport.round_timeout_s), aggregates each round over the clients that pushed, and when every
+client is done or gone writes <out_dir>/adapter (PEFT), metrics.jsonl (round, eval and cut_decision records as a
+simulation writes them), summary.json (the simulation's format, so `splitft report` reads it) and server.json.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any, Callable
+
+import torch
 
 from .. import lora
-from ..build import build_model, check, split_server
+from ..build import PartialModel, check, check_model, cost_model_of, cut_bounds, open_model, rule_policy, split_server
 from ..config import Config
 from ..errors import UserError
-from ..metrics import MetricsLogger
+from ..measure import peak_memory
+from ..metrics import MetricsLogger, perplexity
 from ..rundir import export_adapter, prepare_run_dir
+from ..server import FedAvgServer
 from ..transport import wire
 from ..transport.base import ByteCounter, sum_kinds, training_traffic
 from ..transport.compress import CODECS
 from ..transport.grpc import Endpoint, serve_grpc
 from .coordinator import Coordinator
+from .placement import Placement
 
 
 def read_tokens(path: str, n_clients: int) -> dict[int, str]:
@@ -50,48 +60,136 @@ async def _serve(coord: Coordinator, endpoint: Endpoint, tokens: dict[int, str],
         watchdog.cancel()
 
 
+def deploy_problems(cfg: Config) -> list[str]:
+    """What a deployment cannot run, and why."""
+    f, s = cfg.federation, cfg.split
+    if f.method == "centralized":
+        return ["federation.method=centralized is a simulation-only reference (one trainer holding everyone's "
+                "data, which a federation exists not to have); run it with `splitft simulate`"]
+    if f.method == "split" and s.policy == "makespan":
+        return ["split.policy=makespan plans with the simulator's per-cut round-cost table and device profiles; "
+                "deployed, use fixed, resource or splitft (they decide from what each client measures)"]
+    if f.dropout > 0:
+        return ["federation.dropout simulates clients vanishing; in a deployment they vanish for real (set it to 0)"]
+    return []
+
+
 def serve(cfg: Config) -> dict:
-    """Run the server until every client is done; returns what it writes to server.json."""
-    check(cfg)
-    if cfg.federation.method != "split" or cfg.split.policy != "fixed":
-        raise UserError("deployment runs federation.method=split with split.policy=fixed for now; adaptive cuts "
-                        "and the no-split baselines run in `splitft simulate` / `splitft experiment`")
+    """Run the server until every client is done or gone; returns what it writes to server.json."""
+    check(cfg, deploy_problems)
     tokens = read_tokens(cfg.transport.tokens_file, cfg.federation.n_clients)
+    meta = check_model(cfg)
     out = prepare_run_dir(cfg)
-    peft, family, _, _ = build_model(cfg)
-    server = split_server(cfg, peft, family, cfg.split.cut)
     logger = MetricsLogger(out / "metrics.jsonl")
 
     def log(text: str) -> None:
         print(f"[server] {text}", file=sys.stderr, flush=True)
         logger.log("server", message=text)
 
-    fed, t = cfg.federation, cfg.transport
-    rounds: list[dict] = []
-    counter = ByteCounter()
-    last_round = counter.snapshot()  # the counts when the previous round ended
-
-    def on_round(record: dict) -> None:  # bytes as in the simulation's records: cumulative, and this round's
-        nonlocal last_round
-        this_round = sum_kinds(counter.since(last_round))
-        last_round = counter.snapshot()
-        rounds.append(logger.log("round", **record, bytes=counter.totals(), **training_traffic(this_round)))
-
-    coord = Coordinator(server, fed.n_clients, fed.rounds, fed.local_steps, fed.clients_per_round, fed.seed, log,
-                        dead_after_s=t.dead_after_s, round_timeout_s=t.round_timeout_s, on_round=on_round)
-    hidden = peft.base_model.model.config.hidden_size
-    dtype = next(p for p in peft.parameters()).dtype
-    shape = wire.StepShape(hidden, dtype, max_tokens=cfg.train.batch_size * cfg.data.max_length,
-                            vocab=peft.base_model.model.config.vocab_size,
-                            cut_range=(server.first, server.part.n_layer), codec=CODECS[t.codec])
-    full = lora.adapter_state_dict(peft)
-    endpoint = Endpoint(coord, shape, {n: t.shape for n, t in full.items()}, max(t.numel() for t in full.values()),
-                        counter)
+    fed, t, split = cfg.federation, cfg.transport, cfg.federation.method == "split"
+    pm = open_model(cfg, meta)
+    cost = cost_model_of(pm.peft.base_model.model, pm.family, pm.dtype.itemsize)
+    bounds = cut_bounds(cfg, cost, pm.n_layer)
+    first = (cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min) if split else pm.n_layer
+    if split:  # blocks [first, L), norm, head; nothing of the clients' blocks
+        pm.hold(pm.server_paths(first))
+        server: FedAvgServer = split_server(cfg, pm.peft, pm.family, first)
+    else:  # fedlora: the server only aggregates and holds no weights at all
+        server = FedAvgServer(lora.adapter_state_dict(pm.peft), pm.family)
+    what = f"blocks {first}-{pm.n_layer - 1} and the head" if split else "none: clients train the whole model"
+    log(f"holding {pm.held_gb():.3f} GB of base weights ({what})")
+    tokens_per_step = cfg.train.batch_size * cfg.data.max_length
+    placement = Placement(rule_policy(cfg, bounds) if split else None, bounds,
+                          cost.train_flops(0, 1, cfg.train.batch_size, cfg.data.max_length) / tokens_per_step,
+                          smallest_cut=cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min,
+                          allow_over_memory=cfg.split.allow_over_memory,
+                          log_decision=lambda **record: logger.log("cut_decision", **record))
+    records = Records(logger, log)
+    coord = Coordinator(server, fed.n_clients, fed.rounds, fed.local_steps if split else 0, fed.clients_per_round,
+                        fed.seed, log, dead_after_s=t.dead_after_s, round_timeout_s=t.round_timeout_s,
+                        on_round=records.round, placement=placement)
+    coord.on_eval = lambda r: records.eval(r, coord.evals.get(r, {}))
+    endpoint = Endpoint(coord, _step_shape(cfg, pm, first), *_adapter_limits(pm), records.counter)
     asyncio.run(_serve(coord, endpoint, tokens, cfg, log))
-    export_adapter(peft, server.global_model(cfg.split.cut), out / "adapter")  # the model client 0 evaluates
-    summary = {"rounds": coord.round, "clients": fed.n_clients, "wall_time_s": round(logger.elapsed(), 2),
-               "dropped_by_round": [r["dropped"] for r in rounds]}
-    (out / "server.json").write_text(json.dumps(summary, indent=2))
+    records.eval(fed.rounds - 1, coord.evals.get(fed.rounds - 1, {}))  # the final model, reported with `done`
+    eval_cut = placement.cut_of(0) if split else pm.n_layer
+    export_adapter(pm.peft, server.global_model(eval_cut), out / "adapter")  # at client 0's cut, as simulated
+    memory = peak_memory()
+    log(f"peak memory: {memory}")
+    summary = records.summary(cfg, coord, memory)
+    write_json(out / "summary.json", summary)
+    write_json(out / "server.json", {"rounds": coord.round, "clients": fed.n_clients,
+                                     "wall_time_s": summary["wall_time_s"], **memory,
+                                     "dropped_by_round": [r["dropped"] for r in records.rounds]})
     logger.close()
     return summary
 
+
+def _step_shape(cfg: Config, pm: PartialModel, first: int) -> wire.StepShape:
+    hf = pm.peft.base_model.model
+    return wire.StepShape(hf.config.hidden_size, pm.dtype, max_tokens=cfg.train.batch_size * cfg.data.max_length,
+                          vocab=hf.config.vocab_size, cut_range=(first, pm.n_layer), codec=CODECS[cfg.transport.codec])
+
+
+def _adapter_limits(pm: PartialModel) -> tuple[dict[str, torch.Size], int]:
+    """The global shape of every adapter tensor, and the largest numel a pushed tensor may have."""
+    full = lora.adapter_state_dict(pm.peft)
+    return {n: t.shape for n, t in full.items()}, max(t.numel() for t in full.values())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Written under a temporary name and renamed: a crash leaves the old file or none, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+class Records:
+    """The server's metrics.jsonl records and summary.json, in the simulation's format: `round` records at each
+    aggregation (clients, cuts, dropped, bytes), `eval` records once the clients' evaluations of a round's
+    global model are in (token-weighted over the clients' own held-out data), the summary at the end."""
+
+    def __init__(self, logger: MetricsLogger, log: Callable[[str], Any]):
+        self.logger, self.log = logger, log
+        self.counter = ByteCounter()
+        self.last = self.counter.snapshot()  # the counts when the previous round ended
+        self.rounds: list[dict[str, Any]] = []
+        self.evals: dict[int, dict[str, Any]] = {}
+
+    def round(self, record: dict[str, Any]) -> None:
+        this_round = sum_kinds(self.counter.since(self.last))
+        self.last = self.counter.snapshot()
+        self.rounds.append(self.logger.log("round", **record, bytes=self.counter.totals(),
+                                           **training_traffic(this_round)))
+
+    def eval(self, round_: int, by_client: dict[int, tuple[float, int, int, int]]) -> None:
+        if not by_client or round_ in self.evals:
+            return
+        loss_sum, n_tok, n_ok = (sum(v[i] for v in by_client.values()) for i in range(3))
+        loss = loss_sum / max(n_tok, 1)
+        rec = self.logger.log("eval", round=round_, eval_loss=loss, eval_ppl=perplexity(loss),
+                              eval_acc=n_ok / max(n_tok, 1), eval_tokens=n_tok,
+                              eval_cuts={str(c): v[3] for c, v in sorted(by_client.items())},
+                              eval_ppl_by_client={str(c): perplexity(v[0] / max(v[1], 1))
+                                                  for c, v in sorted(by_client.items())})
+        self.evals[round_] = rec
+        self.log(f"{'pretrained model' if round_ < 0 else f'after round {round_}'}: eval_ppl={rec['eval_ppl']:.2f} "
+                 f"over {len(by_client)} clients' held-out data")
+
+    def summary(self, cfg: Config, coord: Coordinator, memory: dict[str, float]) -> dict[str, Any]:
+        evals = [self.evals[r] for r in sorted(self.evals)]
+        first, last = (evals[0], evals[-1]) if evals else ({}, {})
+        return {"method": cfg.federation.method,
+                "policy": cfg.split.policy if cfg.federation.method == "split" else None, "deployed": True,
+                "initial_eval_ppl": first.get("eval_ppl"), "final_eval_ppl": last.get("eval_ppl"),
+                "final_eval_acc": last.get("eval_acc"), "rounds": len(self.rounds),
+                "eval_ppl_by_round": {str(e["round"]): e["eval_ppl"] for e in evals},
+                "virtual_time_by_round": {},
+                "wall_time_by_round": {str(r["round"]): r["wall_time"] for r in self.rounds},
+                "cuts_by_round": {str(r["round"]): r["cuts"] for r in self.rounds},
+                "bytes": self.counter.totals(), "bytes_up": sum(r["bytes_up"] for r in self.rounds),
+                "bytes_down": sum(r["bytes_down"] for r in self.rounds), "virtual_time_s": None,
+                "wall_time_s": round(self.logger.elapsed(), 2), "server": memory,
+                "dropped_by_round": {str(r["round"]): r["dropped"] for r in self.rounds if r["dropped"]},
+                "clients": {str(c): {"final_cut": coord.placement.cut_of(c) if coord.placement else None}
+                            for c in range(cfg.federation.n_clients)}}

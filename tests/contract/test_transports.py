@@ -38,13 +38,13 @@ def _deploy(tmp_path, monkeypatch, *extra):
     cfg.transport.address = f"127.0.0.1:{port}"
     cfg.transport.tokens_file = str(tmp_path / "tokens.txt")
     monkeypatch.setenv(cfg.transport.token_env, TOKEN)
-    lock, build = threading.Lock(), join_module.build
+    lock, build = threading.Lock(), join_module.open_model
 
-    def one_at_a_time(c):  # model init seeds torch's global RNG: threads must not interleave there (processes
+    def one_at_a_time(c, *a):  # model init seeds torch's global RNG: threads must not interleave there (processes
         with lock:         # have one RNG each)
-            return build(c)
+            return build(c, *a)
 
-    monkeypatch.setattr(join_module, "build", one_at_a_time)
+    monkeypatch.setattr(join_module, "open_model", one_at_a_time)
     errors: list[BaseException] = []
     server = threading.Thread(target=lambda: _catch(errors, serve, cfg), daemon=True)
     server.start()
@@ -55,7 +55,7 @@ def _deploy(tmp_path, monkeypatch, *extra):
                 break
         time.sleep(0.1)
     results: dict[int, object] = {}
-    clients = [threading.Thread(target=lambda i=i: results.__setitem__(i, _catch([], join, cfg, i, cfg.transport.address)),
+    clients = [threading.Thread(target=lambda i=i: results.__setitem__(i, _catch([], join, cfg, i, cfg.transport.address, True)),
                                 daemon=True) for i in range(3)]
     for t in clients:
         t.start()

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from splitft.deploy.launch import free_port
 from splitft.metrics import read_metrics
+from tests.conftest import write_jsonl
 from tests.e2e.test_cli import TINY, splitft
 
 pytestmark = pytest.mark.multiproc
@@ -32,9 +33,12 @@ def test_launch_matches_simulate_weights_and_bytes(tmp_path):
     sim_rounds = [r for r in read_metrics(sim / "metrics.jsonl") if r["kind"] == "round"]
     totals = sim_rounds[-1]["bytes"]
     final_pull = json.loads((sim / "summary.json").read_text())["clients"]["0"]["lora_down"] // 2  # 2 rounds
-    for k in KINDS:  # payload accounting is the same in both runtimes, plus client 0's pull for its evaluation
-        assert sum(r["bytes"][k] for r in reports) == totals[k] + (final_pull if k == "lora_down" else 0), k
+    for k in KINDS:  # payload accounting is the same in both runtimes, plus every client's final pull (to evaluate)
+        assert sum(r["bytes"][k] for r in reports) == totals[k] + (3 * final_pull if k == "lora_down" else 0), k
     assert reports[0]["eval_ppl"] == pytest.approx(sim_rounds[-1]["eval_ppl"], rel=1e-9)
+    summary = json.loads((dep / "summary.json").read_text())  # dealt: every client evaluates the simulation's slice
+    sim_summary = json.loads((sim / "summary.json").read_text())
+    assert summary["eval_ppl_by_round"] == pytest.approx(sim_summary["eval_ppl_by_round"], rel=1e-6)
     payload = sum(sum(r["bytes"].values()) for r in reports)
     wire = sum(r["wire_up"] + r["wire_down"] for r in reports)
     assert payload < wire < payload * 1.15 + 50_000, "envelope overhead is small"
@@ -108,3 +112,37 @@ def test_a_killed_client_process_is_dropped_and_the_run_completes(tmp_path):
     assert summary["rounds"] == 10 and dropped and dropped == list(range(dropped[0], 10)), summary
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "run" / "client_0.json").read_text())["eval_ppl"] > 1
+
+
+def _rows(n: int, word: str) -> list[dict]:
+    return [{"prompt": f"Say {word} {i}.", "response": f"{word} " * (1 + i % 5)} for i in range(n)]
+
+
+def test_clients_train_on_their_own_files_with_measured_adaptive_cuts(tmp_path):
+    """Three clients, three private files of different sizes, SplitFT's policy deciding from what they measure:
+    each trains on its own rows only, the policy moves a cut, the server's run directory is a run `report`
+    reads, and its adapter loads in PEFT."""
+    sizes = {0: 30, 1: 50, 2: 80}
+    files = [write_jsonl(tmp_path / f"c{i}.jsonl", _rows(n, w)) for (i, n), w in zip(sizes.items(), ["fie", "hark", "ay"])]
+    dep = tmp_path / "dep"
+    res = splitft("launch", "--clients", "3", "--client-data", ",".join(map(str, files)), *DEPLOY,
+                  "split.policy=splitft", "split.gamma=2", "split.period=1", "federation.rounds=3",
+                  f"metrics.out_dir={dep}")
+    assert res.returncode == 0, res.stderr + "".join(p.read_text() for p in (dep / "logs").glob("*.log"))
+    for i, n in sizes.items():
+        r = json.loads((dep / f"client_{i}.json").read_text())
+        held = max(1, min(8, int(n * 0.1)))  # data.eval_fraction 0.1, data.max_eval_samples 8 (TINY)
+        assert (r["data"], r["train_samples"], r["eval_samples"]) == (str(files[i]), n - held, held), r
+        assert r["peak_rss_gb"] > 0 and r["measured"]["source"] == "measured"
+    decisions = [d for d in read_metrics(dep / "metrics.jsonl") if d["kind"] == "cut_decision"]
+    assert [d["round"] for d in decisions] == [0, 1, 2]
+    assert any(d["measured"]["0"].get("s_per_block_token") for d in decisions[1:]), "later rounds use measurements"
+    cuts = [d["cuts"] for d in decisions]
+    assert any(a != b for a, b in zip(cuts, cuts[1:])), f"the policy never moved a cut: {cuts}"
+    summary = json.loads((dep / "summary.json").read_text())
+    assert summary["deployed"] and set(summary["eval_ppl_by_round"]) == {"-1", "0", "1", "2"}
+    assert splitft("report", str(dep), "--out", str(tmp_path / "rep")).returncode == 0
+    from peft import PeftModel
+
+    from splitft.model.loader import load
+    PeftModel.from_pretrained(load("tiny:llama").model, str(dep / "adapter"))

@@ -1,0 +1,62 @@
+"""Where each deployed client's cut comes from: the cut policy (the simulation's own code) over what the clients
+measured and reported (`measure.py`), decided by the server once per round.
+
+Round 0 is decided when every selected client has pulled (each pull carries its first report: the memory it can
+give, its device tier under `measure.profile`); later rounds right after the previous one is aggregated, from
+the reports that came with the pushes (compute and link measured over the round, its mean step loss). Every
+decision is logged as a `cut_decision` record, as a simulation logs it, with the measured inputs behind each
+client's cut and any value that had to be clamped. The no-split baseline (fedlora) has no cut to decide: every
+client holds the whole model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..measure import stats_of
+from ..policy import CutBounds, CutPolicy
+
+
+class Placement:
+    def __init__(self, policy: CutPolicy | None, bounds: CutBounds, flops_per_block_token: float, *,
+                 smallest_cut: int, allow_over_memory: bool = False,
+                 log_decision: Callable[..., Any] = lambda **record: None):
+        self.policy, self.bounds, self.flops = policy, bounds, flops_per_block_token
+        self.smallest_cut, self.allow_over_memory, self.log_decision = smallest_cut, allow_over_memory, log_decision
+        self.reports: dict[int, dict[str, Any]] = {}
+        self.cuts: dict[int, int] = {}
+        self.refused: dict[int, str] = {}
+        self.decided = -1
+
+    def note(self, cid: int, report: dict[str, Any]) -> None:
+        """Keep the newest value of everything `cid` reported (a pull's report has no loss: the push's stays)."""
+        self.reports.setdefault(cid, {}).update({k: v for k, v in report.items() if k != "eval"})
+
+    def cut_of(self, cid: int) -> int:
+        return self.cuts.get(cid, self.bounds.n_layer if self.policy is None else self.smallest_cut)
+
+    def decide(self, round_: int, clients: list[int]) -> dict[int, int]:
+        """Cuts of `round_` for `clients` (every client of the federation); refuses a place to a client whose
+        memory fits not even the smallest cut (`refused`: client -> why)."""
+        self.decided = round_
+        if self.policy is None:
+            self.cuts = {c: self.bounds.n_layer for c in clients}
+            return self.cuts
+        measured = {c: stats_of(c, self.reports.get(c, {}), self.flops) for c in clients}
+        need = self.bounds.base_gb + self.smallest_cut * self.bounds.block_gb
+        for c, m in measured.items():
+            if m.stats.memory_gb < need and not self.allow_over_memory and c not in self.refused:
+                self.refused[c] = (f"client {c} has {m.stats.memory_gb:.3f} GB for its part of the model, and the "
+                                   f"smallest cut ({self.smallest_cut}) needs {need:.3f} GB; free memory or raise "
+                                   "measure.memory_gb, lower split.cut_min (split.cut under fixed), train.batch_size "
+                                   "or data.max_length, or set split.allow_over_memory=true")
+        placed = [c for c in clients if c not in self.refused]
+        current = {c: self.cuts[c] for c in placed if c in self.cuts}
+        decision = self.policy.assign([measured[c].stats for c in placed], current if round_ > 0 else {}, round_)
+        self.cuts.update(decision.cuts)
+        self.log_decision(round=round_, policy=self.policy.name, cuts={str(c): v for c, v in decision.cuts.items()},
+                          why={str(c): v for c, v in decision.why.items()},
+                          measured={str(c): m.inputs for c, m in measured.items()},
+                          clamped={str(c): m.clamps for c, m in measured.items() if m.clamps},
+                          refused={str(c): why for c, why in self.refused.items()})
+        return {c: self.cuts[c] for c in placed}
