@@ -10,6 +10,7 @@ to <out_dir>/logs/{server,client_<i>}.log. A client that fails is dropped by the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import secrets
 import socket
@@ -62,9 +63,8 @@ def launch(base: Config, n_clients: int, client_data: list[str] | None = None) -
     if client_data is not None:
         if len(client_data) != n_clients:
             raise UserError(f"--client-data: give one file per client ({n_clients}), got {len(client_data)}")
-        for path in client_data:
-            base.data.path = path
-            read_rows(base.data)  # missing, empty or unreadable: one line now, not a client failing later
+        for path in client_data:  # missing, empty or unreadable: one line now, not a client failing later
+            read_rows(dataclasses.replace(base.data, path=path))
     cfg = copy.deepcopy(base)
     cfg.federation.n_clients = n_clients
     cfg.transport.address = f"127.0.0.1:{free_port()}"
