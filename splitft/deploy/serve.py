@@ -90,7 +90,8 @@ def serve(cfg: Config) -> dict:
     pm = open_model(cfg, meta)
     cost = cost_model_of(pm.peft.base_model.model, pm.family, pm.dtype.itemsize)
     bounds = cut_bounds(cfg, cost, pm.n_layer)
-    first = (cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min) if split else pm.n_layer
+    smallest = cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min  # the least a client may hold
+    first = smallest if split else pm.n_layer
     if split:  # blocks [first, L), norm, head; nothing of the clients' blocks
         pm.hold(pm.server_paths(first))
         server: FedAvgServer = split_server(cfg, pm.peft, pm.family, first)
@@ -101,7 +102,7 @@ def serve(cfg: Config) -> dict:
     tokens_per_step = cfg.train.batch_size * cfg.data.max_length
     placement = Placement(rule_policy(cfg, bounds) if split else None, bounds,
                           cost.train_flops(0, 1, cfg.train.batch_size, cfg.data.max_length) / tokens_per_step,
-                          smallest_cut=cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min,
+                          smallest_cut=smallest,
                           allow_over_memory=cfg.split.allow_over_memory,
                           log_decision=lambda **record: logger.log("cut_decision", **record))
     records = Records(logger, log)
