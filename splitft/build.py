@@ -256,9 +256,14 @@ def split_server(cfg: Config, peft: torch.nn.Module, family: Family, first: int)
 
 def split_client(setup: Setup, cid: int, cut: int) -> SplitClient:
     """Client `cid` with its partition's batch stream (same order in simulation and deployment)."""
-    cfg = setup.cfg
-    client = SplitClient(cid, ClientPart(setup.peft, setup.family, cut, cut_rank(cfg)),
-                         client_stream(setup, cid, setup.parts[cid]), r_cut=cut_rank(cfg), **optimizer_settings(cfg))
+    part = ClientPart(setup.peft, setup.family, cut, cut_rank(setup.cfg))
+    return split_client_with(setup.cfg, cid, part, client_stream(setup, cid, setup.parts[cid]))
+
+
+def split_client_with(cfg: Config, cid: int, part: ClientPart, stream: BatchStream) -> SplitClient:
+    """Client `cid` on a given part and stream, with the run's optimizer settings and its own noise seed (a
+    deployed client brings a part read from the model file and a stream over its own data)."""
+    client = SplitClient(cid, part, stream, r_cut=cut_rank(cfg), **optimizer_settings(cfg))
     client.set_noise(cfg.privacy.noise, seed=derive_seed(cfg.federation.seed, "noise", cid))
     return client
 

@@ -29,6 +29,7 @@ from ..build import (
     load_data,
     open_model,
     optimizer_settings,
+    split_client_with,
 )
 from ..client import LocalClient, SplitClient
 from ..config import Config
@@ -95,9 +96,7 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False) -> dict
     stream = client_stream(setup, client_id, list(range(len(train))))
     first_cut = cfg.split.cut if split else pm.n_layer
     if split:
-        client: SplitClient | LocalClient = SplitClient(client_id, holder.part(first_cut), stream, r_cut=cut_rank(cfg),
-                                                        **optimizer_settings(cfg))
-        client.set_noise(cfg.privacy.noise, seed=derive_seed(fed.seed, "noise", client_id))
+        client: SplitClient | LocalClient = split_client_with(cfg, client_id, holder.part(first_cut), stream)
     else:
         client = LocalClient(client_id, holder.part(first_cut), stream, **optimizer_settings(cfg))
     transport = GrpcTransport(address, client_id, token, cfg.transport, log=say)
