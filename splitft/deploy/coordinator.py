@@ -195,8 +195,7 @@ class Coordinator:
         merged = self.server.aggregate()
         self.log(f"round {self.round}: aggregated clients {merged}"
                  + (f"; dropped {self.dropped}" if self.dropped else ""))
-        if self.round - 1 in self.evals or self.round == 0:
-            self.on_eval(self.round - 1)  # the pushes of this round carried the evaluations of the previous model
+        self.on_eval(self.round - 1)  # the pushes of this round carried the evaluations of the previous model
         cuts = {str(c): self.placement.cut_of(c) for c in self.plan.clients} if self.placement else {}
         self.on_round({"round": self.round, "clients": merged, "cuts": cuts,
                        "dropped": {str(c): w for c, w in self.dropped.items()}})

@@ -121,7 +121,7 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False) -> dict
                 moved = sum(transport.counter.since(before)[client_id].values())
                 round_losses.append(reply.loss)
                 t = client.timing
-                meter.step(t.compute_s, min(client.cut, pm.n_layer), t.tokens, t.link_s, moved)
+                meter.step(t.compute_s, client.cut, t.tokens, t.link_s, moved)
             client.last_loss = sum(round_losses) / len(round_losses)
             client.push(transport, r, {**report(), "loss": client.last_loss,
                                        **({"eval": pending_eval} if pending_eval else {})})
