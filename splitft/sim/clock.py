@@ -5,11 +5,8 @@ charged.
 
 from __future__ import annotations
 
-from ..build import cost_model_of
 from ..cost import CostModel, StepCost, round_time
 from .profiles import DeviceProfile
-
-__all__ = ["VirtualClock", "cost_model_of"]
 
 
 class VirtualClock:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from .. import build, lora
-from ..build import Setup, client_stream, cut_rank, optimizer_settings, split_client, split_server
+from ..build import Setup, client_stream, cost_model_of, cut_rank, optimizer_settings, split_client, split_server
 from ..client import LocalClient
 from ..cost import CostModel
 from ..errors import UserError
@@ -29,7 +29,7 @@ from ..server import FedAvgServer
 from ..transport.base import LABEL_DTYPE, MASK_DTYPE, SCALARS_NBYTES
 from ..transport.compress import CODECS
 from ..transport.inproc import InProcTransport
-from .clock import VirtualClock, cost_model_of
+from .clock import VirtualClock
 from .profiles import DeviceProfile, client_profiles, server_profile
 
 OnStep = Callable[[dict[str, Any]], None] | None
