@@ -116,10 +116,15 @@ def build_model(cfg: Config, checked: loader.ModelMeta | None = None) -> tuple[t
     """
     base, tokenizer, device = load_base(cfg, checked)
     family = family_for(base.config.model_type)
-    torch.manual_seed(cfg.federation.seed)  # LoRA A init: the same on every process of a deployment
-    peft = lora.wrap(base, family, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+    return seeded_lora(cfg, base, family), family, tokenizer, device
+
+
+def seeded_lora(cfg: Config, base: torch.nn.Module, family: Family) -> torch.nn.Module:
+    """`base` wrapped with rank-r LoRA drawn from the run's seed: the same initial adapters on every process of a
+    deployment, whether it holds the whole model (`build_model`) or some blocks (`open_model`)."""
+    torch.manual_seed(cfg.federation.seed)
+    return lora.wrap(base, family, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                      targets=cfg.lora.targets or family.lora_targets)
-    return peft, family, tokenizer, device
 
 
 @dataclass
@@ -176,10 +181,7 @@ def open_model(cfg: Config, checked: loader.ModelMeta | None = None) -> PartialM
     for name, buf in loaded.model.named_buffers():  # rotary frequencies etc. are real already: to the device
         owner, _, attr = name.rpartition(".")
         loaded.model.get_submodule(owner)._buffers[attr] = buf.to(device)
-    torch.manual_seed(cfg.federation.seed)  # LoRA A init: as build_model draws it
-    peft = lora.wrap(loaded.model, family, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                     targets=cfg.lora.targets or family.lora_targets)
-    return PartialModel(peft, family, loaded.tokenizer, device, weights, dtype)
+    return PartialModel(seeded_lora(cfg, loaded.model, family), family, loaded.tokenizer, device, weights, dtype)
 
 
 def load_base(cfg: Config, checked: loader.ModelMeta | None = None) -> tuple[torch.nn.Module, Any, torch.device]:
