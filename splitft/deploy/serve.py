@@ -108,13 +108,12 @@ def serve(cfg: Config) -> dict:
     records = Records(logger, log)
     coord = Coordinator(server, fed.n_clients, fed.rounds, fed.local_steps if split else 0, fed.clients_per_round,
                         fed.seed, log, dead_after_s=t.dead_after_s, round_timeout_s=t.round_timeout_s,
-                        on_round=records.round, placement=placement)
-    coord.on_eval = lambda r: records.eval(r, coord.evals.get(r, {}))
+                        on_round=records.round, placement=placement,
+                        on_eval=lambda r: records.eval(r, coord.evals.get(r, {})))
     endpoint = Endpoint(coord, _step_shape(cfg, pm, first), *_adapter_limits(pm), records.counter)
     asyncio.run(_serve(coord, endpoint, tokens, cfg, log))
     records.eval(fed.rounds - 1, coord.evals.get(fed.rounds - 1, {}))  # the final model, reported with `done`
-    eval_cut = placement.cut_of(0) if split else pm.n_layer
-    export_adapter(pm.peft, server.global_model(eval_cut), out / "adapter")  # at client 0's cut, as simulated
+    export_adapter(pm.peft, server.global_model(placement.cut_of(0)), out / "adapter")  # client 0's cut, as simulated
     memory = peak_memory()
     log(f"peak memory: {memory}")
     summary = records.summary(cfg, coord, memory)
