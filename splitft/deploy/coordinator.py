@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from typing import Any, Callable
+
+import torch
 
 from ..federation import plan_round
 from ..server import FedAvgServer, NonFiniteStep
@@ -41,8 +44,13 @@ class Coordinator:
                  seed: int, log: Callable[[str], Any] = print, *, dead_after_s: float = 120.0,
                  round_timeout_s: float = 1800.0, on_round: Callable[[dict[str, Any]], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic, placement: Placement | None = None,
-                 on_eval: Callable[[int], Any] | None = None):
+                 on_eval: Callable[[int], Any] | None = None, max_cut: int | None = None,
+                 samples_cap: int | None = None):
         self.placement = placement
+        self.max_cut = max_cut  # without a placement: the largest cut a pull may ask for (never the server's blocks)
+        self.samples_cap = samples_cap  # without split steps (fedlora): the most samples a push may claim
+        self.holds: dict[int, int] = {}  # client -> the cut it pulled for the current round (what it may push)
+        self.trained: Counter[int] = Counter()  # client -> samples of its training steps applied this round
         self.on_eval = on_eval or (lambda round_: None)
         self.evals: dict[int, dict[int, tuple[float, int, int, int]]] = {}
         self.pulled: set[int] = set()  # clients that pulled the current round (round 0 is decided when all have)
@@ -98,7 +106,10 @@ class Coordinator:
         if self.round > round_:
             raise Refused(f"stale round {round_}: the federation is at round {self.round}")
         if self.placement is None:
-            return Pulled(cut, self.server.global_adapters(cut))
+            if self.max_cut is not None and not 1 <= cut <= self.max_cut:
+                raise Refused(f"cut {cut} outside [1, {self.max_cut}]: a client never gets adapters of the "
+                              "server's blocks")
+            return self._hand_out(cid, round_, cut)
         self.placement.note(cid, report or {})
         if round_ < self.rounds and self.placement.decided < round_:
             self.pulled.add(cid)
@@ -109,8 +120,12 @@ class Coordinator:
             self.finished_clients.add(cid)  # it has no place in this federation: the run does not wait for it
             await self.drop(cid, why)
             raise Refused(why)
-        assigned = self.placement.cut_of(cid)
-        return Pulled(assigned, self.server.global_adapters(assigned))
+        return self._hand_out(cid, round_, self.placement.cut_of(cid))
+
+    def _hand_out(self, cid: int, round_: int, cut: int) -> Pulled:
+        if round_ == self.round:
+            self.holds[cid] = cut
+        return Pulled(cut, self.server.global_adapters(cut))
 
     async def _maybe_decide(self) -> None:
         """Decide the current round's cuts once every selected client still in it has pulled."""
@@ -151,6 +166,7 @@ class Coordinator:
             await self.drop(req.client_id, f"step {req.step} had a NaN/Inf loss or gradient")
             raise Refused(str(e)) from None
         self.cache[req.client_id] = (key, reply)
+        self.trained[req.client_id] += req.activations.shape[0]
         self.pos += 1
         await self._notify()
         return reply
@@ -171,12 +187,35 @@ class Coordinator:
                           f"(federation at round {self.round})")
         if any(c == update.client_id for c, _ in self.plan.order[self.pos:]):
             raise Refused(f"client {update.client_id} pushed round {update.round} before finishing its steps")
+        self._check_push(update)
         self.server.push_adapters(update)
         self.pushed.add(update.client_id)
         if self.placement is not None:
             self.placement.note(update.client_id, update.report)
         self._note_eval(update.client_id, update.report)
         await self._maybe_aggregate()
+
+    def _check_push(self, update: AdapterUpdate) -> None:
+        """A client may overwrite only what it trained: exactly the adapters of the blocks it pulled this round
+        (names, shapes and dtype of the global ones at its cut), finite, for no more samples than the server saw
+        it train this round (without split steps: `samples_cap`)."""
+        cid, cut = update.client_id, self.holds.get(update.client_id)
+        if cut is None:
+            raise Refused(f"client {cid} pushed round {update.round} without pulling it")
+        want = self.server.global_adapters(cut)
+        names, expected = set(update.adapters), set(want)
+        if names != expected:
+            odd = sorted(names - expected)[:3] or sorted(expected - names)[:3]
+            raise Refused(f"client {cid} at cut {cut} must push the adapters of its blocks [0, {cut}) and nothing "
+                          f"else; {'unexpected' if names - expected else 'missing'}: {', '.join(odd) or '(empty)'}")
+        for name, t in update.adapters.items():
+            if t.dtype != want[name].dtype or t.shape != want[name].shape or not torch.isfinite(t).all():
+                raise Refused(f"client {cid}: adapter '{name}' must be a finite {want[name].dtype} tensor of shape "
+                              f"{tuple(want[name].shape)}, got {t.dtype} {tuple(t.shape)}")
+        cap = self.trained[cid] if self.local_steps else self.samples_cap
+        if cap is not None and not 0 < update.n_samples <= cap:
+            raise Refused(f"client {cid} claims {update.n_samples} samples for round {update.round}; the server saw "
+                          f"it train {cap}")
 
     def _note_eval(self, cid: int, report: dict[str, Any]) -> None:
         """Keep a client's evaluation of a global model (ignored unless well-formed numbers of a known round)."""
@@ -202,6 +241,7 @@ class Coordinator:
         if self.placement is not None and self.round + 1 < self.rounds:
             self.placement.decide(self.round + 1, list(range(self.n_clients)))
         self.round, self.pos, self.pushed, self.dropped, self.pulled = self.round + 1, 0, set(), {}, set()
+        self.holds, self.trained = {}, Counter()
         self.plan, self.started = self._plan(self.round), self.clock()
         await self._notify()
         await self.check(self.started)  # a client already gone is dropped from the new round at once

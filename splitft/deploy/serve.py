@@ -109,7 +109,9 @@ def serve(cfg: Config) -> dict:
     coord = Coordinator(server, fed.n_clients, fed.rounds, fed.local_steps if split else 0, fed.clients_per_round,
                         fed.seed, log, dead_after_s=t.dead_after_s, round_timeout_s=t.round_timeout_s,
                         on_round=records.round, placement=placement,
-                        on_eval=lambda r: records.eval(r, coord.evals.get(r, {})))
+                        on_eval=lambda r: records.eval(r, coord.evals.get(r, {})),
+                        max_cut=bounds.hi if split else pm.n_layer,
+                        samples_cap=fed.local_steps * cfg.train.batch_size)
     endpoint = Endpoint(coord, _step_shape(cfg, pm, first), *_adapter_limits(pm), records.counter)
     asyncio.run(_serve(coord, endpoint, tokens, cfg, log))
     records.eval(fed.rounds - 1, coord.evals.get(fed.rounds - 1, {}))  # the final model, reported with `done`

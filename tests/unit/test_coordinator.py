@@ -29,6 +29,12 @@ def _push(cid, round_, server):
     return AdapterUpdate(cid, round_, {n: t.clone() for n, t in server.global_view(2).items()}, 2)
 
 
+async def _pushed(coord, cid, round_):
+    """An honest client's round end: it pulled its blocks (at cut 2) at the round's start, then pushes them."""
+    await coord.pull_adapters(cid, 2, round_)
+    await coord.push_adapters(_push(cid, round_, coord.server))
+
+
 @pytest.fixture
 def coord():
     _, server = tiny_split_server()
@@ -92,7 +98,7 @@ def test_a_silent_client_is_dropped_and_the_round_aggregates_over_survivors(coor
         assert set(coord.dropped) == {2} and "silent" in coord.dropped[2]
         await asyncio.wait_for(blocked, 5)
         for c in (0, 1):
-            await coord.push_adapters(_push(c, 0, coord.server))
+            await _pushed(coord, c, 0)
         assert coord.round == 1 and coord.records[-1]["clients"] == [0, 1] and "2" in coord.records[-1]["dropped"]
 
     asyncio.run(go())
@@ -115,7 +121,7 @@ def test_a_dropped_clients_waiting_and_later_requests_are_refused(coord):
 def test_a_straggler_is_dropped_at_the_round_deadline(coord):
     async def go():
         await _run_steps(coord)
-        await coord.push_adapters(_push(0, 0, coord.server))
+        await _pushed(coord, 0, 0)
         await coord.push_adapters(_push(0, 0, coord.server))  # a resent push is acknowledged and ignored
         assert len(coord.server.pending) == 1
         coord.clock.now = 101
@@ -138,7 +144,7 @@ def test_the_run_finishes_when_every_client_is_done_or_gone(coord):
         for r in range(2):
             await _run_steps(coord)
             for c in range(3):
-                await coord.push_adapters(_push(c, r, coord.server))
+                await _pushed(coord, c, r)
         assert coord.round == 2
         await coord.done(0)
         await coord.done(1)
@@ -168,7 +174,57 @@ def test_a_step_that_overflows_drops_its_client_and_the_round_goes_on(coord):
             await coord.step(_req(cid, step))
         survivors = [c for c in range(3) if c != a]
         for cid in survivors:
-            await coord.push_adapters(_push(cid, 0, coord.server))
+            await _pushed(coord, cid, 0)
         assert coord.round == 1 and coord.records[0]["clients"] == survivors
 
     asyncio.run(go())
+
+
+async def _finish_steps(coord):
+    for c in range(3):
+        await coord.pull_adapters(c, 2, 0)
+    await _run_steps(coord)
+
+
+@pytest.mark.parametrize("tamper, match", [
+    (lambda u, s: u.adapters.update({n: torch.zeros_like(t) for n, t in s.adapters().items()}), "unexpected"),
+    (lambda u, s: u.adapters.clear(), "missing"),
+    (lambda u, s: u.adapters.update({n: t.to(torch.int32) for n, t in u.adapters.items()}), "float32"),
+    (lambda u, s: u.adapters.update({n: t[:1] for n, t in u.adapters.items()}), "shape"),
+    (lambda u, s: next(iter(u.adapters.values())).fill_(float("nan")), "finite"),
+    (lambda u, s: setattr(u, "n_samples", 5), "claims 5 samples"),
+], ids=["server-blocks", "empty", "int32", "shape", "nan", "samples"])
+def test_a_push_may_only_carry_the_clients_own_blocks(coord, tamper, match):
+    """A client at cut 2 may overwrite the global adapters of blocks 0-1 only, with what it trained: the
+    server's blocks, another dtype, another shape, NaN, nothing at all, or more samples than it trained are
+    refused before anything changes, and the round still completes with honest pushes."""
+    async def go():
+        await _finish_steps(coord)
+        bad = _push(0, 0, coord.server)
+        tamper(bad, coord.server)
+        before = _state(coord.server)
+        with pytest.raises(Refused, match=match):
+            await coord.push_adapters(bad)
+        assert _same(before, _state(coord.server)) and not coord.server.pending and 0 not in coord.pushed
+        for c in range(3):
+            await coord.push_adapters(_push(c, 0, coord.server))
+        assert coord.round == 1
+
+    asyncio.run(go())
+
+
+def test_a_push_without_a_pull_of_that_round_is_refused(coord):
+    async def go():
+        await _run_steps(coord)
+        with pytest.raises(Refused, match="without pulling"):
+            await coord.push_adapters(_push(0, 0, coord.server))
+
+    asyncio.run(go())
+
+
+def test_a_pull_never_hands_out_the_servers_blocks():
+    _, server = tiny_split_server()
+    c = Coordinator(server, n_clients=1, rounds=1, local_steps=1, per_round=0, seed=0, log=lambda s: None,
+                    max_cut=server.part.n_layer - 1)
+    with pytest.raises(Refused, match="server's blocks"):
+        asyncio.run(c.pull_adapters(0, server.part.n_layer, 0))

@@ -15,6 +15,7 @@ import torch
 from splitft import lora
 from splitft.config import TransportConfig
 from splitft.deploy.coordinator import Coordinator
+from splitft.model.families import family_for
 from splitft.transport import wire
 from splitft.transport.base import AdapterUpdate, ForwardRequest
 from splitft.transport.compress import CODECS
@@ -28,7 +29,8 @@ N_INPUTS = 6_000  # per codec
 @pytest.fixture(scope="module", params=["none", "int8_token"])
 def target(request):
     peft, server = tiny_split_server()
-    coord = Coordinator(server, n_clients=2, rounds=2, local_steps=2, per_round=0, seed=0, log=lambda s: None)
+    coord = Coordinator(server, n_clients=2, rounds=2, local_steps=2, per_round=0, seed=0, log=lambda s: None,
+                        max_cut=3)
     full = lora.adapter_state_dict(peft)
     shape = wire.StepShape(hidden=peft.base_model.model.config.hidden_size, dtype=torch.float32, max_tokens=64,
                             vocab=peft.base_model.model.config.vocab_size, cut_range=(2, 4),
@@ -51,6 +53,9 @@ def _same(a, b):
     return torch.equal(a[0], b[0]) and a[1:] == b[1:]
 
 
+server_family = family_for("llama")  # tiny_split_server's model
+
+
 def _valid(rng, shape, full):
     """One well-formed envelope of a random kind, for mutation (one step in ten in another codec)."""
     kind = rng.choice(["step", "eval", "push", "pull", "done", "heartbeat"])
@@ -62,11 +67,14 @@ def _valid(rng, shape, full):
                              torch.randint(0, 50, (b, t), dtype=torch.int32), kind == "step")
         c = shape.codec if rng.random() < 0.9 else CODECS[rng.choice(sorted(CODECS))]
         return wire.encode_step(req, c.encode(req.activations))
-    if kind == "push":
-        names = rng.sample(sorted(full), 3)
-        return wire.encode_push(AdapterUpdate(cid, 0, {n: torch.randn_like(full[n]) for n in names}, 2))
+    if kind == "push":  # a few of any block's, exactly its own (cut 2), the server's (blocks 2-3), or none
+        own = sorted(n for n in full if lora.layer_of(n, server_family) < 2)
+        names = rng.choice([rng.sample(sorted(full), 3), own, sorted(set(full) - set(own)), []])
+        dtype = rng.choice([torch.float32] * 3 + [torch.int32, torch.float16])
+        return wire.encode_push(AdapterUpdate(cid, 0, {n: torch.randn_like(full[n]).to(dtype) for n in names},
+                                              rng.choice([2, 4, 1000])))
     if kind == "pull":
-        return wire.encode_pull(cid, 2, 0)
+        return wire.encode_pull(cid, rng.choice([2, 3, 4]), 0)
     return Envelope(kind=Envelope.DONE if kind == "done" else Envelope.HEARTBEAT, client_id=cid)
 
 
