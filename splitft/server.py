@@ -73,7 +73,8 @@ class FedAvgServer:
         """
         updates, self.pending = sorted(self.pending, key=lambda u: u.client_id), []  # same sum order everywhere
         own = self._take_own_copies()
-        if not updates:
+        if not updates:  # nobody pushed: the global model is what the server part holds now
+            self._keep({})
             return []
         held = 1 + max(self._layer(n) for u in updates for n in u.adapters)  # blocks [0, held) have client copies
         base = self.global_view(held)
@@ -132,6 +133,8 @@ class SplitServer(FedAvgServer):
         self.opt = make_optimizer(self.params, lr, weight_decay)
         self.max_grad_norm = max_grad_norm
         self.device = next(part.module.parameters()).device
+        self.round_start = self.adapters()  # the global adapters of blocks [first, L) as of the last aggregation
+        self.moved = False  # whether training steps changed them since
         part.train()
 
     def step(self, req: ForwardRequest) -> StepReply:
@@ -144,6 +147,8 @@ class SplitServer(FedAvgServer):
             NonFiniteStep before any update when the loss or a gradient is not finite: one client's overflowing
             activations (hostile, or a diverging run) must not turn the shared server LoRA into NaN.
         """
+        if not req.train and self.moved:
+            return self._at_round_start(req)
         mask = req.attention_mask.to(self.device, torch.long)
         labels = req.labels.to(self.device, torch.long)
         acts = req.activations.to(self.device).detach().requires_grad_(req.train)
@@ -164,9 +169,23 @@ class SplitServer(FedAvgServer):
                                 "or use model.dtype=float32; in deployment, a client sent overflowing activations)")
         clip(self.params, self.max_grad_norm)
         self.opt.step()
+        self.moved = True
         self.served[req.cut] += acts.shape[0]
         assert acts.grad is not None and acts.grad.shape == acts.shape
         return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct, acts.grad)
+
+    def _at_round_start(self, req: ForwardRequest) -> StepReply:
+        """An evaluation request is about the global model, which the round's training steps have moved on from
+        (a deployed client evaluates the model it pulled while others already train): run it with the adapters
+        of the last aggregation, then put the live ones (and nothing else: AdamW is untouched) back."""
+        live = self.adapters()
+        lora.load_adapter_state_dict(self.part.module, self.round_start, strict=False)
+        self.moved = False
+        try:
+            return self.step(req)
+        finally:
+            lora.load_adapter_state_dict(self.part.module, live, strict=False)
+            self.moved = True
 
     def _take_own_copies(self) -> list[tuple[dict[str, torch.Tensor], float]]:
         """The server's copy of each block j it holds, as (adapters of block j, samples it trained them on);
@@ -190,6 +209,7 @@ class SplitServer(FedAvgServer):
     def _keep(self, merged: dict[str, torch.Tensor]) -> None:
         self.store.update({n: t for n, t in merged.items() if self._layer(n) < self.first})
         lora.load_adapter_state_dict(self.part.module, merged, strict=False)
+        self.round_start, self.moved = self.adapters(), False
 
     def global_view(self, cut: int) -> dict[str, torch.Tensor]:
         """Current global adapters of blocks [0, cut), full rank: the store below `first`, the server part above."""
@@ -226,3 +246,4 @@ class SplitServer(FedAvgServer):
         lora.load_adapter_state_dict(self.part.module, state["lora"])
         load_optimizer_state(self.opt, named, state["opt"])
         self.served = Counter({int(cut): n for cut, n in state["served"].items()})
+        self.round_start, self.moved = self.adapters(), False

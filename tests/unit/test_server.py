@@ -104,3 +104,32 @@ def test_a_step_that_overflows_is_refused_and_changes_nothing():
     assert all(torch.equal(before[n], after[n]) for n in before) and not srv.opt.state and not srv.served
     srv.step(ForwardRequest(0, 0, 0, 2, torch.randn(1, 4, 32), req.attention_mask, req.labels))  # still serves
     assert all(torch.isfinite(t).all() for t in srv.adapters().values())
+
+
+def test_an_evaluation_mid_round_sees_the_global_model_not_the_rounds_steps():
+    """A deployed client evaluates the model it pulled while others already train: the server answers an
+    evaluation request with the adapters of the last aggregation, and leaves its live LoRA and AdamW as they were."""
+    import torch
+
+    from splitft.transport.base import ForwardRequest
+    from tests.conftest import tiny_split_server
+
+    _, server = tiny_split_server()
+    g = torch.Generator().manual_seed(0)
+
+    def req(train):
+        return ForwardRequest(0, 0, 0, 2, torch.randn(2, 5, 32, generator=g), torch.ones(2, 5, dtype=torch.uint8),
+                              torch.full((2, 5), 7, dtype=torch.int32), train)
+
+    probe = req(False)
+    before = server.step(probe)
+    server.step(req(True))
+    live = server.adapters()
+    moments = [v.clone() for st in server.opt.state.values() for v in st.values() if torch.is_tensor(v)]
+    during = server.step(probe)
+    assert during.loss_sum == before.loss_sum, "evaluated with the global model, not the moved one"
+    assert all(torch.equal(live[n], t) for n, t in server.adapters().items())
+    assert all(torch.equal(a, b) for a, b in zip(moments, [v for st in server.opt.state.values()
+                                                           for v in st.values() if torch.is_tensor(v)]))
+    server.aggregate()
+    assert server.step(probe).loss_sum != before.loss_sum, "after aggregation the new global model is evaluated"
