@@ -184,8 +184,10 @@ class TransportConfig:
     round_timeout_s: float = 1800.0
     """Server: a selected client that has not pushed this long after its round began is dropped (straggler);
     the round aggregates over the survivors."""
-    retries: int = 3
-    """Client: reconnect and resend this many times after a broken connection (keys make resends idempotent)."""
+    reconnect_s: float = 300.0
+    """Client: after a broken connection (or a server not up yet), keep reconnecting, with backoff up to 10 s
+    between tries, for this long before giving up; resends are idempotent (keys), and a server restarted with
+    `splitft server --resume` is rejoined where it stands."""
     codec: str = "none"
     """How activations (up) and grad_activations (down) cross the cut, in simulation and deployment alike:
     none (model dtype) | fp16 | bf16 | int8_token | int8_channel (splitft/transport/compress.py); lossy codecs
@@ -286,7 +288,9 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
 
 
 RETIRED = {"transport.kind": "the command picks the transport (simulate: in-process; server, client, launch: "
-                             "gRPC); delete this key"}
+                             "gRPC); delete this key",
+           "transport.retries": "a client now keeps reconnecting for transport.reconnect_s seconds (default 300); "
+                                "use that key instead"}
 """Keys older versions wrote into run directories: named with what replaced them instead of 'unknown key'."""
 
 
@@ -407,8 +411,8 @@ def validate(cfg: Config) -> list[str]:
     _positive(p, transport__chunk_kb=t.chunk_kb, transport__max_message_mb=t.max_message_mb,
               transport__timeout_s=t.timeout_s, transport__heartbeat_s=t.heartbeat_s,
               transport__dead_after_s=t.dead_after_s, transport__round_timeout_s=t.round_timeout_s)
-    if t.retries < 0:
-        p.append(f"transport.retries: must be >= 0, got {t.retries}")
+    if not 0 <= t.reconnect_s < float("inf"):
+        p.append(f"transport.reconnect_s: must be a number of seconds >= 0 (0 = never reconnect), got {t.reconnect_s}")
     if t.heartbeat_s * 2 > t.dead_after_s:
         p.append(f"transport.dead_after_s: must be at least twice transport.heartbeat_s ({t.heartbeat_s}), "
                  f"or live clients get dropped between heartbeats; got {t.dead_after_s}")

@@ -246,15 +246,16 @@ class GrpcTransport:
 
     Counts payload bytes by kind like the in-process transport (`counter`) and, apart, the serialized frames
     that really crossed (`wire_up`, `wire_down`, heartbeats and resends included). A heartbeat thread keeps
-    the server informed while the client computes. Every reply has a deadline (`timeout_s`); a broken
-    connection is re-opened and the request resent up to `retries` times: the server recognises a resent
-    step by its (client, round, step) key and answers it from its cache instead of applying it twice.
+    the server informed while the client computes. Every reply has a deadline (`timeout_s`). A broken
+    connection (or a server not up yet) is re-opened with backoff for up to `reconnect_s` seconds and the
+    request resent: the server recognises a resent step by its (client, round, step) key and answers it from
+    its cache instead of applying it twice.
     """
 
     def __init__(self, address: str, client_id: int, token: str, opts: TransportConfig,
                  log: Callable[[str], None] = print):
         self.address, self.client_id, self.token, self.opts = address, client_id, token, opts
-        self.timeout_s, self.retries, self.log = opts.timeout_s, opts.retries, log
+        self.timeout_s, self.reconnect_s, self.log = opts.timeout_s, opts.reconnect_s, log
         self.counter, self.codec = ByteCounter(), CODECS[opts.codec]
         self.wire_up = self.wire_down = self.seq = self.reconnects = 0
         self.lock = threading.Lock()  # the frames of one envelope leave together; heartbeats go in between
@@ -274,17 +275,23 @@ class GrpcTransport:
             self._send(Envelope(kind=Envelope.HEARTBEAT, client_id=self.client_id))
 
     def _call(self, env: Envelope) -> Envelope:
-        for attempt in range(self.retries + 1):
+        """One request's reply, across reconnects for up to `reconnect_s` (backoff 0.5, 1, 2 .. 10 s)."""
+        deadline, attempt = None, 0
+        while True:
             try:
                 return self._exchange(env)
             except _Broken as e:
-                if attempt == self.retries:
-                    raise TransportError(f"client {self.client_id}: connection to the server failed after "
-                                         f"{self.retries} reconnects (transport.retries): {e}") from None
-                self.log(f"client {self.client_id}: connection broke ({e}); reconnecting and resending")
-                time.sleep(min(0.5 * 2 ** attempt, 10.0))
+                now = time.monotonic()
+                deadline = deadline or now + self.reconnect_s
+                if now >= deadline:
+                    raise TransportError(f"client {self.client_id}: the server at {self.address} cannot be reached; "
+                                         f"gave up after {self.reconnect_s:g} s (transport.reconnect_s): {e}") from None
+                if attempt % 10 == 0:
+                    self.log(f"client {self.client_id}: connection failed ({e}); reconnecting for up to "
+                             f"{deadline - now:.0f} s more")
+                time.sleep(min(0.5 * 2 ** attempt, 10.0, max(deadline - now, 0.0)))
+                attempt += 1
                 self._reconnect()
-        raise AssertionError("unreachable")
 
     def _exchange(self, env: Envelope) -> Envelope:
         """Send one request and wait for its reply. Raises _Broken (retry), TransportError (give up)."""
