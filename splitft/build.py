@@ -138,6 +138,8 @@ class PartialModel:
     device: torch.device
     weights: WeightFile
     dtype: torch.dtype
+    fingerprint: str = ""
+    """`loader.fingerprint` of the model: what a server and its clients compare at the handshake."""
 
     @property
     def n_layer(self) -> int:
@@ -181,7 +183,8 @@ def open_model(cfg: Config, checked: loader.ModelMeta | None = None) -> PartialM
     for name, buf in loaded.model.named_buffers():  # rotary frequencies etc. are real already: to the device
         owner, _, attr = name.rpartition(".")
         loaded.model.get_submodule(owner)._buffers[attr] = buf.to(device)
-    return PartialModel(seeded_lora(cfg, loaded.model, family), family, loaded.tokenizer, device, weights, dtype)
+    return PartialModel(seeded_lora(cfg, loaded.model, family), family, loaded.tokenizer, device, weights, dtype,
+                        loader.fingerprint(cfg.model.source, loaded.model.config))
 
 
 def load_base(cfg: Config, checked: loader.ModelMeta | None = None) -> tuple[torch.nn.Module, Any, torch.device]:

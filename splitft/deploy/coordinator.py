@@ -15,6 +15,7 @@ its waiting requests are refused, and the round aggregates when every survivor h
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections import Counter
 from typing import Any, Callable
@@ -24,6 +25,7 @@ import torch
 from ..federation import plan_round
 from ..server import FedAvgServer, NonFiniteStep
 from ..transport.base import AdapterUpdate, ForwardRequest, Pulled, StepReply
+from .handshake import differences
 from .placement import Placement
 
 
@@ -45,8 +47,11 @@ class Coordinator:
                  round_timeout_s: float = 1800.0, on_round: Callable[[dict[str, Any]], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic, placement: Placement | None = None,
                  on_eval: Callable[[int], Any] | None = None, max_cut: int | None = None,
-                 samples_cap: int | None = None):
+                 samples_cap: int | None = None, terms: dict[str, Any] | None = None):
         self.placement = placement
+        self.terms = terms  # what a client's HELLO must agree with (`handshake.py`); None: not checked
+        self.run_id = secrets.token_hex(8)  # this run's id
+        self.server_id = secrets.token_hex(8)  # this server process's: a client that sees it change knows
         self.max_cut = max_cut  # without a placement: the largest cut a pull may ask for (never the server's blocks)
         self.samples_cap = samples_cap  # without split steps (fedlora): the most samples a push may claim
         self.holds: dict[int, int] = {}  # client -> the cut it pulled for the current round (what it may push)
@@ -93,6 +98,16 @@ class Coordinator:
         """Any frame from `cid` (a request or a heartbeat): it is alive."""
         if 0 <= cid < self.n_clients:
             self.last_seen[cid] = self.clock()
+
+    async def hello(self, cid: int, terms: dict[str, Any]) -> dict[str, Any]:
+        """A client connected: refuse it if its terms differ from the server's, and say where the federation
+        stands (`start`: the round the client takes part from)."""
+        self._check_client(cid)
+        if self.terms is not None and (diff := differences(self.terms, terms)):
+            raise Refused(f"client {cid} does not match this server: {'; '.join(diff)}; start every client with "
+                          "the server's config")
+        return {"round": self.round, "start": self.round, "rounds": self.rounds, "run": self.run_id,
+                "server": self.server_id}
 
     async def pull_adapters(self, cid: int, cut: int, round_: int,
                             report: dict[str, Any] | None = None) -> Pulled:

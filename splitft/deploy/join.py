@@ -42,6 +42,7 @@ from ..metrics import perplexity
 from ..model.split import ClientPart, FullPart
 from ..seeding import derive_seed
 from ..transport.grpc import GrpcTransport, ServerRefused
+from .handshake import terms_of
 from .serve import deploy_problems, write_json
 
 
@@ -100,6 +101,11 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False) -> dict
     else:
         client = LocalClient(client_id, holder.part(first_cut), stream, **optimizer_settings(cfg))
     transport = GrpcTransport(address, client_id, token, cfg.transport, log=say)
+    try:
+        transport.hello(terms_of(cfg, pm.fingerprint))
+    except ServerRefused as e:
+        transport.close()
+        raise UserError(str(e)) from None
     meter = Meter(cfg.measure.ewma)
     report = lambda: client_report(cfg, meter, pm.held_gb(), pm.device)  # noqa: E731
     losses: list[float] = []

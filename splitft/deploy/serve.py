@@ -35,6 +35,7 @@ from ..transport.base import ByteCounter, sum_kinds, training_traffic
 from ..transport.compress import CODECS
 from ..transport.grpc import Endpoint, serve_grpc
 from .coordinator import Coordinator
+from .handshake import terms_of
 from .placement import Placement
 
 
@@ -111,7 +112,7 @@ def serve(cfg: Config) -> dict:
                         on_round=records.round, placement=placement,
                         on_eval=lambda r: records.eval(r, coord.evals.get(r, {})),
                         max_cut=bounds.hi if split else pm.n_layer,
-                        samples_cap=fed.local_steps * cfg.train.batch_size)
+                        samples_cap=fed.local_steps * cfg.train.batch_size, terms=terms_of(cfg, pm.fingerprint))
     endpoint = Endpoint(coord, _step_shape(cfg, pm, first), *_adapter_limits(pm), records.counter)
     asyncio.run(_serve(coord, endpoint, tokens, cfg, log))
     records.eval(fed.rounds - 1, coord.evals.get(fed.rounds - 1, {}))  # the final model, reported with `done`

@@ -192,6 +192,36 @@ def open_weights(source: str, dtype: torch.dtype = torch.float32, seed: int = 0)
     return LoadedModel(skeleton, tokenizer, source), w.WeightFile.open(_local_path(source), skeleton)
 
 
+ARCHITECTURE = ("model_type", "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer",
+                "num_attention_heads", "num_key_value_heads", "intermediate_size", "tie_word_embeddings")
+SAMPLES, SAMPLE_BYTES = 16, 64 * 1024
+
+
+def fingerprint(source: str, config: Any) -> str:
+    """A short id of the model a party runs, for a server and its clients to check they run the same one without
+    exchanging weights: a hash of the architecture and of the weight files' sizes and 16 evenly spaced 64 KiB
+    windows of their bytes (1 MiB read per file, whatever its size). A different model, file or quantization
+    differs; a tiny:<family> model is its family (its weights come from federation.seed, compared apart)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps({k: getattr(config, k, None) for k in ARCHITECTURE}, sort_keys=True,
+                                  default=str).encode())
+    if source.startswith("tiny:"):
+        h.update(source.encode())
+        return h.hexdigest()[:16]
+    path = _local_path(source)
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    for f in files:
+        size = f.stat().st_size
+        h.update(str(size).encode())
+        with f.open("rb") as fh:
+            for i in range(SAMPLES):
+                fh.seek(max(size - SAMPLE_BYTES, 0) * i // (SAMPLES - 1))
+                h.update(fh.read(SAMPLE_BYTES))
+    return h.hexdigest()[:16]
+
+
 def _hf_args(source: str) -> tuple[str, dict[str, Any]]:
     """(folder, from_pretrained kwargs) for a local folder or GGUF source."""
     path = _local_path(source)

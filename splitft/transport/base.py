@@ -235,4 +235,9 @@ class AsyncServer(Protocol):
 
     async def done(self, client_id: int, report: dict[str, Any] | None = None) -> None: ...
 
+    async def hello(self, client_id: int, terms: dict[str, Any]) -> dict[str, Any]:
+        """A client connected with `terms`: refuse it (ValueError) if they differ from the server's; else where
+        the federation stands (round, the round the client starts at, run and server ids)."""
+        ...
+
     def seen(self, client_id: int) -> None: ...

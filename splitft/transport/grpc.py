@@ -89,6 +89,8 @@ class Endpoint:
         if env.kind == Envelope.DONE:
             await self.server.done(*wire.decode_done(env))
             return wire.ack(env)
+        if env.kind == Envelope.HELLO:
+            return wire.encode_welcome(env, await self.server.hello(*wire.decode_hello(env)))
         raise wire.WireError(f"unexpected message kind {env.kind}")
 
 
@@ -203,6 +205,15 @@ class ServerRefused(TransportError):
     """The server answered ERROR: it refused this request and its state is unchanged (e.g. a dropped client)."""
 
 
+class ServerRestarted(TransportError):
+    """The server came back as another process (`splitft server --resume`) while this client was talking to
+    it: `welcome` says where it stands; the client goes back to the start of that round."""
+
+    def __init__(self, welcome: dict[str, Any]):
+        self.welcome = welcome
+        super().__init__(f"the server restarted; it stands at round {welcome['round']}")
+
+
 class _Broken(Exception):
     """The connection broke before the reply came; the request may or may not have been applied."""
 
@@ -249,7 +260,8 @@ class GrpcTransport:
     the server informed while the client computes. Every reply has a deadline (`timeout_s`). A broken
     connection (or a server not up yet) is re-opened with backoff for up to `reconnect_s` seconds and the
     request resent: the server recognises a resent step by its (client, round, step) key and answers it from
-    its cache instead of applying it twice.
+    its cache instead of applying it twice. Once `hello` has been answered, every new connection greets the
+    server again; a server that is another process than before (restarted) raises `ServerRestarted`.
     """
 
     def __init__(self, address: str, client_id: int, token: str, opts: TransportConfig,
@@ -258,6 +270,9 @@ class GrpcTransport:
         self.timeout_s, self.reconnect_s, self.log = opts.timeout_s, opts.reconnect_s, log
         self.counter, self.codec = ByteCounter(), CODECS[opts.codec]
         self.wire_up = self.wire_down = self.seq = self.reconnects = 0
+        self.terms: dict[str, Any] | None = None  # sent on every new connection once `hello` was called
+        self.welcome: dict[str, Any] | None = None  # the server's last answer to HELLO
+        self.greeted = False  # on this connection
         self.lock = threading.Lock()  # the frames of one envelope leave together; heartbeats go in between
         self.conn = _Connection(address, client_id, token, opts)
         self.stopped = threading.Event()
@@ -274,12 +289,15 @@ class GrpcTransport:
         while not self.stopped.wait(every_s):
             self._send(Envelope(kind=Envelope.HEARTBEAT, client_id=self.client_id))
 
-    def _call(self, env: Envelope) -> Envelope:
-        """One request's reply, across reconnects for up to `reconnect_s` (backoff 0.5, 1, 2 .. 10 s)."""
+    def _call(self, env: Envelope | None) -> Envelope:
+        """One request's reply (None: only greet), across reconnects for up to `reconnect_s` (backoff 0.5, 1,
+        2 .. 10 s)."""
         deadline, attempt = None, 0
         while True:
             try:
-                return self._exchange(env)
+                if self.terms is not None and not self.greeted:
+                    self._greet()
+                return self._exchange(env) if env is not None else Envelope()
             except _Broken as e:
                 now = time.monotonic()
                 deadline = deadline or now + self.reconnect_s
@@ -292,6 +310,24 @@ class GrpcTransport:
                 time.sleep(min(0.5 * 2 ** attempt, 10.0, max(deadline - now, 0.0)))
                 attempt += 1
                 self._reconnect()
+
+    def _greet(self) -> None:
+        """HELLO on a new connection; raises ServerRestarted when the server is not the process it was."""
+        try:
+            welcome = wire.decode_welcome(self._exchange(wire.encode_hello(self.client_id, self.terms or {})))
+        except wire.WireError as e:
+            raise TransportError(f"client {self.client_id}: bad reply from the server: {e}") from None
+        before, self.welcome, self.greeted = self.welcome, welcome, True
+        if before is not None and (before["server"], before["run"]) != (welcome["server"], welcome["run"]):
+            raise ServerRestarted(welcome)
+
+    def hello(self, terms: dict[str, Any]) -> dict[str, Any]:
+        """Introduce this client (its terms, `deploy.handshake`) and return where the federation stands; raises
+        ServerRefused (the server names every setting that differs) before any training."""
+        self.terms, self.greeted = terms, False
+        self._call(None)
+        assert self.welcome is not None
+        return self.welcome
 
     def _exchange(self, env: Envelope) -> Envelope:
         """Send one request and wait for its reply. Raises _Broken (retry), TransportError (give up)."""
@@ -327,6 +363,7 @@ class GrpcTransport:
             self.conn.close()
             self.conn = _Connection(self.address, self.client_id, self.token, self.opts)
             self.reconnects += 1
+            self.greeted = False
 
     def step(self, req: ForwardRequest) -> StepReply:
         up = self.codec.encode(req.activations)

@@ -11,7 +11,10 @@ Every message has its encoder and its decoder, one pair per verb of `transport.b
     PULL        encode_pull / decode_pull          client -> server  (client_id, cut, round, report)
     ADAPTERS    encode_adapters / decode_adapters  server -> client  Pulled: this round's cut and its adapters
     DONE        encode_done / decode_done          client -> server  (client_id, report)
-PUSH, PULL and DONE carry the client's `report`, a small JSON object (what it measured, its evaluation).
+    HELLO       encode_hello / decode_hello        client -> server  (client_id, terms), first on a connection
+    WELCOME     encode_welcome / decode_welcome    server -> client  where the federation stands
+PUSH, PULL and DONE carry the client's `report`, a small JSON object (what it measured, its evaluation); HELLO
+and WELCOME carry theirs in the same field.
     ACK, ERROR  ack / error                        server -> client  (ERROR: the refusal's text)
 Activations and grad_activations travel as the activation codec (compress.py) encodes them: the tensor
 `activations` in the codec's wire dtype and, for scaled codecs, `activations_scale` (float32); the envelope
@@ -270,6 +273,32 @@ def encode_done(client_id: int, report: dict[str, Any] | None = None) -> Envelop
 
 def decode_done(env: Envelope) -> tuple[int, dict[str, Any]]:
     return env.client_id, decode_report(env)
+
+
+def encode_hello(client_id: int, terms: dict[str, Any]) -> Envelope:
+    return Envelope(kind=Envelope.HELLO, client_id=client_id, report=encode_report(terms))
+
+
+def decode_hello(env: Envelope) -> tuple[int, dict[str, Any]]:
+    """(client_id, the client's terms). Raises WireError on tensors in a HELLO."""
+    if env.tensors:
+        raise WireError("HELLO carries no tensors")
+    return env.client_id, decode_report(env)
+
+
+def encode_welcome(env: Envelope, standing: dict[str, Any]) -> Envelope:
+    return Envelope(kind=Envelope.WELCOME, client_id=env.client_id, report=encode_report(standing))
+
+
+def decode_welcome(env: Envelope) -> dict[str, Any]:
+    """Raises WireError unless a WELCOME with the round (an int >= 0) and the run and server ids."""
+    if env.kind != Envelope.WELCOME:
+        raise WireError(f"expected WELCOME in reply to HELLO, got kind {env.kind}")
+    standing = decode_report(env)
+    if not isinstance(standing.get("round"), int) or standing["round"] < 0 or not all(
+            isinstance(standing.get(k), str) for k in ("run", "server")):
+        raise WireError("WELCOME needs a round >= 0 and the run and server ids")
+    return standing
 
 
 def ack(env: Envelope) -> Envelope:

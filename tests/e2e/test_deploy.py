@@ -70,6 +70,36 @@ def test_a_client_with_a_bad_token_is_refused(tmp_path):
         server.wait(timeout=30)
 
 
+def test_a_client_with_another_config_or_model_is_refused_before_training(tmp_path):
+    """The handshake: a client whose settings or model differ from the server's exits 2 with one line naming
+    each differing setting and both values, before any step; the server keeps serving."""
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("a" * 32 + "\n" + "b" * 32 + "\n")
+    addr = f"127.0.0.1:{free_port()}"
+    common = [*[o for o in DEPLOY if "n_clients" not in o], "federation.n_clients=2", f"transport.address={addr}"]
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "splitft.cli", "server", *common,
+                               f"transport.tokens_file={tokens}", f"metrics.out_dir={tmp_path / 'srv'}"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "listening" not in (tmp_path / "server.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        env = {**os.environ, "SPLITFT_TOKEN": "a" * 32, "PYTHONWARNINGS": "ignore"}
+        for extra, says in [("federation.local_steps=5", "federation.local_steps: the server has 2, this client 5"),
+                            ("model.source=tiny:qwen2", "model: the server runs tiny:llama")]:
+            res = subprocess.run([sys.executable, "-m", "splitft.cli", "client", *common, extra, "--client-id", "0",
+                                  f"metrics.out_dir={tmp_path / 'c0'}"], capture_output=True, text=True, env=env,
+                                 timeout=300)
+            lines = [x for x in res.stderr.splitlines() if x.startswith("splitft: error:")]
+            assert res.returncode == 2 and len(lines) == 1 and says in lines[0], res.stderr
+            assert "Traceback" not in res.stderr and "round 0:" not in res.stderr
+        assert server.poll() is None, "the server keeps running after refusing a client"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_server_without_tokens_is_a_clear_error(tmp_path):
     res = splitft("server", *DEPLOY, f"metrics.out_dir={tmp_path / 's'}")
     assert res.returncode == 2 and "transport.tokens_file" in res.stderr

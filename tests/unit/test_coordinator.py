@@ -228,3 +228,23 @@ def test_a_pull_never_hands_out_the_servers_blocks():
                     max_cut=server.part.n_layer - 1)
     with pytest.raises(Refused, match="server's blocks"):
         asyncio.run(c.pull_adapters(0, server.part.n_layer, 0))
+
+
+def test_a_client_with_other_terms_is_refused_at_hello_naming_each_setting():
+    from splitft.config import Config
+    from splitft.deploy.handshake import terms_of
+
+    _, server = tiny_split_server()
+    cfg = Config()
+    c = Coordinator(server, n_clients=2, rounds=2, local_steps=2, per_round=0, seed=0, log=lambda s: None,
+                    terms=terms_of(cfg, "abc"))
+    standing = asyncio.run(c.hello(1, terms_of(cfg, "abc")))
+    assert standing["round"] == 0 and standing["start"] == 0 and standing["run"] and standing["server"]
+    other = Config()
+    other.federation.local_steps, other.transport.codec, other.model.source = 9, "int8_token", "tiny:qwen2"
+    with pytest.raises(Refused) as e:
+        asyncio.run(c.hello(1, terms_of(other, "def")))
+    text = str(e.value)
+    assert "\n" not in text and "federation.local_steps: the server has 4, this client 9" in text
+    assert "transport.codec: the server has 'none', this client 'int8_token'" in text
+    assert "fingerprint abc" in text and "tiny:qwen2 (fingerprint def)" in text

@@ -1,0 +1,49 @@
+"""What a server and a client must agree on before training, compared when the client connects (HELLO).
+
+A client started with another config would otherwise have every request refused and "skip" every round, or
+train on another model: the server states its terms, and a client whose terms differ is refused before it
+trains, with one line naming each differing setting and both values.
+
+    terms = terms_of(cfg, pm.fingerprint)              # both sides, from their own config and model file
+    problems = differences(server_terms, client_terms) # [] when they agree
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import Config
+
+SHAPE = "vanilla"
+"""The split's shape: the client holds the first blocks, the server the rest and the loss."""
+
+SETTINGS = ("model.dtype", "federation.method", "federation.n_clients", "federation.rounds",
+            "federation.local_steps", "federation.clients_per_round", "federation.seed", "train.batch_size",
+            "data.max_length", "lora.r", "lora.r_cut", "lora.alpha", "lora.dropout", "lora.targets", "split.policy",
+            "split.cut", "split.cut_min", "split.cut_max", "transport.codec")
+"""Config keys both sides must hold alike: the model's numerics, the schedule the server plans steps with, the
+shapes it accepts, the ranks and the codec. Client-only (data, privacy.noise, measure) and server-only
+(tokens, TLS, timeouts) keys may differ."""
+
+
+def _get(cfg: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def terms_of(cfg: Config, fingerprint: str) -> dict[str, Any]:
+    """`model` is the model's `loader.fingerprint` (the source path may differ between machines)."""
+    return {"model": fingerprint, "model.source": cfg.model.source, "split.shape": SHAPE,
+            **{k: _get(cfg, k) for k in SETTINGS}}
+
+
+def differences(server: dict[str, Any], client: dict[str, Any]) -> list[str]:
+    """One phrase per setting that differs, naming both values; the model by its source and fingerprint."""
+    out = []
+    if server.get("model") != client.get("model"):
+        out.append(f"model: the server runs {server.get('model.source')} (fingerprint {server.get('model')}), this "
+                   f"client {client.get('model.source')} (fingerprint {client.get('model')})")
+    for key in ("split.shape", *SETTINGS):
+        if server.get(key) != client.get(key):
+            out.append(f"{key}: the server has {server.get(key)!r}, this client {client.get(key)!r}")
+    return out
