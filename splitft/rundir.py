@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import lora
-from .config import Config, save_config
+from .config import Config, load_config, save_config
 from .errors import UserError
 
 
@@ -32,6 +32,18 @@ def prepare_run_dir(cfg: Config) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     return out
+
+
+def run_config(run_dir: str | Path) -> Config:
+    """The config a run was started with, to resume it: its own config.yaml, with metrics.out_dir set to
+    `run_dir` itself, so a resume writes only into the directory it was given (a copied run directory names
+    the original's out_dir, and a relative out_dir means another folder from another working directory)."""
+    cfg_file = Path(run_dir) / "config.yaml"
+    if not cfg_file.is_file():
+        raise UserError(f"--resume: '{run_dir}' is not a run directory (no config.yaml)")
+    cfg = load_config(str(cfg_file), [])
+    cfg.metrics.out_dir = str(run_dir)
+    return cfg
 
 
 def export_adapter(peft: torch.nn.Module, adapters: dict[str, torch.Tensor], path: Path) -> None:

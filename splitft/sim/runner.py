@@ -14,12 +14,12 @@ from typing import Any, Callable
 
 from .. import checkpoint
 from ..build import build_setup, check
-from ..config import Config, load_config
+from ..config import Config
 from ..errors import UserError
 from ..federation import Federation
 from ..metrics import MetricsLogger, NullLogger, read_metrics
 from ..registry import check_names
-from ..rundir import export_adapter, prepare_run_dir, refuse_existing_run, truncate_lines
+from ..rundir import export_adapter, prepare_run_dir, refuse_existing_run, run_config, truncate_lines
 from .methods import METHODS, build_federation, check_placement, client_report
 from .profiles import PROFILES, device_problems
 
@@ -92,10 +92,7 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
 
 def resume_simulation(run_dir: str | Path) -> dict[str, Any]:
     """Continue the run in `run_dir` from its latest checkpoint, with the run's own config.yaml."""
-    cfg_file = Path(run_dir) / "config.yaml"
-    if not cfg_file.is_file():
-        raise UserError(f"--resume: '{run_dir}' is not a run directory (no config.yaml)")
-    return run_simulation(load_config(str(cfg_file), []), resume=True)
+    return run_simulation(run_config(run_dir), resume=True)
 
 
 def _progress_phases(bar: Any, label: str) -> Callable[[str, int], None]:

@@ -65,6 +65,35 @@ def test_an_interrupted_run_resumed_from_its_checkpoint_ends_bit_identical(unint
     assert len({tuple(r["cuts"].values()) for r in rounds[1:]}) > 1, "cuts moved, so recut state was restored"
 
 
+def test_resuming_a_copied_run_writes_only_into_the_copy(tmp_path, monkeypatch):
+    """The copy's config.yaml names the original's out_dir (relative, here): a resume must not touch it."""
+    import shutil
+
+    from splitft.sim.runner import resume_simulation
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(tmp_path, "llama", *RUN[:-3], "federation.rounds=3", "metrics.checkpoint_every=1",
+                      "metrics.out_dir=orig")
+    real = Federation.run_round
+
+    def crash_in_round_1(self, round_, evaluate):
+        if round_ == 1:
+            raise KeyboardInterrupt
+        return real(self, round_, evaluate)
+
+    monkeypatch.setattr(Federation, "run_round", crash_in_round_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(cfg)
+    monkeypatch.undo()
+    shutil.copytree(tmp_path / "orig", tmp_path / "copy")
+    before = {p.relative_to(tmp_path / "orig"): p.read_bytes() for p in (tmp_path / "orig").rglob("*") if p.is_file()}
+    monkeypatch.chdir(tmp_path / "copy")  # and from another working directory
+    resume_simulation(tmp_path / "copy")
+    after = {p.relative_to(tmp_path / "orig"): p.read_bytes() for p in (tmp_path / "orig").rglob("*") if p.is_file()}
+    assert before == after, "the original run was modified"
+    assert (tmp_path / "copy" / "summary.json").is_file() and not (tmp_path / "copy" / "orig").exists()
+
+
 def test_resume_refuses_a_finished_run_overrides_and_a_tampered_pointer(uninterrupted, tmp_path):
     res = subprocess.run([sys.executable, "-m", "splitft.cli", "simulate", "--resume", uninterrupted, "x.y=1"],
                          capture_output=True, text=True, timeout=120)
