@@ -8,6 +8,7 @@
     splitft experiment --config configs/experiment.yaml [--methods a,b] [--target-ppl X]
                                                   splitft vs makespan vs sfl-fixed vs fedlora vs centralized, one table
     splitft server --config ... [key=value ...]                      serve a deployed federation over gRPC
+    splitft server --resume RUN_DIR                                  continue it from its latest round checkpoint
     splitft client --config ... --client-id N --server HOST:PORT     one client process (token in $SPLITFT_TOKEN)
     splitft launch --config ... --clients N                          server + N clients on loopback
     splitft report RUN_DIR [RUN_DIR ...] [--out DIR]                  PNG plots + markdown table of runs
@@ -35,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
                         ("plan", "each cut policy's cuts and predicted round time for the config (no training)"),
                         ("partition", "print per-client sample counts and length histograms (no model weights)"),
                         ("experiment", "run splitft, makespan, sfl-fixed, fedlora and centralized; print one table"),
-                        ("server", "serve a deployed federation over gRPC (split.policy=fixed)"),
+                        ("server", "serve a deployed federation over gRPC"),
                         ("client", "run one client process against a gRPC server"),
                         ("launch", "run a server and N client processes on loopback")]:
         s = sub.add_parser(name, help=help_)
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "partition":
             s.add_argument("--png", help="also save a clients x buckets heat map to this PNG file")
             s.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
-        if name == "simulate":
+        if name in ("simulate", "server"):
             s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its latest checkpoint")
         if name == "client":
             s.add_argument("--client-id", type=int, required=True, help="this client's id, 0 .. n_clients-1")
@@ -144,9 +145,11 @@ def _experiment(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _server(args: argparse.Namespace, overrides: list[str]) -> int:
     from .build import load
-    from .deploy.serve import serve
+    from .deploy.serve import resume_server, serve
 
-    print(json.dumps(serve(load(args.config, overrides))))
+    if args.resume and (args.config or overrides):
+        raise UserError("--resume: the run continues with its own config.yaml; drop --config and overrides")
+    print(json.dumps(resume_server(args.resume) if args.resume else serve(load(args.config, overrides))))
     return 0
 
 

@@ -47,11 +47,14 @@ class Coordinator:
                  round_timeout_s: float = 1800.0, on_round: Callable[[dict[str, Any]], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic, placement: Placement | None = None,
                  on_eval: Callable[[int], Any] | None = None, max_cut: int | None = None,
-                 samples_cap: int | None = None, terms: dict[str, Any] | None = None):
+                 samples_cap: int | None = None, terms: dict[str, Any] | None = None,
+                 on_boundary: Callable[[], Any] | None = None):
         self.placement = placement
+        self.on_boundary = on_boundary or (lambda: None)  # a round was aggregated and the next one set up
         self.terms = terms  # what a client's HELLO must agree with (`handshake.py`); None: not checked
-        self.run_id = secrets.token_hex(8)  # this run's id
+        self.run_id = secrets.token_hex(8)  # this run's id, kept across a resume
         self.server_id = secrets.token_hex(8)  # this server process's: a client that sees it change knows
+        self.processes: dict[int, str] = {}  # client -> the id of its process at its last HELLO
         self.max_cut = max_cut  # without a placement: the largest cut a pull may ask for (never the server's blocks)
         self.samples_cap = samples_cap  # without split steps (fedlora): the most samples a push may claim
         self.holds: dict[int, int] = {}  # client -> the cut it pulled for the current round (what it may push)
@@ -101,13 +104,30 @@ class Coordinator:
 
     async def hello(self, cid: int, terms: dict[str, Any]) -> dict[str, Any]:
         """A client connected: refuse it if its terms differ from the server's, and say where the federation
-        stands (`start`: the round the client takes part from)."""
+        stands. `start` is the round it takes part from: the current one, or the next when a restarted client's
+        previous process was already in this round (that process is dropped from it: the others do not wait)."""
         self._check_client(cid)
         if self.terms is not None and (diff := differences(self.terms, terms)):
             raise Refused(f"client {cid} does not match this server: {'; '.join(diff)}; start every client with "
                           "the server's config")
-        return {"round": self.round, "start": self.round, "rounds": self.rounds, "run": self.run_id,
+        process, before = str(terms.get("process", "")), self.processes.get(cid)
+        self.processes[cid] = process
+        start = self.round
+        if before is not None and before != process and self.round < self.rounds:
+            start = await self._restarted(cid)
+        return {"round": self.round, "start": start, "rounds": self.rounds, "run": self.run_id,
                 "server": self.server_id}
+
+    async def _restarted(self, cid: int) -> int:
+        """The round a restarted client joins at: the current one unless its old process took part in it."""
+        began = cid in self.holds or self.trained[cid] or cid in self.pushed or cid in self.dropped
+        if cid not in self.plan.clients or not began:
+            self.log(f"client {cid} restarted; it joins round {self.round}")
+            return self.round
+        if cid not in self.pushed:
+            await self.drop(cid, "it restarted during the round")
+        self.log(f"client {cid} restarted during round {self.round}; it rejoins at round {self.round + 1}")
+        return self.round + 1
 
     async def pull_adapters(self, cid: int, cut: int, round_: int,
                             report: dict[str, Any] | None = None) -> Pulled:
@@ -258,8 +278,21 @@ class Coordinator:
         self.round, self.pos, self.pushed, self.dropped, self.pulled = self.round + 1, 0, set(), {}, set()
         self.holds, self.trained = {}, Counter()
         self.plan, self.started = self._plan(self.round), self.clock()
+        self.on_boundary()  # e.g. a checkpoint, before any client can see the new round
         await self._notify()
         await self.check(self.started)  # a client already gone is dropped from the new round at once
+
+    def state_dict(self) -> dict[str, Any]:
+        """At a round boundary: the round to run next, the run's id, the evaluations reported so far."""
+        return {"round": self.round, "run": self.run_id,
+                "evals": {str(r): {str(c): list(v) for c, v in by.items()} for r, by in self.evals.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Stand at the start of `state`'s round, as when that round began (a resumed server)."""
+        self.round, self.run_id = int(state["round"]), str(state["run"])
+        self.evals = {int(r): {int(c): tuple(v) for c, v in by.items()} for r, by in state["evals"].items()}
+        self.pos, self.pushed, self.dropped, self.pulled, self.holds, self.trained = 0, set(), {}, set(), {}, Counter()
+        self.plan, self.started = self._plan(self.round), self.clock()
 
     async def drop(self, cid: int, why: str) -> None:
         """Take `cid` out of the current round: its remaining steps leave the order, its waiting requests are

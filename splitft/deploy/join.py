@@ -14,11 +14,14 @@ Writes <out_dir>/client_<id>.json.
 
 from __future__ import annotations
 
+import copy
 import os
+import secrets
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from .. import checkpoint
 from ..build import (
     PartialModel,
     Setup,
@@ -41,7 +44,7 @@ from ..measure import Meter, check_profile, client_report, peak_memory
 from ..metrics import perplexity
 from ..model.split import ClientPart, FullPart
 from ..seeding import derive_seed
-from ..transport.grpc import GrpcTransport, ServerRefused
+from ..transport.grpc import GrpcTransport, ServerRefused, ServerRestarted
 from .handshake import terms_of
 from .serve import deploy_problems, write_json
 
@@ -91,72 +94,180 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False) -> dict
     say = lambda text: print(f"[client {client_id}] {text}", file=sys.stderr, flush=True)  # noqa: E731
     say(f"{len(train)} training and {len(held_out)} held-out samples from "
         f"{'its share of ' if dealt else ''}{resolve_path(cfg.data.path)}")
-    holder = Holder(pm, cut_rank(cfg))
-    split = fed.method == "split"
-    setup = Setup(cfg, pm.peft, pm.family, pm.tokenizer, train, held_out, {}, pm.device, [])
-    stream = client_stream(setup, client_id, list(range(len(train))))
-    first_cut = cfg.split.cut if split else pm.n_layer
-    if split:
-        client: SplitClient | LocalClient = split_client_with(cfg, client_id, holder.part(first_cut), stream)
-    else:
-        client = LocalClient(client_id, holder.part(first_cut), stream, **optimizer_settings(cfg))
     transport = GrpcTransport(address, client_id, token, cfg.transport, log=say)
     try:
-        transport.hello(terms_of(cfg, pm.fingerprint))
+        welcome = transport.hello({**terms_of(cfg, pm.fingerprint), "process": secrets.token_hex(8)})
     except ServerRefused as e:
         transport.close()
         raise UserError(str(e)) from None
-    meter = Meter(cfg.measure.ewma)
-    report = lambda: client_report(cfg, meter, pm.held_gb(), pm.device)  # noqa: E731
-    losses: list[float] = []
-    dropped: list[int] = []
-    cuts: dict[str, int] = {}
-    pending_eval: dict[str, Any] | None = None
-    for r in range(fed.rounds):
-        if client_id not in plan_round(r, list(range(fed.n_clients)), fed.clients_per_round, 1, fed.seed).clients:
-            continue
-        cut = client.pull(transport, r, report(), recut=holder.part)
-        cuts[str(r)] = cut
-        if r == 0 or r % cfg.metrics.eval_every == 0:  # the model after round r-1, as the simulation evaluates it
-            pending_eval = _evaluate(client, transport, cfg, setup, r - 1)
-        try:
-            round_losses = []
-            for s in range(fed.local_steps):
-                before = transport.counter.snapshot([client_id])
-                reply = client.train_step(transport, r, s)
-                moved = sum(transport.counter.since(before)[client_id].values())
-                round_losses.append(reply.loss)
-                t = client.timing
-                meter.step(t.compute_s, client.cut, t.tokens, t.link_s, moved)
-            client.last_loss = sum(round_losses) / len(round_losses)
-            client.push(transport, r, {**report(), "loss": client.last_loss,
-                                       **({"eval": pending_eval} if pending_eval else {})})
-            pending_eval = None
-        except ServerRefused as e:  # dropped from this round (late or silent): go on with the next one
-            say(f"round {r}: {e}; skipping to the next round")
-            client.samples_seen, dropped = 0, dropped + [r]
-            continue
-        losses += round_losses
-        say(f"round {r}: cut {cut}, mean step loss {client.last_loss:.4f}, "
-            f"{(meter.s_per_block_token or 0) * 1e6:.2f} us per block-token")
-    client.pull(transport, fed.rounds, report(), recut=holder.part)  # the final global model, on its own data
-    final = _evaluate(client, transport, cfg, setup, fed.rounds - 1)
-    transport.done(client_id, {"eval": final})
+    me = Participant(cfg, client_id, pm, train, held_out, transport, say)
+    me.run(welcome)
     transport.close()
     memory = peak_memory()
-    out: dict[str, Any] = {"client_id": client_id, "data": str(resolve_path(cfg.data.path)), "dealt": dealt,
-                           "train_samples": len(train), "eval_samples": len(held_out), "losses": losses,
-                           "dropped_rounds": dropped, "cuts": cuts, "held_gb": round(pm.held_gb(), 4), **memory,
-                           "measured": report(), "eval_loss": final["loss_sum"] / max(final["n_tokens"], 1),
-                           "bytes": transport.counter.totals(), "wire_up": transport.wire_up,
-                           "wire_down": transport.wire_down, "reconnects": transport.reconnects}
-    out.update(eval_ppl=perplexity(out["eval_loss"]), eval_acc=final["n_correct"] / max(final["n_tokens"], 1))
+    out = me.results(dealt, memory)
     say(f"final eval_ppl={out['eval_ppl']:.2f} on its held-out data; peak RSS {memory['peak_rss_gb']:.3f} GB, "
         f"holding {out['held_gb']:.3f} GB of base weights")
-    dest = Path(cfg.metrics.out_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    write_json(dest / f"client_{client_id}.json", out)
+    Path(cfg.metrics.out_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(cfg.metrics.out_dir) / f"client_{client_id}.json", out)
     return out
+
+
+class Participant:
+    """One deployed client's run: each round it is selected for, pull its cut and the global adapters, evaluate
+    them (the model after the previous round), train `local_steps` steps, push with its report; at the end,
+    evaluate the final model and say it is done.
+
+    It keeps its state as of the start of its last two rounds (LoRA, AdamW, data position: `client.state_dict`)
+    and writes the latest to <out_dir>/client_<id>/checkpoints (every metrics.checkpoint_every rounds). When the
+    server restarts from its checkpoint (`splitft server --resume`) this client goes back to its state at the
+    start of the round the server stands at and runs it again, so the run ends as an uninterrupted one would;
+    a restarted client process takes its optimizer state and data position from its own checkpoint.
+    """
+
+    def __init__(self, cfg: Config, client_id: int, pm: PartialModel, train: list[Example],
+                 held_out: list[Example], transport: GrpcTransport, say: Callable[[str], None]):
+        self.cfg, self.id, self.pm, self.transport, self.say = cfg, client_id, pm, transport, say
+        fed = cfg.federation
+        self.holder = Holder(pm, cut_rank(cfg))
+        self.setup = Setup(cfg, pm.peft, pm.family, pm.tokenizer, train, held_out, {}, pm.device, [])
+        stream = client_stream(self.setup, client_id, list(range(len(train))))
+        first_cut = cfg.split.cut if fed.method == "split" else pm.n_layer
+        if fed.method == "split":
+            self.client: SplitClient | LocalClient = split_client_with(cfg, client_id, self.holder.part(first_cut),
+                                                                       stream)
+        else:
+            self.client = LocalClient(client_id, self.holder.part(first_cut), stream, **optimizer_settings(cfg))
+        self.meter = Meter(cfg.measure.ewma)
+        self.losses: dict[int, list[float]] = {}
+        self.dropped: set[int] = set()
+        self.cuts: dict[str, int] = {}
+        self.snapshots: dict[int, dict[str, Any]] = {}
+        self.final: dict[str, Any] = {}
+        self.folder = Path(cfg.metrics.out_dir) / f"client_{client_id}"
+
+    def report(self) -> dict[str, Any]:
+        return client_report(self.cfg, self.meter, self.pm.held_gb(), self.pm.device)
+
+    def selected(self, r: int) -> bool:
+        fed = self.cfg.federation
+        return self.id in plan_round(r, list(range(fed.n_clients)), fed.clients_per_round, 1, fed.seed).clients
+
+    def run(self, welcome: dict[str, Any]) -> None:
+        """Rounds from the one the server says this client starts at, then the final evaluation; across server
+        restarts."""
+        run_id, r = welcome["run"], self._rejoin(welcome)
+        rounds = self.cfg.federation.rounds
+        while True:
+            try:
+                while r < rounds:
+                    if self.selected(r):
+                        self._keep(r, run_id)
+                        self._round(r)
+                    r += 1
+                self._finish()
+                return
+            except ServerRestarted as e:
+                r = self._after_restart(e.welcome, run_id, r)
+
+    def _rejoin(self, welcome: dict[str, Any]) -> int:
+        """The round to start at; a client joining late takes its own checkpoint's optimizer state if it has one
+        of this run (the global adapters come with the next pull either way)."""
+        start = welcome["start"]
+        saved = self._saved(welcome["run"])
+        if saved is not None and saved["round"] <= start:
+            self._restore(saved["client"])
+            self.say(f"rejoining at round {start} with its optimizer state and data position from its checkpoint "
+                     f"of round {saved['round']}")
+        elif start > 0:
+            self.say(f"rejoining at round {start} (the federation is at round {welcome['round']}) with a fresh "
+                     "optimizer: no checkpoint of this run")
+        return start
+
+    def _saved(self, run_id: str) -> dict[str, Any] | None:
+        if not (self.folder / "checkpoints" / "latest").exists():
+            return None
+        saved = checkpoint.load(self.folder)
+        if saved.get("run") != run_id:
+            self.say(f"ignoring the checkpoint in {self.folder}: it belongs to another run")
+            return None
+        return saved
+
+    def _keep(self, r: int, run_id: str) -> None:
+        """This client's state at the start of round r: in memory for a server restart, on disk for its own."""
+        self.snapshots = {k: v for k, v in self.snapshots.items() if k >= r - 1}
+        self.snapshots[r] = copy.deepcopy(self.client.state_dict())
+        every = self.cfg.metrics.checkpoint_every
+        if every and r % every == 0:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            checkpoint.save(self.folder, r, {"round": r, "run": run_id, "client": self.snapshots[r]})
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.client.replace_part(self.holder.part(state["cut"]))
+        self.client.load_state_dict(copy.deepcopy(state))
+
+    def _after_restart(self, welcome: dict[str, Any], run_id: str, r: int) -> int:
+        """Where to go on when the server came back as another process."""
+        back = welcome["round"]
+        if welcome["run"] != run_id:
+            raise UserError(f"the server now serves another run (it was restarted without --resume) at round {back}; "
+                            f"this client was at round {r}: restart the server with `splitft server --resume "
+                            f"<its run directory>`")
+        if back in self.snapshots:
+            self._restore(self.snapshots[back])
+            self.say(f"the server restarted from its checkpoint at round {back}; running round {back} again from "
+                     "this client's state at its start")
+        elif back < self.cfg.federation.rounds:
+            self.say(f"the server restarted at round {back}; this client kept no state of that round and goes on "
+                     "from its current state")
+        return back
+
+    def _round(self, r: int) -> None:
+        client, transport = self.client, self.transport
+        cut = client.pull(transport, r, self.report(), recut=self.holder.part)
+        self.cuts[str(r)] = cut
+        every = self.cfg.metrics.eval_every
+        pending = _evaluate(client, transport, self.cfg, self.setup, r - 1) if r == 0 or r % every == 0 else None
+        try:
+            losses = []
+            for s in range(self.cfg.federation.local_steps):
+                before = transport.counter.snapshot([self.id])
+                reply = client.train_step(transport, r, s)
+                moved = sum(transport.counter.since(before)[self.id].values())
+                losses.append(reply.loss)
+                t = client.timing
+                self.meter.step(t.compute_s, client.cut, t.tokens, t.link_s, moved)
+            client.last_loss = sum(losses) / len(losses)
+            client.push(transport, r, {**self.report(), "loss": client.last_loss,
+                                       **({"eval": pending} if pending else {})})
+        except ServerRefused as e:  # dropped from this round (late or silent): go on with the next one
+            self.say(f"round {r}: {e}; skipping to the next round")
+            client.samples_seen = 0
+            self.dropped.add(r)
+            return
+        self.losses[r] = losses
+        self.dropped.discard(r)
+        self.say(f"round {r}: cut {cut}, mean step loss {client.last_loss:.4f}, "
+                 f"{(self.meter.s_per_block_token or 0) * 1e6:.2f} us per block-token")
+
+    def _finish(self) -> None:
+        """The final global model, evaluated on this client's own data; then `done`."""
+        rounds = self.cfg.federation.rounds
+        self.client.pull(self.transport, rounds, self.report(), recut=self.holder.part)
+        self.final = _evaluate(self.client, self.transport, self.cfg, self.setup, rounds - 1)
+        self.transport.done(self.id, {"eval": self.final})
+
+    def results(self, dealt: bool, memory: dict[str, float]) -> dict[str, Any]:
+        cfg, t, final = self.cfg, self.transport, self.final
+        out: dict[str, Any] = {"client_id": self.id, "data": str(resolve_path(cfg.data.path)), "dealt": dealt,
+                               "train_samples": len(self.setup.train), "eval_samples": len(self.setup.eval),
+                               "losses": [x for r in sorted(self.losses) for x in self.losses[r]],
+                               "dropped_rounds": sorted(self.dropped), "cuts": self.cuts,
+                               "held_gb": round(self.pm.held_gb(), 4), **memory, "measured": self.report(),
+                               "eval_loss": final["loss_sum"] / max(final["n_tokens"], 1),
+                               "bytes": t.counter.totals(), "wire_up": t.wire_up, "wire_down": t.wire_down,
+                               "reconnects": t.reconnects}
+        out.update(eval_ppl=perplexity(out["eval_loss"]), eval_acc=final["n_correct"] / max(final["n_tokens"], 1))
+        return out
 
 
 def _evaluate(client: SplitClient | LocalClient, transport: GrpcTransport, cfg: Config, setup: Setup,

@@ -60,3 +60,15 @@ class Placement:
                           clamped={str(c): m.clamps for c, m in measured.items() if m.clamps},
                           refused={str(c): why for c, why in self.refused.items()})
         return {c: self.cuts[c] for c in placed}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the next decisions build on: the reports kept, the cuts, the refusals, the last decided round."""
+        return {"reports": {str(c): r for c, r in self.reports.items()},
+                "cuts": {str(c): v for c, v in self.cuts.items()},
+                "refused": {str(c): w for c, w in self.refused.items()}, "decided": self.decided}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reports = {int(c): dict(r) for c, r in state["reports"].items()}
+        self.cuts = {int(c): int(v) for c, v in state["cuts"].items()}
+        self.refused = {int(c): str(w) for c, w in state["refused"].items()}
+        self.decided = int(state["decided"])

@@ -9,6 +9,8 @@ client's steps in the simulation's order, drops clients that go silent (transpor
 round deadline (transport.round_timeout_s), aggregates each round over the clients that pushed, and when every
 client is done or gone writes <out_dir>/adapter (PEFT), metrics.jsonl (round, eval and cut_decision records as a
 simulation writes them), summary.json (the simulation's format, so `splitft report` reads it) and server.json.
+It checkpoints at round boundaries (checkpoints/round_<r>); `splitft server --resume RUN_DIR` goes on from the
+latest, and the clients, which keep reconnecting, run the interrupted round again from their own state.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ from typing import Any, Callable
 
 import torch
 
-from .. import lora
+from .. import checkpoint, lora
 from ..build import PartialModel, check, check_model, cost_model_of, cut_bounds, open_model, rule_policy, split_server
 from ..config import Config
 from ..errors import UserError
 from ..measure import peak_memory
 from ..metrics import MetricsLogger, perplexity
-from ..rundir import export_adapter, prepare_run_dir
+from ..rundir import export_adapter, prepare_run_dir, run_config, truncate_lines
 from ..server import FedAvgServer
 from ..transport import wire
 from ..transport.base import ByteCounter, sum_kinds, training_traffic
@@ -75,48 +77,36 @@ def deploy_problems(cfg: Config) -> list[str]:
     return []
 
 
-def serve(cfg: Config) -> dict:
-    """Run the server until every client is done or gone; returns what it writes to server.json."""
+def serve(cfg: Config, resume: bool = False) -> dict:
+    """Run the server until every client is done or gone; returns what it writes to server.json. With `resume`,
+    `cfg` is the run's own config.yaml (its out_dir the directory given) and the run goes on from the latest
+    checkpoint: metrics.jsonl is cut back to what it held then, and the clients, which keep reconnecting,
+    run the interrupted round again."""
     check(cfg, deploy_problems)
     tokens = read_tokens(cfg.transport.tokens_file, cfg.federation.n_clients)
     meta = check_model(cfg)
-    out = prepare_run_dir(cfg)
-    logger = MetricsLogger(out / "metrics.jsonl")
+    out = Path(cfg.metrics.out_dir)
+    saved = _resumable(out) if resume else None
+    if saved is None:
+        prepare_run_dir(cfg)
+    lines = truncate_lines(out / "metrics.jsonl", saved["metrics_lines"]) if saved else out / "metrics.jsonl"
+    logger = MetricsLogger(lines, offset=saved["wall_time"] if saved else 0.0)
 
     def log(text: str) -> None:
         print(f"[server] {text}", file=sys.stderr, flush=True)
         logger.log("server", message=text)
 
-    fed, t, split = cfg.federation, cfg.transport, cfg.federation.method == "split"
-    pm = open_model(cfg, meta)
-    cost = cost_model_of(pm.peft.base_model.model, pm.family, pm.dtype.itemsize)
-    bounds = cut_bounds(cfg, cost, pm.n_layer)
-    smallest = cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min  # the least a client may hold
-    first = smallest if split else pm.n_layer
-    if split:  # blocks [first, L), norm, head; nothing of the clients' blocks
-        pm.hold(pm.server_paths(first))
-        server: FedAvgServer = split_server(cfg, pm.peft, pm.family, first)
-    else:  # fedlora: the server only aggregates and holds no weights at all
-        server = FedAvgServer(lora.adapter_state_dict(pm.peft), pm.family)
-    what = f"blocks {first}-{pm.n_layer - 1} and the head" if split else "none: clients train the whole model"
-    log(f"holding {pm.held_gb():.3f} GB of base weights ({what})")
-    tokens_per_step = cfg.train.batch_size * cfg.data.max_length
-    placement = Placement(rule_policy(cfg, bounds) if split else None, bounds,
-                          cost.train_flops(0, 1, cfg.train.batch_size, cfg.data.max_length) / tokens_per_step,
-                          smallest_cut=smallest,
-                          allow_over_memory=cfg.split.allow_over_memory,
-                          log_decision=lambda **record: logger.log("cut_decision", **record))
-    records = Records(logger, log)
-    coord = Coordinator(server, fed.n_clients, fed.rounds, fed.local_steps if split else 0, fed.clients_per_round,
-                        fed.seed, log, dead_after_s=t.dead_after_s, round_timeout_s=t.round_timeout_s,
-                        on_round=records.round, placement=placement,
-                        on_eval=lambda r: records.eval(r, coord.evals.get(r, {})),
-                        max_cut=bounds.hi if split else pm.n_layer,
-                        samples_cap=fed.local_steps * cfg.train.batch_size, terms=terms_of(cfg, pm.fingerprint))
-    endpoint = Endpoint(coord, _step_shape(cfg, pm, first), *_adapter_limits(pm), records.counter)
+    party = _Party(cfg, meta, logger, log)
+    if saved is not None:
+        party.load_state_dict(saved)
+        log(f"resumed {out} from its checkpoint: the federation stands at round {party.coord.round}")
+    coord, fed = party.coord, cfg.federation
+    endpoint = Endpoint(coord, _step_shape(cfg, party.pm, party.first), *_adapter_limits(party.pm),
+                        party.records.counter)
     asyncio.run(_serve(coord, endpoint, tokens, cfg, log))
+    records = party.records
     records.eval(fed.rounds - 1, coord.evals.get(fed.rounds - 1, {}))  # the final model, reported with `done`
-    export_adapter(pm.peft, server.global_model(placement.cut_of(0)), out / "adapter")  # client 0's cut, as simulated
+    export_adapter(party.pm.peft, party.server.global_model(party.placement.cut_of(0)), out / "adapter")
     memory = peak_memory()
     log(f"peak memory: {memory}")
     summary = records.summary(cfg, coord, memory)
@@ -126,6 +116,75 @@ def serve(cfg: Config) -> dict:
                                      "dropped_by_round": [r["dropped"] for r in records.rounds]})
     logger.close()
     return summary
+
+
+def resume_server(run_dir: str | Path) -> dict:
+    """`splitft server --resume RUN_DIR`: the run in RUN_DIR, with its own config.yaml, written only there."""
+    cfg = run_config(run_dir)
+    return serve(cfg, resume=True)
+
+
+def _resumable(out: Path) -> dict[str, Any]:
+    if (out / "summary.json").exists():
+        raise UserError(f"--resume: '{out}' already finished (summary.json exists); nothing to resume")
+    return checkpoint.load(out)
+
+
+class _Party:
+    """The server's objects, built from the config (fresh or to load a checkpoint into): its part of the model,
+    the `SplitServer` (fedlora: a `FedAvgServer`), the placement, the records and the coordinator."""
+
+    def __init__(self, cfg: Config, meta: Any, logger: MetricsLogger, log: Callable[[str], Any]):
+        fed, t, split = cfg.federation, cfg.transport, cfg.federation.method == "split"
+        self.cfg, self.logger, self.pm = cfg, logger, open_model(cfg, meta)
+        pm = self.pm
+        cost = cost_model_of(pm.peft.base_model.model, pm.family, pm.dtype.itemsize)
+        bounds = cut_bounds(cfg, cost, pm.n_layer)
+        smallest = cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min  # the least a client may hold
+        self.first = smallest if split else pm.n_layer
+        if split:  # blocks [first, L), norm, head; nothing of the clients' blocks
+            pm.hold(pm.server_paths(self.first))
+            self.server: FedAvgServer = split_server(cfg, pm.peft, pm.family, self.first)
+        else:  # fedlora: the server only aggregates and holds no weights at all
+            self.server = FedAvgServer(lora.adapter_state_dict(pm.peft), pm.family)
+        what = f"blocks {self.first}-{pm.n_layer - 1} and the head" if split else "none: clients train the whole model"
+        log(f"holding {pm.held_gb():.3f} GB of base weights ({what})")
+        tokens_per_step = cfg.train.batch_size * cfg.data.max_length
+        self.placement = Placement(rule_policy(cfg, bounds) if split else None, bounds,
+                                   cost.train_flops(0, 1, cfg.train.batch_size, cfg.data.max_length) / tokens_per_step,
+                                   smallest_cut=smallest, allow_over_memory=cfg.split.allow_over_memory,
+                                   log_decision=lambda **record: logger.log("cut_decision", **record))
+        self.records = Records(logger, log)
+        self.coord = Coordinator(self.server, fed.n_clients, fed.rounds, fed.local_steps if split else 0,
+                                 fed.clients_per_round, fed.seed, log, dead_after_s=t.dead_after_s,
+                                 round_timeout_s=t.round_timeout_s, on_round=self.records.round,
+                                 placement=self.placement,
+                                 on_eval=lambda r: self.records.eval(r, self.coord.evals.get(r, {})),
+                                 max_cut=bounds.hi if split else pm.n_layer,
+                                 samples_cap=fed.local_steps * cfg.train.batch_size,
+                                 terms=terms_of(cfg, pm.fingerprint), on_boundary=self.checkpoint)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed server needs, at a round boundary. Client-made values (reports, evaluations) go
+        as JSON text: their keys are the clients' to choose."""
+        return {"server": self.server.state_dict(), "metrics_lines": self.logger.lines,
+                "wall_time": self.logger.elapsed(),
+                "json": json.dumps({"coordinator": self.coord.state_dict(), "placement": self.placement.state_dict(),
+                                    "records": self.records.state_dict()})}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        rest = json.loads(state["json"])
+        self.server.load_state_dict(state["server"])
+        self.coord.load_state_dict(rest["coordinator"])
+        self.placement.load_state_dict(rest["placement"])
+        self.records.load_state_dict(rest["records"])
+
+    def checkpoint(self) -> None:
+        """After round r is aggregated: checkpoints/round_<r>, every metrics.checkpoint_every rounds and after the
+        last (the clients' final evaluations still come after it)."""
+        done, every = self.coord.round - 1, self.cfg.metrics.checkpoint_every
+        if every and ((done + 1) % every == 0 or done == self.cfg.federation.rounds - 1):
+            checkpoint.save(Path(self.cfg.metrics.out_dir), done, self.state_dict())
 
 
 def _step_shape(cfg: Config, pm: PartialModel, first: int) -> wire.StepShape:
@@ -178,6 +237,16 @@ class Records:
         self.evals[round_] = rec
         self.log(f"{'pretrained model' if round_ < 0 else f'after round {round_}'}: eval_ppl={rec['eval_ppl']:.2f} "
                  f"over {len(by_client)} clients' held-out data")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "evals": {str(r): e for r, e in self.evals.items()},
+                "counter": self.counter.state_dict(), "last": {str(c): k for c, k in self.last.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rounds = list(state["rounds"])
+        self.evals = {int(r): e for r, e in state["evals"].items()}
+        self.counter.load_state_dict(state["counter"])
+        self.last = {int(c): dict(k) for c, k in state["last"].items()}
 
     def summary(self, cfg: Config, coord: Coordinator, memory: dict[str, float]) -> dict[str, Any]:
         evals = [self.evals[r] for r in sorted(self.evals)]

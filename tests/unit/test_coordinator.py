@@ -248,3 +248,40 @@ def test_a_client_with_other_terms_is_refused_at_hello_naming_each_setting():
     assert "\n" not in text and "federation.local_steps: the server has 4, this client 9" in text
     assert "transport.codec: the server has 'none', this client 'int8_token'" in text
     assert "fingerprint abc" in text and "tiny:qwen2 (fingerprint def)" in text
+
+
+def test_a_restarted_client_rejoins_now_or_at_the_next_round_if_its_old_process_took_part(coord):
+    async def go():
+        for c in range(3):
+            assert (await coord.hello(c, {"process": f"p{c}"}))["start"] == 0
+        assert (await coord.hello(1, {"process": "p1"}))["start"] == 0, "a reconnect of the same process"
+        assert (await coord.hello(1, {"process": "p1-again"}))["start"] == 0, "it had not begun the round"
+        await coord.pull_adapters(2, 2, 0)
+        standing = await coord.hello(2, {"process": "p2-again"})
+        assert standing["start"] == 1 and 2 in coord.dropped and "restarted" in coord.dropped[2]
+        assert all(c != 2 for c, _ in coord.plan.order), "the others do not wait for its old process's turns"
+
+    asyncio.run(go())
+
+
+def test_the_coordinator_stands_at_the_saved_round_after_load_state_dict(coord):
+    async def go():
+        await _finish_steps(coord)
+        for c in range(3):
+            await coord.push_adapters(_push(c, 0, coord.server))
+
+    asyncio.run(go())
+    coord.evals = {0: {1: (3.0, 10, 4, 2)}}
+    state = coord.state_dict()
+    _, server = tiny_split_server()
+    other = Coordinator(server, n_clients=3, rounds=2, local_steps=2, per_round=0, seed=0, log=lambda s: None)
+    other.load_state_dict(json_roundtrip(state))
+    assert (other.round, other.run_id, other.evals, other.plan.order) == (1, coord.run_id, coord.evals,
+                                                                          coord.plan.order)
+    assert other.server_id != coord.server_id, "another process: its clients learn it restarted"
+
+
+def json_roundtrip(obj):
+    import json
+
+    return json.loads(json.dumps(obj))

@@ -1,0 +1,121 @@
+"""Nothing lost, nobody stuck: a server killed mid-round resumes from its round checkpoint and the run ends
+bit-identical to an uninterrupted one; a killed client restarted with its id rejoins at the current round."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from splitft.deploy.launch import free_port
+from tests.e2e.test_cli import splitft
+from tests.e2e.test_deploy import DEPLOY
+
+pytestmark = pytest.mark.multiproc
+RECOVER = [*DEPLOY, "federation.rounds=4", "federation.local_steps=3", "transport.heartbeat_s=0.2",
+           "transport.reconnect_s=120"]
+
+
+class Parties:
+    """A server and its clients as separate processes of the real CLI, each with its own log."""
+
+    def __init__(self, tmp_path: Path, *extra: str):
+        self.tmp, self.procs, self.logs = tmp_path, {}, {}
+        self.tokens = tmp_path / "tokens.txt"
+        self.tokens.write_text("".join(f"{i}" * 32 + "\n" for i in range(3)))
+        self.run = tmp_path / "run"
+        self.common = [*RECOVER, *extra, f"transport.address=127.0.0.1:{free_port()}",
+                       f"metrics.out_dir={self.run}"]
+
+    def spawn(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
+        self.logs[name] = self.tmp / f"{name}.{len([n for n in self.logs if n.startswith(name)])}.log"
+        with self.logs[name].open("w") as f:
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", "splitft.cli", *args], stdout=f,
+                                                stderr=subprocess.STDOUT,
+                                                env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+        return self.procs[name]
+
+    def server(self, *args: str) -> subprocess.Popen:
+        p = self.spawn("server", list(args) or ["server", *self.common, f"transport.tokens_file={self.tokens}"])
+        self.wait_for("server", "listening")
+        return p
+
+    def client(self, i: int) -> subprocess.Popen:
+        return self.spawn(f"c{i}", ["client", *self.common, "--client-id", str(i), "--dealt"],
+                          {"SPLITFT_TOKEN": f"{i}" * 32})
+
+    def text(self, name: str) -> str:
+        return self.logs[name].read_text(errors="replace")
+
+    def wait_for(self, name: str, what: str, timeout: float = 180) -> None:
+        end = time.monotonic() + timeout
+        while what not in self.text(name):
+            assert time.monotonic() < end and self.procs[name].poll() is None, self.text(name)
+            time.sleep(0.05)
+
+    def all_logs(self) -> str:
+        return "".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(self.tmp.glob("*.log")))
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+
+
+def test_a_server_killed_mid_round_resumes_and_ends_bit_identical(tmp_path):
+    sim = tmp_path / "sim"
+    assert splitft("simulate", *RECOVER, f"metrics.out_dir={sim}").returncode == 0
+    parties = Parties(tmp_path)
+    try:
+        parties.server()
+        clients = [parties.client(i) for i in range(3)]
+        latest = parties.run / "checkpoints" / "latest"
+        end = time.monotonic() + 180
+        while not (latest.exists() and latest.read_text().strip() == "round_1"):
+            assert time.monotonic() < end, parties.all_logs()
+            time.sleep(0.01)
+        time.sleep(0.3)  # round 2 under way: pulls, evaluations, steps
+        os.kill(parties.procs["server"].pid, signal.SIGKILL)
+        parties.procs["server"].wait()
+        time.sleep(1.0)  # the clients notice and keep reconnecting
+        resumed = parties.server("server", "--resume", str(parties.run))
+        assert resumed.wait(timeout=240) == 0, parties.all_logs()
+        assert all(c.wait(timeout=60) == 0 for c in clients), parties.all_logs()
+    finally:
+        parties.stop()
+    logs = parties.all_logs()
+    assert "resumed" in parties.text("server") and "running round 2 again" in logs, logs
+    a = load_file(sim / "adapter" / "adapter_model.safetensors")
+    b = load_file(parties.run / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), "must end as the uninterrupted run"
+    summary = json.loads((parties.run / "summary.json").read_text())
+    assert summary["rounds"] == 4 and sorted(summary["cuts_by_round"]) == ["0", "1", "2", "3"]
+    sim_summary = json.loads((sim / "summary.json").read_text())
+    assert summary["eval_ppl_by_round"] == pytest.approx(sim_summary["eval_ppl_by_round"], rel=1e-6)
+
+
+def test_a_killed_client_restarted_with_its_id_rejoins_at_the_current_round(tmp_path):
+    parties = Parties(tmp_path, "federation.rounds=24", "transport.dead_after_s=2")  # outlasts a restart
+    try:
+        server = parties.server()
+        clients = [parties.client(i) for i in range(3)]
+        parties.wait_for("c2", "round 1:")
+        os.kill(clients[2].pid, signal.SIGKILL)
+        clients[2].wait()
+        again = parties.client(2)
+        assert server.wait(timeout=240) == 0, parties.all_logs()
+        assert again.wait(timeout=60) == 0 and clients[0].wait(timeout=60) == 0, parties.all_logs()
+    finally:
+        parties.stop()
+    rejoined = parties.text("c2")
+    assert "rejoining at round" in rejoined and "from its checkpoint of round" in rejoined, rejoined
+    start = int(rejoined.split("rejoining at round ")[1].split()[0])
+    server_json = json.loads((parties.run / "server.json").read_text())
+    later = server_json["dropped_by_round"][start:]
+    assert start < 24 and all("2" not in d for d in later), server_json  # back in every round from there on
+    assert json.loads((parties.run / "client_2.json").read_text())["eval_ppl"] > 1
