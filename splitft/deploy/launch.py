@@ -13,11 +13,14 @@ import copy
 import dataclasses
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from ..config import Config, save_config
 from ..data.datasets import read_rows
@@ -78,18 +81,23 @@ def launch(base: Config, n_clients: int, client_data: list[str] | None = None) -
     cfg.transport.tokens_file = str(token_file)
     cfg_file = out / "launch_config.yaml"
     save_config(cfg, cfg_file)
-    server = _spawn(["server", "--config", str(cfg_file)], out / "logs" / "server.log")
-    _wait_listening(server, out / "logs" / "server.log", timeout_s=600)
-    if client_data is None:
-        print(f"launch: every client trains on its share of {cfg.data.path}, dealt with data.partitioner="
-              f"{cfg.data.partitioner} as `splitft simulate` deals it (--client-data gives each its own file)",
-              file=sys.stderr, flush=True)
-    own = [["--dealt"] if client_data is None else [f"data.path={Path(client_data[i]).resolve()}"]
-           for i in range(n_clients)]
-    clients = [_spawn(["client", "--config", str(cfg_file), "--client-id", str(i), "--server", cfg.transport.address,
-                       *own[i]], out / "logs" / f"client_{i}.log", {cfg.transport.token_env: tokens[i]})
+    children: list[subprocess.Popen] = []
+    with _stopping_children_on_signals(children, out / "logs"):
+        server = _spawn(["server", "--config", str(cfg_file)], out / "logs" / "server.log")
+        children.append(server)
+        _wait_listening(server, out / "logs" / "server.log", timeout_s=600)
+        if client_data is None:
+            print(f"launch: every client trains on its share of {cfg.data.path}, dealt with data.partitioner="
+                  f"{cfg.data.partitioner} as `splitft simulate` deals it (--client-data gives each its own file)",
+                  file=sys.stderr, flush=True)
+        own = [["--dealt"] if client_data is None else [f"data.path={Path(client_data[i]).resolve()}"]
                for i in range(n_clients)]
-    failed = _wait_all(server, clients)
+        for i in range(n_clients):
+            children.append(_spawn(["client", "--config", str(cfg_file), "--client-id", str(i), "--server",
+                                    cfg.transport.address, *own[i]], out / "logs" / f"client_{i}.log",
+                                   {cfg.transport.token_env: tokens[i]}))
+        clients = children[1:]
+        failed = _wait_all(server, clients)
     if "server" in failed or len(failed) >= n_clients:
         raise UserError(f"{', '.join(failed)} failed; see {out / 'logs'}")
     for name in failed:  # the server dropped it and finished over the others: say so, the run stands
@@ -98,6 +106,40 @@ def launch(base: Config, n_clients: int, client_data: list[str] | None = None) -
     print(f"launch finished: {n_clients - len(failed)}/{n_clients} clients, logs in {out / 'logs'}", file=sys.stderr,
           flush=True)
     return {"out_dir": str(out), "clients": n_clients, "failed": failed}
+
+
+@contextmanager
+def _stopping_children_on_signals(children: list[subprocess.Popen], logs: Path) -> Iterator[None]:
+    """SIGINT (Ctrl-C) or SIGTERM while launch runs: stop the processes it started (and only those), say so,
+    and exit as interrupted; without this they ran on for seconds, writing into the run directory."""
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    except KeyboardInterrupt:
+        stopped = _stop(children)
+        print(f"launch: interrupted; stopped {stopped} of its processes (server and clients); logs in {logs}",
+              file=sys.stderr, flush=True)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(children: list[subprocess.Popen], grace_s: float = 5.0) -> int:
+    """SIGTERM to every child still running, SIGKILL to those still there after `grace_s`; how many ran."""
+    running = [p for p in children if p.poll() is None]
+    for p in running:
+        p.terminate()
+    end = time.monotonic() + grace_s
+    for p in running:
+        try:
+            p.wait(timeout=max(end - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return len(running)
 
 
 def _wait_all(server: subprocess.Popen, clients: list[subprocess.Popen]) -> list[str]:

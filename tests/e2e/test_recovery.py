@@ -119,3 +119,32 @@ def test_a_killed_client_restarted_with_its_id_rejoins_at_the_current_round(tmp_
     later = server_json["dropped_by_round"][start:]
     assert start < 24 and all("2" not in d for d in later), server_json  # back in every round from there on
     assert json.loads((parties.run / "client_2.json").read_text())["eval_ppl"] > 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_launch_stops_its_server_and_clients(tmp_path, sig):
+    import psutil
+
+    out = tmp_path / "run"
+    launch = subprocess.Popen([sys.executable, "-m", "splitft.cli", "launch", "--clients", "2",
+                               *[o for o in RECOVER if "n_clients" not in o], "federation.rounds=200",
+                               f"metrics.out_dir={out}"], stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    try:
+        end = time.monotonic() + 180
+        log = out / "logs" / "client_1.log"
+        while not (log.exists() and "round 0:" in log.read_text(errors="replace")):
+            assert time.monotonic() < end and launch.poll() is None
+            time.sleep(0.1)
+        children = psutil.Process(launch.pid).children()
+        assert len(children) == 3
+        launch.send_signal(sig)
+        _, err = launch.communicate(timeout=30)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+    assert launch.returncode == 130 and "stopped 3 of its processes" in err, err
+    assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    size = (out / "metrics.jsonl").stat().st_size
+    time.sleep(1.5)
+    assert (out / "metrics.jsonl").stat().st_size == size, "nothing writes into the run any more"
