@@ -76,8 +76,9 @@ def launch(base: Config, n_clients: int, client_data: list[str] | None = None) -
     (out / "logs").mkdir(parents=True, exist_ok=True)
     tokens = [secrets.token_hex(16) for _ in range(n_clients)]
     token_file = out / "tokens.txt"
-    token_file.write_text("\n".join(tokens) + "\n")
-    token_file.chmod(0o600)
+    token_file.unlink(missing_ok=True)  # created 0600 below, never readable by others even for a moment
+    with os.fdopen(os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write("\n".join(tokens) + "\n")
     cfg.transport.tokens_file = str(token_file)
     cfg_file = out / "launch_config.yaml"
     save_config(cfg, cfg_file)
