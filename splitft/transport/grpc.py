@@ -94,9 +94,19 @@ class Endpoint:
         raise wire.WireError(f"unexpected message kind {env.kind}")
 
 
+MAX_SESSIONS = 2
+"""Open sessions per client: its stream, and the one a reconnect opens before the server has reaped the old."""
+
+
 class _Service:
+    """Sessions of authenticated clients. What one client can make the server hold is bounded: MAX_SESSIONS open
+    sessions, and per session the requests received but not yet answered (an honest client has one in flight:
+    at most 2 x transport.max_message_mb; more, e.g. messages pipelined behind a waiting PULL, ends it)."""
+
     def __init__(self, endpoint: Endpoint, tokens: dict[int, str], opts: TransportConfig, log: Callable[[str], None]):
         self.endpoint, self.tokens, self.opts, self.log = endpoint, tokens, opts, log
+        self.open: dict[int, int] = {}  # client -> its open sessions
+        self.max_queued = 2 * opts.max_bytes
 
     def _client_of(self, context: grpc.aio.ServicerContext) -> int | None:
         md = dict(context.invocation_metadata() or ())
@@ -115,12 +125,20 @@ class _Service:
         if cid is None:  # refused before a single frame is read
             self.log("refused a session: unknown client id or bad token")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown client id or bad token")
+        if self.open.get(cid, 0) >= MAX_SESSIONS:
+            self.log(f"client {cid}: refused a session: it has {MAX_SESSIONS} open already")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"client {cid} has {MAX_SESSIONS} open sessions already; close one first")
+        self.open[cid] = self.open.get(cid, 0) + 1
         self.endpoint.seen(cid)
         inbox: asyncio.Queue[Envelope | wire.WireError | None] = asyncio.Queue()
-        reader = asyncio.create_task(self._read(cid, frames, inbox))
+        queued = [0]  # bytes of the requests in `inbox`
+        reader = asyncio.create_task(self._read(cid, frames, inbox, queued))
         seq = 0
         try:
             while (item := await inbox.get()) is not None:
+                if isinstance(item, Envelope):
+                    queued[0] -= item.ByteSize()
                 if isinstance(item, wire.WireError):
                     self.log(f"client {cid}: refused: {item}")
                     reply = wire.error(Envelope(client_id=cid), str(item))
@@ -131,9 +149,10 @@ class _Service:
                 seq += 1
         finally:
             reader.cancel()
+            self.open[cid] -= 1
 
     async def _read(self, cid: int, frames: AsyncIterator[pb.Frame],
-                    inbox: asyncio.Queue[Envelope | wire.WireError | None]) -> None:
+                    inbox: asyncio.Queue[Envelope | wire.WireError | None], queued: list[int]) -> None:
         reasm = wire.Reassembler(self.opts.max_bytes)
         try:
             async for frame in frames:
@@ -143,8 +162,14 @@ class _Service:
                 except wire.WireError as e:
                     inbox.put_nowait(e)
                     continue
-                if env is not None and env.kind != Envelope.HEARTBEAT:  # heartbeats are one-way
-                    inbox.put_nowait(env)
+                if env is None or env.kind == Envelope.HEARTBEAT:  # heartbeats are one-way
+                    continue
+                queued[0] += env.ByteSize()
+                if queued[0] > self.max_queued:  # refuse, and read no more from this session
+                    inbox.put_nowait(wire.WireError(f"more than {self.max_queued >> 20} MB of requests waiting on "
+                                                    "one session; send one request at a time"))
+                    break
+                inbox.put_nowait(env)
         except (grpc.RpcError, asyncio.CancelledError):
             pass  # the client went away; the coordinator notices its silence
         finally:
@@ -198,7 +223,8 @@ async def serve_grpc(endpoint: Endpoint, address: str, tokens: dict[int, str], o
 # --- client -----------------------------------------------------------------------------------------------
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
-             grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED}
+             grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+"""Worth a reconnect (RESOURCE_EXHAUSTED: the server has not yet reaped this client's previous session)."""
 
 
 class ServerRefused(TransportError):
