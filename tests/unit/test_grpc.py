@@ -24,6 +24,9 @@ class Context:
     def invocation_metadata(self):
         return self.md
 
+    def peer(self):
+        return "ipv4:127.0.0.1:5555"
+
     async def abort(self, code, details):
         self.status = (code, details)
         raise Aborted(details)
@@ -109,3 +112,17 @@ def test_a_client_gets_at_most_max_sessions_open_at_once():
             t.cancel()
 
     asyncio.run(run())
+
+
+def test_refusals_are_logged_at_most_per_window_per_key_then_counted():
+    from splitft.transport.grpc import RateLimited
+
+    lines, now = [], [0.0]
+    log = RateLimited(lines.append, per_window=3, window_s=60, clock=lambda: now[0])
+    for i in range(2000):
+        log("ipv4:10.0.0.9", f"refused {i}")
+    log("ipv4:10.0.0.7", "another peer")
+    assert lines == ["refused 0", "refused 1", "refused 2", "another peer"]
+    now[0] = 61
+    log("ipv4:10.0.0.9", "later")
+    assert lines[-2:] == ["ipv4:10.0.0.9: 1997 more refusals in 60 s were not logged", "later"]
