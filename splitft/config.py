@@ -13,6 +13,8 @@ component and imports none of them.
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,6 +260,16 @@ class ConfigError(UserError):
 # --- building from dicts ---------------------------------------------------------------------------------
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 60
+
+
+def _show(value: Any) -> str:
+    """A value as an error message quotes it: short whatever it is (a 471-byte YAML alias bomb expands to a
+    structure whose full repr is 312 MB)."""
+    return _REPR.repr(value)
+
+
 def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     origin = typing.get_origin(tp)
     if origin in (list, typing.List):
@@ -266,23 +278,26 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
         elif isinstance(value, (str, int, float)):
             value = [value]  # `lora.targets=q_proj` means a one-element list
         if not isinstance(value, list):
-            problems.append(f"{key}: expected a list, got {value!r}")
+            problems.append(f"{key}: expected a list, got {_show(value)}")
             return None
         return [_coerce(v, typing.get_args(tp)[0], f"{key}[{i}]", problems) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            problems.append(f"{key}: expected a mapping, got {value!r}")
+            problems.append(f"{key}: expected a mapping, got {_show(value)}")
             return None
         return _build(tp, value, key + ".", problems)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
-        problems.append(f"{key}: expected {tp.__name__}, got {value!r}")
+        problems.append(f"{key}: expected {tp.__name__}, got {_show(value)}")
+        return None
+    if tp is float and not math.isfinite(value):  # no setting means anything at NaN or infinity
+        problems.append(f"{key}: must be a finite number, got {value}")
         return None
     return value
 
@@ -301,7 +316,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) ->
         if f"{prefix}{k}" in RETIRED:
             problems.append(f"{prefix}{k}: no longer a setting: {RETIRED[prefix + k]}")
         elif k not in names:
-            problems.append(f"{prefix}{k}: unknown key; valid keys here: {', '.join(sorted(names))}")
+            name = f"{prefix}{k}" if isinstance(k, str) and len(k) <= 60 else prefix + _show(k)
+            problems.append(f"{name}: unknown key; valid keys here: {', '.join(sorted(names))}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
@@ -309,7 +325,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) ->
         tp, key = hints[f.name], f"{prefix}{f.name}"
         if dataclasses.is_dataclass(tp):
             if not isinstance(data[f.name], dict):
-                problems.append(f"{key}: expected a section (mapping), got {data[f.name]!r}")
+                problems.append(f"{key}: expected a section (mapping), got {_show(data[f.name])}")
                 continue
             kwargs[f.name] = _build(tp, data[f.name], key + ".", problems)
         else:
@@ -352,9 +368,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError([f"config file '{path}' not found"])
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
+            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError([f"config file '{path}' is not UTF-8 text (byte {e.start}); save it as UTF-8"]) from None
         except yaml.YAMLError as e:
-            raise ConfigError([f"config file '{path}' is not valid YAML: {e}".splitlines()[0]]) from None
+            raise ConfigError([f"config file '{path}' is not valid YAML: {e}".splitlines()[0][:300]]) from None
+        except OSError as e:
+            raise ConfigError([f"config file '{path}' cannot be read: {e.strerror}"]) from None
         if not isinstance(tree, dict):
             raise ConfigError([f"config file '{path}' must hold a mapping of sections"])
     problems: list[str] = []
@@ -388,6 +408,17 @@ def validate(cfg: Config) -> list[str]:
               data__n_buckets=cfg.data.n_buckets, data__min_partition_size=cfg.data.min_partition_size)
     if cfg.split.cut < 1:
         p.append(f"split.cut: must be >= 1 (the client holds at least one block), got {cfg.split.cut}")
+    if not 0 <= cfg.federation.seed < 2 ** 32:
+        p.append(f"federation.seed: must be in [0, 2^32) (numpy and torch seed with it), got {cfg.federation.seed}")
+    t, d = cfg.train, cfg.data
+    for key, v in {"train.weight_decay": t.weight_decay, "train.max_grad_norm": t.max_grad_norm,
+                   "data.max_samples": d.max_samples}.items():
+        if v < 0:
+            p.append(f"{key}: must be >= 0 (0 = {'off' if key.startswith('train') else 'all'}), got {v}")
+    if d.max_eval_samples < 1:
+        p.append(f"data.max_eval_samples: must be >= 1 (held-out samples evaluated), got {d.max_eval_samples}")
+    if not cfg.metrics.out_dir.strip():
+        p.append("metrics.out_dir: must name a directory for the run (e.g. out/my_run), got ''")
     if cfg.privacy.noise < 0:
         p.append(f"privacy.noise: must be >= 0 (a multiple of the activations' RMS), got {cfg.privacy.noise}")
     if not (0.0 <= cfg.measure.memory_gb < float("inf")):
@@ -413,6 +444,12 @@ def validate(cfg: Config) -> list[str]:
               transport__dead_after_s=t.dead_after_s, transport__round_timeout_s=t.round_timeout_s)
     if not 0 <= t.reconnect_s < float("inf"):
         p.append(f"transport.reconnect_s: must be a number of seconds >= 0 (0 = never reconnect), got {t.reconnect_s}")
+    p += _address_problems(t.address)
+    if t.max_message_mb > 1024:
+        p.append(f"transport.max_message_mb: at most 1024 (gRPC's messages stay under 2 GiB), got {t.max_message_mb}")
+    if t.chunk_kb > t.max_message_mb * 1024:
+        p.append(f"transport.chunk_kb: a frame cannot exceed the largest message (transport.max_message_mb="
+                 f"{t.max_message_mb} = {t.max_message_mb * 1024} KB), got {t.chunk_kb}")
     if t.heartbeat_s * 2 > t.dead_after_s:
         p.append(f"transport.dead_after_s: must be at least twice transport.heartbeat_s ({t.heartbeat_s}), "
                  f"or live clients get dropped between heartbeats; got {t.dead_after_s}")
@@ -428,6 +465,14 @@ def validate(cfg: Config) -> list[str]:
     if cfg.data.partitioner == "dirichlet" and not cfg.data.category_column:
         p.append("data.category_column: required by data.partitioner=dirichlet (e.g. data.category_column=play)")
     return p
+
+
+def _address_problems(address: str) -> list[str]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return [f"transport.address: expected host:port with a port in 1..65535 (e.g. 0.0.0.0:50051), got "
+                f"{_show(address)}"]
+    return []
 
 
 def _validate_split(cfg: Config) -> list[str]:

@@ -74,3 +74,43 @@ def test_bad_files(tmp_path):
 def test_every_shipped_config_loads(path):
     assert yaml.safe_load(path.read_text())
     load_config(path)
+
+
+@pytest.mark.parametrize("override, says", [
+    ("train.lr=.nan", "train.lr: must be a finite number"),
+    ("lora.alpha=.inf", "lora.alpha: must be a finite number"),
+    ("privacy.noise=.nan", "privacy.noise: must be a finite number"),
+    ("transport.timeout_s=.inf", "transport.timeout_s: must be a finite number"),
+    ("transport.dead_after_s=.nan", "transport.dead_after_s: must be a finite number"),
+    ("heterogeneity.tiers=[{name: fast, tflops: .inf}]", "heterogeneity.tiers[0].tflops: must be a finite number"),
+    ("train.weight_decay=-1", "train.weight_decay: must be >= 0"),
+    ("train.max_grad_norm=-0.5", "train.max_grad_norm: must be >= 0"),
+    ("data.max_samples=-3", "data.max_samples: must be >= 0"),
+    ("data.max_eval_samples=-1", "data.max_eval_samples: must be >= 1"),
+    ("federation.seed=-1", "federation.seed: must be in [0, 2^32)"),
+    ("federation.seed=4294967296", "federation.seed: must be in [0, 2^32)"),
+    ("metrics.out_dir=", "metrics.out_dir: must name a directory"),
+    ("transport.address=127.0.0.1:99999", "transport.address: expected host:port with a port in 1..65535"),
+    ("transport.address=garbage", "transport.address: expected host:port"),
+    ("transport.chunk_kb=3000000", "transport.chunk_kb: a frame cannot exceed the largest message"),
+])
+def test_careless_values_are_refused_with_the_key_and_the_fix(override, says):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert says in str(e.value)
+
+
+def test_a_config_file_that_is_not_utf8_or_an_alias_bomb_is_one_short_error(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("federation:\n  rounds: 2 # d\xe9j\xe0\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(latin)
+    bomb = tmp_path / "bomb.yaml"
+    levels = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, 9):
+        levels.append(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]")
+    bomb.write_text("\n".join(levels) + "\nfederation:\n  rounds: *l8\n")
+    assert len(bomb.read_bytes()) < 1000  # 9^9 = 387 million strings once expanded
+    with pytest.raises(ConfigError) as e:
+        load_config(bomb)
+    assert len(str(e.value)) < 2000 and "federation.rounds: expected int" in str(e.value)
