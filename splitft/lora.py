@@ -26,6 +26,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from .errors import UserError
 from .model.families import Family
 
 _LORA_KEY = re.compile(r"\.lora_[AB]\.")
@@ -137,8 +138,8 @@ def wrap(model: nn.Module, family: Family, *, r: int, alpha: float, dropout: flo
     targets = tuple(targets)
     names = target_module_names(model, family, targets)
     if not names:
-        raise ValueError(f"lora.targets {list(targets)} match no module of this {family.name} model; "
-                         f"the default for this family is {list(family.lora_targets)}")
+        raise UserError(f"lora.targets {list(targets)} match no module of this {family.name} model; "
+                        f"the default for this family is {list(family.lora_targets)} (lora.targets=[] uses it)")
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
         bias="none",

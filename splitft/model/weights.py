@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, reason
 
 
 class WeightFileError(UserError):
@@ -69,9 +69,9 @@ class WeightFile:
             else:
                 with safe_open(str(folder / "model.safetensors"), "pt") as f:
                     where = {n: folder / "model.safetensors" for n in f.keys()}
-        except (OSError, ValueError, KeyError) as e:
+        except Exception as e:  # OSError, SafetensorError (junk header), KeyError (a bad index)
             raise WeightFileError(f"model.source: cannot read the safetensors weights in '{folder}': "
-                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                                  f"{reason(e)}") from None
 
         def read(name: str) -> torch.Tensor:
             with safe_open(str(where[name]), "pt") as f:  # memory-mapped: only this tensor's pages are read
@@ -87,9 +87,9 @@ class WeightFile:
 
         try:
             reader = GGUFReader(str(path))  # memory-mapped; tensors are views into the file
-        except (OSError, ValueError) as e:
-            raise WeightFileError(f"model.source: '{path}' is not a readable GGUF file ({e})") from None
-        arch = str(reader.fields["general.architecture"].contents())
+            arch = str(reader.fields["general.architecture"].contents())
+        except Exception as e:
+            raise WeightFileError(f"model.source: '{path}' is not a readable GGUF file ({reason(e)})") from None
         processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=model.config.to_dict())
         to_hf = get_gguf_hf_weights_map(model, processor)
         tensors = {to_hf[t.name]: t for t in reader.tensors if t.name in to_hf}
@@ -106,7 +106,11 @@ class WeightFile:
     def read(self, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         if name not in self.names:
             raise WeightFileError(f"model.source: '{self.path}' has no tensor '{name}'")
-        return self._read(name).to(device=device, dtype=dtype)
+        try:
+            return self._read(name).to(device=device, dtype=dtype)
+        except Exception as e:  # a truncated or damaged file fails only when its bytes are read
+            raise WeightFileError(f"model.source: tensor '{name}' of '{self.path}' cannot be read ({reason(e)}); "
+                                  "the file is damaged or incomplete") from None
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
