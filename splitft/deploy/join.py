@@ -44,6 +44,7 @@ from ..measure import Meter, check_profile, client_report, peak_memory
 from ..metrics import perplexity
 from ..model.split import ClientPart, FullPart
 from ..seeding import derive_seed
+from ..transport import tls
 from ..transport.grpc import GrpcTransport, ServerRefused, ServerRestarted
 from .handshake import terms_of
 from .serve import deploy_problems, write_json
@@ -88,6 +89,7 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False) -> dict
     if not token:
         raise UserError(f"set this client's token in the environment variable {cfg.transport.token_env}")
     read_rows(cfg.data)  # a missing, empty or unreadable data file fails here, before any weight is read
+    tls.check_files(cfg.transport, "client")
     meta = check_model(cfg)
     pm = open_model(cfg, meta)
     train, held_out = client_data(cfg, client_id, pm.tokenizer, dealt)

@@ -32,7 +32,7 @@ from ..measure import peak_memory
 from ..metrics import MetricsLogger, perplexity
 from ..rundir import export_adapter, prepare_run_dir, run_config, truncate_lines
 from ..server import FedAvgServer
-from ..transport import wire
+from ..transport import tls, wire
 from ..transport.base import ByteCounter, sum_kinds, training_traffic
 from ..transport.compress import CODECS
 from ..transport.grpc import Endpoint, serve_grpc
@@ -46,9 +46,15 @@ def read_tokens(path: str, n_clients: int) -> dict[int, str]:
         raise UserError("transport.tokens_file: the server needs one token per client (line i = client i); "
                         "make one with: python -c \"import secrets; print(secrets.token_hex(16))\" per line")
     try:
-        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        lines = [line.strip() for line in Path(path).read_bytes()[:1 << 20].decode("ascii").splitlines()
+                 if line.strip()]
     except OSError as e:
         raise UserError(f"transport.tokens_file: cannot read '{path}': {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"transport.tokens_file: '{path}' is not a text file of tokens (non-ASCII bytes); make "
+                        "one token per line, e.g. with secrets.token_hex(16)") from None
+    if any(not t.isprintable() or " " in t for t in lines):
+        raise UserError(f"transport.tokens_file: '{path}' holds a token with spaces or control characters")
     if len(lines) < n_clients or any(len(t) < 16 for t in lines):
         raise UserError(f"transport.tokens_file: needs {n_clients} tokens of at least 16 characters, "
                         f"one per line; '{path}' has {len(lines)}")
@@ -84,6 +90,7 @@ def serve(cfg: Config, resume: bool = False) -> dict:
     run the interrupted round again."""
     check(cfg, deploy_problems)
     tokens = read_tokens(cfg.transport.tokens_file, cfg.federation.n_clients)
+    tls.check_files(cfg.transport, "server")
     meta = check_model(cfg)
     out = Path(cfg.metrics.out_dir)
     saved = _resumable(out) if resume else None

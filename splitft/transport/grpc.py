@@ -23,6 +23,7 @@ import grpc
 import torch
 
 from ..config import TransportConfig
+from ..errors import reason
 from . import wire
 from .base import (
     AdapterUpdate,
@@ -36,6 +37,7 @@ from .base import (
 )
 from .compress import CODECS
 from .proto import splitft_pb2 as pb
+from .tls import certificate_warnings, read_pem
 
 METHOD = "/splitft.SplitFT/Session"
 Envelope = pb.Envelope
@@ -214,17 +216,23 @@ class _Service:
             return wire.error(env, str(e))
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _server_credentials(opts: TransportConfig) -> grpc.ServerCredentials:
-    pair = [(_read(opts.tls_key), _read(opts.tls_cert))]
+def _server_credentials(opts: TransportConfig, log: Callable[[str], None]) -> grpc.ServerCredentials:
+    cert = read_pem(opts.tls_cert, "transport.tls_cert", "CERTIFICATE")
+    for line in certificate_warnings(cert, "transport.tls_cert"):
+        log(line)
+    pair = [(read_pem(opts.tls_key, "transport.tls_key", "PRIVATE KEY"), cert)]
     if opts.tls_client_ca:  # mutual TLS: the handshake fails for a client without a certificate from this CA
-        return grpc.ssl_server_credentials(pair, root_certificates=_read(opts.tls_client_ca),
-                                           require_client_auth=True)
+        ca = read_pem(opts.tls_client_ca, "transport.tls_client_ca", "CERTIFICATE")
+        return grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=True)
     return grpc.ssl_server_credentials(pair)
+
+
+def _client_credentials(opts: TransportConfig) -> grpc.ChannelCredentials:
+    """Read (and check) once, when the transport is made: a bad file is one line, not minutes of retries."""
+    cert = read_pem(opts.tls_client_cert, "transport.tls_client_cert", "CERTIFICATE") if opts.tls_client_cert else None
+    key = read_pem(opts.tls_client_key, "transport.tls_client_key", "PRIVATE KEY") if opts.tls_client_key else None
+    return grpc.ssl_channel_credentials(read_pem(opts.tls_root, "transport.tls_root", "CERTIFICATE"),
+                                        private_key=key, certificate_chain=cert)
 
 
 async def serve_grpc(endpoint: Endpoint, address: str, tokens: dict[int, str], opts: TransportConfig,
@@ -235,10 +243,12 @@ async def serve_grpc(endpoint: Endpoint, address: str, tokens: dict[int, str], o
                                                 response_serializer=pb.Frame.SerializeToString)
     server = grpc.aio.server(options=_grpc_options(opts))
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("splitft.SplitFT", {"Session": rpc})])
-    if opts.tls_cert:
-        port = server.add_secure_port(address, _server_credentials(opts))
-    else:
-        port = server.add_insecure_port(address)
+    creds = _server_credentials(opts, log) if opts.tls_cert else None
+    try:
+        port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    except Exception as e:  # grpc raises RuntimeError for an address it cannot bind
+        raise TransportError(f"transport.address: cannot listen on '{address}' ({reason(e)}); use an address of "
+                             "this machine (0.0.0.0:PORT for all) and a free port") from None
     if port == 0:
         raise TransportError(f"transport.address: cannot listen on '{address}'")
     await server.start()
@@ -276,11 +286,9 @@ class _Connection:
     """One channel and its bidirectional stream; a reader thread moves reply frames to `inbox` so a wait can
     have a deadline."""
 
-    def __init__(self, address: str, client_id: int, token: str, opts: TransportConfig):
-        if opts.tls_root:
-            cert = _read(opts.tls_client_cert) if opts.tls_client_cert else None
-            key = _read(opts.tls_client_key) if opts.tls_client_key else None
-            creds = grpc.ssl_channel_credentials(_read(opts.tls_root), private_key=key, certificate_chain=cert)
+    def __init__(self, address: str, client_id: int, token: str, opts: TransportConfig,
+                 creds: grpc.ChannelCredentials | None):
+        if creds is not None:
             self.channel = grpc.secure_channel(address, creds, options=_grpc_options(opts))
         else:
             self.channel = grpc.insecure_channel(address, options=_grpc_options(opts))
@@ -328,7 +336,8 @@ class GrpcTransport:
         self.welcome: dict[str, Any] | None = None  # the server's last answer to HELLO
         self.greeted = False  # on this connection
         self.lock = threading.Lock()  # the frames of one envelope leave together; heartbeats go in between
-        self.conn = _Connection(address, client_id, token, opts)
+        self.creds = _client_credentials(opts) if opts.tls_root else None
+        self.conn = _Connection(address, client_id, token, opts, self.creds)
         self.stopped = threading.Event()
         threading.Thread(target=self._heartbeats, args=(opts.heartbeat_s,), daemon=True).start()
 
@@ -415,7 +424,7 @@ class GrpcTransport:
     def _reconnect(self) -> None:
         with self.lock:
             self.conn.close()
-            self.conn = _Connection(self.address, self.client_id, self.token, self.opts)
+            self.conn = _Connection(self.address, self.client_id, self.token, self.opts, self.creds)
             self.reconnects += 1
             self.greeted = False
 

@@ -1,0 +1,65 @@
+"""TLS files, checked before a server listens or a client connects: a missing, unreadable or non-PEM file is one
+line naming its setting (gRPC would fail later with a handshake error, or retry for minutes), and a server
+certificate that has expired or is about to is said in the log.
+
+    pem = read_pem(opts.tls_cert, "transport.tls_cert", "CERTIFICATE")
+    for line in certificate_warnings(pem, "transport.tls_cert"): log(line)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from ..config import TransportConfig
+from ..errors import UserError, reason
+
+SOON = dt.timedelta(days=7)
+
+
+def read_pem(path: str, key: str, kind: str) -> bytes:
+    """The bytes of the PEM file at `path` (setting `key`), which must hold a `kind` block (CERTIFICATE, or
+    PRIVATE KEY in any of its spellings)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 20)
+    except OSError as e:
+        raise UserError(f"{key}: cannot read '{path}': {e.strerror}") from None
+    if b"-----BEGIN " not in data or kind.encode() not in data:
+        raise UserError(f"{key}: '{path}' is not a PEM {kind.lower()} file (no '-----BEGIN ... {kind}-----')")
+    if kind == "CERTIFICATE":
+        _certificate(data, path, key)
+    return data
+
+
+def _certificate(pem: bytes, path: str, key: str):
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError as e:
+        raise UserError(f"{key}: '{path}' holds no readable certificate ({reason(e)})") from None
+
+
+def certificate_warnings(pem: bytes, key: str, now: dt.datetime | None = None) -> list[str]:
+    """Warnings for a certificate that has expired, expires within 7 days, or is not valid yet."""
+    cert = _certificate(pem, "", key)
+    now = now or dt.datetime.now(dt.timezone.utc)
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if end <= now:
+        return [f"warning: {key}: the certificate expired on {end:%Y-%m-%d %H:%M} UTC; clients will refuse the "
+                "TLS handshake until it is renewed"]
+    if start > now:
+        return [f"warning: {key}: the certificate is not valid before {start:%Y-%m-%d %H:%M} UTC"]
+    if end - now < SOON:
+        return [f"warning: {key}: the certificate expires on {end:%Y-%m-%d %H:%M} UTC; renew it"]
+    return []
+
+
+def check_files(t: TransportConfig, side: str) -> None:
+    """Read every TLS file `side` ("server" or "client") is configured with, before a model loads."""
+    files = {"server": [("tls_cert", "CERTIFICATE"), ("tls_key", "PRIVATE KEY"), ("tls_client_ca", "CERTIFICATE")],
+             "client": [("tls_root", "CERTIFICATE"), ("tls_client_cert", "CERTIFICATE"),
+                        ("tls_client_key", "PRIVATE KEY")]}[side]
+    for name, kind in files:
+        if getattr(t, name):
+            read_pem(getattr(t, name), f"transport.{name}", kind)
