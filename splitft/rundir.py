@@ -8,8 +8,10 @@ the final adapters in PEFT's format, and write files so that a crash never leave
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,19 +21,42 @@ from .errors import UserError
 
 
 def refuse_existing_run(cfg: Config) -> None:
-    """Checked before any model loads, so a name clash costs nothing and overwrites nothing."""
+    """Checked before any model loads, so a name clash or an unusable folder costs nothing and overwrites
+    nothing: the folder must be (or become) a directory this process can write, without a run or a config.yaml
+    of its own (the run would write its resolved config over it)."""
     out = Path(cfg.metrics.out_dir)
     if (out / "metrics.jsonl").exists():
         raise UserError(f"metrics.out_dir: '{out}' already holds a run; choose a new metrics.out_dir "
                         f"(nothing was overwritten)")
+    if (out / "config.yaml").exists():
+        raise UserError(f"metrics.out_dir: '{out}' holds a config.yaml, which the run would overwrite with its "
+                        "resolved config; choose a new metrics.out_dir (nothing was overwritten)")
+    existing = next(p for p in [out, *out.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == out else f"lies below the file '{existing}'"
+        raise UserError(f"metrics.out_dir: '{out}' {where}; choose a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"metrics.out_dir: cannot write into '{existing}' (permission denied); choose another "
+                        "metrics.out_dir")
 
 
 def prepare_run_dir(cfg: Config) -> Path:
     refuse_existing_run(cfg)
     out = Path(cfg.metrics.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    except OSError as e:
+        raise UserError(f"metrics.out_dir: cannot write '{out}': {e.strerror}") from None
     return out
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Written under a temporary name and renamed: a crash leaves the old file or none, never half of one (a
+    half-written summary.json made --resume refuse the run as finished)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
 
 
 def run_config(run_dir: str | Path) -> Config:

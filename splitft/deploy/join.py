@@ -43,11 +43,12 @@ from ..federation import plan_round
 from ..measure import Meter, check_profile, client_report, peak_memory
 from ..metrics import perplexity
 from ..model.split import ClientPart, FullPart
+from ..rundir import write_json
 from ..seeding import derive_seed
 from ..transport import tls
 from ..transport.grpc import GrpcTransport, ServerRefused, ServerRestarted
 from .handshake import terms_of
-from .serve import deploy_problems, write_json
+from .serve import deploy_problems
 
 
 def client_data(cfg: Config, client_id: int, tokenizer: Any, dealt: bool) -> tuple[list[Example], list[Example]]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +29,7 @@ from ..config import Config
 from ..errors import UserError
 from ..measure import peak_memory
 from ..metrics import MetricsLogger, perplexity
-from ..rundir import export_adapter, prepare_run_dir, run_config, truncate_lines
+from ..rundir import export_adapter, prepare_run_dir, run_config, truncate_lines, write_json
 from ..server import FedAvgServer
 from ..transport import tls, wire
 from ..transport.base import ByteCounter, sum_kinds, training_traffic
@@ -204,13 +203,6 @@ def _adapter_limits(pm: PartialModel) -> tuple[dict[str, torch.Size], int]:
     """The global shape of every adapter tensor, and the largest numel a pushed tensor may have."""
     full = lora.adapter_state_dict(pm.peft)
     return {n: t.shape for n, t in full.items()}, max(t.numel() for t in full.values())
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Written under a temporary name and renamed: a crash leaves the old file or none, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 class Records:

@@ -7,7 +7,6 @@ writes <out_dir>/config.yaml, metrics.jsonl, summary.json and adapter/ (loadable
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +18,7 @@ from ..errors import UserError
 from ..federation import Federation
 from ..metrics import MetricsLogger, NullLogger, read_metrics
 from ..registry import check_names
-from ..rundir import export_adapter, prepare_run_dir, refuse_existing_run, run_config, truncate_lines
+from ..rundir import export_adapter, prepare_run_dir, refuse_existing_run, run_config, truncate_lines, write_json
 from .methods import METHODS, build_federation, check_placement, client_report
 from .profiles import PROFILES, device_problems
 
@@ -85,7 +84,7 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
     evals = [r for r in rounds if "eval_cut" in r]  # the last evaluation defines the model the run reports
     export_adapter(setup.peft, fed.server.global_model(evals[-1]["eval_cut"]), out / "adapter")
     summary = _summary(cfg, rounds, fed, logger.elapsed(), client_report(setup, fed, rounds))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     logger.close()
     return summary
 

@@ -1,0 +1,46 @@
+"""Run directories: a folder that cannot hold a run, or holds something the run would overwrite, is refused
+before anything is written; JSON results are replaced atomically."""
+
+import json
+
+import pytest
+
+from splitft.config import Config
+from splitft.errors import UserError
+from splitft.rundir import prepare_run_dir, refuse_existing_run, write_json
+
+
+def _cfg(out):
+    cfg = Config()
+    cfg.metrics.out_dir = str(out)
+    return cfg
+
+
+def test_an_out_dir_that_is_a_file_or_below_one_is_refused(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("mine")
+    with pytest.raises(UserError, match="is a file"):
+        refuse_existing_run(_cfg(f))
+    with pytest.raises(UserError, match="lies below the file"):
+        refuse_existing_run(_cfg(f / "sub" / "run"))
+    assert f.read_text() == "mine"
+
+
+def test_an_out_dir_holding_the_users_config_yaml_is_refused_and_the_file_kept(tmp_path):
+    (tmp_path / "config.yaml").write_text("# my precious config\n")
+    with pytest.raises(UserError, match="holds a config.yaml"):
+        prepare_run_dir(_cfg(tmp_path))
+    assert (tmp_path / "config.yaml").read_text() == "# my precious config\n"
+
+
+def test_write_json_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    write_json(path, {"v": 1})
+
+    def crash(*args):
+        raise KeyboardInterrupt  # e.g. killed between writing and renaming
+
+    monkeypatch.setattr("splitft.rundir.os.replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_json(path, {"v": 2})
+    assert json.loads(path.read_text()) == {"v": 1}
