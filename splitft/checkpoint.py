@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError
+from .errors import UserError, reason
 
 LATEST = "latest"
 SEP = "/"
@@ -80,11 +81,12 @@ def save(run_dir: Path, round_: int, state: dict[str, Any]) -> Path:
 
 def load(run_dir: Path) -> dict[str, Any]:
     """The state saved by the latest checkpoint of `run_dir`; refuses a `latest` that points outside
-    checkpoints/."""
+    checkpoints/, and a damaged checkpoint (unreadable, not safetensors, a tensor that is float64 or not finite:
+    SplitFT never writes one) with one line saying so."""
     root = (run_dir / "checkpoints").resolve()
     try:
         name = (root / LATEST).read_text().strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         raise UserError(f"--resume: '{run_dir}' has no checkpoint (checkpoints/latest); it was written with "
                         f"metrics.checkpoint_every=0 or stopped before its first checkpoint") from None
     folder = (root / name).resolve()
@@ -93,6 +95,42 @@ def load(run_dir: Path) -> dict[str, Any]:
     try:
         rest = json.loads((folder / "state.json").read_text())
         tensors = load_file(str(folder / "state.safetensors"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"--resume: checkpoint '{folder}' cannot be read: {e}") from None
+    except Exception as e:  # OSError, JSON errors, SafetensorError (truncated, garbled, a pickle)
+        raise damaged(folder, reason(e)) from None
+    for key, t in tensors.items():
+        if t.dtype == torch.float64 or (t.is_floating_point() and not torch.isfinite(t).all()):
+            raise damaged(folder, f"tensor '{key}' is {'float64' if t.dtype == torch.float64 else 'not finite'}")
+    if not isinstance(rest, dict):
+        raise damaged(folder, "state.json does not hold an object")
     return join_state(tensors, rest)
+
+
+def damaged(folder: Path, why: str) -> UserError:
+    return UserError(f"--resume: this checkpoint is damaged: {why} (in {folder}); resume from an intact copy or "
+                     "start the run again")
+
+
+def check_position(run_dir: Path, saved: dict[str, Any], last_round: int) -> None:
+    """The saved round must lie in [0, last_round] and metrics.jsonl must hold the lines the checkpoint counts."""
+    folder = run_dir / "checkpoints"
+    r, lines = saved.get("round"), saved.get("metrics_lines")
+    if not isinstance(r, int) or not 0 <= r <= last_round:
+        raise damaged(folder, f"round {r!r} outside [0, {last_round}]")
+    try:
+        have = len((run_dir / "metrics.jsonl").read_text().splitlines())
+    except (OSError, UnicodeDecodeError) as e:
+        raise damaged(folder, f"metrics.jsonl cannot be read ({reason(e)})") from None
+    if not isinstance(lines, int) or not 0 <= lines <= have:
+        raise damaged(folder, f"it counts {lines!r} lines of metrics.jsonl, which holds {have}")
+
+
+@contextmanager
+def restoring(run_dir: Path) -> Iterator[None]:
+    """Around `load_state_dict` calls: state whose keys, shapes or values do not fit the objects built from the
+    run's config is a damaged checkpoint, said in one line."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AssertionError, RuntimeError, AttributeError) as e:
+        raise damaged(run_dir / "checkpoints", f"{type(e).__name__}: {reason(e)}") from None

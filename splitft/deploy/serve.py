@@ -92,11 +92,11 @@ def serve(cfg: Config, resume: bool = False) -> dict:
     tls.check_files(cfg.transport, "server")
     meta = check_model(cfg)
     out = Path(cfg.metrics.out_dir)
-    saved = _resumable(out) if resume else None
+    saved = _resumable(out, cfg) if resume else None
     if saved is None:
         prepare_run_dir(cfg)
     lines = truncate_lines(out / "metrics.jsonl", saved["metrics_lines"]) if saved else out / "metrics.jsonl"
-    logger = MetricsLogger(lines, offset=saved["wall_time"] if saved else 0.0)
+    logger = MetricsLogger(lines, offset=float(saved["wall_time"]) if saved else 0.0)
 
     def log(text: str) -> None:
         print(f"[server] {text}", file=sys.stderr, flush=True)
@@ -104,7 +104,8 @@ def serve(cfg: Config, resume: bool = False) -> dict:
 
     party = _Party(cfg, meta, logger, log)
     if saved is not None:
-        party.load_state_dict(saved)
+        with checkpoint.restoring(out):
+            party.load_state_dict(saved)
         log(f"resumed {out} from its checkpoint: the federation stands at round {party.coord.round}")
     coord, fed = party.coord, cfg.federation
     endpoint = Endpoint(coord, _step_shape(cfg, party.pm, party.first), *_adapter_limits(party.pm),
@@ -130,10 +131,14 @@ def resume_server(run_dir: str | Path) -> dict:
     return serve(cfg, resume=True)
 
 
-def _resumable(out: Path) -> dict[str, Any]:
+def _resumable(out: Path, cfg: Config) -> dict[str, Any]:
     if (out / "summary.json").exists():
         raise UserError(f"--resume: '{out}' already finished (summary.json exists); nothing to resume")
-    return checkpoint.load(out)
+    saved = checkpoint.load(out)
+    checkpoint.check_position(out, saved, cfg.federation.rounds - 1)
+    with checkpoint.restoring(out):
+        float(saved["wall_time"])
+    return saved
 
 
 class _Party:
@@ -173,7 +178,7 @@ class _Party:
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed server needs, at a round boundary. Client-made values (reports, evaluations) go
         as JSON text: their keys are the clients' to choose."""
-        return {"server": self.server.state_dict(), "metrics_lines": self.logger.lines,
+        return {"round": self.coord.round - 1, "server": self.server.state_dict(), "metrics_lines": self.logger.lines,
                 "wall_time": self.logger.elapsed(),
                 "json": json.dumps({"coordinator": self.coord.state_dict(), "placement": self.placement.state_dict(),
                                     "records": self.records.state_dict()})}

@@ -48,10 +48,12 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
     start = 0
     if resume:  # build-time records (setup, the first cut decision) are in metrics.jsonl already
         fed = build_federation(setup, NullLogger())
+        checkpoint.check_position(out, saved, cfg.federation.rounds - 2)  # none is written after the last round
         start = saved["round"] + 1
-        logger = MetricsLogger(truncate_lines(out / "metrics.jsonl", saved["metrics_lines"]),
-                               offset=saved["wall_time"])
-        fed.load_state_dict(saved["federation"])
+        with checkpoint.restoring(out):
+            fed.load_state_dict(saved["federation"])
+            offset = float(saved["wall_time"])
+        logger = MetricsLogger(truncate_lines(out / "metrics.jsonl", saved["metrics_lines"]), offset=offset)
         fed.logger = logger
         rounds = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
         print(f"resuming {out} after round {saved['round']}", file=sys.stderr)

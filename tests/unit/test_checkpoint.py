@@ -178,3 +178,101 @@ def test_a_state_round_trips_through_the_files_with_tensors_apart_from_json(tmp_
     assert set(load_file(folder / "state.safetensors")) == {"a/w", "rng"}
     back = checkpoint.load(tmp_path)
     assert back["a"]["n"] == 3 and back["a"]["names"] == ["x"] and torch.equal(back["a"]["w"], state["a"]["w"])
+
+
+def _state_json(folder):
+    import json
+
+    return json.loads((folder / "state.json").read_text())
+
+
+def _put_json(folder, state):
+    import json
+
+    (folder / "state.json").write_text(json.dumps(state))
+
+
+def _tensors(folder, change):
+    from safetensors.torch import save_file
+
+    t = load_file(folder / "state.safetensors")
+    change(t)
+    save_file(t, str(folder / "state.safetensors"))
+
+
+def _first_client_lora(t):
+    return next(k for k in t if "/clients/" in k and "/lora/" in k)
+
+
+TAMPER = {
+    "truncated": lambda f: (f / "state.safetensors").write_bytes((f / "state.safetensors").read_bytes()[:500]),
+    "empty": lambda f: (f / "state.safetensors").write_bytes(b""),
+    "pickled": lambda f: (f / "state.safetensors").write_bytes(__import__("pickle").dumps({"x": 1})),
+    "garbled header": lambda f: (f / "state.safetensors").write_bytes(
+        b"\xff" * 8 + (f / "state.safetensors").read_bytes()[8:]),
+    "missing keys": lambda f: _put_json(f, {k: v for k, v in _state_json(f).items() if k != "federation"}),
+    "missing metrics.jsonl": lambda f: (f.parents[1] / "metrics.jsonl").unlink(),
+    "round 99": lambda f: _put_json(f, {**_state_json(f), "round": 99}),
+    "metrics_lines 1e9": lambda f: _put_json(f, {**_state_json(f), "metrics_lines": 10 ** 9}),
+    "NaN in a LoRA": lambda f: _tensors(f, lambda t: t[_first_client_lora(t)].view(-1).__setitem__(0, float("nan"))),
+    "float64": lambda f: _tensors(f, lambda t: t.__setitem__(_first_client_lora(t), t[_first_client_lora(t)].double())),
+    "wrong shape": lambda f: _tensors(f, lambda t: t.__setitem__(_first_client_lora(t), torch.zeros(3, 5))),
+    "a client's LoRA missing": lambda f: _tensors(f, _drop_a_clients_lora),
+    "a cut that disagrees": lambda f: _put_json(f, _with_cut(_state_json(f), 3)),
+    "json garbage": lambda f: (f / "state.json").write_text("{not json"),
+}
+
+
+def _drop_a_clients_lora(t):
+    prefix = _first_client_lora(t).split("/lora/")[0] + "/lora/"
+    for k in [k for k in t if k.startswith(prefix)]:
+        del t[k]
+
+
+def _with_cut(state, cut):
+    first = next(iter(state["federation"]["clients"]))
+    state["federation"]["clients"][first]["cut"] = cut
+    return state
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    try:
+        return _interrupted(tmp_path_factory.mktemp("interrupted"), mp)
+    finally:
+        mp.undo()
+
+
+@pytest.mark.parametrize("how", sorted(TAMPER))
+def test_a_tampered_checkpoint_is_refused_as_damaged_in_one_line(interrupted, tmp_path, capsys, how):
+    import shutil
+
+    from splitft.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(interrupted, run)
+    folder = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    TAMPER[how](folder)
+    capsys.readouterr()
+    assert main(["simulate", "--resume", str(run)]) == 2  # any exception but a UserError fails the test here
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("splitft: error:")]
+    assert len(errors) == 1 and ("damaged" in errors[0] or "no checkpoint" in errors[0]), errors
+    assert not (run / "summary.json").exists()
+
+
+def _interrupted(tmp_path, monkeypatch):
+    """A 3-round tiny run stopped in round 1, with its checkpoint of round 0."""
+    cfg = tiny_config(tmp_path, "llama", *RUN[:-3], "federation.rounds=3", "metrics.checkpoint_every=1")
+    real = Federation.run_round
+
+    def crash_in_round_1(self, round_, evaluate):
+        if round_ == 1:
+            raise KeyboardInterrupt
+        return real(self, round_, evaluate)
+
+    monkeypatch.setattr(Federation, "run_round", crash_in_round_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(cfg)
+    monkeypatch.undo()
+    return Path(cfg.metrics.out_dir)
