@@ -26,8 +26,9 @@ def refuse_existing_run(cfg: Config) -> None:
     of its own (the run would write its resolved config over it)."""
     out = Path(cfg.metrics.out_dir)
     if (out / "metrics.jsonl").exists():
-        raise UserError(f"metrics.out_dir: '{out}' already holds a run; choose a new metrics.out_dir "
-                        f"(nothing was overwritten)")
+        raise UserError(f"metrics.out_dir: '{out}' already holds a run; choose a new metrics.out_dir, or continue "
+                        f"that run with `splitft simulate --resume {out}` (`splitft server --resume` for a "
+                        "deployment) (nothing was overwritten)")
     if (out / "config.yaml").exists():
         raise UserError(f"metrics.out_dir: '{out}' holds a config.yaml, which the run would overwrite with its "
                         "resolved config; choose a new metrics.out_dir (nothing was overwritten)")
