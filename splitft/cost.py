@@ -83,37 +83,68 @@ def transfer_s(nbytes: float, mbps: float, latency_ms: float) -> float:
     return latency_ms / 1e3 + nbytes * 8 / (mbps * 1e6)
 
 
+class Timeline:
+    """One round's virtual time, step by step: when each client is ready, when its next request reaches the
+    server, when the server is free. `round_time` runs it over a list of steps; the simulation runs it online to
+    serve steps in the order they would arrive (`federation.order=arrival`)."""
+
+    def __init__(self, devices: Mapping[int, Device], server: Device, lora_down: dict[int, int]):
+        self.devices, self.server = devices, server
+        self.ready = {c: transfer_s(lora_down.get(c, 0), d.down_mbps, d.latency_ms) for c, d in devices.items()}
+        self.server_free = 0.0
+
+    def arrival(self, s: StepCost) -> float:
+        """When the step's request reaches the server (a local step: when its forward is done)."""
+        d = self.devices[s.client_id]
+        up = transfer_s(s.bytes_up, d.up_mbps, d.latency_ms) if s.server_flops > 0 else 0.0
+        return self.ready[s.client_id] + s.client_flops / 2 / (d.tflops * 1e12) + up
+
+    def serve(self, s: StepCost, arrived: float) -> float:
+        """The server runs the step once it is free (one request at a time), the reply travels back, the client
+        runs its backward; returns when the client is ready for its next step."""
+        c, d = s.client_id, self.devices[s.client_id]
+        t = arrived
+        if s.server_flops > 0:
+            self.server_free = max(arrived, self.server_free) + s.server_flops / (self.server.tflops * 1e12)
+            t = self.server_free + transfer_s(s.bytes_down, d.down_mbps, d.latency_ms)
+        self.ready[c] = t + s.client_flops / 2 / (d.tflops * 1e12)
+        return self.ready[c]
+
+    def finish(self, lora_up: dict[int, int]) -> dict[int, float]:
+        """Each client's push done: its ready time plus the upload of its adapters."""
+        return {c: self.ready[c] + transfer_s(lora_up.get(c, 0), d.up_mbps, d.latency_ms)
+                for c, d in self.devices.items()}
+
+
+ORDERS = ("plan", "arrival")
+
+
 def round_time(steps: list[StepCost], devices: Mapping[int, Device], server: Device,
-               lora_down: dict[int, int], lora_up: dict[int, int]) -> dict[int, float]:
+               lora_down: dict[int, int], lora_up: dict[int, int], order: str = "arrival") -> dict[int, float]:
     """Virtual seconds from round start to each client's last push; the round takes the max of them.
 
     Args:
         steps: the round's steps; each client's steps run in the order given.
         devices: profile of every client taking part; lora_down / lora_up: adapter bytes per client.
+        order: how the server serves them: "arrival" (first come, first served) or "plan" (in exactly the order
+            of `steps`, as a server keeping the plan's turns does: a request that arrives before its turn waits
+            for the steps ahead of it in the plan, so everyone moves at the pace of the slowest).
     """
-    ready = {c: transfer_s(lora_down.get(c, 0), d.down_mbps, d.latency_ms) for c, d in devices.items()}
+    line = Timeline(devices, server, lora_down)
+    if order == "plan":
+        for s in steps:
+            line.serve(s, line.arrival(s))
+        return line.finish(lora_up)
     todo: dict[int, deque[StepCost]] = {c: deque() for c in devices}
     for s in steps:  # one pass (the planner calls this thousands of times per decision)
         todo[s.client_id].append(s)
     heap: list[tuple[float, int]] = []
-
-    def arrive(c: int) -> None:
-        if todo[c]:
-            s, d = todo[c][0], devices[c]
-            heapq.heappush(heap, (ready[c] + s.client_flops / 2 / (d.tflops * 1e12)
-                                  + transfer_s(s.bytes_up, d.up_mbps, d.latency_ms) * (s.server_flops > 0), c))
-
     for c in devices:
-        arrive(c)
-    server_free = 0.0
+        if todo[c]:
+            heapq.heappush(heap, (line.arrival(todo[c][0]), c))
     while heap:
         t, c = heapq.heappop(heap)
-        s, d = todo[c].popleft(), devices[c]
-        if s.server_flops > 0:  # the server queue is shared: wait for it, then the reply travels back
-            server_free = max(t, server_free) + s.server_flops / (server.tflops * 1e12)
-            t = server_free + transfer_s(s.bytes_down, d.down_mbps, d.latency_ms)
-        ready[c] = t + s.client_flops / 2 / (d.tflops * 1e12)
-        arrive(c)
-    return {c: ready[c] + transfer_s(lora_up.get(c, 0), d.up_mbps, d.latency_ms) for c, d in devices.items()}
-
-
+        line.serve(todo[c].popleft(), t)
+        if todo[c]:
+            heapq.heappush(heap, (line.arrival(todo[c][0]), c))
+    return line.finish(lora_up)

@@ -56,6 +56,8 @@ class RoundCosts:
         step_bytes_down: grad_activations (encoded) + the loss scalars of one step.
         local_steps: steps per client per round.
         server_tflops: the server's effective training throughput.
+        order: the server's serving order (`federation.order`), which the round time depends on: under `plan` a
+            client waits for the turns ahead of it (predicted with turns in client-id order).
     """
 
     client_flops: tuple[float, ...]
@@ -65,6 +67,7 @@ class RoundCosts:
     step_bytes_down: int
     local_steps: int
     server_tflops: float
+    order: str = "arrival"
 
     def round_s(self, cuts: Mapping[int, int], stats: Mapping[int, ClientStats]) -> float:
         """Predicted seconds of one round with these cuts (the clock's model; steps interleaved round-robin)."""
@@ -76,7 +79,7 @@ class RoundCosts:
         steps = [StepCost(c, self.client_flops[k], self.server_flops[k], self.step_bytes_up, self.step_bytes_down)
                  for _ in range(self.local_steps) for c, k in cuts.items()]
         lora = {c: self.lora_bytes[k] for c, k in cuts.items()}
-        finish = round_time(steps, {c: stats[c] for c in cuts}, _Server(self.server_tflops), lora, lora)
+        finish = round_time(steps, {c: stats[c] for c in cuts}, _Server(self.server_tflops), lora, lora, self.order)
         return max(finish.values()), sum(finish.values()) / len(finish)
 
 

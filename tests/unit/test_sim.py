@@ -97,3 +97,17 @@ def test_the_progress_eta_counts_training_steps_not_evaluations():
             bar.update(1)
     assert bar.desc == "split steps" and bar.format_dict["rate"] == pytest.approx(0.5)
     assert bar.format_dict["elapsed"] == pytest.approx(30.0), "15 steps of 2 s; the evaluations are left out"
+
+
+def test_plan_order_is_charged_lockstep_turns():
+    class D:
+        def __init__(self, tflops):
+            self.tflops, self.up_mbps, self.down_mbps, self.latency_ms = tflops, 1e9, 1e9, 0.0
+
+    slow, fast = StepCost(0, 2e12, 1e9), StepCost(1, 2e11, 1e9)
+    devices, server = {0: D(1.0), 1: D(1.0)}, D(1000.0)
+    steps = [slow, fast, slow, fast]  # the plan's turns
+    plan = round_time(steps, devices, server, {}, {}, order="plan")
+    fifo = round_time(steps, devices, server, {}, {}, order="arrival")
+    assert fifo[1] == pytest.approx(0.4, abs=1e-3), "alone, the fast client needs 2 x 0.2 s"
+    assert plan[1] == pytest.approx(3.1, abs=1e-3), "in turns it waits for each slow step ahead of it"
