@@ -176,23 +176,35 @@ class SplitClient(_Client):
 
     def train_step(self, transport: Transport, round_: int, step: int) -> StepReply:
         """Forward to the cut -> send activations -> receive grad_activations -> backward -> AdamW step."""
+        request = self.begin_step(round_, step)
+        sent = time.perf_counter()
+        reply = transport.step(request)
+        self.finish_step(reply, time.perf_counter() - sent)
+        return reply
+
+    def begin_step(self, round_: int, step: int) -> ForwardRequest:
+        """The first half of a step: the next batch, the forward to the cut, the request to send. It depends on
+        this client's state alone, so it may run before the server serves the steps of other clients (the
+        simulation does, to order steps by arrival)."""
         batch = self._next_batch()
         start = time.perf_counter()
         acts = self.part.forward(batch["input_ids"], batch["attention_mask"])  # (B, T, H)
-        request = self._request(batch, acts, round_, step, train=True)
-        sent = time.perf_counter()
-        reply = transport.step(request)
-        answered = time.perf_counter()
+        self._pending = (acts, batch["input_ids"].shape[0], time.perf_counter() - start)
+        return self._request(batch, acts, round_, step, train=True)
+
+    def finish_step(self, reply: StepReply, round_trip_s: float = 0.0) -> None:
+        """The second half: backward from grad_activations, AdamW step, timing of the whole step."""
+        acts, rows, forward_s = self._pending
+        start = time.perf_counter()
         assert reply.grad_activations is not None and reply.grad_activations.shape == acts.shape
         self.opt.zero_grad(set_to_none=True)
         acts.backward(reply.grad_activations.to(acts.device, acts.dtype))
         self._update()
         self._sync()
-        self.timing = StepTiming(compute_s=(sent - start) + (time.perf_counter() - answered),
-                                 link_s=max(answered - sent - reply.server_s, 0.0),
-                                 tokens=acts.shape[0] * acts.shape[1])
-        self.samples_seen += batch["input_ids"].shape[0]
-        return reply
+        self.timing = StepTiming(compute_s=forward_s + (time.perf_counter() - start),
+                                 link_s=max(round_trip_s - reply.server_s, 0.0), tokens=acts.shape[0] * acts.shape[1])
+        self.samples_seen += rows
+        self._pending = None
 
     def _eval_batch(self, transport: Transport, batch: dict[str, torch.Tensor], round_: int,
                     i: int) -> tuple[float, int, int]:

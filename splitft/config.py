@@ -89,6 +89,21 @@ class FederationConfig:
     dropout: float = 0.0
     """Simulation: chance that a selected client drops out of a round, at a seeded random step (it does not
     push; the round aggregates over the others)."""
+    order: str = "plan"
+    """How the server serves the round's training steps: plan (a seeded round-robin over the selected clients;
+    deterministic, a deployment ends bit-identical to the simulation, but every client waits for its turn) |
+    arrival (each step when it arrives, first come first served; the simulation orders them by the virtual
+    clock's arrival times, a deployment by real ones)."""
+    round_budget: str = "steps"
+    """What ends a client's round: steps (every selected client runs local_steps) | time (each runs steps until
+    the round's time budget, federation.round_time_s, has passed, so faster clients run more; FedAvg weighs
+    them by samples)."""
+    round_time_s: float = 0.0
+    """The time budget of a round under round_budget=time; 0 = what the median selected client needs for
+    local_steps steps on its own (its compute and link at batch_size x max_length, no queueing)."""
+    max_steps_factor: float = 2.0
+    """Under round_budget=time no client runs more than max_steps_factor x local_steps steps in a round: a bound
+    on how far the shared server part leans toward the fastest clients."""
 
 
 @dataclass
@@ -425,6 +440,13 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"measure.memory_gb: must be a number >= 0 (0 = what is free), got {cfg.measure.memory_gb}")
     if not 0.0 < cfg.measure.ewma <= 1.0:
         p.append(f"measure.ewma: must be in (0, 1], got {cfg.measure.ewma}")
+    f = cfg.federation
+    if f.order not in ("plan", "arrival") or f.round_budget not in ("steps", "time"):
+        p.append(f"federation.order must be plan or arrival and federation.round_budget steps or time, got "
+                 f"{_show(f.order)} and {_show(f.round_budget)}")
+    if f.round_time_s < 0 or f.max_steps_factor < 1:
+        p.append(f"federation.round_time_s must be >= 0 (0 = auto) and federation.max_steps_factor >= 1, got "
+                 f"{f.round_time_s} and {f.max_steps_factor}")
     if not 0.0 <= cfg.federation.dropout < 1.0:
         p.append(f"federation.dropout: must be in [0, 1), got {cfg.federation.dropout}")
     if cfg.metrics.checkpoint_every < 0:

@@ -1,14 +1,19 @@
 """One federated round end to end: select clients, sync adapters, interleave steps, FedAvg, evaluate, re-cut.
 
-Step order inside a round is round-robin over the selected clients in a seeded permutation, so the shared
-server model sees the clients interleaved (c2, c0, c1, c2, c0, c1, ...) rather than one client's whole round
-after another's, and the same seed gives the same order. After aggregation a cut policy (if any) decides the
-next round's cuts from each client's profile and last-round loss; `recut` applies the decision.
+The server serves a round's training steps in one of two orders (`Schedule.order`): `plan`, round-robin over
+the selected clients in a seeded permutation, so the shared server model sees the clients interleaved (c2, c0,
+c1, c2, c0, c1, ...) and the same seed gives the same order; or `arrival`, first come first served, where the
+simulation runs the steps in the order the virtual clock says they would reach the server. A round ends after
+`local_steps` steps per client, or (`Schedule.budget="time"`) when the round's time budget has passed, each
+client having run as many steps as fit (at most `max_steps_factor` x local_steps). After aggregation a cut
+policy (if any) decides the next round's cuts from each client's profile and last-round loss; `recut` applies
+the decision.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -20,7 +25,7 @@ from .metrics import MetricsLogger, perplexity
 from .policy import ClientStats, CutPolicy
 from .seeding import derive_seed, global_rng_state, load_global_rng_state
 from .server import FedAvgServer
-from .transport.base import sum_kinds, training_traffic
+from .transport.base import SCALARS_NBYTES, sum_kinds, training_traffic
 
 
 @dataclass
@@ -55,6 +60,30 @@ class RoundClock(Protocol):
     def round_seconds(self, steps: list[dict[str, Any]], lora_down: dict[int, int],
                       lora_up: dict[int, int]) -> float: ...
 
+    def step_cost(self, rec: dict[str, Any]) -> Any: ...
+
+    def timeline(self, lora_down: dict[int, int]) -> Any:
+        """A `cost.Timeline` of the round: arrival(step_cost) and serve(step_cost, arrived) -> ready."""
+        ...
+
+    def budget_s(self, cuts: dict[int, int], local_steps: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How a round's steps are served and when a client's round ends (the `federation.order`, `round_budget`,
+    `round_time_s` and `max_steps_factor` settings)."""
+
+    order: str = "plan"
+    budget: str = "steps"
+    round_time_s: float = 0.0
+    max_steps_factor: float = 2.0
+
+    @property
+    def planned(self) -> bool:
+        """Today's deterministic round: plan order, local_steps each (no clock needed to order it)."""
+        return self.order == "plan" and self.budget == "steps"
+
 
 @dataclass
 class Adaptivity:
@@ -72,8 +101,10 @@ class Federation:
                  eval_examples: list[Example], batch_size: int, pad_id: int, local_steps: int,
                  clients_per_round: int, seed: int, logger: MetricsLogger,
                  on_step: Callable[[dict[str, Any]], None] | None = None, clock: RoundClock | None = None,
-                 adaptivity: Adaptivity | None = None, dropout: float = 0.0):
+                 adaptivity: Adaptivity | None = None, dropout: float = 0.0, schedule: Schedule = Schedule()):
         self.server, self.clients, self.transport = server, clients, transport
+        self.schedule = schedule
+        assert schedule.planned or clock is not None, "arrival order and time budgets need a clock"
         self.eval_examples, self.batch_size, self.pad_id = eval_examples, batch_size, pad_id
         self.local_steps, self.per_round, self.seed = local_steps, clients_per_round, seed
         self.logger, self.clock, self.adaptivity, self.dropout = logger, clock, adaptivity, dropout
@@ -111,7 +142,12 @@ class Federation:
         cuts = {str(c): self.clients[c].cut for c in plan.clients}
         for cid in plan.clients:
             self.clients[cid].pull(self.transport, round_)
-        steps = [self._step(cid, round_, step) for cid, step in plan.order if step < gone.get(cid, self.local_steps)]
+        if self.schedule.planned:
+            steps = [self._step(cid, round_, step) for cid, step in plan.order
+                     if step < gone.get(cid, self.local_steps)]
+        else:
+            pulled = self.transport.counter.since(before, plan.clients)
+            steps = self._scheduled(round_, plan, gone, {c: d["lora_down"] for c, d in pulled.items()})
         for cid in plan.clients:
             if cid in gone:  # vanished mid-round: nothing delivered, its partial steps weigh nothing
                 self.clients[cid].samples_seen = 0
@@ -150,16 +186,90 @@ class Federation:
             out.update(round_virtual_s=seconds, virtual_time=self.virtual_time)
         return out
 
+    def _scheduled(self, round_: int, plan: RoundPlan, gone: dict[int, int],
+                   lora_down: dict[int, int]) -> list[dict[str, Any]]:
+        """The round's steps in the schedule's order, as the virtual clock times them: each client begins its
+        next step (forward to the cut) as soon as it is ready, the server serves the requests first come first
+        served (`arrival`) or in the plan's turns (`plan`); under a time budget a client begins a step only
+        before the budget has passed."""
+        sch, line = self.schedule, self.clock.timeline(lora_down)
+        cap = self.local_steps if sch.budget == "steps" else math.ceil(sch.max_steps_factor * self.local_steps)
+        limit = {c: min(cap, gone.get(c, cap)) for c in plan.clients}
+        budget = math.inf
+        if sch.budget == "time":
+            budget = sch.round_time_s or self.clock.budget_s({c: self.clients[c].cut for c in plan.clients},
+                                                             self.local_steps)
+        done = dict.fromkeys(plan.clients, 0)
+        steps: list[dict[str, Any]] = []
+        waiting: list[tuple[float, int, Any]] = []  # (arrival, client, its begun step): one per client at most
+        turns = [c for c, s in plan.order if s == 0]  # the plan's permutation
+
+        def begin(c: int) -> None:
+            if done[c] < limit[c] and line.ready[c] < budget:
+                begun = self._begin(c, round_, done[c])
+                waiting.append((line.arrival(self.clock.step_cost(begun[0])), c, begun))
+
+        def next_served() -> tuple[float, int, Any]:
+            if sch.order == "plan":  # lockstep: the next turn of the cycle is served, whenever it arrives
+                key = lambda w: (done[w[1]], turns.index(w[1]))  # noqa: E731
+            else:  # first come, first served (ties by client id)
+                key = lambda w: (w[0], w[1])  # noqa: E731
+            w = min(waiting, key=key)
+            waiting.remove(w)
+            return w
+
+        for c in turns:
+            begin(c)
+        while waiting:
+            arrived, c, begun = next_served()
+            rec = self._finish(c, round_, begun)
+            line.serve(self.clock.step_cost(rec), arrived)
+            steps.append(rec)
+            done[c] += 1
+            begin(c)
+        return steps
+
+    def _begin(self, cid: int, round_: int, step: int) -> tuple[dict[str, Any], Any]:
+        """A step's first half: its record as the clock needs it before the server answers (shape, cut, bytes
+        up, and the bytes down the reply will have) and what finishing it needs. A local step (no split)
+        runs whole here: nothing of it waits for the server."""
+        client = self.clients[cid]
+        if not isinstance(client, SplitClient):
+            rec = self._step(cid, round_, step)
+            return rec, rec
+        req = client.begin_step(round_, step)
+        up = self.transport.codec.encode(req.activations).nbytes()
+        rec = {"client_id": cid, "cut": client.cut, "batch": list(client.last_shape),
+               "bytes_up": up + req.labels_nbytes(), "bytes_down": up + SCALARS_NBYTES}
+        return rec, req
+
+    def _finish(self, cid: int, round_: int, begun: tuple[dict[str, Any], Any]) -> dict[str, Any]:
+        rec, req = begun
+        if req is rec:  # a local step, run whole in _begin
+            return rec
+        client = self.clients[cid]
+        before = self.transport.counter.snapshot([cid])
+        reply = self.transport.step(req)
+        client.finish_step(reply)
+        return self._log_step(cid, round_, req.step, reply, self.transport.counter.since(before)[cid], before=rec)
+
     def _step(self, cid: int, round_: int, step: int) -> dict[str, Any]:
         client = self.clients[cid]
         before = self.transport.counter.snapshot([cid])
         reply = client.train_step(self.transport, round_, step)
         sent = self.transport.counter.since(before)[cid]
+        return self._log_step(cid, round_, step, reply, sent)
+
+    def _log_step(self, cid: int, round_: int, step: int, reply: Any, sent: dict[str, int],
+                  before: dict[str, Any] | None = None) -> dict[str, Any]:
+        client = self.clients[cid]
         rec = self.logger.log(
             "step", round=round_, step=step, client_id=cid, cut=client.cut, loss=reply.loss,
             n_tokens=reply.n_tokens, batch=list(client.last_shape),
             bytes_up=sent["activations_up"] + sent["labels_up"], bytes_down=sent["grad_activations_down"],
         )
+        assert before is None or (before["bytes_up"], before["bytes_down"]) == (rec["bytes_up"], rec["bytes_down"]), \
+            "the clock ordered the step by other bytes than the transport counted"
         self.on_step(rec)
         return rec
 

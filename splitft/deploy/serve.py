@@ -79,6 +79,10 @@ def deploy_problems(cfg: Config) -> list[str]:
                 "deployed, use fixed, resource or splitft (they decide from what each client measures)"]
     if f.dropout > 0:
         return ["federation.dropout simulates clients vanishing; in a deployment they vanish for real (set it to 0)"]
+    if f.order != "plan" or f.round_budget != "steps":
+        return ["federation.order=arrival and federation.round_budget=time run in `splitft simulate` only so far; "
+                "a deployment serves the plan's turns with local_steps per client (federation.order=plan, "
+                "federation.round_budget=steps)"]
     return []
 
 

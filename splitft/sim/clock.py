@@ -1,19 +1,25 @@
 """Virtual clock: what a round would take on the simulated devices, from the model's FLOPs and the bytes the
 transport counted (the round-time model itself is `splitft/cost.py`). Evaluation is a measurement and is not
-charged.
+charged. It charges what the server's serving order makes clients wait for: under `federation.order=plan`
+lockstep turns (a request waits for the steps ahead of it in the plan), under `arrival` first come first
+served, which is also the order the simulation then runs the steps in.
 """
 
 from __future__ import annotations
 
-from ..cost import CostModel, StepCost, round_time
+import statistics
+
+from ..cost import CostModel, StepCost, Timeline, round_time, transfer_s
 from .profiles import DeviceProfile
 
 
 class VirtualClock:
     """`federation.RoundClock` for the simulation: step records -> `StepCost` -> `round_time`."""
 
-    def __init__(self, cost: CostModel, devices: dict[int, DeviceProfile], server: DeviceProfile):
-        self.cost, self.devices, self.server = cost, devices, server
+    def __init__(self, cost: CostModel, devices: dict[int, DeviceProfile], server: DeviceProfile,
+                 order: str = "plan", nominal: tuple[int, int, int] = (1, 1, 0)):
+        """`nominal`: (batch, seq, activation bytes per token) of a full batch, for the time budget."""
+        self.cost, self.devices, self.server, self.order, self.nominal = cost, devices, server, order, nominal
 
     def step_cost(self, rec: dict) -> StepCost:
         (batch, seq), cut, L = rec["batch"], rec["cut"], self.cost.n_layer
@@ -22,7 +28,27 @@ class VirtualClock:
         return StepCost(rec["client_id"], self.cost.train_flops(0, cut, batch, seq),
                         self.cost.train_flops(cut, L, batch, seq, head=True), rec["bytes_up"], rec["bytes_down"])
 
+    def timeline(self, lora_down: dict[int, int]) -> Timeline:
+        """A round's timeline for the clients in `lora_down`, from when each has its adapters."""
+        return Timeline({c: self.devices[c] for c in lora_down}, self.server, lora_down)
+
     def round_seconds(self, steps: list[dict], lora_down: dict[int, int], lora_up: dict[int, int]) -> float:
         finish = round_time([self.step_cost(s) for s in steps], {c: self.devices[c] for c in lora_down},
-                            self.server, lora_down, lora_up)
+                            self.server, lora_down, lora_up, order=self.order)
         return max(finish.values())
+
+    def budget_s(self, cuts: dict[int, int], local_steps: int) -> float:
+        """What the median of these clients needs for `local_steps` full batches on its own (its compute and
+        link, the server's compute, no queueing): the default time budget of a round."""
+        batch, seq, act_bytes = self.nominal
+        up = batch * seq * (act_bytes + 5)  # activations, labels (int32) and mask (uint8)
+        need = []
+        for c, cut in cuts.items():
+            d = self.devices[c]
+            s = self.step_cost({"batch": (batch, seq), "cut": cut, "client_id": c, "bytes_up": up,
+                                "bytes_down": batch * seq * act_bytes})
+            link = (transfer_s(s.bytes_up, d.up_mbps, d.latency_ms) + transfer_s(s.bytes_down, d.down_mbps,
+                                                                                  d.latency_ms)) * (s.server_flops > 0)
+            need.append(local_steps * (s.client_flops / (d.tflops * 1e12) + s.server_flops / (self.server.tflops * 1e12)
+                                       + link))
+        return statistics.median(need)

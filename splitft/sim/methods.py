@@ -19,8 +19,9 @@ from ..build import Setup, client_stream, cost_model_of, cut_rank, optimizer_set
 from ..client import LocalClient
 from ..cost import CostModel
 from ..errors import UserError
-from ..federation import Adaptivity, Federation
+from ..federation import Adaptivity, Federation, Schedule
 from ..metrics import MetricsLogger
+from ..model.loader import MODEL_DTYPES
 from ..model.split import ClientPart, FullPart
 from ..policy import ClientStats, CutBounds
 from ..policy.makespan import MakespanPolicy, RoundCosts
@@ -81,7 +82,9 @@ def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict
     """The federation over the in-process transport; clients drop out with federation.dropout (the centralized
     trainer, which is not networked, never does)."""
     cfg = setup.cfg
-    clock = VirtualClock(cost_model(setup), devices, server_profile(cfg.heterogeneity))
+    act_bytes = setup.peft.base_model.model.config.hidden_size * MODEL_DTYPES[cfg.model.dtype].itemsize
+    clock = VirtualClock(cost_model(setup), devices, server_profile(cfg.heterogeneity), order=cfg.federation.order,
+                         nominal=(cfg.train.batch_size, cfg.data.max_length, act_bytes))
     logger.log("setup", method=cfg.federation.method, partition_sizes=[len(p) for p in setup.parts],
                **setup.data_stats, eval_samples=len(setup.eval), n_layer=setup.n_layer, family=setup.family.name,
                device=str(setup.device), devices={str(c): vars(d) for c, d in devices.items()},
@@ -90,7 +93,9 @@ def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict
     return Federation(server, clients, transport, eval_examples=setup.eval, batch_size=cfg.train.batch_size,
                       pad_id=setup.pad_id, local_steps=local_steps, clients_per_round=per_round,
                       seed=cfg.federation.seed, logger=logger, on_step=on_step, clock=clock, adaptivity=adaptivity,
-                      dropout=cfg.federation.dropout if networked else 0.0)
+                      dropout=cfg.federation.dropout if networked else 0.0,
+                      schedule=Schedule(cfg.federation.order, cfg.federation.round_budget, cfg.federation.round_time_s,
+                                        cfg.federation.max_steps_factor) if networked else Schedule())
 
 
 def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
@@ -149,7 +154,8 @@ def round_costs(setup: Setup) -> RoundCosts:
                       server_flops=tuple(cost.train_flops(k, n_layer, b, t, head=True) for k in range(n_layer)),
                       lora_bytes=tuple(held_lora_numel(setup, k, full) * itemsize for k in range(n_layer)),
                       step_bytes_up=acts + labels, step_bytes_down=acts + SCALARS_NBYTES,
-                      local_steps=cfg.federation.local_steps, server_tflops=cfg.heterogeneity.server_tflops)
+                      local_steps=cfg.federation.local_steps, server_tflops=cfg.heterogeneity.server_tflops,
+                      order=cfg.federation.order)
 
 
 def build_fedlora(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:

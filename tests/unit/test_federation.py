@@ -19,3 +19,56 @@ def test_plan_is_deterministic_per_seed_and_round():
 def test_partial_participation_selects_the_requested_count():
     plan = plan_round(0, list(range(10)), per_round=3, local_steps=2, seed=0)
     assert len(plan.clients) == 3 and len(plan.order) == 6
+
+
+# --- serving order and round budgets (federation.order, federation.round_budget) on the virtual clock --------
+
+import torch  # noqa: E402
+
+from splitft.build import build_setup  # noqa: E402
+from splitft.metrics import NullLogger  # noqa: E402
+from splitft.sim.methods import build_federation  # noqa: E402
+from tests.conftest import tiny_config  # noqa: E402
+
+# a device 10x slower than the other in compute, with negligible latency: the tiny model's steps take ~0.1 s
+# on `fast` and ~1 s on `slow`, so who waits for whom is visible
+TIERS = ["heterogeneity.profile=list", "heterogeneity.devices=[fast, slow]", "heterogeneity.server_tflops=1",
+         "heterogeneity.tiers=[{name: fast, tflops: 0.0002, latency_ms: 1, up_mbps: 1000, down_mbps: 1000},"
+         " {name: slow, tflops: 0.00002, latency_ms: 1, up_mbps: 1000, down_mbps: 1000}]",
+         "federation.local_steps=3", "federation.rounds=1"]
+
+
+def _round(tmp_path, *overrides):
+    cfg = tiny_config(tmp_path, "llama", *TIERS, *overrides)
+    fed = build_federation(build_setup(cfg), NullLogger())
+    steps = []
+    fed.on_step = steps.append
+    rec = fed.run_round(0, evaluate=False)
+    return fed, rec, [(s["client_id"], s["step"]) for s in steps]
+
+
+def test_arrival_order_serves_the_fast_client_without_waiting_and_the_clock_agrees(tmp_path):
+    _, planned, plan_order = _round(tmp_path / "p")
+    _, arrived, arrival_order = _round(tmp_path / "a", "federation.order=arrival")
+    assert [c for c, _ in plan_order] in ([0, 1] * 3, [1, 0] * 3), "plan: turns alternate"
+    assert [c for c, _ in arrival_order] == [0, 0, 0, 1, 1, 1], "arrival: client 0 (10x faster) never waits"
+    assert arrived["round_virtual_s"] <= planned["round_virtual_s"]  # the slow client's finish bounds both
+
+
+def test_a_time_budget_gives_the_faster_client_more_steps_up_to_the_cap(tmp_path):
+    fed, rec, order = _round(tmp_path, "federation.order=arrival", "federation.round_budget=time")
+    ran = {c: sum(1 for cc, _ in order if cc == c) for c in (0, 1)}
+    assert ran[0] == 6 and 1 <= ran[1] <= 3, ran  # the fast one reaches the cap (2 x local_steps)
+    again, _, order_again = _round(tmp_path / "again", "federation.order=arrival", "federation.round_budget=time")
+    assert order_again == order, "deterministic"
+    a, b = fed.server.global_view(2), again.server.global_view(2)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_a_fixed_time_budget_keeps_the_fast_client_busy_only_when_it_need_not_wait_its_turn(tmp_path):
+    budget = ["federation.round_budget=time", "federation.round_time_s=2", "federation.max_steps_factor=10"]
+    _, _, order = _round(tmp_path / "a", *budget, "federation.order=arrival")
+    ran = {c: sum(1 for cc, _ in order if cc == c) for c in (0, 1)}
+    assert ran[1] == 1 and 3 < ran[0] < 30, ran
+    _, _, in_turns = _round(tmp_path / "p", *budget)
+    assert sum(1 for c, _ in in_turns if c == 0) < ran[0], in_turns  # in plan turns it waited for the slow one
