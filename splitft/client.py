@@ -41,6 +41,7 @@ class _Client:
         self.samples_seen = 0  # since the last push; the FedAvg weight
         self.last_loss: float | None = None  # mean step loss of the last round (the policy's performance signal)
         self.timing: StepTiming | None = None  # of the last training step (a deployed client's measurements)
+        self.budget: tuple[float | None, int | None] = (None, None)  # (seconds, most steps) of this round
         self.replace_part(part)
 
     def replace_part(self, part: ClientPart | FullPart) -> None:
@@ -95,6 +96,7 @@ class _Client:
         answers with another cut (a deployed server's policy), `recut` builds the part for it first. Returns the
         cut of the round."""
         pulled = transport.pull_adapters(self.client_id, self.cut, round_, report)
+        self.budget = (pulled.budget_s, pulled.max_steps)  # the round's time budget, if the server set one
         if pulled.cut != self.cut:
             if recut is None:
                 raise TransportError(f"client {self.client_id}: the server assigned cut {pulled.cut} to a client "

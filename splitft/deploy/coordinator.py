@@ -48,8 +48,13 @@ class Coordinator:
                  clock: Callable[[], float] = time.monotonic, placement: Placement | None = None,
                  on_eval: Callable[[int], Any] | None = None, max_cut: int | None = None,
                  samples_cap: int | None = None, terms: dict[str, Any] | None = None,
-                 on_boundary: Callable[[], Any] | None = None):
+                 on_boundary: Callable[[], Any] | None = None, order: str = "plan", budget: str = "steps",
+                 round_time_s: float = 0.0, max_steps: int | None = None):
         self.placement = placement
+        self.order, self.budget, self.round_time_s = order, budget, round_time_s
+        self.max_steps = max_steps or local_steps  # under a time budget: the most steps a client runs in a round
+        self.done_steps: Counter[int] = Counter()  # client -> training steps applied this round
+        self.step_s: dict[int, float] = {}  # client -> seconds per training step it reported last
         self.on_boundary = on_boundary or (lambda: None)  # a round was aggregated and the next one set up
         self.terms = terms  # what a client's HELLO must agree with (`handshake.py`); None: not checked
         self.run_id = secrets.token_hex(8)  # this run's id, kept across a resume
@@ -160,7 +165,7 @@ class Coordinator:
     def _hand_out(self, cid: int, round_: int, cut: int) -> Pulled:
         if round_ == self.round:
             self.holds[cid] = cut
-        return Pulled(cut, self.server.global_adapters(cut))
+        return Pulled(cut, self.server.global_adapters(cut), **(self.round_budget() if round_ < self.rounds else {}))
 
     async def _maybe_decide(self) -> None:
         """Decide the current round's cuts once every selected client still in it has pulled."""
@@ -185,6 +190,12 @@ class Coordinator:
             self.log(f"client {req.client_id}: step {key[1:]} resent; answered from cache, not applied again")
             return hit
         self._check_not_dropped(req.client_id, req.round)
+        if self.order == "arrival":  # served as it comes: only its own next step, within the round's cap
+            if req.round != self.round or req.client_id not in self.plan.clients \
+                    or req.step != self.done_steps[req.client_id] or req.step >= self._cap():
+                raise Refused(f"step (round {req.round}, step {req.step}) of client {req.client_id} is a replay or "
+                              f"not expected (federation at round {self.round})")
+            return await self._apply(req, key)
         if req.round != self.round or turn not in self.plan.order[self.pos:]:
             raise Refused(f"step (round {req.round}, step {req.step}) of client {req.client_id} is a replay or "
                           f"not in this round's plan (federation at round {self.round})")
@@ -195,6 +206,9 @@ class Coordinator:
         self._check_not_dropped(req.client_id, req.round)
         if self.round != req.round:
             raise Refused(f"round {req.round} ended while step {req.step} of client {req.client_id} waited")
+        return await self._apply(req, key)
+
+    async def _apply(self, req: ForwardRequest, key: tuple[int, int, int]) -> StepReply:
         try:
             reply = self.server.step(req)
         except NonFiniteStep as e:  # not applied; out of this round, or the others would wait for its turn
@@ -202,9 +216,23 @@ class Coordinator:
             raise Refused(str(e)) from None
         self.cache[req.client_id] = (key, reply)
         self.trained[req.client_id] += req.activations.shape[0]
+        self.done_steps[req.client_id] += 1
         self.pos += 1
         await self._notify()
         return reply
+
+    def _cap(self) -> int:
+        return self.max_steps if self.budget == "time" else self.local_steps
+
+    def round_budget(self) -> dict[str, Any]:
+        """What a client's round runs to: local_steps, or (time budget) seconds and a cap on steps. The budget is
+        federation.round_time_s, or the median over this round's clients of local_steps x the seconds per step
+        each reported last; a round before any report runs local_steps."""
+        if self.budget != "time":
+            return {}
+        known = sorted(self.step_s[c] * self.local_steps for c in self.plan.clients if c in self.step_s)
+        seconds = self.round_time_s or (known[len(known) // 2] if known else None)
+        return {} if seconds is None else {"budget_s": seconds, "max_steps": self.max_steps}
 
     def _cached(self, key: tuple[int, int, int]) -> StepReply | None:
         hit = self.cache.get(key[0])
@@ -220,11 +248,14 @@ class Coordinator:
         if update.round != self.round or update.client_id not in self.plan.clients:
             raise Refused(f"push for round {update.round} from client {update.client_id} is not expected now "
                           f"(federation at round {self.round})")
-        if any(c == update.client_id for c, _ in self.plan.order[self.pos:]):
+        due = 1 if self.budget == "time" and self.round_budget() else self.local_steps
+        if any(c == update.client_id for c, _ in self.plan.order[self.pos:]) and self.order == "plan" \
+                or self.order == "arrival" and self.local_steps and self.done_steps[update.client_id] < due:
             raise Refused(f"client {update.client_id} pushed round {update.round} before finishing its steps")
         self._check_push(update)
         self.server.push_adapters(update)
         self.pushed.add(update.client_id)
+        self._note_pace(update.client_id, update.report)
         if self.placement is not None:
             self.placement.note(update.client_id, update.report)
         self._note_eval(update.client_id, update.report)
@@ -252,6 +283,15 @@ class Coordinator:
             raise Refused(f"client {cid} claims {update.n_samples} samples for round {update.round}; the server saw "
                           f"it train {cap}")
 
+    def _note_pace(self, cid: int, report: dict[str, Any]) -> None:
+        """Seconds per training step the client reports (for the next time budget), if a sane number."""
+        try:
+            train_s, steps = float(report["train_s"]), int(report["steps"])
+        except (TypeError, KeyError, ValueError):
+            return
+        if 0 < steps and 0 < train_s < 1e6:
+            self.step_s[cid] = train_s / steps
+
     def _note_eval(self, cid: int, report: dict[str, Any]) -> None:
         """Keep a client's evaluation of a global model (ignored unless well-formed numbers of a known round)."""
         e = report.get("eval")
@@ -276,7 +316,7 @@ class Coordinator:
         if self.placement is not None and self.round + 1 < self.rounds:
             self.placement.decide(self.round + 1, list(range(self.n_clients)))
         self.round, self.pos, self.pushed, self.dropped, self.pulled = self.round + 1, 0, set(), {}, set()
-        self.holds, self.trained = {}, Counter()
+        self.holds, self.trained, self.done_steps = {}, Counter(), Counter()
         self.plan, self.started = self._plan(self.round), self.clock()
         self.on_boundary()  # e.g. a checkpoint, before any client can see the new round
         await self._notify()
@@ -284,7 +324,7 @@ class Coordinator:
 
     def state_dict(self) -> dict[str, Any]:
         """At a round boundary: the round to run next, the run's id, the evaluations reported so far."""
-        return {"round": self.round, "run": self.run_id,
+        return {"round": self.round, "run": self.run_id, "step_s": {str(c): v for c, v in self.step_s.items()},
                 "evals": {str(r): {str(c): list(v) for c, v in by.items()} for r, by in self.evals.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -292,6 +332,7 @@ class Coordinator:
         self.round, self.run_id = int(state["round"]), str(state["run"])
         self.evals = {int(r): {int(c): tuple(v) for c, v in by.items()} for r, by in state["evals"].items()}
         self.pos, self.pushed, self.dropped, self.pulled, self.holds, self.trained = 0, set(), {}, set(), {}, Counter()
+        self.done_steps, self.step_s = Counter(), {int(c): float(v) for c, v in state.get("step_s", {}).items()}
         self.plan, self.started = self._plan(self.round), self.clock()
 
     async def drop(self, cid: int, why: str) -> None:

@@ -18,7 +18,8 @@ SHAPE = "vanilla"
 """The split's shape: the client holds the first blocks, the server the rest and the loss."""
 
 SETTINGS = ("model.dtype", "federation.method", "federation.n_clients", "federation.rounds",
-            "federation.local_steps", "federation.clients_per_round", "federation.seed", "train.batch_size",
+            "federation.local_steps", "federation.clients_per_round", "federation.seed", "federation.order",
+            "federation.round_budget", "federation.round_time_s", "federation.max_steps_factor", "train.batch_size",
             "data.max_length", "lora.r", "lora.r_cut", "lora.alpha", "lora.dropout", "lora.targets", "split.policy",
             "split.cut", "split.cut_min", "split.cut_max", "transport.codec")
 """Config keys both sides must hold alike: the model's numerics, the schedule the server plans steps with, the

@@ -18,6 +18,7 @@ import copy
 import os
 import secrets
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -231,17 +232,17 @@ class Participant:
         every = self.cfg.metrics.eval_every
         pending = _evaluate(client, transport, self.cfg, self.setup, r - 1) if r == 0 or r % every == 0 else None
         try:
-            losses = []
-            for s in range(self.cfg.federation.local_steps):
+            losses, start = [], time.monotonic()
+            while self._more(len(losses), time.monotonic() - start):
                 before = transport.counter.snapshot([self.id])
-                reply = client.train_step(transport, r, s)
+                reply = client.train_step(transport, r, len(losses))
                 moved = sum(transport.counter.since(before)[self.id].values())
                 losses.append(reply.loss)
                 t = client.timing
                 self.meter.step(t.compute_s, client.cut, t.tokens, t.link_s, moved)
             client.last_loss = sum(losses) / len(losses)
-            client.push(transport, r, {**self.report(), "loss": client.last_loss,
-                                       **({"eval": pending} if pending else {})})
+            client.push(transport, r, {**self.report(), "loss": client.last_loss, "steps": len(losses),
+                                       "train_s": time.monotonic() - start, **({"eval": pending} if pending else {})})
         except ServerRefused as e:  # dropped from this round (late or silent): go on with the next one
             self.say(f"round {r}: {e}; skipping to the next round")
             client.samples_seen = 0
@@ -251,6 +252,14 @@ class Participant:
         self.dropped.discard(r)
         self.say(f"round {r}: cut {cut}, mean step loss {client.last_loss:.4f}, "
                  f"{(self.meter.s_per_block_token or 0) * 1e6:.2f} us per block-token")
+
+    def _more(self, done: int, elapsed_s: float) -> bool:
+        """Whether to run another step: local_steps, or under the server's time budget until it has passed (at
+        least one step, at most its cap)."""
+        budget_s, cap = self.client.budget
+        if budget_s is None:
+            return done < self.cfg.federation.local_steps
+        return done < 1 or (done < (cap or 1) and elapsed_s < budget_s)
 
     def _finish(self) -> None:
         """The final global model, evaluated on this client's own data; then `done`."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -79,10 +80,9 @@ def deploy_problems(cfg: Config) -> list[str]:
                 "deployed, use fixed, resource or splitft (they decide from what each client measures)"]
     if f.dropout > 0:
         return ["federation.dropout simulates clients vanishing; in a deployment they vanish for real (set it to 0)"]
-    if f.order != "plan" or f.round_budget != "steps":
-        return ["federation.order=arrival and federation.round_budget=time run in `splitft simulate` only so far; "
-                "a deployment serves the plan's turns with local_steps per client (federation.order=plan, "
-                "federation.round_budget=steps)"]
+    if f.method == "fedlora" and f.round_budget == "time":
+        return ["federation.round_budget=time is deployed for split learning only (a fedlora server sees no steps "
+                "to time); use federation.round_budget=steps"]
     return []
 
 
@@ -177,7 +177,9 @@ class _Party:
                                  on_eval=lambda r: self.records.eval(r, self.coord.evals.get(r, {})),
                                  max_cut=bounds.hi if split else pm.n_layer,
                                  samples_cap=fed.local_steps * cfg.train.batch_size,
-                                 terms=terms_of(cfg, pm.fingerprint), on_boundary=self.checkpoint)
+                                 terms=terms_of(cfg, pm.fingerprint), on_boundary=self.checkpoint,
+                                 order=fed.order, budget=fed.round_budget, round_time_s=fed.round_time_s,
+                                 max_steps=math.ceil(fed.max_steps_factor * fed.local_steps))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed server needs, at a round boundary. Client-made values (reports, evaluations) go

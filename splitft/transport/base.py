@@ -105,6 +105,10 @@ class Pulled:
 
     cut: int
     adapters: dict[str, torch.Tensor]
+    budget_s: float | None = None
+    """Under federation.round_budget=time (deployed): train until this many seconds have passed since the first
+    step, at least one step and at most `max_steps`; None: run local_steps."""
+    max_steps: int | None = None
 
 
 BYTE_KINDS = ("activations_up", "labels_up", "grad_activations_down", "lora_up", "lora_down", "eval_up",

@@ -255,16 +255,25 @@ def decode_pull(env: Envelope) -> tuple[int, int, int, dict[str, Any]]:
 
 
 def encode_adapters(client_id: int, round_: int, pulled: Pulled) -> Envelope:
-    """The reply to a PULL: the client's cut for the round and the adapters of its blocks."""
-    return _encode_tensors(Envelope.ADAPTERS, client_id, round_, pulled.adapters, cut=pulled.cut)
+    """The reply to a PULL: the client's cut for the round, the adapters of its blocks, and in `report` its
+    round's time budget, if any."""
+    env = _encode_tensors(Envelope.ADAPTERS, client_id, round_, pulled.adapters, cut=pulled.cut)
+    if pulled.budget_s is not None:
+        env.report = encode_report({"budget_s": pulled.budget_s, "max_steps": pulled.max_steps})
+    return env
 
 
 def decode_adapters(env: Envelope, max_numel: int) -> Pulled:
-    """The pulled cut and adapters. Raises WireError unless the reply is ADAPTERS with a cut >= 1 and each name
-    once, within size."""
+    """The pulled cut, adapters and budget. Raises WireError unless the reply is ADAPTERS with a cut >= 1, each
+    name once within size, and a budget (if any) of finite positive seconds and a step cap >= 1."""
     if env.kind != Envelope.ADAPTERS or env.cut < 1:
         raise WireError(f"expected ADAPTERS with a cut >= 1 in reply to a PULL, got kind {env.kind}, cut {env.cut}")
-    return Pulled(env.cut, _tensors(env, max_numel))
+    extra = decode_report(env)
+    budget, cap = extra.get("budget_s"), extra.get("max_steps")
+    if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget < 1e7 and isinstance(cap, int)
+                                   and cap >= 1):
+        raise WireError(f"a round budget needs seconds in (0, 1e7) and max_steps >= 1, got {budget!r}, {cap!r}")
+    return Pulled(env.cut, _tensors(env, max_numel), budget, cap if budget is not None else None)
 
 
 def encode_done(client_id: int, report: dict[str, Any] | None = None) -> Envelope:

@@ -176,3 +176,17 @@ def test_clients_train_on_their_own_files_with_measured_adaptive_cuts(tmp_path):
 
     from splitft.model.loader import load
     PeftModel.from_pretrained(load("tiny:llama").model, str(dep / "adapter"))
+
+
+def test_launch_serves_by_arrival_with_a_time_budget(tmp_path):
+    """federation.order=arrival + round_budget=time deployed: round 0 runs local_steps (no pace reported yet),
+    later rounds run until the server's budget (from the clients' reported pace), at most the cap; done."""
+    out = tmp_path / "run"
+    res = splitft("launch", "--clients", "3", *DEPLOY, "federation.rounds=3", "federation.order=arrival",
+                  "federation.round_budget=time", "federation.max_steps_factor=3", f"metrics.out_dir={out}")
+    assert res.returncode == 0, res.stderr + "".join(p.read_text() for p in (out / "logs").glob("*.log"))
+    reports = [json.loads((out / f"client_{i}.json").read_text()) for i in range(3)]
+    steps = [len(r["losses"]) for r in reports]
+    assert all(2 + 2 * 1 <= n <= 2 + 2 * 6 for n in steps), steps  # round 0: 2 each; then 1..6 per round
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["final_eval_ppl"] < summary["initial_eval_ppl"]

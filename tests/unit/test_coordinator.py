@@ -285,3 +285,49 @@ def json_roundtrip(obj):
     import json
 
     return json.loads(json.dumps(obj))
+
+
+def _arrival(budget="steps", **kw):
+    _, server = tiny_split_server()
+    return Coordinator(server, n_clients=3, rounds=2, local_steps=2, per_round=0, seed=0, log=lambda s: None,
+                       order="arrival", budget=budget, max_steps=4, **kw)
+
+
+def test_arrival_order_applies_each_clients_next_step_as_it_comes():
+    c = _arrival()
+
+    async def go():
+        late = c.plan.order[-1][0]  # last in the plan: under plan order it would wait for everyone
+        await c.step(_req(late, 0))
+        await c.step(_req(late, 1))
+        assert c.done_steps[late] == 2
+        with pytest.raises(Refused, match="not expected"):
+            await c.step(_req(late, 2))  # beyond local_steps
+        with pytest.raises(Refused, match="not expected"):
+            await c.step(_req((late + 1) % 3, 1))  # another client's step 1 before its step 0
+
+    asyncio.run(go())
+
+
+def test_a_time_budget_is_handed_out_from_reported_pace_and_bounds_steps():
+    c = _arrival("time")
+
+    async def go():
+        first = await c.pull_adapters(0, 2, 0)
+        assert first.budget_s is None, "no reports yet: round 0 runs local_steps"
+        for cid in range(3):
+            if cid:
+                await c.pull_adapters(cid, 2, 0)
+            for s in range(2):
+                await c.step(_req(cid, s))
+            update = _push(cid, 0, c.server)
+            update.n_samples, update.report = 4, {"train_s": 1.0 * (cid + 1), "steps": 2}
+            await c.push_adapters(update)
+        pulled = await c.pull_adapters(0, 2, 1)
+        assert pulled.budget_s == pytest.approx(2 * 1.0) and pulled.max_steps == 4  # median of 1, 2, 3 s x 2 steps
+        for s in range(4):
+            await c.step(_req(0, s, round_=1))
+        with pytest.raises(Refused, match="not expected"):
+            await c.step(_req(0, 4, round_=1))  # the cap
+
+    asyncio.run(go())

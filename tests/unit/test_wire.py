@@ -131,3 +131,15 @@ def test_every_message_has_an_encoder_and_a_decoder_that_invert_each_other():
         wire.decode_adapters(wire.ack(wire.encode_done(2)), 100)
     with pytest.raises(wire.WireError, match="cut >= 1"):
         wire.decode_pull(wire.encode_pull(1, 0, 4))
+
+
+def test_a_round_budget_crosses_with_the_pulled_adapters_and_a_bad_one_is_refused():
+    adapters = {"a.lora_A.default.weight": torch.ones(2, 3)}
+    pulled = wire.decode_adapters(wire.encode_adapters(0, 1, Pulled(2, adapters, 1.5, 6)), 100)
+    assert (pulled.budget_s, pulled.max_steps) == (1.5, 6)
+    assert wire.decode_adapters(wire.encode_adapters(0, 1, Pulled(2, adapters)), 100).budget_s is None
+    for budget, cap in [(float("nan"), 6), (-1.0, 6), (1.0, 0), (1e9, 2)]:
+        env = wire.encode_adapters(0, 1, Pulled(2, adapters))
+        env.report = wire.encode_report({"budget_s": budget, "max_steps": cap})
+        with pytest.raises(wire.WireError, match="round budget"):
+            wire.decode_adapters(env, 100)
