@@ -19,9 +19,9 @@ import time
 from _common import MODELS, ROOT, record
 
 from splitft.build import Setup, build_model, load
+from splitft.devices import client_profiles
 from splitft.sim.methods import client_stats, cut_bounds, round_costs
 from splitft.sim.plan import plan_policies
-from splitft.sim.profiles import client_profiles
 
 PHONE_2MBIT = "heterogeneity.tiers=[{name: phone2, tflops: 0.5, memory_gb: 0.35, up_mbps: 2, down_mbps: 50, " \
               "latency_ms: 40}]"

@@ -18,6 +18,7 @@ from .. import build, lora
 from ..build import Setup, client_stream, cost_model_of, cut_rank, optimizer_settings, split_client, split_server
 from ..client import LocalClient
 from ..cost import CostModel
+from ..devices import client_profiles
 from ..errors import UserError
 from ..federation import Adaptivity, Federation, Schedule
 from ..metrics import MetricsLogger
@@ -31,7 +32,7 @@ from ..transport.base import LABEL_DTYPE, MASK_DTYPE, SCALARS_NBYTES
 from ..transport.compress import CODECS
 from ..transport.inproc import InProcTransport
 from .clock import VirtualClock
-from .profiles import DeviceProfile, client_profiles, server_profile
+from .profiles import DeviceProfile, server_profile
 
 OnStep = Callable[[dict[str, Any]], None] | None
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from ..build import Setup, build_model
 from ..config import Config, SplitConfig
+from ..devices import client_profiles
 from ..policy import ClientStats, CutBounds, ResourcePolicy, max_feasible_cut
 from ..policy.makespan import MakespanPolicy, RoundCosts, oracle
 from .methods import client_stats, cut_bounds, round_costs
-from .profiles import client_profiles
 
 
 def plan(cfg: Config) -> dict[str, Any]:

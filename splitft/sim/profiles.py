@@ -1,58 +1,18 @@
-"""Device profiles of simulated clients: compute, memory, link. Named tiers, drawn per client with a seed.
-
-    heterogeneity.profile=tiers      each client drawn uniformly from phone / laptop / workstation
-    heterogeneity.profile=list       heterogeneity.devices=[phone,laptop,workstation,...], one per client
-The tiers themselves live in `splitft/devices.py` (a deployed client can report one instead of measuring).
+"""Device profiles of simulated clients as the simulator checks and uses them; the tiers and the per-client
+draw (`client_profiles`, heterogeneity.profile) live in `splitft/devices.py`, since a deployed client reports or
+emulates the same device.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import random
 
 from ..config import DeviceConfig, HeterogeneityConfig
 from ..devices import all_tiers
-from ..registry import Registry
-from ..seeding import derive_seed
 
 DeviceProfile = DeviceConfig
 """One device's numbers (compute, memory, link; fields documented on `config.DeviceConfig`): a tier in the
 config is already a profile, so there is no second list of the same fields to keep in step."""
-
-
-def scaled(d: DeviceProfile, compute: float, link: float) -> DeviceProfile:
-    """`d` with its throughput times `compute` and both link bandwidths times `link`."""
-    return dataclasses.replace(d, tflops=d.tflops * compute, up_mbps=d.up_mbps * link, down_mbps=d.down_mbps * link)
-
-
-def _homogeneous(cfg: HeterogeneityConfig, n: int, rng: random.Random) -> list[DeviceProfile]:
-    return [all_tiers(cfg)["laptop"]] * n
-
-
-def _tiers(cfg: HeterogeneityConfig, n: int, rng: random.Random) -> list[DeviceProfile]:
-    tiers = all_tiers(cfg)
-    return [tiers[rng.choice(["phone", "laptop", "workstation"])] for _ in range(n)]
-
-
-def _lognormal(cfg: HeterogeneityConfig, n: int, rng: random.Random) -> list[DeviceProfile]:
-    """Laptop numbers times exp(N(0, spread^2)), drawn apart for compute and for the link."""
-    laptop = all_tiers(cfg)["laptop"]
-    return [scaled(laptop, math.exp(rng.gauss(0, cfg.spread)), math.exp(rng.gauss(0, cfg.spread))) for _ in range(n)]
-
-
-def _listed(cfg: HeterogeneityConfig, n: int, rng: random.Random) -> list[DeviceProfile]:
-    tiers = all_tiers(cfg)
-    return [tiers[name] for name in cfg.devices]
-
-
-PROFILES = Registry("heterogeneity.profile", {"homogeneous": _homogeneous, "tiers": _tiers,
-                                              "lognormal": _lognormal, "list": _listed})
-
-
-def client_profiles(cfg: HeterogeneityConfig, n_clients: int, seed: int) -> list[DeviceProfile]:
-    """One profile per client id 0..n-1, deterministic in (cfg, seed); `cfg` passed `device_problems`."""
-    return PROFILES[cfg.profile](cfg, n_clients, random.Random(derive_seed(seed, "devices")))
 
 
 def device_problems(cfg: HeterogeneityConfig, n_clients: int) -> list[str]:

@@ -14,13 +14,14 @@ from typing import Any, Callable
 from .. import checkpoint
 from ..build import build_setup, check
 from ..config import Config
+from ..devices import PROFILES
 from ..errors import UserError
 from ..federation import Federation
 from ..metrics import MetricsLogger, NullLogger, read_metrics
 from ..registry import check_names
 from ..rundir import export_adapter, prepare_run_dir, refuse_existing_run, run_config, truncate_lines, write_json
 from .methods import METHODS, build_federation, check_placement, client_report
-from .profiles import PROFILES, device_problems
+from .profiles import device_problems
 
 
 def sim_problems(cfg: Config) -> list[str]:

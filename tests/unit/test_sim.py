@@ -6,8 +6,8 @@ import pytest
 
 from splitft.config import load_config
 from splitft.cost import CostModel, StepCost, round_time, transfer_s
-from splitft.devices import TIERS
-from splitft.sim.profiles import DeviceProfile, client_profiles
+from splitft.devices import TIERS, client_profiles
+from splitft.sim.profiles import DeviceProfile
 
 # 1 TFLOP/s, 8 Mbit/s (1 MB/s) both ways, no latency: 1e12 FLOPs = 1 s, 1e6 bytes = 1 s
 DEV = DeviceProfile("d", 1.0, 1.0, 8.0, 8.0, 0.0)
