@@ -52,11 +52,16 @@ def _parser() -> argparse.ArgumentParser:
         if name == "client":
             s.add_argument("--client-id", type=int, required=True, help="this client's id, 0 .. n_clients-1")
             s.add_argument("--server", default=None, help="host:port of the server (default: transport.address)")
+            s.add_argument("--emulate", action="store_true",
+                           help="pace this process to the device the config gives this client (heterogeneity), "
+                                "for a one-machine deployment that behaves like the configured federation")
             s.add_argument("--dealt", action="store_true",
                            help="train on this client's share of data.path as the simulation partitions it (what "
                                 "`launch` does without --client-data), not on all of data.path")
         if name == "launch":
             s.add_argument("--clients", type=int, required=True, help="number of client processes")
+            s.add_argument("--emulate", action="store_true",
+                           help="every client paces itself to its device in the config (see `client --emulate`)")
             s.add_argument("--client-data", default=None, metavar="A,B,...",
                            help="one data file per client (each trains on all of its own file); without it, "
                                 "data.path is dealt with data.partitioner as in the simulation")
@@ -158,7 +163,8 @@ def _client(args: argparse.Namespace, overrides: list[str]) -> int:
     from .deploy.join import join
 
     cfg = load(args.config, overrides)
-    report = join(cfg, args.client_id, args.server or cfg.transport.address, dealt=args.dealt)
+    report = join(cfg, args.client_id, args.server or cfg.transport.address, dealt=args.dealt,
+                  emulate=args.emulate)
     print(json.dumps({k: v for k, v in report.items() if k != "losses"}))
     return 0
 
@@ -168,7 +174,7 @@ def _launch(args: argparse.Namespace, overrides: list[str]) -> int:
     from .deploy.launch import launch
 
     files = [f for f in args.client_data.split(",") if f] if args.client_data is not None else None
-    launch(load(args.config, overrides), args.clients, files)
+    launch(load(args.config, overrides), args.clients, files, emulate=args.emulate)
     return 0
 
 

@@ -29,6 +29,7 @@ from ..build import (
     check,
     check_model,
     client_stream,
+    cost_model_of,
     cut_rank,
     load_data,
     open_model,
@@ -39,6 +40,7 @@ from ..client import LocalClient, SplitClient
 from ..config import Config
 from ..data.datasets import Example, load_examples, read_rows, resolve_path, split_eval
 from ..data.partitioners import partitioner_for, samples_of
+from ..devices import client_profiles
 from ..errors import UserError
 from ..federation import plan_round
 from ..measure import Meter, check_profile, client_report, peak_memory
@@ -48,6 +50,7 @@ from ..rundir import write_json
 from ..seeding import derive_seed
 from ..transport import tls
 from ..transport.grpc import GrpcTransport, ServerRefused, ServerRestarted
+from .emulate import Pacer
 from .handshake import terms_of
 from .serve import deploy_problems
 
@@ -61,6 +64,18 @@ def client_data(cfg: Config, client_id: int, tokenizer: Any, dealt: bool) -> tup
         return [train[i] for i in parts[client_id]], held_out
     examples, _ = load_examples(cfg.data, tokenizer, derive_seed(cfg.federation.seed, "data", client_id))
     return split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
+
+
+def emulated_device(cfg: Config, client_id: int):
+    """The device the config gives this client, drawn as the simulation draws it (heterogeneity.profile)."""
+    h = cfg.heterogeneity
+    if h.profile == "list" and len(h.devices) != cfg.federation.n_clients:
+        raise UserError(f"--emulate: heterogeneity.devices names {len(h.devices)} devices for "
+                        f"{cfg.federation.n_clients} clients; give one per client")
+    try:
+        return client_profiles(h, cfg.federation.n_clients, cfg.federation.seed)[client_id]
+    except KeyError as e:
+        raise UserError(f"--emulate: heterogeneity: unknown device {e}; define it in heterogeneity.tiers") from None
 
 
 class Holder:
@@ -81,7 +96,7 @@ class Holder:
         return part
 
 
-def join(cfg: Config, client_id: int, address: str, dealt: bool = False) -> dict:
+def join(cfg: Config, client_id: int, address: str, dealt: bool = False, emulate: bool = False) -> dict:
     check(cfg, deploy_problems)
     check_profile(cfg)
     fed = cfg.federation
@@ -91,6 +106,7 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False) -> dict
     if not token:
         raise UserError(f"set this client's token in the environment variable {cfg.transport.token_env}")
     read_rows(cfg.data)  # a missing, empty or unreadable data file fails here, before any weight is read
+    device = emulated_device(cfg, client_id) if emulate else None
     tls.check_files(cfg.transport, "client")
     meta = check_model(cfg)
     pm = open_model(cfg, meta)
@@ -105,7 +121,13 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False) -> dict
         transport.close()
         raise UserError(str(e)) from None
     me = Participant(cfg, client_id, pm, train, held_out, transport, say)
+    if emulate:
+        me.pacer = Pacer(device, cost_model_of(pm.peft.base_model.model, pm.family, pm.dtype.itemsize), say)
+        say(f"emulating a {device.name}: {device.tflops:g} TFLOP/s, {device.up_mbps:g}/{device.down_mbps:g} Mbit/s, "
+            f"{device.latency_ms:g} ms")
     me.run(welcome)
+    if me.pacer is not None:
+        me.pacer.warn_if_behind()
     transport.close()
     memory = peak_memory()
     out = me.results(dealt, memory)
@@ -148,6 +170,7 @@ class Participant:
         self.snapshots: dict[int, dict[str, Any]] = {}
         self.final: dict[str, Any] = {}
         self.folder = Path(cfg.metrics.out_dir) / f"client_{client_id}"
+        self.pacer: Pacer | None = None  # --emulate: paces this process to its device profile
 
     def report(self) -> dict[str, Any]:
         return client_report(self.cfg, self.meter, self.pm.held_gb(), self.pm.device)
@@ -235,7 +258,7 @@ class Participant:
             losses, start = [], time.monotonic()
             while self._more(len(losses), time.monotonic() - start):
                 before = transport.counter.snapshot([self.id])
-                reply = client.train_step(transport, r, len(losses))
+                reply = self._step(r, len(losses))
                 moved = sum(transport.counter.since(before)[self.id].values())
                 losses.append(reply.loss)
                 t = client.timing
@@ -252,6 +275,36 @@ class Participant:
         self.dropped.discard(r)
         self.say(f"round {r}: cut {cut}, mean step loss {client.last_loss:.4f}, "
                  f"{(self.meter.s_per_block_token or 0) * 1e6:.2f} us per block-token")
+
+    def _step(self, r: int, s: int) -> Any:
+        """One training step, paced to the emulated device under --emulate (then the client's timing, and so
+        its reports, are the paced ones)."""
+        client, transport, pacer = self.client, self.transport, self.pacer
+        if pacer is None:
+            return client.train_step(transport, r, s)
+        if not isinstance(client, SplitClient):  # fedlora: the whole model, forward and backward, here
+            reply = client.train_step(transport, r, s)
+            batch, seq = client.last_shape
+            paced = 2 * pacer.half_step(client.timing.compute_s / 2, client.cut, batch, seq, whole=True)
+            client.timing.compute_s = paced
+            pacer.step_done()
+            return reply
+        start = time.perf_counter()
+        req = client.begin_step(r, s)
+        batch, seq = client.last_shape
+        forward = pacer.half_step(time.perf_counter() - start, client.cut, batch, seq)
+        before = transport.counter.snapshot([self.id])
+        up = pacer.upload(transport.codec.encode(req.activations).nbytes() + req.labels_nbytes())
+        sent = time.perf_counter()
+        reply = transport.step(req)
+        real_link = max(time.perf_counter() - sent - reply.server_s, 0.0)
+        down = pacer.download(real_link, transport.counter.since(before)[self.id]["grad_activations_down"])
+        start = time.perf_counter()
+        client.finish_step(reply, up + down + reply.server_s)
+        backward = pacer.half_step(time.perf_counter() - start, client.cut, batch, seq)
+        client.timing.compute_s, client.timing.link_s = forward + backward, up + down
+        pacer.step_done()
+        return reply
 
     def _more(self, done: int, elapsed_s: float) -> bool:
         """Whether to run another step: local_steps, or under the server's time budget until it has passed (at
@@ -277,7 +330,8 @@ class Participant:
                                "held_gb": round(self.pm.held_gb(), 4), **memory, "measured": self.report(),
                                "eval_loss": final["loss_sum"] / max(final["n_tokens"], 1),
                                "bytes": t.counter.totals(), "wire_up": t.wire_up, "wire_down": t.wire_down,
-                               "reconnects": t.reconnects}
+                               "reconnects": t.reconnects,
+                               **({"emulation": self.pacer.summary()} if self.pacer is not None else {})}
         out.update(eval_ppl=perplexity(out["eval_loss"]), eval_acc=final["n_correct"] / max(final["n_tokens"], 1))
         return out
 

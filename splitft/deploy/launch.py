@@ -59,8 +59,9 @@ def _wait_listening(server: subprocess.Popen, log: Path, timeout_s: float) -> No
     raise UserError(f"the server did not start listening within {timeout_s:.0f} s; see {log}")
 
 
-def launch(base: Config, n_clients: int, client_data: list[str] | None = None) -> dict:
-    """`client_data`: one data file per client; None deals `data.path` with the configured partitioner."""
+def launch(base: Config, n_clients: int, client_data: list[str] | None = None, emulate: bool = False) -> dict:
+    """`client_data`: one data file per client; None deals `data.path` with the configured partitioner.
+    `emulate`: every client paces itself to its device in the config (`deploy/emulate.py`)."""
     if n_clients < 1:
         raise UserError(f"--clients: need at least 1, got {n_clients}")
     if client_data is not None:
@@ -95,7 +96,8 @@ def launch(base: Config, n_clients: int, client_data: list[str] | None = None) -
                for i in range(n_clients)]
         for i in range(n_clients):
             children.append(_spawn(["client", "--config", str(cfg_file), "--client-id", str(i), "--server",
-                                    cfg.transport.address, *own[i]], out / "logs" / f"client_{i}.log",
+                                    cfg.transport.address, *own[i], *(["--emulate"] if emulate else [])],
+                                   out / "logs" / f"client_{i}.log",
                                    {cfg.transport.token_env: tokens[i]}))
         clients = children[1:]
         failed = _wait_all(server, clients)

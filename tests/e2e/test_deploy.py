@@ -190,3 +190,28 @@ def test_launch_serves_by_arrival_with_a_time_budget(tmp_path):
     assert all(2 + 2 * 1 <= n <= 2 + 2 * 6 for n in steps), steps  # round 0: 2 each; then 1..6 per round
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 3 and summary["final_eval_ppl"] < summary["initial_eval_ppl"]
+
+
+def test_an_emulated_slow_client_measures_at_least_its_profiles_step_time(tmp_path):
+    """launch --emulate: client 0 is a device 10x slower than client 1; each paces its steps to its profile, so
+    the compute it measures and reports per block and token is at least what the profile allows."""
+    from splitft.build import cost_model_of
+    from splitft.model.families import family_for
+    from splitft.model.loader import load
+
+    tiers = ("heterogeneity.tiers=[{name: slow, tflops: 0.00002, latency_ms: 5, up_mbps: 100, down_mbps: 100},"
+             " {name: fast, tflops: 0.0002, latency_ms: 5, up_mbps: 100, down_mbps: 100}]")
+    out = tmp_path / "run"
+    res = splitft("launch", "--clients", "2", "--emulate", *[o for o in DEPLOY if "n_clients" not in o],
+                  "federation.rounds=1", tiers, "heterogeneity.profile=list", "heterogeneity.devices=[slow, fast]",
+                  f"metrics.out_dir={out}")
+    assert res.returncode == 0, res.stderr + "".join(p.read_text() for p in (out / "logs").glob("*.log"))
+    cost = cost_model_of(load("tiny:llama").model, family_for("llama"), 4)
+    for cid, tflops in [(0, 0.00002), (1, 0.0002)]:
+        report = json.loads((out / f"client_{cid}.json").read_text())
+        floor = 4 * min(cost.block_params) / (tflops * 1e12)  # a block's training FLOPs per token >= 4 x params
+        assert report["measured"]["s_per_block_token"] >= floor, (cid, report["measured"], floor)
+        assert report["emulation"]["device"] == ["slow", "fast"][cid]
+        assert report["emulation"]["paced_s"] >= report["emulation"]["real_s"]
+        assert report["emulation"]["slower_than_profile"] <= report["emulation"]["steps"]  # loopback under load
+    assert "emulating a slow" in (out / "logs" / "client_0.log").read_text()

@@ -1,0 +1,69 @@
+"""Device emulation for one-machine deployments (`splitft client --emulate`, `splitft launch --emulate`): a client
+process paces itself to the device profile the config gives it (`devices.client_profiles`, as the simulation
+draws it), so a loopback deployment behaves like the heterogeneous federation in the config and the client's
+measured resources reflect its emulated device.
+
+Per split step: after its forward it waits until the profile's forward time has passed, then the upload time
+(latency + activations, labels and mask at the profile's uplink) before it sends; after the reply the rest of the
+link time (the download at the downlink, minus what the real round trip already took); after its backward the
+profile's backward time (adapter pulls and pushes are not paced yet). Emulation can slow a process down, never
+speed it up: when the real work takes longer than the profile allows (e.g. several processes on 2
+shared cores) it says so in the log and in the client's results (`slower_than_profile`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from ..config import DeviceConfig
+from ..cost import CostModel, transfer_s
+
+
+class Pacer:
+    def __init__(self, device: DeviceConfig, cost: CostModel, log: Callable[[str], Any],
+                 sleep: Callable[[float], None] = time.sleep):
+        self.device, self.cost, self.log, self.sleep = device, cost, log, sleep
+        self.steps = self.slower = 0
+        self.real_s = self.paced_s = 0.0
+
+    def _wait(self, real_s: float, target_s: float) -> float:
+        """Sleep what the profile needs beyond the real time; returns the paced time."""
+        self.real_s += real_s
+        self.paced_s += max(real_s, target_s)
+        if real_s > target_s * 1.05:
+            self.slower += 1
+        else:
+            self.sleep(target_s - real_s)
+        return max(real_s, target_s)
+
+    def half_step(self, real_s: float, cut: int, batch: int, seq: int, whole: bool = False) -> float:
+        """A forward or a backward of blocks [0, cut) (whole: the whole model and its head, fedlora)."""
+        flops = self.cost.train_flops(0, self.cost.n_layer if whole else cut, batch, seq, head=whole) / 2
+        return self._wait(real_s, flops / (self.device.tflops * 1e12))
+
+    def upload(self, nbytes: int) -> float:
+        """Before sending: the uplink's latency and bandwidth (the real send on loopback is ~0)."""
+        target = transfer_s(nbytes, self.device.up_mbps, self.device.latency_ms)
+        self.sleep(target)
+        return target
+
+    def download(self, real_s: float, nbytes: int) -> float:
+        """After a reply came back in `real_s` (minus the server's time): the rest of the download's time."""
+        return self._wait(real_s, transfer_s(nbytes, self.device.down_mbps, self.device.latency_ms))
+
+    def step_done(self) -> None:
+        self.steps += 1
+
+    def summary(self) -> dict[str, Any]:
+        """What the emulation did, for the client's results and log."""
+        d = self.device
+        return {"device": d.name, "tflops": d.tflops, "up_mbps": d.up_mbps, "down_mbps": d.down_mbps,
+                "latency_ms": d.latency_ms, "steps": self.steps, "real_s": round(self.real_s, 4),
+                "paced_s": round(self.paced_s, 4), "slower_than_profile": self.slower}
+
+    def warn_if_behind(self) -> None:
+        if self.slower:
+            self.log(f"emulation: the real work took longer than the '{self.device.name}' profile allows "
+                     f"{self.slower} times (compute or link); this machine cannot honor that device here, so "
+                     "this client ran slower than the federation in the config")
