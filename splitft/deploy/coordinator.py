@@ -83,7 +83,10 @@ class Coordinator:
         self.finished = asyncio.Event()
 
     def _plan(self, round_: int):
-        return plan_round(round_, list(range(self.n_clients)), self.per_round, self.local_steps, self.seed)
+        """The round's clients and turns; under a time budget each client gets turns up to the cap, and those it
+        does not use leave the order when it pushes."""
+        turns = self.max_steps if self.budget == "time" else self.local_steps
+        return plan_round(round_, list(range(self.n_clients)), self.per_round, turns, self.seed)
 
     def _check_client(self, cid: int) -> None:
         if not 0 <= cid < self.n_clients:
@@ -249,12 +252,13 @@ class Coordinator:
             raise Refused(f"push for round {update.round} from client {update.client_id} is not expected now "
                           f"(federation at round {self.round})")
         due = 1 if self.budget == "time" and self.round_budget() else self.local_steps
-        if any(c == update.client_id for c, _ in self.plan.order[self.pos:]) and self.order == "plan" \
-                or self.order == "arrival" and self.local_steps and self.done_steps[update.client_id] < due:
+        if self.local_steps and self.done_steps[update.client_id] < due:
             raise Refused(f"client {update.client_id} pushed round {update.round} before finishing its steps")
         self._check_push(update)
         self.server.push_adapters(update)
         self.pushed.add(update.client_id)
+        self.plan.order = self.plan.order[:self.pos] + [k for k in self.plan.order[self.pos:]
+                                                        if k[0] != update.client_id]  # turns it left unused
         self._note_pace(update.client_id, update.report)
         if self.placement is not None:
             self.placement.note(update.client_id, update.report)

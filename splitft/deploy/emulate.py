@@ -6,9 +6,10 @@ measured resources reflect its emulated device.
 Per split step: after its forward it waits until the profile's forward time has passed, then the upload time
 (latency + activations, labels and mask at the profile's uplink) before it sends; after the reply the rest of the
 link time (the download at the downlink, minus what the real round trip already took); after its backward the
-profile's backward time (adapter pulls and pushes are not paced yet). Emulation can slow a process down, never
-speed it up: when the real work takes longer than the profile allows (e.g. several processes on 2
-shared cores) it says so in the log and in the client's results (`slower_than_profile`).
+profile's backward time. Adapter pulls and pushes wait for their transfer time at the emulated link too.
+Emulation can slow a process down, never speed it up: when the real work takes longer than the profile allows
+(e.g. several processes on 2 shared cores) it says so in the log and in the client's results
+(`slower_than_profile`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class Pacer:
     def download(self, real_s: float, nbytes: int) -> float:
         """After a reply came back in `real_s` (minus the server's time): the rest of the download's time."""
         return self._wait(real_s, transfer_s(nbytes, self.device.down_mbps, self.device.latency_ms))
+
+    def transfer(self, nbytes: int, way: str) -> float:
+        """Seconds `nbytes` take on the emulated link, "up" or "down"."""
+        d = self.device
+        return transfer_s(nbytes, d.up_mbps if way == "up" else d.down_mbps, d.latency_ms)
 
     def step_done(self) -> None:
         self.steps += 1

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import checkpoint
+from .. import checkpoint, lora
 from ..build import (
     PartialModel,
     Setup,
@@ -138,6 +138,14 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False, emulate
     return out
 
 
+def lora_nbytes(client: SplitClient | LocalClient) -> int:
+    """Bytes of the adapters a push carries (the cut layer at r_cut)."""
+    sd = lora.adapter_state_dict(client.part.module)
+    if isinstance(client, SplitClient) and client.r_cut is not None:
+        sd = lora.cut_payload(sd, client.part.family, client.cut, client.r_cut)
+    return sum(t.numel() * t.element_size() for t in sd.values())
+
+
 class Participant:
     """One deployed client's run: each round it is selected for, pull its cut and the global adapters, evaluate
     them (the model after the previous round), train `local_steps` steps, push with its report; at the end,
@@ -249,8 +257,11 @@ class Participant:
         return back
 
     def _round(self, r: int) -> None:
-        client, transport = self.client, self.transport
+        client, transport, pacer = self.client, self.transport, self.pacer
+        before = transport.counter.snapshot([self.id])
         cut = client.pull(transport, r, self.report(), recut=self.holder.part)
+        if pacer is not None:  # the adapters' download at the emulated link
+            pacer.sleep(pacer.transfer(transport.counter.since(before)[self.id]["lora_down"], "down"))
         self.cuts[str(r)] = cut
         every = self.cfg.metrics.eval_every
         pending = _evaluate(client, transport, self.cfg, self.setup, r - 1) if r == 0 or r % every == 0 else None
@@ -264,8 +275,12 @@ class Participant:
                 t = client.timing
                 self.meter.step(t.compute_s, client.cut, t.tokens, t.link_s, moved)
             client.last_loss = sum(losses) / len(losses)
+            train_s = time.monotonic() - start
+            if pacer is not None:  # the adapters' upload at the emulated link, before they leave
+                pacer.sleep(pacer.transfer(lora_nbytes(client), "up"))
             client.push(transport, r, {**self.report(), "loss": client.last_loss, "steps": len(losses),
-                                       "train_s": time.monotonic() - start, **({"eval": pending} if pending else {})})
+                                       "train_s": train_s,
+                                       **({"eval": pending} if pending else {})})
         except ServerRefused as e:  # dropped from this round (late or silent): go on with the next one
             self.say(f"round {r}: {e}; skipping to the next round")
             client.samples_seen = 0

@@ -331,3 +331,24 @@ def test_a_time_budget_is_handed_out_from_reported_pace_and_bounds_steps():
             await c.step(_req(0, 4, round_=1))  # the cap
 
     asyncio.run(go())
+
+
+def test_plan_turns_under_a_time_budget_let_a_client_stop_early_without_blocking_the_others():
+    _, server = tiny_split_server()
+    c = Coordinator(server, n_clients=2, rounds=2, local_steps=2, per_round=0, seed=0, log=lambda s: None,
+                    budget="time", max_steps=4, round_time_s=1.0)
+
+    async def go():
+        first, second = [cid for cid, s in c.plan.order if s == 0]
+        for cid in (0, 1):
+            assert (await c.pull_adapters(cid, 2, 0)).budget_s == 1.0
+        await c.step(_req(first, 0))
+        await c.step(_req(second, 0))
+        update = _push(first, 0, c.server)
+        await c.push_adapters(update)  # its time is up after one step: its other turns leave the order
+        for s in (1, 2, 3):
+            await asyncio.wait_for(c.step(_req(second, s)), 1)  # would wait forever for `first`'s turn otherwise
+        await c.push_adapters(_push(second, 0, c.server))
+        assert c.round == 1
+
+    asyncio.run(go())
