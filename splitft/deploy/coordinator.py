@@ -259,6 +259,7 @@ class Coordinator:
         self.pushed.add(update.client_id)
         self.plan.order = self.plan.order[:self.pos] + [k for k in self.plan.order[self.pos:]
                                                         if k[0] != update.client_id]  # turns it left unused
+        await self._notify()  # a step waiting behind those turns may go now
         self._note_pace(update.client_id, update.report)
         if self.placement is not None:
             self.placement.note(update.client_id, update.report)

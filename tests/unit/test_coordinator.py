@@ -344,10 +344,13 @@ def test_plan_turns_under_a_time_budget_let_a_client_stop_early_without_blocking
             assert (await c.pull_adapters(cid, 2, 0)).budget_s == 1.0
         await c.step(_req(first, 0))
         await c.step(_req(second, 0))
-        update = _push(first, 0, c.server)
-        await c.push_adapters(update)  # its time is up after one step: its other turns leave the order
-        for s in (1, 2, 3):
-            await asyncio.wait_for(c.step(_req(second, s)), 1)  # would wait forever for `first`'s turn otherwise
+        waiting = asyncio.create_task(c.step(_req(second, 1)))  # behind `first`'s second turn
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await c.push_adapters(_push(first, 0, c.server))  # its time is up after one step: its turns leave
+        await asyncio.wait_for(waiting, 1)
+        for s in (2, 3):
+            await asyncio.wait_for(c.step(_req(second, s)), 1)
         await c.push_adapters(_push(second, 0, c.server))
         assert c.round == 1
 
