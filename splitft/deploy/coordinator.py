@@ -230,7 +230,8 @@ class Coordinator:
     def round_budget(self) -> dict[str, Any]:
         """What a client's round runs to: local_steps, or (time budget) seconds and a cap on steps. The budget is
         federation.round_time_s, or the median over this round's clients of local_steps x the seconds per step
-        each reported last; a round before any report runs local_steps."""
+        each reported last (its own compute and link, not its waits for other clients' turns, as the simulation
+        prices it from the profile); a round before any report runs local_steps."""
         if self.budget != "time":
             return {}
         known = sorted(self.step_s[c] * self.local_steps for c in self.plan.clients if c in self.step_s)

@@ -266,20 +266,20 @@ class Participant:
         every = self.cfg.metrics.eval_every
         pending = _evaluate(client, transport, self.cfg, self.setup, r - 1) if r == 0 or r % every == 0 else None
         try:
-            losses, start = [], time.monotonic()
+            losses, start, own_s = [], time.monotonic(), 0.0
             while self._more(len(losses), time.monotonic() - start):
                 before = transport.counter.snapshot([self.id])
                 reply = self._step(r, len(losses))
                 moved = sum(transport.counter.since(before)[self.id].values())
                 losses.append(reply.loss)
                 t = client.timing
+                own_s += t.compute_s + t.link_s  # its own work, not the wait for other clients' turns
                 self.meter.step(t.compute_s, client.cut, t.tokens, t.link_s, moved)
             client.last_loss = sum(losses) / len(losses)
-            train_s = time.monotonic() - start
             if pacer is not None:  # the adapters' upload at the emulated link, before they leave
                 pacer.sleep(pacer.transfer(lora_nbytes(client), "up"))
             client.push(transport, r, {**self.report(), "loss": client.last_loss, "steps": len(losses),
-                                       "train_s": train_s,
+                                       "train_s": own_s,
                                        **({"eval": pending} if pending else {})})
         except ServerRefused as e:  # dropped from this round (late or silent): go on with the next one
             self.say(f"round {r}: {e}; skipping to the next round")
