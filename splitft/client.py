@@ -82,12 +82,16 @@ class _Client:
         self.last_loss, self.samples_seen = state["last_loss"], state["samples_seen"]
         self.stream.load_state_dict(state["stream"])
 
-    def push(self, transport: Transport, round_: int, report: dict[str, Any] | None = None) -> None:
-        """Send this round's adapters (blocks [0, cut), the cut layer at r_cut) and the samples behind them."""
+    def payload(self) -> dict[str, torch.Tensor]:
+        """This round's adapters as a push carries them: blocks [0, cut), the cut layer at r_cut."""
         sd = lora.adapter_state_dict(self.part.module)
         if isinstance(self.part, ClientPart) and self.r_cut is not None:
             sd = lora.cut_payload(sd, self.part.family, self.cut, self.r_cut)
-        transport.push_adapters(AdapterUpdate(self.client_id, round_, sd, self.samples_seen, report or {}))
+        return sd
+
+    def push(self, transport: Transport, round_: int, report: dict[str, Any] | None = None) -> None:
+        """Send this round's adapters (`payload`) and the samples behind them."""
+        transport.push_adapters(AdapterUpdate(self.client_id, round_, self.payload(), self.samples_seen, report or {}))
         self.samples_seen = 0
 
     def pull(self, transport: Transport, round_: int, report: dict[str, Any] | None = None,

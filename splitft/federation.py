@@ -238,7 +238,7 @@ class Federation:
             rec = self._step(cid, round_, step)
             return rec, rec
         req = client.begin_step(round_, step)
-        up = self.transport.codec.encode(req.activations).nbytes()
+        up = self.transport.codec.nbytes(req.activations)
         rec = {"client_id": cid, "cut": client.cut, "batch": list(client.last_shape),
                "bytes_up": up + req.labels_nbytes(), "bytes_down": up + SCALARS_NBYTES}
         return rec, req

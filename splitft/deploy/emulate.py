@@ -45,13 +45,13 @@ class Pacer:
 
     def upload(self, nbytes: int) -> float:
         """Before sending: the uplink's latency and bandwidth (the real send on loopback is ~0)."""
-        target = transfer_s(nbytes, self.device.up_mbps, self.device.latency_ms)
+        target = self.transfer(nbytes, "up")
         self.sleep(target)
         return target
 
     def download(self, real_s: float, nbytes: int) -> float:
         """After a reply came back in `real_s` (minus the server's time): the rest of the download's time."""
-        return self._wait(real_s, transfer_s(nbytes, self.device.down_mbps, self.device.latency_ms))
+        return self._wait(real_s, self.transfer(nbytes, "down"))
 
     def transfer(self, nbytes: int, way: str) -> float:
         """Seconds `nbytes` take on the emulated link, "up" or "down"."""

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import checkpoint, lora
+from .. import checkpoint
 from ..build import (
     PartialModel,
     Setup,
@@ -37,7 +37,7 @@ from ..build import (
     split_client_with,
 )
 from ..client import LocalClient, SplitClient
-from ..config import Config
+from ..config import Config, DeviceConfig
 from ..data.datasets import Example, load_examples, read_rows, resolve_path, split_eval
 from ..data.partitioners import partitioner_for, samples_of
 from ..devices import client_profiles
@@ -49,6 +49,7 @@ from ..model.split import ClientPart, FullPart
 from ..rundir import write_json
 from ..seeding import derive_seed
 from ..transport import tls
+from ..transport.base import adapters_nbytes
 from ..transport.grpc import GrpcTransport, ServerRefused, ServerRestarted
 from .emulate import Pacer
 from .handshake import terms_of
@@ -66,7 +67,7 @@ def client_data(cfg: Config, client_id: int, tokenizer: Any, dealt: bool) -> tup
     return split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
 
 
-def emulated_device(cfg: Config, client_id: int):
+def emulated_device(cfg: Config, client_id: int) -> DeviceConfig:
     """The device the config gives this client, drawn as the simulation draws it (heterogeneity.profile)."""
     h = cfg.heterogeneity
     if h.profile == "list" and len(h.devices) != cfg.federation.n_clients:
@@ -136,14 +137,6 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False, emulate
     Path(cfg.metrics.out_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(cfg.metrics.out_dir) / f"client_{client_id}.json", out)
     return out
-
-
-def lora_nbytes(client: SplitClient | LocalClient) -> int:
-    """Bytes of the adapters a push carries (the cut layer at r_cut)."""
-    sd = lora.adapter_state_dict(client.part.module)
-    if isinstance(client, SplitClient) and client.r_cut is not None:
-        sd = lora.cut_payload(sd, client.part.family, client.cut, client.r_cut)
-    return sum(t.numel() * t.element_size() for t in sd.values())
 
 
 class Participant:
@@ -277,7 +270,7 @@ class Participant:
                 self.meter.step(t.compute_s, client.cut, t.tokens, t.link_s, moved)
             client.last_loss = sum(losses) / len(losses)
             if pacer is not None:  # the adapters' upload at the emulated link, before they leave
-                pacer.sleep(pacer.transfer(lora_nbytes(client), "up"))
+                pacer.upload(adapters_nbytes(client.payload()))
             client.push(transport, r, {**self.report(), "loss": client.last_loss, "steps": len(losses),
                                        "train_s": own_s,
                                        **({"eval": pending} if pending else {})})
@@ -309,7 +302,7 @@ class Participant:
         batch, seq = client.last_shape
         forward = pacer.half_step(time.perf_counter() - start, client.cut, batch, seq)
         before = transport.counter.snapshot([self.id])
-        up = pacer.upload(transport.codec.encode(req.activations).nbytes() + req.labels_nbytes())
+        up = pacer.upload(transport.codec.nbytes(req.activations) + req.labels_nbytes())
         sent = time.perf_counter()
         reply = transport.step(req)
         real_link = max(time.perf_counter() - sent - reply.server_s, 0.0)

@@ -19,6 +19,7 @@ decode(encode(x)) were x. Rounding is to nearest (deterministic), so a run with 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +83,12 @@ class Codec:
     def scale_shape(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
         """The scale tensor's shape for values of `shape` (B, T, H), None when this codec sends no scale."""
         return {"": None, "tensor": (1,), "token": (*shape[:-1], 1), "channel": (shape[-1],)}[self.scale]
+
+    def nbytes(self, x: torch.Tensor) -> int:
+        """Bytes `encode(x)` would put on the wire, from the shape alone (values, plus float32 scales)."""
+        itemsize = torch.empty(0, dtype=self.wire_dtype or x.dtype).element_size()
+        scale = self.scale_shape(tuple(x.shape))
+        return x.numel() * itemsize + (0 if scale is None else math.prod(scale) * 4)
 
     def roundtrip(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(what the other side decodes, bytes that crossed): the in-process transport's view of the wire."""

@@ -119,3 +119,9 @@ def test_in_process_codec_counts_encoded_bytes_and_passes_gradients_straight_thr
     n_tok = sent.shape[0] * sent.shape[1]
     assert t.counter.bytes[0]["activations_up"] == sent.numel() + 4 * n_tok
     assert t.counter.bytes[0]["grad_activations_down"] == sent.numel() + 4 * n_tok + 24  # + loss scalars
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+def test_the_size_of_an_encoding_is_known_from_the_shape(name):
+    x = torch.randn(3, 7, 16, dtype=torch.bfloat16)
+    assert CODECS[name].nbytes(x) == CODECS[name].encode(x).nbytes()
