@@ -111,11 +111,14 @@ def damaged(folder: Path, why: str) -> UserError:
 
 
 def check_position(run_dir: Path, saved: dict[str, Any], last_round: int) -> None:
-    """The saved round must lie in [0, last_round] and metrics.jsonl must hold the lines the checkpoint counts."""
+    """The saved round must lie in [0, last_round], its wall time be seconds, and metrics.jsonl hold the lines
+    the checkpoint counts."""
     folder = run_dir / "checkpoints"
-    r, lines = saved.get("round"), saved.get("metrics_lines")
+    r, lines, wall = saved.get("round"), saved.get("metrics_lines"), saved.get("wall_time")
     if not isinstance(r, int) or not 0 <= r <= last_round:
         raise damaged(folder, f"round {r!r} outside [0, {last_round}]")
+    if not isinstance(wall, (int, float)) or not 0 <= wall < float("inf"):
+        raise damaged(folder, f"wall_time {wall!r} is not a number of seconds")
     try:
         have = len((run_dir / "metrics.jsonl").read_text().splitlines())
     except (OSError, UnicodeDecodeError) as e:

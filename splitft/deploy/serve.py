@@ -100,7 +100,7 @@ def serve(cfg: Config, resume: bool = False) -> dict:
     if saved is None:
         prepare_run_dir(cfg)
     lines = truncate_lines(out / "metrics.jsonl", saved["metrics_lines"]) if saved else out / "metrics.jsonl"
-    logger = MetricsLogger(lines, offset=float(saved["wall_time"]) if saved else 0.0)
+    logger = MetricsLogger(lines, offset=saved["wall_time"] if saved else 0.0)
 
     def log(text: str) -> None:
         print(f"[server] {text}", file=sys.stderr, flush=True)
@@ -140,8 +140,6 @@ def _resumable(out: Path, cfg: Config) -> dict[str, Any]:
         raise UserError(f"--resume: '{out}' already finished (summary.json exists); nothing to resume")
     saved = checkpoint.load(out)
     checkpoint.check_position(out, saved, cfg.federation.rounds - 1)
-    with checkpoint.restoring(out):
-        float(saved["wall_time"])
     return saved
 
 

@@ -53,8 +53,8 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
         start = saved["round"] + 1
         with checkpoint.restoring(out):
             fed.load_state_dict(saved["federation"])
-            offset = float(saved["wall_time"])
-        logger = MetricsLogger(truncate_lines(out / "metrics.jsonl", saved["metrics_lines"]), offset=offset)
+        logger = MetricsLogger(truncate_lines(out / "metrics.jsonl", saved["metrics_lines"]),
+                               offset=saved["wall_time"])
         fed.logger = logger
         rounds = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
         print(f"resuming {out} after round {saved['round']}", file=sys.stderr)

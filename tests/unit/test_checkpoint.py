@@ -72,19 +72,7 @@ def test_resuming_a_copied_run_writes_only_into_the_copy(tmp_path, monkeypatch):
     from splitft.sim.runner import resume_simulation
 
     monkeypatch.chdir(tmp_path)
-    cfg = tiny_config(tmp_path, "llama", *RUN[:-3], "federation.rounds=3", "metrics.checkpoint_every=1",
-                      "metrics.out_dir=orig")
-    real = Federation.run_round
-
-    def crash_in_round_1(self, round_, evaluate):
-        if round_ == 1:
-            raise KeyboardInterrupt
-        return real(self, round_, evaluate)
-
-    monkeypatch.setattr(Federation, "run_round", crash_in_round_1)
-    with pytest.raises(KeyboardInterrupt):
-        run_simulation(cfg)
-    monkeypatch.undo()
+    _interrupted(tmp_path, "metrics.out_dir=orig")
     shutil.copytree(tmp_path / "orig", tmp_path / "copy")
     before = {p.relative_to(tmp_path / "orig"): p.read_bytes() for p in (tmp_path / "orig").rglob("*") if p.is_file()}
     monkeypatch.chdir(tmp_path / "copy")  # and from another working directory
@@ -214,6 +202,7 @@ TAMPER = {
     "missing metrics.jsonl": lambda f: (f.parents[1] / "metrics.jsonl").unlink(),
     "round 99": lambda f: _put_json(f, {**_state_json(f), "round": 99}),
     "metrics_lines 1e9": lambda f: _put_json(f, {**_state_json(f), "metrics_lines": 10 ** 9}),
+    "wall_time text": lambda f: _put_json(f, {**_state_json(f), "wall_time": "soon"}),
     "NaN in a LoRA": lambda f: _tensors(f, lambda t: t[_first_client_lora(t)].view(-1).__setitem__(0, float("nan"))),
     "float64": lambda f: _tensors(f, lambda t: t.__setitem__(_first_client_lora(t), t[_first_client_lora(t)].double())),
     "wrong shape": lambda f: _tensors(f, lambda t: t.__setitem__(_first_client_lora(t), torch.zeros(3, 5))),
@@ -237,11 +226,7 @@ def _with_cut(state, cut):
 
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    try:
-        return _interrupted(tmp_path_factory.mktemp("interrupted"), mp)
-    finally:
-        mp.undo()
+    return _interrupted(tmp_path_factory.mktemp("interrupted"))
 
 
 @pytest.mark.parametrize("how", sorted(TAMPER))
@@ -261,9 +246,9 @@ def test_a_tampered_checkpoint_is_refused_as_damaged_in_one_line(interrupted, tm
     assert not (run / "summary.json").exists()
 
 
-def _interrupted(tmp_path, monkeypatch):
+def _interrupted(tmp_path, *overrides):
     """A 3-round tiny run stopped in round 1, with its checkpoint of round 0."""
-    cfg = tiny_config(tmp_path, "llama", *RUN[:-3], "federation.rounds=3", "metrics.checkpoint_every=1")
+    cfg = tiny_config(tmp_path, "llama", *RUN[:-3], "federation.rounds=3", "metrics.checkpoint_every=1", *overrides)
     real = Federation.run_round
 
     def crash_in_round_1(self, round_, evaluate):
@@ -271,8 +256,7 @@ def _interrupted(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(self, round_, evaluate)
 
-    monkeypatch.setattr(Federation, "run_round", crash_in_round_1)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(Federation, "run_round", crash_in_round_1)
         run_simulation(cfg)
-    monkeypatch.undo()
     return Path(cfg.metrics.out_dir)
