@@ -1,6 +1,7 @@
 """Deployment over gRPC through the real CLI: `splitft launch` ends with exactly the LoRA weights of
 `splitft simulate` for the same config and seed, counts the same payload bytes, and refuses bad tokens."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -45,7 +46,10 @@ def test_launch_matches_simulate_weights_and_bytes(tmp_path):
     assert oct((dep / "tokens.txt").stat().st_mode)[-3:] == "600"
 
 
-def test_a_client_with_a_bad_token_is_refused(tmp_path):
+@contextlib.contextmanager
+def two_client_server(tmp_path):
+    """A server for 2 clients (tokens "a"*32, "b"*32) listening on loopback; yields (its args, the client's args:
+    the same settings, client 0) and terminates it after."""
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("a" * 32 + "\n" + "b" * 32 + "\n")
     addr = f"127.0.0.1:{free_port()}"
@@ -58,46 +62,37 @@ def test_a_client_with_a_bad_token_is_refused(tmp_path):
         deadline = time.monotonic() + 120
         while "listening" not in (tmp_path / "server.log").read_text() and time.monotonic() < deadline:
             time.sleep(0.2)
-        env = {**os.environ, "SPLITFT_TOKEN": "c" * 32, "PYTHONWARNINGS": "ignore"}
-        res = subprocess.run([sys.executable, "-m", "splitft.cli", "client", *common, "--client-id", "0",
-                              f"metrics.out_dir={tmp_path / 'c0'}"], capture_output=True, text=True, env=env,
-                             timeout=300)
-        assert res.returncode == 2 and "UNAUTHENTICATED" in res.stderr, res.stderr
-        assert "refused a session" in (tmp_path / "server.log").read_text()
-        assert server.poll() is None, "the server keeps running after refusing a client"
+        yield server, [*common, "--client-id", "0", f"metrics.out_dir={tmp_path / 'c0'}"]
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _client(args, token):
+    env = {**os.environ, "SPLITFT_TOKEN": token, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "splitft.cli", "client", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_a_client_with_a_bad_token_is_refused(tmp_path):
+    with two_client_server(tmp_path) as (server, client):
+        res = _client(client, "c" * 32)
+        assert res.returncode == 2 and "UNAUTHENTICATED" in res.stderr, res.stderr
+        assert "refused a session" in (tmp_path / "server.log").read_text()
+        assert server.poll() is None, "the server keeps running after refusing a client"
 
 
 def test_a_client_with_another_config_or_model_is_refused_before_training(tmp_path):
     """The handshake: a client whose settings or model differ from the server's exits 2 with one line naming
     each differing setting and both values, before any step; the server keeps serving."""
-    tokens = tmp_path / "tokens.txt"
-    tokens.write_text("a" * 32 + "\n" + "b" * 32 + "\n")
-    addr = f"127.0.0.1:{free_port()}"
-    common = [*[o for o in DEPLOY if "n_clients" not in o], "federation.n_clients=2", f"transport.address={addr}"]
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "splitft.cli", "server", *common,
-                               f"transport.tokens_file={tokens}", f"metrics.out_dir={tmp_path / 'srv'}"],
-                              stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while "listening" not in (tmp_path / "server.log").read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        env = {**os.environ, "SPLITFT_TOKEN": "a" * 32, "PYTHONWARNINGS": "ignore"}
+    with two_client_server(tmp_path) as (server, client):
         for extra, says in [("federation.local_steps=5", "federation.local_steps: the server has 2, this client 5"),
                             ("model.source=tiny:qwen2", "model: the server runs tiny:llama")]:
-            res = subprocess.run([sys.executable, "-m", "splitft.cli", "client", *common, extra, "--client-id", "0",
-                                  f"metrics.out_dir={tmp_path / 'c0'}"], capture_output=True, text=True, env=env,
-                                 timeout=300)
+            res = _client([*client, extra], "a" * 32)
             lines = [x for x in res.stderr.splitlines() if x.startswith("splitft: error:")]
             assert res.returncode == 2 and len(lines) == 1 and says in lines[0], res.stderr
             assert "Traceback" not in res.stderr and "round 0:" not in res.stderr
         assert server.poll() is None, "the server keeps running after refusing a client"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_server_without_tokens_is_a_clear_error(tmp_path):

@@ -1,6 +1,12 @@
-"""Round planning: interleaved, deterministic, partial participation."""
+"""Round planning: interleaved, deterministic, partial participation; serving order and round budgets."""
 
+import torch
+
+from splitft.build import build_setup
 from splitft.federation import plan_round
+from splitft.metrics import NullLogger
+from splitft.sim.methods import build_federation
+from tests.conftest import tiny_config
 
 
 def test_steps_are_interleaved_across_clients():
@@ -22,13 +28,6 @@ def test_partial_participation_selects_the_requested_count():
 
 
 # --- serving order and round budgets (federation.order, federation.round_budget) on the virtual clock --------
-
-import torch  # noqa: E402
-
-from splitft.build import build_setup  # noqa: E402
-from splitft.metrics import NullLogger  # noqa: E402
-from splitft.sim.methods import build_federation  # noqa: E402
-from tests.conftest import tiny_config  # noqa: E402
 
 # a device 10x slower than the other in compute, with negligible latency: the tiny model's steps take ~0.1 s
 # on `fast` and ~1 s on `slow`, so who waits for whom is visible
