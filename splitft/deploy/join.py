@@ -293,8 +293,8 @@ class Participant:
         if not isinstance(client, SplitClient):  # fedlora: the whole model, forward and backward, here
             reply = client.train_step(transport, r, s)
             batch, seq = client.last_shape
-            paced = 2 * pacer.half_step(client.timing.compute_s / 2, client.cut, batch, seq, whole=True)
-            client.timing.compute_s = paced
+            half = client.timing.compute_s / 2  # its forward and its backward, each paced
+            client.timing.compute_s = sum(pacer.half_step(half, client.cut, batch, seq, whole=True) for _ in "fb")
             pacer.step_done()
             return reply
         start = time.perf_counter()
