@@ -3,8 +3,11 @@
 Rank convention (one place, `scaling`): every LoRA module is stored at rank r and computes
     y = W x + (alpha / r) * B[:, :k] A[:k] x,      A: (r, d_in), B: (d_out, r), B initialised to 0,
 with k = r for ordinary blocks and k = r_cut for the cut layer (the last client block `cut - 1` and the first
-server block `cut`, `cut_layers`). The cut-layer rank is a mask over leading components (`CutRankMask`), not a
-smaller tensor, so one shared server block can serve clients whose cuts put it at rank r_cut and others at r.
+server block `cut`, `cut_layers`). A U-shaped split (`split.shape=u`) has a second cut where the server hands
+the hidden states to the client's tail, `tail_cut` = n_layer - tail: the server's last block `tail_cut - 1` and
+the client's first tail block `tail_cut` run at r_cut too (four blocks in all). The cut-layer rank is a mask
+over leading components (`CutRankMask`), not a smaller tensor, so one shared server block can serve clients
+whose cuts put it at rank r_cut and others at r.
 Only the k active components cross the network (`cut_payload`): A[:k] and B[:, :k], a (k/r) share of the bytes.
 Scale alpha/r does not change with k, so dropping components never rescales the ones kept: a rank-r_cut
 payload padded back to rank r computes the same delta W (round trip exact), and averaging is per component.
@@ -32,10 +35,16 @@ from .model.families import Family
 _LORA_KEY = re.compile(r"\.lora_[AB]\.")
 
 
-def cut_layers(cut: int) -> tuple[int, int]:
-    """The cut layer of a client holding blocks [0, cut): its last block `cut - 1` and the server's first `cut`.
-    Both run at r_cut components; every other block at r."""
-    return cut - 1, cut
+def cut_layers(cut: int, tail_cut: int | None = None) -> tuple[int, ...]:
+    """The cut layer of a client holding blocks [0, cut): its last block `cut - 1` and the server's first `cut`;
+    under a U-shaped split also the server's last block `tail_cut - 1` and the client's first tail block
+    `tail_cut`. All run at r_cut components; every other block at r."""
+    return (cut - 1, cut) if tail_cut is None else (cut - 1, cut, tail_cut - 1, tail_cut)
+
+
+def client_cut_layers(cut: int, tail_cut: int | None = None) -> tuple[int, ...]:
+    """The client's own cut-layer blocks (what its payload cuts to r_cut): `cut - 1`, and `tail_cut` under U."""
+    return (cut - 1,) if tail_cut is None else (cut - 1, tail_cut)
 
 
 def rank_dim(name: str) -> int:
@@ -43,31 +52,34 @@ def rank_dim(name: str) -> int:
     return 0 if ".lora_A." in name else 1
 
 
-def cut_payload(sd: dict[str, torch.Tensor], family: Family, cut: int, r_cut: int) -> dict[str, torch.Tensor]:
-    """What crosses the network for a client with this cut: its blocks' tensors with block cut-1 (its cut layer)
-    cut to the r_cut active components. Bytes: (r_cut / r) of the full block-(cut-1) adapters."""
-    out, client_side = {}, cut_layers(cut)[0]
+def cut_payload(sd: dict[str, torch.Tensor], family: Family, cut: int, r_cut: int,
+                tail_cut: int | None = None) -> dict[str, torch.Tensor]:
+    """What crosses the network for a client with this cut: its blocks' tensors with its cut-layer blocks
+    (`client_cut_layers`) cut to the r_cut active components. Bytes: (r_cut / r) of those blocks' adapters."""
+    out, client_side = {}, client_cut_layers(cut, tail_cut)
     for name, t in sd.items():
-        if layer_of(name, family) == client_side and t.shape[rank_dim(name)] > r_cut:
+        if layer_of(name, family) in client_side and t.shape[rank_dim(name)] > r_cut:
             t = t.narrow(rank_dim(name), 0, r_cut)
         out[name] = t
     return out
 
 
-def mask_cut_layer(sd: dict[str, torch.Tensor], family: Family, cut: int, r_cut: int) -> dict[str, torch.Tensor]:
-    """`sd` as a client with this cut uses it: in both cut-layer blocks, components >= r_cut set to 0 (a rank-r
+def mask_cut_layer(sd: dict[str, torch.Tensor], family: Family, cut: int, r_cut: int,
+                   tail_cut: int | None = None) -> dict[str, torch.Tensor]:
+    """`sd` as a client with this cut uses it: in every cut-layer block, components >= r_cut set to 0 (a rank-r
     module with those components zero computes exactly what `CutRankMask` lets through). Clones."""
-    out = {}
+    out, masked = {}, cut_layers(cut, tail_cut)
     for name, t in sd.items():
         t = t.clone()
-        if layer_of(name, family) in cut_layers(cut):
+        if layer_of(name, family) in masked:
             t.narrow(rank_dim(name), r_cut, t.shape[rank_dim(name)] - r_cut).zero_()
         out[name] = t
     return out
 
 
 class CutRankMask:
-    """Masks LoRA components >= r_cut of the cut layer (blocks cut-1 and cut) of a model or part.
+    """Masks LoRA components >= r_cut of the cut layer (blocks cut-1 and cut, and under U tail_cut-1 and tail_cut)
+    of a model or part.
 
     `set(cut)` moves the mask (the server calls it per request, a client once per cut); `set(None)` clears it.
     A forward hook multiplies each lora_A output (..., r) by a 0/1 vector, so masked components get neither
@@ -75,8 +87,8 @@ class CutRankMask:
     a masked model carries its own independent mask.
     """
 
-    def __init__(self, model: nn.Module, family: Family, r_cut: int):
-        self.r_cut = r_cut
+    def __init__(self, model: nn.Module, family: Family, r_cut: int, tail_cut: int | None = None):
+        self.r_cut, self.tail_cut = r_cut, tail_cut
         self.modules = [(layer_of(n, family), m) for n, m in model.named_modules() if n.endswith(".lora_A.default")]
         for _, module in self.modules:
             if not hasattr(module, "_active_rank"):
@@ -88,8 +100,9 @@ class CutRankMask:
         if cut == self.cut:  # the server calls this per request; most requests keep the cut
             return
         self.cut = cut
+        masked = () if cut is None else cut_layers(cut, self.tail_cut)
         for layer, module in self.modules:
-            module._active_rank = self.r_cut if cut is not None and layer in cut_layers(cut) else None
+            module._active_rank = self.r_cut if layer in masked else None
 
 
 def _mask_hook(module: nn.Module, inputs: object, out: torch.Tensor) -> torch.Tensor | None:
@@ -101,9 +114,10 @@ def _mask_hook(module: nn.Module, inputs: object, out: torch.Tensor) -> torch.Te
     return out * keep
 
 
-def active_lora_numel(sd: dict[str, torch.Tensor], family: Family, cut: int, r_cut: int) -> int:
-    """LoRA parameters a client with this cut trains and exchanges (its cut layer at r_cut)."""
-    return sum(t.numel() for t in cut_payload(sd, family, cut, r_cut).values())
+def active_lora_numel(sd: dict[str, torch.Tensor], family: Family, cut: int, r_cut: int,
+                      tail_cut: int | None = None) -> int:
+    """LoRA parameters a client with this cut trains and exchanges (its cut layers at r_cut)."""
+    return sum(t.numel() for t in cut_payload(sd, family, cut, r_cut, tail_cut).values())
 
 
 def layer_of(name: str, family: Family) -> int | None:

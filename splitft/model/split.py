@@ -5,11 +5,16 @@ A part is a copy of the whole PeftModel in which every module it does not hold i
 aggregation is a merge keyed by name and adapters load back into the full model unchanged. Frozen base
 weights are shared between the parts and the source model (no copy); LoRA weights are copied per part.
 
+    vanilla (split.shape=vanilla):
     client: embeddings + blocks [0, cut)            -> activations (B, T, H)
     server: blocks [first, L) + final norm + LM head, entered at the caller's cut >= first
+    U-shaped (split.shape=u, tail_cut = L - tail):
+    client: embeddings + blocks [0, cut)            -> activations (B, T, H)
+            and blocks [tail_cut, L) + final norm + LM head: hidden (B, T, H) -> logits, loss (labels stay here)
+    server: blocks [first, tail_cut), entered at the caller's cut >= first -> hidden (B, T, H)
     full:   everything (the no-split baselines: FedAvg-LoRA and centralized LoRA)
-With `r_cut`, a part masks its cut layer to r_cut LoRA components (`lora.CutRankMask`): a client part at its
-own cut, the server part at the cut of each request it serves.
+With `r_cut`, a part masks its cut layers to r_cut LoRA components (`lora.CutRankMask`): a client part at its
+own cut (and its first tail block), the server part at the cut of each request it serves (and its last block).
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def _hf(peft_model: nn.Module) -> nn.Module:
 class _Part:
     """Common state of both parts: the trimmed PeftModel copy and which blocks it holds."""
 
-    def __init__(self, peft_model: nn.Module, family: Family, layers: range, drop_paths: tuple[str, ...]):
+    def __init__(self, peft_model: nn.Module, family: Family, layers: list[int], drop_paths: tuple[str, ...]):
         self.family = family
         self.layers = layers
         self.module = _copy_sharing_frozen(peft_model)
@@ -77,46 +82,65 @@ class _Part:
 
 
 class ClientPart(_Part):
-    """Embeddings + blocks [0, cut) with their LoRA adapters."""
+    """Embeddings + blocks [0, cut) with their LoRA adapters; under a U-shaped split (`tail_cut`) also blocks
+    [tail_cut, L), the final norm and the LM head."""
 
-    def __init__(self, peft_model: nn.Module, family: Family, cut: int, r_cut: int | None = None):
-        super().__init__(peft_model, family, range(0, cut), family.head_paths)
-        assert 1 <= cut < self.n_layer, f"cut={cut} must be in [1, {self.n_layer - 1}]"
-        self.cut = cut
+    def __init__(self, peft_model: nn.Module, family: Family, cut: int, r_cut: int | None = None,
+                 tail_cut: int | None = None):
+        n_layer = len(_hf(peft_model).get_submodule(family.layers_path))
+        end = n_layer if tail_cut is None else tail_cut
+        assert 1 <= cut < end <= n_layer, f"cut={cut} must be in [1, {end - 1}]"
+        tail = list(range(end, n_layer))
+        super().__init__(peft_model, family, [*range(cut), *tail], family.head_paths if not tail else ())
+        self.cut, self.tail_cut = cut, tail_cut
         if r_cut is not None:
-            CutRankMask(self.module, family, r_cut).set(cut)
+            CutRankMask(self.module, family, r_cut, tail_cut).set(cut)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask: (B, T) -> activations (B, T, H) after block cut-1 (no final norm)."""
         hf, fam = self.hf, self.family
         hidden = fam.embed(hf, input_ids, attention_mask)
         ctx = fam.context(hf, hidden, attention_mask)
-        for i in self.layers:
+        for i in range(self.cut):
             hidden = fam.run_block(hf, i, hidden, ctx)
         return hidden
 
+    def tail_forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """U-shaped split: hidden (B, T, H) after the server's block tail_cut-1 -> logits (B, T, V)."""
+        assert self.tail_cut is not None, "only a U-shaped client part holds a tail"
+        hf, fam = self.hf, self.family
+        ctx = fam.context(hf, hidden, attention_mask)
+        for i in range(self.tail_cut, self.n_layer):
+            hidden = fam.run_block(hf, i, hidden, ctx)
+        return fam.head(hf, hidden)
+
 
 class ServerPart(_Part):
-    """Blocks [first, L) + final norm + LM head with their LoRA adapters; serves any client cut >= first."""
+    """Blocks [first, L) + final norm + LM head with their LoRA adapters; serves any client cut >= first. Under a
+    U-shaped split (`tail_cut`) only blocks [first, tail_cut): the clients hold the rest and the loss."""
 
-    def __init__(self, peft_model: nn.Module, family: Family, first: int, r_cut: int | None = None):
+    def __init__(self, peft_model: nn.Module, family: Family, first: int, r_cut: int | None = None,
+                 tail_cut: int | None = None):
         n_layer = len(_hf(peft_model).get_submodule(family.layers_path))
-        assert 1 <= first < n_layer, f"server first block {first} must be in [1, {n_layer - 1}]"
-        super().__init__(peft_model, family, range(first, n_layer), family.embed_paths)
-        self.first = first
-        self.mask = CutRankMask(self.module, family, r_cut) if r_cut is not None else None
+        end = n_layer if tail_cut is None else tail_cut
+        assert 1 <= first < end, f"server first block {first} must be in [1, {end - 1}]"
+        drop = family.embed_paths + (family.head_paths if tail_cut is not None else ())
+        super().__init__(peft_model, family, list(range(first, end)), drop)
+        self.first, self.end, self.tail_cut = first, end, tail_cut
+        self.mask = CutRankMask(self.module, family, r_cut, tail_cut) if r_cut is not None else None
 
     def forward(self, activations: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
-        """activations (B, T, H) from a client holding [0, cut) -> logits (B, T, V)."""
-        assert self.first <= cut < self.n_layer, f"client cut {cut} outside server range [{self.first}, {self.n_layer})"
+        """activations (B, T, H) from a client holding [0, cut) -> logits (B, T, V); under a U-shaped split the
+        hidden states (B, T, H) after block tail_cut-1 (no final norm), for the client's tail."""
+        assert self.first <= cut < self.end, f"client cut {cut} outside server range [{self.first}, {self.end})"
         if self.mask is not None:
             self.mask.set(cut)
         hf, fam = self.hf, self.family
         ctx = fam.context(hf, activations, attention_mask)
         hidden = activations
-        for i in range(cut, self.n_layer):
+        for i in range(cut, self.end):
             hidden = fam.run_block(hf, i, hidden, ctx)
-        return fam.head(hf, hidden)
+        return hidden if self.tail_cut is not None else fam.head(hf, hidden)
 
 
 class FullPart(_Part):
@@ -124,7 +148,7 @@ class FullPart(_Part):
 
     def __init__(self, peft_model: nn.Module, family: Family):
         n_layer = len(_hf(peft_model).get_submodule(family.layers_path))
-        super().__init__(peft_model, family, range(n_layer), ())
+        super().__init__(peft_model, family, list(range(n_layer)), ())
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask: (B, T) -> logits (B, T, V)."""

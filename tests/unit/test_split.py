@@ -75,3 +75,25 @@ def test_server_serves_any_cut_at_or_after_its_first_block():
         assert torch.equal(server.forward(ClientPart(peft, fam, cut).forward(ids, mask), mask, cut), ref)
     with pytest.raises(AssertionError):
         ServerPart(peft, fam, 2).forward(torch.zeros(3, 11, 32), mask, 1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("cut, tail", [(1, 1), (1, 2), (2, 1)])
+def test_u_shaped_parts_compose_to_the_full_forward(family, cut, tail):
+    """Client head -> server middle -> client tail == the unsplit forward; the server holds neither the
+    embeddings nor the head, and no block of the client's."""
+    peft, fam = _wrapped(family)
+    peft.eval()
+    ids, mask = _batch()
+    ref = full_forward(peft, fam, ids, mask)
+    tail_cut = 4 - tail
+    client, server = ClientPart(peft, fam, cut, tail_cut=tail_cut), ServerPart(peft, fam, cut, tail_cut=tail_cut)
+    hidden = server.forward(client.forward(ids, mask), mask, cut)
+    assert hidden.shape == (3, 11, 32), "the server sends hidden states, not logits"
+    assert torch.equal(client.tail_forward(hidden, mask), ref), f"{family} cut={cut} tail={tail}"
+    s_layers = {lora.layer_of(n, fam) for n, _ in server.module.named_parameters()}
+    c_layers = {lora.layer_of(n, fam) for n, _ in client.module.named_parameters()} - {None}
+    assert s_layers == set(range(cut, tail_cut)), "no embeddings, no head, only the middle"
+    assert c_layers == {*range(cut), *range(tail_cut, 4)}
+    with pytest.raises(AssertionError):
+        server.forward(torch.zeros(3, 11, 32), mask, tail_cut)  # a cut inside the tail is not served
