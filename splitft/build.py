@@ -19,7 +19,7 @@ import torch
 
 from . import lora
 from .client import SplitClient
-from .config import Check, Config, ConfigError, load_config, validate_against_model
+from .config import Check, Config, ConfigError, load_config, tail_cut, validate_against_model
 from .cost import CostModel
 from .data.datasets import BatchStream, Example, load_examples, resolve_path, split_eval
 from .data.partitioners import PARTITIONERS, partitioner_for, samples_of
@@ -156,15 +156,19 @@ class PartialModel:
     def drop(self, paths: list[str]) -> None:
         release(self.peft, paths)
 
-    def client_paths(self, cut: int) -> list[str]:
-        """What a client at `cut` runs: embeddings and blocks [0, cut) (all of it when cut = n_layer)."""
+    def client_paths(self, cut: int, tail_cut: int | None = None) -> list[str]:
+        """What a client at `cut` runs: embeddings and blocks [0, cut) (all of it when cut = n_layer); under a
+        U-shaped split also blocks [tail_cut, L), the final norm and the head."""
         if cut >= self.n_layer:
             return [""]
-        return [*self.family.embed_paths, *self.blocks(range(cut))]
+        tail = [] if tail_cut is None else [*self.blocks(range(tail_cut, self.n_layer)), *self.family.head_paths]
+        return [*self.family.embed_paths, *self.blocks(range(cut)), *tail]
 
-    def server_paths(self, first: int) -> list[str]:
+    def server_paths(self, first: int, tail_cut: int | None = None) -> list[str]:
         """What a server serving cuts >= `first` runs: blocks [first, L), final norm, head (a head tied to the
-        embeddings brings the embedding matrix with it)."""
+        embeddings brings the embedding matrix with it); under a U-shaped split blocks [first, tail_cut) only."""
+        if tail_cut is not None:
+            return self.blocks(range(first, tail_cut))
         return [*self.blocks(range(first, self.n_layer)), *self.family.head_paths]
 
     def held_gb(self) -> float:
@@ -240,9 +244,14 @@ def cost_model_of(hf: torch.nn.Module, family: Family, param_bytes: int) -> Cost
 
 
 def cut_bounds(cfg: Config, cost: CostModel, n_layer: int) -> CutBounds:
-    """Allowed cuts and the client memory model (from the model's shape and the training batch shape)."""
-    base_gb, block_gb = cost.memory_gb(cfg.train.batch_size, cfg.data.max_length)
-    return CutBounds(n_layer, cfg.split.cut_min, cfg.split.cut_max, base_gb, block_gb)
+    """Allowed cuts and the client memory model (from the model's shape and the training batch shape). Under a
+    U-shaped split cuts end before the tail, and the tail's memory is part of every client's base."""
+    b, t = cfg.train.batch_size, cfg.data.max_length
+    base_gb, block_gb = cost.memory_gb(b, t)
+    end = tail_cut(cfg, n_layer)
+    if end is not None:
+        base_gb += cost.tail_gb(b, t, n_layer - end)
+    return CutBounds(end or n_layer, cfg.split.cut_min, cfg.split.cut_max, base_gb, block_gb)
 
 
 def rule_policy(cfg: Config, bounds: CutBounds) -> CutPolicy:
@@ -255,13 +264,20 @@ def rule_policy(cfg: Config, bounds: CutBounds) -> CutPolicy:
 
 def split_server(cfg: Config, peft: torch.nn.Module, family: Family, first: int) -> SplitServer:
     """The server of a split method (simulation and deployment alike): blocks [first, L), global store."""
-    return SplitServer(ServerPart(peft, family, first, cut_rank(cfg)), lora.adapter_state_dict(peft), family,
-                       r_cut=cut_rank(cfg), **optimizer_settings(cfg))
+    n_layer = len(peft.base_model.model.get_submodule(family.layers_path))
+    part = ServerPart(peft, family, first, cut_rank(cfg), tail_cut(cfg, n_layer))
+    return SplitServer(part, lora.adapter_state_dict(peft), family, r_cut=cut_rank(cfg), **optimizer_settings(cfg))
+
+
+def client_part(cfg: Config, peft: torch.nn.Module, family: Family, cut: int) -> ClientPart:
+    """A split client's part at `cut` (with its tail under split.shape=u)."""
+    n_layer = len(peft.base_model.model.get_submodule(family.layers_path))
+    return ClientPart(peft, family, cut, cut_rank(cfg), tail_cut(cfg, n_layer))
 
 
 def split_client(setup: Setup, cid: int, cut: int) -> SplitClient:
     """Client `cid` with its partition's batch stream (same order in simulation and deployment)."""
-    part = ClientPart(setup.peft, setup.family, cut, cut_rank(setup.cfg))
+    part = client_part(setup.cfg, setup.peft, setup.family, cut)
     return split_client_with(setup.cfg, cid, part, client_stream(setup, cid, setup.parts[cid]))
 
 

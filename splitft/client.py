@@ -1,7 +1,9 @@
 """Clients: each holds its private data, its part of the model and its optimizer.
 
 `SplitClient` holds embeddings + blocks [0, cut) and runs split steps against a `Transport`: raw tokens never
-leave; activations, labels and masks do. `LocalClient` holds the whole model and trains where its data is (the
+leave; activations and masks do, and labels under split.shape=vanilla. Under split.shape=u it also holds the
+tail (the last blocks, norm and head) and computes the loss itself: labels stay, hidden states come down and
+their gradient goes up. `LocalClient` holds the whole model and trains where its data is (the
 no-split baselines); only its adapters cross the transport. Both push/pull adapters the same way.
 """
 
@@ -18,7 +20,16 @@ from .data.datasets import BatchStream, Example, batches
 from .loss import token_loss
 from .model.split import ClientPart, FullPart
 from .optim import clip, load_optimizer_state, make_optimizer, optimizer_state
-from .transport.base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, ForwardRequest, StepReply, Transport, TransportError
+from .transport.base import (
+    LABEL_DTYPE,
+    MASK_DTYPE,
+    AdapterUpdate,
+    BackwardRequest,
+    ForwardRequest,
+    StepReply,
+    Transport,
+    TransportError,
+)
 
 
 @dataclass
@@ -86,7 +97,7 @@ class _Client:
         """This round's adapters as a push carries them: blocks [0, cut), the cut layer at r_cut."""
         sd = lora.adapter_state_dict(self.part.module)
         if isinstance(self.part, ClientPart) and self.r_cut is not None:
-            sd = lora.cut_payload(sd, self.part.family, self.cut, self.r_cut)
+            sd = lora.cut_payload(sd, self.part.family, self.cut, self.r_cut, self.part.tail_cut)
         return sd
 
     def push(self, transport: Transport, round_: int, report: dict[str, Any] | None = None) -> None:
@@ -143,6 +154,7 @@ class _Client:
 class SplitClient(_Client):
     part: ClientPart
     noise: float = 0.0
+    _tail_s: float = 0.0  # seconds of the U-shaped tail in the current step (compute, not link)
     _noise_gen: torch.Generator | None = None
 
     def set_noise(self, noise: float, seed: int) -> None:
@@ -177,16 +189,40 @@ class SplitClient(_Client):
 
     def _request(self, batch: dict[str, torch.Tensor], acts: torch.Tensor, round_: int, step: int,
                  train: bool) -> ForwardRequest:
+        labels = None if self.u_shaped else batch["labels"].to(LABEL_DTYPE)  # under U the labels stay here
         return ForwardRequest(self.client_id, round_, step, self.cut, self._sent(acts),
-                              batch["attention_mask"].to(MASK_DTYPE), batch["labels"].to(LABEL_DTYPE), train)
+                              batch["attention_mask"].to(MASK_DTYPE), labels, train)
+
+    @property
+    def u_shaped(self) -> bool:
+        return self.part.tail_cut is not None
 
     def train_step(self, transport: Transport, round_: int, step: int) -> StepReply:
-        """Forward to the cut -> send activations -> receive grad_activations -> backward -> AdamW step."""
+        """Forward to the cut -> send activations -> (U: hidden states down, tail + loss + backward, grad_hidden
+        up) -> receive grad_activations -> backward -> AdamW step."""
         request = self.begin_step(round_, step)
         sent = time.perf_counter()
-        reply = transport.step(request)
+        reply = self.exchange(transport, request)
         self.finish_step(reply, time.perf_counter() - sent)
         return reply
+
+    def exchange(self, transport: Transport, req: ForwardRequest) -> StepReply:
+        """What a begun step needs from the server: its reply (vanilla), or under U the hidden states, then this
+        client's tail forward, loss and tail backward (its tail's LoRA gradients), then the server's backward.
+        Returns the reply `finish_step` takes: grad_activations, and the loss as computed here under U."""
+        reply = transport.step(req)
+        if reply.hidden is None:
+            return reply
+        start = time.perf_counter()
+        mask, labels = self._tail_batch
+        hidden = reply.hidden.to(self.device).detach().requires_grad_(True)
+        stats = token_loss(self.part.tail_forward(hidden, mask), labels)
+        (stats.loss_sum / max(stats.n_tokens, 1)).backward()  # into the tail's LoRA and hidden.grad (B, T, H)
+        self._sync()
+        self._tail_s = time.perf_counter() - start
+        back = transport.backward(BackwardRequest(req.client_id, req.round, req.step, hidden.grad))
+        return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct, back.grad_activations,
+                         reply.server_s + back.server_s)
 
     def begin_step(self, round_: int, step: int) -> ForwardRequest:
         """The first half of a step: the next batch, the forward to the cut, the request to send. It depends on
@@ -194,8 +230,10 @@ class SplitClient(_Client):
         simulation does, to order steps by arrival)."""
         batch = self._next_batch()
         start = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)  # a U-shaped tail accumulates its gradients before finish_step
         acts = self.part.forward(batch["input_ids"], batch["attention_mask"])  # (B, T, H)
         self._pending = (acts, batch["input_ids"].shape[0], time.perf_counter() - start)
+        self._tail_batch, self._tail_s = (batch["attention_mask"], batch["labels"]), 0.0
         return self._request(batch, acts, round_, step, train=True)
 
     def finish_step(self, reply: StepReply, round_trip_s: float = 0.0) -> None:
@@ -203,12 +241,12 @@ class SplitClient(_Client):
         acts, rows, forward_s = self._pending
         start = time.perf_counter()
         assert reply.grad_activations is not None and reply.grad_activations.shape == acts.shape
-        self.opt.zero_grad(set_to_none=True)
         acts.backward(reply.grad_activations.to(acts.device, acts.dtype))
         self._update()
         self._sync()
-        self.timing = StepTiming(compute_s=forward_s + (time.perf_counter() - start),
-                                 link_s=max(round_trip_s - reply.server_s, 0.0), tokens=acts.shape[0] * acts.shape[1])
+        self.timing = StepTiming(compute_s=forward_s + self._tail_s + (time.perf_counter() - start),
+                                 link_s=max(round_trip_s - reply.server_s - self._tail_s, 0.0),
+                                 tokens=acts.shape[0] * acts.shape[1])
         self.samples_seen += rows
         self._pending = None
 
@@ -216,7 +254,11 @@ class SplitClient(_Client):
                     i: int) -> tuple[float, int, int]:
         acts = self.part.forward(batch["input_ids"], batch["attention_mask"])
         reply = transport.step(self._request(batch, acts, round_, i, train=False))
-        return reply.loss_sum, reply.n_tokens, reply.n_correct
+        if reply.hidden is None:
+            return reply.loss_sum, reply.n_tokens, reply.n_correct
+        stats = token_loss(self.part.tail_forward(reply.hidden.to(self.device), batch["attention_mask"]),
+                           batch["labels"])
+        return stats.loss_sum.item(), stats.n_tokens, stats.n_correct
 
 
 class LocalClient(_Client):

@@ -52,6 +52,13 @@ class LoraConfig:
 
 @dataclass
 class SplitConfig:
+    shape: str = "vanilla"
+    """vanilla: the client holds embeddings + blocks [0, cut), the server the rest, the head and the loss (labels
+    cross the network) | u: the client also holds the last `tail` blocks, the final norm and the LM head and
+    computes the loss itself; the server holds the middle blocks [cut, n_layer - tail) (labels stay home)."""
+    tail: int = 1
+    """Under shape=u: blocks at the end of the model a client holds (the same for every client of a federation:
+    the server's middle ends at one block for all). Ignored under vanilla."""
     cut: int = 2
     """Blocks a client holds (client: [0, cut); server: [cut, n_layer)): every client's cut under `fixed`, the
     cut of a client of mean speed under `resource` and `splitft`."""
@@ -510,7 +517,24 @@ def _validate_split(cfg: Config) -> list[str]:
         p.append(f"split.gamma must be >= 0 and split.period >= 1, got {s.gamma} and {s.period}")
     if cfg.lora.r_cut > cfg.lora.r:
         p.append(f"lora.r_cut: the cut-layer rank must not exceed lora.r={cfg.lora.r}, got {cfg.lora.r_cut}")
+    if s.shape not in SHAPES:
+        p.append(f"split.shape: must be one of {', '.join(SHAPES)} (u keeps the labels on the client), got "
+                 f"{_show(s.shape)}")
+    elif s.shape == "u" and s.tail < 1:
+        p.append(f"split.tail: a U-shaped split needs the client to hold at least the last block (split.tail >= 1), "
+                 f"got {s.tail}")
+    elif s.shape == "u" and cfg.federation.method != "split":
+        p.append(f"split.shape=u splits the model; federation.method={cfg.federation.method} does not (use "
+                 "split.shape=vanilla)")
     return p
+
+
+SHAPES = ("vanilla", "u")
+
+
+def tail_cut(cfg: Config, n_layer: int) -> int | None:
+    """The first block of the client's tail under shape=u (the server holds [cut, tail_cut)); None: vanilla."""
+    return n_layer - cfg.split.tail if cfg.split.shape == "u" else None
 
 
 def validate_against_model(cfg: Config, n_layer: int, max_positions: int | None) -> None:
@@ -519,11 +543,18 @@ def validate_against_model(cfg: Config, n_layer: int, max_positions: int | None)
     Raises:
         ConfigError: cut outside [1, n_layer - 1] or max_length beyond the model's context.
     """
-    p = []
-    if not 1 <= cfg.split.cut <= n_layer - 1:
-        p.append(f"split.cut: must be in [1, {n_layer - 1}] for this {n_layer}-block model, got {cfg.split.cut}")
-    if cfg.split.cut_max > n_layer - 1:
-        p.append(f"split.cut_max: must be <= {n_layer - 1} for this {n_layer}-block model, got {cfg.split.cut_max}")
+    p, s = [], cfg.split
+    end = tail_cut(cfg, n_layer) or n_layer  # the server's blocks end here: it keeps at least block end - 1
+    if s.shape == "u" and s.tail >= n_layer - 1:
+        p.append(f"split.tail: {s.tail} of this {n_layer}-block model's blocks on the client leave no block for its "
+                 f"cut and the server; use split.tail <= {max(n_layer - 2, 1)}")
+    elif not 1 <= s.cut <= end - 1:
+        why = f" (split.tail={s.tail} puts the client's tail at blocks [{end}, {n_layer}))" if end < n_layer else ""
+        p.append(f"split.cut: must be in [1, {end - 1}] for this {n_layer}-block model{why}, got {s.cut}; "
+                 + ("lower split.cut or split.tail" if end < n_layer else "lower split.cut"))
+    if s.cut_max > end - 1:
+        p.append(f"split.cut_max: must be <= {end - 1} for this {n_layer}-block model"
+                 + (f" with split.tail={s.tail}" if end < n_layer else "") + f", got {s.cut_max}")
     if max_positions is not None and cfg.data.max_length > max_positions:
         p.append(f"data.max_length: {cfg.data.max_length} exceeds the model's context of {max_positions} tokens")
     if p:

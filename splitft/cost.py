@@ -5,6 +5,12 @@ Per split step of client i (batch B, padded length T):
     client forward  F_c / 2 / tflops_i      upload   latency_i + bytes_up * 8 / up_i
     server          F_s / tflops_server     download latency_i + bytes_down * 8 / down_i
     client backward F_c / 2 / tflops_i
+Under a U-shaped split (split.shape=u) the server runs only the middle blocks, then between its forward and its
+backward the step goes down to the client's tail and back:
+    server forward  F_s / 2 / tflops_server   hidden down   latency_i + bytes_hidden * 8 / down_i
+    client tail     F_t / tflops_i            grad up       latency_i + bytes_hidden * 8 / up_i
+    server backward F_s / 2 / tflops_server
+and the server is held all along (it cannot serve another step before this one's update: see server.py).
 Clients run in parallel; the server is one FIFO queue (it runs one request at a time, as the engine does), so
 clients wait for each other there. A round starts with every selected client pulling its adapters and ends
 when the last one has pushed them. FLOPs come from the model's shape: a block's forward is 2 * params +
@@ -61,6 +67,13 @@ class CostModel:
         block = max(self.block_params) * self.param_bytes + acts
         return self.embed_params * self.param_bytes / GB, block / GB
 
+    def tail_gb(self, batch: int, seq: int, tail: int) -> float:
+        """What a U-shaped client's tail adds to its memory: `tail` blocks, and the head's logits (B, T, V) and
+        their gradient (the LM head's weight is the embeddings' or as large: counted in base)."""
+        _, block = self.memory_gb(batch, seq)
+        vocab = self.head_params // self.d_model
+        return tail * block + 2 * batch * seq * vocab * self.param_bytes / GB
+
     def full_model_gb(self, batch: int, seq: int) -> float:
         """Memory to train the whole model on one device: every block, plus logits (B, T, V) and their grad."""
         base, block = self.memory_gb(batch, seq)
@@ -77,6 +90,11 @@ class StepCost:
     server_flops: float = 0.0
     bytes_up: int = 0
     bytes_down: int = 0
+    tail_flops: float = 0.0
+    """U-shaped split: forward + backward of the client's tail and head (0: vanilla)."""
+    hidden_down: int = 0
+    grad_hidden_up: int = 0
+    """U-shaped split: bytes of the second crossing (already part of bytes_down / bytes_up)."""
 
 
 def transfer_s(nbytes: float, mbps: float, latency_ms: float) -> float:
@@ -96,7 +114,7 @@ class Timeline:
     def arrival(self, s: StepCost) -> float:
         """When the step's request reaches the server (a local step: when its forward is done)."""
         d = self.devices[s.client_id]
-        up = transfer_s(s.bytes_up, d.up_mbps, d.latency_ms) if s.server_flops > 0 else 0.0
+        up = transfer_s(s.bytes_up - s.grad_hidden_up, d.up_mbps, d.latency_ms) if s.server_flops > 0 else 0.0
         return self.ready[s.client_id] + s.client_flops / 2 / (d.tflops * 1e12) + up
 
     def serve(self, s: StepCost, arrived: float) -> float:
@@ -106,7 +124,10 @@ class Timeline:
         t = arrived
         if s.server_flops > 0:
             self.server_free = max(arrived, self.server_free) + s.server_flops / (self.server.tflops * 1e12)
-            t = self.server_free + transfer_s(s.bytes_down, d.down_mbps, d.latency_ms)
+            if s.tail_flops > 0:  # U: the server waits, held, for the hidden states' round trip through the tail
+                self.server_free += (transfer_s(s.hidden_down, d.down_mbps, d.latency_ms) + s.tail_flops
+                                     / (d.tflops * 1e12) + transfer_s(s.grad_hidden_up, d.up_mbps, d.latency_ms))
+            t = self.server_free + transfer_s(s.bytes_down - s.hidden_down, d.down_mbps, d.latency_ms)
         self.ready[c] = t + s.client_flops / 2 / (d.tflops * 1e12)
         return self.ready[c]
 

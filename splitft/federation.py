@@ -25,7 +25,7 @@ from .metrics import MetricsLogger, perplexity
 from .policy import ClientStats, CutPolicy
 from .seeding import derive_seed, global_rng_state, load_global_rng_state
 from .server import FedAvgServer
-from .transport.base import SCALARS_NBYTES, sum_kinds, training_traffic
+from .transport.base import SCALARS_NBYTES, STEP_DOWN, STEP_UP, sum_kinds, training_traffic
 
 
 @dataclass
@@ -241,6 +241,8 @@ class Federation:
         up = self.transport.codec.nbytes(req.activations)
         rec = {"client_id": cid, "cut": client.cut, "batch": list(client.last_shape),
                "bytes_up": up + req.labels_nbytes(), "bytes_down": up + SCALARS_NBYTES}
+        if client.u_shaped:  # hidden states down and their gradient up, the same (B, T, H) size; no loss scalars
+            rec.update(bytes_up=2 * up + req.labels_nbytes(), bytes_down=2 * up, hidden_down=up, grad_hidden_up=up)
         return rec, req
 
     def _finish(self, cid: int, round_: int, begun: tuple[dict[str, Any], Any]) -> dict[str, Any]:
@@ -249,7 +251,7 @@ class Federation:
             return rec
         client = self.clients[cid]
         before = self.transport.counter.snapshot([cid])
-        reply = self.transport.step(req)
+        reply = client.exchange(self.transport, req)
         client.finish_step(reply)
         return self._log_step(cid, round_, req.step, reply, self.transport.counter.since(before)[cid], before=rec)
 
@@ -263,10 +265,12 @@ class Federation:
     def _log_step(self, cid: int, round_: int, step: int, reply: Any, sent: dict[str, int],
                   before: dict[str, Any] | None = None) -> dict[str, Any]:
         client = self.clients[cid]
+        tail = {"hidden_down": sent["hidden_down"], "grad_hidden_up": sent["grad_hidden_up"]} \
+            if sent["hidden_down"] else {}  # a U-shaped step's second crossing (the clock charges it apart)
         rec = self.logger.log(
             "step", round=round_, step=step, client_id=cid, cut=client.cut, loss=reply.loss,
             n_tokens=reply.n_tokens, batch=list(client.last_shape),
-            bytes_up=sent["activations_up"] + sent["labels_up"], bytes_down=sent["grad_activations_down"],
+            bytes_up=sum(sent[k] for k in STEP_UP), bytes_down=sum(sent[k] for k in STEP_DOWN), **tail,
         )
         assert before is None or (before["bytes_up"], before["bytes_down"]) == (rec["bytes_up"], rec["bytes_down"]), \
             "the clock ordered the step by other bytes than the transport counted"

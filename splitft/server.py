@@ -1,6 +1,8 @@
 """The server: `SplitServer` finishes each client's forward pass from its cut, computes the loss, back-propagates,
-and returns grad_activations; `FedAvgServer` (its base, and the whole server of the no-split baselines) keeps
-the global adapters and aggregates them each round.
+and returns grad_activations (under a U-shaped split it runs only the middle blocks: hidden states go down to the
+client's tail, which computes the loss, and the gradient at the tail comes back up before the backward);
+`FedAvgServer` (its base, and the whole server of the no-split baselines) keeps the global adapters and
+aggregates them each round.
 
 Transport-agnostic: it receives `ForwardRequest`/`AdapterUpdate` objects and never knows how they arrived.
 One shared server-side model (blocks [first, L) + head) is trained on every client's activations, one
@@ -21,7 +23,7 @@ from .loss import token_loss
 from .model.families import Family
 from .model.split import ServerPart
 from .optim import clip, grads_finite, load_optimizer_state, make_optimizer, optimizer_state
-from .transport.base import AdapterUpdate, ForwardRequest, StepReply
+from .transport.base import AdapterUpdate, BackwardRequest, ForwardRequest, StepReply
 
 
 class NonFiniteStep(UserError):
@@ -33,10 +35,16 @@ class FedAvgServer:
     (FedAvg-LoRA, centralized), where clients train the whole model and every block's adapters live in `store`.
     """
 
+    tail_cut: int | None = None
+    """Under a U-shaped split, the first block of the clients' tail (they hold [tail_cut, L) too); None: vanilla."""
+
     def __init__(self, initial_adapters: dict[str, torch.Tensor], family: Family):
         self.family = family
         self.store = {n: t.clone() for n, t in initial_adapters.items()}
         self.pending: list[AdapterUpdate] = []
+
+    def _in_tail(self, name: str) -> bool:
+        return self.tail_cut is not None and self._layer(name) >= self.tail_cut
 
     def _layer(self, name: str) -> int:
         layer = lora.layer_of(name, self.family)
@@ -76,8 +84,9 @@ class FedAvgServer:
         if not updates:  # nobody pushed: the global model is what the server part holds now
             self._keep({})
             return []
-        held = 1 + max(self._layer(n) for u in updates for n in u.adapters)  # blocks [0, held) have client copies
-        base = self.global_view(held)
+        # blocks [0, held) (and the tail) have client copies
+        held = 1 + max(self._layer(n) for u in updates for n in u.adapters if not self._in_tail(n))
+        base = {n: t for n, t in self.global_view(self.n_blocks()).items() if self._layer(n) < held or self._in_tail(n)}
         own = [(sd, w) for sd, w in own if self._layer(next(iter(sd))) < held]
         merged = layerwise_fedavg([u.adapters for u in updates] + [sd for sd, _ in own],
                                   [u.n_samples for u in updates] + [w for _, w in own], base)
@@ -95,6 +104,9 @@ class FedAvgServer:
         """Current global adapters of blocks [0, cut), full rank."""
         return {n: t.clone() for n, t in self.store.items() if self._layer(n) < cut}
 
+    def n_blocks(self) -> int:
+        return 1 + max(self._layer(n) for n in self.store)
+
     # --- state (checkpoints are taken at round boundaries: nothing pending) ---------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -111,7 +123,7 @@ class FedAvgServer:
     def global_model(self, eval_cut: int) -> dict[str, torch.Tensor]:
         """The one global model a run reports, evaluates and exports: every block's global adapters, as a
         client at `eval_cut` (the probe's cut) runs them. Without a split, all of them at full rank."""
-        return self.global_view(1 + max(self._layer(n) for n in self.store))
+        return self.global_view(self.n_blocks())
 
 
 class SplitServer(FedAvgServer):
@@ -126,8 +138,11 @@ class SplitServer(FedAvgServer):
     def __init__(self, part: ServerPart, initial_adapters: dict[str, torch.Tensor], family: Family, *,
                  r_cut: int | None = None, lr: float = 0.0, weight_decay: float = 0.0, max_grad_norm: float = 0.0):
         super().__init__(initial_adapters, family)
-        self.part, self.r_cut, self.first = part, r_cut, part.first
-        self.store = {n: t for n, t in self.store.items() if self._layer(n) < self.first}  # the rest is live
+        self.part, self.r_cut, self.first, self.tail_cut = part, r_cut, part.first, part.tail_cut
+        self.store = {n: t for n, t in self.store.items() if not self._live(n)}  # [first, end) is live in the part
+        self.in_flight: tuple[tuple[int, int, int], torch.Tensor, torch.Tensor, int] | None = None
+        """U-shaped split: the training step whose forward ran and whose backward is due: ((client, round, step),
+        activations (leaf), hidden states (graph), cut). One at a time: the next step must see this one's update."""
         self.served: Counter[int] = Counter()  # training samples served per client cut this round
         self.params = part.lora_parameters()
         self.opt = make_optimizer(self.params, lr, weight_decay)
@@ -137,9 +152,17 @@ class SplitServer(FedAvgServer):
         self.moved = False  # whether training steps changed them since
         part.train()
 
+    def _live(self, name: str) -> bool:
+        """A block the server part holds (its adapters live there, not in the store)."""
+        return self.first <= self._layer(name) < self.part.end
+
+    def n_blocks(self) -> int:
+        return self.part.n_layer
+
     def step(self, req: ForwardRequest) -> StepReply:
         """One client's step: logits from its cut, loss over label tokens, and for training requests backward
-        to the activations and one AdamW step of the server LoRA.
+        to the activations and one AdamW step of the server LoRA. Under a U-shaped split (`req.labels` is None)
+        only the forward: see `_forward`.
 
         Returns:
             StepReply with grad_activations (B, T, H) of the activations' dtype when req.train.
@@ -149,10 +172,13 @@ class SplitServer(FedAvgServer):
         """
         if not req.train and self.moved:
             return self._at_round_start(req)
+        assert (req.labels is None) == (self.tail_cut is not None), "labels cross the network under vanilla only"
         mask = req.attention_mask.to(self.device, torch.long)
-        labels = req.labels.to(self.device, torch.long)
         acts = req.activations.to(self.device).detach().requires_grad_(req.train)
         self.part.train(req.train)  # eval requests run without dropout
+        if self.tail_cut is not None:
+            return self._forward(req, acts, mask)
+        labels = req.labels.to(self.device, torch.long)
         with torch.set_grad_enabled(req.train):
             stats = token_loss(self.part.forward(acts, mask, req.cut), labels)
         if not req.train:
@@ -162,22 +188,64 @@ class SplitServer(FedAvgServer):
         finite = bool(torch.isfinite(loss))
         if finite:
             loss.backward()
+        self._update(req.client_id, req.round, req.step, finite, acts)
+        self.served[req.cut] += acts.shape[0]
+        return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct, acts.grad)
+
+    def _update(self, client_id: int, round_: int, step: int, finite: bool, acts: torch.Tensor) -> None:
+        """One AdamW step of the server LoRA from the gradients just computed, unless one is NaN/Inf."""
         if not (finite and grads_finite([*self.params, acts])):  # the LoRA's and the client's gradients
             self.opt.zero_grad(set_to_none=True)
-            raise NonFiniteStep(f"client {req.client_id}, round {req.round}, step {req.step}: the loss or a "
-                                "gradient is NaN/Inf, so the step was not applied (a diverging run: lower train.lr "
-                                "or use model.dtype=float32; in deployment, a client sent overflowing activations)")
+            raise NonFiniteStep(f"client {client_id}, round {round_}, step {step}: the loss or a gradient is NaN/Inf, "
+                                "so the step was not applied (a diverging run: lower train.lr or use "
+                                "model.dtype=float32; in deployment, a client sent overflowing values)")
         clip(self.params, self.max_grad_norm)
         self.opt.step()
         self.moved = True
-        self.served[req.cut] += acts.shape[0]
         assert acts.grad is not None and acts.grad.shape == acts.shape
-        return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct, acts.grad)
+
+    def _forward(self, req: ForwardRequest, acts: torch.Tensor, mask: torch.Tensor) -> StepReply:
+        """U-shaped split: the hidden states (B, T, H) after block tail_cut-1 for the client's tail. A training
+        step keeps its graph until `backward`; no other training step may run in between (its forward would use
+        adapters this step is about to update, and the update would corrupt this graph)."""
+        assert self.in_flight is None, (f"client {req.client_id}: step {req.step} began while step "
+                                        f"{self.in_flight[0]} awaits its backward; U-shaped steps run one at a time")
+        with torch.set_grad_enabled(req.train):
+            hidden = self.part.forward(acts, mask, req.cut)
+        if req.train:
+            self.in_flight = ((req.client_id, req.round, req.step), acts, hidden, req.cut)
+        return StepReply(0.0, 0, 0, hidden=hidden.detach())
+
+    def backward(self, req: BackwardRequest) -> StepReply:
+        """U-shaped split: back-propagate the client's grad_hidden through blocks [cut, tail_cut) of the step in
+        flight, one AdamW step of the server LoRA; returns grad_activations (B, T, H).
+
+        Raises:
+            NonFiniteStep (nothing applied, the step is abandoned) when a gradient is NaN/Inf.
+        """
+        assert self.in_flight is not None and self.in_flight[0] == (req.client_id, req.round, req.step), (
+            f"backward of client {req.client_id} step {req.step} without its forward in flight")
+        _, acts, hidden, cut = self.in_flight
+        self.in_flight = None
+        assert req.grad_hidden.shape == hidden.shape, f"grad_hidden {tuple(req.grad_hidden.shape)} != hidden"
+        self.opt.zero_grad(set_to_none=True)
+        grad = req.grad_hidden.to(hidden.device, hidden.dtype)
+        finite = bool(torch.isfinite(grad).all())
+        if finite:
+            hidden.backward(grad)
+        self._update(req.client_id, req.round, req.step, finite, acts)
+        self.served[cut] += acts.shape[0]
+        return StepReply(0.0, 0, 0, acts.grad)
+
+    def abandon(self) -> None:
+        """Forget the U-shaped step in flight (its client was dropped before its backward): nothing was applied."""
+        self.in_flight = None
 
     def _at_round_start(self, req: ForwardRequest) -> StepReply:
         """An evaluation request is about the global model, which the round's training steps have moved on from
         (a deployed client evaluates the model it pulled while others already train): run it with the adapters
         of the last aggregation, then put the live ones (and nothing else: AdamW is untouched) back."""
+        assert self.in_flight is None, "swapping adapters in place would corrupt the graph of the step in flight"
         live = self.adapters()
         lora.load_adapter_state_dict(self.part.module, self.round_start, strict=False)
         self.moved = False
@@ -207,7 +275,7 @@ class SplitServer(FedAvgServer):
         return out
 
     def _keep(self, merged: dict[str, torch.Tensor]) -> None:
-        self.store.update({n: t for n, t in merged.items() if self._layer(n) < self.first})
+        self.store.update({n: t for n, t in merged.items() if not self._live(n)})
         lora.load_adapter_state_dict(self.part.module, merged, strict=False)
         self.round_start, self.moved = self.adapters(), False
 
@@ -216,26 +284,34 @@ class SplitServer(FedAvgServer):
         live = self.adapters() if cut > self.first else {}
         return {n: t.clone() for n, t in {**self.store, **live}.items() if self._layer(n) < cut}
 
+    def _client_side(self, cut: int) -> dict[str, torch.Tensor]:
+        """Global adapters of the blocks a client at `cut` holds: [0, cut), and under U the tail [tail_cut, L)."""
+        view = self.global_view(self.part.n_layer if self.tail_cut is not None else cut)
+        return {n: t for n, t in view.items() if self._layer(n) < cut or self._in_tail(n)}
+
     def global_model(self, eval_cut: int) -> dict[str, torch.Tensor]:
         """Every block's global adapters with the two cut-layer blocks of `eval_cut` at r_cut components (the
         rest zero), which is what a client at that cut and the server compute with: the model a run evaluates
         is exactly the one it exports, and PEFT's rank-r modules reproduce it."""
         view = self.global_view(self.part.n_layer)
-        return view if self.r_cut is None else lora.mask_cut_layer(view, self.family, eval_cut, self.r_cut)
+        return view if self.r_cut is None else lora.mask_cut_layer(view, self.family, eval_cut, self.r_cut,
+                                                                   self.tail_cut)
 
     def global_adapters(self, cut: int) -> dict[str, torch.Tensor]:
-        """What a client with this cut loads: blocks [0, cut), its cut layer (block cut-1) at r_cut components."""
-        view = self.global_view(cut)
+        """What a client with this cut loads: blocks [0, cut) (and under U its tail), its cut layers (block cut-1,
+        and under U block tail_cut) at r_cut components."""
+        view = self._client_side(cut)
         if self.r_cut is None:
             return view
-        return lora.cut_payload(view, self.family, cut, self.r_cut)
+        return lora.cut_payload(view, self.family, cut, self.r_cut, self.tail_cut)
 
     def adapters(self) -> dict[str, torch.Tensor]:
-        """The server part's adapters (blocks [first, L)), full rank."""
+        """The server part's adapters (blocks [first, L), under U [first, tail_cut)), full rank."""
         return lora.adapter_state_dict(self.part.module)
 
     def state_dict(self) -> dict[str, Any]:
         """The store, the server part's LoRA and AdamW state, and the samples served per cut this round."""
+        assert self.in_flight is None, "a server's state is taken between rounds, with no step in flight"
         named = lora.lora_parameters(self.part.module)
         return {**super().state_dict(), "lora": self.adapters(), "opt": optimizer_state(self.opt, named),
                 "served": {str(cut): n for cut, n in self.served.items()}}

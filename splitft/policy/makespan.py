@@ -58,6 +58,8 @@ class RoundCosts:
         server_tflops: the server's effective training throughput.
         order: the server's serving order (`federation.order`), which the round time depends on: under `plan` a
             client waits for the turns ahead of it (predicted with turns in client-id order).
+        tail_flops, step_bytes_tail: under a U-shaped split, the client tail's FLOPs per step and the bytes of
+            the hidden states (down) and their gradient (up), each, part of step_bytes_down / step_bytes_up.
     """
 
     client_flops: tuple[float, ...]
@@ -68,6 +70,8 @@ class RoundCosts:
     local_steps: int
     server_tflops: float
     order: str = "arrival"
+    tail_flops: float = 0.0
+    step_bytes_tail: int = 0
 
     def round_s(self, cuts: Mapping[int, int], stats: Mapping[int, ClientStats]) -> float:
         """Predicted seconds of one round with these cuts (the clock's model; steps interleaved round-robin)."""
@@ -76,7 +80,8 @@ class RoundCosts:
     def score(self, cuts: Mapping[int, int], stats: Mapping[int, ClientStats]) -> tuple[float, float]:
         """(round seconds, mean of the clients' finish times): the second breaks the first's ties, so a search
         can move on across assignments whose round is set by the same slowest client."""
-        steps = [StepCost(c, self.client_flops[k], self.server_flops[k], self.step_bytes_up, self.step_bytes_down)
+        steps = [StepCost(c, self.client_flops[k], self.server_flops[k], self.step_bytes_up, self.step_bytes_down,
+                          self.tail_flops, self.step_bytes_tail, self.step_bytes_tail)
                  for _ in range(self.local_steps) for c, k in cuts.items()]
         lora = {c: self.lora_bytes[k] for c, k in cuts.items()}
         finish = round_time(steps, {c: stats[c] for c in cuts}, _Server(self.server_tflops), lora, lora, self.order)

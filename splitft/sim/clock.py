@@ -17,14 +17,21 @@ class VirtualClock:
     """`federation.RoundClock` for the simulation: step records -> `StepCost` -> `round_time`."""
 
     def __init__(self, cost: CostModel, devices: dict[int, DeviceProfile], server: DeviceProfile,
-                 order: str = "plan", nominal: tuple[int, int, int] = (1, 1, 0)):
-        """`nominal`: (batch, seq, activation bytes per token) of a full batch, for the time budget."""
+                 order: str = "plan", nominal: tuple[int, int, int] = (1, 1, 0), tail_cut: int | None = None):
+        """`nominal`: (batch, seq, activation bytes per token) of a full batch, for the time budget. `tail_cut`:
+        under a U-shaped split, the first block of the clients' tail."""
         self.cost, self.devices, self.server, self.order, self.nominal = cost, devices, server, order, nominal
+        self.tail_cut = tail_cut
 
     def step_cost(self, rec: dict) -> StepCost:
         (batch, seq), cut, L = rec["batch"], rec["cut"], self.cost.n_layer
         if cut >= L:  # no split: the whole model runs on the client
             return StepCost(rec["client_id"], self.cost.train_flops(0, L, batch, seq, head=True))
+        if self.tail_cut is not None:  # U: the client also runs its tail and the head, the server the middle
+            return StepCost(rec["client_id"], self.cost.train_flops(0, cut, batch, seq),
+                            self.cost.train_flops(cut, self.tail_cut, batch, seq), rec["bytes_up"], rec["bytes_down"],
+                            self.cost.train_flops(self.tail_cut, L, batch, seq, head=True),
+                            rec.get("hidden_down", 0), rec.get("grad_hidden_up", 0))
         return StepCost(rec["client_id"], self.cost.train_flops(0, cut, batch, seq),
                         self.cost.train_flops(cut, L, batch, seq, head=True), rec["bytes_up"], rec["bytes_down"])
 
@@ -41,14 +48,21 @@ class VirtualClock:
         """What the median of these clients needs for `local_steps` full batches on its own (its compute and
         link, the server's compute, no queueing): the default time budget of a round."""
         batch, seq, act_bytes = self.nominal
-        up = batch * seq * (act_bytes + 5)  # activations, labels (int32) and mask (uint8)
+        acts = batch * seq * act_bytes
+        if self.tail_cut is None:  # activations, labels (int32) and mask (uint8); grad_activations
+            shape = {"bytes_up": acts + batch * seq * 5, "bytes_down": acts}
+        else:  # the mask alone, and the hidden states and their gradient at the tail
+            shape = {"bytes_up": 2 * acts + batch * seq, "bytes_down": 2 * acts, "hidden_down": acts,
+                     "grad_hidden_up": acts}
         need = []
         for c, cut in cuts.items():
             d = self.devices[c]
-            s = self.step_cost({"batch": (batch, seq), "cut": cut, "client_id": c, "bytes_up": up,
-                                "bytes_down": batch * seq * act_bytes})
-            link = (transfer_s(s.bytes_up, d.up_mbps, d.latency_ms) + transfer_s(s.bytes_down, d.down_mbps,
-                                                                                  d.latency_ms)) * (s.server_flops > 0)
-            need.append(local_steps * (s.client_flops / (d.tflops * 1e12) + s.server_flops / (self.server.tflops * 1e12)
-                                       + link))
+            s = self.step_cost({"batch": (batch, seq), "cut": cut, "client_id": c, **shape})
+            link = 0.0 if s.server_flops == 0 else (
+                transfer_s(s.bytes_up - s.grad_hidden_up, d.up_mbps, d.latency_ms)
+                + transfer_s(s.bytes_down - s.hidden_down, d.down_mbps, d.latency_ms)
+                + (transfer_s(s.hidden_down, d.down_mbps, d.latency_ms)
+                   + transfer_s(s.grad_hidden_up, d.up_mbps, d.latency_ms) if s.tail_flops else 0.0))
+            need.append(local_steps * ((s.client_flops + s.tail_flops) / (d.tflops * 1e12)
+                                       + s.server_flops / (self.server.tflops * 1e12) + link))
         return statistics.median(need)

@@ -17,13 +17,14 @@ import torch
 from .. import build, lora
 from ..build import Setup, client_stream, cost_model_of, cut_rank, optimizer_settings, split_client, split_server
 from ..client import LocalClient
+from ..config import tail_cut
 from ..cost import CostModel
 from ..devices import client_profiles
 from ..errors import UserError
 from ..federation import Adaptivity, Federation, Schedule
 from ..metrics import MetricsLogger
 from ..model.loader import MODEL_DTYPES
-from ..model.split import ClientPart, FullPart
+from ..model.split import FullPart
 from ..policy import ClientStats, CutBounds
 from ..policy.makespan import MakespanPolicy, RoundCosts
 from ..registry import Registry
@@ -71,7 +72,8 @@ def check_placement(setup: Setup) -> dict[str, dict[str, Any]]:
     if over and not setup.cfg.split.allow_over_memory:
         who = "; ".join(f"client {c} ({o['device']}): {o['memory_gb_budget']:g} GB budget, cut {o['cut']} needs "
                         f"{o['memory_gb_needed']:g} GB" for c, o in over.items())
-        raise UserError(f"no cut fits in memory for {who}; give the device more memory (heterogeneity.tiers), "
+        tail = f" (split.tail={setup.cfg.split.tail} is part of it: lower it)" if setup.cfg.split.shape == "u" else ""
+        raise UserError(f"no cut fits in memory for {who}{tail}; give the device more memory (heterogeneity.tiers), "
                         f"lower split.cut_min (or split.cut under split.policy=fixed), lower train.batch_size or "
                         f"data.max_length, or run anyway with split.allow_over_memory=true")
     return over
@@ -85,7 +87,8 @@ def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict
     cfg = setup.cfg
     act_bytes = setup.peft.base_model.model.config.hidden_size * MODEL_DTYPES[cfg.model.dtype].itemsize
     clock = VirtualClock(cost_model(setup), devices, server_profile(cfg.heterogeneity), order=cfg.federation.order,
-                         nominal=(cfg.train.batch_size, cfg.data.max_length, act_bytes))
+                         nominal=(cfg.train.batch_size, cfg.data.max_length, act_bytes),
+                         tail_cut=tail_cut(cfg, setup.n_layer) if cfg.federation.method == "split" else None)
     logger.log("setup", method=cfg.federation.method, partition_sizes=[len(p) for p in setup.parts],
                **setup.data_stats, eval_samples=len(setup.eval), n_layer=setup.n_layer, family=setup.family.name,
                device=str(setup.device), devices={str(c): vars(d) for c, d in devices.items()},
@@ -109,7 +112,7 @@ def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> 
     policy = _policy(setup, bounds)
 
     def recut(cid: int, cut: int) -> None:
-        clients[cid].replace_part(ClientPart(peft, fam, cut, cut_rank(cfg)))
+        clients[cid].replace_part(build.client_part(cfg, peft, fam, cut))
 
     stats = client_stats(devices)
     fed = _federation(setup, server, clients, devices, logger, on_step, cfg.federation.local_steps,
@@ -133,13 +136,15 @@ def client_stats(devices: dict[int, DeviceProfile]) -> dict[int, ClientStats]:
 
 
 def held_lora_numel(setup: Setup, cut: int, full: dict[str, torch.Tensor]) -> int:
-    """LoRA parameters a client at `cut` trains and exchanges: blocks [0, cut), the cut layer at r_cut.
-    `full`: the model's adapters (`lora.adapter_state_dict`), taken once by the caller for all its cuts."""
-    held = {n: t for n, t in full.items() if (lora.layer_of(n, setup.family) or 0) < cut}
+    """LoRA parameters a client at `cut` trains and exchanges: blocks [0, cut) (and under U its tail), the cut
+    layers at r_cut. `full`: the model's adapters (`lora.adapter_state_dict`), taken once by the caller."""
+    end = tail_cut(setup.cfg, setup.n_layer) if cut < setup.n_layer else None
+    layer = {n: lora.layer_of(n, setup.family) or 0 for n in full}
+    held = {n: t for n, t in full.items() if layer[n] < cut or (end is not None and layer[n] >= end)}
     r_cut = cut_rank(setup.cfg)
     if r_cut is None or cut >= setup.n_layer:
         return sum(t.numel() for t in held.values())
-    return lora.active_lora_numel(held, setup.family, cut, r_cut)
+    return lora.active_lora_numel(held, setup.family, cut, r_cut, end)
 
 
 def round_costs(setup: Setup) -> RoundCosts:
@@ -151,12 +156,17 @@ def round_costs(setup: Setup) -> RoundCosts:
     acts = CODECS[cfg.transport.codec].encode(torch.zeros(b, t, hidden, dtype=setup.peft.dtype)).nbytes()
     labels = b * t * (MASK_DTYPE.itemsize + LABEL_DTYPE.itemsize)  # attention_mask + labels
     itemsize, full = setup.peft.dtype.itemsize, lora.adapter_state_dict(setup.peft)
-    return RoundCosts(client_flops=tuple(cost.train_flops(0, k, b, t) for k in range(n_layer)),
-                      server_flops=tuple(cost.train_flops(k, n_layer, b, t, head=True) for k in range(n_layer)),
-                      lora_bytes=tuple(held_lora_numel(setup, k, full) * itemsize for k in range(n_layer)),
-                      step_bytes_up=acts + labels, step_bytes_down=acts + SCALARS_NBYTES,
-                      local_steps=cfg.federation.local_steps, server_tflops=cfg.heterogeneity.server_tflops,
-                      order=cfg.federation.order)
+    end = tail_cut(cfg, n_layer)
+    u = {} if end is None else dict(  # the mask alone goes up; hidden states down and their gradient up
+        tail_flops=cost.train_flops(end, n_layer, b, t, head=True), step_bytes_tail=acts,
+        step_bytes_up=2 * acts + b * t * MASK_DTYPE.itemsize, step_bytes_down=2 * acts)
+    return RoundCosts(**{"client_flops": tuple(cost.train_flops(0, k, b, t) for k in range(n_layer)),
+                         "server_flops": tuple(cost.train_flops(k, end or n_layer, b, t, head=end is None)
+                                               for k in range(n_layer)),
+                         "lora_bytes": tuple(held_lora_numel(setup, k, full) * itemsize for k in range(n_layer)),
+                         "step_bytes_up": acts + labels, "step_bytes_down": acts + SCALARS_NBYTES,
+                         "local_steps": cfg.federation.local_steps,
+                         "server_tflops": cfg.heterogeneity.server_tflops, "order": cfg.federation.order, **u})
 
 
 def build_fedlora(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
@@ -186,7 +196,9 @@ def client_report(setup: Setup, fed: Federation, rounds: list[dict[str, Any]]) -
     """Per client: device, largest cut held, estimated training memory vs budget, LoRA parameters it trains at
     its final cut, LoRA bytes it exchanged."""
     cfg, cost = setup.cfg, cost_model(setup)
-    base_gb, block_gb = cost.memory_gb(cfg.train.batch_size, cfg.data.max_length)
+    bounds = cut_bounds(setup) if cfg.federation.method == "split" else None
+    base_gb, block_gb = (bounds.base_gb, bounds.block_gb) if bounds else cost.memory_gb(cfg.train.batch_size,
+                                                                                         cfg.data.max_length)
     devices = fed.clock.devices if isinstance(fed.clock, VirtualClock) else {}
     full = lora.adapter_state_dict(setup.peft)
     out = {}

@@ -4,8 +4,12 @@ Client and server code talk only to `Transport`; `inproc.py` calls the server ob
 and `grpc.py` encodes the same messages. Wire dtypes are fixed here so byte counts are exact:
     activations        (B, T, H)  model dtype, or as `transport.codec` encodes them (compress.py)
     attention_mask     (B, T)     uint8   (1 = token, 0 = padding)
-    labels             (B, T)     int32   (-100 = no loss; labels travel to the server, which computes the loss)
+    labels             (B, T)     int32   (-100 = no loss; under split.shape=vanilla labels travel to the server,
+                                            which computes the loss; under u they never leave the client)
     grad_activations   (B, T, H)  same dtype as activations, or encoded by the same codec
+A U-shaped step crosses twice more, between the server's last block and the client's tail:
+    hidden             (B, T, H)  server -> client, encoded like activations
+    grad_hidden        (B, T, H)  client -> server (`BackwardRequest`), encoded like activations
 The messages hold decoded tensors: each transport encodes what it sends with the codec, counts the encoded
 bytes, and hands the other side what it decodes.
 """
@@ -42,7 +46,8 @@ def adapters_nbytes(adapters: dict[str, torch.Tensor]) -> int:
 class ForwardRequest:
     """Client -> server, once per split step (train) or eval batch (train=False).
 
-    Bytes up = activations (as encoded) + attention_mask + labels.
+    Bytes up = activations (as encoded) + attention_mask + labels. A U-shaped client sends no labels (None): the
+    server answers with the hidden states for the client's tail instead of a loss.
     """
 
     client_id: int
@@ -51,18 +56,31 @@ class ForwardRequest:
     cut: int
     activations: torch.Tensor
     attention_mask: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor | None
     train: bool = True
 
     def __post_init__(self) -> None:
         b, t = self.attention_mask.shape
         assert self.activations.dim() == 3 and self.activations.shape[:2] == (b, t), (
             f"activations {tuple(self.activations.shape)} do not match attention_mask {(b, t)}")
-        assert self.labels.shape == (b, t), f"labels {tuple(self.labels.shape)} != {(b, t)}"
-        assert self.attention_mask.dtype == MASK_DTYPE and self.labels.dtype == LABEL_DTYPE
+        assert self.labels is None or self.labels.shape == (b, t), f"labels {tuple(self.labels.shape)} != {(b, t)}"
+        assert self.attention_mask.dtype == MASK_DTYPE and (self.labels is None or self.labels.dtype == LABEL_DTYPE)
 
     def labels_nbytes(self) -> int:
+        """labels (none under U) + attention_mask."""
         return tensor_nbytes(self.labels) + tensor_nbytes(self.attention_mask)
+
+
+@dataclass
+class BackwardRequest:
+    """Client -> server, second half of a U-shaped training step: the gradient of the client's loss w.r.t. the
+    hidden states the server sent, (B, T, H). The server back-propagates it through its blocks, updates its
+    LoRA and answers with grad_activations."""
+
+    client_id: int
+    round: int
+    step: int
+    grad_hidden: torch.Tensor
 
 
 @dataclass
@@ -76,6 +94,10 @@ class StepReply:
     server_s: float = 0.0
     """Seconds the server held the step (its queue and compute): the client's round trip minus this is its link
     time. 0 in process (the simulation's clock charges links from profiles)."""
+
+    hidden: torch.Tensor | None = None
+    """U-shaped split, reply to a ForwardRequest: the hidden states (B, T, H) after the server's last block, for
+    the client's tail (no loss: the server has no labels)."""
 
     @property
     def loss(self) -> float:
@@ -111,14 +133,18 @@ class Pulled:
     max_steps: int | None = None
 
 
-BYTE_KINDS = ("activations_up", "labels_up", "grad_activations_down", "lora_up", "lora_down", "eval_up",
-              "eval_down")
+BYTE_KINDS = ("activations_up", "labels_up", "hidden_down", "grad_hidden_up", "grad_activations_down", "lora_up",
+              "lora_down", "eval_up", "eval_down")
+"""labels_up: labels + attention_mask (the mask alone under U); hidden_down, grad_hidden_up: the U-shaped
+split's second crossing (0 under vanilla)."""
+STEP_UP, STEP_DOWN = ("activations_up", "labels_up", "grad_hidden_up"), ("hidden_down", "grad_activations_down")
+"""The kinds a training step sends up and down."""
 
 
 def training_traffic(kinds: Mapping[str, int]) -> dict[str, int]:
     """bytes_up and bytes_down of training (evaluation traffic left out) from byte counts by kind."""
-    return {"bytes_up": kinds["activations_up"] + kinds["labels_up"] + kinds["lora_up"],
-            "bytes_down": kinds["grad_activations_down"] + kinds["lora_down"]}
+    return {"bytes_up": sum(kinds[k] for k in STEP_UP) + kinds["lora_up"],
+            "bytes_down": sum(kinds[k] for k in STEP_DOWN) + kinds["lora_down"]}
 
 
 class ByteCounter:
@@ -141,6 +167,15 @@ class ByteCounter:
     def reply(self, req: ForwardRequest, grad_nbytes: int) -> None:
         """A step reply: grad_activations (encoded size; 0 for evaluation) and the loss scalars."""
         self.add(req.client_id, "grad_activations_down" if req.train else "eval_down", grad_nbytes + SCALARS_NBYTES)
+
+    def hidden(self, req: ForwardRequest, nbytes: int) -> None:
+        """A U-shaped forward reply: the hidden states for the client's tail (encoded size; no loss scalars)."""
+        self.add(req.client_id, "hidden_down" if req.train else "eval_down", nbytes)
+
+    def backward(self, req: BackwardRequest, grad_hidden_nbytes: int, grad_nbytes: int) -> None:
+        """A U-shaped step's second half: grad_hidden up, grad_activations down (encoded sizes)."""
+        self.add(req.client_id, "grad_hidden_up", grad_hidden_nbytes)
+        self.add(req.client_id, "grad_activations_down", grad_nbytes)
 
     def totals(self) -> dict[str, int]:
         return sum_kinds(self.bytes)
@@ -190,7 +225,12 @@ class Transport(Protocol):
     counter: ByteCounter
 
     def step(self, req: ForwardRequest) -> StepReply:
-        """Forward from the cut, loss, and (train) backward + server update; returns grad_activations."""
+        """Forward from the cut, loss, and (train) backward + server update; returns grad_activations. Under a
+        U-shaped split: forward to the client's tail; returns the hidden states (`backward` finishes the step)."""
+        ...
+
+    def backward(self, req: BackwardRequest) -> StepReply:
+        """U-shaped split: back-propagate grad_hidden, update the server LoRA; returns grad_activations."""
         ...
 
     def push_adapters(self, update: AdapterUpdate) -> None:
@@ -215,6 +255,8 @@ class Server(Protocol):
 
     def step(self, req: ForwardRequest) -> StepReply: ...
 
+    def backward(self, req: BackwardRequest) -> StepReply: ...
+
     def push_adapters(self, update: AdapterUpdate) -> None: ...
 
     def pull_adapters(self, client_id: int, cut: int, round_: int) -> dict[str, torch.Tensor]: ...
@@ -231,6 +273,8 @@ class AsyncServer(Protocol):
     as coroutines. `deploy.coordinator.Coordinator` is one; the gRPC endpoint calls it."""
 
     async def step(self, req: ForwardRequest) -> StepReply: ...
+
+    async def backward(self, req: BackwardRequest) -> StepReply: ...
 
     async def push_adapters(self, update: AdapterUpdate) -> None: ...
 

@@ -10,7 +10,17 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .base import AdapterUpdate, ByteCounter, ForwardRequest, NoCount, Pulled, Server, StepReply, adapters_nbytes
+from .base import (
+    AdapterUpdate,
+    BackwardRequest,
+    ByteCounter,
+    ForwardRequest,
+    NoCount,
+    Pulled,
+    Server,
+    StepReply,
+    adapters_nbytes,
+)
 from .compress import NONE, Codec
 
 
@@ -29,12 +39,23 @@ class InProcTransport:
         acts, up = self.codec.roundtrip(req.activations)  # `none`: acts is req.activations itself
         self.counter.request(req, up)
         reply = self.server.step(replace(req, activations=acts))
+        if reply.hidden is not None:  # U-shaped: the hidden states go down to the client's tail
+            hidden, down = self.codec.roundtrip(reply.hidden)
+            self.counter.hidden(req, down)
+            return replace(reply, hidden=hidden)
         down = 0
         if reply.grad_activations is not None:
             grad, down = self.codec.roundtrip(reply.grad_activations)
             reply = replace(reply, grad_activations=grad)
         self.counter.reply(req, down)
         return reply
+
+    def backward(self, req: BackwardRequest) -> StepReply:
+        grad_hidden, up = self.codec.roundtrip(req.grad_hidden)
+        reply = self.server.backward(replace(req, grad_hidden=grad_hidden))
+        grad, down = self.codec.roundtrip(reply.grad_activations)
+        self.counter.backward(req, up, down)
+        return replace(reply, grad_activations=grad)
 
     def push_adapters(self, update: AdapterUpdate) -> None:
         self.counter.add(update.client_id, "lora_up", update.nbytes())

@@ -93,3 +93,20 @@ def test_allow_over_memory_runs_it_with_a_warning_in_the_log_and_the_setup_recor
     assert "client 0 (tinyphone) runs over its memory budget" in capsys.readouterr().err
     setup = next(r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "setup")
     assert set(setup["over_memory"]) == {"0"} and setup["over_memory"]["0"]["cut"] == 1
+
+
+def test_a_tail_that_does_not_fit_a_clients_memory_is_one_error_naming_split_tail(tmp_path):
+    """The same device fits vanilla's cut 1 (4.1 MB) but not a U-shaped client's two tail blocks and logits."""
+    from splitft.errors import UserError
+    from splitft.sim.runner import run_simulation
+
+    phone = ["heterogeneity.tiers=[{name: smallphone, tflops: 0.5, memory_gb: 0.008}]",
+             "heterogeneity.devices=[smallphone,laptop,workstation]"]
+    cfg = tiny_config(tmp_path, "llama", *ADAPTIVE, *phone, "split.cut=1", "split.shape=u", "split.tail=2",
+                      "split.cut_max=1")
+    with pytest.raises(UserError, match=r"client 0 \(smallphone\): 0.008 GB budget, cut 1 needs 0.013 GB "
+                                        r"\(split.tail=2 is part of it: lower it\)"):
+        run_simulation(cfg)
+    assert not (tmp_path / "run").exists()
+    run_simulation(tiny_config(tmp_path / "v", "llama", *ADAPTIVE, *phone, "split.cut=1", "split.cut_max=1",
+                               "federation.rounds=1"))

@@ -36,8 +36,7 @@ def uninterrupted(tmp_path_factory):
     return cfg.metrics.out_dir
 
 
-def test_an_interrupted_run_resumed_from_its_checkpoint_ends_bit_identical(uninterrupted, tmp_path, monkeypatch):
-    cfg = tiny_config(tmp_path, "llama", *RUN)
+def _interrupt_in_round_2(cfg, monkeypatch):
     real = Federation.run_round
 
     def crash_in_round_2(self, round_, evaluate):
@@ -50,19 +49,37 @@ def test_an_interrupted_run_resumed_from_its_checkpoint_ends_bit_identical(unint
     with pytest.raises(KeyboardInterrupt):
         run_simulation(cfg)
     monkeypatch.undo()
-    out = tmp_path / "run"
+    out = Path(cfg.metrics.out_dir)
     assert (out / "checkpoints" / "latest").read_text().strip() == "round_1"
     res = subprocess.run([sys.executable, "-m", "splitft.cli", "simulate", "--resume", str(out)], capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr
+    return out
+
+
+def _same_run(uninterrupted, out):
     whole = load_file(f"{uninterrupted}/adapter/adapter_model.safetensors")
     resumed = load_file(out / "adapter" / "adapter_model.safetensors")
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
     assert _rounds(Path(uninterrupted)) == _rounds(out), "the same records, losses, bytes, cuts and drops"
+
+
+def test_an_interrupted_run_resumed_from_its_checkpoint_ends_bit_identical(uninterrupted, tmp_path, monkeypatch):
+    out = _interrupt_in_round_2(tiny_config(tmp_path, "llama", *RUN), monkeypatch)
+    _same_run(uninterrupted, out)
     rounds = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
     assert [r["round"] for r in rounds] == [-1, 0, 1, 2, 3]
     assert any(r.get("dropped") for r in rounds), "the seed should drop someone in 4 rounds at p=0.3"
     assert len({tuple(r["cuts"].values()) for r in rounds[1:]}) > 1, "cuts moved, so recut state was restored"
+
+
+def test_a_u_shaped_run_resumes_bit_identical_with_its_tails(tmp_path, monkeypatch):
+    u = [*RUN, "split.shape=u", "split.tail=1", "split.cut_max=2", "federation.order=arrival"]
+    whole = tiny_config(tmp_path / "whole", "llama", *u)
+    run_simulation(whole)
+    _same_run(whole.metrics.out_dir, _interrupt_in_round_2(tiny_config(tmp_path, "llama", *u), monkeypatch))
+    steps = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "step"]
+    assert all(s["hidden_down"] == s["grad_hidden_up"] > 0 for s in steps)
 
 
 def test_resuming_a_copied_run_writes_only_into_the_copy(tmp_path, monkeypatch):

@@ -114,3 +114,29 @@ def test_a_config_file_that_is_not_utf8_or_an_alias_bomb_is_one_short_error(tmp_
     with pytest.raises(ConfigError) as e:
         load_config(bomb)
     assert len(str(e.value)) < 2000 and "federation.rounds: expected int" in str(e.value)
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["split.shape=v"], "split.shape: must be one of vanilla, u"),
+    (["split.shape=u", "split.tail=0"], "split.tail: a U-shaped split needs the client to hold at least the last"),
+    (["split.shape=u", "federation.method=fedlora"], "split.shape=u splits the model"),
+])
+def test_bad_split_shapes_say_how_to_fix(overrides, says):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert says in str(e.value)
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["split.shape=u", "split.tail=29"], "split.tail: 29 of this 30-block model's blocks on the client leave no "
+                                         "block for its cut and the server; use split.tail <= 28"),
+    (["split.shape=u", "split.tail=27", "split.cut=3"], "split.cut: must be in [1, 2] for this 30-block model "
+                                                        "(split.tail=27 puts the client's tail at blocks [3, 30))"),
+    (["split.shape=u", "split.tail=25", "split.cut=2", "split.cut_max=6"], "split.cut_max: must be <= 4"),
+])
+def test_a_tail_that_leaves_the_server_nothing_or_overlaps_the_cut_is_refused(overrides, says):
+    cfg = load_config(None, overrides)
+    with pytest.raises(ConfigError) as e:
+        validate_against_model(cfg, n_layer=30, max_positions=None)
+    assert says in str(e.value)
+    assert "lower" in str(e.value) or "use split.tail" in str(e.value) or "cut_max" in str(e.value)

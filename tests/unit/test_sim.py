@@ -111,3 +111,12 @@ def test_plan_order_is_charged_lockstep_turns():
     fifo = round_time(steps, devices, server, {}, {}, order="arrival")
     assert fifo[1] == pytest.approx(0.4, abs=1e-3), "alone, the fast client needs 2 x 0.2 s"
     assert plan[1] == pytest.approx(3.1, abs=1e-3), "in turns it waits for each slow step ahead of it"
+
+
+def test_a_u_shaped_step_holds_the_server_through_the_clients_tail():
+    # fwd 1 s + up 1 s (activations) -> server 1 s -> hidden down 1 s, tail 1 s, grad_hidden up 1 s (server held)
+    # -> grad_activations down 0.5 s -> bwd 1 s: 7.5 s; the second client, arrived at 2 s, is served from 6 s
+    step = dict(client_flops=2e12, server_flops=2e12, bytes_up=2_000_000, bytes_down=1_500_000, tail_flops=1e12,
+                hidden_down=1_000_000, grad_hidden_up=1_000_000)
+    t = round_time([StepCost(0, **step), StepCost(1, **step)], {0: DEV, 1: DEV}, SERVER, {}, {})
+    assert t == {0: pytest.approx(7.5), 1: pytest.approx(7.5 + 4.0)}
