@@ -33,8 +33,9 @@ def qa_file(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "qa.jsonl", rows)
 
 
-def tiny_split_server(first: int = 2, lr: float = 0.1):
-    """(peft model, SplitServer holding blocks [first, L)) of tiny:llama at rank 4: a server to send requests to."""
+def tiny_split_server(first: int = 2, lr: float = 0.1, tail_cut: int | None = None):
+    """(peft model, SplitServer holding blocks [first, L)) of tiny:llama at rank 4: a server to send requests to.
+    With `tail_cut`, a U-shaped split's server: blocks [first, tail_cut)."""
     from splitft import lora
     from splitft.model.families import family_for
     from splitft.model.loader import load
@@ -43,4 +44,5 @@ def tiny_split_server(first: int = 2, lr: float = 0.1):
 
     fam = family_for("llama")
     peft = lora.wrap(load("tiny:llama").model, fam, r=4, alpha=8, dropout=0.0, targets=fam.lora_targets)
-    return peft, SplitServer(ServerPart(peft, fam, first), lora.adapter_state_dict(peft), fam, lr=lr)
+    return peft, SplitServer(ServerPart(peft, fam, first, tail_cut=tail_cut), lora.adapter_state_dict(peft), fam,
+                             lr=lr)

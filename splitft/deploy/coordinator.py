@@ -24,7 +24,7 @@ import torch
 
 from ..federation import plan_round
 from ..server import FedAvgServer, NonFiniteStep
-from ..transport.base import AdapterUpdate, ForwardRequest, Pulled, StepReply
+from ..transport.base import AdapterUpdate, BackwardRequest, ForwardRequest, Pulled, StepReply
 from .handshake import differences
 from .placement import Placement
 
@@ -77,6 +77,7 @@ class Coordinator:
         self.dropped: dict[int, str] = {}  # this round: client -> why
         self.finished_clients: set[int] = set()
         self.cache: dict[int, tuple[tuple[int, int, int], StepReply]] = {}  # client -> its last applied step
+        self.forwarded: dict[int, tuple[tuple[int, int, int], StepReply]] = {}  # U: client -> its forward in flight
         self.t0 = self.started = clock()  # when the server / the current round began
         self.last_seen: dict[int, float] = {}
         self.changed = asyncio.Condition()
@@ -187,6 +188,7 @@ class Coordinator:
         """
         self._check_client(req.client_id)
         if not req.train:
+            await self._wait(self._idle)  # U: the adapters must not move under a step in flight (see server.py)
             return self.server.step(req)
         key, turn = (req.client_id, req.round, req.step), (req.client_id, req.step)
         if (hit := self._cached(key)) is not None:
@@ -198,12 +200,14 @@ class Coordinator:
                     or req.step != self.done_steps[req.client_id] or req.step >= self._cap():
                 raise Refused(f"step (round {req.round}, step {req.step}) of client {req.client_id} is a replay or "
                               f"not expected (federation at round {self.round})")
-            return await self._apply(req, key)
-        if req.round != self.round or turn not in self.plan.order[self.pos:]:
-            raise Refused(f"step (round {req.round}, step {req.step}) of client {req.client_id} is a replay or "
-                          f"not in this round's plan (federation at round {self.round})")
-        await self._wait(lambda: self._cached(key) is not None or self.round != req.round
-                         or req.client_id in self.dropped or self.plan.order[self.pos] == turn)
+            await self._wait(lambda: self._cached(key) is not None or self._idle() or self.round != req.round
+                             or req.client_id in self.dropped)
+        else:
+            if req.round != self.round or turn not in self.plan.order[self.pos:]:
+                raise Refused(f"step (round {req.round}, step {req.step}) of client {req.client_id} is a replay or "
+                              f"not in this round's plan (federation at round {self.round})")
+            await self._wait(lambda: self._cached(key) is not None or self.round != req.round
+                             or req.client_id in self.dropped or self.plan.order[self.pos] == turn)
         if (hit := self._cached(key)) is not None:  # a resend that waited beside the original
             return hit
         self._check_not_dropped(req.client_id, req.round)
@@ -211,17 +215,63 @@ class Coordinator:
             raise Refused(f"round {req.round} ended while step {req.step} of client {req.client_id} waited")
         return await self._apply(req, key)
 
+    def _idle(self) -> bool:
+        """No U-shaped step is between its forward and its backward."""
+        return getattr(self.server, "in_flight", None) is None
+
+    def _cached(self, key: tuple[int, int, int]) -> StepReply | None:
+        """The reply already given to step `key`: its last applied one, or its U-shaped forward in flight."""
+        for cache in (self.cache, self.forwarded):
+            hit = cache.get(key[0])
+            if hit is not None and hit[0] == key:
+                return hit[1]
+        return None
+
     async def _apply(self, req: ForwardRequest, key: tuple[int, int, int]) -> StepReply:
         try:
             reply = self.server.step(req)
         except NonFiniteStep as e:  # not applied; out of this round, or the others would wait for its turn
             await self.drop(req.client_id, f"step {req.step} had a NaN/Inf loss or gradient")
             raise Refused(str(e)) from None
-        self.cache[req.client_id] = (key, reply)
-        self.trained[req.client_id] += req.activations.shape[0]
-        self.done_steps[req.client_id] += 1
+        if reply.hidden is not None:  # U-shaped: the step holds the server until its backward
+            self.forwarded[req.client_id] = (key, reply)
+            return reply
+        await self._applied(key, reply, req.activations.shape[0])
+        return reply
+
+    async def _applied(self, key: tuple[int, int, int], reply: StepReply, rows: int) -> None:
+        cid = key[0]
+        self.cache[cid] = (key, reply)
+        self.trained[cid] += rows
+        self.done_steps[cid] += 1
         self.pos += 1
         await self._notify()
+
+    async def backward(self, req: BackwardRequest) -> StepReply:
+        """The second half of a U-shaped step: only the step in flight, and only from the client that began it; a
+        resent backward gets the cached reply."""
+        self._check_client(req.client_id)
+        key = (req.client_id, req.round, req.step)
+        hit = self.cache.get(req.client_id)
+        if hit is not None and hit[0] == key:
+            self.log(f"client {req.client_id}: backward of step {key[1:]} resent; answered from cache")
+            return hit[1]
+        self._check_not_dropped(req.client_id, req.round)
+        flying = getattr(self.server, "in_flight", None)
+        if flying is None or flying[0] != key:
+            raise Refused(f"backward of step (round {req.round}, step {req.step}) of client {req.client_id} has no "
+                          "forward in flight")
+        if tuple(req.grad_hidden.shape) != tuple(flying[2].shape):
+            raise Refused(f"grad_hidden {tuple(req.grad_hidden.shape)} does not match the hidden states sent "
+                          f"{tuple(flying[2].shape)}")
+        try:
+            reply = self.server.backward(req)
+        except NonFiniteStep as e:
+            self.forwarded.pop(req.client_id, None)
+            await self.drop(req.client_id, f"step {req.step} had a NaN/Inf gradient")
+            raise Refused(str(e)) from None
+        self.forwarded.pop(req.client_id, None)
+        await self._applied(key, reply, req.grad_hidden.shape[0])
         return reply
 
     def _cap(self) -> int:
@@ -237,10 +287,6 @@ class Coordinator:
         known = sorted(self.step_s[c] * self.local_steps for c in self.plan.clients if c in self.step_s)
         seconds = self.round_time_s or (known[len(known) // 2] if known else None)
         return {} if seconds is None else {"budget_s": seconds, "max_steps": self.max_steps}
-
-    def _cached(self, key: tuple[int, int, int]) -> StepReply | None:
-        hit = self.cache.get(key[0])
-        return hit[1] if hit is not None and hit[0] == key else None
 
     async def push_adapters(self, update: AdapterUpdate) -> None:
         """Take a client's adapters; a resent push of an accepted one is acknowledged and ignored."""
@@ -348,6 +394,8 @@ class Coordinator:
             return
         self.dropped[cid] = why
         self.log(f"round {self.round}: dropped client {cid}: {why}")
+        if self.forwarded.pop(cid, None) is not None:  # its U-shaped step will not finish: nothing was applied
+            self.server.abandon()
         self.plan.order = self.plan.order[:self.pos] + [k for k in self.plan.order[self.pos:] if k[0] != cid]
         await self._notify()
         await self._maybe_decide()

@@ -17,8 +17,16 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from ..config import DeviceConfig
+from ..config import Config, DeviceConfig
 from ..cost import CostModel, transfer_s
+from ..errors import UserError
+
+
+def check_shape(cfg: Config) -> None:
+    """Emulation paces the vanilla split's step; a U-shaped step's tail and second crossing are not paced yet."""
+    if cfg.split.shape == "u":
+        raise UserError("--emulate paces vanilla split steps only (a U-shaped step's tail and its second crossing "
+                        "are not paced yet): run with split.shape=vanilla, or without --emulate")
 
 
 class Pacer:

@@ -14,9 +14,6 @@ from typing import Any
 
 from ..config import Config
 
-SHAPE = "vanilla"
-"""The split's shape: the client holds the first blocks, the server the rest and the loss."""
-
 SETTINGS = ("model.dtype", "federation.method", "federation.n_clients", "federation.rounds",
             "federation.local_steps", "federation.clients_per_round", "federation.seed", "federation.order",
             "federation.round_budget", "federation.round_time_s", "federation.max_steps_factor", "train.batch_size",
@@ -34,8 +31,9 @@ def _get(cfg: Config, key: str) -> Any:
 
 def terms_of(cfg: Config, fingerprint: str) -> dict[str, Any]:
     """`model` is the model's `loader.fingerprint` (the source path may differ between machines)."""
-    return {"model": fingerprint, "model.source": cfg.model.source, "split.shape": SHAPE,
-            **{k: _get(cfg, k) for k in SETTINGS}}
+    u = cfg.split.shape == "u"  # the tail matters only to a U-shaped split
+    return {"model": fingerprint, "model.source": cfg.model.source, "split.shape": cfg.split.shape,
+            "split.tail": cfg.split.tail if u else None, **{k: _get(cfg, k) for k in SETTINGS}}
 
 
 def differences(server: dict[str, Any], client: dict[str, Any]) -> list[str]:
@@ -44,7 +42,7 @@ def differences(server: dict[str, Any], client: dict[str, Any]) -> list[str]:
     if server.get("model") != client.get("model"):
         out.append(f"model: the server runs {server.get('model.source')} (fingerprint {server.get('model')}), this "
                    f"client {client.get('model.source')} (fingerprint {client.get('model')})")
-    for key in ("split.shape", *SETTINGS):
+    for key in ("split.shape", "split.tail", *SETTINGS):
         if server.get(key) != client.get(key):
             out.append(f"{key}: the server has {server.get(key)!r}, this client {client.get(key)!r}")
     return out

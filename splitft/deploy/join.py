@@ -37,7 +37,7 @@ from ..build import (
     split_client_with,
 )
 from ..client import LocalClient, SplitClient
-from ..config import Config, DeviceConfig
+from ..config import Config, DeviceConfig, tail_cut
 from ..data.datasets import Example, load_examples, read_rows, resolve_path, split_eval
 from ..data.partitioners import partitioner_for, samples_of
 from ..devices import client_profiles
@@ -51,7 +51,7 @@ from ..seeding import derive_seed
 from ..transport import tls
 from ..transport.base import adapters_nbytes
 from ..transport.grpc import GrpcTransport, ServerRefused, ServerRestarted
-from .emulate import Pacer
+from .emulate import Pacer, check_shape
 from .handshake import terms_of
 from .serve import deploy_problems
 
@@ -83,14 +83,15 @@ class Holder:
     """This client's part of the model, and the mechanism that changes it: loads the blocks a larger cut needs
     from the model file, drops those a smaller cut leaves (the policy decides; this applies)."""
 
-    def __init__(self, pm: PartialModel, r_cut: int | None):
-        self.pm, self.r_cut, self.cut = pm, r_cut, 0
+    def __init__(self, pm: PartialModel, r_cut: int | None, tail_cut: int | None = None):
+        self.pm, self.r_cut, self.tail_cut, self.cut = pm, r_cut, tail_cut, 0
 
     def part(self, cut: int) -> ClientPart | FullPart:
         pm = self.pm
         if cut > self.cut:
-            pm.hold(pm.client_paths(cut))
-        part = FullPart(pm.peft, pm.family) if cut >= pm.n_layer else ClientPart(pm.peft, pm.family, cut, self.r_cut)
+            pm.hold(pm.client_paths(cut, self.tail_cut))
+        part = FullPart(pm.peft, pm.family) if cut >= pm.n_layer else ClientPart(pm.peft, pm.family, cut, self.r_cut,
+                                                                                 self.tail_cut)
         if 0 < cut < self.cut:
             pm.drop(pm.blocks(range(cut, self.cut)))
         self.cut = cut
@@ -107,6 +108,8 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False, emulate
     if not token:
         raise UserError(f"set this client's token in the environment variable {cfg.transport.token_env}")
     read_rows(cfg.data)  # a missing, empty or unreadable data file fails here, before any weight is read
+    if emulate:
+        check_shape(cfg)
     device = emulated_device(cfg, client_id) if emulate else None
     tls.check_files(cfg.transport, "client")
     meta = check_model(cfg)
@@ -155,7 +158,7 @@ class Participant:
                  held_out: list[Example], transport: GrpcTransport, say: Callable[[str], None]):
         self.cfg, self.id, self.pm, self.transport, self.say = cfg, client_id, pm, transport, say
         fed = cfg.federation
-        self.holder = Holder(pm, cut_rank(cfg))
+        self.holder = Holder(pm, cut_rank(cfg), tail_cut(cfg, pm.n_layer))
         self.setup = Setup(cfg, pm.peft, pm.family, pm.tokenizer, train, held_out, {}, pm.device, [])
         stream = client_stream(self.setup, client_id, list(range(len(train))))
         first_cut = cfg.split.cut if fed.method == "split" else pm.n_layer

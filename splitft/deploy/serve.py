@@ -26,7 +26,7 @@ import torch
 
 from .. import checkpoint, lora
 from ..build import PartialModel, check, check_model, cost_model_of, cut_bounds, open_model, rule_policy, split_server
-from ..config import Config
+from ..config import Config, tail_cut
 from ..errors import UserError
 from ..measure import peak_memory
 from ..metrics import MetricsLogger, perplexity
@@ -155,12 +155,14 @@ class _Party:
         bounds = cut_bounds(cfg, cost, pm.n_layer)
         smallest = cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min  # the least a client may hold
         self.first = smallest if split else pm.n_layer
-        if split:  # blocks [first, L), norm, head; nothing of the clients' blocks
-            pm.hold(pm.server_paths(self.first))
+        end = tail_cut(cfg, pm.n_layer)
+        if split:  # blocks [first, L), norm, head (under U: [first, tail_cut)); nothing of the clients' blocks
+            pm.hold(pm.server_paths(self.first, end))
             self.server: FedAvgServer = split_server(cfg, pm.peft, pm.family, self.first)
         else:  # fedlora: the server only aggregates and holds no weights at all
             self.server = FedAvgServer(lora.adapter_state_dict(pm.peft), pm.family)
-        what = f"blocks {self.first}-{pm.n_layer - 1} and the head" if split else "none: clients train the whole model"
+        what = "none: clients train the whole model" if not split else f"blocks {self.first}-{pm.n_layer - 1} and " \
+            "the head" if end is None else f"blocks {self.first}-{end - 1}; the clients hold the tail and the head"
         log(f"holding {pm.held_gb():.3f} GB of base weights ({what})")
         tokens_per_step = cfg.train.batch_size * cfg.data.max_length
         self.placement = Placement(rule_policy(cfg, bounds) if split else None, bounds,
@@ -204,8 +206,10 @@ class _Party:
 
 def _step_shape(cfg: Config, pm: PartialModel, first: int) -> wire.StepShape:
     hf = pm.peft.base_model.model
+    end = tail_cut(cfg, pm.n_layer)
     return wire.StepShape(hf.config.hidden_size, pm.dtype, max_tokens=cfg.train.batch_size * cfg.data.max_length,
-                          vocab=hf.config.vocab_size, cut_range=(first, pm.n_layer), codec=CODECS[cfg.transport.codec])
+                          vocab=hf.config.vocab_size, cut_range=(first, end or pm.n_layer),
+                          codec=CODECS[cfg.transport.codec], u=end is not None)
 
 
 def _adapter_limits(pm: PartialModel) -> tuple[dict[str, torch.Size], int]:

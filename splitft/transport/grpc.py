@@ -28,6 +28,7 @@ from . import wire
 from .base import (
     AdapterUpdate,
     AsyncServer,
+    BackwardRequest,
     ByteCounter,
     ForwardRequest,
     Pulled,
@@ -75,7 +76,18 @@ class Endpoint:
             answer = await self.server.step(req)
             answer.server_s = time.monotonic() - start
             reply = wire.encode_reply(answer, env, self.shape.codec)
-            self.counter.reply(req, wire.payload_nbytes(reply))
+            if answer.hidden is not None:  # U-shaped: the hidden states go down to the client's tail
+                self.counter.hidden(req, wire.payload_nbytes(reply))
+            else:
+                self.counter.reply(req, wire.payload_nbytes(reply))
+            return reply
+        if env.kind == Envelope.BACKWARD:
+            back = wire.decode_backward(env, self.shape)
+            start = time.monotonic()
+            answer = await self.server.backward(back)
+            answer.server_s = time.monotonic() - start
+            reply = wire.encode_reply(answer, env, self.shape.codec)
+            self.counter.backward(back, wire.payload_nbytes(env), wire.payload_nbytes(reply))
             return reply
         if env.kind == Envelope.PUSH:
             update = wire.decode_push(env, self.adapter_shapes, self.max_numel)
@@ -436,7 +448,20 @@ class GrpcTransport:
             reply, down = wire.decode_reply(env, req, self.codec)
         except wire.WireError as e:
             raise TransportError(f"client {self.client_id}: bad reply from the server: {e}") from None
-        self.counter.reply(req, down)
+        if reply.hidden is not None:
+            self.counter.hidden(req, down)
+        else:
+            self.counter.reply(req, down)
+        return reply
+
+    def backward(self, req: BackwardRequest) -> StepReply:
+        up = self.codec.encode(req.grad_hidden)
+        env = self._call(wire.encode_backward(req, up))
+        try:
+            reply, down = wire.decode_backward_reply(env, req, self.codec)
+        except wire.WireError as e:
+            raise TransportError(f"client {self.client_id}: bad reply from the server: {e}") from None
+        self.counter.backward(req, up.nbytes(), down)
         return reply
 
     def push_adapters(self, update: AdapterUpdate) -> None:

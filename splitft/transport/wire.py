@@ -13,6 +13,9 @@ Every message has its encoder and its decoder, one pair per verb of `transport.b
     DONE        encode_done / decode_done          client -> server  (client_id, report)
     HELLO       encode_hello / decode_hello        client -> server  (client_id, terms), first on a connection
     WELCOME     encode_welcome / decode_welcome    server -> client  where the federation stands
+    BACKWARD    encode_backward / decode_backward  client -> server  BackwardRequest (U-shaped split)
+Under a U-shaped split a STEP carries no labels, its STEP_REPLY carries `hidden` (no loss), and the step ends
+with BACKWARD (grad_hidden) answered by a STEP_REPLY with grad_activations (`decode_backward_reply`).
 PUSH, PULL and DONE carry the client's `report`, a small JSON object (what it measured, its evaluation); HELLO
 and WELCOME carry theirs in the same field.
     ACK, ERROR  ack / error                        server -> client  (ERROR: the refusal's text)
@@ -35,7 +38,7 @@ import torch
 
 from ..loss import IGNORE
 from ..model.loader import MODEL_DTYPES
-from .base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, ForwardRequest, Pulled, StepReply
+from .base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, BackwardRequest, ForwardRequest, Pulled, StepReply
 from .compress import NONE, Codec, Packed
 from .proto import splitft_pb2 as pb
 
@@ -100,8 +103,10 @@ class StepShape:
     max_tokens: int
     vocab: int
     cut_range: tuple[int, int]
-    """[first, n_layer): cuts the server part can serve."""
+    """[first, end): cuts the server part can serve."""
     codec: Codec = NONE
+    u: bool = False
+    """A U-shaped split: requests carry no labels (the server would refuse them), replies carry `hidden`."""
 
 
 def packed_to_pb(role: str, p: Packed) -> list[pb.Tensor]:
@@ -144,10 +149,11 @@ def _check_codec(env: Envelope, c: Codec, whose: str) -> None:
 def encode_step(req: ForwardRequest, acts: Packed | None = None) -> Envelope:
     """`acts`: the activations as the codec encoded them (None: as they are, codec `none`)."""
     acts = acts or NONE.encode(req.activations)
+    labels = [] if req.labels is None else [tensor_to_pb("labels", req.labels)]  # none under a U-shaped split
     return Envelope(kind=Envelope.STEP, client_id=req.client_id, round=req.round, step=req.step, cut=req.cut,
                     train=req.train, codec=acts.codec,
                     tensors=[*packed_to_pb("activations", acts), tensor_to_pb("attention_mask", req.attention_mask),
-                             tensor_to_pb("labels", req.labels)])
+                             *labels])
 
 
 def decode_step(env: Envelope, shape: StepShape) -> ForwardRequest:
@@ -156,23 +162,52 @@ def decode_step(env: Envelope, shape: StepShape) -> ForwardRequest:
     the server serves."""
     _check_codec(env, shape.codec, "activations")
     t = _tensors(env, shape.max_tokens * shape.hidden)
-    _expect_tensors(t, "STEP", {"activations", "attention_mask", "labels"}, shape.codec, "activations")
-    mask, labels = t["attention_mask"], t["labels"]
+    if shape.u and "labels" in t:
+        raise WireError("this server runs a U-shaped split (split.shape=u): labels stay on the client; start the "
+                        "client with the server's split.shape")
+    _expect_tensors(t, "STEP", {"activations", "attention_mask"} | (set() if shape.u else {"labels"}), shape.codec,
+                    "activations")
+    mask, labels = t["attention_mask"], t.get("labels")
     lo, hi = shape.cut_range
     if not lo <= env.cut < hi:
         raise WireError(f"cut {env.cut} is not served here (server serves cuts in [{lo}, {hi}))")
-    values = t["activations"]
-    if values.dim() != 3 or values.shape[2] != shape.hidden:
-        raise WireError(f"activations must be (B, T, {shape.hidden}), got {tuple(values.shape)}")
-    if mask.dtype != MASK_DTYPE or labels.dtype != LABEL_DTYPE or mask.shape != values.shape[:2] \
-            or labels.shape != values.shape[:2]:
-        raise WireError("attention_mask must be uint8 and labels int32, both (B, T) like the activations")
-    if values.shape[0] * values.shape[1] > shape.max_tokens or values.numel() == 0:
-        raise WireError(f"batch of {values.shape[0]}x{values.shape[1]} tokens outside (0, {shape.max_tokens}]")
-    if mask.max() > 1 or not ((labels == IGNORE) | ((labels >= 0) & (labels < shape.vocab))).all():
-        raise WireError(f"attention_mask must be 0/1 and labels in [0, {shape.vocab}) or {IGNORE}")
+    values = _hidden_shaped(t["activations"], "activations", shape)
+    if mask.dtype != MASK_DTYPE or mask.shape != values.shape[:2] or mask.max() > 1:
+        raise WireError("attention_mask must be 0/1 uint8 of shape (B, T) like the activations")
+    if labels is not None and (labels.dtype != LABEL_DTYPE or labels.shape != values.shape[:2]
+                               or not ((labels == IGNORE) | ((labels >= 0) & (labels < shape.vocab))).all()):
+        raise WireError(f"labels must be int32 (B, T) like the activations, with labels in [0, {shape.vocab}) or "
+                        f"{IGNORE}")
     acts = packed_from_pb(t, "activations", shape.codec, shape.dtype)
     return ForwardRequest(env.client_id, env.round, env.step, env.cut, acts, mask, labels, env.train)
+
+
+def _hidden_shaped(values: torch.Tensor, role: str, shape: StepShape) -> torch.Tensor:
+    """Raises WireError unless `values` is (B, T, hidden) with 0 < B*T <= max_tokens."""
+    if values.dim() != 3 or values.shape[2] != shape.hidden:
+        raise WireError(f"{role} must be (B, T, {shape.hidden}), got {tuple(values.shape)}")
+    if values.shape[0] * values.shape[1] > shape.max_tokens or values.numel() == 0:
+        raise WireError(f"batch of {values.shape[0]}x{values.shape[1]} tokens outside (0, {shape.max_tokens}]")
+    return values
+
+
+def encode_backward(req: BackwardRequest, grad: Packed) -> Envelope:
+    """`grad`: grad_hidden as the codec encoded it."""
+    return Envelope(kind=Envelope.BACKWARD, client_id=req.client_id, round=req.round, step=req.step, train=True,
+                    codec=grad.codec, tensors=packed_to_pb("grad_hidden", grad))
+
+
+def decode_backward(env: Envelope, shape: StepShape) -> BackwardRequest:
+    """Raises WireError unless this server runs a U-shaped split and grad_hidden is (B, T, hidden) in its codec,
+    finite (its shape is checked against the step in flight by the server)."""
+    if not shape.u:
+        raise WireError("BACKWARD is a U-shaped split's message; this server runs split.shape=vanilla")
+    _check_codec(env, shape.codec, "grad_hidden")
+    t = _tensors(env, shape.max_tokens * shape.hidden)
+    _expect_tensors(t, "BACKWARD", {"grad_hidden"}, shape.codec, "grad_hidden")
+    _hidden_shaped(t["grad_hidden"], "grad_hidden", shape)
+    return BackwardRequest(env.client_id, env.round, env.step, packed_from_pb(t, "grad_hidden", shape.codec,
+                                                                              shape.dtype))
 
 
 def encode_reply(reply: StepReply, env: Envelope, c: Codec = NONE) -> Envelope:
@@ -182,6 +217,8 @@ def encode_reply(reply: StepReply, env: Envelope, c: Codec = NONE) -> Envelope:
                    server_s=reply.server_s)
     if reply.grad_activations is not None:
         out.tensors.extend(packed_to_pb("grad_activations", c.encode(reply.grad_activations)))
+    if reply.hidden is not None:
+        out.tensors.extend(packed_to_pb("hidden", c.encode(reply.hidden)))
     return out
 
 
@@ -190,6 +227,13 @@ def decode_reply(env: Envelope, req: ForwardRequest, c: Codec = NONE) -> tuple[S
     unless a training reply holds grad_activations of the request's shape in codec `c`, an eval reply none."""
     acts = req.activations
     t = _tensors(env, acts.numel())
+    if req.labels is None:  # U-shaped: the hidden states for the tail, train or eval
+        _check_codec(env, c, "hidden")
+        _expect_tensors(t, "STEP_REPLY (U-shaped)", {"hidden"}, c, "hidden")
+        if t["hidden"].shape != acts.shape:
+            raise WireError(f"hidden {tuple(t['hidden'].shape)} != activations {tuple(acts.shape)}")
+        hidden = packed_from_pb(t, "hidden", c, acts.dtype)
+        return StepReply(0.0, 0, 0, server_s=env.server_s, hidden=hidden), payload_nbytes(env)
     if not req.train:
         _expect_tensors(t, "STEP_REPLY (eval)", set(), NONE, "grad_activations")
         return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct), server_s=env.server_s), 0
@@ -199,6 +243,19 @@ def decode_reply(env: Envelope, req: ForwardRequest, c: Codec = NONE) -> tuple[S
         raise WireError(f"grad_activations {tuple(t['grad_activations'].shape)} != activations {tuple(acts.shape)}")
     grad = packed_from_pb(t, "grad_activations", c, acts.dtype)
     return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct), grad, env.server_s), payload_nbytes(env)
+
+
+def decode_backward_reply(env: Envelope, req: BackwardRequest, c: Codec = NONE) -> tuple[StepReply, int]:
+    """(reply with grad_activations, their bytes as encoded). Raises WireError unless grad_activations of
+    grad_hidden's shape in codec `c`."""
+    t = _tensors(env, req.grad_hidden.numel())
+    _check_codec(env, c, "grad_activations")
+    _expect_tensors(t, "STEP_REPLY (backward)", {"grad_activations"}, c, "grad_activations")
+    if t["grad_activations"].shape != req.grad_hidden.shape:
+        raise WireError(f"grad_activations {tuple(t['grad_activations'].shape)} != grad_hidden "
+                        f"{tuple(req.grad_hidden.shape)}")
+    grad = packed_from_pb(t, "grad_activations", c, req.grad_hidden.dtype)
+    return StepReply(0.0, 0, 0, grad, env.server_s), payload_nbytes(env)
 
 
 def _encode_tensors(kind: int, client_id: int, round_: int, adapters: dict[str, torch.Tensor],

@@ -87,7 +87,8 @@ def test_a_client_with_another_config_or_model_is_refused_before_training(tmp_pa
     each differing setting and both values, before any step; the server keeps serving."""
     with two_client_server(tmp_path) as (server, client):
         for extra, says in [("federation.local_steps=5", "federation.local_steps: the server has 2, this client 5"),
-                            ("model.source=tiny:qwen2", "model: the server runs tiny:llama")]:
+                            ("model.source=tiny:qwen2", "model: the server runs tiny:llama"),
+                            ("split.shape=u", "split.shape: the server has 'vanilla', this client 'u'")]:
             res = _client([*client, extra], "a" * 32)
             lines = [x for x in res.stderr.splitlines() if x.startswith("splitft: error:")]
             assert res.returncode == 2 and len(lines) == 1 and says in lines[0], res.stderr
