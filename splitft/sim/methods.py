@@ -72,7 +72,9 @@ def check_placement(setup: Setup) -> dict[str, dict[str, Any]]:
     if over and not setup.cfg.split.allow_over_memory:
         who = "; ".join(f"client {c} ({o['device']}): {o['memory_gb_budget']:g} GB budget, cut {o['cut']} needs "
                         f"{o['memory_gb_needed']:g} GB" for c, o in over.items())
-        tail = f" (split.tail={setup.cfg.split.tail} is part of it: lower it)" if setup.cfg.split.shape == "u" else ""
+        s = setup.cfg.split
+        tail = "" if s.shape != "u" else f" (split.tail={s.tail} and the head's logits are part of it" + (
+            ": lower split.tail, or use split.shape=vanilla)" if s.tail > 1 else ": use split.shape=vanilla)")
         raise UserError(f"no cut fits in memory for {who}{tail}; give the device more memory (heterogeneity.tiers), "
                         f"lower split.cut_min (or split.cut under split.policy=fixed), lower train.batch_size or "
                         f"data.max_length, or run anyway with split.allow_over_memory=true")

@@ -105,7 +105,7 @@ def test_a_tail_that_does_not_fit_a_clients_memory_is_one_error_naming_split_tai
     cfg = tiny_config(tmp_path, "llama", *ADAPTIVE, *phone, "split.cut=1", "split.shape=u", "split.tail=2",
                       "split.cut_max=1")
     with pytest.raises(UserError, match=r"client 0 \(smallphone\): 0.008 GB budget, cut 1 needs 0.013 GB "
-                                        r"\(split.tail=2 is part of it: lower it\)"):
+                                        r"\(split.tail=2 and the head.s logits are part of it: lower split.tail"):
         run_simulation(cfg)
     assert not (tmp_path / "run").exists()
     run_simulation(tiny_config(tmp_path / "v", "llama", *ADAPTIVE, *phone, "split.cut=1", "split.cut_max=1",
