@@ -40,9 +40,9 @@ class Pacer:
         """Sleep what the profile needs beyond the real time; returns the paced time."""
         self.real_s += real_s
         self.paced_s += max(real_s, target_s)
-        if real_s > target_s * 1.05:
+        if real_s > target_s * 1.05:  # counted as slower only beyond 5%, but never a negative sleep
             self.slower += 1
-        else:
+        elif target_s > real_s:
             self.sleep(target_s - real_s)
         return max(real_s, target_s)
 
