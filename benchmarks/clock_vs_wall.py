@@ -65,6 +65,10 @@ def one(scenario: str, rounds: int, order: str, budget: str, tmp: Path) -> dict:
     stamps = [r["wall_time"] for r in _rounds(dep)]
     wall = [b - a for a, b in zip(stamps, stamps[1:])]  # rounds 1 .. rounds-1
     ratios = [w / v for w, v in zip(wall, virtual[1:])]
+    for i in range(n):  # launch goes on without a failed client; a benchmark must not
+        if not (dep / f"client_{i}.json").is_file():
+            log = (dep / "logs" / f"client_{i}.log").read_text()[-3000:]
+            raise SystemExit(f"client {i} of {order}+{budget} failed:\n{log}")
     slower = sum(json_field(dep / f"client_{i}.json", "slower_than_profile") for i in range(n))
     return {"order": order, "budget": budget, "virtual_s": [round(v, 3) for v in virtual[1:]],
             "wall_s": [round(w, 3) for w in wall], "wall_over_virtual": [round(x, 3) for x in ratios],
