@@ -109,6 +109,7 @@ class Timeline:
     def __init__(self, devices: Mapping[int, Device], server: Device, lora_down: dict[int, int]):
         self.devices, self.server = devices, server
         self.ready = {c: transfer_s(lora_down.get(c, 0), d.down_mbps, d.latency_ms) for c, d in devices.items()}
+        self.start = dict(self.ready)  # when each client has its adapters and begins its first step
         self.server_free = 0.0
 
     def arrival(self, s: StepCost) -> float:
@@ -131,10 +132,14 @@ class Timeline:
         self.ready[c] = t + s.client_flops / 2 / (d.tflops * 1e12)
         return self.ready[c]
 
+    def pushed(self, c: int, nbytes: int) -> float:
+        """When client c's push of `nbytes` of adapters, sent once it is ready, has reached the server."""
+        d = self.devices[c]
+        return self.ready[c] + transfer_s(nbytes, d.up_mbps, d.latency_ms)
+
     def finish(self, lora_up: dict[int, int]) -> dict[int, float]:
         """Each client's push done: its ready time plus the upload of its adapters."""
-        return {c: self.ready[c] + transfer_s(lora_up.get(c, 0), d.up_mbps, d.latency_ms)
-                for c, d in self.devices.items()}
+        return {c: self.pushed(c, lora_up.get(c, 0)) for c in self.devices}
 
 
 ORDERS = ("plan", "arrival")

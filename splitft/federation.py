@@ -5,7 +5,9 @@ the selected clients in a seeded permutation, so the shared server model sees th
 c1, c2, c0, c1, ...) and the same seed gives the same order; or `arrival`, first come first served, where the
 simulation runs the steps in the order the virtual clock says they would reach the server. A round ends after
 `local_steps` steps per client, or (`Schedule.budget="time"`) when the round's time budget has passed, each
-client having run as many steps as fit (at most `max_steps_factor` x local_steps). After aggregation a cut
+client having run as many steps as fit (at most `max_steps_factor` x local_steps). The budget is priced as the
+deployed server prices it: round_time_s, or the median client's local_steps x its own seconds per step in its
+last round (compute and link, from the clock); a round before any step runs local_steps. After aggregation a cut
 policy (if any) decides the next round's cuts from each client's profile and last-round loss; `recut` applies
 the decision.
 """
@@ -66,7 +68,10 @@ class RoundClock(Protocol):
         """A `cost.Timeline` of the round: arrival(step_cost) and serve(step_cost, arrived) -> ready."""
         ...
 
-    def budget_s(self, cuts: dict[int, int], local_steps: int) -> float: ...
+    def own_s(self, rec: dict[str, Any]) -> float:
+        """Seconds of a step's own work on its client's device: its compute and its link, not the server's compute
+        nor the waits for other clients (what a deployed client measures and reports)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -112,12 +117,16 @@ class Federation:
         self.on_phase: Callable[[str, int], None] = lambda phase, round_: None
         """Told "evaluate" before and "train" after each evaluation (progress output keeps the two apart)."""
         self.virtual_time = 0.0
+        self.step_s: dict[int, float] = {}
+        """Per client, its own seconds per step in its last round (`RoundClock.own_s`): what a deployed client
+        reports with its push, and what the next time budget is set from."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next round depends on, taken at a round boundary (aggregated, evaluated, next cuts
         applied): the server's, each client's and the byte counter's own state, the virtual time, and the global
         generators (model code and dropout draw from them). Resuming from it ends bit-identical."""
-        return {"virtual_time": self.virtual_time, "server": self.server.state_dict(),
+        return {"virtual_time": self.virtual_time, "step_s": {str(c): v for c, v in self.step_s.items()},
+                "server": self.server.state_dict(),
                 "clients": {str(c): client.state_dict() for c, client in self.clients.items()},
                 "bytes": self.transport.counter.state_dict(), "rng": global_rng_state()}
 
@@ -132,6 +141,7 @@ class Federation:
                 self.adaptivity.recut(cid, saved["cut"])
             client.load_state_dict(saved)
         self.virtual_time = state["virtual_time"]
+        self.step_s = {int(c): float(v) for c, v in state.get("step_s", {}).items()}
         self.transport.counter.load_state_dict(state["bytes"])
         load_global_rng_state(state["rng"])
 
@@ -148,6 +158,7 @@ class Federation:
         else:
             pulled = self.transport.counter.since(before, plan.clients)
             steps = self._scheduled(round_, plan, gone, {c: d["lora_down"] for c, d in pulled.items()})
+        self._note_pace([s for s in steps if s["client_id"] not in gone])  # a vanished client reports nothing
         for cid in plan.clients:
             if cid in gone:  # vanished mid-round: nothing delivered, its partial steps weigh nothing
                 self.clients[cid].samples_seen = 0
@@ -168,6 +179,24 @@ class Federation:
         if self.adaptivity is not None:
             record["next_cuts"] = self.decide_cuts(round_ + 1)
         return self.logger.log("round", **record)
+
+    def _note_pace(self, steps: list[dict[str, Any]]) -> None:
+        """Each client's own seconds per step this round, as a deployed client reports them with its push."""
+        if self.clock is None:
+            return
+        own: dict[int, list[float]] = {}
+        for rec in steps:
+            own.setdefault(rec["client_id"], []).append(self.clock.own_s(rec))
+        self.step_s.update({c: sum(v) / len(v) for c, v in own.items()})
+
+    def _budget_s(self, clients: list[int]) -> float | None:
+        """The round's time budget: federation.round_time_s, or the median over these clients of local_steps x
+        their own seconds per step last round (the upper median, as the deployed coordinator takes it); None
+        before any client has run a step (that round runs local_steps)."""
+        if self.schedule.round_time_s:
+            return self.schedule.round_time_s
+        known = sorted(self.step_s[c] * self.local_steps for c in clients if c in self.step_s)
+        return known[len(known) // 2] if known else None
 
     def _client_loss(self, cid: int, steps: list[dict[str, Any]]) -> float | None:
         """Mean step loss of `cid` this round (kept from an earlier round if it ran no step)."""
@@ -191,23 +220,32 @@ class Federation:
         """The round's steps in the schedule's order, as the virtual clock times them: each client begins its
         next step (forward to the cut) as soon as it is ready, the server serves the requests first come first
         served (`arrival`) or in the plan's turns (`plan`); under a time budget a client begins a step only
-        before the budget has passed."""
+        before the budget has passed. Under plan turns a client that stops before the cap leaves its turns in
+        the cycle until its push reaches the server (as the deployed coordinator drops them only then): the
+        turns after them wait for it."""
         sch, line = self.schedule, self.clock.timeline(lora_down)
-        cap = self.local_steps if sch.budget == "steps" else math.ceil(sch.max_steps_factor * self.local_steps)
+        budget = (self._budget_s(plan.clients) if sch.budget == "time" else None) or math.inf
+        cap = self.local_steps if budget == math.inf else math.ceil(sch.max_steps_factor * self.local_steps)
         limit = {c: min(cap, gone.get(c, cap)) for c in plan.clients}
-        budget = math.inf
-        if sch.budget == "time":
-            budget = sch.round_time_s or self.clock.budget_s({c: self.clients[c].cut for c in plan.clients},
-                                                             self.local_steps)
         done = dict.fromkeys(plan.clients, 0)
         steps: list[dict[str, Any]] = []
         waiting: list[tuple[float, int, Any]] = []  # (arrival, client, its begun step): one per client at most
         turns = [c for c, s in plan.order if s == 0]  # the plan's permutation
+        unused: dict[int, float] = {}  # plan turns: client -> when its push frees the turns it left unused
 
-        def begin(c: int) -> None:
-            if done[c] < limit[c] and line.ready[c] < budget:
+        def begin(c: int) -> None:  # the budget counts from the client's first step (its adapters are in)
+            if done[c] < limit[c] and line.ready[c] - line.start[c] < budget:
                 begun = self._begin(c, round_, done[c])
                 waiting.append((line.arrival(self.clock.step_cost(begun[0])), c, begun))
+            elif sch.order == "plan" and done[c] < cap and c not in gone:
+                unused[c] = line.pushed(c, lora_down.get(c, 0))  # its push carries the adapters it pulled
+
+        def blocked_until(c: int) -> float:
+            """Under plan turns: when the unused turns ahead of client c's next one are freed."""
+            if sch.order != "plan":
+                return 0.0
+            mine = (done[c], turns.index(c))
+            return max([t for u, t in unused.items() if (done[u], turns.index(u)) < mine], default=0.0)
 
         def next_served() -> tuple[float, int, Any]:
             if sch.order == "plan":  # lockstep: the next turn of the cycle is served, whenever it arrives
@@ -223,7 +261,7 @@ class Federation:
         while waiting:
             arrived, c, begun = next_served()
             rec = self._finish(c, round_, begun)
-            line.serve(self.clock.step_cost(rec), arrived)
+            line.serve(self.clock.step_cost(rec), max(arrived, blocked_until(c)))
             steps.append(rec)
             done[c] += 1
             begin(c)

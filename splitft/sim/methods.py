@@ -23,7 +23,6 @@ from ..devices import client_profiles
 from ..errors import UserError
 from ..federation import Adaptivity, Federation, Schedule
 from ..metrics import MetricsLogger
-from ..model.loader import MODEL_DTYPES
 from ..model.split import FullPart
 from ..policy import ClientStats, CutBounds
 from ..policy.makespan import MakespanPolicy, RoundCosts
@@ -87,9 +86,7 @@ def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict
     """The federation over the in-process transport; clients drop out with federation.dropout (the centralized
     trainer, which is not networked, never does)."""
     cfg = setup.cfg
-    act_bytes = setup.peft.base_model.model.config.hidden_size * MODEL_DTYPES[cfg.model.dtype].itemsize
     clock = VirtualClock(cost_model(setup), devices, server_profile(cfg.heterogeneity), order=cfg.federation.order,
-                         nominal=(cfg.train.batch_size, cfg.data.max_length, act_bytes),
                          tail_cut=tail_cut(cfg, setup.n_layer) if cfg.federation.method == "split" else None)
     logger.log("setup", method=cfg.federation.method, partition_sizes=[len(p) for p in setup.parts],
                **setup.data_stats, eval_samples=len(setup.eval), n_layer=setup.n_layer, family=setup.family.name,

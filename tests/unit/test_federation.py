@@ -1,5 +1,6 @@
 """Round planning: interleaved, deterministic, partial participation; serving order and round budgets."""
 
+import pytest
 import torch
 
 from splitft.build import build_setup
@@ -37,12 +38,14 @@ TIERS = ["heterogeneity.profile=list", "heterogeneity.devices=[fast, slow]", "he
          "federation.local_steps=3", "federation.rounds=1"]
 
 
-def _round(tmp_path, *overrides):
+def _round(tmp_path, *overrides, rounds=1):
+    """The last of `rounds` rounds: (federation, its round record, its steps as (client, step))."""
     cfg = tiny_config(tmp_path, "llama", *TIERS, *overrides)
     fed = build_federation(build_setup(cfg), NullLogger())
-    steps = []
-    fed.on_step = steps.append
-    rec = fed.run_round(0, evaluate=False)
+    for r in range(rounds):
+        steps = []
+        fed.on_step = steps.append
+        rec = fed.run_round(r, evaluate=False)
     return fed, rec, [(s["client_id"], s["step"]) for s in steps]
 
 
@@ -55,10 +58,15 @@ def test_arrival_order_serves_the_fast_client_without_waiting_and_the_clock_agre
 
 
 def test_a_time_budget_gives_the_faster_client_more_steps_up_to_the_cap(tmp_path):
-    fed, rec, order = _round(tmp_path, "federation.order=arrival", "federation.round_budget=time")
+    timed = ["federation.order=arrival", "federation.round_budget=time"]
+    _, _, first = _round(tmp_path / "first", *timed)
+    assert len(first) == 6, "before any step is measured a round runs local_steps each, as deployed"
+    fed, rec, order = _round(tmp_path, *timed, rounds=2)
     ran = {c: sum(1 for cc, _ in order if cc == c) for c in (0, 1)}
     assert ran[0] == 6 and 1 <= ran[1] <= 3, ran  # the fast one reaches the cap (2 x local_steps)
-    again, _, order_again = _round(tmp_path / "again", "federation.order=arrival", "federation.round_budget=time")
+    med = max(fed.step_s.values()) * 3  # the upper median of two: the slow client's 3 steps, as deployed
+    assert fed._budget_s([0, 1]) == pytest.approx(med)
+    again, _, order_again = _round(tmp_path / "again", *timed, rounds=2)
     assert order_again == order, "deterministic"
     a, b = fed.server.global_view(2), again.server.global_view(2)
     assert all(torch.equal(a[n], b[n]) for n in a)
