@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..federation import plan_round
+from ..federation import median_budget_s, plan_round
 from ..server import FedAvgServer, NonFiniteStep
 from ..transport.base import AdapterUpdate, BackwardRequest, ForwardRequest, Pulled, StepReply
 from .handshake import differences
@@ -284,8 +284,7 @@ class Coordinator:
         prices it from the profile); a round before any report runs local_steps."""
         if self.budget != "time":
             return {}
-        known = sorted(self.step_s[c] * self.local_steps for c in self.plan.clients if c in self.step_s)
-        seconds = self.round_time_s or (known[len(known) // 2] if known else None)
+        seconds = self.round_time_s or median_budget_s(self.step_s, self.plan.clients, self.local_steps)
         return {} if seconds is None else {"budget_s": seconds, "max_steps": self.max_steps}
 
     async def push_adapters(self, update: AdapterUpdate) -> None:
