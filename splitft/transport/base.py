@@ -164,13 +164,13 @@ class ByteCounter:
         else:
             self.add(req.client_id, "eval_up", activations_nbytes + req.labels_nbytes())
 
-    def reply(self, req: ForwardRequest, grad_nbytes: int) -> None:
-        """A step reply: grad_activations (encoded size; 0 for evaluation) and the loss scalars."""
-        self.add(req.client_id, "grad_activations_down" if req.train else "eval_down", grad_nbytes + SCALARS_NBYTES)
-
-    def hidden(self, req: ForwardRequest, nbytes: int) -> None:
-        """A U-shaped forward reply: the hidden states for the client's tail (encoded size; no loss scalars)."""
-        self.add(req.client_id, "hidden_down" if req.train else "eval_down", nbytes)
+    def reply(self, req: ForwardRequest, reply: StepReply, nbytes: int) -> None:
+        """A step reply of `nbytes` tensor payload (as encoded): grad_activations (0 for evaluation) and the loss
+        scalars, or under a U-shaped split the hidden states for the client's tail (no loss scalars)."""
+        if reply.hidden is not None:
+            self.add(req.client_id, "hidden_down" if req.train else "eval_down", nbytes)
+        else:
+            self.add(req.client_id, "grad_activations_down" if req.train else "eval_down", nbytes + SCALARS_NBYTES)
 
     def backward(self, req: BackwardRequest, grad_hidden_nbytes: int, grad_nbytes: int) -> None:
         """A U-shaped step's second half: grad_hidden up, grad_activations down (encoded sizes)."""

@@ -76,10 +76,7 @@ class Endpoint:
             answer = await self.server.step(req)
             answer.server_s = time.monotonic() - start
             reply = wire.encode_reply(answer, env, self.shape.codec)
-            if answer.hidden is not None:  # U-shaped: the hidden states go down to the client's tail
-                self.counter.hidden(req, wire.payload_nbytes(reply))
-            else:
-                self.counter.reply(req, wire.payload_nbytes(reply))
+            self.counter.reply(req, answer, wire.payload_nbytes(reply))
             return reply
         if env.kind == Envelope.BACKWARD:
             back = wire.decode_backward(env, self.shape)
@@ -448,10 +445,7 @@ class GrpcTransport:
             reply, down = wire.decode_reply(env, req, self.codec)
         except wire.WireError as e:
             raise TransportError(f"client {self.client_id}: bad reply from the server: {e}") from None
-        if reply.hidden is not None:
-            self.counter.hidden(req, down)
-        else:
-            self.counter.reply(req, down)
+        self.counter.reply(req, reply, down)
         return reply
 
     def backward(self, req: BackwardRequest) -> StepReply:

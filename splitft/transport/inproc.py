@@ -39,15 +39,14 @@ class InProcTransport:
         acts, up = self.codec.roundtrip(req.activations)  # `none`: acts is req.activations itself
         self.counter.request(req, up)
         reply = self.server.step(replace(req, activations=acts))
+        down = 0
         if reply.hidden is not None:  # U-shaped: the hidden states go down to the client's tail
             hidden, down = self.codec.roundtrip(reply.hidden)
-            self.counter.hidden(req, down)
-            return replace(reply, hidden=hidden)
-        down = 0
-        if reply.grad_activations is not None:
+            reply = replace(reply, hidden=hidden)
+        elif reply.grad_activations is not None:
             grad, down = self.codec.roundtrip(reply.grad_activations)
             reply = replace(reply, grad_activations=grad)
-        self.counter.reply(req, down)
+        self.counter.reply(req, reply, down)
         return reply
 
     def backward(self, req: BackwardRequest) -> StepReply:
