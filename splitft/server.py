@@ -84,9 +84,8 @@ class FedAvgServer:
         if not updates:  # nobody pushed: the global model is what the server part holds now
             self._keep({})
             return []
-        # blocks [0, held) (and the tail) have client copies
         held = 1 + max(self._layer(n) for u in updates for n in u.adapters if not self._in_tail(n))
-        base = {n: t for n, t in self.global_view(self.n_blocks()).items() if self._layer(n) < held or self._in_tail(n)}
+        base = self._client_side(held)  # blocks [0, held) (and the tail) have client copies
         own = [(sd, w) for sd, w in own if self._layer(next(iter(sd))) < held]
         merged = layerwise_fedavg([u.adapters for u in updates] + [sd for sd, _ in own],
                                   [u.n_samples for u in updates] + [w for _, w in own], base)
@@ -106,6 +105,11 @@ class FedAvgServer:
 
     def n_blocks(self) -> int:
         return 1 + max(self._layer(n) for n in self.store)
+
+    def _client_side(self, cut: int) -> dict[str, torch.Tensor]:
+        """Global adapters of the blocks a client at `cut` holds: [0, cut), and under U the tail [tail_cut, L)."""
+        view = self.global_view(self.n_blocks() if self.tail_cut is not None else cut)
+        return {n: t for n, t in view.items() if self._layer(n) < cut or self._in_tail(n)}
 
     # --- state (checkpoints are taken at round boundaries: nothing pending) ---------------------------------
 
@@ -283,11 +287,6 @@ class SplitServer(FedAvgServer):
         """Current global adapters of blocks [0, cut), full rank: the store below `first`, the server part above."""
         live = self.adapters() if cut > self.first else {}
         return {n: t.clone() for n, t in {**self.store, **live}.items() if self._layer(n) < cut}
-
-    def _client_side(self, cut: int) -> dict[str, torch.Tensor]:
-        """Global adapters of the blocks a client at `cut` holds: [0, cut), and under U the tail [tail_cut, L)."""
-        view = self.global_view(self.part.n_layer if self.tail_cut is not None else cut)
-        return {n: t for n, t in view.items() if self._layer(n) < cut or self._in_tail(n)}
 
     def global_model(self, eval_cut: int) -> dict[str, torch.Tensor]:
         """Every block's global adapters with the two cut-layer blocks of `eval_cut` at r_cut components (the
