@@ -264,13 +264,12 @@ class Coordinator:
         if tuple(req.grad_hidden.shape) != tuple(flying[2].shape):
             raise Refused(f"grad_hidden {tuple(req.grad_hidden.shape)} does not match the hidden states sent "
                           f"{tuple(flying[2].shape)}")
+        self.forwarded.pop(req.client_id, None)  # the server's step in flight ends here, applied or not
         try:
             reply = self.server.backward(req)
         except NonFiniteStep as e:
-            self.forwarded.pop(req.client_id, None)
             await self.drop(req.client_id, f"step {req.step} had a NaN/Inf gradient")
             raise Refused(str(e)) from None
-        self.forwarded.pop(req.client_id, None)
         await self._applied(key, reply, req.grad_hidden.shape[0])
         return reply
 
