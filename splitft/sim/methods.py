@@ -156,16 +156,18 @@ def round_costs(setup: Setup) -> RoundCosts:
     labels = b * t * (MASK_DTYPE.itemsize + LABEL_DTYPE.itemsize)  # attention_mask + labels
     itemsize, full = setup.peft.dtype.itemsize, lora.adapter_state_dict(setup.peft)
     end = tail_cut(cfg, n_layer)
-    u = {} if end is None else dict(  # the mask alone goes up; hidden states down and their gradient up
-        tail_flops=cost.train_flops(end, n_layer, b, t, head=True), step_bytes_tail=acts,
-        step_bytes_up=2 * acts + b * t * MASK_DTYPE.itemsize, step_bytes_down=2 * acts)
-    return RoundCosts(**{"client_flops": tuple(cost.train_flops(0, k, b, t) for k in range(n_layer)),
-                         "server_flops": tuple(cost.train_flops(k, end or n_layer, b, t, head=end is None)
-                                               for k in range(n_layer)),
-                         "lora_bytes": tuple(held_lora_numel(setup, k, full) * itemsize for k in range(n_layer)),
-                         "step_bytes_up": acts + labels, "step_bytes_down": acts + SCALARS_NBYTES,
-                         "local_steps": cfg.federation.local_steps,
-                         "server_tflops": cfg.heterogeneity.server_tflops, "order": cfg.federation.order, **u})
+    if end is None:
+        up, down, tail_flops, tail_bytes = acts + labels, acts + SCALARS_NBYTES, 0.0, 0
+    else:  # the mask alone goes up; hidden states down and their gradient up, each as large as the activations
+        up, down = 2 * acts + b * t * MASK_DTYPE.itemsize, 2 * acts
+        tail_flops, tail_bytes = cost.train_flops(end, n_layer, b, t, head=True), acts
+    return RoundCosts(client_flops=tuple(cost.train_flops(0, k, b, t) for k in range(n_layer)),
+                      server_flops=tuple(cost.train_flops(k, end or n_layer, b, t, head=end is None)
+                                         for k in range(n_layer)),
+                      lora_bytes=tuple(held_lora_numel(setup, k, full) * itemsize for k in range(n_layer)),
+                      step_bytes_up=up, step_bytes_down=down, local_steps=cfg.federation.local_steps,
+                      server_tflops=cfg.heterogeneity.server_tflops, order=cfg.federation.order,
+                      tail_flops=tail_flops, step_bytes_tail=tail_bytes)
 
 
 def build_fedlora(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
