@@ -161,8 +161,12 @@ class _Party:
             self.server: FedAvgServer = split_server(cfg, pm.peft, pm.family, self.first)
         else:  # fedlora: the server only aggregates and holds no weights at all
             self.server = FedAvgServer(lora.adapter_state_dict(pm.peft), pm.family)
-        what = "none: clients train the whole model" if not split else f"blocks {self.first}-{pm.n_layer - 1} and " \
-            "the head" if end is None else f"blocks {self.first}-{end - 1}; the clients hold the tail and the head"
+        if not split:
+            what = "none: clients train the whole model"
+        elif end is None:
+            what = f"blocks {self.first}-{pm.n_layer - 1} and the head"
+        else:
+            what = f"blocks {self.first}-{end - 1}; the clients hold the tail and the head"
         log(f"holding {pm.held_gb():.3f} GB of base weights ({what})")
         tokens_per_step = cfg.train.batch_size * cfg.data.max_length
         self.placement = Placement(rule_policy(cfg, bounds) if split else None, bounds,
