@@ -70,3 +70,12 @@ def record(name: str, settings: dict[str, Any], rows: list[dict[str, Any]], colu
 
 
 MODELS = {"tiny": "tiny:llama", "smollm2": "builtin:smollm2-135m-instruct"}
+
+
+def cli(*args: str, timeout_s: float = 3600) -> None:
+    """Run `splitft <args>` from the repository root; stop the benchmark with its stderr tail if it fails."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run([sys.executable, "-m", "splitft.cli", *args], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=timeout_s)
+    if res.returncode:
+        raise SystemExit(f"splitft {args[0]} failed:\n{res.stderr[-3000:]}")

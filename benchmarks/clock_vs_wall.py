@@ -15,14 +15,11 @@ Writes benchmarks/results/clock_vs_wall_tiny_<scenario>.json.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, record
+from _common import cli, record
 
 from splitft.metrics import read_metrics
 
@@ -41,14 +38,6 @@ COMMON = ["model.source=tiny:llama", "data.max_samples=160", "data.max_length=12
 COMBOS = [("plan", "steps"), ("plan", "time"), ("arrival", "steps"), ("arrival", "time")]
 
 
-def _cli(*args: str) -> None:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    res = subprocess.run([sys.executable, "-m", "splitft.cli", *args], capture_output=True, text=True, env=env,
-                         cwd=ROOT, timeout=1800)
-    if res.returncode:
-        raise SystemExit(f"splitft {args[0]} failed:\n{res.stderr[-3000:]}")
-
-
 def _rounds(out: Path) -> list[dict]:
     return [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round" and r.get("round", -1) >= 0]
 
@@ -57,10 +46,10 @@ def one(scenario: str, rounds: int, order: str, budget: str, tmp: Path) -> dict:
     over = [*COMMON, *SCENARIOS[scenario], f"federation.rounds={rounds}", f"federation.order={order}",
             f"federation.round_budget={budget}"]
     sim, dep = tmp / f"sim_{order}_{budget}", tmp / f"dep_{order}_{budget}"
-    _cli("simulate", "--config", "configs/default.yaml", *over, f"metrics.out_dir={sim}")
+    cli("simulate", "--config", "configs/default.yaml", *over, f"metrics.out_dir={sim}", timeout_s=1800)
     n = int(SCENARIOS[scenario][0].split("=")[1])
-    _cli("launch", "--config", "configs/default.yaml", "--clients", str(n), "--emulate", *over,
-         f"metrics.out_dir={dep}")
+    cli("launch", "--config", "configs/default.yaml", "--clients", str(n), "--emulate", *over,
+        f"metrics.out_dir={dep}", timeout_s=1800)
     virtual = [r["round_virtual_s"] for r in _rounds(sim)]
     stamps = [r["wall_time"] for r in _rounds(dep)]
     wall = [b - a for a, b in zip(stamps, stamps[1:])]  # rounds 1 .. rounds-1

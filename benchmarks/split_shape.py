@@ -13,24 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 
-from _common import MODELS, ROOT, record
+from _common import MODELS, ROOT, cli, record
 
 from splitft.metrics import read_metrics
 
 KINDS = ("activations_up", "labels_up", "hidden_down", "grad_hidden_up", "grad_activations_down")
-
-
-def _cli(*args: str) -> None:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    res = subprocess.run([sys.executable, "-m", "splitft.cli", *args], capture_output=True, text=True, env=env,
-                         cwd=ROOT, timeout=3600)
-    if res.returncode:
-        raise SystemExit(f"splitft {args[0]} failed:\n{res.stderr[-3000:]}")
 
 
 def _per_round(stamps: list[float]) -> float:
@@ -50,10 +39,10 @@ def one(model: str, shape: list[str], deploy: bool, reuse: bool = False) -> dict
     if not (reuse and (out / "sim" / "summary.json").is_file() and (not deploy or (out / "dep" / "summary.json")
                                                                      .is_file())):
         shutil.rmtree(out, ignore_errors=True)  # our own scratch runs
-        _cli("simulate", "--config", "configs/default.yaml", *over, f"metrics.out_dir={out / 'sim'}")
+        cli("simulate", "--config", "configs/default.yaml", *over, f"metrics.out_dir={out / 'sim'}")
         if deploy:
-            _cli("launch", "--config", "configs/default.yaml", "--clients", "3", *over,
-                 f"metrics.out_dir={out / 'dep'}")
+            cli("launch", "--config", "configs/default.yaml", "--clients", "3", *over,
+                f"metrics.out_dir={out / 'dep'}")
     s = json.loads((out / "sim" / "summary.json").read_text())
     steps = [r for r in read_metrics(out / "sim" / "metrics.jsonl") if r["kind"] == "step"]
     per_step = {k: s["bytes"][k] / len(steps) / 1e3 for k in KINDS}
