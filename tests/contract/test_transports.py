@@ -116,11 +116,13 @@ def test_a_lossy_codec_gives_the_same_weights_and_encoded_bytes_over_both_transp
     assert totals["activations_up"] == plain["activations_up"] // 4 * (hidden + 4) // hidden
 
 
-def test_a_lost_reply_is_resent_and_answered_from_cache_not_applied_twice(simulated, tmp_path, monkeypatch):
+def _lose_one_reply(monkeypatch, kind):
+    """Client 1's first training message of `kind` in round 1 reaches the server, whose reply is lost with the
+    connection; returns the list that records the step it happened at."""
     real, broke = wire.GrpcTransport._exchange, []
 
     def lossy(self, env):
-        if self.client_id == 1 and env.kind == wire.Envelope.STEP and env.train and env.round == 1 and not broke:
+        if self.client_id == 1 and env.kind == kind and env.train and env.round == 1 and not broke:
             broke.append(env.step)
             self._send(env)
             self.conn.inbox.get(timeout=60)  # the reply started: the server has applied the step
@@ -128,6 +130,11 @@ def test_a_lost_reply_is_resent_and_answered_from_cache_not_applied_twice(simula
         return real(self, env)
 
     monkeypatch.setattr(wire.GrpcTransport, "_exchange", lossy)
+    return broke
+
+
+def test_a_lost_reply_is_resent_and_answered_from_cache_not_applied_twice(simulated, tmp_path, monkeypatch):
+    broke = _lose_one_reply(monkeypatch, wire.Envelope.STEP)
     out, reports = _deploy(tmp_path, monkeypatch)
     assert broke and reports[1]["reconnects"] == 1
     assert _same_weights(simulated[0], load_file(out / "adapter" / "adapter_model.safetensors"))
@@ -169,17 +176,7 @@ def test_a_u_shaped_split_gives_the_same_weights_and_bytes_over_both_transports(
     step crossed four times, and a lost backward reply is answered from the cache, not applied twice."""
     run_simulation(_config(tmp_path, "sim", *U))
     sim_out = tmp_path / "sim" / "run"
-    real, broke = wire.GrpcTransport._exchange, []
-
-    def lossy(self, env):
-        if self.client_id == 1 and env.kind == wire.Envelope.BACKWARD and env.round == 1 and not broke:
-            broke.append(env.step)
-            self._send(env)
-            self.conn.inbox.get(timeout=60)  # the reply started: the server has applied the step
-            raise wire._Broken("injected: connection lost before the reply was read")
-        return real(self, env)
-
-    monkeypatch.setattr(wire.GrpcTransport, "_exchange", lossy)
+    broke = _lose_one_reply(monkeypatch, wire.Envelope.BACKWARD)
     out, reports = _deploy(tmp_path, monkeypatch, *U)
     sim_weights = load_file(sim_out / "adapter" / "adapter_model.safetensors")
     assert _same_weights(sim_weights, load_file(out / "adapter" / "adapter_model.safetensors"))
