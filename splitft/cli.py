@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
         if name in ("simulate", "server"):
             s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its latest checkpoint")
+        if name == "server":
+            s.add_argument("--emulate", action="store_true",
+                           help="pace each training step's compute to heterogeneity.server_tflops, for a one-machine "
+                                "deployment that behaves like the configured federation")
         if name == "client":
             s.add_argument("--client-id", type=int, required=True, help="this client's id, 0 .. n_clients-1")
             s.add_argument("--server", default=None, help="host:port of the server (default: transport.address)")
@@ -61,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "launch":
             s.add_argument("--clients", type=int, required=True, help="number of client processes")
             s.add_argument("--emulate", action="store_true",
-                           help="every client paces itself to its device in the config (see `client --emulate`)")
+                           help="the server and every client pace themselves to their devices in the config (see "
+                                "`server --emulate` and `client --emulate`)")
             s.add_argument("--client-data", default=None, metavar="A,B,...",
                            help="one data file per client (each trains on all of its own file); without it, "
                                 "data.path is dealt with data.partitioner as in the simulation")
@@ -154,7 +159,8 @@ def _server(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if args.resume and (args.config or overrides):
         raise UserError("--resume: the run continues with its own config.yaml; drop --config and overrides")
-    print(json.dumps(resume_server(args.resume) if args.resume else serve(load(args.config, overrides))))
+    print(json.dumps(resume_server(args.resume, args.emulate) if args.resume
+                     else serve(load(args.config, overrides), emulate=args.emulate)))
     return 0
 
 

@@ -49,8 +49,10 @@ class Coordinator:
                  on_eval: Callable[[int], Any] | None = None, max_cut: int | None = None,
                  samples_cap: int | None = None, terms: dict[str, Any] | None = None,
                  on_boundary: Callable[[], Any] | None = None, order: str = "plan", budget: str = "steps",
-                 round_time_s: float = 0.0, max_steps: int | None = None):
+                 round_time_s: float = 0.0, max_steps: int | None = None,
+                 pace: Callable[[ForwardRequest, float], Any] | None = None):
         self.placement = placement
+        self.pace = pace  # --emulate: after a training step's compute, given the request and its real seconds
         self.order, self.budget, self.round_time_s = order, budget, round_time_s
         self.max_steps = max_steps or local_steps  # under a time budget: the most steps a client runs in a round
         self.done_steps: Counter[int] = Counter()  # client -> training steps applied this round
@@ -228,6 +230,7 @@ class Coordinator:
         return None
 
     async def _apply(self, req: ForwardRequest, key: tuple[int, int, int]) -> StepReply:
+        start = time.perf_counter()
         try:
             reply = self.server.step(req)
         except NonFiniteStep as e:  # not applied; out of this round, or the others would wait for its turn
@@ -236,6 +239,8 @@ class Coordinator:
         if reply.hidden is not None:  # U-shaped: the step holds the server until its backward
             self.forwarded[req.client_id] = (key, reply)
             return reply
+        if self.pace is not None:  # blocks the loop as the compute did: the emulated server is busy, not free
+            self.pace(req, time.perf_counter() - start)
         await self._applied(key, reply, req.activations.shape[0])
         return reply
 

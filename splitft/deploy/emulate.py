@@ -10,6 +10,11 @@ profile's backward time. Adapter pulls and pushes wait for their transfer time a
 Emulation can slow a process down, never speed it up: when the real work takes longer than the profile allows
 (e.g. several processes on 2 shared cores) it says so in the log and in the client's results
 (`slower_than_profile`).
+
+The server (`splitft server --emulate`, and `launch --emulate`) paces each training step it serves to
+`heterogeneity.server_tflops`, as the virtual clock charges it: its real compute on a shared machine is neither
+the configured server's nor steady, and a federation whose clients are paced but whose server is not would not be
+the configured one.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ def check_shape(cfg: Config) -> None:
 
 
 class Pacer:
+    party = "client"
+
     def __init__(self, device: DeviceConfig, cost: CostModel, log: Callable[[str], Any],
                  sleep: Callable[[float], None] = time.sleep):
         self.device, self.cost, self.log, self.sleep = device, cost, log, sleep
@@ -66,6 +73,12 @@ class Pacer:
         d = self.device
         return transfer_s(nbytes, d.up_mbps if way == "up" else d.down_mbps, d.latency_ms)
 
+    def serve(self, real_s: float, first: int, batch: int, seq: int) -> float:
+        """The server's compute of one training step: blocks [first, L) and the head, forward and backward."""
+        self.steps += 1
+        return self._wait(real_s, self.cost.train_flops(first, self.cost.n_layer, batch, seq, head=True)
+                          / (self.device.tflops * 1e12))
+
     def step_done(self) -> None:
         self.steps += 1
 
@@ -80,4 +93,18 @@ class Pacer:
         if self.slower:
             self.log(f"emulation: the real work took longer than the '{self.device.name}' profile allows "
                      f"{self.slower} times (compute or link); this machine cannot honor that device here, so "
-                     "this client ran slower than the federation in the config")
+                     f"this {self.party} ran slower than the federation in the config")
+
+
+def server_pacer(server_tflops: float, cost: CostModel, log: Callable[[str], Any]) -> "ServerPacer":
+    return ServerPacer(DeviceConfig(name="server", tflops=server_tflops), cost, log)
+
+
+class ServerPacer(Pacer):
+    """The server's pacer: compute only (the links are the clients', paced on their side)."""
+
+    party = "server"
+
+    def summary(self) -> dict[str, Any]:
+        return {"device": "server", "tflops": self.device.tflops, "steps": self.steps, "real_s": round(self.real_s, 4),
+                "paced_s": round(self.paced_s, 4), "slower_than_profile": self.slower}

@@ -62,7 +62,7 @@ def _wait_listening(server: subprocess.Popen, log: Path, timeout_s: float) -> No
 
 def launch(base: Config, n_clients: int, client_data: list[str] | None = None, emulate: bool = False) -> dict:
     """`client_data`: one data file per client; None deals `data.path` with the configured partitioner.
-    `emulate`: every client paces itself to its device in the config (`deploy/emulate.py`)."""
+    `emulate`: the server and every client pace themselves to their devices in the config (`deploy/emulate.py`)."""
     if n_clients < 1:
         raise UserError(f"--clients: need at least 1, got {n_clients}")
     if emulate:
@@ -88,7 +88,8 @@ def launch(base: Config, n_clients: int, client_data: list[str] | None = None, e
     save_config(cfg, cfg_file)
     children: list[subprocess.Popen] = []
     with _stopping_children_on_signals(children, out / "logs"):
-        server = _spawn(["server", "--config", str(cfg_file)], out / "logs" / "server.log")
+        server = _spawn(["server", "--config", str(cfg_file), *(["--emulate"] if emulate else [])],
+                        out / "logs" / "server.log")
         children.append(server)
         _wait_listening(server, out / "logs" / "server.log", timeout_s=600)
         if client_data is None:

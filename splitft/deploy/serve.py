@@ -37,6 +37,7 @@ from ..transport.base import ByteCounter, sum_kinds, training_traffic
 from ..transport.compress import CODECS
 from ..transport.grpc import Endpoint, serve_grpc
 from .coordinator import Coordinator
+from .emulate import check_shape, server_pacer
 from .handshake import terms_of
 from .placement import Placement
 
@@ -86,12 +87,15 @@ def deploy_problems(cfg: Config) -> list[str]:
     return []
 
 
-def serve(cfg: Config, resume: bool = False) -> dict:
+def serve(cfg: Config, resume: bool = False, emulate: bool = False) -> dict:
     """Run the server until every client is done or gone; returns what it writes to server.json. With `resume`,
     `cfg` is the run's own config.yaml (its out_dir the directory given) and the run goes on from the latest
     checkpoint: metrics.jsonl is cut back to what it held then, and the clients, which keep reconnecting,
-    run the interrupted round again."""
+    run the interrupted round again. `emulate`: each training step's compute is paced to
+    heterogeneity.server_tflops (`deploy/emulate.py`)."""
     check(cfg, deploy_problems)
+    if emulate:
+        check_shape(cfg)
     tokens = read_tokens(cfg.transport.tokens_file, cfg.federation.n_clients)
     tls.check_files(cfg.transport, "server")
     meta = check_model(cfg)
@@ -106,7 +110,7 @@ def serve(cfg: Config, resume: bool = False) -> dict:
         print(f"[server] {text}", file=sys.stderr, flush=True)
         logger.log("server", message=text)
 
-    party = _Party(cfg, meta, logger, log)
+    party = _Party(cfg, meta, logger, log, emulate)
     if saved is not None:
         with checkpoint.restoring(out):
             party.load_state_dict(saved)
@@ -120,19 +124,22 @@ def serve(cfg: Config, resume: bool = False) -> dict:
     export_adapter(party.pm.peft, party.server.global_model(party.placement.cut_of(0)), out / "adapter")
     memory = peak_memory()
     log(f"peak memory: {memory}")
+    emulation = {} if party.pacer is None else {"emulation": party.pacer.summary()}
+    if party.pacer is not None:
+        party.pacer.warn_if_behind()
     summary = records.summary(cfg, coord, memory)
     write_json(out / "summary.json", summary)
     write_json(out / "server.json", {"rounds": coord.round, "clients": fed.n_clients,
                                      "wall_time_s": summary["wall_time_s"], **memory,
-                                     "dropped_by_round": [r["dropped"] for r in records.rounds]})
+                                     "dropped_by_round": [r["dropped"] for r in records.rounds], **emulation})
     logger.close()
     return summary
 
 
-def resume_server(run_dir: str | Path) -> dict:
+def resume_server(run_dir: str | Path, emulate: bool = False) -> dict:
     """`splitft server --resume RUN_DIR`: the run in RUN_DIR, with its own config.yaml, written only there."""
     cfg = run_config(run_dir)
-    return serve(cfg, resume=True)
+    return serve(cfg, resume=True, emulate=emulate)
 
 
 def _resumable(out: Path, cfg: Config) -> dict[str, Any]:
@@ -147,7 +154,8 @@ class _Party:
     """The server's objects, built from the config (fresh or to load a checkpoint into): its part of the model,
     the `SplitServer` (fedlora: a `FedAvgServer`), the placement, the records and the coordinator."""
 
-    def __init__(self, cfg: Config, meta: Any, logger: MetricsLogger, log: Callable[[str], Any]):
+    def __init__(self, cfg: Config, meta: Any, logger: MetricsLogger, log: Callable[[str], Any],
+                 emulate: bool = False):
         fed, t, split = cfg.federation, cfg.transport, cfg.federation.method == "split"
         self.cfg, self.logger, self.pm = cfg, logger, open_model(cfg, meta)
         pm = self.pm
@@ -174,6 +182,9 @@ class _Party:
                                    smallest_cut=smallest, allow_over_memory=cfg.split.allow_over_memory,
                                    log_decision=lambda **record: logger.log("cut_decision", **record))
         self.records = Records(logger, log)
+        self.pacer = server_pacer(cfg.heterogeneity.server_tflops, cost, log) if emulate and split else None
+        pacer = self.pacer
+        pace = None if pacer is None else lambda req, real_s: pacer.serve(real_s, req.cut, *req.activations.shape[:2])
         self.coord = Coordinator(self.server, fed.n_clients, fed.rounds, fed.local_steps if split else 0,
                                  fed.clients_per_round, fed.seed, log, dead_after_s=t.dead_after_s,
                                  round_timeout_s=t.round_timeout_s, on_round=self.records.round,
@@ -183,7 +194,7 @@ class _Party:
                                  samples_cap=fed.local_steps * cfg.train.batch_size,
                                  terms=terms_of(cfg, pm.fingerprint), on_boundary=self.checkpoint,
                                  order=fed.order, budget=fed.round_budget, round_time_s=fed.round_time_s,
-                                 max_steps=math.ceil(fed.max_steps_factor * fed.local_steps))
+                                 max_steps=math.ceil(fed.max_steps_factor * fed.local_steps), pace=pace)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed server needs, at a round boundary. Client-made values (reports, evaluations) go

@@ -190,7 +190,8 @@ def test_launch_serves_by_arrival_with_a_time_budget(tmp_path):
 
 def test_an_emulated_slow_client_measures_at_least_its_profiles_step_time(tmp_path):
     """launch --emulate: client 0 is a device 10x slower than client 1; each paces its steps to its profile, so
-    the compute it measures and reports per block and token is at least what the profile allows."""
+    the compute it measures and reports per block and token is at least what the profile allows. The server paces
+    every training step to heterogeneity.server_tflops."""
     from splitft.build import cost_model_of
     from splitft.model.families import family_for
     from splitft.model.loader import load
@@ -200,7 +201,7 @@ def test_an_emulated_slow_client_measures_at_least_its_profiles_step_time(tmp_pa
     out = tmp_path / "run"
     res = splitft("launch", "--clients", "2", "--emulate", *[o for o in DEPLOY if "n_clients" not in o],
                   "federation.rounds=1", tiers, "heterogeneity.profile=list", "heterogeneity.devices=[slow, fast]",
-                  f"metrics.out_dir={out}")
+                  "heterogeneity.server_tflops=0.0002", f"metrics.out_dir={out}")
     assert res.returncode == 0, res.stderr + "".join(p.read_text() for p in (out / "logs").glob("*.log"))
     cost = cost_model_of(load("tiny:llama").model, family_for("llama"), 4)
     for cid, tflops in [(0, 0.00002), (1, 0.0002)]:
@@ -211,3 +212,6 @@ def test_an_emulated_slow_client_measures_at_least_its_profiles_step_time(tmp_pa
         assert report["emulation"]["paced_s"] >= report["emulation"]["real_s"]
         assert report["emulation"]["slower_than_profile"] <= report["emulation"]["steps"]  # loopback under load
     assert "emulating a slow" in (out / "logs" / "client_0.log").read_text()
+    paced = json.loads((out / "server.json").read_text())["emulation"]
+    steps = sum(json.loads((out / f"client_{cid}.json").read_text())["emulation"]["steps"] for cid in (0, 1))
+    assert paced["device"] == "server" and paced["steps"] == steps and paced["paced_s"] > paced["real_s"]

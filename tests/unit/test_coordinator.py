@@ -355,3 +355,20 @@ def test_plan_turns_under_a_time_budget_let_a_client_stop_early_without_blocking
         assert c.round == 1
 
     asyncio.run(go())
+
+
+def test_an_emulated_server_paces_training_steps_only_after_their_compute():
+    _, server = tiny_split_server()
+    paced = []
+    c = Coordinator(server, n_clients=1, rounds=1, local_steps=1, per_round=0, seed=0, log=lambda s: None,
+                    clock=FakeClock(), pace=lambda req, real_s: paced.append((req.client_id, req.step, real_s)))
+
+    async def go():
+        ev = _req(0, 0)
+        ev.train = False
+        await c.step(ev)
+        assert paced == []  # evaluation is a measurement: the clock does not charge it, emulation does not pace it
+        await c.step(_req(0, 0))
+        assert [p[:2] for p in paced] == [(0, 0)] and paced[0][2] > 0 and c.pos == 1
+
+    asyncio.run(go())
