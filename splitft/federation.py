@@ -178,6 +178,8 @@ class Federation:
             "round": round_, "clients": merged, "cuts": cuts,
             "train_loss": sum(s["loss"] for s in steps) / len(steps) if steps else None,
             "client_loss": {str(c): self._client_loss(c, steps) for c in plan.clients},
+            "steps_by_client": {str(c): sum(s["client_id"] == c for s in steps) for c in plan.clients},
+            "train_tokens": sum(s["n_tokens"] for s in steps),
         }
         if self.dropout > 0:
             record["dropped"] = {str(c): s for c, s in gone.items()}  # client -> the step it vanished at

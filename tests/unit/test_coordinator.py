@@ -372,3 +372,15 @@ def test_an_emulated_server_paces_training_steps_only_after_their_compute():
         assert [p[:2] for p in paced] == [(0, 0)] and paced[0][2] > 0 and c.pos == 1
 
     asyncio.run(go())
+
+
+def test_a_round_record_says_how_many_steps_and_tokens_each_client_trained(coord):
+    async def go():
+        await _run_steps(coord)
+        for cid in coord.plan.clients:
+            await _pushed(coord, cid, 0)
+
+    asyncio.run(go())
+    rec = coord.records[0]
+    assert rec["steps_by_client"] == {"0": 2, "1": 2, "2": 2}
+    assert rec["train_tokens"] == 6 * 2 * 4  # six steps of 2 rows x 4 predicted tokens (5 labels, shifted by one)

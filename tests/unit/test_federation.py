@@ -64,6 +64,7 @@ def test_a_time_budget_gives_the_faster_client_more_steps_up_to_the_cap(tmp_path
     fed, rec, order = _round(tmp_path, *timed, rounds=2)
     ran = {c: sum(1 for cc, _ in order if cc == c) for c in (0, 1)}
     assert ran[0] == 6 and 1 <= ran[1] <= 3, ran  # the fast one reaches the cap (2 x local_steps)
+    assert rec["steps_by_client"] == {str(c): n for c, n in ran.items()}, "the round record says so"
     med = max(fed.step_s.values()) * 3  # the upper median of two: the slow client's 3 steps, as deployed
     assert fed._budget_s([0, 1]) == pytest.approx(med)
     again, _, order_again = _round(tmp_path / "again", *timed, rounds=2)
