@@ -107,7 +107,8 @@ class FederationConfig:
     them by samples)."""
     round_time_s: float = 0.0
     """The time budget of a round under round_budget=time; 0 = what the median selected client needs for
-    local_steps steps on its own (its compute and link at batch_size x max_length, no queueing)."""
+    local_steps steps on its own (its compute and link per step in its last round, no waits for others), or the
+    slowest selected client's one step if longer (everyone runs at least one step)."""
     max_steps_factor: float = 2.0
     """Under round_budget=time no client runs more than max_steps_factor x local_steps steps in a round: a bound
     on how far the shared server part leans toward the fastest clients."""

@@ -46,12 +46,13 @@ def plan_round(round_: int, client_ids: list[int], per_round: int, local_steps: 
     return RoundPlan(round_, chosen, [(c, s) for s in range(local_steps) for c in perm])
 
 
-def median_budget_s(step_s: dict[int, float], clients: list[int], local_steps: int) -> float | None:
+def default_budget_s(step_s: dict[int, float], clients: list[int], local_steps: int) -> float | None:
     """Pure: the default time budget of a round, the same in both runtimes: local_steps x the seconds per step
-    of the median client (the upper median) among `clients` with a known pace; None when none is known (that
-    round runs local_steps)."""
-    known = sorted(step_s[c] * local_steps for c in clients if c in step_s)
-    return known[len(known) // 2] if known else None
+    of the median client (the upper median) among `clients` with a known pace, but never less than the slowest
+    one's single step (every client runs at least one, so the round lasts that long anyway: stopping the others
+    sooner would only idle them); None when no pace is known (that round runs local_steps)."""
+    known = sorted(step_s[c] for c in clients if c in step_s)
+    return max(known[len(known) // 2] * local_steps, known[-1]) if known else None
 
 
 def plan_dropouts(round_: int, clients: list[int], local_steps: int, p: float, seed: int) -> dict[int, int]:
@@ -200,9 +201,9 @@ class Federation:
         self.step_s.update({c: sum(v) / len(v) for c, v in own.items()})
 
     def _budget_s(self, clients: list[int]) -> float | None:
-        """The round's time budget: federation.round_time_s, or `median_budget_s` of these clients' own seconds
+        """The round's time budget: federation.round_time_s, or `default_budget_s` of these clients' own seconds
         per step last round, as the deployed coordinator takes it."""
-        return self.schedule.round_time_s or median_budget_s(self.step_s, clients, self.local_steps)
+        return self.schedule.round_time_s or default_budget_s(self.step_s, clients, self.local_steps)
 
     def _client_loss(self, cid: int, steps: list[dict[str, Any]]) -> float | None:
         """Mean step loss of `cid` this round (kept from an earlier round if it ran no step)."""

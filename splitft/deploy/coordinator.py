@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..federation import median_budget_s, plan_round
+from ..federation import default_budget_s, plan_round
 from ..server import FedAvgServer, NonFiniteStep
 from ..transport.base import AdapterUpdate, BackwardRequest, ForwardRequest, Pulled, StepReply
 from .handshake import differences
@@ -285,12 +285,12 @@ class Coordinator:
 
     def round_budget(self) -> dict[str, Any]:
         """What a client's round runs to: local_steps, or (time budget) seconds and a cap on steps. The budget is
-        federation.round_time_s, or the median over this round's clients of local_steps x the seconds per step
-        each reported last (its own compute and link, not its waits for other clients' turns, as the simulation
-        prices it from the profile); a round before any report runs local_steps."""
+        federation.round_time_s, or `default_budget_s` of the seconds per step each of this round's clients
+        reported last (its own compute and link, not its waits for other clients' turns, as the simulation prices
+        it from the profile); a round before any report runs local_steps."""
         if self.budget != "time":
             return {}
-        seconds = self.round_time_s or median_budget_s(self.step_s, self.plan.clients, self.local_steps)
+        seconds = self.round_time_s or default_budget_s(self.step_s, self.plan.clients, self.local_steps)
         return {} if seconds is None else {"budget_s": seconds, "max_steps": self.max_steps}
 
     async def push_adapters(self, update: AdapterUpdate) -> None:

@@ -80,3 +80,12 @@ def test_a_fixed_time_budget_keeps_the_fast_client_busy_only_when_it_need_not_wa
     assert ran[1] == 1 and 3 < ran[0] < 30, ran
     _, _, in_turns = _round(tmp_path / "p", *budget)
     assert sum(1 for c, _ in in_turns if c == 0) < ran[0], in_turns  # in plan turns it waited for the slow one
+
+
+def test_the_default_budget_is_the_median_clients_local_steps_or_the_slowest_ones_single_step():
+    from splitft.federation import default_budget_s
+
+    pace = {0: 1.0, 1: 2.0, 2: 3.0, 3: 50.0}
+    assert default_budget_s(pace, [0, 1, 2], 4) == 8.0  # the upper median's 4 steps
+    assert default_budget_s(pace, [0, 1, 2, 3], 4) == 50.0, "a phone's one step outlasts the others' budget"
+    assert default_budget_s(pace, [4], 4) is None, "no pace known: the round runs local_steps"
