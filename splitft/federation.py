@@ -161,12 +161,13 @@ class Federation:
         cuts = {str(c): self.clients[c].cut for c in plan.clients}
         for cid in plan.clients:
             self.clients[cid].pull(self.transport, round_)
+        line: Any = None  # the scheduled round's timeline: its clock, waits included
         if self.schedule.planned:
             steps = [self._step(cid, round_, step) for cid, step in plan.order
                      if step < gone.get(cid, self.local_steps)]
         else:
             pulled = self.transport.counter.since(before, plan.clients)
-            steps = self._scheduled(round_, plan, gone, {c: d["lora_down"] for c, d in pulled.items()})
+            steps, line = self._scheduled(round_, plan, gone, {c: d["lora_down"] for c, d in pulled.items()})
         self._note_pace([s for s in steps if s["client_id"] not in gone])  # a vanished client reports nothing
         for cid in plan.clients:
             if cid in gone:  # vanished mid-round: nothing delivered, its partial steps weigh nothing
@@ -184,7 +185,7 @@ class Federation:
         }
         if self.dropout > 0:
             record["dropped"] = {str(c): s for c, s in gone.items()}  # client -> the step it vanished at
-        record.update(self._time_and_bytes(steps, delta))
+        record.update(self._time_and_bytes(steps, delta, line))
         if evaluate:
             record.update(self.evaluate(round_))
         if self.adaptivity is not None:
@@ -212,18 +213,24 @@ class Federation:
             self.clients[cid].last_loss = sum(losses) / len(losses)
         return self.clients[cid].last_loss
 
-    def _time_and_bytes(self, steps: list[dict[str, Any]], delta: dict[int, dict[str, int]]) -> dict[str, Any]:
+    def _time_and_bytes(self, steps: list[dict[str, Any]], delta: dict[int, dict[str, int]],
+                        line: Any = None) -> dict[str, Any]:
+        """Bytes of the round and its virtual seconds: from the timeline that scheduled it (arrival order or a
+        time budget: it also holds the waits for turns a stopped client left unused), else from its steps."""
         kinds = sum_kinds(delta)
         out: dict[str, Any] = {"bytes": self.transport.counter.totals(), **training_traffic(kinds)}
-        if self.clock is not None:
-            seconds = self.clock.round_seconds(steps, {c: d["lora_down"] for c, d in delta.items()},
-                                               {c: d["lora_up"] for c, d in delta.items()})
-            self.virtual_time += seconds
-            out.update(round_virtual_s=seconds, virtual_time=self.virtual_time)
-        return out
+        lora_up = {c: d["lora_up"] for c, d in delta.items()}
+        if line is not None:
+            seconds = max(line.finish(lora_up).values())
+        elif self.clock is not None:
+            seconds = self.clock.round_seconds(steps, {c: d["lora_down"] for c, d in delta.items()}, lora_up)
+        else:
+            return out
+        self.virtual_time += seconds
+        return {**out, "round_virtual_s": seconds, "virtual_time": self.virtual_time}
 
     def _scheduled(self, round_: int, plan: RoundPlan, gone: dict[int, int],
-                   lora_down: dict[int, int]) -> list[dict[str, Any]]:
+                   lora_down: dict[int, int]) -> tuple[list[dict[str, Any]], Any]:
         """The round's steps in the schedule's order, as the virtual clock times them: each client begins its
         next step (forward to the cut) as soon as it is ready, the server serves the requests first come first
         served (`arrival`) or in the plan's turns (`plan`); under a time budget a client begins a step only
@@ -272,7 +279,7 @@ class Federation:
             steps.append(rec)
             done[c] += 1
             begin(c)
-        return steps
+        return steps, line
 
     def _begin(self, cid: int, round_: int, step: int) -> tuple[dict[str, Any], Any]:
         """A step's first half: its record as the clock needs it before the server answers (shape, cut, bytes

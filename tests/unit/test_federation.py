@@ -89,3 +89,19 @@ def test_the_default_budget_is_the_median_clients_local_steps_or_the_slowest_one
     assert default_budget_s(pace, [0, 1, 2], 4) == 8.0  # the upper median's 4 steps
     assert default_budget_s(pace, [0, 1, 2, 3], 4) == 50.0, "a phone's one step outlasts the others' budget"
     assert default_budget_s(pace, [4], 4) is None, "no pace known: the round runs local_steps"
+
+
+def test_the_wait_behind_turns_a_stopped_client_left_unused_is_charged_to_the_round(tmp_path):
+    """Plan turns, time budget: the slow client stops after its first step, but its turns stay in the cycle until
+    its push reaches the server (as deployed), so the fast client's next step waits for that push; the round's
+    virtual time holds the wait (it was priced from the steps alone, without it: 21-26% short of a deployment)."""
+    cfg = tiny_config(tmp_path, "llama", *TIERS, "federation.round_budget=time", "federation.round_time_s=2.5")
+    fed = build_federation(build_setup(cfg), NullLogger())
+    steps = []
+    fed.on_step = steps.append
+    rec = fed.run_round(0, evaluate=False)
+    assert [s["client_id"] for s in steps] == [1, 0, 0], "the slow client's turn first; the fast one's 2nd waits"
+    moved = fed.transport.counter.since({})
+    unblocked = fed.clock.round_seconds(steps, {c: b["lora_down"] for c, b in moved.items()},
+                                        {c: b["lora_up"] for c, b in moved.items()})
+    assert rec["round_virtual_s"] > unblocked + 0.1, (rec["round_virtual_s"], unblocked)
