@@ -8,7 +8,8 @@ laptop and workstation. Per combination: virtual seconds per round, training tok
 whole federation, steps per client per round, eval ppl by round with the virtual time it was reached, the eval
 ppl at the virtual time plan+steps took in all (the last evaluation reached by then), and the virtual time it
 took to reach plan+steps' final ppl within 2%. Every combination runs the same number of rounds. This is the simulator's
-side only: the deployment (`launch --emulate`) and the clock-against-wall check are not built yet.
+side only, on the real tiers; `clock_vs_wall.py --model smollm2 --wall-budget S` runs the same comparison as
+emulated deployments (on devices this machine can honor) next to the simulator.
 Writes benchmarks/results/serving_order_<model>_<scenario>.json.
 """
 
