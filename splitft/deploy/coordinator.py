@@ -50,9 +50,10 @@ class Coordinator:
                  samples_cap: int | None = None, terms: dict[str, Any] | None = None,
                  on_boundary: Callable[[], Any] | None = None, order: str = "plan", budget: str = "steps",
                  round_time_s: float = 0.0, max_steps: int | None = None,
-                 pace: Callable[[ForwardRequest, float], Any] | None = None):
+                 pace: Callable[[ForwardRequest, float], float] | None = None):
         self.placement = placement
-        self.pace = pace  # --emulate: after a training step's compute, given the request and its real seconds
+        self.pace = pace  # --emulate: (request, its real compute seconds) -> seconds the step must still take
+        self.serving = asyncio.Lock()  # one training step at a time, its emulated time included
         self.order, self.budget, self.round_time_s = order, budget, round_time_s
         self.max_steps = max_steps or local_steps  # under a time budget: the most steps a client runs in a round
         self.done_steps: Counter[int] = Counter()  # client -> training steps applied this round
@@ -231,19 +232,22 @@ class Coordinator:
         return None
 
     async def _apply(self, req: ForwardRequest, key: tuple[int, int, int]) -> StepReply:
-        start = time.perf_counter()
-        try:
-            reply = self.server.step(req)
-        except NonFiniteStep as e:  # not applied; out of this round, or the others would wait for its turn
-            await self.drop(req.client_id, f"step {req.step} had a NaN/Inf loss or gradient")
-            raise Refused(str(e)) from None
-        if reply.hidden is not None:  # U-shaped: the step holds the server until its backward
-            self.forwarded[req.client_id] = (key, reply)
+        async with self.serving:
+            start = time.perf_counter()
+            try:
+                reply = self.server.step(req)
+            except NonFiniteStep as e:  # not applied; out of this round, or the others would wait for its turn
+                await self.drop(req.client_id, f"step {req.step} had a NaN/Inf loss or gradient")
+                raise Refused(str(e)) from None
+            if reply.hidden is not None:  # U-shaped: the step holds the server until its backward
+                self.forwarded[req.client_id] = (key, reply)
+                return reply
+            if self.pace is not None:  # the emulated rest of the compute, awaited: the server holds the step
+                # (`serving`), but the loop goes on receiving and timestamping requests and sending replies
+                # (a blocking sleep delayed them, and the clients counted the delay as link time)
+                await asyncio.sleep(self.pace(req, time.perf_counter() - start))
+            await self._applied(key, reply, req.activations.shape[0])
             return reply
-        if self.pace is not None:  # blocks the loop as the compute did: the emulated server is busy, not free
-            self.pace(req, time.perf_counter() - start)
-        await self._applied(key, reply, req.activations.shape[0])
-        return reply
 
     async def _applied(self, key: tuple[int, int, int], reply: StepReply, rows: int) -> None:
         cid = key[0]

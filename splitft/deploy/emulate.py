@@ -97,13 +97,18 @@ class Pacer:
 
 
 def server_pacer(server_tflops: float, cost: CostModel, log: Callable[[str], Any]) -> "ServerPacer":
-    return ServerPacer(DeviceConfig(name="server", tflops=server_tflops), cost, log)
+    return ServerPacer(DeviceConfig(name="server", tflops=server_tflops), cost, log, sleep=lambda s: None)
 
 
 class ServerPacer(Pacer):
-    """The server's pacer: compute only (the links are the clients', paced on their side)."""
+    """The server's pacer: compute only (the links are the clients', paced on their side). It does not sleep:
+    `rest` says how long the step must still take and the coordinator awaits it (its event loop must not
+    block: requests arriving meanwhile are timestamped and replies sent)."""
 
     party = "server"
+
+    def rest(self, real_s: float, first: int, batch: int, seq: int) -> float:
+        return self.serve(real_s, first, batch, seq) - real_s
 
     def summary(self) -> dict[str, Any]:
         return {"device": "server", "tflops": self.device.tflops, "steps": self.steps, "real_s": round(self.real_s, 4),

@@ -184,7 +184,7 @@ class _Party:
         self.records = Records(logger, log)
         self.pacer = server_pacer(cfg.heterogeneity.server_tflops, cost, log) if emulate and split else None
         pacer = self.pacer
-        pace = None if pacer is None else lambda req, real_s: pacer.serve(real_s, req.cut, *req.activations.shape[:2])
+        pace = None if pacer is None else lambda req, real_s: pacer.rest(real_s, req.cut, *req.activations.shape[:2])
         self.coord = Coordinator(self.server, fed.n_clients, fed.rounds, fed.local_steps if split else 0,
                                  fed.clients_per_round, fed.seed, log, dead_after_s=t.dead_after_s,
                                  round_timeout_s=t.round_timeout_s, on_round=self.records.round,

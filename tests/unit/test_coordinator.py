@@ -361,7 +361,7 @@ def test_an_emulated_server_paces_training_steps_only_after_their_compute():
     _, server = tiny_split_server()
     paced = []
     c = Coordinator(server, n_clients=1, rounds=1, local_steps=1, per_round=0, seed=0, log=lambda s: None,
-                    clock=FakeClock(), pace=lambda req, real_s: paced.append((req.client_id, req.step, real_s)))
+                    clock=FakeClock(), pace=lambda req, real_s: paced.append((req.client_id, req.step, real_s)) or 0.0)
 
     async def go():
         ev = _req(0, 0)
