@@ -284,7 +284,10 @@ class Participant:
             return
         self.losses[r] = losses
         self.dropped.discard(r)
-        self.say(f"round {r}: cut {cut}, mean step loss {client.last_loss:.4f}, "
+        budget_s = self.client.budget[0]
+        self.say(f"round {r}: cut {cut}, {len(losses)} steps"
+                 + (f" in a {budget_s:.2f} s budget" if budget_s is not None else "")
+                 + f" at {own_s / len(losses):.3f} s each of its own, mean step loss {client.last_loss:.4f}, "
                  f"{(self.meter.s_per_block_token or 0) * 1e6:.2f} us per block-token")
 
     def _step(self, r: int, s: int) -> Any:
