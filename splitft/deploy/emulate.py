@@ -73,12 +73,6 @@ class Pacer:
         d = self.device
         return transfer_s(nbytes, d.up_mbps if way == "up" else d.down_mbps, d.latency_ms)
 
-    def serve(self, real_s: float, first: int, batch: int, seq: int) -> float:
-        """The server's compute of one training step: blocks [first, L) and the head, forward and backward."""
-        self.steps += 1
-        return self._wait(real_s, self.cost.train_flops(first, self.cost.n_layer, batch, seq, head=True)
-                          / (self.device.tflops * 1e12))
-
     def step_done(self) -> None:
         self.steps += 1
 
@@ -108,8 +102,11 @@ class ServerPacer(Pacer):
     party = "server"
 
     def rest(self, real_s: float, first: int, batch: int, seq: int) -> float:
-        return self.serve(real_s, first, batch, seq) - real_s
+        """Seconds one training step must still take after `real_s` of compute: the server's part is blocks
+        [first, L) and the head, forward and backward."""
+        self.steps += 1
+        flops = self.cost.train_flops(first, self.cost.n_layer, batch, seq, head=True)
+        return self._wait(real_s, flops / (self.device.tflops * 1e12)) - real_s
 
     def summary(self) -> dict[str, Any]:
-        return {"device": "server", "tflops": self.device.tflops, "steps": self.steps, "real_s": round(self.real_s, 4),
-                "paced_s": round(self.paced_s, 4), "slower_than_profile": self.slower}
+        return {k: v for k, v in super().summary().items() if k not in ("up_mbps", "down_mbps", "latency_ms")}

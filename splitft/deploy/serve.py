@@ -124,9 +124,10 @@ def serve(cfg: Config, resume: bool = False, emulate: bool = False) -> dict:
     export_adapter(party.pm.peft, party.server.global_model(party.placement.cut_of(0)), out / "adapter")
     memory = peak_memory()
     log(f"peak memory: {memory}")
-    emulation = {} if party.pacer is None else {"emulation": party.pacer.summary()}
+    emulation = {}
     if party.pacer is not None:
         party.pacer.warn_if_behind()
+        emulation = {"emulation": party.pacer.summary()}
     summary = records.summary(cfg, coord, memory)
     write_json(out / "summary.json", summary)
     write_json(out / "server.json", {"rounds": coord.round, "clients": fed.n_clients,
