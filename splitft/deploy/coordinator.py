@@ -67,7 +67,7 @@ class Coordinator:
         self.samples_cap = samples_cap  # without split steps (fedlora): the most samples a push may claim
         self.holds: dict[int, int] = {}  # client -> the cut it pulled for the current round (what it may push)
         self.trained: Counter[int] = Counter()  # client -> samples of its training steps applied this round
-        self.tokens: Counter[int] = Counter()  # client -> label tokens of its training steps applied this round
+        self.train_tokens = 0  # label tokens of the training steps applied this round
         self.on_eval = on_eval or (lambda round_: None)
         self.evals: dict[int, dict[int, tuple[float, int, int, int]]] = {}
         self.pulled: set[int] = set()  # clients that pulled the current round (round 0 is decided when all have)
@@ -253,7 +253,7 @@ class Coordinator:
         cid = key[0]
         self.cache[cid] = (key, reply)
         self.trained[cid] += rows
-        self.tokens[cid] += reply.n_tokens
+        self.train_tokens += reply.n_tokens
         self.done_steps[cid] += 1
         self.pos += 1
         await self._notify()
@@ -375,11 +375,11 @@ class Coordinator:
         self.on_round({"round": self.round, "clients": merged, "cuts": cuts,
                        "dropped": {str(c): w for c, w in self.dropped.items()},
                        "steps_by_client": {str(c): self.done_steps[c] for c in self.plan.clients},
-                       "train_tokens": sum(self.tokens.values())})
+                       "train_tokens": self.train_tokens})
         if self.placement is not None and self.round + 1 < self.rounds:
             self.placement.decide(self.round + 1, list(range(self.n_clients)))
         self.round, self.pos, self.pushed, self.dropped, self.pulled = self.round + 1, 0, set(), {}, set()
-        self.holds, self.trained, self.tokens, self.done_steps = {}, Counter(), Counter(), Counter()
+        self.holds, self.trained, self.train_tokens, self.done_steps = {}, Counter(), 0, Counter()
         self.plan, self.started = self._plan(self.round), self.clock()
         self.on_boundary()  # e.g. a checkpoint, before any client can see the new round
         await self._notify()
@@ -395,7 +395,7 @@ class Coordinator:
         self.round, self.run_id = int(state["round"]), str(state["run"])
         self.evals = {int(r): {int(c): tuple(v) for c, v in by.items()} for r, by in state["evals"].items()}
         self.pos, self.pushed, self.dropped, self.pulled, self.holds, self.trained = 0, set(), {}, set(), {}, Counter()
-        self.done_steps, self.tokens = Counter(), Counter()
+        self.done_steps, self.train_tokens = Counter(), 0
         self.step_s = {int(c): float(v) for c, v in state.get("step_s", {}).items()}
         self.plan, self.started = self._plan(self.round), self.clock()
 
