@@ -4,7 +4,9 @@ twice, drops clients that go silent or miss the round deadline, and aggregates o
 
 With the same config and seed, and no client dropped, a deployment applies the same updates in the same order
 as `splitft simulate` and ends with the same LoRA weights. Every method is a coroutine awaited by the
-transport; the torch work runs inline (one request at a time, like the simulation).
+transport. The server's torch work runs in a worker thread, one call at a time (`_compute`), so the event loop
+keeps receiving requests and sending replies while a step computes: a request that waited unread behind another
+client's step would reach its client's clock as link time, and that client's next time budget would be too long.
 
 Liveness: the transport calls `seen(cid)` for every frame (requests and heartbeats), and `check(now)` (every
 second, from `watch`) drops a selected client that has been silent for `dead_after_s`, or has not pushed
@@ -18,7 +20,8 @@ import asyncio
 import secrets
 import time
 from collections import Counter
-from typing import Any, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Awaitable, Callable
 
 import torch
 
@@ -27,6 +30,10 @@ from ..server import FedAvgServer, NonFiniteStep
 from ..transport.base import AdapterUpdate, BackwardRequest, ForwardRequest, Pulled, StepReply
 from .handshake import differences
 from .placement import Placement
+
+# One thread for every call into a server: torch's thread pools and state stay with one thread, as when the calls
+# ran on the loop's (a call in a fresh thread each time would start a fresh OpenMP team and crowd 2 cores).
+_SERVER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splitft-server")
 
 
 class Refused(ValueError):
@@ -54,6 +61,8 @@ class Coordinator:
         self.placement = placement
         self.pace = pace  # --emulate: (request, its real compute seconds) -> seconds the step must still take
         self.serving = asyncio.Lock()  # one training step at a time, its emulated time included
+        self.torch = asyncio.Lock()  # one call into `server` at a time, in a worker thread (`_compute`)
+        self.closing = False  # a round is being aggregated (its aggregation awaits the worker)
         self.order, self.budget, self.round_time_s = order, budget, round_time_s
         self.max_steps = max_steps or local_steps  # under a time budget: the most steps a client runs in a round
         self.done_steps: Counter[int] = Counter()  # client -> training steps applied this round
@@ -157,7 +166,7 @@ class Coordinator:
             if self.max_cut is not None and not 1 <= cut <= self.max_cut:
                 raise Refused(f"cut {cut} outside [1, {self.max_cut}]: a client never gets adapters of the "
                               "server's blocks")
-            return self._hand_out(cid, round_, cut)
+            return await self._hand_out(cid, round_, cut)
         self.placement.note(cid, report or {})
         if round_ < self.rounds and self.placement.decided < round_:
             self.pulled.add(cid)
@@ -168,12 +177,21 @@ class Coordinator:
             self.finished_clients.add(cid)  # it has no place in this federation: the run does not wait for it
             await self.drop(cid, why)
             raise Refused(why)
-        return self._hand_out(cid, round_, self.placement.cut_of(cid))
+        return await self._hand_out(cid, round_, self.placement.cut_of(cid))
 
-    def _hand_out(self, cid: int, round_: int, cut: int) -> Pulled:
+    async def _hand_out(self, cid: int, round_: int, cut: int) -> Pulled:
         if round_ == self.round:
             self.holds[cid] = cut
-        return Pulled(cut, self.server.global_adapters(cut), **(self.round_budget() if round_ < self.rounds else {}))
+        adapters = await self._compute(self.server.global_adapters, cut)
+        return Pulled(cut, adapters, **(self.round_budget() if round_ < self.rounds else {}))
+
+    async def _compute(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` (a call into `server`) in a worker thread, after the calls before it: the server's state
+        is only ever touched by one call at a time, as when the calls ran inline, while the loop stays free. The
+        lock is held until the thread is done, even if the awaiting request is cancelled meanwhile."""
+        await self.torch.acquire()
+        work = asyncio.get_running_loop().run_in_executor(_SERVER_THREAD, fn, *args)
+        return await _to_the_end(work, self.torch)
 
     async def _maybe_decide(self) -> None:
         """Decide the current round's cuts once every selected client still in it has pulled."""
@@ -192,8 +210,7 @@ class Coordinator:
         """
         self._check_client(req.client_id)
         if not req.train:
-            await self._wait(self._idle)  # U: the adapters must not move under a step in flight (see server.py)
-            return self.server.step(req)
+            return await self._evaluate(req)
         key, turn = (req.client_id, req.round, req.step), (req.client_id, req.step)
         if (hit := self._cached(key)) is not None:
             self.log(f"client {req.client_id}: step {key[1:]} resent; answered from cache, not applied again")
@@ -204,20 +221,45 @@ class Coordinator:
                     or req.step != self.done_steps[req.client_id] or req.step >= self._cap():
                 raise Refused(f"step (round {req.round}, step {req.step}) of client {req.client_id} is a replay or "
                               f"not expected (federation at round {self.round})")
-            await self._wait(lambda: self._cached(key) is not None or self._idle() or self.round != req.round
-                             or req.client_id in self.dropped)
+            ready = lambda: self._idle()  # noqa: E731
         else:
             if req.round != self.round or turn not in self.plan.order[self.pos:]:
                 raise Refused(f"step (round {req.round}, step {req.step}) of client {req.client_id} is a replay or "
                               f"not in this round's plan (federation at round {self.round})")
+            ready = lambda: self.plan.order[self.pos] == turn  # noqa: E731
+        return await self._when(req, key, ready)
+
+    async def _when(self, req: ForwardRequest, key: tuple[int, int, int], ready: Callable[[], bool]) -> StepReply:
+        """Apply step `key` once it may go (`ready`, or it was answered, dropped or its round ended meanwhile),
+        checked again under `serving`: between the wake-up and the lock another step may have gone first. A
+        request cancelled while it waits changes nothing; once its step begins, the step runs to its end."""
+        while True:
             await self._wait(lambda: self._cached(key) is not None or self.round != req.round
-                             or req.client_id in self.dropped or self.plan.order[self.pos] == turn)
-        if (hit := self._cached(key)) is not None:  # a resend that waited beside the original
-            return hit
-        self._check_not_dropped(req.client_id, req.round)
-        if self.round != req.round:
-            raise Refused(f"round {req.round} ended while step {req.step} of client {req.client_id} waited")
-        return await self._apply(req, key)
+                             or req.client_id in self.dropped or ready())
+            await self.serving.acquire()
+            handed = False
+            try:
+                if (hit := self._cached(key)) is not None:  # a resend that waited beside the original
+                    return hit
+                self._check_not_dropped(req.client_id, req.round)
+                if self.round != req.round:
+                    raise Refused(f"round {req.round} ended while step {req.step} of client {req.client_id} waited")
+                if not ready():
+                    continue
+                applying, handed = _to_the_end(self._apply(req, key), self.serving), True
+            finally:
+                if not handed:
+                    self.serving.release()
+            return await applying
+
+    async def _evaluate(self, req: ForwardRequest) -> StepReply:
+        """An evaluation request, any time but under U not while a step is between its forward and its backward
+        (the adapters must not move under it, see server.py): checked in the worker, where no step can begin."""
+        while True:
+            await self._wait(self._idle)
+            reply = await self._compute(lambda: self.server.step(req) if self._idle() else None)
+            if reply is not None:
+                return reply
 
     def _idle(self) -> bool:
         """No U-shaped step is between its forward and its backward."""
@@ -232,22 +274,26 @@ class Coordinator:
         return None
 
     async def _apply(self, req: ForwardRequest, key: tuple[int, int, int]) -> StepReply:
-        async with self.serving:
-            start = time.perf_counter()
-            try:
-                reply = self.server.step(req)
-            except NonFiniteStep as e:  # not applied; out of this round, or the others would wait for its turn
-                await self.drop(req.client_id, f"step {req.step} had a NaN/Inf loss or gradient")
-                raise Refused(str(e)) from None
-            if reply.hidden is not None:  # U-shaped: the step holds the server until its backward
-                self.forwarded[req.client_id] = (key, reply)
-                return reply
-            if self.pace is not None:  # the emulated rest of the compute, awaited: the server holds the step
-                # (`serving`), but the loop goes on receiving and timestamping requests and sending replies
-                # (a blocking sleep delayed them, and the clients counted the delay as link time)
-                await asyncio.sleep(self.pace(req, time.perf_counter() - start))
-            await self._applied(key, reply, req.activations.shape[0])
+        """Step `key` on the server (the caller holds `serving`), then its emulated rest."""
+        start = time.perf_counter()
+        try:
+            reply = await self._compute(self.server.step, req)
+        except NonFiniteStep as e:  # not applied; out of this round, or the others would wait for its turn
+            await self.drop(req.client_id, f"step {req.step} had a NaN/Inf loss or gradient")
+            raise Refused(str(e)) from None
+        if self.round != req.round or req.client_id in self.dropped:  # while it computed: nothing to count
+            if reply.hidden is not None:
+                self.server.abandon()
+            raise Refused(f"client {req.client_id} was dropped from round {req.round} while step {req.step} ran")
+        if reply.hidden is not None:  # U-shaped: the step holds the server until its backward
+            self.forwarded[req.client_id] = (key, reply)
             return reply
+        if self.pace is not None:  # the emulated rest of the compute, awaited: the server holds the step
+            # (`serving`), but the loop goes on receiving and timestamping requests and sending replies
+            # (a blocking sleep delayed them, and the clients counted the delay as link time)
+            await asyncio.sleep(self.pace(req, time.perf_counter() - start))
+        await self._applied(key, reply, req.activations.shape[0])
+        return reply
 
     async def _applied(self, key: tuple[int, int, int], reply: StepReply, rows: int) -> None:
         cid = key[0]
@@ -276,11 +322,16 @@ class Coordinator:
             raise Refused(f"grad_hidden {tuple(req.grad_hidden.shape)} does not match the hidden states sent "
                           f"{tuple(flying[2].shape)}")
         self.forwarded.pop(req.client_id, None)  # the server's step in flight ends here, applied or not
+        return await _to_the_end(self._apply_backward(req, key))
+
+    async def _apply_backward(self, req: BackwardRequest, key: tuple[int, int, int]) -> StepReply:
         try:
-            reply = self.server.backward(req)
+            reply = await self._compute(self.server.backward, req)
         except NonFiniteStep as e:
             await self.drop(req.client_id, f"step {req.step} had a NaN/Inf gradient")
             raise Refused(str(e)) from None
+        if self.round != req.round or req.client_id in self.dropped:
+            raise Refused(f"client {req.client_id} was dropped from round {req.round} while step {req.step} ran")
         await self._applied(key, reply, req.grad_hidden.shape[0])
         return reply
 
@@ -300,6 +351,10 @@ class Coordinator:
     async def push_adapters(self, update: AdapterUpdate) -> None:
         """Take a client's adapters; a resent push of an accepted one is acknowledged and ignored."""
         self._check_client(update.client_id)
+        cut = self.holds.get(update.client_id) if update.round == self.round else None
+        # the shapes it must match, read in the worker first: the checks below and the taking then run with no
+        # await between them, so a drop, a resend or the round's end cannot slip in
+        want = {} if cut is None else await self._compute(self.server.global_adapters, cut)
         self._check_not_dropped(update.client_id, update.round)
         if update.round == self.round and update.client_id in self.pushed:
             self.log(f"client {update.client_id}: push of round {update.round} resent; ignored")
@@ -310,8 +365,8 @@ class Coordinator:
         due = 1 if self.budget == "time" and self.round_budget() else self.local_steps
         if self.local_steps and self.done_steps[update.client_id] < due:
             raise Refused(f"client {update.client_id} pushed round {update.round} before finishing its steps")
-        self._check_push(update)
-        self.server.push_adapters(update)
+        self._check_push(update, cut, want)
+        self.server.push_adapters(update)  # inline: it only queues the update for `aggregate`
         self.pushed.add(update.client_id)
         self.plan.order = self.plan.order[:self.pos] + [k for k in self.plan.order[self.pos:]
                                                         if k[0] != update.client_id]  # turns it left unused
@@ -322,14 +377,13 @@ class Coordinator:
         self._note_eval(update.client_id, update.report)
         await self._maybe_aggregate()
 
-    def _check_push(self, update: AdapterUpdate) -> None:
+    def _check_push(self, update: AdapterUpdate, cut: int | None, want: dict[str, torch.Tensor]) -> None:
         """A client may overwrite only what it trained: exactly the adapters of the blocks it pulled this round
-        (names, shapes and dtype of the global ones at its cut), finite, for no more samples than the server saw
-        it train this round (without split steps: `samples_cap`)."""
-        cid, cut = update.client_id, self.holds.get(update.client_id)
+        (`want`: names, shapes and dtype of the global ones at its `cut`), finite, for no more samples than the
+        server saw it train this round (without split steps: `samples_cap`)."""
+        cid = update.client_id
         if cut is None:
             raise Refused(f"client {cid} pushed round {update.round} without pulling it")
-        want = self.server.global_adapters(cut)
         names, expected = set(update.adapters), set(want)
         if names != expected:
             odd = sorted(names - expected)[:3] or sorted(expected - names)[:3]
@@ -365,9 +419,16 @@ class Coordinator:
             self.evals.setdefault(r, {})[cid] = (loss_sum, n_tok, n_ok, cut)
 
     async def _maybe_aggregate(self) -> None:
-        if self.round >= self.rounds or not self.pushed | set(self.dropped) >= set(self.plan.clients):
+        if self.closing or self.round >= self.rounds or not self.pushed | set(self.dropped) >= set(self.plan.clients):
             return
-        merged = self.server.aggregate()
+        self.closing = True  # a drop or a push while the worker aggregates must not aggregate the round again
+        await _to_the_end(self._close_round())  # the round ends whole even if the push that ended it is cancelled
+
+    async def _close_round(self) -> None:
+        try:
+            merged = await self._compute(self.server.aggregate)
+        finally:
+            self.closing = False
         self.log(f"round {self.round}: aggregated clients {merged}"
                  + (f"; dropped {self.dropped}" if self.dropped else ""))
         self.on_eval(self.round - 1)  # the pushes of this round carried the evaluations of the previous model
@@ -407,7 +468,7 @@ class Coordinator:
         self.dropped[cid] = why
         self.log(f"round {self.round}: dropped client {cid}: {why}")
         if self.forwarded.pop(cid, None) is not None:  # its U-shaped step will not finish: nothing was applied
-            self.server.abandon()
+            self.server.abandon()  # inline: with a forward in flight no other step can be in the worker
         self.plan.order = self.plan.order[:self.pos] + [k for k in self.plan.order[self.pos:] if k[0] != cid]
         await self._notify()
         await self._maybe_decide()
@@ -451,3 +512,19 @@ class Coordinator:
         self.finished_clients.add(cid)
         if len(self.finished_clients) == self.n_clients:
             self.finished.set()
+
+
+def _to_the_end(work: Awaitable[Any], lock: asyncio.Lock | None = None) -> Awaitable[Any]:
+    """`work` as a task that runs to its end, releasing `lock` (held by the caller) when it ends, behind a shield:
+    a request cancelled meanwhile (its client disconnected) leaves the state change it began whole, never half
+    done (a step applied but not counted, a thread still in `server` with the lock let go)."""
+    task = asyncio.ensure_future(work)
+
+    def ended(t: asyncio.Future) -> None:
+        if lock is not None:
+            lock.release()
+        if not t.cancelled():
+            t.exception()  # retrieved: a failure nobody awaited any more is not reported as never retrieved
+
+    task.add_done_callback(ended)
+    return asyncio.shield(task)

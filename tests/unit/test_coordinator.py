@@ -384,3 +384,61 @@ def test_a_round_record_says_how_many_steps_and_tokens_each_client_trained(coord
     rec = coord.records[0]
     assert rec["steps_by_client"] == {"0": 2, "1": 2, "2": 2}
     assert rec["train_tokens"] == 6 * 2 * 4  # six steps of 2 rows x 4 predicted tokens (5 labels, shifted by one)
+
+
+class _SlowServer:
+    """A server whose training step holds the CPU for `step_s` (time.sleep: it blocks whatever thread runs it)."""
+
+    def __init__(self, server, step_s):
+        self.inner, self.step_s = server, step_s
+
+    def step(self, req):
+        import time
+        time.sleep(self.step_s)
+        return self.inner.step(req)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_the_loop_keeps_receiving_while_the_server_computes_a_step():
+    """A request that waits unread behind another client's step would reach its client's clock as link time."""
+    _, server = tiny_split_server()
+    c = Coordinator(_SlowServer(server, 0.3), n_clients=2, rounds=1, local_steps=1, per_round=0, seed=0,
+                    log=lambda s: None, clock=FakeClock(), order="arrival")
+
+    async def go():
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        await c.step(_req(0, 0))
+        ticker.cancel()
+        assert ticks >= 10, f"the event loop ran {ticks} times in a 0.3 s step"
+
+    asyncio.run(go())
+
+
+def test_a_step_whose_request_is_cancelled_while_it_computes_is_applied_whole():
+    """Its client disconnected mid-step: the step still ends counted and cached, and the resend is answered from
+    the cache, never applied twice."""
+    _, server = tiny_split_server()
+    c = Coordinator(_SlowServer(server, 0.2), n_clients=1, rounds=1, local_steps=2, per_round=0, seed=0,
+                    log=lambda s: None, clock=FakeClock())
+
+    async def go():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(c.step(_req(0, 0)), 0.05)
+        while c.serving.locked() or c.torch.locked():
+            await asyncio.sleep(0.01)
+        assert c.pos == 1 and c.done_steps[0] == 1 and c.trained[0] == 2
+        applied = _state(server)
+        await c.step(_req(0, 0))
+        assert c.pos == 1 and _same(applied, _state(server))
+
+    asyncio.run(go())
