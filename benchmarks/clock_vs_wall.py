@@ -108,6 +108,9 @@ def one(model: str, scenario: str, rounds: int, order: str, budget: str, tmp: Pa
     row = {"order": order, "budget": budget, "rounds": rounds, "virtual_s": [round(v, 3) for v in virtual[1:]],
            "wall_s": [round(w, 3) for w in wall], "wall_over_virtual": [round(x, 3) for x in ratios],
            "worst_error": round(max(abs(x - 1) for x in ratios), 3),
+           # a miss is most often a step flipped at a time budget's edge: the steps each side ran, rounds 1..
+           "steps_simulated": [r["steps_by_client"] for r in sim_rounds[1:]],
+           "steps_deployed": [r["steps_by_client"] for r in dep_rounds[1:]],
            "steps_slower_than_profile": sum(e["slower_than_profile"] for e in emulation),
            "server_steps_slower_than_profile": server["slower_than_profile"]}
     if wall_budget:
@@ -136,20 +139,24 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--wall-budget", type=float, default=None, metavar="S",
                    help="run each combination for the rounds that fit in S training seconds (overrides --rounds)")
+    p.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                   help="keep each run's directory (logs, records) under DIR instead of a temporary one")
     p.add_argument("--combos", default=",".join(f"{o}+{b}" for o, b in COMBOS),
                    help="comma-separated subset of " + ",".join(f"{o}+{b}" for o, b in COMBOS))
     args = p.parse_args()
     combos = [tuple(c.split("+")) for c in args.combos.split(",") if c]
     if not combos or any(c not in COMBOS for c in combos) or args.rounds < 2 or (args.wall_budget or 1) <= 0:
         p.error("--combos: order+budget pairs from the list; --rounds >= 2; --wall-budget > 0")
-    tmp = Path(tempfile.mkdtemp(prefix="clock_vs_wall_"))
+    tmp = args.keep or Path(tempfile.mkdtemp(prefix="clock_vs_wall_"))
+    tmp.mkdir(parents=True, exist_ok=True)
     rows = []
     try:
         for order, budget in combos:
             rows.append(one(args.model, args.scenario, args.rounds, order, budget, tmp, args.wall_budget))
             print(rows[-1], flush=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(tmp, ignore_errors=True)
     if args.wall_budget and ("plan", "steps") in combos:
         ref = next(r for r in rows if (r["order"], r["budget"]) == ("plan", "steps"))
         for r in rows:
