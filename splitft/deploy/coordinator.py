@@ -221,7 +221,7 @@ class Coordinator:
                     or req.step != self.done_steps[req.client_id] or req.step >= self._cap():
                 raise Refused(f"step (round {req.round}, step {req.step}) of client {req.client_id} is a replay or "
                               f"not expected (federation at round {self.round})")
-            ready = lambda: self._idle()  # noqa: E731
+            ready = self._idle
         else:
             if req.round != self.round or turn not in self.plan.order[self.pos:]:
                 raise Refused(f"step (round {req.round}, step {req.step}) of client {req.client_id} is a replay or "
@@ -281,7 +281,7 @@ class Coordinator:
         except NonFiniteStep as e:  # not applied; out of this round, or the others would wait for its turn
             await self.drop(req.client_id, f"step {req.step} had a NaN/Inf loss or gradient")
             raise Refused(str(e)) from None
-        if self.round != req.round or req.client_id in self.dropped:  # while it computed: nothing to count
+        if self._gone_while_it_ran(req):  # nothing to count
             if reply.hidden is not None:
                 self.server.abandon()
             raise Refused(f"client {req.client_id} was dropped from round {req.round} while step {req.step} ran")
@@ -294,6 +294,10 @@ class Coordinator:
             await asyncio.sleep(self.pace(req, time.perf_counter() - start))
         await self._applied(key, reply, req.activations.shape[0])
         return reply
+
+    def _gone_while_it_ran(self, req: ForwardRequest | BackwardRequest) -> bool:
+        """The step's client was dropped, or its round aggregated without it, while the worker computed it."""
+        return self.round != req.round or req.client_id in self.dropped
 
     async def _applied(self, key: tuple[int, int, int], reply: StepReply, rows: int) -> None:
         cid = key[0]
@@ -330,7 +334,7 @@ class Coordinator:
         except NonFiniteStep as e:
             await self.drop(req.client_id, f"step {req.step} had a NaN/Inf gradient")
             raise Refused(str(e)) from None
-        if self.round != req.round or req.client_id in self.dropped:
+        if self._gone_while_it_ran(req):
             raise Refused(f"client {req.client_id} was dropped from round {req.round} while step {req.step} ran")
         await self._applied(key, reply, req.grad_hidden.shape[0])
         return reply

@@ -2,6 +2,7 @@
 for silence or lateness with the round aggregated over survivors, and the end of the run."""
 
 import asyncio
+import time
 
 import pytest
 import torch
@@ -393,7 +394,6 @@ class _SlowServer:
         self.inner, self.step_s = server, step_s
 
     def step(self, req):
-        import time
         time.sleep(self.step_s)
         return self.inner.step(req)
 
