@@ -27,6 +27,8 @@ class Family:
         layers_path: the `ModuleList` of transformer blocks.
         head_paths: modules after the last block that only the server holds (final norm, LM head).
         lora_targets: default LoRA target module suffixes (attention projections, as in the paper).
+        final_norm: everything between the last block and the LM head (the norm; OPT also projects out), so the
+            loss can run the head itself, a chunk of tokens at a time (`loss.head_loss`).
         fan_in_fan_out: True when the targets are GPT-2 `Conv1D` layers (weight stored transposed).
     """
 
@@ -38,8 +40,16 @@ class Family:
     embed: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
     context: Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, Any]]
     run_block: Callable[[nn.Module, int, torch.Tensor, dict[str, Any]], torch.Tensor]
-    head: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    final_norm: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     fan_in_fan_out: bool = False
+
+    def lm_head(self, model: nn.Module) -> nn.Module:
+        """The head's linear layer (every family keeps it at `lm_head`, frozen, no LoRA)."""
+        return model.get_submodule("lm_head")
+
+    def head(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (B, T, H) after the last block -> logits (B, T, V)."""
+        return self.lm_head(model)(self.final_norm(model, hidden))
 
 
 def _positions(hidden: torch.Tensor) -> torch.Tensor:
@@ -113,8 +123,8 @@ def _llama_block(model: nn.Module, i: int, hidden: torch.Tensor, ctx: dict[str, 
     )
 
 
-def _llama_head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    return _get(model, "lm_head")(_get(model, "model.norm")(hidden))
+def _llama_norm(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return _get(model, "model.norm")(hidden)
 
 
 # --- GPT-2 / GPT-Neo: learned absolute positions, LayerNorm, embedding dropout -------------------------
@@ -141,8 +151,8 @@ def _gpt_neo_block(model: nn.Module, i: int, hidden: torch.Tensor, ctx: dict[str
     return block(hidden, layer_past=None, attention_mask=ctx["mask"], use_cache=False)[0]
 
 
-def _gpt_head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    return _get(model, "lm_head")(_get(model, "transformer.ln_f")(hidden))
+def _gpt_norm(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return _get(model, "transformer.ln_f")(hidden)
 
 
 # --- OPT: learned positions offset by 2, optional project_in / project_out ----------------------------
@@ -168,23 +178,23 @@ def _opt_block(model: nn.Module, i: int, hidden: torch.Tensor, ctx: dict[str, An
     return layer(hidden, attention_mask=ctx["mask"], position_ids=ctx["position_ids"], use_cache=False)
 
 
-def _opt_head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+def _opt_norm(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     dec = _get(model, "model.decoder")
     if dec.final_layer_norm is not None:
         hidden = dec.final_layer_norm(hidden)
     if dec.project_out is not None:
         hidden = dec.project_out(hidden)
-    return _get(model, "lm_head")(hidden)
+    return hidden
 
 
 _LLAMA_KW = dict(
     embed_paths=("model.embed_tokens",), layers_path="model.layers",
     head_paths=("model.norm", "lm_head"), lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"),
-    embed=_llama_embed, context=_llama_context, run_block=_llama_block, head=_llama_head,
+    embed=_llama_embed, context=_llama_context, run_block=_llama_block, final_norm=_llama_norm,
 )
 _GPT_KW = dict(
     embed_paths=("transformer.wte", "transformer.wpe"), layers_path="transformer.h",
-    head_paths=("transformer.ln_f", "lm_head"), embed=_gpt_embed, context=_gpt_context, head=_gpt_head,
+    head_paths=("transformer.ln_f", "lm_head"), embed=_gpt_embed, context=_gpt_context, final_norm=_gpt_norm,
 )
 
 FAMILIES: dict[str, Family] = {
@@ -201,7 +211,7 @@ FAMILIES: dict[str, Family] = {
         layers_path="model.decoder.layers",
         head_paths=("model.decoder.final_layer_norm", "model.decoder.project_out", "lm_head"),
         lora_targets=("q_proj", "k_proj", "v_proj", "out_proj"),
-        embed=_opt_embed, context=_opt_context, run_block=_opt_block, head=_opt_head,
+        embed=_opt_embed, context=_opt_context, run_block=_opt_block, final_norm=_opt_norm,
     ),
 }
 
