@@ -26,15 +26,16 @@ from .data.partitioners import PARTITIONERS, partitioner_for, samples_of
 from .errors import UserError
 from .model import loader
 from .model.families import Family, family_for
-from .model.split import ClientPart, ServerPart
+from .model.split import ClientPart, Compute, ServerPart
 from .model.weights import WeightFile, held_bytes, materialize, release
 from .policy import POLICIES, CutBounds, CutPolicy
+from .precision import COMPUTE_DTYPES, STORAGE_DTYPES, Precision, resolve
 from .registry import check_names
 from .seeding import derive_seed, seed_everything
 from .server import SplitServer
 from .transport.compress import CODECS
 
-REGISTRIES = (loader.MODEL_DTYPES, CODECS, PARTITIONERS, POLICIES)
+REGISTRIES = (STORAGE_DTYPES, COMPUTE_DTYPES, CODECS, PARTITIONERS, POLICIES)
 """The registries every runtime builds from; a runtime adds its own (the simulator: methods, device profiles)."""
 
 
@@ -66,12 +67,37 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_model(cfg: Config) -> loader.ModelMeta:
-    """The model's metadata, with every config value that depends on it checked (no weights read).
+def precision_of(cfg: Config) -> Precision:
+    """The run's dtypes on this machine's device (`precision.resolve`: auto decided here, and why).
 
     Raises:
-        UserError: a bad model source, or a config value that does not fit the model.
+        UserError: a compute dtype the device cannot run well, or 16-bit storage under float32 compute.
     """
+    return resolve(cfg.train.compute_dtype, cfg.model.dtype, resolve_device(cfg.model.device))
+
+
+def compute_of(cfg: Config) -> Compute:
+    """How every part of this run computes (`model.split.Compute`), its precision resolved here (`precision_of`)."""
+    return Compute(precision_of(cfg), cfg.train.activation_checkpointing, cfg.train.loss_chunk_tokens)
+
+
+def precision_line(compute: Compute) -> str:
+    """What a party's log says about how it computes."""
+    p = compute.precision
+    r = p.record()
+    return (f"computing in {r['compute_dtype']} ({p.why}), frozen weights stored in {r['storage_dtype']}"
+            + (", activation checkpointing" if compute.checkpointing else "")
+            + (f", loss over {compute.loss_chunk} tokens at a time" if compute.loss_chunk else ""))
+
+
+def check_model(cfg: Config) -> loader.ModelMeta:
+    """The model's metadata, with every config value that depends on it checked (no weights read), and the dtypes
+    this machine can run it in.
+
+    Raises:
+        UserError: a bad model source, a config value that does not fit the model, or unfit dtypes.
+    """
+    precision_of(cfg)
     meta = loader.read_meta(cfg.model.source)
     validate_against_model(cfg, meta.n_layer, meta.max_positions)
     return meta
@@ -91,6 +117,8 @@ class Setup:
     device: torch.device
     parts: list[list[int]]
     """Indices into `train`, one list per client."""
+    compute: Compute = Compute()
+    """How every part computes: precision, activation checkpointing, the loss's head chunks (`compute_of`)."""
 
     @property
     def n_layer(self) -> int:
@@ -127,19 +155,48 @@ def seeded_lora(cfg: Config, base: torch.nn.Module, family: Family) -> torch.nn.
                      targets=cfg.lora.targets or family.lora_targets)
 
 
+@dataclass(frozen=True)
+class TokenIds:
+    """What a deployed client keeps of its tokenizer once its data is tokenized: the ids batching needs."""
+
+    pad_token_id: int | None
+    eos_token_id: int | None
+
+
 @dataclass
 class PartialModel:
     """A deployed party's model: seeded rank-r LoRA on every block (the server's store needs every block's initial
-    adapters), base weights only where `hold` read them (`model.weights`); the rest stays on `meta`."""
+    adapters), base weights only where `hold` read them (`model.weights`); the rest stays on `meta`. The tokenizer
+    is read when first asked for (a server never asks)."""
 
     peft: torch.nn.Module
     family: Family
-    tokenizer: Any
+    source: str
     device: torch.device
     weights: WeightFile
-    dtype: torch.dtype
+    compute: Compute
     fingerprint: str = ""
     """`loader.fingerprint` of the model: what a server and its clients compare at the handshake."""
+    _tokenizer: Any = None
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = loader.load_tokenizer(self.source)
+        return self._tokenizer
+
+    def drop_tokenizer(self) -> TokenIds:
+        """Let the tokenizer go once the data is tokenized (SmolLM2's: ~50 MB of small allocations for 49,152 words
+        and their merges), its memory back to the OS before any block is read; returns the ids batching needs."""
+        ids = TokenIds(self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
+        self._tokenizer = None
+        _return_freed_memory()
+        return ids
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The storage dtype of the frozen weights it holds."""
+        return self.compute.precision.storage
 
     @property
     def n_layer(self) -> int:
@@ -149,9 +206,11 @@ class PartialModel:
         return [f"{self.family.layers_path}.{i}" for i in layers]
 
     def hold(self, paths: list[str]) -> None:
-        """Read the base weights under `paths` (HF module paths) onto the device; their adapters follow."""
+        """Read the base weights under `paths` (HF module paths) onto the device; their adapters follow. What the
+        reading freed (float32 chunks, file pages) goes back to the OS before training peaks on top of it."""
         materialize(self.peft, self.weights, paths, self.device, self.dtype)
         lora.follow_base_layers(self.peft)
+        _return_freed_memory()
 
     def drop(self, paths: list[str]) -> None:
         release(self.peft, paths)
@@ -179,16 +238,30 @@ def open_model(cfg: Config, checked: loader.ModelMeta | None = None) -> PartialM
     """The model as `build_model` builds it (same seeded LoRA), with no base weight read yet."""
     if checked is None:
         check_model(cfg)
-    device = resolve_device(cfg.model.device)
-    dtype = loader.MODEL_DTYPES[cfg.model.dtype]
+    device, compute = resolve_device(cfg.model.device), compute_of(cfg)
     seed_everything(cfg.federation.seed)
-    loaded, weights = loader.open_weights(cfg.model.source, dtype, cfg.federation.seed)
+    loaded, weights = loader.open_weights(cfg.model.source, compute.precision.storage, cfg.federation.seed)
     family = family_for(loaded.model.config.model_type)
     for name, buf in loaded.model.named_buffers():  # rotary frequencies etc. are real already: to the device
         owner, _, attr = name.rpartition(".")
         loaded.model.get_submodule(owner)._buffers[attr] = buf.to(device)
-    return PartialModel(seeded_lora(cfg, loaded.model, family), family, loaded.tokenizer, device, weights, dtype,
-                        loader.fingerprint(cfg.model.source, loaded.model.config))
+    pm = PartialModel(seeded_lora(cfg, loaded.model, family), family, cfg.model.source, device, weights, compute,
+                      loader.fingerprint(cfg.model.source, loaded.model.config))
+    _return_freed_memory()  # what building the skeleton and transformers' GGUF name tables left behind
+    return pm
+
+
+def _return_freed_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the OS (glibc's malloc_trim; elsewhere nothing), so
+    what was freed does not count in the peak of what comes next."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def load_base(cfg: Config, checked: loader.ModelMeta | None = None) -> tuple[torch.nn.Module, Any, torch.device]:
@@ -198,7 +271,7 @@ def load_base(cfg: Config, checked: loader.ModelMeta | None = None) -> tuple[tor
         check_model(cfg)
     device = resolve_device(cfg.model.device)
     seed_everything(cfg.federation.seed)
-    loaded = loader.load(cfg.model.source, loader.MODEL_DTYPES[cfg.model.dtype], cfg.federation.seed)
+    loaded = loader.load(cfg.model.source, precision_of(cfg).storage, cfg.federation.seed)
     return loaded.model.to(device), loaded.tokenizer, device
 
 
@@ -213,7 +286,7 @@ def build_setup(cfg: Config) -> Setup:
     peft, family, tokenizer, device = build_model(cfg, meta)
     train, held_out, stats = load_data(cfg, tokenizer)
     parts = partitioner_for(cfg.data, cfg.federation.n_clients, cfg.federation.seed).partition(samples_of(train))
-    return Setup(cfg, peft, family, tokenizer, train, held_out, stats, device, parts)
+    return Setup(cfg, peft, family, tokenizer, train, held_out, stats, device, parts, compute_of(cfg))
 
 
 def load_data(cfg: Config, tokenizer: Any) -> tuple[list[Example], list[Example], dict[str, int]]:
@@ -233,14 +306,18 @@ def optimizer_settings(cfg: Config) -> dict[str, float]:
     return dict(lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
 
 
-def cost_model_of(hf: torch.nn.Module, family: Family, param_bytes: int) -> CostModel:
-    """The cost model of an HF `*ForCausalLM`: frozen parameters per block, embeddings, head, shapes (shapes
-    only: a model whose weights are still on `meta` gives the same one)."""
+def cost_model_of(hf: torch.nn.Module, family: Family, compute: Compute) -> CostModel:
+    """The cost model of an HF `*ForCausalLM` run as `compute` says: frozen parameters per block, embeddings, head,
+    shapes (shapes only: a model whose weights are still on `meta` gives the same one), the bytes of a stored
+    weight and of a kept activation, recompute, the loss's chunk."""
     blocks = hf.get_submodule(family.layers_path)
     frozen = [sum(p.numel() for n, p in b.named_parameters() if not lora.is_lora_name(n)) for b in blocks]
+    adapters = [sum(p.numel() for n, p in b.named_parameters() if lora.is_lora_name(n)) for b in blocks]
     emb = hf.get_input_embeddings().weight
-    c = hf.config
-    return CostModel(tuple(frozen), emb.numel(), emb.numel(), c.hidden_size, c.num_attention_heads, param_bytes)
+    c, p = hf.config, compute.precision
+    return CostModel(tuple(frozen), emb.numel(), emb.numel(), c.hidden_size, c.num_attention_heads, p.storage.itemsize,
+                     act_bytes=p.compute.itemsize, recompute=compute.checkpointing, loss_chunk=compute.loss_chunk,
+                     lora_params=tuple(adapters))
 
 
 def cut_bounds(cfg: Config, cost: CostModel, n_layer: int) -> CutBounds:
@@ -265,14 +342,14 @@ def rule_policy(cfg: Config, bounds: CutBounds) -> CutPolicy:
 def split_server(cfg: Config, peft: torch.nn.Module, family: Family, first: int) -> SplitServer:
     """The server of a split method (simulation and deployment alike): blocks [first, L), global store."""
     n_layer = len(peft.base_model.model.get_submodule(family.layers_path))
-    part = ServerPart(peft, family, first, cut_rank(cfg), tail_cut(cfg, n_layer))
+    part = ServerPart(peft, family, first, cut_rank(cfg), tail_cut(cfg, n_layer), compute_of(cfg))
     return SplitServer(part, lora.adapter_state_dict(peft), family, r_cut=cut_rank(cfg), **optimizer_settings(cfg))
 
 
 def client_part(cfg: Config, peft: torch.nn.Module, family: Family, cut: int) -> ClientPart:
     """A split client's part at `cut` (with its tail under split.shape=u)."""
     n_layer = len(peft.base_model.model.get_submodule(family.layers_path))
-    return ClientPart(peft, family, cut, cut_rank(cfg), tail_cut(cfg, n_layer))
+    return ClientPart(peft, family, cut, cut_rank(cfg), tail_cut(cfg, n_layer), compute_of(cfg))
 
 
 def split_client(setup: Setup, cid: int, cut: int) -> SplitClient:

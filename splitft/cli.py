@@ -111,13 +111,14 @@ def _simulate(args: argparse.Namespace, overrides: list[str]) -> int:
 def _validate(args: argparse.Namespace, overrides: list[str]) -> int:
     import yaml
 
-    from .build import check_model, load
+    from .build import check_model, compute_of, load, precision_line
     from .config import to_dict
     from .sim.runner import sim_problems
 
     cfg = load(args.config, overrides, sim_problems)
     check_model(cfg)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    print(f"on this machine: {precision_line(compute_of(cfg))}", file=sys.stderr)
     return 0
 
 

@@ -17,9 +17,9 @@ import torch
 
 from . import lora
 from .data.datasets import BatchStream, Example, batches
-from .loss import token_loss
 from .model.split import ClientPart, FullPart
-from .optim import clip, load_optimizer_state, make_optimizer, optimizer_state
+from .optim import NonFiniteStep, clip, load_optimizer_state, make_optimizer, optimizer_state
+from .precision import LossScaler
 from .transport.base import (
     LABEL_DTYPE,
     MASK_DTYPE,
@@ -53,6 +53,7 @@ class _Client:
         self.last_loss: float | None = None  # mean step loss of the last round (the policy's performance signal)
         self.timing: StepTiming | None = None  # of the last training step (a deployed client's measurements)
         self.budget: tuple[float | None, int | None] = (None, None)  # (seconds, most steps) of this round
+        self.scaler = LossScaler(part.compute.precision.scaled)  # float16 only; a plain backward otherwise
         self.replace_part(part)
 
     def replace_part(self, part: ClientPart | FullPart) -> None:
@@ -80,9 +81,11 @@ class _Client:
     def state_dict(self) -> dict[str, Any]:
         """What the client carries from round to round: its cut, LoRA and AdamW state, its last loss, the
         samples since its last push, and where its batch stream stands."""
+        scale = {"loss_scale": self.scaler.state_dict()} if self.scaler.enabled else {}
         return {"cut": self.cut, "lora": lora.adapter_state_dict(self.part.module),
                 "opt": optimizer_state(self.opt, lora.lora_parameters(self.part.module)),
-                "last_loss": self.last_loss, "samples_seen": self.samples_seen, "stream": self.stream.state_dict()}
+                "last_loss": self.last_loss, "samples_seen": self.samples_seen, "stream": self.stream.state_dict(),
+                **scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()`; the part must already be at the saved cut (the federation re-cuts first,
@@ -92,6 +95,8 @@ class _Client:
         load_optimizer_state(self.opt, lora.lora_parameters(self.part.module), state["opt"])
         self.last_loss, self.samples_seen = state["last_loss"], state["samples_seen"]
         self.stream.load_state_dict(state["stream"])
+        if "loss_scale" in state:
+            self.scaler.load_state_dict(state["loss_scale"])
 
     def payload(self) -> dict[str, torch.Tensor]:
         """This round's adapters as a push carries them: blocks [0, cut), the cut layer at r_cut."""
@@ -124,6 +129,13 @@ class _Client:
         batch = {k: v.to(self.device) for k, v in self.stream.next().items()}
         self.last_shape = tuple(batch["input_ids"].shape)  # (B, T): what the virtual clock charges
         return batch
+
+    def _backward(self, root: torch.Tensor, seed: torch.Tensor | None, leaves: list[torch.Tensor]) -> None:
+        """Gradients of `root` (times `seed`) into `leaves` (this part's LoRA, and what goes back up), loss-scaled
+        under float16 compute."""
+        if not self.scaler.backward(root, seed, leaves):
+            raise NonFiniteStep(f"client {self.client_id}: a gradient is NaN/Inf at every loss scale; lower train.lr "
+                                "or use train.compute_dtype=bfloat16 or float32")
 
     def _update(self) -> None:
         clip(self.params, self.max_grad_norm)
@@ -216,8 +228,8 @@ class SplitClient(_Client):
         start = time.perf_counter()
         mask, labels = self._tail_batch
         hidden = reply.hidden.to(self.device).detach().requires_grad_(True)
-        stats = token_loss(self.part.tail_forward(hidden, mask), labels)
-        (stats.loss_sum / max(stats.n_tokens, 1)).backward()  # into the tail's LoRA and hidden.grad (B, T, H)
+        stats = self.part.tail_loss(hidden, mask, labels)
+        self._backward(stats.loss_sum / max(stats.n_tokens, 1), None, [*self.params, hidden])  # tail LoRA, hidden
         self._sync()
         self._tail_s = time.perf_counter() - start
         back = transport.backward(BackwardRequest(req.client_id, req.round, req.step, hidden.grad))
@@ -241,7 +253,7 @@ class SplitClient(_Client):
         acts, rows, forward_s = self._pending
         start = time.perf_counter()
         assert reply.grad_activations is not None and reply.grad_activations.shape == acts.shape
-        acts.backward(reply.grad_activations.to(acts.device, acts.dtype))
+        self._backward(acts, reply.grad_activations.to(acts.device, acts.dtype), self.params)
         self._update()
         self._sync()
         self.timing = StepTiming(compute_s=forward_s + self._tail_s + (time.perf_counter() - start),
@@ -256,8 +268,7 @@ class SplitClient(_Client):
         reply = transport.step(self._request(batch, acts, round_, i, train=False))
         if reply.hidden is None:
             return reply.loss_sum, reply.n_tokens, reply.n_correct
-        stats = token_loss(self.part.tail_forward(reply.hidden.to(self.device), batch["attention_mask"]),
-                           batch["labels"])
+        stats = self.part.tail_loss(reply.hidden.to(self.device), batch["attention_mask"], batch["labels"])
         return stats.loss_sum.item(), stats.n_tokens, stats.n_correct
 
 
@@ -272,9 +283,9 @@ class LocalClient(_Client):
     def train_step(self, transport: Transport, round_: int, step: int) -> StepReply:
         batch = self._next_batch()
         start = time.perf_counter()
-        stats = token_loss(self.part.forward(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        stats = self.part.loss(batch["input_ids"], batch["attention_mask"], batch["labels"])
         self.opt.zero_grad(set_to_none=True)
-        (stats.loss_sum / max(stats.n_tokens, 1)).backward()
+        self._backward(stats.loss_sum / max(stats.n_tokens, 1), None, self.params)
         self._update()
         self._sync()
         self.timing = StepTiming(time.perf_counter() - start, tokens=batch["input_ids"].numel())
@@ -283,5 +294,5 @@ class LocalClient(_Client):
 
     def _eval_batch(self, transport: Transport, batch: dict[str, torch.Tensor], round_: int,
                     i: int) -> tuple[float, int, int]:
-        stats = token_loss(self.part.forward(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        stats = self.part.loss(batch["input_ids"], batch["attention_mask"], batch["labels"])
         return stats.loss_sum.item(), stats.n_tokens, stats.n_correct

@@ -30,7 +30,9 @@ class ModelConfig:
     source: str = "builtin:smollm2-135m-instruct"
     """builtin:<name>, tiny:<family>, a Hugging Face folder, or a .gguf file (see splitft/model/loader.py)."""
     dtype: str = "float32"
-    """float32 | bfloat16 | float16: dtype of weights and of the activations crossing the cut."""
+    """float32 | bfloat16 | float16 | auto: the storage dtype of the frozen base weights (auto: the compute dtype
+    when that is 16-bit, else float32). 16-bit storage halves a party's weights and needs 16-bit compute. What
+    crosses the cut is transport.codec's alone (splitft/precision.py has all three dtypes)."""
     device: str = "auto"
     """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
 
@@ -121,6 +123,17 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 0.0
     """Clip each side's LoRA gradient norm separately (0 = no clipping)."""
+    compute_dtype: str = "float32"
+    """float32 | bfloat16 | float16 | auto: what every forward and backward of every party runs in (autocast);
+    LoRA weights, AdamW state and the loss stay float32. auto: bfloat16 on a CUDA device with bf16 and on a CPU
+    with AMX-BF16 or AVX512-BF16, else float32. float16: CUDA only, with loss scaling."""
+    activation_checkpointing: bool = False
+    """Recompute each held block's forward during the backward instead of keeping its activations: a party keeps
+    one (B, T, H) input per block, for about a third more compute on its blocks (the cost model charges both)."""
+    loss_chunk_tokens: int = 0
+    """> 0: the loss runs the LM head over this many label tokens at a time, computing their gradient with it, so
+    no (B, T, vocab) logits tensor is ever whole (the shipped configs use 256: 50 MB of float32 logits at a time
+    for SmolLM2); equal to the whole logits' loss up to float32 rounding. 0: the whole (B, T, vocab) logits."""
 
 
 @dataclass
@@ -215,8 +228,9 @@ class TransportConfig:
     `splitft server --resume` is rejoined where it stands."""
     codec: str = "none"
     """How activations (up) and grad_activations (down) cross the cut, in simulation and deployment alike:
-    none (model dtype) | fp16 | bf16 | int8_token | int8_channel (splitft/transport/compress.py); lossy codecs
-    pass gradients straight through. The server and every client must use the same one."""
+    none (float32, lossless) | fp16 | bf16 | int8_token | int8_channel (splitft/transport/compress.py), whatever
+    model.dtype and train.compute_dtype are (under model.dtype=bfloat16, bf16 is lossless at half the bytes);
+    lossy codecs pass gradients straight through. The server and every client must use the same one."""
 
     @property
     def chunk_bytes(self) -> int:
@@ -438,6 +452,8 @@ def validate(cfg: Config) -> list[str]:
                    "data.max_samples": d.max_samples}.items():
         if v < 0:
             p.append(f"{key}: must be >= 0 (0 = {'off' if key.startswith('train') else 'all'}), got {v}")
+    if t.loss_chunk_tokens < 0:
+        p.append(f"train.loss_chunk_tokens: must be >= 0 (0 = the whole logits at once), got {t.loss_chunk_tokens}")
     if d.max_eval_samples < 1:
         p.append(f"data.max_eval_samples: must be >= 1 (held-out samples evaluated), got {d.max_eval_samples}")
     if not cfg.metrics.out_dir.strip():

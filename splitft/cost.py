@@ -1,10 +1,10 @@
 """What a round costs, in plain numbers: FLOPs and memory from the model's shape, bytes, and the round-time model
 shared by the virtual clock (`sim/clock.py`) and the cut policies that plan for round time (`policy/makespan.py`).
 
-Per split step of client i (batch B, padded length T):
-    client forward  F_c / 2 / tflops_i      upload   latency_i + bytes_up * 8 / up_i
-    server          F_s / tflops_server     download latency_i + bytes_down * 8 / down_i
-    client backward F_c / 2 / tflops_i
+Per split step of client i (batch B, padded length T; s = the forward's share, 1/2, or 1/3 under recompute):
+    client forward  F_c * s / tflops_i        upload   latency_i + bytes_up * 8 / up_i
+    server          F_s / tflops_server       download latency_i + bytes_down * 8 / down_i
+    client backward F_c * (1 - s) / tflops_i
 Under a U-shaped split (split.shape=u) the server runs only the middle blocks, then between its forward and its
 backward the step goes down to the client's tail and back:
     server forward  F_s / 2 / tflops_server   hidden down   latency_i + bytes_hidden * 8 / down_i
@@ -15,7 +15,9 @@ Clients run in parallel; the server is one FIFO queue (it runs one request at a 
 clients wait for each other there. A round starts with every selected client pulling its adapters and ends
 when the last one has pushed them. FLOPs come from the model's shape: a block's forward is 2 * params +
 4 * T * d per token (matmuls + attention scores and values); training is 2 x forward, because frozen weights
-need input gradients only. No torch here: policies stay pure.
+need input gradients only, and 3 x under activation checkpointing (the forward runs again in the backward).
+Memory: weights at the storage dtype, kept activations at the compute dtype (`CostModel`). No torch here:
+policies stay pure.
 """
 
 from __future__ import annotations
@@ -48,37 +50,95 @@ class CostModel:
     d_model: int
     n_heads: int
     param_bytes: int
+    """Bytes of one stored frozen weight (model.dtype)."""
+    act_bytes: int = 0
+    """Bytes of one activation kept for the backward (the compute dtype); 0 = param_bytes."""
+    recompute: bool = False
+    """train.activation_checkpointing: a block keeps only its input, and runs its forward again in the backward."""
+    loss_chunk: int = 0
+    """train.loss_chunk_tokens: tokens of logits the loss holds at a time (0 = all B x T of them)."""
+    lora_params: tuple[int, ...] = ()
+    """LoRA parameters of each block (float32): every party keeps every block's initial adapters, and trains its
+    own blocks' with a gradient and AdamW's two moments."""
 
     @property
     def n_layer(self) -> int:
         return len(self.block_params)
 
+    @property
+    def forward_share(self) -> float:
+        """The forward's share of a part's training FLOPs: 1/2, or 1/3 when the backward runs it again."""
+        return 1 / 3 if self.recompute else 1 / 2
+
     def train_flops(self, first: int, last: int, batch: int, seq: int, head: bool = False) -> float:
-        """Forward + backward FLOPs of blocks [first, last) (and the head) on a (batch, seq) batch."""
+        """Forward + backward FLOPs of blocks [first, last) (and the head) on a (batch, seq) batch; under recompute
+        the blocks' forward once more (not the head's: its loss computes the gradient with the forward)."""
         tokens = batch * seq
         fwd = sum(tokens * (2 * self.block_params[j] + 4 * seq * self.d_model) for j in range(first, last))
-        return 2.0 * (fwd + (2 * self.head_params * tokens if head else 0))
+        return 2.0 * (fwd + (2 * self.head_params * tokens if head else 0)) + (fwd if self.recompute else 0.0)
+
+    def _act(self) -> int:
+        return self.act_bytes or self.param_bytes
+
+    def _block_acts(self, batch: int, seq: int) -> float:
+        """Bytes one block keeps for its backward (Korthikanti et al. 2022: s*b*h*(34 + 5*a*s/h) at 16 bits, scaled
+        to the compute dtype's bytes)."""
+        return seq * batch * self.d_model * (34 + 5 * self.n_heads * seq / self.d_model) * self._act() / 2
+
+    def _kept(self, batch: int, seq: int) -> float:
+        """Bytes per block kept for the backward: all its activations, or under recompute its input (B, T, H) in the
+        residual stream's dtype (the storage dtype)."""
+        return seq * batch * self.d_model * self.param_bytes if self.recompute else self._block_acts(batch, seq)
+
+    def _working(self, batch: int, seq: int) -> float:
+        """Bytes of the backward's working set, beyond what the blocks keep: the gradients of the block being
+        back-propagated (about its activations), and under recompute that block's activations again."""
+        return self._block_acts(batch, seq) * (2 if self.recompute else 1)
+
+    def _adapters(self) -> float:
+        """Bytes of every block's initial adapters (float32), which each party keeps."""
+        return 4 * sum(self.lora_params)
+
+    def _trained(self) -> float:
+        """Bytes of one trained block's adapters: float32, with its gradient and AdamW's two moments."""
+        return 16 * max(self.lora_params, default=0)
 
     def memory_gb(self, batch: int, seq: int) -> tuple[float, float]:
-        """(base, per block) client memory for training with these shapes: embeddings, then a block's weights
-        plus the activations kept for its backward (Korthikanti et al. 2022: s*b*h*(34 + 5*a*s/h) bytes at 16
-        bits, scaled to param_bytes)."""
-        acts = seq * batch * self.d_model * (34 + 5 * self.n_heads * seq / self.d_model) * self.param_bytes / 2
-        block = max(self.block_params) * self.param_bytes + acts
-        return self.embed_params * self.param_bytes / GB, block / GB
+        """(base, per block) client memory for training with these shapes: the embeddings, every block's initial
+        adapters and the backward's working set, then per block its weights, what it keeps for the backward and
+        its trained adapters."""
+        base = self.embed_params * self.param_bytes + self._adapters() + self._working(batch, seq)
+        block = max(self.block_params) * self.param_bytes + self._kept(batch, seq) + self._trained()
+        return base / GB, block / GB
+
+    def head_gb(self, batch: int, seq: int) -> float:
+        """The loss's peak beyond the weights: logits (B, T, V) and their gradient, or one chunk of logits (compute
+        dtype, float32 log-probabilities, the gradient cast back) plus the (B, T, H) gradient the chunked loss
+        keeps."""
+        vocab, tokens = self.head_params // self.d_model, batch * seq
+        if not self.loss_chunk:
+            return 2 * tokens * vocab * self._act() / GB
+        chunk = min(self.loss_chunk, tokens)
+        return (chunk * vocab * (4 + 2 * self._act()) + tokens * self.d_model * self.param_bytes) / GB
 
     def tail_gb(self, batch: int, seq: int, tail: int) -> float:
-        """What a U-shaped client's tail adds to its memory: `tail` blocks, and the head's logits (B, T, V) and
-        their gradient (the LM head's weight is the embeddings' or as large: counted in base)."""
+        """What a U-shaped client's tail adds to its memory: `tail` blocks, and the loss over the head (the LM
+        head's weight is the embeddings' or as large: counted in base)."""
         _, block = self.memory_gb(batch, seq)
-        vocab = self.head_params // self.d_model
-        return tail * block + 2 * batch * seq * vocab * self.param_bytes / GB
+        return tail * block + self.head_gb(batch, seq)
 
     def full_model_gb(self, batch: int, seq: int) -> float:
-        """Memory to train the whole model on one device: every block, plus logits (B, T, V) and their grad."""
+        """Memory to train the whole model on one device: every block, and the loss over the head."""
         base, block = self.memory_gb(batch, seq)
-        vocab = self.head_params // self.d_model
-        return base + self.n_layer * block + 2 * batch * seq * vocab * self.param_bytes / GB
+        return base + self.n_layer * block + self.head_gb(batch, seq)
+
+    def server_gb(self, first: int, end: int, batch: int, seq: int, head: bool = True) -> float:
+        """Memory of a server holding blocks [first, end) (and the final norm and head, whose weight is the
+        embeddings' when tied): their weights, what each keeps for its backward, and the loss over the head."""
+        weights = sum(self.block_params[first:end]) + (self.head_params if head else 0)
+        kept = (end - first) * self._kept(batch, seq) + self._working(batch, seq)
+        lora = self._adapters() + (end - first) * self._trained()
+        return (weights * self.param_bytes + kept + lora) / GB + (self.head_gb(batch, seq) if head else 0.0)
 
 
 @dataclass(frozen=True)
@@ -95,6 +155,8 @@ class StepCost:
     hidden_down: int = 0
     grad_hidden_up: int = 0
     """U-shaped split: bytes of the second crossing (already part of bytes_down / bytes_up)."""
+    forward_share: float = 0.5
+    """The client forward's share of client_flops (`CostModel.forward_share`); the backward has the rest."""
 
 
 def transfer_s(nbytes: float, mbps: float, latency_ms: float) -> float:
@@ -116,7 +178,7 @@ class Timeline:
         """When the step's request reaches the server (a local step: when its forward is done)."""
         d = self.devices[s.client_id]
         up = transfer_s(s.bytes_up - s.grad_hidden_up, d.up_mbps, d.latency_ms) if s.server_flops > 0 else 0.0
-        return self.ready[s.client_id] + s.client_flops / 2 / (d.tflops * 1e12) + up
+        return self.ready[s.client_id] + s.client_flops * s.forward_share / (d.tflops * 1e12) + up
 
     def serve(self, s: StepCost, arrived: float) -> float:
         """The server runs the step once it is free (one request at a time), the reply travels back, the client
@@ -129,7 +191,7 @@ class Timeline:
                 self.server_free += (transfer_s(s.hidden_down, d.down_mbps, d.latency_ms) + s.tail_flops
                                      / (d.tflops * 1e12) + transfer_s(s.grad_hidden_up, d.up_mbps, d.latency_ms))
             t = self.server_free + transfer_s(s.bytes_down - s.hidden_down, d.down_mbps, d.latency_ms)
-        self.ready[c] = t + s.client_flops / 2 / (d.tflops * 1e12)
+        self.ready[c] = t + s.client_flops * (1 - s.forward_share) / (d.tflops * 1e12)
         return self.ready[c]
 
     def pushed(self, c: int, nbytes: int) -> float:

@@ -4,7 +4,8 @@ held-out data (rebuilt from the run's config.yaml, so the same examples).
 
 A run exports exactly the model it evaluates (`FedAvgServer.global_model`), so for a finished run this gives
 summary.json's final_eval_ppl back: a check that what you ship is what was measured. Plain PEFT and
-transformers do the forward pass here, not SplitFT's split code.
+transformers do the forward pass here, not SplitFT's split code, in the run's dtypes (its model.dtype and
+train.compute_dtype as this machine resolves them).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .build import load, load_base, load_data, pad_id_of
+from .build import load, load_base, load_data, pad_id_of, precision_of
 from .data.datasets import Example, batches
 from .errors import UserError
 from .loss import token_loss
@@ -38,8 +39,10 @@ def evaluate_run(run_dir: str | Path, adapter: str | Path | None = None) -> dict
     base, tokenizer, _ = load_base(cfg)  # the run's own base weights (tiny models: the same seeded init)
     model = _with_adapter(base, folder)
     _, held_out, _ = load_data(cfg, tokenizer)
-    result = evaluate_model(model, held_out, cfg.train.batch_size, pad_id_of(tokenizer))
-    return {"run": str(run), "adapter": str(folder), **result}
+    precision = precision_of(cfg)
+    with precision.autocast():
+        result = evaluate_model(model, held_out, cfg.train.batch_size, pad_id_of(tokenizer))
+    return {"run": str(run), "adapter": str(folder), **result, **precision.record()}
 
 
 def _with_adapter(base: torch.nn.Module, folder: Path) -> torch.nn.Module:

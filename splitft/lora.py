@@ -159,16 +159,38 @@ def wrap(model: nn.Module, family: Family, *, r: int, alpha: float, dropout: flo
         bias="none",
         fan_in_fan_out=family.fan_in_fan_out, task_type="CAUSAL_LM",
     )
-    with _adapters_of_meta_layers_on_cpu():
-        return get_peft_model(model, config)
+    with _adapters_stay_float32():
+        peft_model = get_peft_model(model, config)
+    for module in peft_model.modules():
+        # PEFT casts each LoRA input to the adapter's float32 and keeps that copy for the backward (four per block,
+        # 1.2 MB each for SmolLM2 at B x T = 512); under autocast the matmul casts it to the compute dtype anyway,
+        # the same values, and at float32 compute there is nothing to cast.
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
+    return peft_model
+
+
+def _move_adapter(layer: nn.Module, adapter_name: str, device: torch.device) -> None:
+    """Move one adapter of a PEFT layer to `device`, keeping its dtype: LoRA weights are float32 masters whatever
+    the frozen base is stored in (PEFT's own move would cast them to a bf16 base's dtype, rounding their init)."""
+    for attr in (*layer.adapter_layer_names, *layer.other_param_names):
+        group = getattr(layer, attr, None)
+        if isinstance(group, (nn.ModuleDict, nn.ParameterDict)) and adapter_name in group:
+            group[adapter_name] = group[adapter_name].to(device)
+
+
+def _base_device(layer: nn.Module) -> torch.device:
+    """The device of a PEFT layer's base weight; the CPU while that weight is on `meta` (a block this process
+    does not hold, `model.weights`): its adapter's seeded initial values are still needed, by the server's global
+    store, so they stay real."""
+    weight = getattr(layer.get_base_layer(), "weight", None)
+    return torch.device("cpu") if weight is None or weight.device.type == "meta" else weight.device
 
 
 @contextlib.contextmanager
-def _adapters_of_meta_layers_on_cpu():
-    """PEFT moves each new adapter to its base layer's device and dtype. A base layer still on `meta` (a block this
-    process does not hold, `model.weights`) would take the adapter's seeded initial values with it, which the
-    server's global store needs for every block; such adapters are cast to the layer's dtype and stay on the CPU.
-    The random draws are PEFT's own, in the same order: the initial LoRA does not depend on what is held."""
+def _adapters_stay_float32():
+    """While PEFT wraps a model, each new adapter goes to its base layer's device (`_base_device`) in float32. The
+    random draws are PEFT's own, in the same order: the initial LoRA does not depend on what is held or its dtype."""
     from peft.tuners.lora.model import LoraModel
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -179,7 +201,7 @@ def _adapters_of_meta_layers_on_cpu():
         return weight is not None and weight.device.type == "meta"
 
     def guarded_move(self: BaseTunerLayer, adapter_name: str, device: torch.device | None = None) -> None:
-        move(self, adapter_name, torch.device("cpu") if device is None and on_meta(self.get_base_layer()) else device)
+        _move_adapter(self, adapter_name, device if device is not None else _base_device(self))
 
     def guarded_replace(self: LoraModel, parent: nn.Module, child_name: str, new_module: nn.Module,
                         child: nn.Module) -> None:
@@ -198,7 +220,7 @@ def _adapters_of_meta_layers_on_cpu():
 
 
 def follow_base_layers(model: nn.Module) -> None:
-    """Move every adapter to its base layer's device and dtype (after `model.weights.materialize` put a layer's
+    """Move every adapter to its base layer's device, in float32 (after `model.weights.materialize` put a layer's
     weights on the model's device)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -206,7 +228,7 @@ def follow_base_layers(model: nn.Module) -> None:
         weight = getattr(module.get_base_layer(), "weight", None) if isinstance(module, BaseTunerLayer) else None
         if weight is not None and weight.device.type != "meta":
             for adapter in module.active_adapters:
-                module._move_adapter_to_device_of_base_layer(adapter)
+                _move_adapter(module, adapter, weight.device)
 
 
 def is_lora_name(name: str) -> bool:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UserError
+
+
+class NonFiniteStep(UserError):
+    """A training step whose loss or LoRA gradient is NaN/Inf; it was not applied (that side's state unchanged)."""
+
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW over LoRA parameters (element-wise, so one optimizer per side equals one over both)."""

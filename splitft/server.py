@@ -18,16 +18,11 @@ import torch
 
 from . import lora
 from .aggregate import layerwise_fedavg
-from .errors import UserError
-from .loss import token_loss
 from .model.families import Family
 from .model.split import ServerPart
-from .optim import clip, grads_finite, load_optimizer_state, make_optimizer, optimizer_state
+from .optim import NonFiniteStep, clip, grads_finite, load_optimizer_state, make_optimizer, optimizer_state
+from .precision import LossScaler
 from .transport.base import AdapterUpdate, BackwardRequest, ForwardRequest, StepReply
-
-
-class NonFiniteStep(UserError):
-    """A training step whose loss or LoRA gradient is NaN/Inf; it was not applied (server state unchanged)."""
 
 
 class FedAvgServer:
@@ -150,6 +145,7 @@ class SplitServer(FedAvgServer):
         self.served: Counter[int] = Counter()  # training samples served per client cut this round
         self.params = part.lora_parameters()
         self.opt = make_optimizer(self.params, lr, weight_decay)
+        self.scaler = LossScaler(part.compute.precision.scaled)  # float16 only; a plain backward otherwise
         self.max_grad_norm = max_grad_norm
         self.device = next(part.module.parameters()).device
         self.round_start = self.adapters()  # the global adapters of blocks [first, L) as of the last aggregation
@@ -184,14 +180,12 @@ class SplitServer(FedAvgServer):
             return self._forward(req, acts, mask)
         labels = req.labels.to(self.device, torch.long)
         with torch.set_grad_enabled(req.train):
-            stats = token_loss(self.part.forward(acts, mask, req.cut), labels)
+            stats = self.part.loss(acts, mask, req.cut, labels)
         if not req.train:
             return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct)
         self.opt.zero_grad(set_to_none=True)
         loss = stats.loss_sum / max(stats.n_tokens, 1)
-        finite = bool(torch.isfinite(loss))
-        if finite:
-            loss.backward()
+        finite = bool(torch.isfinite(loss)) and self.scaler.backward(loss, None, [*self.params, acts])
         self._update(req.client_id, req.round, req.step, finite, acts)
         self.served[req.cut] += acts.shape[0]
         return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct, acts.grad)
@@ -234,9 +228,7 @@ class SplitServer(FedAvgServer):
         assert req.grad_hidden.shape == hidden.shape, f"grad_hidden {tuple(req.grad_hidden.shape)} != hidden"
         self.opt.zero_grad(set_to_none=True)
         grad = req.grad_hidden.to(hidden.device, hidden.dtype)
-        finite = bool(torch.isfinite(grad).all())
-        if finite:
-            hidden.backward(grad)
+        finite = bool(torch.isfinite(grad).all()) and self.scaler.backward(hidden, grad, [*self.params, acts])
         self._update(req.client_id, req.round, req.step, finite, acts)
         self.served[cut] += acts.shape[0]
         return StepReply(0.0, 0, 0, acts.grad)
@@ -312,8 +304,9 @@ class SplitServer(FedAvgServer):
         """The store, the server part's LoRA and AdamW state, and the samples served per cut this round."""
         assert self.in_flight is None, "a server's state is taken between rounds, with no step in flight"
         named = lora.lora_parameters(self.part.module)
+        scale = {"loss_scale": self.scaler.state_dict()} if self.scaler.enabled else {}
         return {**super().state_dict(), "lora": self.adapters(), "opt": optimizer_state(self.opt, named),
-                "served": {str(cut): n for cut, n in self.served.items()}}
+                "served": {str(cut): n for cut, n in self.served.items()}, **scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -321,4 +314,6 @@ class SplitServer(FedAvgServer):
         lora.load_adapter_state_dict(self.part.module, state["lora"])
         load_optimizer_state(self.opt, named, state["opt"])
         self.served = Counter({int(cut): n for cut, n in state["served"].items()})
+        if "loss_scale" in state:
+            self.scaler.load_state_dict(state["loss_scale"])
         self.round_start, self.moved = self.adapters(), False

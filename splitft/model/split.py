@@ -15,17 +15,39 @@ weights are shared between the parts and the source model (no copy); LoRA weight
     full:   everything (the no-split baselines: FedAvg-LoRA and centralized LoRA)
 With `r_cut`, a part masks its cut layers to r_cut LoRA components (`lora.CutRankMask`): a client part at its
 own cut (and its first tail block), the server part at the cut of each request it serves (and its last block).
+Every forward of every part runs here, so how a part computes (`Compute`: precision, activation checkpointing,
+the loss's head chunks) is applied here once, for clients, servers, U tails and the no-split baselines alike.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..lora import CutRankMask, lora_parameters
+from ..loss import TokenStats, head_loss, token_loss
+from ..precision import FP32, Precision
 from .families import Family
+
+
+@dataclass(frozen=True)
+class Compute:
+    """How a part computes (train.compute_dtype, train.activation_checkpointing, train.loss_chunk_tokens).
+
+    Attributes:
+        precision: every forward runs under its autocast (nothing at float32: bit-identical to no precision).
+        checkpointing: while gradients are recorded, each block keeps only its input (B, T, H) and runs its
+            forward again in the backward (`torch.utils.checkpoint`, RNG state restored: exact).
+        loss_chunk: label tokens the LM head takes at a time in the loss (`loss.head_loss`); 0: whole logits.
+    """
+
+    precision: Precision = FP32
+    checkpointing: bool = False
+    loss_chunk: int = 0
 
 
 class Absent(nn.Module):
@@ -35,18 +57,29 @@ class Absent(nn.Module):
         raise AssertionError("this part does not hold that module")
 
 
-def _copy_sharing_frozen(model: nn.Module) -> nn.Module:
-    """Deep copy that shares frozen parameters and buffers with `model` and copies trainable (LoRA) ones."""
+def _copy_sharing_frozen(model: nn.Module, skip: list[nn.Module]) -> nn.Module:
+    """Deep copy that shares frozen parameters and buffers with `model` and copies trainable (LoRA) ones; the
+    modules in `skip` (the copy drops them next) are not copied at all: a cut-1 client would otherwise copy every
+    block's LoRA (7 MB for SmolLM2) to throw 29 blocks' of it away."""
     memo = {id(b): b for b in model.buffers()}
     memo.update({id(p): p for p in model.parameters() if not p.requires_grad})
+    memo.update({id(m): m for m in skip})
     return copy.deepcopy(model, memo)
 
 
-def _remove(hf: nn.Module, path: str) -> None:
+def _owner(hf: nn.Module, path: str) -> tuple[nn.Module, str]:
     parent, _, attr = path.rpartition(".")
-    owner = hf.get_submodule(parent) if parent else hf
-    if getattr(owner, attr, None) is not None:
-        setattr(owner, attr, Absent())
+    return (hf.get_submodule(parent) if parent else hf), attr
+
+
+def _at(hf: nn.Module, path: str) -> nn.Module | None:
+    """The module at `path` (None for an absent optional one, e.g. OPT's project_in)."""
+    return getattr(*_owner(hf, path), None)
+
+
+def _remove(hf: nn.Module, path: str) -> None:
+    if _at(hf, path) is not None:
+        setattr(*_owner(hf, path), Absent())
 
 
 def _hf(peft_model: nn.Module) -> nn.Module:
@@ -57,10 +90,14 @@ def _hf(peft_model: nn.Module) -> nn.Module:
 class _Part:
     """Common state of both parts: the trimmed PeftModel copy and which blocks it holds."""
 
-    def __init__(self, peft_model: nn.Module, family: Family, layers: list[int], drop_paths: tuple[str, ...]):
-        self.family = family
+    def __init__(self, peft_model: nn.Module, family: Family, layers: list[int], drop_paths: tuple[str, ...],
+                 compute: Compute = Compute()):
+        self.family, self.compute = family, compute
         self.layers = layers
-        self.module = _copy_sharing_frozen(peft_model)
+        source = _hf(peft_model)
+        dropped = [b for i, b in enumerate(source.get_submodule(family.layers_path)) if i not in layers]
+        dropped += [m for m in map(lambda path: _at(source, path), drop_paths) if m is not None]
+        self.module = _copy_sharing_frozen(peft_model, dropped)
         hf = _hf(self.module)
         blocks = hf.get_submodule(family.layers_path)
         self.n_layer = len(blocks)
@@ -80,39 +117,64 @@ class _Part:
     def train(self, mode: bool = True) -> None:
         self.module.train(mode)
 
+    def _run(self, hidden: torch.Tensor, ctx: dict, layers: range) -> torch.Tensor:
+        """hidden (B, T, H) through blocks `layers`; with checkpointing (and gradients recorded) each block keeps
+        only its input for the backward, where its forward runs again."""
+        hf, fam = self.hf, self.family
+        again = self.compute.checkpointing and torch.is_grad_enabled()
+        for i in layers:
+            hidden = checkpoint(fam.run_block, hf, i, hidden, ctx, use_reentrant=False) if again else \
+                fam.run_block(hf, i, hidden, ctx)
+        return hidden
+
+    def _loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> TokenStats:
+        """Final norm, LM head and next-token loss (float32) of hidden (B, T, H) after the last block."""
+        hf, fam, chunk = self.hf, self.family, self.compute.loss_chunk
+        with self.compute.precision.autocast():
+            if chunk:
+                return head_loss(fam.final_norm(hf, hidden), fam.lm_head(hf), labels, chunk)
+            logits = fam.head(hf, hidden)
+        return token_loss(logits, labels)
+
 
 class ClientPart(_Part):
     """Embeddings + blocks [0, cut) with their LoRA adapters; under a U-shaped split (`tail_cut`) also blocks
     [tail_cut, L), the final norm and the LM head."""
 
     def __init__(self, peft_model: nn.Module, family: Family, cut: int, r_cut: int | None = None,
-                 tail_cut: int | None = None):
+                 tail_cut: int | None = None, compute: Compute = Compute()):
         n_layer = len(_hf(peft_model).get_submodule(family.layers_path))
         end = n_layer if tail_cut is None else tail_cut
         assert 1 <= cut < end <= n_layer, f"cut={cut} must be in [1, {end - 1}]"
         tail = list(range(end, n_layer))
-        super().__init__(peft_model, family, [*range(cut), *tail], family.head_paths if not tail else ())
+        super().__init__(peft_model, family, [*range(cut), *tail], family.head_paths if not tail else (), compute)
         self.cut, self.tail_cut = cut, tail_cut
         if r_cut is not None:
             CutRankMask(self.module, family, r_cut, tail_cut).set(cut)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids, attention_mask: (B, T) -> activations (B, T, H) after block cut-1 (no final norm)."""
+        """input_ids, attention_mask: (B, T) -> activations (B, T, H) after block cut-1 (no final norm), in the
+        storage dtype (the residual stream's: autocast computes the blocks' matmuls at the compute dtype)."""
         hf, fam = self.hf, self.family
-        hidden = fam.embed(hf, input_ids, attention_mask)
-        ctx = fam.context(hf, hidden, attention_mask)
-        for i in range(self.cut):
-            hidden = fam.run_block(hf, i, hidden, ctx)
-        return hidden
+        with self.compute.precision.autocast():
+            hidden = fam.embed(hf, input_ids, attention_mask)
+            return self._run(hidden, fam.context(hf, hidden, attention_mask), range(self.cut))
+
+    def _tail(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        assert self.tail_cut is not None, "only a U-shaped client part holds a tail"
+        with self.compute.precision.autocast():
+            ctx = self.family.context(self.hf, hidden, attention_mask)
+            return self._run(hidden, ctx, range(self.tail_cut, self.n_layer))
 
     def tail_forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """U-shaped split: hidden (B, T, H) after the server's block tail_cut-1 -> logits (B, T, V)."""
-        assert self.tail_cut is not None, "only a U-shaped client part holds a tail"
-        hf, fam = self.hf, self.family
-        ctx = fam.context(hf, hidden, attention_mask)
-        for i in range(self.tail_cut, self.n_layer):
-            hidden = fam.run_block(hf, i, hidden, ctx)
-        return fam.head(hf, hidden)
+        hidden = self._tail(hidden, attention_mask)
+        with self.compute.precision.autocast():
+            return self.family.head(self.hf, hidden)
+
+    def tail_loss(self, hidden: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> TokenStats:
+        """U-shaped split: the loss of hidden (B, T, H) from the server, through this client's tail and head."""
+        return self._loss(self._tail(hidden, attention_mask), labels)
 
 
 class ServerPart(_Part):
@@ -120,39 +182,63 @@ class ServerPart(_Part):
     U-shaped split (`tail_cut`) only blocks [first, tail_cut): the clients hold the rest and the loss."""
 
     def __init__(self, peft_model: nn.Module, family: Family, first: int, r_cut: int | None = None,
-                 tail_cut: int | None = None):
+                 tail_cut: int | None = None, compute: Compute = Compute()):
         n_layer = len(_hf(peft_model).get_submodule(family.layers_path))
         end = n_layer if tail_cut is None else tail_cut
         assert 1 <= first < end, f"server first block {first} must be in [1, {end - 1}]"
         drop = family.embed_paths + (family.head_paths if tail_cut is not None else ())
-        super().__init__(peft_model, family, list(range(first, end)), drop)
+        super().__init__(peft_model, family, list(range(first, end)), drop, compute)
         self.first, self.end, self.tail_cut = first, end, tail_cut
         self.mask = CutRankMask(self.module, family, r_cut, tail_cut) if r_cut is not None else None
 
-    def forward(self, activations: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
-        """activations (B, T, H) from a client holding [0, cut) -> logits (B, T, V); under a U-shaped split the
-        hidden states (B, T, H) after block tail_cut-1 (no final norm), for the client's tail."""
+    def hidden(self, activations: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
+        """activations (B, T, H) from a client holding [0, cut) -> hidden states (B, T, H) after the server's last
+        block (no final norm): under a U-shaped split, what goes to the client's tail."""
         assert self.first <= cut < self.end, f"client cut {cut} outside server range [{self.first}, {self.end})"
         if self.mask is not None:
             self.mask.set(cut)
-        hf, fam = self.hf, self.family
-        ctx = fam.context(hf, activations, attention_mask)
-        hidden = activations
-        for i in range(cut, self.end):
-            hidden = fam.run_block(hf, i, hidden, ctx)
-        return hidden if self.tail_cut is not None else fam.head(hf, hidden)
+        with self.compute.precision.autocast():
+            ctx = self.family.context(self.hf, activations, attention_mask)
+            return self._run(activations, ctx, range(cut, self.end))
+
+    def forward(self, activations: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
+        """activations (B, T, H) -> logits (B, T, V); under a U-shaped split the hidden states (`hidden`)."""
+        hidden = self.hidden(activations, attention_mask, cut)
+        if self.tail_cut is not None:
+            return hidden
+        with self.compute.precision.autocast():
+            return self.family.head(self.hf, hidden)
+
+    def loss(self, activations: torch.Tensor, attention_mask: torch.Tensor, cut: int,
+             labels: torch.Tensor) -> TokenStats:
+        """Vanilla split: the next-token loss of a client's activations (B, T, H) through blocks [cut, L) and the
+        head (`_loss`: float32, the head `Compute.loss_chunk` tokens at a time)."""
+        assert self.tail_cut is None, "under a U-shaped split the clients' tails compute the loss"
+        return self._loss(self.hidden(activations, attention_mask, cut), labels)
 
 
 class FullPart(_Part):
     """The whole model with its LoRA adapters, trained where the data is (no split)."""
 
-    def __init__(self, peft_model: nn.Module, family: Family):
+    def __init__(self, peft_model: nn.Module, family: Family, compute: Compute = Compute()):
         n_layer = len(_hf(peft_model).get_submodule(family.layers_path))
-        super().__init__(peft_model, family, list(range(n_layer)), ())
+        super().__init__(peft_model, family, list(range(n_layer)), (), compute)
+
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hf, fam = self.hf, self.family
+        with self.compute.precision.autocast():
+            hidden = fam.embed(hf, input_ids, attention_mask)
+            return self._run(hidden, fam.context(hf, hidden, attention_mask), range(self.n_layer))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask: (B, T) -> logits (B, T, V)."""
-        return full_forward(self.module, self.family, input_ids, attention_mask)
+        hidden = self._hidden(input_ids, attention_mask)
+        with self.compute.precision.autocast():
+            return self.family.head(self.hf, hidden)
+
+    def loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> TokenStats:
+        """The next-token loss of a batch through the whole model (the no-split baselines)."""
+        return self._loss(self._hidden(input_ids, attention_mask), labels)
 
 
 def full_forward(peft_model: nn.Module, family: Family, input_ids: torch.Tensor,

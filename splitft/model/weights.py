@@ -4,9 +4,10 @@ A deployed client at cut c holds the embeddings and blocks [0, c); the server ho
 norm and the head (and the embedding matrix when the head is tied to it). Loading the whole file and dropping
 the rest would make every process peak at the whole model (SmolLM2-135M: 1.17 GB RSS for a cut-1 client), so:
 
-    model = skeleton(source, dtype)              # every parameter on `meta` (0 bytes); buffers real
-    weights = WeightFile.open(source, model)     # safetensors: lazy per-tensor reads; GGUF: memory-mapped reader
-    materialize(model, weights, prefixes, device, dtype)   # read + dequantize only the tensors under `prefixes`
+    model = skeleton(config, dtype)              # every parameter on `meta` (0 bytes); buffers real
+    weights = WeightFile.open(folder)            # safetensors: lazy per-tensor reads (GGUF: open_gguf, mapped)
+    materialize(model, weights, prefixes, device, dtype)   # read + dequantize only the tensors under `prefixes`,
+                                                           # straight to `dtype` (float32 256 rows at a time)
     release(model, prefixes)                     # back to meta: a client whose cut shrank frees those blocks
 Parameter names are the Hugging Face model's; in a PEFT-wrapped model the frozen base weights carry the
 `base_model.model.` prefix and `.base_layer.`, which `hf_name` strips. Tied parameters (a head tied to the
@@ -15,9 +16,12 @@ embeddings) are one Parameter object in both places, as `from_pretrained` leaves
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -44,22 +48,19 @@ def skeleton(config: Any, dtype: torch.dtype) -> nn.Module:
     return model
 
 
-class WeightFile:
-    """Reads single tensors, by Hugging Face name, from a safetensors folder or a GGUF file."""
+Read = Callable[[str, torch.dtype, torch.device], torch.Tensor]
 
-    def __init__(self, path: Path, read: Any, names: Iterable[str]):
+
+class WeightFile:
+    """Reads single tensors, by Hugging Face name, at a given dtype: from a safetensors folder, a GGUF file, memory
+    (tiny:<family>) or a seeded generator (random:<shape>)."""
+
+    def __init__(self, path: Path, read: Read, names: Iterable[str]):
         self.path, self._read, self.names = path, read, set(names)
 
     @classmethod
-    def open(cls, path: Path, model: nn.Module) -> "WeightFile":
-        """`path`: a .gguf file or a folder with model.safetensors (or a sharded index); `model`: its skeleton,
-        which names the tensors (GGUF names map to it through transformers' own table)."""
-        if path.suffix == ".gguf":
-            return cls._gguf(path, model)
-        return cls._safetensors(path)
-
-    @classmethod
-    def _safetensors(cls, folder: Path) -> "WeightFile":
+    def open(cls, folder: Path) -> "WeightFile":
+        """A folder with model.safetensors (or a sharded index)."""
         from safetensors import safe_open
 
         index = folder / "model.safetensors.index.json"
@@ -73,44 +74,82 @@ class WeightFile:
             raise WeightFileError(f"model.source: cannot read the safetensors weights in '{folder}': "
                                   f"{reason(e)}") from None
 
-        def read(name: str) -> torch.Tensor:
+        def read(name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
             with safe_open(str(where[name]), "pt") as f:  # memory-mapped: only this tensor's pages are read
-                return f.get_tensor(name)
+                return f.get_tensor(name).to(device=device, dtype=dtype)
 
         return cls(folder, read, where)
 
     @classmethod
-    def _gguf(cls, path: Path, model: nn.Module) -> "WeightFile":
-        import numpy as np
-        from gguf import GGUFReader, dequantize
+    def open_gguf(cls, f: Any, model: nn.Module) -> "WeightFile":
+        """`f`: the lean `gguf.GGUFFile`; `model`: its skeleton, which names the tensors (GGUF names map to it
+        through transformers' own table, and transformers' per-architecture fix-ups apply)."""
         from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
-        try:
-            reader = GGUFReader(str(path))  # memory-mapped; tensors are views into the file
-            arch = str(reader.fields["general.architecture"].contents())
-        except Exception as e:
-            raise WeightFileError(f"model.source: '{path}' is not a readable GGUF file ({reason(e)})") from None
-        processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=model.config.to_dict())
-        to_hf = get_gguf_hf_weights_map(model, processor)
-        tensors = {to_hf[t.name]: t for t in reader.tensors if t.name in to_hf}
+        processor = TENSOR_PROCESSORS.get(f.arch, TensorProcessor)(config=model.config.to_dict())
+        with _one_name_table():
+            to_hf = get_gguf_hf_weights_map(model, processor)
+        gguf_names = {to_hf[n]: n for n in f.tensors if n in to_hf}
 
-        def read(name: str) -> torch.Tensor:
-            t = tensors[name]
-            # llama's q/k rows are permuted in GGUF; the processor undoes it exactly as from_pretrained does
-            weights = processor.process(weights=dequantize(t.data, t.tensor_type), name=t.name,
-                                        tensor_key_mapping=to_hf, parsed_parameters={}).weights
-            return torch.from_numpy(np.ascontiguousarray(weights))
+        def read(name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+            g = gguf_names[name]
+            fix = None if _untouched(processor, g) else (
+                lambda w: processor.process(weights=w, name=g, tensor_key_mapping=to_hf, parsed_parameters={}).weights)
+            return f.tensor(g, dtype, fix).to(device)
 
-        return cls(path, read, tensors)
+        return cls(f.path, read, gguf_names)
+
+    @classmethod
+    def in_memory(cls, path: Path, state: dict[str, torch.Tensor]) -> "WeightFile":
+        return cls(path, lambda n, dtype, device: state[n].to(device=device, dtype=dtype), state)
+
+    @classmethod
+    def random(cls, path: Path, model: nn.Module, seed: int) -> "WeightFile":
+        """Each tensor drawn when it is read, on its device, from `seed` and its name alone (a party holding some
+        blocks gets the numbers a whole load gets): N(0, 0.02) matrices, norm weights 1, biases 0."""
+        shapes = {hf_name(n): p.shape for n, p in model.named_parameters(remove_duplicate=False)}
+
+        def read(name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+            out = torch.empty(shapes[name], dtype=dtype, device=device)
+            if out.dim() == 1:
+                return out.fill_(0.0 if name.endswith(".bias") else 1.0)
+            digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+            return out.normal_(0.0, 0.02, generator=torch.Generator(device).manual_seed(int.from_bytes(digest[:8])))
+
+        return cls(path, read, shapes)
 
     def read(self, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         if name not in self.names:
             raise WeightFileError(f"model.source: '{self.path}' has no tensor '{name}'")
         try:
-            return self._read(name).to(device=device, dtype=dtype)
+            return self._read(name, dtype, device)
         except Exception as e:  # a truncated or damaged file fails only when its bytes are read
             raise WeightFileError(f"model.source: tensor '{name}' of '{self.path}' cannot be read ({reason(e)}); "
                                   "the file is damaged or incomplete") from None
+
+
+@contextlib.contextmanager
+def _one_name_table() -> Iterator[None]:
+    """transformers' `get_gguf_hf_weights_map` recurses over every module and rebuilds gguf's name table for each
+    (18 ms x 397 modules for SmolLM2: 7 s); the table depends only on (architecture, blocks), so build it once."""
+    import gguf
+
+    build = gguf.get_tensor_name_map
+    gguf.get_tensor_name_map = functools.cache(build)  # imported from gguf at each call, so this one is used
+    try:
+        yield
+    finally:
+        gguf.get_tensor_name_map = build
+
+
+def _untouched(processor: Any, gguf_name: str) -> bool:
+    """Whether transformers' processor leaves this tensor as dequantized, so it can be read in row chunks: the
+    generic one leaves all, llama's reorders only the q/k rows; any other is given each tensor whole."""
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor, TensorProcessor
+
+    if type(processor) is TensorProcessor:
+        return True
+    return type(processor) is LlamaTensorProcessor and ".attn_q." not in gguf_name and ".attn_k." not in gguf_name
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:

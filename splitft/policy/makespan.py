@@ -60,6 +60,7 @@ class RoundCosts:
             client waits for the turns ahead of it (predicted with turns in client-id order).
         tail_flops, step_bytes_tail: under a U-shaped split, the client tail's FLOPs per step and the bytes of
             the hidden states (down) and their gradient (up), each, part of step_bytes_down / step_bytes_up.
+        forward_share: the client forward's share of client_flops (1/3 under activation checkpointing).
     """
 
     client_flops: tuple[float, ...]
@@ -72,6 +73,7 @@ class RoundCosts:
     order: str = "arrival"
     tail_flops: float = 0.0
     step_bytes_tail: int = 0
+    forward_share: float = 0.5
 
     def round_s(self, cuts: Mapping[int, int], stats: Mapping[int, ClientStats]) -> float:
         """Predicted seconds of one round with these cuts (the clock's model; steps interleaved round-robin)."""
@@ -81,7 +83,7 @@ class RoundCosts:
         """(round seconds, mean of the clients' finish times): the second breaks the first's ties, so a search
         can move on across assignments whose round is set by the same slowest client."""
         steps = [StepCost(c, self.client_flops[k], self.server_flops[k], self.step_bytes_up, self.step_bytes_down,
-                          self.tail_flops, self.step_bytes_tail, self.step_bytes_tail)
+                          self.tail_flops, self.step_bytes_tail, self.step_bytes_tail, self.forward_share)
                  for _ in range(self.local_steps) for c, k in cuts.items()]
         lora = {c: self.lora_bytes[k] for c, k in cuts.items()}
         finish = round_time(steps, {c: stats[c] for c in cuts}, _Server(self.server_tflops), lora, lora, self.order)

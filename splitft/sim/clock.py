@@ -20,16 +20,17 @@ class VirtualClock:
         self.cost, self.devices, self.server, self.order, self.tail_cut = cost, devices, server, order, tail_cut
 
     def step_cost(self, rec: dict) -> StepCost:
-        (batch, seq), cut, L = rec["batch"], rec["cut"], self.cost.n_layer
+        (batch, seq), cut, L, share = rec["batch"], rec["cut"], self.cost.n_layer, self.cost.forward_share
         if cut >= L:  # no split: the whole model runs on the client
-            return StepCost(rec["client_id"], self.cost.train_flops(0, L, batch, seq, head=True))
+            return StepCost(rec["client_id"], self.cost.train_flops(0, L, batch, seq, head=True), forward_share=share)
         if self.tail_cut is not None:  # U: the client also runs its tail and the head, the server the middle
             return StepCost(rec["client_id"], self.cost.train_flops(0, cut, batch, seq),
                             self.cost.train_flops(cut, self.tail_cut, batch, seq), rec["bytes_up"], rec["bytes_down"],
                             self.cost.train_flops(self.tail_cut, L, batch, seq, head=True),
-                            rec.get("hidden_down", 0), rec.get("grad_hidden_up", 0))
+                            rec.get("hidden_down", 0), rec.get("grad_hidden_up", 0), share)
         return StepCost(rec["client_id"], self.cost.train_flops(0, cut, batch, seq),
-                        self.cost.train_flops(cut, L, batch, seq, head=True), rec["bytes_up"], rec["bytes_down"])
+                        self.cost.train_flops(cut, L, batch, seq, head=True), rec["bytes_up"], rec["bytes_down"],
+                        forward_share=share)
 
     def timeline(self, lora_down: dict[int, int]) -> Timeline:
         """A round's timeline for the clients in `lora_down`, from when each has its adapters."""

@@ -38,7 +38,7 @@ OnStep = Callable[[dict[str, Any]], None] | None
 
 
 def cost_model(setup: Setup) -> CostModel:
-    return cost_model_of(setup.peft.base_model.model, setup.family, setup.peft.dtype.itemsize)
+    return cost_model_of(setup.peft.base_model.model, setup.family, setup.compute)
 
 
 def cut_bounds(setup: Setup) -> CutBounds:
@@ -91,7 +91,8 @@ def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict
     logger.log("setup", method=cfg.federation.method, partition_sizes=[len(p) for p in setup.parts],
                **setup.data_stats, eval_samples=len(setup.eval), n_layer=setup.n_layer, family=setup.family.name,
                device=str(setup.device), devices={str(c): vars(d) for c, d in devices.items()},
-               over_memory=over_memory(setup))
+               over_memory=over_memory(setup), precision=setup.compute.precision.record(),
+               activation_checkpointing=setup.compute.checkpointing, loss_chunk_tokens=setup.compute.loss_chunk)
     transport = InProcTransport(server, networked, CODECS[cfg.transport.codec])
     return Federation(server, clients, transport, eval_examples=setup.eval, batch_size=cfg.train.batch_size,
                       pad_id=setup.pad_id, local_steps=local_steps, clients_per_round=per_round,
@@ -152,9 +153,10 @@ def round_costs(setup: Setup) -> RoundCosts:
     cfg, cost = setup.cfg, cost_model(setup)
     b, t, n_layer = cfg.train.batch_size, cfg.data.max_length, setup.n_layer
     hidden = setup.peft.base_model.model.config.hidden_size
-    acts = CODECS[cfg.transport.codec].encode(torch.zeros(b, t, hidden, dtype=setup.peft.dtype)).nbytes()
+    acts = CODECS[cfg.transport.codec].nbytes(torch.zeros(b, t, hidden, dtype=setup.compute.precision.storage))
     labels = b * t * (MASK_DTYPE.itemsize + LABEL_DTYPE.itemsize)  # attention_mask + labels
-    itemsize, full = setup.peft.dtype.itemsize, lora.adapter_state_dict(setup.peft)
+    full = lora.adapter_state_dict(setup.peft)
+    itemsize = next(iter(full.values())).element_size()  # LoRA stays float32 whatever the storage dtype
     end = tail_cut(cfg, n_layer)
     if end is None:
         up, down, tail_flops, tail_bytes = acts + labels, acts + SCALARS_NBYTES, 0.0, 0
@@ -167,13 +169,13 @@ def round_costs(setup: Setup) -> RoundCosts:
                       lora_bytes=tuple(held_lora_numel(setup, k, full) * itemsize for k in range(n_layer)),
                       step_bytes_up=up, step_bytes_down=down, local_steps=cfg.federation.local_steps,
                       server_tflops=cfg.heterogeneity.server_tflops, order=cfg.federation.order,
-                      tail_flops=tail_flops, step_bytes_tail=tail_bytes)
+                      tail_flops=tail_flops, step_bytes_tail=tail_bytes, forward_share=cost.forward_share)
 
 
 def build_fedlora(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
     cfg = setup.cfg
     server = FedAvgServer(lora.adapter_state_dict(setup.peft), setup.family)
-    clients = {cid: LocalClient(cid, FullPart(setup.peft, setup.family), client_stream(setup, cid, idx),
+    clients = {cid: LocalClient(cid, FullPart(setup.peft, setup.family, setup.compute), client_stream(setup, cid, idx),
                                 **optimizer_settings(setup.cfg))
                for cid, idx in enumerate(setup.parts)}
     devices = dict(enumerate(client_profiles(cfg.heterogeneity, len(clients), cfg.federation.seed)))
@@ -186,7 +188,7 @@ def build_centralized(setup: Setup, logger: MetricsLogger, on_step: OnStep = Non
     cfg = setup.cfg
     server = FedAvgServer(lora.adapter_state_dict(setup.peft), setup.family)
     pooled = sorted(i for idx in setup.parts for i in idx)
-    client = LocalClient(0, FullPart(setup.peft, setup.family), client_stream(setup, 0, pooled),
+    client = LocalClient(0, FullPart(setup.peft, setup.family, setup.compute), client_stream(setup, 0, pooled),
                          **optimizer_settings(setup.cfg))
     n = cfg.federation.clients_per_round or cfg.federation.n_clients
     return _federation(setup, server, {0: client}, {0: server_profile(cfg.heterogeneity)}, logger, on_step,

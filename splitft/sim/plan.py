@@ -7,14 +7,17 @@ clients, one FIFO server queue; padded length taken as data.max_length, so times
 clients its cuts put over their memory budget. Policies: fixed-1, fixed-2, fixed-4, fixed-best (the fastest
 fixed cut that fits every client's memory, or the fastest of all when none does), resource, splitft (its first
 decision: the resource rule), makespan and oracle (exact search where feasible, else the best found; `exact`
-says which). Loads the model's weights (for its shape), no data.
+says which). Below the table: a client's memory model (base + per block) with and without activation
+checkpointing (train.activation_checkpointing), and how much longer or shorter each policy's round would be
+with the other setting. Loads the model's weights (for its shape), no data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from ..build import Setup, build_model
+from ..build import Setup, build_model, compute_of
 from ..config import Config, SplitConfig
 from ..devices import client_profiles
 from ..policy import ClientStats, CutBounds, ResourcePolicy, max_feasible_cut
@@ -25,11 +28,18 @@ from .methods import client_stats, cut_bounds, round_costs
 def plan(cfg: Config) -> dict[str, Any]:
     """{"policies": {name: {"cuts": {client_id: cut}, "round_s": s, "over_memory": [...], ...}}, ...}."""
     peft, family, tokenizer, device = build_model(cfg)
-    setup = Setup(cfg, peft, family, tokenizer, [], [], {}, device, [])
+    setup = Setup(cfg, peft, family, tokenizer, [], [], {}, device, [], compute_of(cfg))
     devices = dict(enumerate(client_profiles(cfg.heterogeneity, cfg.federation.n_clients, cfg.federation.seed)))
-    result = plan_policies(round_costs(setup), cut_bounds(setup), client_stats(devices), cfg.split)
-    return {**result, "server_tflops": cfg.heterogeneity.server_tflops,
-            "devices": {str(c): d.name for c, d in devices.items()}}
+    stats = client_stats(devices)
+    result = plan_policies(round_costs(setup), cut_bounds(setup), stats, cfg.split)
+    other = dataclasses.replace(setup, compute=dataclasses.replace(setup.compute,
+                                                                   checkpointing=not setup.compute.checkpointing))
+    flipped = plan_policies(round_costs(other), cut_bounds(other), stats, cfg.split)
+    return {**result, "activation_checkpointing": setup.compute.checkpointing,
+            "without_that": {"activation_checkpointing": other.compute.checkpointing,
+                             "memory_gb": flipped["memory_gb"],
+                             "round_s": {n: r["round_s"] for n, r in flipped["policies"].items()}},
+            "server_tflops": cfg.heterogeneity.server_tflops, "devices": {str(c): d.name for c, d in devices.items()}}
 
 
 def plan_policies(costs: RoundCosts, bounds: CutBounds, stats: dict[int, ClientStats], s: SplitConfig) -> dict:
@@ -73,4 +83,19 @@ def format_plan(result: dict[str, Any]) -> str:
         cuts = ",".join(str(r["cuts"][c]) for c in sorted(r["cuts"], key=int))
         lines.append(f"| {label} | {r['round_s']:.2f} | {ref / r['round_s']:.2f}x | {cuts} | "
                      f"{','.join(r['over_memory']) or '-'} |")
+    if "without_that" in result:
+        lines += ["", _memory_line(result)]
     return "\n".join(lines)
+
+
+def _memory_line(result: dict[str, Any]) -> str:
+    """A client's memory model with the configured activation checkpointing and with the other setting."""
+    on, other = result["activation_checkpointing"], result["without_that"]
+
+    def gb(m: dict[str, float]) -> str:
+        return f"{m['base']:.3f} GB + {m['per_block']:.3f} GB per block"
+
+    ratios = [other["round_s"][n] / r["round_s"] for n, r in result["policies"].items()]
+    return (f"client memory {'with' if on else 'without'} activation checkpointing (as configured): "
+            f"{gb(result['memory_gb'])}; {'without' if on else 'with'} it: {gb(other['memory_gb'])}, each policy's "
+            f"round (its cuts decided again for that memory) {min(ratios):.2f}-{max(ratios):.2f}x as long")

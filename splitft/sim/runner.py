@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import checkpoint
-from ..build import build_setup, check
+from ..build import build_setup, check, precision_line
 from ..config import Config
 from ..devices import PROFILES
 from ..errors import UserError
 from ..federation import Federation
+from ..measure import peak_memory
 from ..metrics import MetricsLogger, NullLogger, read_metrics
 from ..registry import check_names
 from ..rundir import export_adapter, prepare_run_dir, refuse_existing_run, run_config, truncate_lines, write_json
@@ -46,6 +47,7 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
     else:
         refuse_existing_run(cfg)
     setup = build_setup(cfg)
+    print(precision_line(setup.compute), file=sys.stderr)
     start = 0
     if resume:  # build-time records (setup, the first cut decision) are in metrics.jsonl already
         fed = build_federation(setup, NullLogger())
@@ -87,6 +89,8 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
     evals = [r for r in rounds if "eval_cut" in r]  # the last evaluation defines the model the run reports
     export_adapter(setup.peft, fed.server.global_model(evals[-1]["eval_cut"]), out / "adapter")
     summary = _summary(cfg, rounds, fed, logger.elapsed(), client_report(setup, fed, rounds))
+    print(f"peak memory of the simulation (every party in this one process): {summary['peak_memory']}",
+          file=sys.stderr)
     write_json(out / "summary.json", summary)
     logger.close()
     return summary
@@ -136,4 +140,4 @@ def _summary(cfg: Config, rounds: list[dict[str, Any]], fed: Federation, wall: f
             "cuts_by_round": {str(r["round"]): r["cuts"] for r in trained},
             "bytes": fed.transport.counter.totals(), "bytes_up": sum(r["bytes_up"] for r in trained),
             "bytes_down": sum(r["bytes_down"] for r in trained), "virtual_time_s": fed.virtual_time,
-            "wall_time_s": round(wall, 2), "clients": clients}
+            "wall_time_s": round(wall, 2), "clients": clients, "peak_memory": peak_memory()}

@@ -2,7 +2,7 @@
 
 Client and server code talk only to `Transport`; `inproc.py` calls the server object directly (simulation)
 and `grpc.py` encodes the same messages. Wire dtypes are fixed here so byte counts are exact:
-    activations        (B, T, H)  model dtype, or as `transport.codec` encodes them (compress.py)
+    activations        (B, T, H)  as `transport.codec` encodes them (compress.py; `none`: float32)
     attention_mask     (B, T)     uint8   (1 = token, 0 = padding)
     labels             (B, T)     int32   (-100 = no loss; under split.shape=vanilla labels travel to the server,
                                             which computes the loss; under u they never leave the client)

@@ -2,11 +2,14 @@
 
     c = CODECS["int8_token"]
     packed = c.encode(x)              # x (B, T, H), any float dtype, any device
-    y = c.decode(packed, x.dtype)     # (B, T, H); y is x itself for `none`
+    y = c.decode(packed, x.dtype)     # (B, T, H); y is x itself for `none` on float32 activations
     packed.nbytes()                   # what crosses: values + scales (the byte counters use this)
 
+The codec alone decides what crosses, whatever the storage and compute dtypes (`precision.py`); activations
+arrive, and grad_activations return, in the storage dtype of the frozen weights (the residual stream's).
 Bytes for one (B, T, H) tensor (SmolLM2-135M, B=4, T=256, H=576: fp32 = 2.36 MB):
-    none          model dtype as computed            B*T*H*itemsize
+    none          float32                            4*B*T*H           (lossless for float32, bfloat16 and
+                                                                        float16 activations alike)
     fp16          float16 of x/s, s = max|x|         2*B*T*H + 4       (the scale keeps tiny gradients from
                                                                         underflowing fp16's 6e-8 floor)
     bf16          bfloat16                           2*B*T*H           (fp32's range, 8 bits of mantissa)
@@ -45,16 +48,13 @@ class Packed:
 @dataclass(frozen=True)
 class Codec:
     name: str
-    wire_dtype: torch.dtype | None
-    """None: the model dtype as computed (no conversion)."""
+    wire_dtype: torch.dtype
     scale: str = ""
     """'' (none) | tensor (one scale) | token (one per (b, t)) | channel (one per hidden unit)."""
 
     def encode(self, x: torch.Tensor) -> Packed:
         x = x.detach()
-        if self.wire_dtype is None:
-            return Packed(self.name, x)
-        if not self.scale:
+        if not self.scale:  # float32 activations under `none` cross as they are (no copy)
             return Packed(self.name, x.to(self.wire_dtype))
         x32 = x.float()
         s = self._scale(x32)
@@ -86,7 +86,7 @@ class Codec:
 
     def nbytes(self, x: torch.Tensor) -> int:
         """Bytes `encode(x)` would put on the wire, from the shape alone (values, plus float32 scales)."""
-        itemsize = torch.empty(0, dtype=self.wire_dtype or x.dtype).element_size()
+        itemsize = torch.empty(0, dtype=self.wire_dtype).element_size()
         scale = self.scale_shape(tuple(x.shape))
         return x.numel() * itemsize + (0 if scale is None else math.prod(scale) * 4)
 
@@ -96,7 +96,7 @@ class Codec:
         return self.decode(p, x.dtype), p.nbytes()
 
 
-NONE = Codec("none", None)
+NONE = Codec("none", torch.float32)
 CODECS = Registry("transport.codec", {c.name: c for c in (
     NONE, Codec("fp16", torch.float16, "tensor"), Codec("bf16", torch.bfloat16),
     Codec("int8_token", torch.int8, "token"), Codec("int8_channel", torch.int8, "channel"))})

@@ -37,14 +37,14 @@ import numpy as np
 import torch
 
 from ..loss import IGNORE
-from ..model.loader import MODEL_DTYPES
+from ..precision import DTYPES as FLOAT_DTYPES
 from .base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, BackwardRequest, ForwardRequest, Pulled, StepReply
 from .compress import NONE, Codec, Packed
 from .proto import splitft_pb2 as pb
 
 Envelope = pb.Envelope
-DTYPES: dict[str, torch.dtype] = {**MODEL_DTYPES, "uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32}
-"""Dtypes a tensor may have on the wire: the model's (activations, adapters), the int8 codecs', masks, labels."""
+DTYPES: dict[str, torch.dtype] = {**FLOAT_DTYPES, "uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32}
+"""Dtypes a tensor may have on the wire: the float ones (activations, adapters), the int8 codecs', masks, labels."""
 NAMES = {v: k for k, v in DTYPES.items()}
 MAX_REPORT = 64 * 1024
 """Bytes of a client's JSON report (measurements and evaluation: a few hundred bytes in practice)."""
@@ -95,8 +95,8 @@ def _tensors(env: Envelope, max_numel: int) -> dict[str, torch.Tensor]:
 
 @dataclass(frozen=True)
 class StepShape:
-    """What the server accepts from one client: its cut, hidden size and dtype, a cap on B*T, the vocabulary size
-    (labels index the logits), and its codec."""
+    """What the server accepts from one client: its cut, hidden size, a cap on B*T, the vocabulary size (labels
+    index the logits), and its codec; `dtype` is what activations decode to (the frozen weights' storage dtype)."""
 
     hidden: int
     dtype: torch.dtype
@@ -117,9 +117,9 @@ def packed_to_pb(role: str, p: Packed) -> list[pb.Tensor]:
 
 def packed_from_pb(t: dict[str, torch.Tensor], role: str, c: Codec, dtype: torch.dtype) -> torch.Tensor:
     """The decoded (B, T, H) tensor of `dtype`. Raises WireError unless the values are 3-d of the codec's wire
-    dtype (`none`: `dtype`) with a float32 scale of the codec's shape, and all decode finite."""
+    dtype with a float32 scale of the codec's shape, and all decode finite."""
     values, scale = t[role], t.get(f"{role}_scale")
-    want = c.wire_dtype or dtype
+    want = c.wire_dtype
     if values.dim() != 3 or values.dtype != want:
         raise WireError(f"{role} must be (B, T, H) {NAMES[want]} under codec '{c.name}', got "
                         f"{tuple(values.shape)} {NAMES[values.dtype]}")

@@ -52,6 +52,13 @@ CASES = {
                                              f"transport.tls_root={_file(t, 'r.pem', b'junk')}"],
                                   "transport.tls_root"),
     "unknown client id": (lambda t: ["client", "--client-id", "7"], "--client-id"),
+    "float16 compute on a CPU": (lambda t: ["simulate", "model.device=cpu", "train.compute_dtype=float16"],
+                                 "train.compute_dtype=float16: refused on a CPU"),
+    "bf16 weights, fp32 compute": (lambda t: ["simulate", "model.dtype=bfloat16", "train.compute_dtype=float32"],
+                                   "16-bit frozen weights need 16-bit compute"),
+    "unknown compute dtype": (lambda t: ["simulate", "train.compute_dtype=fp8"], "train.compute_dtype: must be one of"),
+    "negative loss chunk": (lambda t: ["simulate", "train.loss_chunk_tokens=-1"], "train.loss_chunk_tokens"),
+    "unknown random shape": (lambda t: ["simulate", "model.source=random:gpt-9"], "unknown random shape"),
 }
 
 

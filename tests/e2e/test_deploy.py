@@ -46,6 +46,31 @@ def test_launch_matches_simulate_weights_and_bytes(tmp_path):
     assert oct((dep / "tokens.txt").stat().st_mode)[-3:] == "600"
 
 
+def test_launch_matches_simulate_under_bf16(tmp_path, monkeypatch):
+    """bf16 compute and storage, the chunked loss, bf16 on the wire (lossless for bf16 activations): the
+    deployment still ends bit-identical to the simulation, and says what it computed in."""
+    from splitft.precision import EMULATED_BF16
+
+    monkeypatch.setenv(EMULATED_BF16, "1")  # bf16 on any CI machine (emulated where the CPU lacks it)
+    bf16 = [*DEPLOY, "train.compute_dtype=bfloat16", "model.dtype=bfloat16", "train.loss_chunk_tokens=64",
+            "transport.codec=bf16", "federation.rounds=2"]
+    sim, dep = tmp_path / "sim", tmp_path / "dep"
+    res = splitft("simulate", *bf16, f"metrics.out_dir={sim}")
+    assert res.returncode == 0 and "computing in bfloat16 (bfloat16), frozen weights stored in bfloat16" in res.stderr
+    res = splitft("launch", "--clients", "3", *bf16, f"metrics.out_dir={dep}")
+    logs = "".join(p.read_text() for p in (dep / "logs").glob("*.log"))
+    assert res.returncode == 0, res.stderr + logs
+    assert "computing in bfloat16" in logs
+    a = load_file(sim / "adapter" / "adapter_model.safetensors")
+    b = load_file(dep / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), "gRPC run must end bit-identical"
+    summary = json.loads((dep / "summary.json").read_text())
+    sim_summary = json.loads((sim / "summary.json").read_text())
+    assert summary["eval_ppl_by_round"] == pytest.approx(sim_summary["eval_ppl_by_round"], rel=1e-6)
+    setup = next(r for r in read_metrics(sim / "metrics.jsonl") if r["kind"] == "setup")
+    assert setup["precision"] == {"compute_dtype": "bfloat16", "storage_dtype": "bfloat16", "why": "bfloat16"}
+
+
 @contextlib.contextmanager
 def two_client_server(tmp_path):
     """A server for 2 clients (tokens "a"*32, "b"*32) listening on loopback; yields (its args, the client's args:
@@ -193,6 +218,7 @@ def test_an_emulated_slow_client_measures_at_least_its_profiles_step_time(tmp_pa
     the compute it measures and reports per block and token is at least what the profile allows. The server paces
     every training step to heterogeneity.server_tflops."""
     from splitft.build import cost_model_of
+    from splitft.model.split import Compute
     from splitft.model.families import family_for
     from splitft.model.loader import load
 
@@ -203,7 +229,7 @@ def test_an_emulated_slow_client_measures_at_least_its_profiles_step_time(tmp_pa
                   "federation.rounds=1", tiers, "heterogeneity.profile=list", "heterogeneity.devices=[slow, fast]",
                   "heterogeneity.server_tflops=0.0002", f"metrics.out_dir={out}")
     assert res.returncode == 0, res.stderr + "".join(p.read_text() for p in (out / "logs").glob("*.log"))
-    cost = cost_model_of(load("tiny:llama").model, family_for("llama"), 4)
+    cost = cost_model_of(load("tiny:llama").model, family_for("llama"), Compute())  # fp32, no recompute
     for cid, tflops in [(0, 0.00002), (1, 0.0002)]:
         report = json.loads((out / f"client_{cid}.json").read_text())
         floor = 4 * min(cost.block_params) / (tflops * 1e12)  # a block's training FLOPs per token >= 4 x params

@@ -96,15 +96,15 @@ def test_allow_over_memory_runs_it_with_a_warning_in_the_log_and_the_setup_recor
 
 
 def test_a_tail_that_does_not_fit_a_clients_memory_is_one_error_naming_split_tail(tmp_path):
-    """The same device fits vanilla's cut 1 (4.1 MB) but not a U-shaped client's two tail blocks and logits."""
+    """The same device fits vanilla's cut 1 (8.2 MB) but not a U-shaped client's two tail blocks and logits."""
     from splitft.errors import UserError
     from splitft.sim.runner import run_simulation
 
-    phone = ["heterogeneity.tiers=[{name: smallphone, tflops: 0.5, memory_gb: 0.008}]",
+    phone = ["heterogeneity.tiers=[{name: smallphone, tflops: 0.5, memory_gb: 0.012}]",
              "heterogeneity.devices=[smallphone,laptop,workstation]"]
     cfg = tiny_config(tmp_path, "llama", *ADAPTIVE, *phone, "split.cut=1", "split.shape=u", "split.tail=2",
                       "split.cut_max=1")
-    with pytest.raises(UserError, match=r"client 0 \(smallphone\): 0.008 GB budget, cut 1 needs 0.013 GB "
+    with pytest.raises(UserError, match=r"client 0 \(smallphone\): 0.012 GB budget, cut 1 needs 0.017 GB "
                                         r"\(split.tail=2 and the head.s logits are part of it: lower split.tail"):
         run_simulation(cfg)
     assert not (tmp_path / "run").exists()

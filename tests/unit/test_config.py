@@ -43,7 +43,7 @@ def test_each_registry_checks_its_own_names_all_reported_with_the_other_problems
     assert [p.split(":")[0] for p in e.value.problems] == [
         "federation.rounds", "model.dtype", "transport.codec", "data.partitioner", "split.policy",
         "federation.method", "heterogeneity.profile"]
-    assert "model.dtype: must be one of float32, bfloat16, float16, got 'fp8'" in e.value.problems
+    assert "model.dtype: must be one of float32, bfloat16, float16, auto, got 'fp8'" in e.value.problems
     cfg = load_config(None, ["data.partitioner=zipf"])  # a config built without the registries' checks ...
     with pytest.raises(ConfigError, match="data.partitioner: must be one of iid, length_dirichlet, dirichlet"):
         run_simulation(cfg)  # ... is checked by the runtime before anything loads

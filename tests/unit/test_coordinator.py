@@ -234,21 +234,40 @@ def test_a_pull_never_hands_out_the_servers_blocks():
 def test_a_client_with_other_terms_is_refused_at_hello_naming_each_setting():
     from splitft.config import Config
     from splitft.deploy.handshake import terms_of
+    from splitft.precision import FP32
 
     _, server = tiny_split_server()
     cfg = Config()
     c = Coordinator(server, n_clients=2, rounds=2, local_steps=2, per_round=0, seed=0, log=lambda s: None,
-                    terms=terms_of(cfg, "abc"))
-    standing = asyncio.run(c.hello(1, terms_of(cfg, "abc")))
+                    terms=terms_of(cfg, "abc", FP32))
+    standing = asyncio.run(c.hello(1, terms_of(cfg, "abc", FP32)))
     assert standing["round"] == 0 and standing["start"] == 0 and standing["run"] and standing["server"]
     other = Config()
     other.federation.local_steps, other.transport.codec, other.model.source = 9, "int8_token", "tiny:qwen2"
     with pytest.raises(Refused) as e:
-        asyncio.run(c.hello(1, terms_of(other, "def")))
+        asyncio.run(c.hello(1, terms_of(other, "def", FP32)))
     text = str(e.value)
     assert "\n" not in text and "federation.local_steps: the server has 4, this client 9" in text
     assert "transport.codec: the server has 'none', this client 'int8_token'" in text
     assert "fingerprint abc" in text and "tiny:qwen2 (fingerprint def)" in text
+
+
+def test_a_client_computing_in_another_dtype_is_refused_naming_both_and_why():
+    """The dtypes are compared as each machine resolved them: `auto` on both sides can still differ."""
+    from splitft.config import Config
+    from splitft.deploy.handshake import terms_of
+    from splitft.precision import FP32, Precision
+
+    _, server = tiny_split_server()
+    cfg = Config()
+    c = Coordinator(server, n_clients=2, rounds=2, local_steps=2, per_round=0, seed=0, log=lambda s: None,
+                    terms=terms_of(cfg, "abc", FP32))
+    bf16 = Precision(torch.bfloat16, torch.bfloat16, "cpu", "auto: a CPU with AVX512-BF16")
+    with pytest.raises(Refused) as e:
+        asyncio.run(c.hello(1, terms_of(cfg, "abc", bf16)))
+    assert ("train.compute_dtype: the server runs float32 (float32), this client bfloat16 (auto: a CPU with "
+            "AVX512-BF16); set train.compute_dtype to the same dtype everywhere") in str(e.value)
+    assert "model.dtype: the server runs float32 (float32), this client bfloat16" in str(e.value)
 
 
 def test_a_restarted_client_rejoins_now_or_at_the_next_round_if_its_old_process_took_part(coord):

@@ -42,7 +42,33 @@ def test_flops_and_memory_follow_the_model_shape():
     assert cost.train_flops(0, 1, batch=2, seq=3) == 2 * 6 * 248
     assert cost.train_flops(1, 2, batch=2, seq=3, head=True) == 2 * 6 * (248 + 80)
     base, block = cost.memory_gb(batch=1, seq=2)
-    assert base == 200 / 1e9 and block == pytest.approx((400 + 2 * 4 * (34 + 5 * 2 * 2 / 4) * 2) / 1e9)
+    acts = 2 * 4 * (34 + 5 * 2 * 2 / 4) * 2  # Korthikanti at 16 bits for (B, T) = (1, 2), scaled to 4 bytes
+    # base: embeddings and the backward's working set (the gradients of the block back-propagated)
+    assert base == pytest.approx((200 + acts) / 1e9) and block == pytest.approx((400 + acts) / 1e9)
+
+
+def test_checkpointing_trades_kept_activations_for_a_third_forward_and_the_chunked_loss_bounds_the_logits():
+    """The numbers the cut policies and `splitft plan` use, with weights at 2 bytes (bf16 storage) and
+    activations at 2 (bf16 compute)."""
+    kw = dict(block_params=(100, 100), embed_params=50, head_params=40, d_model=4, n_heads=2, param_bytes=2,
+              lora_params=(10, 10))
+    plain, again = CostModel(**kw), CostModel(**kw, recompute=True)
+    assert again.train_flops(0, 1, batch=2, seq=3) == 3 * 6 * 248, "forward, backward and the forward again"
+    assert again.train_flops(1, 2, batch=2, seq=3, head=True) == 2 * 6 * (248 + 80) + 6 * 248, "head not redone"
+    assert (plain.forward_share, again.forward_share) == (0.5, 1 / 3)
+    acts = 2 * 4 * (34 + 5 * 2 * 2 / 4) * 2 / 2  # Korthikanti at 16 bits, (B, T) = (1, 2)
+    adapters, trained = 4 * 20, 16 * 10  # every block's initial LoRA (fp32); one block's with its grad and AdamW's
+    assert plain.memory_gb(batch=1, seq=2) == (pytest.approx((100 + adapters + acts) / 1e9),
+                                               pytest.approx((200 + acts + trained) / 1e9))
+    # recompute: a block keeps its input (B*T*d at 2 bytes); base: the block recomputed and its gradients
+    assert again.memory_gb(batch=1, seq=2) == (pytest.approx((100 + adapters + 2 * acts) / 1e9),
+                                               pytest.approx((200 + 16 + trained) / 1e9))
+    vocab = 10  # head_params / d_model
+    assert plain.head_gb(batch=4, seq=8) == 2 * 32 * vocab * 2 / 1e9, "logits (B, T, V) and their gradient"
+    chunked = CostModel(**kw, loss_chunk=5)
+    assert chunked.head_gb(batch=4, seq=8) == (5 * vocab * (4 + 2 * 2) + 32 * 4 * 2) / 1e9
+    assert again.server_gb(1, 2, batch=1, seq=2) == pytest.approx((2 * (100 + 40) + 16 + 2 * acts + adapters + trained)
+                                                                  / 1e9 + again.head_gb(batch=1, seq=2))
 
 
 def test_profiles_are_seeded_and_lists_are_taken_as_given():
