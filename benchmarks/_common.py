@@ -41,7 +41,12 @@ def machine() -> dict[str, Any]:
                                     capture_output=True, text=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = None, None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_gb": mem_gb,
+    from splitft.precision import cpu_flags
+
+    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
+                                  "avx_vnni", "avx512_vnni", "fma", "f16c", "sse4_2"})
+    return {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "memory_gb": mem_gb,
             "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__, "os": platform.platform(),
             "commit": commit, "uncommitted_changes": dirty}
