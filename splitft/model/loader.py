@@ -275,8 +275,14 @@ def gguf_folder(path: Path) -> Path:
     folder = cache_dir() / "gguf" / f"{path.stem}-{h.hexdigest()[:16]}"
     if (folder / "config.json").is_file():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_suffix(".lock"), "w") as lock:
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(folder.with_suffix(".lock"), "w")
+    except OSError as e:
+        raise ModelSourceError(f"model.source: cannot write the config and tokenizer converted from '{path.name}' "
+                               f"under '{folder.parent}' ({e.strerror}); set SPLITFT_CACHE_DIR to a writable "
+                               "folder") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not (folder / "config.json").is_file():
             print(f"splitft: converting the config and tokenizer of {path.name} once, into {folder}",

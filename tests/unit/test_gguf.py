@@ -79,3 +79,14 @@ def test_junk_is_refused(tmp_path):
     junk.write_bytes(bytes(range(256)) * 40)
     with pytest.raises(GGUFError, match="no GGUF magic"):
         GGUFFile(junk)
+
+
+def test_an_unwritable_metadata_cache_is_one_line_naming_the_setting(tmp_path, gguf_path, monkeypatch):
+    from splitft.model.loader import ModelSourceError, gguf_folder
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("SPLITFT_CACHE_DIR", str(blocker))
+    with pytest.raises(ModelSourceError, match=r"cannot write the config and tokenizer converted from 'm.gguf' .*"
+                                               r"set SPLITFT_CACHE_DIR to a writable folder"):
+        gguf_folder(gguf_path)
