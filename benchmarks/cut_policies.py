@@ -18,7 +18,7 @@ import time
 
 from _common import MODELS, ROOT, record
 
-from splitft.build import Setup, build_model, load
+from splitft.build import Setup, build_model, compute_of, load
 from splitft.devices import client_profiles
 from splitft.sim.methods import client_stats, cut_bounds, round_costs
 from splitft.sim.plan import plan_policies
@@ -56,7 +56,7 @@ def main() -> None:
     rows = []
     for name, overrides in SCENARIOS.items():
         cfg = load(ROOT / "configs" / "experiment.yaml", base + overrides)
-        setup = Setup(cfg, peft, family, tokenizer, [], [], {}, device, [])
+        setup = Setup(cfg, peft, family, tokenizer, [], [], {}, device, [], compute_of(cfg))
         stats = client_stats(dict(enumerate(client_profiles(cfg.heterogeneity, cfg.federation.n_clients,
                                                             cfg.federation.seed))))
         start = time.perf_counter()
