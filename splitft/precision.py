@@ -19,10 +19,11 @@ never heard of precision. float16 (CUDA only) needs loss scaling, `LossScaler`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import AbstractSet, Any, ContextManager
 
 import torch
 
@@ -68,17 +69,20 @@ class Precision:
 FP32 = Precision()
 
 
-def cpu_flags() -> set[str]:
-    """This CPU's feature flags (empty where /proc/cpuinfo does not exist)."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (empty where /proc/cpuinfo does not exist); read once per process (every part a
+    re-cut builds resolves its precision)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
+@functools.cache
 def cpu_name() -> str:
     try:
         return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -87,7 +91,7 @@ def cpu_name() -> str:
         return "this CPU"
 
 
-def bf16_support(device: torch.device, flags: set[str] | None = None) -> tuple[bool, str]:
+def bf16_support(device: torch.device, flags: AbstractSet[str] | None = None) -> tuple[bool, str]:
     """(whether `device` runs bf16 matrix work natively, a phrase saying why)."""
     if device.type == "cuda":
         ok = torch.cuda.is_bf16_supported()
@@ -99,7 +103,7 @@ def bf16_support(device: torch.device, flags: set[str] | None = None) -> tuple[b
     return False, f"{cpu_name()} has neither AMX-BF16 nor AVX512-BF16"
 
 
-def choose_compute(name: str, device: torch.device, flags: set[str] | None = None) -> tuple[torch.dtype, str]:
+def choose_compute(name: str, device: torch.device, flags: AbstractSet[str] | None = None) -> tuple[torch.dtype, str]:
     """The compute dtype for `train.compute_dtype=name` on `device`, and why.
 
     Raises:
@@ -135,7 +139,7 @@ def choose_storage(name: str, compute: torch.dtype, compute_why: str) -> torch.d
     return dtype
 
 
-def resolve(compute: str, storage: str, device: torch.device, flags: set[str] | None = None) -> Precision:
+def resolve(compute: str, storage: str, device: torch.device, flags: AbstractSet[str] | None = None) -> Precision:
     """The run's `Precision` on `device` from `train.compute_dtype` and `model.dtype` (names already checked).
 
     Raises:

@@ -243,7 +243,8 @@ class FullPart(_Part):
 
 def full_forward(peft_model: nn.Module, family: Family, input_ids: torch.Tensor,
                  attention_mask: torch.Tensor) -> torch.Tensor:
-    """Unsplit logits through the same family code path (used by baselines and equivalence tests)."""
+    """Unsplit logits through the same family code path, on a model as it is (no part, no copy): the reference of
+    the equivalence tests."""
     hf = _hf(peft_model)
     hidden = family.embed(hf, input_ids, attention_mask)
     ctx = family.context(hf, hidden, attention_mask)
