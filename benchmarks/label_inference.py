@@ -64,7 +64,7 @@ def one(model: str, tail: int, noise: float, steps: int) -> dict:
                [f"model.source={MODELS[model]}", "split.shape=u", f"split.tail={tail}", "split.policy=fixed",
                 "split.cut_max=0", "metrics.progress=false", f"metrics.out_dir={out}"])
     setup = build_setup(cfg)
-    server = split_server(cfg, setup.peft, setup.family, cfg.split.cut)
+    server = split_server(cfg, setup.peft, setup.family, cfg.split.cut, setup.compute)
     client = split_client(setup, 0, cfg.split.cut)
     wire = Curious(server, noise=noise)
     head = setup.peft.base_model.model.get_output_embeddings().weight.detach()

@@ -66,7 +66,7 @@ if what == "client":
     out["estimate_gb"] = bounds.base_gb + cut * bounds.block_gb
 else:
     pm.hold(pm.server_paths(cut))
-    server = split_server(cfg, pm.peft, pm.family, cut)
+    server = split_server(cfg, pm.peft, pm.family, cut, pm.compute)
     h = pm.peft.base_model.model.config.hidden_size
     acts = torch.randn(b, t, h, device=dev, dtype=pm.dtype, requires_grad=True)
     server.part.train()

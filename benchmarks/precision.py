@@ -34,7 +34,6 @@ from splitft.build import (
     client_part,
     compute_of,
     cost_model_of,
-    precision_of,
     split_client_with,
     split_server,
 )
@@ -59,18 +58,19 @@ def batches(vocab: int, batch: int, seq: int, n: int) -> list[Example]:
     return out
 
 
-def step_row(source: str, compute: str, storage: str, args: argparse.Namespace) -> dict:
+def step_row(source: str, compute_name: str, storage: str, args: argparse.Namespace) -> dict:
     cfg = load_config(ROOT / "configs" / "default.yaml", [
-        f"model.source={source}", f"model.device={args.device}", f"train.compute_dtype={compute}",
+        f"model.source={source}", f"model.device={args.device}", f"train.compute_dtype={compute_name}",
         f"model.dtype={storage}", f"train.batch_size={args.batch}", f"data.max_length={args.seq}",
         "federation.n_clients=1", "split.policy=fixed", "split.cut=2", "split.cut_max=0",
         "metrics.out_dir=/tmp/unused"])
     peft, family, _, _ = build_model(cfg)
-    server = split_server(cfg, peft, family, 2)
+    compute = compute_of(cfg)
+    server = split_server(cfg, peft, family, 2, compute)
     data = batches(peft.base_model.model.config.vocab_size, args.batch, args.seq, args.steps + 2)
-    client = split_client_with(cfg, 0, client_part(cfg, peft, family, 2), BatchStream(data, args.batch, 0, 0))
+    client = split_client_with(cfg, 0, client_part(cfg, peft, family, 2, compute), BatchStream(data, args.batch, 0, 0))
     transport = InProcTransport(server)
-    cost = cost_model_of(peft.base_model.model, family, compute_of(cfg))
+    cost = cost_model_of(peft.base_model.model, family, compute)
     seconds, tokens, flops = [], [], 0.0
     for s in range(args.steps + 2):
         if args.device == "cuda":
@@ -84,7 +84,7 @@ def step_row(source: str, compute: str, storage: str, args: argparse.Namespace) 
             seconds.append(time.perf_counter() - start)
             tokens.append(b * t)
             flops += cost.train_flops(0, 2, b, t) + cost.train_flops(2, cost.n_layer, b, t, head=True)
-    row = {"compute": compute, "storage": storage, "why": precision_of(cfg).why, "batch": args.batch,
+    row = {"compute": compute_name, "storage": storage, "why": compute.precision.why, "batch": args.batch,
            "step_s": round(statistics.median(seconds), 4), "tokens_per_s": round(sum(tokens) / sum(seconds), 1)}
     if args.device == "cuda":
         row["mfu"] = round(flops / sum(seconds) / (args.peak_tflops * 1e12), 4)

@@ -58,7 +58,7 @@ def main() -> None:
     batches = [stream.next() for _ in range(args.steps)]
     tokens = sum(b["input_ids"].numel() for b in batches)
 
-    server = split_server(cfg, setup.peft, setup.family, args.cut)
+    server = split_server(cfg, setup.peft, setup.family, args.cut, setup.compute)
     transport = InProcTransport(server)
     split = split_client(setup, 0, args.cut)
     central = LocalClient(0, FullPart(setup.peft, setup.family), Replay(batches), lr=cfg.train.lr)

@@ -3,7 +3,7 @@
     cfg = load(path, overrides)                   # config + every registry's name check, all problems at once
     meta = check_model(cfg)                       # metadata only: a bad cut or source fails before any weight loads
     setup = build_setup(cfg)                      # model + LoRA, tokenizer, data, held-out slice, partition
-    server = split_server(cfg, setup.peft, setup.family, first=cfg.split.cut)
+    server = split_server(cfg, setup.peft, setup.family, cfg.split.cut, setup.compute)
     client = split_client(setup, cid, cut)        # its partition's batch stream, its noise seed
 `sim/` (the simulator) and `deploy/` (server and client processes) both assemble their parties here, so a
 simulated client and a deployed one are the same object built the same way; neither runtime imports the other.
@@ -339,22 +339,23 @@ def rule_policy(cfg: Config, bounds: CutBounds) -> CutPolicy:
     return POLICIES[s.policy](bounds, s.cut, **extra)
 
 
-def split_server(cfg: Config, peft: torch.nn.Module, family: Family, first: int) -> SplitServer:
-    """The server of a split method (simulation and deployment alike): blocks [first, L), global store."""
+def split_server(cfg: Config, peft: torch.nn.Module, family: Family, first: int, compute: Compute) -> SplitServer:
+    """The server of a split method (simulation and deployment alike): blocks [first, L), global store, computing
+    as the run's `compute` says (`Setup.compute`, `PartialModel.compute`)."""
     n_layer = len(peft.base_model.model.get_submodule(family.layers_path))
-    part = ServerPart(peft, family, first, cut_rank(cfg), tail_cut(cfg, n_layer), compute_of(cfg))
+    part = ServerPart(peft, family, first, cut_rank(cfg), tail_cut(cfg, n_layer), compute)
     return SplitServer(part, lora.adapter_state_dict(peft), family, r_cut=cut_rank(cfg), **optimizer_settings(cfg))
 
 
-def client_part(cfg: Config, peft: torch.nn.Module, family: Family, cut: int) -> ClientPart:
-    """A split client's part at `cut` (with its tail under split.shape=u)."""
+def client_part(cfg: Config, peft: torch.nn.Module, family: Family, cut: int, compute: Compute) -> ClientPart:
+    """A split client's part at `cut` (with its tail under split.shape=u), computing as `compute` says."""
     n_layer = len(peft.base_model.model.get_submodule(family.layers_path))
-    return ClientPart(peft, family, cut, cut_rank(cfg), tail_cut(cfg, n_layer), compute_of(cfg))
+    return ClientPart(peft, family, cut, cut_rank(cfg), tail_cut(cfg, n_layer), compute)
 
 
 def split_client(setup: Setup, cid: int, cut: int) -> SplitClient:
     """Client `cid` with its partition's batch stream (same order in simulation and deployment)."""
-    part = client_part(setup.cfg, setup.peft, setup.family, cut)
+    part = client_part(setup.cfg, setup.peft, setup.family, cut, setup.compute)
     return split_client_with(setup.cfg, cid, part, client_stream(setup, cid, setup.parts[cid]))
 
 

@@ -178,7 +178,7 @@ class _Party:
         end = tail_cut(cfg, pm.n_layer)
         if split:  # blocks [first, L), norm, head (under U: [first, tail_cut)); nothing of the clients' blocks
             pm.hold(pm.server_paths(self.first, end))
-            self.server: FedAvgServer = split_server(cfg, pm.peft, pm.family, self.first)
+            self.server: FedAvgServer = split_server(cfg, pm.peft, pm.family, self.first, pm.compute)
         else:  # fedlora: the server only aggregates and holds no weights at all
             self.server = FedAvgServer(lora.adapter_state_dict(pm.peft), pm.family)
         if not split:

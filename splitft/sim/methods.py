@@ -106,13 +106,13 @@ def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> 
     cfg, peft, fam = setup.cfg, setup.peft, setup.family
     bounds = cut_bounds(setup)
     first = cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min
-    server = split_server(cfg, peft, fam, first)
+    server = split_server(cfg, peft, fam, first, setup.compute)
     clients = {cid: split_client(setup, cid, cfg.split.cut) for cid in range(len(setup.parts))}
     devices = dict(enumerate(client_profiles(cfg.heterogeneity, len(clients), cfg.federation.seed)))
     policy = _policy(setup, bounds)
 
     def recut(cid: int, cut: int) -> None:
-        clients[cid].replace_part(build.client_part(cfg, peft, fam, cut))
+        clients[cid].replace_part(build.client_part(cfg, peft, fam, cut, setup.compute))
 
     stats = client_stats(devices)
     fed = _federation(setup, server, clients, devices, logger, on_step, cfg.federation.local_steps,
