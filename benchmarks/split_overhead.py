@@ -4,7 +4,8 @@ centralized PEFT LoRA training of the same model on the same batches with the sa
     python benchmarks/split_overhead.py [--model tiny|smollm2] [--steps 12] [--reps 3]
 The split adds no FLOPs (same blocks, same LoRA, lora.r_cut = lora.r so no rank mask), so the ideal ratio
 split / centralized is 1.0; what it measures is the cost of the cut itself: detaching and re-attaching the
-activations, two optimizers, the transport's byte accounting. Batches are drawn once and replayed to both.
+activations, two optimizers, the transport's byte accounting. Batches are drawn once and replayed to both;
+both sides compute as the config says (precision, checkpointing, the loss's chunk).
 Writes benchmarks/results/split_overhead_<model>.json.
 """
 
@@ -61,7 +62,7 @@ def main() -> None:
     server = split_server(cfg, setup.peft, setup.family, args.cut, setup.compute)
     transport = InProcTransport(server)
     split = split_client(setup, 0, args.cut)
-    central = LocalClient(0, FullPart(setup.peft, setup.family), Replay(batches), lr=cfg.train.lr)
+    central = LocalClient(0, FullPart(setup.peft, setup.family, setup.compute), Replay(batches), lr=cfg.train.lr)
     split.stream = Replay(batches)
     runs = {"split": lambda s: split.train_step(transport, 0, s),
             "centralized": lambda s: central.train_step(None, 0, s)}
@@ -78,7 +79,7 @@ def main() -> None:
     record(f"split_overhead_{args.model}", {"model": cfg.model.source, "steps": args.steps, "reps": args.reps,
                                             "cut": args.cut, "batch_size": cfg.train.batch_size,
                                             "tokens_per_rep": tokens, "device": str(setup.device),
-                                            "lora_r": cfg.lora.r},
+                                            "lora_r": cfg.lora.r, "precision": setup.compute.precision.record()},
            rows, ["method", "tokens_per_s", "s_per_step", "ratio_to_centralized"])
 
 
