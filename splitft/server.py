@@ -196,7 +196,7 @@ class SplitServer(FedAvgServer):
             self.opt.zero_grad(set_to_none=True)
             raise NonFiniteStep(f"client {client_id}, round {round_}, step {step}: the loss or a gradient is NaN/Inf, "
                                 "so the step was not applied (a diverging run: lower train.lr or use "
-                                "model.dtype=float32; in deployment, a client sent overflowing values)")
+                                "train.compute_dtype=float32; in deployment, a client sent overflowing values)")
         clip(self.params, self.max_grad_norm)
         self.opt.step()
         self.moved = True
