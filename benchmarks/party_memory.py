@@ -9,9 +9,9 @@ tokenizer go as `splitft client` does; the server: blocks [cut_min, L), final no
 tied, the embedding matrix; it never loads a tokenizer), and trains one step at the config's batch shape
 (B x data.max_length tokens: what the estimate sizes). Not counted: a client's data (reading its file through
 `datasets` imports ~86 MB more; its tokenized samples). Storage float32 computes in float32, bfloat16 in bfloat16
-(autocast); the loss runs the head train.loss_chunk_tokens at a time (the config's). Also measured: the import floor (the same
-imports as a party: python, torch, transformers, peft, splitft, grpc; no model), and the whole model as
-`build.build_model` loads it. Estimates: a client's `CostModel.memory_gb` (base + cut x block, what the policy
+(autocast); the loss runs the head train.loss_chunk_tokens at a time (the config's). Also measured: the import
+floor (the same imports as a party: python, torch, transformers, peft, splitft, grpc; no model), and the whole
+model as `build.build_model` loads it. Estimates: a client's `CostModel.memory_gb` (base + cut x block, what the policy
 uses), the server's `CostModel.server_gb`; they count model bytes, not the import floor, so the check is
 (peak - floor) / estimate. On CUDA the peak allocated memory is the measure (and RSS is reported beside it).
 Writes benchmarks/results/party_memory_<model>[_gpu].json.
