@@ -104,9 +104,29 @@ class CutRankMask:
         for layer, module in self.modules:
             module._active_rank = self.r_cut if layer in masked else None
 
+    def set_rows(self, cuts: list[int]) -> None:
+        """One cut per row of a batch joined from clients at different cuts (`ServerPart.joined_loss`): each row
+        masks its own cut layers. A block that runs only the first n rows (those that joined by then: rows go
+        in order of cut) reads the first n entries, in the forward and when checkpointing runs it again."""
+        if len(set(cuts)) == 1:
+            return self.set(cuts[0])
+        self.cut = -1  # per-row state: the next `set` rewrites every module
+        for layer, module in self.modules:
+            rows = [layer in cut_layers(c, self.tail_cut) for c in cuts]
+            ranks = torch.tensor([self.r_cut if m else _FULL for m in rows])
+            module._active_rank = None if not any(rows) else self.r_cut if all(rows) else ranks
+
+
+_FULL = 1 << 30
+"""A row's rank in a per-row mask when its block is not one of its cut layers: no component masked."""
+
 
 def _mask_hook(module: nn.Module, inputs: object, out: torch.Tensor) -> torch.Tensor | None:
     k = getattr(module, "_active_rank", None)
+    if isinstance(k, torch.Tensor):  # per row (B,): out (b, T, r) holds the first b rows
+        ranks = k[:out.shape[0]].to(out.device)
+        keep = (torch.arange(out.shape[-1], device=out.device) < ranks[:, None]).to(out.dtype)  # (b, r)
+        return out * keep.view(out.shape[0], *[1] * (out.dim() - 2), out.shape[-1])
     if k is None or k >= out.shape[-1]:
         return None
     keep = out.new_zeros(out.shape[-1])
