@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -48,6 +49,23 @@ class Compute:
     precision: Precision = FP32
     checkpointing: bool = False
     loss_chunk: int = 0
+
+
+class Joining(NamedTuple):
+    """One client's step as the server part takes it: activations (B, T, H), attention_mask (B, T), its cut, and
+    labels (B, T)."""
+
+    activations: torch.Tensor
+    attention_mask: torch.Tensor
+    cut: int
+    labels: torch.Tensor
+
+
+def _pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, T, ...) right-padded with zeros to (B, width, ...): pad positions have mask 0 and no label."""
+    if t.shape[1] == width:
+        return t
+    return torch.cat([t, t.new_zeros((t.shape[0], width - t.shape[1], *t.shape[2:]))], dim=1)
 
 
 class Absent(nn.Module):
@@ -215,6 +233,46 @@ class ServerPart(_Part):
         head (`_loss`: float32, the head `Compute.loss_chunk` tokens at a time)."""
         assert self.tail_cut is None, "under a U-shaped split the clients' tails compute the loss"
         return self._loss(self.hidden(activations, attention_mask, cut), labels)
+
+    def joined_loss(self, rows: list[Joining]) -> list[TokenStats]:
+        """Vanilla split: several clients' losses from one forward of the server blocks ("join at your cut").
+
+        Rows are taken in order of their cut; the rows of the lowest cut c0 run alone through blocks [c0, c1),
+        then the rows of cut c1 join them (concatenated along B) and all run [c1, c2), and so on to the last
+        block. Each client's activations (B_i, T_i, H) are right-padded to the longest T with zeros and mask 0
+        (causal attention: a real position never sees a later pad, so a row computes what it would alone, up to
+        the matmuls' summation order). Each row's cut layer is masked to r_cut for its own cut only
+        (`CutRankMask.set_rows`). Then each client's hidden states, unpadded, take the head and the loss apart.
+        One client alone is exactly `loss`."""
+        assert self.tail_cut is None, "under a U-shaped split the clients' tails compute the loss"
+        if len(rows) == 1:
+            (acts, mask, cut, labels), = rows
+            return [self.loss(acts, mask, cut, labels)]
+        order = sorted(range(len(rows)), key=lambda i: rows[i].cut)  # stable: equal cuts keep their order
+        width = max(r.activations.shape[1] for r in rows)
+        cuts = [rows[i].cut for i in order for _ in range(rows[i].activations.shape[0])]  # one per row of B
+        assert self.first <= cuts[0] and cuts[-1] < self.end, f"client cuts {sorted(set(cuts))} outside server range"
+        if self.mask is not None:
+            self.mask.set_rows(cuts)
+        hidden: torch.Tensor | None = None
+        mask: torch.Tensor | None = None
+        with self.compute.precision.autocast():
+            for g, i in enumerate(order):
+                acts, m = _pad(rows[i].activations, width), _pad(rows[i].attention_mask, width)
+                hidden = acts if hidden is None else torch.cat([hidden, acts.to(hidden.dtype)])
+                mask = m if mask is None else torch.cat([mask, m])
+                last = self.end if g + 1 == len(order) else rows[order[g + 1]].cut
+                if last > rows[i].cut:  # the next group joins at a later cut: run the blocks between
+                    ctx = self.family.context(self.hf, hidden, mask)
+                    hidden = self._run(hidden, ctx, range(rows[i].cut, last))
+        assert hidden is not None
+        out: list[TokenStats | None] = [None] * len(rows)
+        start = 0
+        for i in order:
+            b, t = rows[i].activations.shape[:2]
+            out[i] = self._loss(hidden[start:start + b, :t], rows[i].labels)
+            start += b
+        return out  # type: ignore[return-value]
 
 
 class FullPart(_Part):
