@@ -19,7 +19,7 @@ import torch
 from . import lora
 from .aggregate import layerwise_fedavg
 from .model.families import Family
-from .model.split import ServerPart
+from .model.split import Joining, ServerPart
 from .optim import NonFiniteStep, clip, grads_finite, load_optimizer_state, make_optimizer, optimizer_state
 from .precision import LossScaler
 from .transport.base import AdapterUpdate, BackwardRequest, ForwardRequest, StepReply
@@ -147,6 +147,8 @@ class SplitServer(FedAvgServer):
         self.opt = make_optimizer(self.params, lr, weight_decay)
         self.scaler = LossScaler(part.compute.precision.scaled)  # float16 only; a plain backward otherwise
         self.max_grad_norm = max_grad_norm
+        self.kept = False  # whether the gradients `forward_backward` left are for `update` to apply
+        self.pending_served: Counter[int] = Counter()  # their samples per cut, counted in `served` once applied
         self.device = next(part.module.parameters()).device
         self.round_start = self.adapters()  # the global adapters of blocks [first, L) as of the last aggregation
         self.moved = False  # whether training steps changed them since
@@ -161,8 +163,8 @@ class SplitServer(FedAvgServer):
 
     def step(self, req: ForwardRequest) -> StepReply:
         """One client's step: logits from its cut, loss over label tokens, and for training requests backward
-        to the activations and one AdamW step of the server LoRA. Under a U-shaped split (`req.labels` is None)
-        only the forward: see `_forward`.
+        to the activations and one AdamW step of the server LoRA (`step_batch` of one). Under a U-shaped split
+        (`req.labels` is None) only the forward: see `_forward`.
 
         Returns:
             StepReply with grad_activations (B, T, H) of the activations' dtype when req.train.
@@ -173,34 +175,114 @@ class SplitServer(FedAvgServer):
         if not req.train and self.moved:
             return self._at_round_start(req)
         assert (req.labels is None) == (self.tail_cut is not None), "labels cross the network under vanilla only"
-        mask = req.attention_mask.to(self.device, torch.long)
-        acts = req.activations.to(self.device).detach().requires_grad_(req.train)
-        self.part.train(req.train)  # eval requests run without dropout
         if self.tail_cut is not None:
+            mask = req.attention_mask.to(self.device, torch.long)
+            acts = req.activations.to(self.device).detach().requires_grad_(req.train)
+            self.part.train(req.train)
             return self._forward(req, acts, mask)
-        labels = req.labels.to(self.device, torch.long)
-        with torch.set_grad_enabled(req.train):
-            stats = self.part.loss(acts, mask, req.cut, labels)
         if not req.train:
+            self.part.train(False)  # eval requests run without dropout
+            with torch.no_grad():
+                stats = self.part.loss(*self._joining(req, grad=False))
             return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct)
-        self.opt.zero_grad(set_to_none=True)
-        loss = stats.loss_sum / max(stats.n_tokens, 1)
-        finite = bool(torch.isfinite(loss)) and self.scaler.backward(loss, None, [*self.params, acts])
-        self._update(req.client_id, req.round, req.step, finite, acts)
-        self.served[req.cut] += acts.shape[0]
-        return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct, acts.grad)
+        [out] = self.step_batch([req])
+        if isinstance(out, NonFiniteStep):
+            raise out
+        return out
 
-    def _update(self, client_id: int, round_: int, step: int, finite: bool, acts: torch.Tensor) -> None:
-        """One AdamW step of the server LoRA from the gradients just computed, unless one is NaN/Inf."""
-        if not (finite and grads_finite([*self.params, acts])):  # the LoRA's and the client's gradients
-            self.opt.zero_grad(set_to_none=True)
-            raise NonFiniteStep(f"client {client_id}, round {round_}, step {step}: the loss or a gradient is NaN/Inf, "
-                                "so the step was not applied (a diverging run: lower train.lr or use "
-                                "train.compute_dtype=float32; in deployment, a client sent overflowing values)")
-        clip(self.params, self.max_grad_norm)
-        self.opt.step()
-        self.moved = True
-        assert acts.grad is not None and acts.grad.shape == acts.shape
+    def step_batch(self, reqs: list[ForwardRequest]) -> list[StepReply | NonFiniteStep]:
+        """Several clients' training steps as one server step (`federation.server_batch`): `forward_backward`
+        of them all, then one `update`. One AdamW step on the token-weighted mean gradient of the k batches
+        (SFL-V2 with gradient averaging over a window), not k sequential steps; each client still gets the
+        gradient of its own mean loss w.r.t. its own activations. One request is exactly `step`.
+
+        Returns:
+            per request, its StepReply, or the NonFiniteStep that kept it out of the update.
+        """
+        outs = self.forward_backward(reqs)
+        self.update()
+        return outs
+
+    def forward_backward(self, reqs: list[ForwardRequest]) -> list[StepReply | NonFiniteStep]:
+        """The compute half of a server step: one forward of every request's activations from its own cut
+        (`ServerPart.joined_loss`), the loss summed over all their label tokens and divided by their total, one
+        backward. The LoRA gradients are left for `update`; each request's grad_activations go in its reply.
+
+        A request whose loss or gradients are not finite stays out: when the joined step is not finite, each
+        request runs again alone, and only those that are finite keep their gradients (rescaled to the mean over
+        their tokens), so one client's overflowing activations never reach the shared LoRA."""
+        assert self.tail_cut is None, "U-shaped steps run one at a time (`step`, `backward`)"
+        self.opt.zero_grad(set_to_none=True)
+        self.pending_served = Counter()
+        self.part.train(True)
+        rows = [self._joining(r, grad=True) for r in reqs]
+        stats = self.part.joined_loss(rows)
+        total = max(sum(s.n_tokens for s in stats), 1)
+        acts = [r.activations for r in rows]
+        if len(rows) == 1:  # today's step, to the bit: loss_sum / n_tokens
+            kept = [0] if self._backward(stats[0].loss_sum / total, acts) else []
+        elif self._backward(_sum([s.loss_sum for s in stats]) / total, acts):
+            kept = list(range(len(rows)))
+        else:
+            kept = self._one_by_one(rows, total)
+        if len(kept) < len(rows) and kept:  # the mean over the tokens of the steps kept
+            share = total / max(sum(stats[i].n_tokens for i in kept), 1)
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(share)
+        self.kept = bool(kept)
+        outs: list[StepReply | NonFiniteStep] = []
+        for i, (req, s, a) in enumerate(zip(reqs, stats, acts)):
+            if i not in kept:
+                outs.append(_not_applied(req))
+                continue
+            assert a.grad is not None and a.grad.shape == a.shape
+            grad = a.grad if len(rows) == 1 else a.grad * (total / max(s.n_tokens, 1))  # d(its own mean loss)
+            self.pending_served[req.cut] += a.shape[0]
+            outs.append(StepReply(s.loss_sum.item(), s.n_tokens, s.n_correct, grad))
+        return outs
+
+    def update(self) -> None:
+        """The optimizer half of a server step: clip, one AdamW step of the server LoRA, zero the gradients;
+        nothing but the zeroing when `forward_backward` kept no request."""
+        if self.kept:
+            clip(self.params, self.max_grad_norm)
+            self.opt.step()
+            self.moved = True
+            self.served.update(self.pending_served)
+        self.kept, self.pending_served = False, Counter()
+        self.opt.zero_grad(set_to_none=True)
+
+    def _joining(self, req: ForwardRequest, grad: bool) -> Joining:
+        """A request as the server part takes it, on this device; the activations a leaf whose .grad is the
+        client's grad_activations."""
+        acts = req.activations.to(self.device).detach().requires_grad_(grad)
+        return Joining(acts, req.attention_mask.to(self.device, torch.long), req.cut,
+                       req.labels.to(self.device, torch.long))
+
+    def _backward(self, loss: torch.Tensor, acts: list[torch.Tensor]) -> bool:
+        """Accumulate d loss into the LoRA and activation gradients; False (and nothing kept) when any is not
+        finite."""
+        tensors = [*self.params, *acts]
+        if bool(torch.isfinite(loss)) and self.scaler.backward(loss, None, tensors) and grads_finite(tensors):
+            return True
+        self.opt.zero_grad(set_to_none=True)
+        for a in acts:
+            a.grad = None
+        return False
+
+    def _one_by_one(self, rows: list[Joining], total: int) -> list[int]:
+        """A joined step that was not finite, again request by request (each its own forward), keeping the
+        gradients of those that are finite: returns their indices."""
+        kept = []
+        for i, row in enumerate(rows):
+            before = [None if p.grad is None else p.grad.clone() for p in self.params]
+            if self._backward(self.part.loss(*row).loss_sum / total, [row.activations]):
+                kept.append(i)
+                continue
+            for p, g in zip(self.params, before):  # its NaN never mixes with the others' gradients
+                p.grad = g
+        return kept
 
     def _forward(self, req: ForwardRequest, acts: torch.Tensor, mask: torch.Tensor) -> StepReply:
         """U-shaped split: the hidden states (B, T, H) after block tail_cut-1 for the client's tail. A training
@@ -229,8 +311,12 @@ class SplitServer(FedAvgServer):
         self.opt.zero_grad(set_to_none=True)
         grad = req.grad_hidden.to(hidden.device, hidden.dtype)
         finite = bool(torch.isfinite(grad).all()) and self.scaler.backward(hidden, grad, [*self.params, acts])
-        self._update(req.client_id, req.round, req.step, finite, acts)
-        self.served[cut] += acts.shape[0]
+        if not (finite and grads_finite([*self.params, acts])):  # the LoRA's and the client's gradients
+            self.opt.zero_grad(set_to_none=True)
+            raise _not_applied(req)
+        self.kept, self.pending_served = True, Counter({cut: acts.shape[0]})
+        self.update()
+        assert acts.grad is not None and acts.grad.shape == acts.shape
         return StepReply(0.0, 0, 0, acts.grad)
 
     def abandon(self) -> None:
@@ -317,3 +403,13 @@ class SplitServer(FedAvgServer):
         if "loss_scale" in state:
             self.scaler.load_state_dict(state["loss_scale"])
         self.round_start, self.moved = self.adapters(), False
+
+
+def _sum(terms: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(terms).sum()
+
+
+def _not_applied(req: ForwardRequest | BackwardRequest) -> NonFiniteStep:
+    return NonFiniteStep(f"client {req.client_id}, round {req.round}, step {req.step}: the loss or a gradient is "
+                         "NaN/Inf, so the step was not applied (a diverging run: lower train.lr or use "
+                         "train.compute_dtype=float32; in deployment, a client sent overflowing values)")
