@@ -114,6 +114,16 @@ class FederationConfig:
     max_steps_factor: float = 2.0
     """Under round_budget=time no client runs more than max_steps_factor x local_steps steps in a round: a bound
     on how far the shared server part leans toward the fastest clients."""
+    server_batch: int = 1
+    """Up to this many ready training steps of different clients run as one server step: one forward/backward
+    of their activations joined (each from its own cut) and one AdamW step on the token-weighted mean gradient
+    (SFL-V2 with gradient averaging over a window), not that many sequential steps; each client still gets the
+    gradient of its own loss. 1 = one server step per client step. Under order=plan a batch is the next turns of
+    the plan (deterministic: a deployment stays bit-identical to the simulation); under arrival, the steps
+    waiting when the server is free. Vanilla split only."""
+    server_batch_wait_ms: float = 0.0
+    """Under order=arrival: how long a server step may wait for more clients' steps to fill its batch (0 = it
+    takes those already waiting: no added latency; while a step computes, the next ones queue up anyway)."""
 
 
 @dataclass
@@ -471,6 +481,13 @@ def validate(cfg: Config) -> list[str]:
     if f.round_time_s < 0 or f.max_steps_factor < 1:
         p.append(f"federation.round_time_s must be >= 0 (0 = auto) and federation.max_steps_factor >= 1, got "
                  f"{f.round_time_s} and {f.max_steps_factor}")
+    if f.server_batch < 1 or not 0.0 <= f.server_batch_wait_ms < float("inf"):
+        p.append(f"federation.server_batch must be >= 1 (1 = a server step per client step) and "
+                 f"federation.server_batch_wait_ms a number >= 0, got {f.server_batch} and {f.server_batch_wait_ms}")
+    elif f.server_batch > 1 and (f.method != "split" or cfg.split.shape != "vanilla"):
+        p.append(f"federation.server_batch={f.server_batch} joins clients' server steps, which only the vanilla "
+                 f"split has (federation.method=split, split.shape=vanilla; a U-shaped step holds the server until "
+                 f"its tail's gradient returns, one at a time); got method={f.method}, shape={cfg.split.shape}")
     if not 0.0 <= cfg.federation.dropout < 1.0:
         p.append(f"federation.dropout: must be in [0, 1), got {cfg.federation.dropout}")
     if cfg.metrics.checkpoint_every < 0:

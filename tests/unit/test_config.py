@@ -128,6 +128,20 @@ def test_bad_split_shapes_say_how_to_fix(overrides, says):
 
 
 @pytest.mark.parametrize("overrides, says", [
+    (["federation.server_batch=0"], "federation.server_batch must be >= 1"),
+    (["federation.server_batch_wait_ms=-5"], "server_batch_wait_ms a number >= 0, got 1 and -5.0"),
+    (["federation.server_batch_wait_ms=.nan"], "federation.server_batch_wait_ms: must be a finite number"),
+    (["federation.server_batch=2.5"], "federation.server_batch: expected int"),
+    (["federation.server_batch=4", "split.shape=u"], "a U-shaped step holds the server until its tail's gradient"),
+    (["federation.server_batch=4", "federation.method=fedlora"], "only the vanilla split has"),
+])
+def test_bad_server_batches_are_one_line_each(overrides, says):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert says in str(e.value)
+
+
+@pytest.mark.parametrize("overrides, says", [
     (["split.shape=u", "split.tail=29"], "split.tail: 29 of this 30-block model's blocks on the client leave no "
                                          "block for its cut and the server; use split.tail <= 28"),
     (["split.shape=u", "split.tail=27", "split.cut=3"], "split.cut: must be in [1, 2] for this 30-block model "
