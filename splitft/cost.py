@@ -157,6 +157,9 @@ class StepCost:
     """U-shaped split: bytes of the second crossing (already part of bytes_down / bytes_up)."""
     forward_share: float = 0.5
     """The client forward's share of client_flops (`CostModel.forward_share`); the backward has the rest."""
+    server_step: int = -1
+    """`federation.server_batch`: the server step that served this one together with others (the index of that
+    step's first client step in the round); -1: a server step of its own."""
 
 
 def transfer_s(nbytes: float, mbps: float, latency_ms: float) -> float:
@@ -194,6 +197,18 @@ class Timeline:
         self.ready[c] = t + s.client_flops * (1 - s.forward_share) / (d.tflops * 1e12)
         return self.ready[c]
 
+    def serve_batch(self, steps: list[StepCost], arrived: list[float]) -> None:
+        """Several clients' steps served by one server step (`federation.server_batch`): it begins once the last
+        of them has arrived and the server is free, and runs their server FLOPs together (linear in tokens: on a
+        CPU a joined step computes about what its parts do; see benchmarks/server_batch.py), then each reply
+        travels back and each client runs its backward."""
+        start = max([*arrived, self.server_free])
+        self.server_free = start + sum(s.server_flops for s in steps) / (self.server.tflops * 1e12)
+        for s in steps:
+            d = self.devices[s.client_id]
+            t = self.server_free + transfer_s(s.bytes_down, d.down_mbps, d.latency_ms)
+            self.ready[s.client_id] = t + s.client_flops * (1 - s.forward_share) / (d.tflops * 1e12)
+
     def pushed(self, c: int, nbytes: int) -> float:
         """When client c's push of `nbytes` of adapters, sent once it is ready, has reached the server."""
         d = self.devices[c]
@@ -220,8 +235,16 @@ def round_time(steps: list[StepCost], devices: Mapping[int, Device], server: Dev
     """
     line = Timeline(devices, server, lora_down)
     if order == "plan":
-        for s in steps:
-            line.serve(s, line.arrival(s))
+        i = 0
+        while i < len(steps):
+            s, j = steps[i], i + 1
+            if s.server_step < 0:
+                line.serve(s, line.arrival(s))
+            else:  # the steps served together with it follow it in the plan
+                while j < len(steps) and steps[j].server_step == s.server_step:
+                    j += 1
+                line.serve_batch(steps[i:j], [line.arrival(t) for t in steps[i:j]])
+            i = j
         return line.finish(lora_up)
     todo: dict[int, deque[StepCost]] = {c: deque() for c in devices}
     for s in steps:  # one pass (the planner calls this thousands of times per decision)

@@ -46,6 +46,18 @@ def plan_round(round_: int, client_ids: list[int], per_round: int, local_steps: 
     return RoundPlan(round_, chosen, [(c, s) for s in range(local_steps) for c in perm])
 
 
+def next_batch(order: list[tuple[int, int]], k: int) -> list[tuple[int, int]]:
+    """Pure: the turns at the head of `order` that one server step serves together (`federation.server_batch`):
+    up to k consecutive turns of different clients (a client's next step needs the reply to its previous one,
+    so a batch ends before a client's second turn)."""
+    batch: list[tuple[int, int]] = []
+    for turn in order[:k]:
+        if any(turn[0] == c for c, _ in batch):
+            break
+        batch.append(turn)
+    return batch
+
+
 def default_budget_s(step_s: dict[int, float], clients: list[int], local_steps: int) -> float | None:
     """Pure: the default time budget of a round, the same in both runtimes: local_steps x the seconds per step
     of the median client (the upper median) among `clients` with a known pace, but never less than the slowest
@@ -92,6 +104,14 @@ class Schedule:
     budget: str = "steps"
     round_time_s: float = 0.0
     max_steps_factor: float = 2.0
+    server_batch: int = 1
+    batch_wait_s: float = 0.0
+
+    @classmethod
+    def of(cls, f: Any) -> Schedule:
+        """The schedule a `config.FederationConfig` asks for."""
+        return cls(f.order, f.round_budget, f.round_time_s, f.max_steps_factor, f.server_batch,
+                   f.server_batch_wait_ms / 1000)
 
     @property
     def planned(self) -> bool:
@@ -163,8 +183,7 @@ class Federation:
             self.clients[cid].pull(self.transport, round_)
         line: Any = None  # the scheduled round's timeline: its clock, waits included
         if self.schedule.planned:
-            steps = [self._step(cid, round_, step) for cid, step in plan.order
-                     if step < gone.get(cid, self.local_steps)]
+            steps = self._planned(round_, [(c, s) for c, s in plan.order if s < gone.get(c, self.local_steps)])
         else:
             pulled = self.transport.counter.since(before, plan.clients)
             steps, line = self._scheduled(round_, plan, gone, {c: d["lora_down"] for c, d in pulled.items()})
@@ -270,16 +289,69 @@ class Federation:
             waiting.remove(w)
             return w
 
+        def joining(first: tuple[float, int, Any]) -> list[tuple[float, int, Any]]:
+            """The waiting steps one server step takes with `first` (`server_batch`): under plan the next turns
+            of the cycle, under arrival those that arrive by the time it may begin (the server free, plus
+            server_batch_wait_ms)."""
+            if sch.order == "plan":
+                more = sorted(waiting, key=lambda w: (done[w[1]], turns.index(w[1])))
+            else:
+                begins = max(first[0], line.server_free) + sch.batch_wait_s
+                more = sorted((w for w in waiting if w[0] <= begins), key=lambda w: (w[0], w[1]))
+            more = more[:sch.server_batch - 1]
+            for w in more:
+                waiting.remove(w)
+            return [first, *more]
+
         for c in turns:
             begin(c)
         while waiting:
-            arrived, c, begun = next_served()
-            rec = self._finish(c, round_, begun)
-            line.serve(self.clock.step_cost(rec), max(arrived, blocked_until(c)))
-            steps.append(rec)
-            done[c] += 1
-            begin(c)
+            if sch.server_batch == 1:
+                arrived, c, begun = next_served()
+                rec = self._finish(c, round_, begun)
+                line.serve(self.clock.step_cost(rec), max(arrived, blocked_until(c)))
+                steps.append(rec)
+                done[c] += 1
+                begin(c)
+                continue
+            group = joining(next_served())
+            recs = self._together(round_, [b for _, _, b in group], server_step=len(steps))
+            line.serve_batch([self.clock.step_cost(r) for r in recs], [max(a, blocked_until(c)) for a, c, _ in group])
+            steps += recs
+            for _, c, _ in group:
+                done[c] += 1
+                begin(c)
         return steps, line
+
+    def _planned(self, round_: int, order: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        """The round's steps in plan order, `server_batch` consecutive turns of different clients per server step
+        (`next_batch`, as the deployed coordinator takes them)."""
+        k, steps = self.schedule.server_batch, []
+        while order:
+            batch = next_batch(order, k)
+            order = order[len(batch):]
+            if k == 1:
+                (cid, step), = batch
+                steps.append(self._step(cid, round_, step))
+            else:
+                steps += self._together(round_, [self._begin(c, round_, s) for c, s in batch], server_step=len(steps))
+        return steps
+
+    def _together(self, round_: int, begun: list[tuple[dict[str, Any], Any]],
+                  server_step: int) -> list[dict[str, Any]]:
+        """Finish begun steps of different clients with one server step (`InProcTransport.step_batch`); their
+        records carry `server_step` (its first step's index in the round) for the clock to price them as one."""
+        reqs = [req for _, req in begun]
+        ids = [req.client_id for req in reqs]
+        before = self.transport.counter.snapshot(ids)
+        replies = self.transport.step_batch(reqs)
+        sent = self.transport.counter.since(before)
+        out = []
+        for (rec, req), reply in zip(begun, replies):
+            self.clients[req.client_id].finish_step(reply)
+            out.append(self._log_step(req.client_id, round_, req.step, reply, sent[req.client_id], before=rec,
+                                      server_step=server_step))
+        return out
 
     def _begin(self, cid: int, round_: int, step: int) -> tuple[dict[str, Any], Any]:
         """A step's first half: its record as the clock needs it before the server answers (shape, cut, bytes
@@ -315,14 +387,15 @@ class Federation:
         return self._log_step(cid, round_, step, reply, sent)
 
     def _log_step(self, cid: int, round_: int, step: int, reply: Any, sent: dict[str, int],
-                  before: dict[str, Any] | None = None) -> dict[str, Any]:
+                  before: dict[str, Any] | None = None, server_step: int | None = None) -> dict[str, Any]:
         client = self.clients[cid]
         tail = {"hidden_down": sent["hidden_down"], "grad_hidden_up": sent["grad_hidden_up"]} \
             if sent["hidden_down"] else {}  # a U-shaped step's second crossing (the clock charges it apart)
+        joined = {} if server_step is None else {"server_step": server_step}  # served with others in one step
         rec = self.logger.log(
             "step", round=round_, step=step, client_id=cid, cut=client.cut, loss=reply.loss,
             n_tokens=reply.n_tokens, batch=list(client.last_shape),
-            bytes_up=sum(sent[k] for k in STEP_UP), bytes_down=sum(sent[k] for k in STEP_DOWN), **tail,
+            bytes_up=sum(sent[k] for k in STEP_UP), bytes_down=sum(sent[k] for k in STEP_DOWN), **tail, **joined,
         )
         assert before is None or (before["bytes_up"], before["bytes_down"]) == (rec["bytes_up"], rec["bytes_down"]), \
             "the clock ordered the step by other bytes than the transport counted"

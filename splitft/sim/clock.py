@@ -30,7 +30,7 @@ class VirtualClock:
                             rec.get("hidden_down", 0), rec.get("grad_hidden_up", 0), share)
         return StepCost(rec["client_id"], self.cost.train_flops(0, cut, batch, seq),
                         self.cost.train_flops(cut, L, batch, seq, head=True), rec["bytes_up"], rec["bytes_down"],
-                        forward_share=share)
+                        forward_share=share, server_step=rec.get("server_step", -1))
 
     def timeline(self, lora_down: dict[int, int]) -> Timeline:
         """A round's timeline for the clients in `lora_down`, from when each has its adapters."""

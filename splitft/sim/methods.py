@@ -98,8 +98,7 @@ def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict
                       pad_id=setup.pad_id, local_steps=local_steps, clients_per_round=per_round,
                       seed=cfg.federation.seed, logger=logger, on_step=on_step, clock=clock, adaptivity=adaptivity,
                       dropout=cfg.federation.dropout if networked else 0.0,
-                      schedule=Schedule(cfg.federation.order, cfg.federation.round_budget, cfg.federation.round_time_s,
-                                        cfg.federation.max_steps_factor) if networked else Schedule())
+                      schedule=Schedule.of(cfg.federation) if networked else Schedule())
 
 
 def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:

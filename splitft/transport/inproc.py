@@ -36,9 +36,24 @@ class InProcTransport:
         self.counter = ByteCounter() if count else NoCount()
 
     def step(self, req: ForwardRequest) -> StepReply:
+        reply = self.server.step(self._up(req))
+        return self._down(req, reply)
+
+    def step_batch(self, reqs: list[ForwardRequest]) -> list[StepReply]:
+        """Several clients' training steps as one server step, each request and reply carried and counted as
+        `step` carries it; a step the server refused raises here, as `step` would."""
+        replies = self.server.step_batch([self._up(r) for r in reqs])
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return [self._down(req, reply) for req, reply in zip(reqs, replies)]
+
+    def _up(self, req: ForwardRequest) -> ForwardRequest:
         acts, up = self.codec.roundtrip(req.activations)  # `none`: acts is req.activations itself
         self.counter.request(req, up)
-        reply = self.server.step(replace(req, activations=acts))
+        return replace(req, activations=acts)
+
+    def _down(self, req: ForwardRequest, reply: StepReply) -> StepReply:
         down = 0
         if reply.hidden is not None:  # U-shaped: the hidden states go down to the client's tail
             hidden, down = self.codec.roundtrip(reply.hidden)
