@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable
 
 import torch
 
-from ..federation import default_budget_s, plan_round
+from ..federation import default_budget_s, next_batch, plan_round
 from ..server import FedAvgServer, NonFiniteStep
 from ..transport.base import AdapterUpdate, BackwardRequest, ForwardRequest, Pulled, StepReply
 from .handshake import differences
@@ -57,9 +57,15 @@ class Coordinator:
                  samples_cap: int | None = None, terms: dict[str, Any] | None = None,
                  on_boundary: Callable[[], Any] | None = None, order: str = "plan", budget: str = "steps",
                  round_time_s: float = 0.0, max_steps: int | None = None,
-                 pace: Callable[[ForwardRequest, float], float] | None = None):
+                 pace: Callable[[list[ForwardRequest], float], float] | None = None, server_batch: int = 1,
+                 batch_wait_s: float = 0.0):
         self.placement = placement
-        self.pace = pace  # --emulate: (request, its real compute seconds) -> seconds the step must still take
+        self.pace = pace  # --emulate: (requests of a server step, its real seconds) -> seconds it must still take
+        self.server_batch, self.batch_wait_s = server_batch, batch_wait_s
+        self.joining: dict[tuple[int, int, int], tuple[ForwardRequest, asyncio.Future, float]] = {}
+        """server_batch > 1: training steps waiting to join a server step, (request, its reply's future, when it
+        arrived), in arrival order."""
+        self.in_batch: dict[tuple[int, int, int], asyncio.Future] = {}  # the steps of the server step computing
         self.serving = asyncio.Lock()  # one training step at a time, its emulated time included
         self.torch = asyncio.Lock()  # one call into `server` at a time, in a worker thread (`_compute`)
         self.closing = False  # a round is being aggregated (its aggregation awaits the worker)
@@ -118,6 +124,8 @@ class Coordinator:
     async def _notify(self) -> None:
         async with self.changed:
             self.changed.notify_all()
+        if self.server_batch > 1:
+            self._kick()
 
     def seen(self, cid: int) -> None:
         """Any frame from `cid` (a request or a heartbeat): it is alive."""
@@ -227,7 +235,98 @@ class Coordinator:
                 raise Refused(f"step (round {req.round}, step {req.step}) of client {req.client_id} is a replay or "
                               f"not in this round's plan (federation at round {self.round})")
             ready = lambda: self.plan.order[self.pos] == turn  # noqa: E731
+        if self.server_batch > 1:
+            return await self._join(req, key)
         return await self._when(req, key, ready)
+
+    # --- federation.server_batch > 1: several clients' steps, one server step -------------------------------
+
+    async def _join(self, req: ForwardRequest, key: tuple[int, int, int]) -> StepReply:
+        """Wait for the server step that takes this step with others (`_kick`), and its reply. A resend while the
+        original waits shares its wait; a request cancelled while it waits leaves the batch; once its server step
+        begins, the step runs to its end (a resend then gets the cached reply)."""
+        if key in self.in_batch:  # a resend while its server step computes
+            future = self.in_batch[key]
+        elif key in self.joining:
+            future = self.joining[key][1]
+        else:
+            future = asyncio.get_running_loop().create_future()
+            self.joining[key] = (req, future, self.clock())
+            self._kick()
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if key in self.joining and self.joining[key][1] is future and not future.done():
+                del self.joining[key]
+            raise
+
+    def _next_batch(self) -> list[tuple[int, int, int]] | None:
+        """The keys of the steps the next server step takes, or None while it must wait: under plan the next
+        turns of the order (`next_batch`), once all have arrived; under arrival those waiting, once server_batch
+        of them are, or server_batch_wait_ms after the first arrived."""
+        if self.order == "plan":
+            turns = next_batch(self.plan.order[self.pos:], self.server_batch)
+            keys = [(c, self.round, s) for c, s in turns]
+            return keys if keys and all(k in self.joining for k in keys) else None
+        keys = list(self.joining)[:self.server_batch]
+        if not keys:
+            return None
+        waited = self.clock() - self.joining[keys[0]][2]
+        if len(keys) < self.server_batch and waited < self.batch_wait_s:
+            asyncio.get_running_loop().call_later(self.batch_wait_s - waited, self._kick)
+            return None
+        return keys
+
+    def _kick(self) -> None:
+        """Start the next server step if none is running and one is ready (called on every arrival and every
+        change of the round: a push or a drop can complete or shorten the batch at the head of the plan)."""
+        if self.in_batch or self.closing or (keys := self._next_batch()) is None:
+            return
+        taken = [self.joining.pop(k) for k in keys]
+        self.in_batch = {k: fut for k, (_, fut, _) in zip(keys, taken)}
+        task = asyncio.ensure_future(self._run_batch([(k, req, fut) for k, (req, fut, _) in zip(keys, taken)]))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _run_batch(self, batch: list[tuple[tuple[int, int, int], ForwardRequest, asyncio.Future]]) -> None:
+        """One server step for `batch` (`SplitServer.step_batch`), its emulated rest, then each step applied and
+        answered; a step refused (NaN/Inf) drops its client, the others go on."""
+        try:
+            start = time.perf_counter()
+            reqs = [req for _, req, _ in batch]
+            outs = await self._compute(self.server.step_batch, reqs)
+            if self.pace is not None:
+                await asyncio.sleep(self.pace(reqs, time.perf_counter() - start))
+            for (key, req, future), out in zip(batch, outs):
+                try:
+                    future.set_result(await self._joined(key, req, out))
+                except Refused as e:
+                    future.set_exception(e)
+        except BaseException as e:  # the server failed: every waiting step is told, none hangs
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(e)
+            raise
+        finally:
+            self.in_batch = {}
+            self._kick()
+
+    async def _joined(self, key: tuple[int, int, int], req: ForwardRequest, out: StepReply | Exception) -> StepReply:
+        if isinstance(out, NonFiniteStep):
+            await self.drop(req.client_id, f"step {req.step} had a NaN/Inf loss or gradient")
+            raise Refused(str(out))
+        if isinstance(out, Exception):
+            raise out
+        if self._gone_while_it_ran(req):
+            raise Refused(f"client {req.client_id} was dropped from round {req.round} while step {req.step} ran")
+        await self._applied(key, out, req.activations.shape[0])
+        return out
+
+    def _refuse_joining(self, cid: int | None, why: str) -> None:
+        """Steps of client `cid` (None: every client) waiting to join a server step are refused."""
+        for key in [k for k in self.joining if cid is None or k[0] == cid]:
+            _, future, _ = self.joining.pop(key)
+            if not future.done():
+                future.set_exception(Refused(why))
 
     async def _when(self, req: ForwardRequest, key: tuple[int, int, int], ready: Callable[[], bool]) -> StepReply:
         """Apply step `key` once it may go (`ready`, or it was answered, dropped or its round ended meanwhile),
@@ -291,7 +390,7 @@ class Coordinator:
         if self.pace is not None:  # the emulated rest of the compute, awaited: the server holds the step
             # (`serving`), but the loop goes on receiving and timestamping requests and sending replies
             # (a blocking sleep delayed them, and the clients counted the delay as link time)
-            await asyncio.sleep(self.pace(req, time.perf_counter() - start))
+            await asyncio.sleep(self.pace([req], time.perf_counter() - start))
         await self._applied(key, reply, req.activations.shape[0])
         return reply
 
@@ -471,6 +570,8 @@ class Coordinator:
             return
         self.dropped[cid] = why
         self.log(f"round {self.round}: dropped client {cid}: {why}")
+        self._refuse_joining(cid, f"client {cid} was dropped from round {self.round} ({why}); it rejoins at its "
+                                  "next round")
         if self.forwarded.pop(cid, None) is not None:  # its U-shaped step will not finish: nothing was applied
             self.server.abandon()  # inline: with a forward in flight no other step can be in the worker
         self.plan.order = self.plan.order[:self.pos] + [k for k in self.plan.order[self.pos:] if k[0] != cid]

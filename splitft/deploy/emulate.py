@@ -103,11 +103,12 @@ class ServerPacer(Pacer):
 
     party = "server"
 
-    def rest(self, real_s: float, first: int, batch: int, seq: int) -> float:
-        """Seconds one training step must still take after `real_s` of compute: the server's part is blocks
-        [first, L) and the head, forward and backward."""
-        self.steps += 1
-        flops = self.cost.train_flops(first, self.cost.n_layer, batch, seq, head=True)
+    def rest(self, real_s: float, shapes: list[tuple[int, int, int]]) -> float:
+        """Seconds one server step must still take after `real_s` of compute: for each client step it serves,
+        (first, batch, seq), blocks [first, L) and the head, forward and backward (several: one joined step,
+        `federation.server_batch`, priced as the clock prices it, by their FLOPs together)."""
+        self.steps += len(shapes)
+        flops = sum(self.cost.train_flops(first, self.cost.n_layer, b, t, head=True) for first, b, t in shapes)
         return self._wait(real_s, flops / (self.device.tflops * 1e12)) - real_s
 
     def summary(self) -> dict[str, Any]:

@@ -196,7 +196,8 @@ class _Party:
         self.records = Records(logger, log)
         self.pacer = server_pacer(cfg.heterogeneity.server_tflops, cost, log) if emulate and split else None
         pacer = self.pacer
-        pace = None if pacer is None else lambda req, real_s: pacer.rest(real_s, req.cut, *req.activations.shape[:2])
+        pace = None if pacer is None else lambda reqs, real_s: pacer.rest(real_s, [
+            (r.cut, *r.activations.shape[:2]) for r in reqs])
         self.coord = Coordinator(self.server, fed.n_clients, fed.rounds, fed.local_steps if split else 0,
                                  fed.clients_per_round, fed.seed, log, dead_after_s=t.dead_after_s,
                                  round_timeout_s=t.round_timeout_s, on_round=self.records.round,
@@ -206,7 +207,8 @@ class _Party:
                                  samples_cap=fed.local_steps * cfg.train.batch_size,
                                  terms=terms_of(cfg, pm.fingerprint, pm.compute.precision), on_boundary=self.checkpoint,
                                  order=fed.order, budget=fed.round_budget, round_time_s=fed.round_time_s,
-                                 max_steps=math.ceil(fed.max_steps_factor * fed.local_steps), pace=pace)
+                                 max_steps=math.ceil(fed.max_steps_factor * fed.local_steps), pace=pace,
+                                 server_batch=fed.server_batch, batch_wait_s=fed.server_batch_wait_ms / 1000)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed server needs, at a round boundary. Client-made values (reports, evaluations) go

@@ -146,6 +146,21 @@ class _Vanished(Exception):
     pass
 
 
+def test_joined_server_steps_give_the_same_weights_over_both_transports(simulated, tmp_path, monkeypatch):
+    """federation.server_batch=4 under plan order: the deployed coordinator joins the same turns the simulation
+    joins, so both end bit-identical; a reply lost from a joined step is answered from the cache."""
+    joined = "federation.server_batch=4"
+    run_simulation(_config(tmp_path, "sim", joined))
+    sim_weights = load_file(tmp_path / "sim" / "run" / "adapter" / "adapter_model.safetensors")
+    broke = _lose_one_reply(monkeypatch, wire.Envelope.STEP)
+    out, reports = _deploy(tmp_path, monkeypatch, joined)
+    assert broke and reports[1]["reconnects"] == 1
+    assert _same_weights(sim_weights, load_file(out / "adapter" / "adapter_model.safetensors"))
+    assert not _same_weights(sim_weights, simulated[0]), "one AdamW step per 3 client steps is another training"
+    steps = [r for r in read_metrics(tmp_path / "sim" / "run" / "metrics.jsonl") if r["kind"] == "step"]
+    assert {r["server_step"] for r in steps if r["round"] == 0} == {0, 3}, "3 clients x 2 steps: 2 server steps"
+
+
 def test_a_vanished_client_is_dropped_and_the_run_completes(tmp_path, monkeypatch):
     real = wire.GrpcTransport._exchange
 

@@ -22,10 +22,11 @@ DEPLOY = [o for o in TINY if not o.startswith("federation.n_clients")] + [
 KINDS = ("activations_up", "labels_up", "grad_activations_down", "lora_up", "lora_down")
 
 
-def test_launch_matches_simulate_weights_and_bytes(tmp_path):
+@pytest.mark.parametrize("joined", [[], ["federation.server_batch=4"]], ids=["one-by-one", "server_batch=4"])
+def test_launch_matches_simulate_weights_and_bytes(tmp_path, joined):
     sim, dep = tmp_path / "sim", tmp_path / "dep"
-    assert splitft("simulate", *DEPLOY, f"metrics.out_dir={sim}").returncode == 0
-    res = splitft("launch", "--clients", "3", *DEPLOY, f"metrics.out_dir={dep}")
+    assert splitft("simulate", *DEPLOY, *joined, f"metrics.out_dir={sim}").returncode == 0
+    res = splitft("launch", "--clients", "3", *DEPLOY, *joined, f"metrics.out_dir={dep}")
     assert res.returncode == 0, res.stderr + "".join(p.read_text() for p in (dep / "logs").glob("*.log"))
     a = load_file(sim / "adapter" / "adapter_model.safetensors")
     b = load_file(dep / "adapter" / "adapter_model.safetensors")
@@ -199,12 +200,15 @@ def test_clients_train_on_their_own_files_with_measured_adaptive_cuts(tmp_path):
     PeftModel.from_pretrained(load("tiny:llama").model, str(dep / "adapter"))
 
 
-def test_launch_serves_by_arrival_with_a_time_budget(tmp_path):
+@pytest.mark.parametrize("joined", [[], ["federation.server_batch=3", "federation.server_batch_wait_ms=20"]],
+                         ids=["one-by-one", "server_batch=3"])
+def test_launch_serves_by_arrival_with_a_time_budget(tmp_path, joined):
     """federation.order=arrival + round_budget=time deployed: round 0 runs local_steps (no pace reported yet),
-    later rounds run until the server's budget (from the clients' reported pace), at most the cap; done."""
+    later rounds run until the server's budget (from the clients' reported pace), at most the cap; done. With
+    joined server steps too: a server step takes the steps waiting (or arriving within 20 ms), none is lost."""
     out = tmp_path / "run"
     res = splitft("launch", "--clients", "3", *DEPLOY, "federation.rounds=3", "federation.order=arrival",
-                  "federation.round_budget=time", "federation.max_steps_factor=3", f"metrics.out_dir={out}")
+                  "federation.round_budget=time", "federation.max_steps_factor=3", *joined, f"metrics.out_dir={out}")
     assert res.returncode == 0, res.stderr + "".join(p.read_text() for p in (out / "logs").glob("*.log"))
     reports = [json.loads((out / f"client_{i}.json").read_text()) for i in range(3)]
     steps = [len(r["losses"]) for r in reports]

@@ -381,7 +381,8 @@ def test_an_emulated_server_paces_training_steps_only_after_their_compute():
     _, server = tiny_split_server()
     paced = []
     c = Coordinator(server, n_clients=1, rounds=1, local_steps=1, per_round=0, seed=0, log=lambda s: None,
-                    clock=FakeClock(), pace=lambda req, real_s: paced.append((req.client_id, req.step, real_s)) or 0.0)
+                    clock=FakeClock(),
+                    pace=lambda reqs, real_s: paced.append((reqs[0].client_id, reqs[0].step, real_s)) or 0.0)
 
     async def go():
         ev = _req(0, 0)

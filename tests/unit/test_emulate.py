@@ -28,6 +28,6 @@ def test_the_server_pacer_charges_its_blocks_and_the_head_at_server_tflops():
     cost = CostModel(block_params=(100, 100), embed_params=50, head_params=40, d_model=4, n_heads=2, param_bytes=4)
     p = server_pacer(1e-9, cost, log=lambda s: None)  # 1,000 FLOP/s
     target = cost.train_flops(1, 2, 2, 3, head=True) / 1e3
-    assert p.rest(0.5, first=1, batch=2, seq=3) == pytest.approx(target - 0.5)  # awaited by the coordinator
+    assert p.rest(0.5, [(1, 2, 3)]) == pytest.approx(target - 0.5)  # awaited by the coordinator
     assert p.summary() == {"device": "server", "tflops": 1e-9, "steps": 1, "real_s": 0.5,
                            "paced_s": round(p.paced_s, 4), "slower_than_profile": 0}
