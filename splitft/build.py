@@ -20,7 +20,7 @@ import torch
 from . import lora
 from .client import SplitClient
 from .config import Check, Config, ConfigError, load_config, tail_cut, validate_against_model
-from .cost import CostModel
+from .cost import CostModel, Serving
 from .data.datasets import BatchStream, Example, load_examples, resolve_path, split_eval
 from .data.partitioners import PARTITIONERS, partitioner_for, samples_of
 from .errors import UserError
@@ -29,10 +29,12 @@ from .model.families import Family, family_for
 from .model.split import ClientPart, Compute, ServerPart
 from .model.weights import WeightFile, held_bytes, materialize, release
 from .policy import POLICIES, CutBounds, CutPolicy
+from .policy.makespan import MakespanPolicy, RoundCosts
 from .precision import COMPUTE_DTYPES, STORAGE_DTYPES, Precision, resolve
 from .registry import check_names
 from .seeding import derive_seed, seed_everything
 from .server import SplitServer
+from .transport.base import LABEL_DTYPE, MASK_DTYPE, SCALARS_NBYTES
 from .transport.compress import CODECS
 
 REGISTRIES = (STORAGE_DTYPES, COMPUTE_DTYPES, CODECS, PARTITIONERS, POLICIES)
@@ -333,10 +335,66 @@ def cut_bounds(cfg: Config, cost: CostModel, n_layer: int) -> CutBounds:
 
 def rule_policy(cfg: Config, bounds: CutBounds) -> CutPolicy:
     """The cut policies that decide from client stats alone: fixed, resource, splitft (`makespan` also needs
-    the simulator's round-cost table)."""
+    the round-cost table: `cut_policy`)."""
     s = cfg.split
     extra = dict(gamma=s.gamma, period=s.period) if s.policy == "splitft" else {}
     return POLICIES[s.policy](bounds, s.cut, **extra)
+
+
+def cut_policy(cfg: Config, bounds: CutBounds, costs: RoundCosts | None) -> CutPolicy:
+    """split.policy, in the simulation and the deployment alike; `makespan` plans with `costs` (`round_costs`)."""
+    s = cfg.split
+    if s.policy == "makespan":
+        assert costs is not None, "makespan plans with a round-cost table"
+        return MakespanPolicy(bounds, costs, s.cut, gamma=s.gamma, period=s.period, tolerance=s.tolerance,
+                              hysteresis=s.hysteresis)
+    return rule_policy(cfg, bounds)
+
+
+def held_lora_numel(cfg: Config, family: Family, n_layer: int, cut: int, full: dict[str, torch.Tensor]) -> int:
+    """LoRA parameters a client at `cut` trains and exchanges: blocks [0, cut) (and under U its tail), the cut
+    layers at r_cut. `full`: the model's adapters (`lora.adapter_state_dict`), taken once by the caller."""
+    end = tail_cut(cfg, n_layer) if cut < n_layer else None
+    layer = {n: lora.layer_of(n, family) or 0 for n in full}
+    held = {n: t for n, t in full.items() if layer[n] < cut or (end is not None and layer[n] >= end)}
+    r_cut = cut_rank(cfg)
+    if r_cut is None or cut >= n_layer:
+        return sum(t.numel() for t in held.values())
+    return lora.active_lora_numel(held, family, cut, r_cut, end)
+
+
+def round_costs(cfg: Config, peft: torch.nn.Module, family: Family, compute: Compute, n_layer: int) -> RoundCosts:
+    """What a round costs at each cut for this model, batch shape (B, data.max_length: an upper bound on the
+    padded length), codec, LoRA ranks and server (`serving_of`): the numbers the `makespan` policy and `splitft
+    plan` predict with. Needs the model's shape and its adapters, not its weights (a deployed server has them)."""
+    cost = cost_model_of(peft.base_model.model, family, compute)
+    b, t = cfg.train.batch_size, cfg.data.max_length
+    hidden = peft.base_model.model.config.hidden_size
+    acts = CODECS[cfg.transport.codec].nbytes(torch.zeros(b, t, hidden, dtype=compute.precision.storage))
+    labels = b * t * (MASK_DTYPE.itemsize + LABEL_DTYPE.itemsize)  # attention_mask + labels
+    full = lora.adapter_state_dict(peft)
+    itemsize = next(iter(full.values())).element_size()  # LoRA stays float32 whatever the storage dtype
+    end = tail_cut(cfg, n_layer)
+    if end is None:
+        up, down, tail_flops, tail_bytes = acts + labels, acts + SCALARS_NBYTES, 0.0, 0
+    else:  # the mask alone goes up; hidden states down and their gradient up, each as large as the activations
+        up, down = 2 * acts + b * t * MASK_DTYPE.itemsize, 2 * acts
+        tail_flops, tail_bytes = cost.train_flops(end, n_layer, b, t, head=True), acts
+    return RoundCosts(client_flops=tuple(cost.train_flops(0, k, b, t) for k in range(n_layer)),
+                      server_flops=tuple(cost.train_flops(k, end or n_layer, b, t, head=end is None)
+                                         for k in range(n_layer)),
+                      lora_bytes=tuple(held_lora_numel(cfg, family, n_layer, k, full) * itemsize
+                                       for k in range(n_layer)),
+                      step_bytes_up=up, step_bytes_down=down, local_steps=cfg.federation.local_steps,
+                      server_tflops=cfg.heterogeneity.server_tflops, order=cfg.federation.order,
+                      tail_flops=tail_flops, step_bytes_tail=tail_bytes, forward_share=cost.forward_share,
+                      serving=serving_of(cfg))
+
+
+def serving_of(cfg: Config) -> Serving:
+    """How the config's server takes steps, for the clock and the planner."""
+    f = cfg.federation
+    return Serving(cfg.heterogeneity.server_step_s, f.server_batch, f.server_batch_wait_ms / 1000)
 
 
 def split_server(cfg: Config, peft: torch.nn.Module, family: Family, first: int, compute: Compute) -> SplitServer:

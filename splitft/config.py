@@ -199,6 +199,11 @@ class HeterogeneityConfig:
     spread: float = 0.5
     server_tflops: float = 50.0
     """The server's effective training throughput, 1e12 FLOP/s."""
+    server_step_s: float = 0.0
+    """Seconds every server step costs beside its FLOPs (kernel launches, message handling: what joining k
+    clients' steps, federation.server_batch, pays once instead of k times); 0 = FLOPs only. Calibrate it with
+    benchmarks/server_batch.py, whose `fit` gives it for a machine (an H200, a 1B model in bf16: 0.076 s, against
+    0.0025 s per client step it serves)."""
 
 
 @dataclass

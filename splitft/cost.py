@@ -171,8 +171,10 @@ class Timeline:
     server, when the server is free. `round_time` runs it over a list of steps; the simulation runs it online to
     serve steps in the order they would arrive (`federation.order=arrival`)."""
 
-    def __init__(self, devices: Mapping[int, Device], server: Device, lora_down: dict[int, int]):
-        self.devices, self.server = devices, server
+    def __init__(self, devices: Mapping[int, Device], server: Device, lora_down: dict[int, int],
+                 step_s: float = 0.0):
+        """`step_s`: seconds every server step costs beside its FLOPs (`heterogeneity.server_step_s`)."""
+        self.devices, self.server, self.step_s = devices, server, step_s
         self.ready = {c: transfer_s(lora_down.get(c, 0), d.down_mbps, d.latency_ms) for c, d in devices.items()}
         self.start = dict(self.ready)  # when each client has its adapters and begins its first step
         self.server_free = 0.0
@@ -189,7 +191,8 @@ class Timeline:
         c, d = s.client_id, self.devices[s.client_id]
         t = arrived
         if s.server_flops > 0:
-            self.server_free = max(arrived, self.server_free) + s.server_flops / (self.server.tflops * 1e12)
+            self.server_free = max(arrived, self.server_free) + self.step_s + s.server_flops / (self.server.tflops
+                                                                                             * 1e12)
             if s.tail_flops > 0:  # U: the server waits, held, for the hidden states' round trip through the tail
                 self.server_free += (transfer_s(s.hidden_down, d.down_mbps, d.latency_ms) + s.tail_flops
                                      / (d.tflops * 1e12) + transfer_s(s.grad_hidden_up, d.up_mbps, d.latency_ms))
@@ -199,11 +202,10 @@ class Timeline:
 
     def serve_batch(self, steps: list[StepCost], arrived: list[float]) -> None:
         """Several clients' steps served by one server step (`federation.server_batch`): it begins once the last
-        of them has arrived and the server is free, and runs their server FLOPs together (linear in tokens: on a
-        CPU a joined step computes about what its parts do; see benchmarks/server_batch.py), then each reply
-        travels back and each client runs its backward."""
+        of them has arrived and the server is free, pays `step_s` once and runs their server FLOPs together
+        (linear in tokens), then each reply travels back and each client runs its backward."""
         start = max([*arrived, self.server_free])
-        self.server_free = start + sum(s.server_flops for s in steps) / (self.server.tflops * 1e12)
+        self.server_free = start + self.step_s + sum(s.server_flops for s in steps) / (self.server.tflops * 1e12)
         for s in steps:
             d = self.devices[s.client_id]
             t = self.server_free + transfer_s(s.bytes_down, d.down_mbps, d.latency_ms)
@@ -222,8 +224,38 @@ class Timeline:
 ORDERS = ("plan", "arrival")
 
 
+def server_steps(clients: list[int], k: int) -> list[int]:
+    """Pure: for steps of these clients in serving order, the server step that serves each (the index of its first
+    step) when up to k consecutive steps of different clients join (`federation.server_batch`): a client's next
+    step needs the reply to its previous one, so a server step ends before a client's second."""
+    ids: list[int] = []
+    start, seen = 0, set()
+    for i, c in enumerate(clients):
+        if len(seen) == k or c in seen:
+            start, seen = i, set()
+        seen.add(c)
+        ids.append(start)
+    return ids
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How the server takes steps beside its FLOPs: `step_s` seconds per server step
+    (`heterogeneity.server_step_s`), up to `batch` steps of different clients joined into one
+    (`federation.server_batch`), waiting at most `wait_s` to fill one under arrival order."""
+
+    step_s: float = 0.0
+    batch: int = 1
+    wait_s: float = 0.0
+
+
+ONE_BY_ONE = Serving()
+"""A server that costs its FLOPs alone and serves one client step per server step (the defaults)."""
+
+
 def round_time(steps: list[StepCost], devices: Mapping[int, Device], server: Device,
-               lora_down: dict[int, int], lora_up: dict[int, int], order: str = "arrival") -> dict[int, float]:
+               lora_down: dict[int, int], lora_up: dict[int, int], order: str = "arrival",
+               serving: Serving = ONE_BY_ONE) -> dict[int, float]:
     """Virtual seconds from round start to each client's last push; the round takes the max of them.
 
     Args:
@@ -231,9 +263,11 @@ def round_time(steps: list[StepCost], devices: Mapping[int, Device], server: Dev
         devices: profile of every client taking part; lora_down / lora_up: adapter bytes per client.
         order: how the server serves them: "arrival" (first come, first served) or "plan" (in exactly the order
             of `steps`, as a server keeping the plan's turns does: a request that arrives before its turn waits
-            for the steps ahead of it in the plan, so everyone moves at the pace of the slowest).
+            for the steps ahead of it in the plan, so everyone moves at the pace of the slowest). Under plan,
+            steps with the same `server_step` are served as one; under arrival with serving.batch > 1 a server
+            step takes the steps that have arrived when it may begin (free, plus serving.wait_s).
     """
-    line = Timeline(devices, server, lora_down)
+    line = Timeline(devices, server, lora_down, serving.step_s)
     if order == "plan":
         i = 0
         while i < len(steps):
@@ -255,7 +289,15 @@ def round_time(steps: list[StepCost], devices: Mapping[int, Device], server: Dev
             heapq.heappush(heap, (line.arrival(todo[c][0]), c))
     while heap:
         t, c = heapq.heappop(heap)
-        line.serve(todo[c].popleft(), t)
-        if todo[c]:
-            heapq.heappush(heap, (line.arrival(todo[c][0]), c))
+        group = [(t, c)]
+        begins = max(t, line.server_free) + serving.wait_s
+        while serving.batch > len(group) and heap and heap[0][0] <= begins:
+            group.append(heapq.heappop(heap))
+        if len(group) == 1:
+            line.serve(todo[c].popleft(), t)
+        else:
+            line.serve_batch([todo[g].popleft() for _, g in group], [a for a, _ in group])
+        for _, g in group:
+            if todo[g]:
+                heapq.heappush(heap, (line.arrival(todo[g][0]), g))
     return line.finish(lora_up)

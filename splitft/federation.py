@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from .client import LocalClient, SplitClient
+from .cost import server_steps
 from .data.datasets import Example
 from .lora import load_adapter_state_dict
 from .metrics import MetricsLogger, perplexity
@@ -50,12 +51,7 @@ def next_batch(order: list[tuple[int, int]], k: int) -> list[tuple[int, int]]:
     """Pure: the turns at the head of `order` that one server step serves together (`federation.server_batch`):
     up to k consecutive turns of different clients (a client's next step needs the reply to its previous one,
     so a batch ends before a client's second turn)."""
-    batch: list[tuple[int, int]] = []
-    for turn in order[:k]:
-        if any(turn[0] == c for c, _ in batch):
-            break
-        batch.append(turn)
-    return batch
+    return order[:server_steps([c for c, _ in order[:k]], k).count(0)]
 
 
 def default_budget_s(step_s: dict[int, float], clients: list[int], local_steps: int) -> float | None:
@@ -202,6 +198,8 @@ class Federation:
             "steps_by_client": {str(c): sum(s["client_id"] == c for s in steps) for c in plan.clients},
             "train_tokens": sum(s["n_tokens"] for s in steps),
         }
+        if self.schedule.server_batch > 1:  # joined: fewer server steps than steps
+            record["server_steps"] = len({s.get("server_step", i) for i, s in enumerate(steps)})
         if self.dropout > 0:
             record["dropped"] = {str(c): s for c, s in gone.items()}  # client -> the step it vanished at
         record.update(self._time_and_bytes(steps, delta, line))

@@ -92,8 +92,11 @@ class Pacer:
                      f"this {self.party} ran slower than the federation in the config")
 
 
-def server_pacer(server_tflops: float, cost: CostModel, log: Callable[[str], Any]) -> "ServerPacer":
-    return ServerPacer(DeviceConfig(name="server", tflops=server_tflops), cost, log, sleep=lambda s: None)
+def server_pacer(server_tflops: float, cost: CostModel, log: Callable[[str], Any],
+                 step_s: float = 0.0) -> "ServerPacer":
+    pacer = ServerPacer(DeviceConfig(name="server", tflops=server_tflops), cost, log, sleep=lambda s: None)
+    pacer.step_s = step_s
+    return pacer
 
 
 class ServerPacer(Pacer):
@@ -102,14 +105,15 @@ class ServerPacer(Pacer):
     block: requests arriving meanwhile are timestamped and replies sent)."""
 
     party = "server"
+    step_s = 0.0  # heterogeneity.server_step_s: what every server step costs beside its FLOPs
 
     def rest(self, real_s: float, shapes: list[tuple[int, int, int]]) -> float:
-        """Seconds one server step must still take after `real_s` of compute: for each client step it serves,
-        (first, batch, seq), blocks [first, L) and the head, forward and backward (several: one joined step,
-        `federation.server_batch`, priced as the clock prices it, by their FLOPs together)."""
+        """Seconds one server step must still take after `real_s` of compute, as the clock prices it: `step_s`,
+        and for each client step it serves, (first, batch, seq), blocks [first, L) and the head, forward and
+        backward (several: one joined step, `federation.server_batch`, their FLOPs together)."""
         self.steps += len(shapes)
         flops = sum(self.cost.train_flops(first, self.cost.n_layer, b, t, head=True) for first, b, t in shapes)
-        return self._wait(real_s, flops / (self.device.tflops * 1e12)) - real_s
+        return self._wait(real_s, self.step_s + flops / (self.device.tflops * 1e12)) - real_s
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in super().summary().items() if k not in ("up_mbps", "down_mbps", "latency_ms")}

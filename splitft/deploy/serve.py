@@ -194,7 +194,8 @@ class _Party:
                                    smallest_cut=smallest, allow_over_memory=cfg.split.allow_over_memory,
                                    log_decision=lambda **record: logger.log("cut_decision", **record))
         self.records = Records(logger, log)
-        self.pacer = server_pacer(cfg.heterogeneity.server_tflops, cost, log) if emulate and split else None
+        self.pacer = server_pacer(cfg.heterogeneity.server_tflops, cost, log, cfg.heterogeneity.server_step_s) \
+            if emulate and split else None
         pacer = self.pacer
         pace = None if pacer is None else lambda reqs, real_s: pacer.rest(real_s, [
             (r.cut, *r.activations.shape[:2]) for r in reqs])

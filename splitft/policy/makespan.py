@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from ..cost import StepCost, round_time
+from ..cost import ONE_BY_ONE, Serving, StepCost, round_time, server_steps
 from .base import ClientStats, CutBounds, Decision, max_feasible_cut
 from .resource import ResourcePolicy
 
@@ -61,6 +61,8 @@ class RoundCosts:
         tail_flops, step_bytes_tail: under a U-shaped split, the client tail's FLOPs per step and the bytes of
             the hidden states (down) and their gradient (up), each, part of step_bytes_down / step_bytes_up.
         forward_share: the client forward's share of client_flops (1/3 under activation checkpointing).
+        serving: the server's seconds per step beside its FLOPs and how many clients' steps it joins
+            (`heterogeneity.server_step_s`, `federation.server_batch`).
     """
 
     client_flops: tuple[float, ...]
@@ -74,6 +76,7 @@ class RoundCosts:
     tail_flops: float = 0.0
     step_bytes_tail: int = 0
     forward_share: float = 0.5
+    serving: Serving = ONE_BY_ONE
 
     def round_s(self, cuts: Mapping[int, int], stats: Mapping[int, ClientStats]) -> float:
         """Predicted seconds of one round with these cuts (the clock's model; steps interleaved round-robin)."""
@@ -82,11 +85,14 @@ class RoundCosts:
     def score(self, cuts: Mapping[int, int], stats: Mapping[int, ClientStats]) -> tuple[float, float]:
         """(round seconds, mean of the clients' finish times): the second breaks the first's ties, so a search
         can move on across assignments whose round is set by the same slowest client."""
+        turns = [(c, k) for _ in range(self.local_steps) for c, k in cuts.items()]
+        joined = server_steps([c for c, _ in turns], self.serving.batch if self.order == "plan" else 1)
         steps = [StepCost(c, self.client_flops[k], self.server_flops[k], self.step_bytes_up, self.step_bytes_down,
-                          self.tail_flops, self.step_bytes_tail, self.step_bytes_tail, self.forward_share)
-                 for _ in range(self.local_steps) for c, k in cuts.items()]
+                          self.tail_flops, self.step_bytes_tail, self.step_bytes_tail, self.forward_share,
+                          j if self.serving.batch > 1 else -1) for (c, k), j in zip(turns, joined)]
         lora = {c: self.lora_bytes[k] for c, k in cuts.items()}
-        finish = round_time(steps, {c: stats[c] for c in cuts}, _Server(self.server_tflops), lora, lora, self.order)
+        finish = round_time(steps, {c: stats[c] for c in cuts}, _Server(self.server_tflops), lora, lora, self.order,
+                            self.serving)
         return max(finish.values()), sum(finish.values()) / len(finish)
 
 

@@ -7,7 +7,7 @@ served, which is also the order the simulation then runs the steps in.
 
 from __future__ import annotations
 
-from ..cost import CostModel, StepCost, Timeline, round_time, transfer_s
+from ..cost import ONE_BY_ONE, CostModel, Serving, StepCost, Timeline, round_time, transfer_s
 from .profiles import DeviceProfile
 
 
@@ -15,9 +15,11 @@ class VirtualClock:
     """`federation.RoundClock` for the simulation: step records -> `StepCost` -> `round_time`."""
 
     def __init__(self, cost: CostModel, devices: dict[int, DeviceProfile], server: DeviceProfile,
-                 order: str = "plan", tail_cut: int | None = None):
-        """`tail_cut`: under a U-shaped split, the first block of the clients' tail."""
+                 order: str = "plan", tail_cut: int | None = None, serving: Serving = ONE_BY_ONE):
+        """`tail_cut`: under a U-shaped split, the first block of the clients' tail; `serving`: the server's
+        seconds per step beside its FLOPs and its joined steps."""
         self.cost, self.devices, self.server, self.order, self.tail_cut = cost, devices, server, order, tail_cut
+        self.serving = serving
 
     def step_cost(self, rec: dict) -> StepCost:
         (batch, seq), cut, L, share = rec["batch"], rec["cut"], self.cost.n_layer, self.cost.forward_share
@@ -34,11 +36,11 @@ class VirtualClock:
 
     def timeline(self, lora_down: dict[int, int]) -> Timeline:
         """A round's timeline for the clients in `lora_down`, from when each has its adapters."""
-        return Timeline({c: self.devices[c] for c in lora_down}, self.server, lora_down)
+        return Timeline({c: self.devices[c] for c in lora_down}, self.server, lora_down, self.serving.step_s)
 
     def round_seconds(self, steps: list[dict], lora_down: dict[int, int], lora_up: dict[int, int]) -> float:
         finish = round_time([self.step_cost(s) for s in steps], {c: self.devices[c] for c in lora_down},
-                            self.server, lora_down, lora_up, order=self.order)
+                            self.server, lora_down, lora_up, order=self.order, serving=self.serving)
         return max(finish.values())
 
     def own_s(self, rec: dict) -> float:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from .. import build, lora
-from ..build import Setup, client_stream, cost_model_of, cut_rank, optimizer_settings, split_client, split_server
+from ..build import Setup, client_stream, cost_model_of, optimizer_settings, split_client, split_server
 from ..client import LocalClient
 from ..config import tail_cut
 from ..cost import CostModel
@@ -25,10 +25,9 @@ from ..federation import Adaptivity, Federation, Schedule
 from ..metrics import MetricsLogger
 from ..model.split import FullPart
 from ..policy import ClientStats, CutBounds
-from ..policy.makespan import MakespanPolicy, RoundCosts
+from ..policy.makespan import RoundCosts
 from ..registry import Registry
 from ..server import FedAvgServer
-from ..transport.base import LABEL_DTYPE, MASK_DTYPE, SCALARS_NBYTES
 from ..transport.compress import CODECS
 from ..transport.inproc import InProcTransport
 from .clock import VirtualClock
@@ -87,7 +86,8 @@ def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict
     trainer, which is not networked, never does)."""
     cfg = setup.cfg
     clock = VirtualClock(cost_model(setup), devices, server_profile(cfg.heterogeneity), order=cfg.federation.order,
-                         tail_cut=tail_cut(cfg, setup.n_layer) if cfg.federation.method == "split" else None)
+                         tail_cut=tail_cut(cfg, setup.n_layer) if cfg.federation.method == "split" else None,
+                         serving=build.serving_of(cfg))
     logger.log("setup", method=cfg.federation.method, partition_sizes=[len(p) for p in setup.parts],
                **setup.data_stats, eval_samples=len(setup.eval), n_layer=setup.n_layer, family=setup.family.name,
                device=str(setup.device), devices={str(c): vars(d) for c, d in devices.items()},
@@ -121,11 +121,7 @@ def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> 
 
 
 def _policy(setup: Setup, bounds: CutBounds) -> Any:
-    s = setup.cfg.split
-    if s.policy == "makespan":
-        return MakespanPolicy(bounds, round_costs(setup), s.cut, gamma=s.gamma, period=s.period,
-                              tolerance=s.tolerance, hysteresis=s.hysteresis)
-    return build.rule_policy(setup.cfg, bounds)
+    return build.cut_policy(setup.cfg, bounds, round_costs(setup) if setup.cfg.split.policy == "makespan" else None)
 
 
 def client_stats(devices: dict[int, DeviceProfile]) -> dict[int, ClientStats]:
@@ -135,40 +131,13 @@ def client_stats(devices: dict[int, DeviceProfile]) -> dict[int, ClientStats]:
 
 
 def held_lora_numel(setup: Setup, cut: int, full: dict[str, torch.Tensor]) -> int:
-    """LoRA parameters a client at `cut` trains and exchanges: blocks [0, cut) (and under U its tail), the cut
-    layers at r_cut. `full`: the model's adapters (`lora.adapter_state_dict`), taken once by the caller."""
-    end = tail_cut(setup.cfg, setup.n_layer) if cut < setup.n_layer else None
-    layer = {n: lora.layer_of(n, setup.family) or 0 for n in full}
-    held = {n: t for n, t in full.items() if layer[n] < cut or (end is not None and layer[n] >= end)}
-    r_cut = cut_rank(setup.cfg)
-    if r_cut is None or cut >= setup.n_layer:
-        return sum(t.numel() for t in held.values())
-    return lora.active_lora_numel(held, setup.family, cut, r_cut, end)
+    return build.held_lora_numel(setup.cfg, setup.family, setup.n_layer, cut, full)
 
 
 def round_costs(setup: Setup) -> RoundCosts:
-    """What a round costs at each cut for this model, batch shape (B, data.max_length: an upper bound on the
-    padded length), codec and LoRA ranks: the numbers the `makespan` policy and `splitft plan` predict with."""
-    cfg, cost = setup.cfg, cost_model(setup)
-    b, t, n_layer = cfg.train.batch_size, cfg.data.max_length, setup.n_layer
-    hidden = setup.peft.base_model.model.config.hidden_size
-    acts = CODECS[cfg.transport.codec].nbytes(torch.zeros(b, t, hidden, dtype=setup.compute.precision.storage))
-    labels = b * t * (MASK_DTYPE.itemsize + LABEL_DTYPE.itemsize)  # attention_mask + labels
-    full = lora.adapter_state_dict(setup.peft)
-    itemsize = next(iter(full.values())).element_size()  # LoRA stays float32 whatever the storage dtype
-    end = tail_cut(cfg, n_layer)
-    if end is None:
-        up, down, tail_flops, tail_bytes = acts + labels, acts + SCALARS_NBYTES, 0.0, 0
-    else:  # the mask alone goes up; hidden states down and their gradient up, each as large as the activations
-        up, down = 2 * acts + b * t * MASK_DTYPE.itemsize, 2 * acts
-        tail_flops, tail_bytes = cost.train_flops(end, n_layer, b, t, head=True), acts
-    return RoundCosts(client_flops=tuple(cost.train_flops(0, k, b, t) for k in range(n_layer)),
-                      server_flops=tuple(cost.train_flops(k, end or n_layer, b, t, head=end is None)
-                                         for k in range(n_layer)),
-                      lora_bytes=tuple(held_lora_numel(setup, k, full) * itemsize for k in range(n_layer)),
-                      step_bytes_up=up, step_bytes_down=down, local_steps=cfg.federation.local_steps,
-                      server_tflops=cfg.heterogeneity.server_tflops, order=cfg.federation.order,
-                      tail_flops=tail_flops, step_bytes_tail=tail_bytes, forward_share=cost.forward_share)
+    """What a round costs at each cut (`build.round_costs`): what the `makespan` policy and `splitft plan`
+    predict with."""
+    return build.round_costs(setup.cfg, setup.peft, setup.family, setup.compute, setup.n_layer)
 
 
 def build_fedlora(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:

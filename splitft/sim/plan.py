@@ -9,7 +9,9 @@ fixed cut that fits every client's memory, or the fastest of all when none does)
 decision: the resource rule), makespan and oracle (exact search where feasible, else the best found; `exact`
 says which). Below the table: a client's memory model (base + per block) with and without activation
 checkpointing (train.activation_checkpointing), and how much longer or shorter each policy's round would be
-with the other setting. Loads the model's weights (for its shape), no data.
+with the other setting; and each policy's round with federation.server_batch as configured and the other way (1,
+or every client's turn joined: n_clients), priced with heterogeneity.server_step_s. Loads the model's weights (for
+its shape), no data.
 """
 
 from __future__ import annotations
@@ -35,7 +37,14 @@ def plan(cfg: Config) -> dict[str, Any]:
     other = dataclasses.replace(setup, compute=dataclasses.replace(setup.compute,
                                                                    checkpointing=not setup.compute.checkpointing))
     flipped = plan_policies(round_costs(other), cut_bounds(other), stats, cfg.split)
+    k = cfg.federation.server_batch
+    joined = dataclasses.replace(cfg, federation=dataclasses.replace(
+        cfg.federation, server_batch=1 if k > 1 else cfg.federation.n_clients))
+    rejoined = plan_policies(round_costs(dataclasses.replace(setup, cfg=joined)), cut_bounds(setup), stats, cfg.split)
     return {**result, "activation_checkpointing": setup.compute.checkpointing,
+            "server_batch": k, "server_step_s": cfg.heterogeneity.server_step_s,
+            "with_server_batch": {"server_batch": joined.federation.server_batch,
+                                  "round_s": {n: r["round_s"] for n, r in rejoined["policies"].items()}},
             "without_that": {"activation_checkpointing": other.compute.checkpointing,
                              "memory_gb": flipped["memory_gb"],
                              "round_s": {n: r["round_s"] for n, r in flipped["policies"].items()}},
@@ -85,7 +94,18 @@ def format_plan(result: dict[str, Any]) -> str:
                      f"{','.join(r['over_memory']) or '-'} |")
     if "without_that" in result:
         lines += ["", _memory_line(result)]
+    if "with_server_batch" in result:
+        lines += ["", _batch_line(result)]
     return "\n".join(lines)
+
+
+def _batch_line(result: dict[str, Any]) -> str:
+    """Each policy's round with the configured federation.server_batch and with the other setting."""
+    other = result["with_server_batch"]
+    ratios = [other["round_s"][n] / r["round_s"] for n, r in result["policies"].items()]
+    return (f"federation.server_batch={result['server_batch']} (as configured; heterogeneity.server_step_s="
+            f"{result['server_step_s']:g} s per server step); with server_batch={other['server_batch']} each "
+            f"policy's round would take {min(ratios):.2f}-{max(ratios):.2f}x as long")
 
 
 def _memory_line(result: dict[str, Any]) -> str:

@@ -29,8 +29,9 @@ def device_problems(cfg: HeterogeneityConfig, n_clients: int) -> list[str]:
         if min(d.tflops, d.memory_gb, d.up_mbps, d.down_mbps) <= 0 or d.latency_ms < 0:
             p.append(f"heterogeneity.tiers[{d.name}]: tflops, memory_gb, up_mbps, down_mbps must be > 0 and "
                      f"latency_ms >= 0")
-    if cfg.server_tflops <= 0 or cfg.spread < 0:
-        p.append("heterogeneity.server_tflops must be > 0 and heterogeneity.spread >= 0")
+    if cfg.server_tflops <= 0 or cfg.spread < 0 or cfg.server_step_s < 0:
+        p.append("heterogeneity.server_tflops must be > 0, heterogeneity.spread >= 0 and "
+                 f"heterogeneity.server_step_s >= 0, got {cfg.server_tflops}, {cfg.spread} and {cfg.server_step_s}")
     return p
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from splitft.config import load_config
-from splitft.cost import CostModel, StepCost, round_time, transfer_s
+from splitft.cost import CostModel, Serving, StepCost, round_time, server_steps, transfer_s
 from splitft.devices import TIERS, client_profiles
 from splitft.sim.profiles import DeviceProfile
 
@@ -29,6 +29,27 @@ def test_two_clients_share_one_fifo_server():
     step = dict(client_flops=2e12, server_flops=4e12, bytes_up=1_000_000)
     t = round_time([StepCost(0, **step), StepCost(1, **step)], {0: DEV, 1: DEV}, SERVER, {}, {})
     assert t == {0: pytest.approx(4 + 1), 1: pytest.approx(6 + 1)}
+
+
+def test_a_joined_server_step_pays_its_overhead_once_and_waits_for_its_last_request():
+    # both arrive at t=2; server_step_s 3 + FLOPs 2 s each: one by one c0 is served 2-7, c1 7-12; joined both
+    # are served 2-12 in one step with one overhead: 2 + 3 + 4 = 9, then each downloads (0) and runs backward 1 s
+    step = dict(client_flops=2e12, server_flops=4e12, bytes_up=1_000_000)
+    alone = round_time([StepCost(0, **step), StepCost(1, **step)], {0: DEV, 1: DEV}, SERVER, {}, {}, "plan",
+                       Serving(step_s=3.0))
+    assert alone == {0: pytest.approx(7 + 1), 1: pytest.approx(12 + 1)}
+    joined = [StepCost(0, **step, server_step=0), StepCost(1, **step, server_step=0)]
+    both = round_time(joined, {0: DEV, 1: DEV}, SERVER, {}, {}, "plan", Serving(step_s=3.0, batch=2))
+    assert both == {0: pytest.approx(9 + 1), 1: pytest.approx(9 + 1)}
+    fifo = round_time([StepCost(0, **step), StepCost(1, **step)], {0: DEV, 1: DEV}, SERVER, {}, {}, "arrival",
+                      Serving(step_s=3.0, batch=2))
+    assert fifo == both, "under arrival the server step takes what has arrived when it may begin"
+
+
+def test_server_steps_join_consecutive_turns_of_different_clients():
+    assert server_steps([2, 0, 1, 2, 0, 1], 2) == [0, 0, 2, 2, 4, 4]
+    assert server_steps([2, 0, 1, 2, 0, 1], 4) == [0, 0, 0, 3, 3, 3], "a client's second turn starts the next"
+    assert server_steps([0, 1, 0], 1) == [0, 1, 2]
 
 
 def test_local_steps_never_touch_the_server_queue():
