@@ -8,6 +8,10 @@ transport. The server's torch work runs in a worker thread, one call at a time (
 keeps receiving requests and sending replies while a step computes: a request that waited unread behind another
 client's step would reach its client's clock as link time, and that client's next time budget would be too long.
 
+Which training requests are admitted and which steps are ready to run (alone, or `federation.server_batch` of
+them joined into one server step) is the synchronous core `turns.Turns` (no asyncio, tested with plain calls);
+this class is the asyncio shell around it and the server: waits, the worker thread, replies, caches, liveness.
+
 Liveness: the transport calls `seen(cid)` for every frame (requests and heartbeats), and `check(now)` (every
 second, from `watch`) drops a selected client that has been silent for `dead_after_s`, or has not pushed
 `round_timeout_s` after its round began. A dropped client's steps still due are taken out of the round's order,
@@ -25,11 +29,12 @@ from typing import Any, Awaitable, Callable
 
 import torch
 
-from ..federation import default_budget_s, next_batch, plan_round
+from ..federation import RoundPlan, default_budget_s, plan_round
 from ..server import FedAvgServer, NonFiniteStep
 from ..transport.base import AdapterUpdate, BackwardRequest, ForwardRequest, Pulled, StepReply
 from .handshake import differences
 from .placement import Placement
+from .turns import Key, Turns
 
 # One thread for every call into a server: torch's thread pools and state stay with one thread, as when the calls
 # ran on the loop's (a call in a fresh thread each time would start a fresh OpenMP team and crowd 2 cores).
@@ -58,20 +63,20 @@ class Coordinator:
                  on_boundary: Callable[[], Any] | None = None, order: str = "plan", budget: str = "steps",
                  round_time_s: float = 0.0, max_steps: int | None = None,
                  pace: Callable[[list[ForwardRequest], float], float] | None = None, server_batch: int = 1,
-                 batch_wait_s: float = 0.0):
+                 batch_wait_s: float = 0.0, on_served: Callable[[list[ForwardRequest], float], Any] | None = None):
         self.placement = placement
         self.pace = pace  # --emulate: (requests of a server step, its real seconds) -> seconds it must still take
         self.server_batch, self.batch_wait_s = server_batch, batch_wait_s
-        self.joining: dict[tuple[int, int, int], tuple[ForwardRequest, asyncio.Future, float]] = {}
-        """server_batch > 1: training steps waiting to join a server step, (request, its reply's future, when it
-        arrived), in arrival order."""
+        self.on_served = on_served or (lambda reqs, seconds: None)  # a vanilla server step: its requests, seconds
+        self.joining: dict[Key, tuple[ForwardRequest, asyncio.Future]] = {}
+        """server_batch > 1: training steps waiting to join a server step (`Turns.waiting`): their request and
+        their reply's future."""
         self.in_batch: dict[tuple[int, int, int], asyncio.Future] = {}  # the steps of the server step computing
         self.serving = asyncio.Lock()  # one training step at a time, its emulated time included
         self.torch = asyncio.Lock()  # one call into `server` at a time, in a worker thread (`_compute`)
         self.closing = False  # a round is being aggregated (its aggregation awaits the worker)
         self.order, self.budget, self.round_time_s = order, budget, round_time_s
         self.max_steps = max_steps or local_steps  # under a time budget: the most steps a client runs in a round
-        self.done_steps: Counter[int] = Counter()  # client -> training steps applied this round
         self.step_s: dict[int, float] = {}  # client -> seconds per training step it reported last
         self.on_boundary = on_boundary or (lambda: None)  # a round was aggregated and the next one set up
         self.terms = terms  # what a client's HELLO must agree with (`handshake.py`); None: not checked
@@ -83,6 +88,7 @@ class Coordinator:
         self.holds: dict[int, int] = {}  # client -> the cut it pulled for the current round (what it may push)
         self.trained: Counter[int] = Counter()  # client -> samples of its training steps applied this round
         self.train_tokens = 0  # label tokens of the training steps applied this round
+        self.server_steps = 0  # server steps this round (fewer than the training steps when they are joined)
         self.on_eval = on_eval or (lambda round_: None)
         self.evals: dict[int, dict[int, tuple[float, int, int, int]]] = {}
         self.pulled: set[int] = set()  # clients that pulled the current round (round 0 is decided when all have)
@@ -90,8 +96,8 @@ class Coordinator:
         self.local_steps, self.per_round, self.seed, self.log = local_steps, per_round, seed, log
         self.dead_after_s, self.round_timeout_s, self.clock = dead_after_s, round_timeout_s, clock
         self.on_round = on_round or (lambda record: None)
-        self.round, self.pos = 0, 0
-        self.plan = self._plan(0)
+        self.round = 0
+        self.turns = self._turns(0)
         self.pushed: set[int] = set()
         self.dropped: dict[int, str] = {}  # this round: client -> why
         self.finished_clients: set[int] = set()
@@ -102,11 +108,24 @@ class Coordinator:
         self.changed = asyncio.Condition()
         self.finished = asyncio.Event()
 
-    def _plan(self, round_: int):
+    def _turns(self, round_: int) -> Turns:
         """The round's clients and turns; under a time budget each client gets turns up to the cap, and those it
         does not use leave the order when it pushes."""
-        turns = self.max_steps if self.budget == "time" else self.local_steps
-        return plan_round(round_, list(range(self.n_clients)), self.per_round, turns, self.seed)
+        cap = self._cap()
+        plan = plan_round(round_, list(range(self.n_clients)), self.per_round, cap, self.seed)
+        return Turns(plan, self.order, cap, self.server_batch, self.batch_wait_s)
+
+    @property
+    def plan(self) -> RoundPlan:
+        return self.turns.plan
+
+    @property
+    def pos(self) -> int:
+        return self.turns.pos
+
+    @property
+    def done_steps(self) -> Counter[int]:
+        return self.turns.done
 
     def _check_client(self, cid: int) -> None:
         if not 0 <= cid < self.n_clients:
@@ -224,17 +243,12 @@ class Coordinator:
             self.log(f"client {req.client_id}: step {key[1:]} resent; answered from cache, not applied again")
             return hit
         self._check_not_dropped(req.client_id, req.round)
-        if self.order == "arrival":  # served as it comes: only its own next step, within the round's cap
-            if req.round != self.round or req.client_id not in self.plan.clients \
-                    or req.step != self.done_steps[req.client_id] or req.step >= self._cap():
-                raise Refused(f"step (round {req.round}, step {req.step}) of client {req.client_id} is a replay or "
-                              f"not expected (federation at round {self.round})")
+        if (why := self.turns.refusal(req.client_id, req.round, req.step)) is not None:
+            raise Refused(why)
+        if self.order == "arrival":  # served as it comes (a U-shaped step in flight holds the server)
             ready = self._idle
         else:
-            if req.round != self.round or turn not in self.plan.order[self.pos:]:
-                raise Refused(f"step (round {req.round}, step {req.step}) of client {req.client_id} is a replay or "
-                              f"not in this round's plan (federation at round {self.round})")
-            ready = lambda: self.plan.order[self.pos] == turn  # noqa: E731
+            ready = lambda: self.turns.is_next(*turn)  # noqa: E731
         if self.server_batch > 1:
             return await self._join(req, key)
         return await self._when(req, key, ready)
@@ -251,40 +265,32 @@ class Coordinator:
             future = self.joining[key][1]
         else:
             future = asyncio.get_running_loop().create_future()
-            self.joining[key] = (req, future, self.clock())
+            self.joining[key] = (req, future)
+            self.turns.arrive(key, self.clock())
             self._kick()
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             if key in self.joining and self.joining[key][1] is future and not future.done():
                 del self.joining[key]
+                self.turns.withdraw(key)
             raise
 
-    def _next_batch(self) -> list[tuple[int, int, int]] | None:
-        """The keys of the steps the next server step takes, or None while it must wait: under plan the next
-        turns of the order (`next_batch`), once all have arrived; under arrival those waiting, once server_batch
-        of them are, or server_batch_wait_ms after the first arrived."""
-        if self.order == "plan":
-            turns = next_batch(self.plan.order[self.pos:], self.server_batch)
-            keys = [(c, self.round, s) for c, s in turns]
-            return keys if keys and all(k in self.joining for k in keys) else None
-        keys = list(self.joining)[:self.server_batch]
-        if not keys:
-            return None
-        waited = self.clock() - self.joining[keys[0]][2]
-        if len(keys) < self.server_batch and waited < self.batch_wait_s:
-            asyncio.get_running_loop().call_later(self.batch_wait_s - waited, self._kick)
-            return None
-        return keys
-
     def _kick(self) -> None:
-        """Start the next server step if none is running and one is ready (called on every arrival and every
-        change of the round: a push or a drop can complete or shorten the batch at the head of the plan)."""
-        if self.in_batch or self.closing or (keys := self._next_batch()) is None:
+        """Start the next server step if none is running and one is ready (`Turns.ready`; called on every arrival
+        and every change of the round: a push or a drop can complete or shorten the batch at the head of the
+        plan)."""
+        if self.in_batch or self.closing:
             return
+        keys, retry_s = self.turns.ready(self.clock())
+        if keys is None:
+            if retry_s is not None:  # under arrival: the wait to fill the batch ends then
+                asyncio.get_running_loop().call_later(retry_s, self._kick)
+            return
+        self.turns.take(keys)
         taken = [self.joining.pop(k) for k in keys]
-        self.in_batch = {k: fut for k, (_, fut, _) in zip(keys, taken)}
-        task = asyncio.ensure_future(self._run_batch([(k, req, fut) for k, (req, fut, _) in zip(keys, taken)]))
+        self.in_batch = {k: fut for k, (_, fut) in zip(keys, taken)}
+        task = asyncio.ensure_future(self._run_batch([(k, req, fut) for k, (req, fut) in zip(keys, taken)]))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _run_batch(self, batch: list[tuple[tuple[int, int, int], ForwardRequest, asyncio.Future]]) -> None:
@@ -294,6 +300,10 @@ class Coordinator:
             start = time.perf_counter()
             reqs = [req for _, req, _ in batch]
             outs = await self._compute(self.server.step_batch, reqs)
+            applied = [r for r, o in zip(reqs, outs) if not isinstance(o, Exception)]
+            if applied:
+                self.server_steps += 1
+                self.on_served(applied, time.perf_counter() - start)
             if self.pace is not None:
                 await asyncio.sleep(self.pace(reqs, time.perf_counter() - start))
             for (key, req, future), out in zip(batch, outs):
@@ -321,10 +331,11 @@ class Coordinator:
         await self._applied(key, out, req.activations.shape[0])
         return out
 
-    def _refuse_joining(self, cid: int | None, why: str) -> None:
-        """Steps of client `cid` (None: every client) waiting to join a server step are refused."""
-        for key in [k for k in self.joining if cid is None or k[0] == cid]:
-            _, future, _ = self.joining.pop(key)
+    def _leave(self, cid: int, why: str) -> None:
+        """`cid` is out of the round's steps (`Turns.leave`): its turns leave the order, and its steps waiting to
+        join a server step are refused."""
+        for key in self.turns.leave(cid):
+            _, future = self.joining.pop(key)
             if not future.done():
                 future.set_exception(Refused(why))
 
@@ -384,6 +395,9 @@ class Coordinator:
             if reply.hidden is not None:
                 self.server.abandon()
             raise Refused(f"client {req.client_id} was dropped from round {req.round} while step {req.step} ran")
+        self.server_steps += 1
+        if reply.hidden is None:
+            self.on_served([req], time.perf_counter() - start)
         if reply.hidden is not None:  # U-shaped: the step holds the server until its backward
             self.forwarded[req.client_id] = (key, reply)
             return reply
@@ -403,8 +417,7 @@ class Coordinator:
         self.cache[cid] = (key, reply)
         self.trained[cid] += rows
         self.train_tokens += reply.n_tokens
-        self.done_steps[cid] += 1
-        self.pos += 1
+        self.turns.applied(cid)
         await self._notify()
 
     async def backward(self, req: BackwardRequest) -> StepReply:
@@ -471,8 +484,8 @@ class Coordinator:
         self._check_push(update, cut, want)
         self.server.push_adapters(update)  # inline: it only queues the update for `aggregate`
         self.pushed.add(update.client_id)
-        self.plan.order = self.plan.order[:self.pos] + [k for k in self.plan.order[self.pos:]
-                                                        if k[0] != update.client_id]  # turns it left unused
+        self._leave(update.client_id, f"client {update.client_id} pushed round {update.round}: its round's steps "
+                                      "are over")  # the turns it left unused
         await self._notify()  # a step waiting behind those turns may go now
         self._note_pace(update.client_id, update.report)
         if self.placement is not None:
@@ -539,12 +552,12 @@ class Coordinator:
         self.on_round({"round": self.round, "clients": merged, "cuts": cuts,
                        "dropped": {str(c): w for c, w in self.dropped.items()},
                        "steps_by_client": {str(c): self.done_steps[c] for c in self.plan.clients},
-                       "train_tokens": self.train_tokens})
+                       "train_tokens": self.train_tokens, "server_steps": self.server_steps})
         if self.placement is not None and self.round + 1 < self.rounds:
             self.placement.decide(self.round + 1, list(range(self.n_clients)))
-        self.round, self.pos, self.pushed, self.dropped, self.pulled = self.round + 1, 0, set(), {}, set()
-        self.holds, self.trained, self.train_tokens, self.done_steps = {}, Counter(), 0, Counter()
-        self.plan, self.started = self._plan(self.round), self.clock()
+        self.round, self.pushed, self.dropped, self.pulled = self.round + 1, set(), {}, set()
+        self.holds, self.trained, self.train_tokens = {}, Counter(), 0
+        self.turns, self.started, self.server_steps = self._turns(self.round), self.clock(), 0
         self.on_boundary()  # e.g. a checkpoint, before any client can see the new round
         await self._notify()
         await self.check(self.started)  # a client already gone is dropped from the new round at once
@@ -558,10 +571,10 @@ class Coordinator:
         """Stand at the start of `state`'s round, as when that round began (a resumed server)."""
         self.round, self.run_id = int(state["round"]), str(state["run"])
         self.evals = {int(r): {int(c): tuple(v) for c, v in by.items()} for r, by in state["evals"].items()}
-        self.pos, self.pushed, self.dropped, self.pulled, self.holds, self.trained = 0, set(), {}, set(), {}, Counter()
-        self.done_steps, self.train_tokens = Counter(), 0
+        self.pushed, self.dropped, self.pulled, self.holds, self.trained = set(), {}, set(), {}, Counter()
+        self.train_tokens, self.server_steps = 0, 0
         self.step_s = {int(c): float(v) for c, v in state.get("step_s", {}).items()}
-        self.plan, self.started = self._plan(self.round), self.clock()
+        self.turns, self.started = self._turns(self.round), self.clock()
 
     async def drop(self, cid: int, why: str) -> None:
         """Take `cid` out of the current round: its remaining steps leave the order, its waiting requests are
@@ -570,11 +583,9 @@ class Coordinator:
             return
         self.dropped[cid] = why
         self.log(f"round {self.round}: dropped client {cid}: {why}")
-        self._refuse_joining(cid, f"client {cid} was dropped from round {self.round} ({why}); it rejoins at its "
-                                  "next round")
+        self._leave(cid, f"client {cid} was dropped from round {self.round} ({why}); it rejoins at its next round")
         if self.forwarded.pop(cid, None) is not None:  # its U-shaped step will not finish: nothing was applied
             self.server.abandon()  # inline: with a forward in flight no other step can be in the worker
-        self.plan.order = self.plan.order[:self.pos] + [k for k in self.plan.order[self.pos:] if k[0] != cid]
         await self._notify()
         await self._maybe_decide()
         await self._maybe_aggregate()
