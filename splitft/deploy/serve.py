@@ -31,9 +31,10 @@ from ..build import (
     check_model,
     cost_model_of,
     cut_bounds,
+    cut_policy,
     open_model,
     precision_line,
-    rule_policy,
+    round_costs,
     split_server,
 )
 from ..config import Config, tail_cut
@@ -82,13 +83,10 @@ async def _serve(coord: Coordinator, endpoint: Endpoint, tokens: dict[int, str],
 
 def deploy_problems(cfg: Config) -> list[str]:
     """What a deployment cannot run, and why."""
-    f, s = cfg.federation, cfg.split
+    f = cfg.federation
     if f.method == "centralized":
         return ["federation.method=centralized is a simulation-only reference (one trainer holding everyone's "
                 "data, which a federation exists not to have); run it with `splitft simulate`"]
-    if f.method == "split" and s.policy == "makespan":
-        return ["split.policy=makespan plans with the simulator's per-cut round-cost table and device profiles; "
-                "deployed, use fixed, resource or splitft (they decide from what each client measures)"]
     if f.dropout > 0:
         return ["federation.dropout simulates clients vanishing; in a deployment they vanish for real (set it to 0)"]
     if f.method == "fedlora" and f.round_budget == "time":
@@ -189,7 +187,9 @@ class _Party:
             what = f"blocks {self.first}-{end - 1}; the clients hold the tail and the head"
         log(f"holding {pm.held_gb():.3f} GB of base weights ({what}); {precision_line(pm.compute)}")
         tokens_per_step = cfg.train.batch_size * cfg.data.max_length
-        self.placement = Placement(rule_policy(cfg, bounds) if split else None, bounds,
+        costs = round_costs(cfg, pm.peft, pm.family, pm.compute, pm.n_layer) \
+            if split and cfg.split.policy == "makespan" else None
+        self.placement = Placement(cut_policy(cfg, bounds, costs) if split else None, bounds,
                                    cost.train_flops(0, 1, cfg.train.batch_size, cfg.data.max_length) / tokens_per_step,
                                    smallest_cut=smallest, allow_over_memory=cfg.split.allow_over_memory,
                                    log_decision=lambda **record: logger.log("cut_decision", **record))
@@ -209,7 +209,10 @@ class _Party:
                                  terms=terms_of(cfg, pm.fingerprint, pm.compute.precision), on_boundary=self.checkpoint,
                                  order=fed.order, budget=fed.round_budget, round_time_s=fed.round_time_s,
                                  max_steps=math.ceil(fed.max_steps_factor * fed.local_steps), pace=pace,
-                                 server_batch=fed.server_batch, batch_wait_s=fed.server_batch_wait_ms / 1000)
+                                 server_batch=fed.server_batch, batch_wait_s=fed.server_batch_wait_ms / 1000,
+                                 on_served=lambda reqs, seconds: self.placement.note_server(sum(
+                                     cost.train_flops(r.cut, pm.n_layer, *r.activations.shape[:2], head=True)
+                                     for r in reqs), seconds))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed server needs, at a round boundary. Client-made values (reports, evaluations) go

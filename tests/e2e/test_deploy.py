@@ -200,6 +200,22 @@ def test_clients_train_on_their_own_files_with_measured_adaptive_cuts(tmp_path):
     PeftModel.from_pretrained(load("tiny:llama").model, str(dep / "adapter"))
 
 
+def test_makespan_plans_deployed_from_the_clients_and_the_servers_measurements(tmp_path):
+    """split.policy=makespan deployed: the server builds the simulation's round-cost model and plans each round
+    from what the clients measured and from its own served steps (round 0: the config's server_tflops)."""
+    dep = tmp_path / "dep"
+    res = splitft("launch", "--clients", "3", *DEPLOY, "split.policy=makespan", "split.period=1",
+                  "federation.rounds=3", "federation.server_batch=3", f"metrics.out_dir={dep}")
+    assert res.returncode == 0, res.stderr + "".join(p.read_text() for p in (dep / "logs").glob("*.log"))
+    decisions = [d for d in read_metrics(dep / "metrics.jsonl") if d["kind"] == "cut_decision"]
+    assert [d["round"] for d in decisions] == [0, 1, 2] and all(d["policy"] == "makespan" for d in decisions)
+    assert decisions[0]["server"]["source"].startswith("heterogeneity.server_tflops")
+    for d in decisions[1:]:
+        assert d["server"]["source"].startswith("measured over") and d["server"]["tflops"] > 0
+        assert all(m.get("s_per_block_token") for m in d["measured"].values()), "clients' measurements"
+    assert json.loads((dep / "summary.json").read_text())["rounds"] == 3
+
+
 @pytest.mark.parametrize("joined", [[], ["federation.server_batch=3", "federation.server_batch_wait_ms=20"]],
                          ids=["one-by-one", "server_batch=3"])
 def test_launch_serves_by_arrival_with_a_time_budget(tmp_path, joined):

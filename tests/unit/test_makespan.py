@@ -89,3 +89,24 @@ def test_the_performance_rule_gives_a_better_client_more_blocks_only_within_the_
     assert tight.cuts == {0: 1, 1: 1}
     assert loose.cuts == {0: 2, 1: 1} and loose.why[0]["score"] == pytest.approx(1.0) and loose.why[0]["wanted"] == 4
     assert loose.why[0]["round_s"] == pytest.approx(6.0, rel=1e-3) and "score" not in loose.why[1]
+
+
+def test_deployed_makespan_plans_with_the_servers_measured_speed():
+    """A deployed server plans makespan's cuts with its own measured throughput once it has served a step: a slow
+    server (0.5 TFLOP/s measured) makes two fast clients take blocks off it that a fast server (the config's 100)
+    would have kept."""
+    from splitft.deploy.placement import Placement
+
+    stats = {0: {"tflops": 10.0, "memory_gb": 100.0}, 1: {"tflops": 10.0, "memory_gb": 100.0}}
+    placement = Placement(MakespanPolicy(CutBounds(4), _costs(server_tflops=100.0), period=1, hysteresis=0.0),
+                          CutBounds(4), 1e9,
+                          smallest_cut=1, log_decision=lambda **r: decisions.append(r))
+    decisions: list[dict] = []
+    for c, report in stats.items():
+        placement.note(c, report)
+    before = placement.decide(0, [0, 1])
+    assert decisions[0]["server"]["source"].startswith("heterogeneity.server_tflops")
+    placement.note_server(flops=1e12, seconds=2.0)  # 0.5 TFLOP/s
+    after = placement.decide(1, [0, 1])
+    assert decisions[1]["server"] == {"tflops": pytest.approx(0.5), "source": "measured over 1 server steps"}
+    assert before == {0: 1, 1: 1} and min(after.values()) > 1, (before, after)
