@@ -15,6 +15,7 @@ Writes <out_dir>/client_<id>.json.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import secrets
 import sys
@@ -175,6 +176,7 @@ class Participant:
             self.client = LocalClient(client_id, self.holder.part(first_cut), stream, **optimizer_settings(cfg))
         self.meter = Meter(cfg.measure.ewma)
         self.losses: dict[int, list[float]] = {}
+        self.step_walls: list[float] = []  # wall seconds of each training step, from its forward to its update
         self.dropped: set[int] = set()
         self.cuts: dict[str, int] = {}
         self.snapshots: dict[int, dict[str, Any]] = {}
@@ -270,8 +272,9 @@ class Participant:
         try:
             losses, start, own_s = [], time.monotonic(), 0.0
             while self._more(len(losses), time.monotonic() - start):
-                before = transport.counter.snapshot([self.id])
+                before, began = transport.counter.snapshot([self.id]), time.perf_counter()
                 reply = self._step(r, len(losses))
+                self.step_walls.append(time.perf_counter() - began)  # its wait for the server included
                 moved = sum(transport.counter.since(before)[self.id].values())
                 losses.append(reply.loss)
                 t = client.timing
@@ -347,6 +350,8 @@ class Participant:
         out: dict[str, Any] = {"client_id": self.id, "data": str(resolve_path(cfg.data.path)), "dealt": dealt,
                                "train_samples": len(self.setup.train), "eval_samples": len(self.setup.eval),
                                "losses": [x for r in sorted(self.losses) for x in self.losses[r]],
+                               "steps_by_round": {str(r): len(v) for r, v in sorted(self.losses.items())},
+                               "step_wall_s": _quantiles(self.step_walls),
                                "dropped_rounds": sorted(self.dropped), "cuts": self.cuts,
                                "held_gb": round(self.pm.held_gb(), 4), **memory, "measured": self.report(),
                                "precision": self.pm.compute.precision.record(),
@@ -356,6 +361,18 @@ class Participant:
                                **({"emulation": self.pacer.summary()} if self.pacer is not None else {})}
         out.update(eval_ppl=perplexity(out["eval_loss"]), eval_acc=final["n_correct"] / max(final["n_tokens"], 1))
         return out
+
+
+def _quantiles(seconds: list[float]) -> dict[str, float]:
+    """p50, p99 and max of a client's step latencies (nearest rank), for the load test's report."""
+    if not seconds:
+        return {}
+    s = sorted(seconds)
+
+    def at(q: float) -> float:
+        return s[min(len(s) - 1, math.ceil(q * len(s)) - 1)]
+
+    return {"n": len(s), "p50": round(at(0.5), 4), "p99": round(at(0.99), 4), "max": round(s[-1], 4)}
 
 
 def _evaluate(client: SplitClient | LocalClient, transport: GrpcTransport, cfg: Config, setup: Setup,

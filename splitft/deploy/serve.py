@@ -141,7 +141,10 @@ def serve(cfg: Config, resume: bool = False, emulate: bool = False) -> dict:
     write_json(out / "server.json", {"rounds": coord.round, "clients": fed.n_clients,
                                      "wall_time_s": summary["wall_time_s"], **memory,
                                      "precision": party.pm.compute.precision.record(),
-                                     "dropped_by_round": [r["dropped"] for r in records.rounds], **emulation})
+                                     "dropped_by_round": [r["dropped"] for r in records.rounds],
+                                     "steps_by_round": [r["steps_by_client"] for r in records.rounds],
+                                     "server_steps_by_round": [r["server_steps"] for r in records.rounds],
+                                     **emulation})
     logger.close()
     return summary
 

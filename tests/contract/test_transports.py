@@ -157,8 +157,11 @@ def test_joined_server_steps_give_the_same_weights_over_both_transports(simulate
     assert broke and reports[1]["reconnects"] == 1
     assert _same_weights(sim_weights, load_file(out / "adapter" / "adapter_model.safetensors"))
     assert not _same_weights(sim_weights, simulated[0]), "one AdamW step per 3 client steps is another training"
-    steps = [r for r in read_metrics(tmp_path / "sim" / "run" / "metrics.jsonl") if r["kind"] == "step"]
-    assert {r["server_step"] for r in steps if r["round"] == 0} == {0, 3}, "3 clients x 2 steps: 2 server steps"
+    sim = read_metrics(tmp_path / "sim" / "run" / "metrics.jsonl")
+    assert {r["server_step"] for r in sim if r["kind"] == "step" and r["round"] == 0} == {0, 3}
+    served = [r["server_steps"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
+    assert served == [r["server_steps"] for r in sim if r["kind"] == "round" and r["round"] >= 0] == [2, 2], \
+        "3 clients x 2 steps a round: 2 server steps in both runtimes"
 
 
 def test_a_vanished_client_is_dropped_and_the_run_completes(tmp_path, monkeypatch):

@@ -229,6 +229,11 @@ def test_launch_serves_by_arrival_with_a_time_budget(tmp_path, joined):
     reports = [json.loads((out / f"client_{i}.json").read_text()) for i in range(3)]
     steps = [len(r["losses"]) for r in reports]
     assert all(2 + 2 * 1 <= n <= 2 + 2 * 6 for n in steps), steps  # round 0: 2 each; then 1..6 per round
+    server = json.loads((out / "server.json").read_text())
+    for r, by_client in enumerate(server["steps_by_round"]):  # every step applied once, none lost
+        assert by_client == {str(i): reports[i]["steps_by_round"][str(r)] for i in range(3)}, r
+    assert all(0 < s <= sum(b.values()) for s, b in zip(server["server_steps_by_round"], server["steps_by_round"]))
+    assert all(r["step_wall_s"]["n"] == len(r["losses"]) for r in reports)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 3 and summary["final_eval_ppl"] < summary["initial_eval_ppl"]
 
