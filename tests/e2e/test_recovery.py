@@ -67,10 +67,11 @@ class Parties:
                 p.kill()
 
 
-def test_a_server_killed_mid_round_resumes_and_ends_bit_identical(tmp_path):
+@pytest.mark.parametrize("joined", [[], ["federation.server_batch=4"]], ids=["one-by-one", "server_batch=4"])
+def test_a_server_killed_mid_round_resumes_and_ends_bit_identical(tmp_path, joined):
     sim = tmp_path / "sim"
-    assert splitft("simulate", *RECOVER, f"metrics.out_dir={sim}").returncode == 0
-    parties = Parties(tmp_path)
+    assert splitft("simulate", *RECOVER, *joined, f"metrics.out_dir={sim}").returncode == 0
+    parties = Parties(tmp_path, *joined)
     try:
         parties.server()
         clients = [parties.client(i) for i in range(3)]

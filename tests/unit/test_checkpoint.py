@@ -82,6 +82,20 @@ def test_a_u_shaped_run_resumes_bit_identical_with_its_tails(tmp_path, monkeypat
     assert all(s["hidden_down"] == s["grad_hidden_up"] > 0 for s in steps)
 
 
+def test_a_run_with_joined_server_steps_resumes_bit_identical(tmp_path, monkeypatch):
+    """federation.server_batch=4 with adaptive cuts, dropout and noise: joined steps of clients at different cuts
+    resume from a round checkpoint exactly as they ran."""
+    joined = [*RUN, "federation.server_batch=4"]
+    whole = tiny_config(tmp_path / "whole", "llama", *joined)
+    run_simulation(whole)
+    _same_run(whole.metrics.out_dir, _interrupt_in_round_2(tiny_config(tmp_path, "llama", *joined), monkeypatch))
+    steps = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "step"]
+    mixed = {}
+    for s in steps:
+        mixed.setdefault((s["round"], s["server_step"]), set()).add(s["cut"])
+    assert any(len(cuts) > 1 for cuts in mixed.values()), "some server step joined clients at different cuts"
+
+
 def test_resuming_a_copied_run_writes_only_into_the_copy(tmp_path, monkeypatch):
     """The copy's config.yaml names the original's out_dir (relative, here): a resume must not touch it."""
     import shutil
