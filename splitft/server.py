@@ -220,8 +220,8 @@ class SplitServer(FedAvgServer):
         total = max(sum(s.n_tokens for s in stats), 1)
         acts = [r.activations for r in rows]
         if len(rows) == 1:  # today's step, to the bit: loss_sum / n_tokens
-            kept = [0] if self._backward(stats[0].loss_sum / total, acts) else []
-        elif self._backward(_sum([s.loss_sum for s in stats]) / total, acts):
+            kept = [0] if self._backward(stats[0].loss_sum / total, None, acts) else []
+        elif self._backward(_sum([s.loss_sum for s in stats]) / total, None, acts):
             kept = list(range(len(rows)))
         else:
             kept = self._one_by_one(rows, total)
@@ -260,11 +260,12 @@ class SplitServer(FedAvgServer):
         return Joining(acts, req.attention_mask.to(self.device, torch.long), req.cut,
                        req.labels.to(self.device, torch.long))
 
-    def _backward(self, loss: torch.Tensor, acts: list[torch.Tensor]) -> bool:
-        """Accumulate d loss into the LoRA and activation gradients; False (and nothing kept) when any is not
-        finite."""
+    def _backward(self, root: torch.Tensor, seed: torch.Tensor | None, acts: list[torch.Tensor]) -> bool:
+        """Accumulate d root . seed (a loss: seed None) into the LoRA and activation gradients; False (and nothing
+        kept) when the loss, the seed or any gradient is not finite."""
         tensors = [*self.params, *acts]
-        if bool(torch.isfinite(loss)) and self.scaler.backward(loss, None, tensors) and grads_finite(tensors):
+        finite = bool(torch.isfinite(root if seed is None else seed).all())
+        if finite and self.scaler.backward(root, seed, tensors) and grads_finite(tensors):
             return True
         self.opt.zero_grad(set_to_none=True)
         for a in acts:
@@ -277,7 +278,7 @@ class SplitServer(FedAvgServer):
         kept = []
         for i, row in enumerate(rows):
             before = [None if p.grad is None else p.grad.clone() for p in self.params]
-            if self._backward(self.part.loss(*row).loss_sum / total, [row.activations]):
+            if self._backward(self.part.loss(*row).loss_sum / total, None, [row.activations]):
                 kept.append(i)
                 continue
             for p, g in zip(self.params, before):  # its NaN never mixes with the others' gradients
@@ -309,10 +310,7 @@ class SplitServer(FedAvgServer):
         self.in_flight = None
         assert req.grad_hidden.shape == hidden.shape, f"grad_hidden {tuple(req.grad_hidden.shape)} != hidden"
         self.opt.zero_grad(set_to_none=True)
-        grad = req.grad_hidden.to(hidden.device, hidden.dtype)
-        finite = bool(torch.isfinite(grad).all()) and self.scaler.backward(hidden, grad, [*self.params, acts])
-        if not (finite and grads_finite([*self.params, acts])):  # the LoRA's and the client's gradients
-            self.opt.zero_grad(set_to_none=True)
+        if not self._backward(hidden, req.grad_hidden.to(hidden.device, hidden.dtype), [acts]):
             raise _not_applied(req)
         self.kept, self.pending_served = True, Counter({cut: acts.shape[0]})
         self.update()
