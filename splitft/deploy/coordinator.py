@@ -71,7 +71,7 @@ class Coordinator:
         self.joining: dict[Key, tuple[ForwardRequest, asyncio.Future]] = {}
         """server_batch > 1: training steps waiting to join a server step (`Turns.waiting`): their request and
         their reply's future."""
-        self.in_batch: dict[tuple[int, int, int], asyncio.Future] = {}  # the steps of the server step computing
+        self.in_batch: dict[Key, asyncio.Future] = {}  # the steps of the server step computing
         self.serving = asyncio.Lock()  # one training step at a time, its emulated time included
         self.torch = asyncio.Lock()  # one call into `server` at a time, in a worker thread (`_compute`)
         self.closing = False  # a round is being aggregated (its aggregation awaits the worker)
@@ -255,7 +255,7 @@ class Coordinator:
 
     # --- federation.server_batch > 1: several clients' steps, one server step -------------------------------
 
-    async def _join(self, req: ForwardRequest, key: tuple[int, int, int]) -> StepReply:
+    async def _join(self, req: ForwardRequest, key: Key) -> StepReply:
         """Wait for the server step that takes this step with others (`_kick`), and its reply. A resend while the
         original waits shares its wait; a request cancelled while it waits leaves the batch; once its server step
         begins, the step runs to its end (a resend then gets the cached reply)."""
@@ -293,7 +293,7 @@ class Coordinator:
         task = asyncio.ensure_future(self._run_batch([(k, req, fut) for k, (req, fut) in zip(keys, taken)]))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    async def _run_batch(self, batch: list[tuple[tuple[int, int, int], ForwardRequest, asyncio.Future]]) -> None:
+    async def _run_batch(self, batch: list[tuple[Key, ForwardRequest, asyncio.Future]]) -> None:
         """One server step for `batch` (`SplitServer.step_batch`), its emulated rest, then each step applied and
         answered; a step refused (NaN/Inf) drops its client, the others go on."""
         try:
@@ -320,7 +320,7 @@ class Coordinator:
             self.in_batch = {}
             self._kick()
 
-    async def _joined(self, key: tuple[int, int, int], req: ForwardRequest, out: StepReply | Exception) -> StepReply:
+    async def _joined(self, key: Key, req: ForwardRequest, out: StepReply | Exception) -> StepReply:
         if isinstance(out, NonFiniteStep):
             await self.drop(req.client_id, f"step {req.step} had a NaN/Inf loss or gradient")
             raise Refused(str(out))
