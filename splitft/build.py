@@ -333,6 +333,12 @@ def cut_bounds(cfg: Config, cost: CostModel, n_layer: int) -> CutBounds:
     return CutBounds(end or n_layer, cfg.split.cut_min, cfg.split.cut_max, base_gb, block_gb)
 
 
+def smallest_cut(cfg: Config, bounds: CutBounds) -> int:
+    """The fewest blocks a client may hold, and so the server's first block: split.cut under `fixed`, else the
+    privacy floor split.cut_min."""
+    return cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min
+
+
 def rule_policy(cfg: Config, bounds: CutBounds) -> CutPolicy:
     """The cut policies that decide from client stats alone: fixed, resource, splitft (`makespan` also needs
     the round-cost table: `cut_policy`)."""

@@ -35,6 +35,7 @@ from ..build import (
     open_model,
     precision_line,
     round_costs,
+    smallest_cut,
     split_server,
 )
 from ..config import Config, tail_cut
@@ -174,7 +175,7 @@ class _Party:
         pm = self.pm
         cost = cost_model_of(pm.peft.base_model.model, pm.family, pm.compute)
         bounds = cut_bounds(cfg, cost, pm.n_layer)
-        smallest = cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min  # the least a client may hold
+        smallest = smallest_cut(cfg, bounds)  # the least a client may hold, the server's first block
         self.first = smallest if split else pm.n_layer
         end = tail_cut(cfg, pm.n_layer)
         if split:  # blocks [first, L), norm, head (under U: [first, tail_cut)); nothing of the clients' blocks

@@ -52,7 +52,7 @@ def over_memory(setup: Setup) -> dict[str, dict[str, Any]]:
     if cfg.federation.method != "split":
         return {}
     bounds = cut_bounds(setup)
-    smallest = cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min
+    smallest = build.smallest_cut(cfg, bounds)
     need = bounds.base_gb + smallest * bounds.block_gb
     devices = client_profiles(cfg.heterogeneity, cfg.federation.n_clients, cfg.federation.seed)
     return {str(c): {"device": d.name, "memory_gb_budget": d.memory_gb, "cut": smallest,
@@ -104,7 +104,7 @@ def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict
 def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
     cfg, peft, fam = setup.cfg, setup.peft, setup.family
     bounds = cut_bounds(setup)
-    first = cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min
+    first = build.smallest_cut(cfg, bounds)
     server = split_server(cfg, peft, fam, first, setup.compute)
     clients = {cid: split_client(setup, cid, cfg.split.cut) for cid in range(len(setup.parts))}
     devices = dict(enumerate(client_profiles(cfg.heterogeneity, len(clients), cfg.federation.seed)))
