@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..build import Setup, build_model, compute_of
-from ..config import Config, SplitConfig
+from ..build import Setup, build_model, compute_of, smallest_cut
+from ..config import Config, SplitConfig, tail_cut
 from ..devices import client_profiles
 from ..policy import ClientStats, CutBounds, ResourcePolicy, max_feasible_cut
 from ..policy.makespan import MakespanPolicy, RoundCosts, oracle
-from .methods import client_stats, cut_bounds, round_costs
+from .methods import client_stats, cost_model, cut_bounds, round_costs
 
 
 def plan(cfg: Config) -> dict[str, Any]:
@@ -43,12 +43,25 @@ def plan(cfg: Config) -> dict[str, Any]:
     rejoined = plan_policies(round_costs(dataclasses.replace(setup, cfg=joined)), cut_bounds(setup), stats, cfg.split)
     return {**result, "activation_checkpointing": setup.compute.checkpointing,
             "server_batch": k, "server_step_s": cfg.heterogeneity.server_step_s,
+            "server_first": (first := smallest_cut(cfg, cut_bounds(setup))),
+            "server_memory_gb": server_memory(setup, first, k),
             "with_server_batch": {"server_batch": joined.federation.server_batch,
                                   "round_s": {n: r["round_s"] for n, r in rejoined["policies"].items()}},
             "without_that": {"activation_checkpointing": other.compute.checkpointing,
                              "memory_gb": flipped["memory_gb"],
                              "round_s": {n: r["round_s"] for n, r in flipped["policies"].items()}},
             "server_tflops": cfg.heterogeneity.server_tflops, "devices": {str(c): d.name for c, d in devices.items()}}
+
+
+def server_memory(setup: Setup, first: int, k: int) -> dict[str, float]:
+    """The server's estimated memory (`CostModel.server_gb`: blocks [first, L) and the head, what a step keeps
+    for its backward) for one client step and for k joined (k x the batch: a joined step keeps every client's
+    activations at once)."""
+    cost, cfg = cost_model(setup), setup.cfg
+    b, t, n = cfg.train.batch_size, cfg.data.max_length, setup.n_layer
+    end = tail_cut(cfg, n)
+    one = cost.server_gb(first, end or n, b, t, head=end is None)
+    return {"server_batch=1": one, f"server_batch={k}": cost.server_gb(first, end or n, k * b, t, head=end is None)}
 
 
 def plan_policies(costs: RoundCosts, bounds: CutBounds, stats: dict[int, ClientStats], s: SplitConfig) -> dict:
@@ -100,12 +113,15 @@ def format_plan(result: dict[str, Any]) -> str:
 
 
 def _batch_line(result: dict[str, Any]) -> str:
-    """Each policy's round with the configured federation.server_batch and with the other setting."""
+    """Each policy's round with the configured federation.server_batch and with the other setting, and the
+    server's memory for one client step and for the configured joined ones."""
     other = result["with_server_batch"]
     ratios = [other["round_s"][n] / r["round_s"] for n, r in result["policies"].items()]
+    memory = ", ".join(f"{gb:.3f} GB at {name}" for name, gb in result["server_memory_gb"].items())
     return (f"federation.server_batch={result['server_batch']} (as configured; heterogeneity.server_step_s="
             f"{result['server_step_s']:g} s per server step); with server_batch={other['server_batch']} each "
-            f"policy's round would take {min(ratios):.2f}-{max(ratios):.2f}x as long")
+            f"policy's round would take {min(ratios):.2f}-{max(ratios):.2f}x as long. Server memory (estimate, "
+            f"its blocks from {result['server_first']}): {memory}")
 
 
 def _memory_line(result: dict[str, Any]) -> str:

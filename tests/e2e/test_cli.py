@@ -139,3 +139,17 @@ def test_plan_prints_every_policy_with_its_cuts_and_predicted_round(tmp_path):
     assert policies["oracle"]["exact"] and not (tmp_path / "p").exists(), "plan trains nothing, writes nothing"
     table = splitft("plan", *TINY, f"metrics.out_dir={tmp_path / 'p'}")
     assert table.returncode == 0 and "| makespan |" in table.stdout and "| oracle (exact) |" in table.stdout
+
+
+def test_plan_prices_joined_server_steps_in_time_and_server_memory(tmp_path):
+    """With heterogeneity.server_step_s, joining 3 clients' turns pays it once per server step instead of 3 times
+    (a shorter round), and the server's estimated memory grows with the clients' activations it keeps."""
+    args = [*TINY, f"metrics.out_dir={tmp_path / 'p'}", "heterogeneity.server_step_s=0.5", "--json"]
+    one = json.loads(splitft("plan", *args).stdout)
+    joined = json.loads(splitft("plan", *args, "federation.server_batch=3").stdout)
+    assert one["with_server_batch"]["server_batch"] == 3 and joined["with_server_batch"]["server_batch"] == 1
+    for name, p in joined["policies"].items():
+        assert p["round_s"] == pytest.approx(one["with_server_batch"]["round_s"][name])
+        assert p["round_s"] < one["policies"][name]["round_s"], name
+    memory = joined["server_memory_gb"]
+    assert memory["server_batch=3"] > memory["server_batch=1"] == one["server_memory_gb"]["server_batch=1"] > 0
