@@ -322,12 +322,10 @@ class Coordinator:
 
     async def _joined(self, key: Key, req: ForwardRequest, out: StepReply | Exception) -> StepReply:
         if isinstance(out, NonFiniteStep):
-            await self.drop(req.client_id, f"step {req.step} had a NaN/Inf loss or gradient")
-            raise Refused(str(out))
+            raise await self._not_applied(req, out, "loss or gradient")
         if isinstance(out, Exception):
             raise out
-        if self._gone_while_it_ran(req):
-            raise Refused(f"client {req.client_id} was dropped from round {req.round} while step {req.step} ran")
+        self._check_still_in(req)
         await self._applied(key, out, req.activations.shape[0])
         return out
 
@@ -388,13 +386,11 @@ class Coordinator:
         start = time.perf_counter()
         try:
             reply = await self._compute(self.server.step, req)
-        except NonFiniteStep as e:  # not applied; out of this round, or the others would wait for its turn
-            await self.drop(req.client_id, f"step {req.step} had a NaN/Inf loss or gradient")
-            raise Refused(str(e)) from None
-        if self._gone_while_it_ran(req):  # nothing to count
-            if reply.hidden is not None:
-                self.server.abandon()
-            raise Refused(f"client {req.client_id} was dropped from round {req.round} while step {req.step} ran")
+        except NonFiniteStep as e:
+            raise await self._not_applied(req, e, "loss or gradient") from None
+        if self._gone_while_it_ran(req) and reply.hidden is not None:  # nothing to count
+            self.server.abandon()
+        self._check_still_in(req)
         self.server_steps += 1
         if reply.hidden is None:
             self.on_served([req], time.perf_counter() - start)
@@ -411,6 +407,17 @@ class Coordinator:
     def _gone_while_it_ran(self, req: ForwardRequest | BackwardRequest) -> bool:
         """The step's client was dropped, or its round aggregated without it, while the worker computed it."""
         return self.round != req.round or req.client_id in self.dropped
+
+    def _check_still_in(self, req: ForwardRequest | BackwardRequest) -> None:
+        """Refuse a step that is `_gone_while_it_ran` (nothing of it is counted)."""
+        if self._gone_while_it_ran(req):
+            raise Refused(f"client {req.client_id} was dropped from round {req.round} while step {req.step} ran")
+
+    async def _not_applied(self, req: ForwardRequest | BackwardRequest, e: NonFiniteStep, what: str) -> Refused:
+        """A step the server did not apply (a NaN/Inf `what`): its client leaves the round, or the others would
+        wait for its turns; returns the refusal to raise."""
+        await self.drop(req.client_id, f"step {req.step} had a NaN/Inf {what}")
+        return Refused(str(e))
 
     async def _applied(self, key: tuple[int, int, int], reply: StepReply, rows: int) -> None:
         cid = key[0]
@@ -444,10 +451,8 @@ class Coordinator:
         try:
             reply = await self._compute(self.server.backward, req)
         except NonFiniteStep as e:
-            await self.drop(req.client_id, f"step {req.step} had a NaN/Inf gradient")
-            raise Refused(str(e)) from None
-        if self._gone_while_it_ran(req):
-            raise Refused(f"client {req.client_id} was dropped from round {req.round} while step {req.step} ran")
+            raise await self._not_applied(req, e, "gradient") from None
+        self._check_still_in(req)
         await self._applied(key, reply, req.grad_hidden.shape[0])
         return reply
 
