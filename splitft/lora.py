@@ -113,8 +113,10 @@ class CutRankMask:
         self.cut = -1  # per-row state: the next `set` rewrites every module
         for layer, module in self.modules:
             rows = [layer in cut_layers(c, self.tail_cut) for c in cuts]
-            ranks = torch.tensor([self.r_cut if m else _FULL for m in rows])
-            module._active_rank = None if not any(rows) else self.r_cut if all(rows) else ranks
+            if all(rows) or not any(rows):  # most blocks: the same for every row, no per-row tensor
+                module._active_rank = self.r_cut if rows[0] else None
+            else:
+                module._active_rank = torch.tensor([self.r_cut if m else _FULL for m in rows])
 
 
 _FULL = 1 << 30
