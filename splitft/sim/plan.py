@@ -33,17 +33,18 @@ def plan(cfg: Config) -> dict[str, Any]:
     setup = Setup(cfg, peft, family, tokenizer, [], [], {}, device, [], compute_of(cfg))
     devices = dict(enumerate(client_profiles(cfg.heterogeneity, cfg.federation.n_clients, cfg.federation.seed)))
     stats = client_stats(devices)
-    result = plan_policies(round_costs(setup), cut_bounds(setup), stats, cfg.split)
+    bounds = cut_bounds(setup)
+    result = plan_policies(round_costs(setup), bounds, stats, cfg.split)
     other = dataclasses.replace(setup, compute=dataclasses.replace(setup.compute,
                                                                    checkpointing=not setup.compute.checkpointing))
     flipped = plan_policies(round_costs(other), cut_bounds(other), stats, cfg.split)
     k = cfg.federation.server_batch
     joined = dataclasses.replace(cfg, federation=dataclasses.replace(
         cfg.federation, server_batch=1 if k > 1 else cfg.federation.n_clients))
-    rejoined = plan_policies(round_costs(dataclasses.replace(setup, cfg=joined)), cut_bounds(setup), stats, cfg.split)
+    rejoined = plan_policies(round_costs(dataclasses.replace(setup, cfg=joined)), bounds, stats, cfg.split)
     return {**result, "activation_checkpointing": setup.compute.checkpointing,
             "server_batch": k, "server_step_s": cfg.heterogeneity.server_step_s,
-            "server_first": (first := smallest_cut(cfg, cut_bounds(setup))),
+            "server_first": (first := smallest_cut(cfg, bounds)),
             "server_memory_gb": server_memory(setup, first, k),
             "with_server_batch": {"server_batch": joined.federation.server_batch,
                                   "round_s": {n: r["round_s"] for n, r in rejoined["policies"].items()}},
