@@ -212,12 +212,32 @@ class ServerPart(_Part):
     def hidden(self, activations: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
         """activations (B, T, H) from a client holding [0, cut) -> hidden states (B, T, H) after the server's last
         block (no final norm): under a U-shaped split, what goes to the client's tail."""
-        assert self.first <= cut < self.end, f"client cut {cut} outside server range [{self.first}, {self.end})"
+        return self._hidden_from_cuts([(activations, attention_mask, cut)])
+
+    def _hidden_from_cuts(self, rows: list[tuple[torch.Tensor, torch.Tensor, int]]) -> torch.Tensor:
+        """Clients' (activations (B_i, T_i, H), attention_mask (B_i, T_i), cut), in order of cut -> hidden states
+        (sum B_i, max T_i, H) after the server's last block: the rows of the lowest cut run alone up to the next
+        cut, then those rows join them (concatenated along B, right-padded to the longest T), and so on; each
+        row's cut layer at r_cut for its own cut (`CutRankMask.set_rows`). One client: its blocks [cut, end)."""
+        width = max(acts.shape[1] for acts, _, _ in rows)
+        cuts = [cut for acts, _, cut in rows for _ in range(acts.shape[0])]  # one per row of B
+        assert self.first <= cuts[0] and cuts[-1] < self.end, (
+            f"client cut {sorted(set(cuts))} outside server range [{self.first}, {self.end})")
         if self.mask is not None:
-            self.mask.set(cut)
+            self.mask.set_rows(cuts)
+        hidden: torch.Tensor | None = None
+        mask: torch.Tensor | None = None
         with self.compute.precision.autocast():
-            ctx = self.family.context(self.hf, activations, attention_mask)
-            return self._run(activations, ctx, range(cut, self.end))
+            for g, (acts, m, cut) in enumerate(rows):
+                acts, m = _pad(acts, width), _pad(m, width)
+                hidden = acts if hidden is None else torch.cat([hidden, acts.to(hidden.dtype)])
+                mask = m if mask is None else torch.cat([mask, m])
+                last = self.end if g + 1 == len(rows) else rows[g + 1][2]
+                if last > cut:  # the next client joins at a later cut: run the blocks between
+                    ctx = self.family.context(self.hf, hidden, mask)
+                    hidden = self._run(hidden, ctx, range(cut, last))
+        assert hidden is not None
+        return hidden
 
     def forward(self, activations: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
         """activations (B, T, H) -> logits (B, T, V); under a U-shaped split the hidden states (`hidden`)."""
@@ -239,33 +259,17 @@ class ServerPart(_Part):
 
         Rows are taken in order of their cut; the rows of the lowest cut c0 run alone through blocks [c0, c1),
         then the rows of cut c1 join them (concatenated along B) and all run [c1, c2), and so on to the last
-        block. Each client's activations (B_i, T_i, H) are right-padded to the longest T with zeros and mask 0
-        (causal attention: a real position never sees a later pad, so a row computes what it would alone, up to
-        the matmuls' summation order). Each row's cut layer is masked to r_cut for its own cut only
-        (`CutRankMask.set_rows`). Then each client's hidden states, unpadded, take the head and the loss apart.
-        One client alone is exactly `loss`."""
+        block (`_hidden_from_cuts`). Each client's activations (B_i, T_i, H) are right-padded to the longest T with
+        zeros and mask 0 (causal attention: a real position never sees a later pad, so a row computes what it
+        would alone, up to the matmuls' summation order). Each row's cut layer is masked to r_cut for its own cut
+        only. Then each client's hidden states, unpadded, take the head and the loss apart. One client alone is
+        exactly `loss`."""
         assert self.tail_cut is None, "under a U-shaped split the clients' tails compute the loss"
         if len(rows) == 1:
             (acts, mask, cut, labels), = rows
             return [self.loss(acts, mask, cut, labels)]
         order = sorted(range(len(rows)), key=lambda i: rows[i].cut)  # stable: equal cuts keep their order
-        width = max(r.activations.shape[1] for r in rows)
-        cuts = [rows[i].cut for i in order for _ in range(rows[i].activations.shape[0])]  # one per row of B
-        assert self.first <= cuts[0] and cuts[-1] < self.end, f"client cuts {sorted(set(cuts))} outside server range"
-        if self.mask is not None:
-            self.mask.set_rows(cuts)
-        hidden: torch.Tensor | None = None
-        mask: torch.Tensor | None = None
-        with self.compute.precision.autocast():
-            for g, i in enumerate(order):
-                acts, m = _pad(rows[i].activations, width), _pad(rows[i].attention_mask, width)
-                hidden = acts if hidden is None else torch.cat([hidden, acts.to(hidden.dtype)])
-                mask = m if mask is None else torch.cat([mask, m])
-                last = self.end if g + 1 == len(order) else rows[order[g + 1]].cut
-                if last > rows[i].cut:  # the next group joins at a later cut: run the blocks between
-                    ctx = self.family.context(self.hf, hidden, mask)
-                    hidden = self._run(hidden, ctx, range(rows[i].cut, last))
-        assert hidden is not None
+        hidden = self._hidden_from_cuts([rows[i][:3] for i in order])
         out: list[TokenStats | None] = [None] * len(rows)
         start = 0
         for i in order:
