@@ -153,8 +153,9 @@ class Coordinator:
 
     async def hello(self, cid: int, terms: dict[str, Any]) -> dict[str, Any]:
         """A client connected: refuse it if its terms differ from the server's, and say where the federation
-        stands. `start` is the round it takes part from: the current one, or the next when a restarted client's
-        previous process was already in this round (that process is dropped from it: the others do not wait)."""
+        stands. `start` is the round it takes part from: the current one, or the next when it was dropped from
+        this one or a restarted client's previous process was already in it (that process is dropped from it: the
+        others do not wait)."""
         self._check_client(cid)
         if self.terms is not None and (diff := differences(self.terms, terms)):
             raise Refused(f"client {cid} does not match this server: {'; '.join(diff)}; start every client with "
@@ -164,6 +165,8 @@ class Coordinator:
         start = self.round
         if before is not None and before != process and self.round < self.rounds:
             start = await self._restarted(cid)
+        elif cid in self.dropped:  # e.g. it slept past dead_after_s: back at its next round
+            start = self.round + 1
         return {"round": self.round, "start": start, "rounds": self.rounds, "run": self.run_id,
                 "server": self.server_id}
 

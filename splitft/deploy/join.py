@@ -82,6 +82,15 @@ def emulated_device(cfg: Config, client_id: int) -> DeviceConfig:
         raise UserError(f"--emulate: heterogeneity: unknown device {e}; define it in heterogeneity.tiers") from None
 
 
+class FellBehind(Exception):
+    """The federation went on without this client (its process was stopped, a laptop asleep, past
+    transport.dead_after_s): `welcome` says the round it rejoins at."""
+
+    def __init__(self, welcome: dict[str, Any]):
+        super().__init__(f"the federation is at round {welcome['round']}")
+        self.welcome = welcome
+
+
 class Holder:
     """This client's part of the model, and the mechanism that changes it: loads the blocks a larger cut needs
     from the model file, drops those a smaller cut leaves (the policy decides; this applies)."""
@@ -207,6 +216,10 @@ class Participant:
                 return
             except ServerRestarted as e:
                 r = self._after_restart(e.welcome, run_id, r)
+            except FellBehind as e:
+                r = e.welcome["start"]
+                self.say(f"this client fell behind (asleep or cut off while the federation went on): the federation "
+                         f"is at round {e.welcome['round']}; rejoining at round {r} from its current state")
 
     def _rejoin(self, welcome: dict[str, Any]) -> int:
         """The round to start at; a client joining late takes its own checkpoint's optimizer state if it has one
@@ -263,7 +276,13 @@ class Participant:
     def _round(self, r: int) -> None:
         client, transport, pacer = self.client, self.transport, self.pacer
         before = transport.counter.snapshot([self.id])
-        cut = client.pull(transport, r, self.report(), recut=self.holder.part)
+        try:
+            cut = client.pull(transport, r, self.report(), recut=self.holder.part)
+        except ServerRefused:
+            welcome = transport.where()  # refused for a round that is over: go where the federation stands
+            if welcome["round"] > r:
+                raise FellBehind(welcome) from None
+            raise
         if pacer is not None:  # the adapters' download at the emulated link
             pacer.sleep(pacer.transfer(transport.counter.since(before)[self.id]["lora_down"], "down"))
         self.cuts[str(r)] = cut

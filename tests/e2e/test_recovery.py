@@ -150,3 +150,33 @@ def test_an_interrupted_launch_stops_its_server_and_clients(tmp_path):
     size = (out / "metrics.jsonl").stat().st_size
     time.sleep(1.5)
     assert (out / "metrics.jsonl").stat().st_size == size, "nothing writes into the run any more"
+
+
+def test_a_client_asleep_past_dead_after_rejoins_when_it_wakes(tmp_path):
+    """A laptop whose lid closed: the process is stopped (SIGSTOP) past transport.dead_after_s, dropped, and the
+    federation moves on; woken (SIGCONT), it rejoins at the round the federation stands at, and the run ends
+    with it."""
+    parties = Parties(tmp_path, "federation.rounds=24", "transport.dead_after_s=2")
+    try:
+        server = parties.server()
+        clients = [parties.client(i) for i in range(3)]
+        parties.wait_for("c2", "round 1:")
+        os.kill(clients[2].pid, signal.SIGSTOP)
+        parties.wait_for("server", "dropped client 2: silent")
+        asleep_in = int(parties.text("server").split(": dropped client 2: silent")[0].rsplit("round ", 1)[1])
+        parties.wait_for("server", f"round {asleep_in + 2}: aggregated")  # the federation moved on without it
+        os.kill(clients[2].pid, signal.SIGCONT)
+        assert server.wait(timeout=240) == 0, parties.all_logs()
+        assert all(c.wait(timeout=60) == 0 for c in clients), parties.all_logs()
+    finally:
+        for p in parties.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+        parties.stop()
+    woke = parties.text("c2")
+    assert "fell behind" in woke, woke
+    back_at = int(woke.split("rejoining at round ")[1].split()[0])
+    assert asleep_in + 2 < back_at < 24, woke
+    server_json = json.loads((parties.run / "server.json").read_text())
+    assert all("2" not in d for d in server_json["dropped_by_round"][back_at:]), server_json
+    assert json.loads((parties.run / "client_2.json").read_text())["eval_ppl"] > 1

@@ -284,6 +284,17 @@ def test_a_restarted_client_rejoins_now_or_at_the_next_round_if_its_old_process_
     asyncio.run(go())
 
 
+def test_a_client_dropped_from_the_round_that_greets_again_starts_at_the_next(coord):
+    """A client that slept past dead_after_s greets again from the same process when it wakes."""
+    async def go():
+        assert (await coord.hello(1, {"process": "p1"}))["start"] == 0
+        await coord.drop(1, "silent for 130 s")
+        standing = await coord.hello(1, {"process": "p1"})
+        assert (standing["round"], standing["start"]) == (0, 1)
+
+    asyncio.run(go())
+
+
 def test_the_coordinator_stands_at_the_saved_round_after_load_state_dict(coord):
     async def go():
         await _finish_steps(coord)
