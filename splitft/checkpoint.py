@@ -21,7 +21,8 @@ from typing import Any, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError, reason
+from .errors import Mismatch, UserError, reason
+from .metrics import run_identity
 
 LATEST = "latest"
 SEP = "/"
@@ -110,9 +111,10 @@ def damaged(folder: Path, why: str) -> UserError:
                      "start the run again")
 
 
-def check_position(run_dir: Path, saved: dict[str, Any], last_round: int) -> None:
-    """The saved round must lie in [0, last_round], its wall time be seconds, and metrics.jsonl hold the lines
-    the checkpoint counts."""
+def check_position(run_dir: Path, saved: dict[str, Any], last_round: int, first_record: int) -> None:
+    """The saved round must lie in [0, last_round], its wall time be seconds, and the metrics.jsonl lines it
+    counts exist and hold exactly the `round` records of rounds first_record..round (fewer would resume and
+    silently lose records; the runtime writes one per round, the simulation's first for round -1)."""
     folder = run_dir / "checkpoints"
     r, lines, wall = saved.get("round"), saved.get("metrics_lines"), saved.get("wall_time")
     if not isinstance(r, int) or not 0 <= r <= last_round:
@@ -120,20 +122,92 @@ def check_position(run_dir: Path, saved: dict[str, Any], last_round: int) -> Non
     if not isinstance(wall, (int, float)) or not 0 <= wall < float("inf"):
         raise damaged(folder, f"wall_time {wall!r} is not a number of seconds")
     try:
-        have = len((run_dir / "metrics.jsonl").read_text().splitlines())
+        held = (run_dir / "metrics.jsonl").read_text().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise damaged(folder, f"metrics.jsonl cannot be read ({reason(e)})") from None
-    if not isinstance(lines, int) or not 0 <= lines <= have:
-        raise damaged(folder, f"it counts {lines!r} lines of metrics.jsonl, which holds {have}")
+    if not isinstance(lines, int) or not 0 <= lines <= len(held):
+        raise damaged(folder, f"it counts {lines!r} lines of metrics.jsonl, which holds {len(held)}")
+    rounds = [rec.get("round") for rec in _records(held[:lines]) if rec.get("kind") == "round"]
+    if rounds != list(range(first_record, r + 1)):
+        raise damaged(folder, f"the first {lines} lines of metrics.jsonl it counts hold the records of rounds "
+                              f"{_span(rounds)}, not of rounds {first_record}..{r}")
+
+
+def _records(lines: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out.append(rec if isinstance(rec, dict) else {})
+    return out
+
+
+def _span(rounds: list[Any]) -> str:
+    if not rounds:
+        return "none"
+    return f"{rounds[0]}..{rounds[-1]} ({len(rounds)} records)"
+
+
+def check_identity(run_dir: Path, saved: dict[str, Any]) -> None:
+    """The checkpoint must be this run's own: its `run` id the one the run directory's records open with. A
+    checkpoint copied in from another run (another seed, same shapes) would otherwise resume and finish as a
+    silent mix of two trainings."""
+    mine, theirs = run_identity(run_dir / "metrics.jsonl"), saved.get("run")
+    if mine is None and theirs is None:  # both from before run ids: nothing to compare
+        return
+    if mine is None or mine.get("run_id") != theirs:
+        raise UserError(f"--resume: the checkpoint in {run_dir / 'checkpoints'} belongs to another run (run "
+                        f"{theirs or 'unnamed'}; the records in this directory are of run "
+                        f"{(mine or {}).get('run_id', 'unnamed')}); resume that run from its own directory, or put "
+                        "this run's own checkpoints back (nothing was changed)")
+
+
+def check_fits(saved: dict[str, Any], built: dict[str, Any]) -> None:
+    """Before loading: every tensor the checkpoint and the objects built from the config both hold at one path
+    must agree in shape and dtype (a checkpoint resumed under an edited config.yaml, lora.r 4 -> 8, otherwise
+    loaded into the larger objects as a low-rank payload, and every step then failed)."""
+    have, want = _tensors_of(saved), _tensors_of(built)
+    for path in sorted(have.keys() & want.keys()):
+        if _what(have[path]) != _what(want[path]):
+            raise Mismatch(f"'{path}' is {_what(have[path])} in the checkpoint and {_what(want[path])} in the objects "
+                           "config.yaml builds")
+
+
+def check_restored(saved: dict[str, Any], restored: dict[str, Any]) -> None:
+    """After loading: the objects' state must hold exactly the checkpoint's tensors, path for path, shape for
+    shape (fewer LoRA targets under an edited config would otherwise take part of the state and drop the rest)."""
+    check_fits(saved, restored)
+    have, got = _tensors_of(saved), _tensors_of(restored)
+    if extra := sorted(have.keys() - got.keys()):
+        raise Mismatch(f"the checkpoint holds '{extra[0]}' (and {len(extra) - 1} more), which the objects "
+                       "config.yaml builds do not have")
+    if missing := sorted(got.keys() - have.keys()):
+        raise Mismatch(f"the objects config.yaml builds have '{missing[0]}' (and {len(missing) - 1} more), which the "
+                       "checkpoint does not hold")
+
+
+def _tensors_of(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return split_state(state)[0]
+
+
+def _what(t: torch.Tensor) -> str:
+    return f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}"
 
 
 @contextmanager
 def restoring(run_dir: Path) -> Iterator[None]:
-    """Around `load_state_dict` calls: state whose keys, shapes or values do not fit the objects built from the
-    run's config is a damaged checkpoint, said in one line."""
+    """Around `load_state_dict` calls: state that does not fit the config and data (`Mismatch`), or whose keys,
+    shapes or values do not fit the objects built from the run's config (a damaged checkpoint), said in one
+    line."""
     try:
         yield
     except UserError:
         raise
+    except Mismatch as e:
+        raise UserError(f"--resume: the checkpoint does not fit this run's config and data: {e}; was config.yaml or "
+                        "the data changed since the run began? resume with those it began with (nothing was "
+                        "changed)") from None
     except (KeyError, IndexError, TypeError, ValueError, AssertionError, RuntimeError, AttributeError) as e:
         raise damaged(run_dir / "checkpoints", f"{type(e).__name__}: {reason(e)}") from None

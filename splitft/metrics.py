@@ -1,4 +1,5 @@
-"""Run records: one JSON object per line in `<run>/metrics.jsonl`, kinds `step` and `round`.
+"""Run records: one JSON object per line in `<run>/metrics.jsonl`; the first is the `run` record (run_id,
+runtime: the run's identity, which a resume checks its checkpoint against), then kinds such as `step` and `round`.
 
 step:  round, step, client_id, cut, loss, n_tokens, bytes_up, bytes_down, wall_time
 round: round, clients, cuts {client_id: cut}, train_loss, eval_loss, eval_ppl, eval_acc,
@@ -21,26 +22,48 @@ def perplexity(loss: float) -> float:
 
 
 class MetricsLogger:
-    def __init__(self, path: str | Path, offset: float = 0.0):
-        """Appends to `path`; `offset` seconds are added to wall_time (a resumed run continues its clock)."""
+    def __init__(self, path: str | Path, offset: float = 0.0, hold: bool = False):
+        """Appends to `path`; `offset` seconds are added to wall_time (a resumed run continues its clock).
+        `hold`: keep the records in memory, touching no file, until `release()` (a resume logs while it builds,
+        before its checks have passed; a refused resume must leave the run's files as they were)."""
         self.path = Path(path)
+        self.t0 = time.perf_counter() - offset
+        self.held: list[str] | None = [] if hold else None
+        self.lines = 0
+        if not hold:
+            self._open()
+
+    def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lines = len(self.path.read_text().splitlines()) if self.path.exists() else 0
         self._f = self.path.open("a")
-        self.t0 = time.perf_counter() - offset
+
+    def release(self) -> None:
+        """Open the file (as it is now) and write the records held so far."""
+        held, self.held = self.held or [], None
+        self._open()
+        for line in held:
+            self._write(line)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
     def log(self, kind: str, **record: Any) -> dict[str, Any]:
         record = {"kind": kind, **record, "wall_time": round(self.elapsed(), 4)}
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
-        self.lines += 1
+        if self.held is not None:
+            self.held.append(json.dumps(record))
+        else:
+            self._write(json.dumps(record))
         return record
 
+    def _write(self, line: str) -> None:
+        self._f.write(line + "\n")
+        self._f.flush()
+        self.lines += 1
+
     def close(self) -> None:
-        self._f.close()
+        if self.held is None:
+            self._f.close()
 
 
 class NullLogger(MetricsLogger):
@@ -56,3 +79,17 @@ class NullLogger(MetricsLogger):
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+RUN_KIND = "run"
+"""The first record of every metrics.jsonl: the run's identity (`run_id`) and the command that began it."""
+
+
+def run_identity(path: str | Path) -> dict[str, Any] | None:
+    """The `run` record that opens a metrics.jsonl (None: none, or a run written before runs had one)."""
+    try:
+        with Path(path).open() as f:
+            rec = json.loads(f.readline())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("kind") == RUN_KIND else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UserError
+from .errors import Mismatch, UserError
 
 
 class NonFiniteStep(UserError):
@@ -38,6 +38,12 @@ def optimizer_state(opt: torch.optim.Optimizer,
 def load_optimizer_state(opt: torch.optim.Optimizer, named: dict[str, torch.nn.Parameter],
                          state: dict[str, dict[str, torch.Tensor]]) -> None:
     """Replace `opt`'s per-parameter state with `state` (from `optimizer_state`), on each parameter's device."""
+    for name, moments in state.items():
+        p = named.get(name)
+        odd = [k for k, v in moments.items() if k != "step" and p is not None and v.shape != p.shape]
+        if odd:
+            raise Mismatch(f"AdamW's {odd[0]} of '{name}' is {tuple(moments[odd[0]].shape)}, the parameter "
+                           f"{tuple(p.shape)}")
     opt.state.clear()
     for name, p in named.items():
         if name in state:  # 'step' stays on the CPU, as torch's AdamW keeps it

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from . import lora
 from .config import Config, load_config, save_config
 from .errors import UserError
+from .metrics import RUN_KIND, MetricsLogger
 
 
 def refuse_existing_run(cfg: Config) -> None:
@@ -39,6 +41,15 @@ def refuse_existing_run(cfg: Config) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"metrics.out_dir: cannot write into '{existing}' (permission denied); choose another "
                         "metrics.out_dir")
+
+
+def open_records(cfg: Config, runtime: str) -> tuple[MetricsLogger, str]:
+    """A new run's metrics.jsonl, opened with its `run` record: a fresh run id, and the command (`runtime`:
+    simulate or server) that began it and that resumes it."""
+    run_id = secrets.token_hex(8)
+    logger = MetricsLogger(Path(cfg.metrics.out_dir) / "metrics.jsonl")
+    logger.log(RUN_KIND, run_id=run_id, runtime=runtime)
+    return logger, run_id
 
 
 def prepare_run_dir(cfg: Config) -> Path:

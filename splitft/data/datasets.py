@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 
 from ..config import DataConfig
-from ..errors import UserError
+from ..errors import Mismatch, UserError
 from ..loss import IGNORE
 from ..seeding import load_random_state, random_state
 
@@ -187,5 +187,11 @@ class BatchStream:
         return {"rng": random_state(self.rng), "order": list(self.order)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Raises `Mismatch` for a position this stream's examples do not have (other data than the run's)."""
+        order = list(state["order"])
+        n = len(self.examples)
+        if not all(isinstance(i, int) and 0 <= i < n for i in order) or len(set(order)) != len(order):
+            odd = next((i for i in order if not (isinstance(i, int) and 0 <= i < n)), "a repeated one")
+            raise Mismatch(f"the saved data position names sample {odd!r} of a client that has {n} samples")
         load_random_state(self.rng, state["rng"])
-        self.order = list(state["order"])
+        self.order = order

@@ -55,7 +55,8 @@ class Coordinator:
     evaluations are all in."""
 
     def __init__(self, server: FedAvgServer, n_clients: int, rounds: int, local_steps: int, per_round: int,
-                 seed: int, log: Callable[[str], Any] = print, *, dead_after_s: float = 120.0,
+                 seed: int, log: Callable[[str], Any] = print, *, run_id: str | None = None,
+                 dead_after_s: float = 120.0,
                  round_timeout_s: float = 1800.0, on_round: Callable[[dict[str, Any]], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic, placement: Placement | None = None,
                  on_eval: Callable[[int], Any] | None = None, max_cut: int | None = None,
@@ -80,7 +81,7 @@ class Coordinator:
         self.step_s: dict[int, float] = {}  # client -> seconds per training step it reported last
         self.on_boundary = on_boundary or (lambda: None)  # a round was aggregated and the next one set up
         self.terms = terms  # what a client's HELLO must agree with (`handshake.py`); None: not checked
-        self.run_id = secrets.token_hex(8)  # this run's id, kept across a resume
+        self.run_id = run_id or secrets.token_hex(8)  # this run's id (its `run` record), kept across a resume
         self.server_id = secrets.token_hex(8)  # this server process's: a client that sees it change knows
         self.processes: dict[int, str] = {}  # client -> the id of its process at its last HELLO
         self.max_cut = max_cut  # without a placement: the largest cut a pull may ask for (never the server's blocks)

@@ -225,24 +225,18 @@ class Participant:
         """The round to start at; a client joining late takes its own checkpoint's optimizer state if it has one
         of this run (the global adapters come with the next pull either way)."""
         start = welcome["start"]
-        saved = self._saved(welcome["run"])
+        saved = own_checkpoint(self.folder, welcome, self.say)
         if saved is not None and saved["round"] <= start:
-            self._restore(saved["client"])
+            with checkpoint.restoring(self.folder):
+                checkpoint.check_fits(saved["client"], self.client.state_dict())
+                self._restore(saved["client"])
+                checkpoint.check_restored(saved["client"], self.client.state_dict())
             self.say(f"rejoining at round {start} with its optimizer state and data position from its checkpoint "
                      f"of round {saved['round']}")
         elif start > 0:
             self.say(f"rejoining at round {start} (the federation is at round {welcome['round']}) with a fresh "
                      "optimizer: no checkpoint of this run")
         return start
-
-    def _saved(self, run_id: str) -> dict[str, Any] | None:
-        if not (self.folder / "checkpoints" / "latest").exists():
-            return None
-        saved = checkpoint.load(self.folder)
-        if saved.get("run") != run_id:
-            self.say(f"ignoring the checkpoint in {self.folder}: it belongs to another run")
-            return None
-        return saved
 
     def _keep(self, r: int, run_id: str) -> None:
         """This client's state at the start of round r: in memory for a server restart, on disk for its own."""
@@ -380,6 +374,26 @@ class Participant:
                                **({"emulation": self.pacer.summary()} if self.pacer is not None else {})}
         out.update(eval_ppl=perplexity(out["eval_loss"]), eval_acc=final["n_correct"] / max(final["n_tokens"], 1))
         return out
+
+
+def own_checkpoint(folder: Path, welcome: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any] | None:
+    """This client's checkpoint in `folder` if it is of the run the server serves (`welcome`). One of another run
+    is refused once that run is under way (round > 0): this client's state would be a mix of two trainings, the
+    server's or its own the wrong one; at a fresh run's start it is an older run's, and is left for this run's
+    first checkpoint to replace."""
+    if not (folder / "checkpoints" / "latest").exists():
+        return None
+    saved = checkpoint.load(folder)
+    if saved.get("run") == welcome["run"]:
+        return saved
+    if welcome["round"] > 0:
+        raise UserError(f"the checkpoint in {folder} is of run {saved.get('run')}, but the server serves run "
+                        f"{welcome['run']}, at round {welcome['round']}: if the server was resumed from another "
+                        f"run's directory, restart it with its own; if '{folder}' holds an older run's state, move it "
+                        "away to join this run with a fresh optimizer")
+    say(f"the checkpoint in {folder} is of another run (run {saved.get('run')}); this run starts fresh and replaces "
+        "it at its first checkpoint")
+    return None
 
 
 def _quantiles(seconds: list[float]) -> dict[str, float]:

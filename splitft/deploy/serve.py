@@ -42,7 +42,7 @@ from ..config import Config, tail_cut
 from ..errors import UserError
 from ..measure import peak_memory
 from ..metrics import MetricsLogger, perplexity
-from ..rundir import export_adapter, prepare_run_dir, run_config, truncate_lines, write_json
+from ..rundir import export_adapter, open_records, prepare_run_dir, run_config, truncate_lines, write_json
 from ..server import FedAvgServer
 from ..transport import tls, wire
 from ..transport.base import ByteCounter, sum_kinds, training_traffic
@@ -112,17 +112,22 @@ def serve(cfg: Config, resume: bool = False, emulate: bool = False) -> dict:
     saved = _resumable(out, cfg) if resume else None
     if saved is None:
         prepare_run_dir(cfg)
-    lines = truncate_lines(out / "metrics.jsonl", saved["metrics_lines"]) if saved else out / "metrics.jsonl"
-    logger = MetricsLogger(lines, offset=saved["wall_time"] if saved else 0.0)
+        logger, run_id = open_records(cfg, "server")
+    else:  # nothing touches the run's files until the checkpoint has been checked and loaded
+        logger, run_id = MetricsLogger(out / "metrics.jsonl", offset=saved["wall_time"], hold=True), saved.get("run")
 
     def log(text: str) -> None:
         print(f"[server] {text}", file=sys.stderr, flush=True)
         logger.log("server", message=text)
 
-    party = _Party(cfg, meta, logger, log, emulate)
+    party = _Party(cfg, meta, logger, log, emulate, run_id)
     if saved is not None:
         with checkpoint.restoring(out):
+            checkpoint.check_fits(saved, party.state_dict())
             party.load_state_dict(saved)
+            checkpoint.check_restored(saved, party.state_dict())
+        truncate_lines(out / "metrics.jsonl", saved["metrics_lines"])
+        logger.release()
         log(f"resumed {out} from its checkpoint: the federation stands at round {party.coord.round}")
     coord, fed = party.coord, cfg.federation
     endpoint = Endpoint(coord, _step_shape(cfg, party.pm, party.first), *_adapter_limits(party.pm),
@@ -160,7 +165,8 @@ def _resumable(out: Path, cfg: Config) -> dict[str, Any]:
     if (out / "summary.json").exists():
         raise UserError(f"--resume: '{out}' already finished (summary.json exists); nothing to resume")
     saved = checkpoint.load(out)
-    checkpoint.check_position(out, saved, cfg.federation.rounds - 1)
+    checkpoint.check_position(out, saved, cfg.federation.rounds - 1, first_record=0)
+    checkpoint.check_identity(out, saved)
     return saved
 
 
@@ -169,7 +175,7 @@ class _Party:
     the `SplitServer` (fedlora: a `FedAvgServer`), the placement, the records and the coordinator."""
 
     def __init__(self, cfg: Config, meta: Any, logger: MetricsLogger, log: Callable[[str], Any],
-                 emulate: bool = False):
+                 emulate: bool = False, run_id: str | None = None):
         fed, t, split = cfg.federation, cfg.transport, cfg.federation.method == "split"
         self.cfg, self.logger, self.pm = cfg, logger, open_model(cfg, meta)
         pm = self.pm
@@ -204,7 +210,7 @@ class _Party:
         pace = None if pacer is None else lambda reqs, real_s: pacer.rest(real_s, [
             (r.cut, *r.activations.shape[:2]) for r in reqs])
         self.coord = Coordinator(self.server, fed.n_clients, fed.rounds, fed.local_steps if split else 0,
-                                 fed.clients_per_round, fed.seed, log, dead_after_s=t.dead_after_s,
+                                 fed.clients_per_round, fed.seed, log, run_id=run_id, dead_after_s=t.dead_after_s,
                                  round_timeout_s=t.round_timeout_s, on_round=self.records.round,
                                  placement=self.placement,
                                  on_eval=lambda r: self.records.eval(r, self.coord.evals.get(r, {})),
@@ -221,7 +227,8 @@ class _Party:
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed server needs, at a round boundary. Client-made values (reports, evaluations) go
         as JSON text: their keys are the clients' to choose."""
-        return {"round": self.coord.round - 1, "server": self.server.state_dict(), "metrics_lines": self.logger.lines,
+        return {"round": self.coord.round - 1, "run": self.coord.run_id, "server": self.server.state_dict(),
+                "metrics_lines": self.logger.lines,
                 "wall_time": self.logger.elapsed(),
                 "json": json.dumps({"coordinator": self.coord.state_dict(), "placement": self.placement.state_dict(),
                                     "records": self.records.state_dict()})}

@@ -20,7 +20,15 @@ from ..federation import Federation
 from ..measure import peak_memory
 from ..metrics import MetricsLogger, NullLogger, read_metrics
 from ..registry import check_names
-from ..rundir import export_adapter, prepare_run_dir, refuse_existing_run, run_config, truncate_lines, write_json
+from ..rundir import (
+    export_adapter,
+    open_records,
+    prepare_run_dir,
+    refuse_existing_run,
+    run_config,
+    truncate_lines,
+    write_json,
+)
 from .methods import METHODS, build_federation, check_placement, client_report
 from .profiles import device_problems
 
@@ -51,10 +59,13 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
     start = 0
     if resume:  # build-time records (setup, the first cut decision) are in metrics.jsonl already
         fed = build_federation(setup, NullLogger())
-        checkpoint.check_position(out, saved, cfg.federation.rounds - 2)  # none is written after the last round
-        start = saved["round"] + 1
-        with checkpoint.restoring(out):
+        checkpoint.check_position(out, saved, cfg.federation.rounds - 2, first_record=-1)  # none after the last
+        checkpoint.check_identity(out, saved)
+        start, run_id = saved["round"] + 1, saved.get("run")
+        with checkpoint.restoring(out):  # every check passed before metrics.jsonl is cut back below
+            checkpoint.check_fits(saved["federation"], fed.state_dict())
             fed.load_state_dict(saved["federation"])
+            checkpoint.check_restored(saved["federation"], fed.state_dict())
         logger = MetricsLogger(truncate_lines(out / "metrics.jsonl", saved["metrics_lines"]),
                                offset=saved["wall_time"])
         fed.logger = logger
@@ -66,7 +77,7 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
                   f"{o['memory_gb_needed']:g} GB of {o['memory_gb_budget']:g} GB (split.allow_over_memory=true)",
                   file=sys.stderr)
         prepare_run_dir(cfg)
-        logger = MetricsLogger(out / "metrics.jsonl")
+        logger, run_id = open_records(cfg, "simulate")
         fed = build_federation(setup, logger)
     f = cfg.federation
     total = (f.rounds - start) * f.local_steps * (f.clients_per_round or f.n_clients)
@@ -83,8 +94,8 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
         bar.write(_round_line(rec), file=sys.stderr)
         every = cfg.metrics.checkpoint_every
         if every and (r + 1) % every == 0 and r < f.rounds - 1:
-            checkpoint.save(out, r, {"round": r, "metrics_lines": logger.lines, "wall_time": logger.elapsed(),
-                                     "federation": fed.state_dict()})
+            checkpoint.save(out, r, {"round": r, "run": run_id, "metrics_lines": logger.lines,
+                                     "wall_time": logger.elapsed(), "federation": fed.state_dict()})
     bar.close()
     evals = [r for r in rounds if "eval_cut" in r]  # the last evaluation defines the model the run reports
     export_adapter(setup.peft, fed.server.global_model(evals[-1]["eval_cut"]), out / "adapter")

@@ -3,6 +3,7 @@ bit-identical to an uninterrupted one; a killed client restarted with its id rej
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,3 +181,52 @@ def test_a_client_asleep_past_dead_after_rejoins_when_it_wakes(tmp_path):
     server_json = json.loads((parties.run / "server.json").read_text())
     assert all("2" not in d for d in server_json["dropped_by_round"][back_at:]), server_json
     assert json.loads((parties.run / "client_2.json").read_text())["eval_ppl"] > 1
+
+
+@pytest.fixture(scope="module")
+def deployments(tmp_path_factory):
+    """Two finished 2-round deployments of the same shapes, seeds 0 and 7."""
+    runs = {}
+    for seed in (0, 7):
+        out = tmp_path_factory.mktemp(f"seed{seed}") / "run"
+        res = splitft("launch", "--clients", "3", *DEPLOY, f"federation.seed={seed}", "metrics.checkpoint_every=1",
+                      f"metrics.out_dir={out}")
+        assert res.returncode == 0, res.stderr
+        runs[seed] = out
+    return runs
+
+
+def _killed_copy(run: Path, to: Path) -> Path:
+    """The run as if its server had been killed after its last checkpoint, before it wrote its results."""
+    shutil.copytree(run, to)
+    for name in ("summary.json", "server.json"):
+        (to / name).unlink()
+    shutil.rmtree(to / "adapter")
+    return to
+
+
+def _files(run: Path) -> dict:
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def _refused_resume(run: Path, says: str) -> None:
+    before = _files(run)
+    res = splitft("server", "--resume", str(run))
+    lines = [x for x in res.stderr.splitlines() if x.startswith("splitft: error:")]
+    assert res.returncode == 2 and len(lines) == 1 and says in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert _files(run) == before, "a refused resume must leave every file of the run as it was"
+
+
+def test_a_server_resumed_under_an_edited_config_is_refused_and_changes_nothing(deployments, tmp_path):
+    run = _killed_copy(deployments[0], tmp_path / "run")
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("  r: 4\n", "  r: 8\n", 1))
+    _refused_resume(run, "does not fit this run's config")
+
+
+def test_a_server_given_another_runs_checkpoint_refuses_it_and_changes_nothing(deployments, tmp_path):
+    run = _killed_copy(deployments[0], tmp_path / "run")
+    shutil.rmtree(run / "checkpoints")
+    shutil.copytree(deployments[7] / "checkpoints", run / "checkpoints")  # same shapes, another seed
+    _refused_resume(run, "belongs to another run")

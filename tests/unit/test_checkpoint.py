@@ -240,7 +240,28 @@ TAMPER = {
     "a client's LoRA missing": lambda f: _tensors(f, _drop_a_clients_lora),
     "a cut that disagrees": lambda f: _put_json(f, _with_cut(_state_json(f), 3)),
     "json garbage": lambda f: (f / "state.json").write_text("{not json"),
+    "metrics_lines lower than its rounds": lambda f: _put_json(f, {**_state_json(f), "metrics_lines": 3}),
+    "data position beyond the data": lambda f: _put_json(f, _with_order(_state_json(f), [10 ** 6])),
+    "config.yaml edited: lora.r": lambda f: _edit_config(f.parents[1], "  r: 4\n", "  r: 8\n"),
+    "config.yaml edited: lora.targets": lambda f: _edit_config(f.parents[1], "targets: []", "targets: [q_proj]"),
 }
+MESSAGES = ("damaged", "no checkpoint", "does not fit this run's config and data")
+
+
+def _with_order(state, order):
+    first = next(iter(state["federation"]["clients"]))
+    state["federation"]["clients"][first]["stream"]["order"] = order
+    return state
+
+
+def _edit_config(run, old, new):
+    text = (run / "config.yaml").read_text()
+    assert old in text, text
+    (run / "config.yaml").write_text(text.replace(old, new, 1))
+
+
+def _files(run):
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
 
 
 def _drop_a_clients_lora(t):
@@ -270,11 +291,31 @@ def test_a_tampered_checkpoint_is_refused_as_damaged_in_one_line(interrupted, tm
     shutil.copytree(interrupted, run)
     folder = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     TAMPER[how](folder)
+    before = _files(run)
     capsys.readouterr()
     assert main(["simulate", "--resume", str(run)]) == 2  # any exception but a UserError fails the test here
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("splitft: error:")]
-    assert len(errors) == 1 and ("damaged" in errors[0] or "no checkpoint" in errors[0]), errors
-    assert not (run / "summary.json").exists()
+    assert len(errors) == 1 and any(m in errors[0] for m in MESSAGES), errors
+    assert _files(run) == before, "a refused resume must leave every file of the run as it was"
+
+
+def test_a_checkpoint_of_another_run_is_refused_and_changes_nothing(interrupted, tmp_path, capsys):
+    """Same shapes, another seed: copied into this run's directory, it would resume as a silent mix of two."""
+    import shutil
+
+    from splitft.cli import main
+
+    other = _interrupted(tmp_path / "other", "federation.seed=7")
+    run = tmp_path / "run"
+    shutil.copytree(interrupted, run)
+    shutil.rmtree(run / "checkpoints")
+    shutil.copytree(other / "checkpoints", run / "checkpoints")
+    before = _files(run)
+    capsys.readouterr()
+    assert main(["simulate", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "belongs to another run" in err and err.count("splitft: error:") == 1, err
+    assert _files(run) == before
 
 
 def _interrupted(tmp_path, *overrides):

@@ -1,6 +1,7 @@
 """Client side of the cut: Gaussian noise on the activations that leave (privacy.noise) is sized by their RMS,
 passes the gradient straight through, and leaves the global RNG alone."""
 
+import pytest
 import torch
 
 from splitft.build import build_setup, split_client
@@ -95,3 +96,19 @@ def test_a_cut_change_keeps_held_blocks_state_and_loads_the_new_blocks_global_ad
                 recut=holder.part)
     held = {n for n, p in pm.peft.named_parameters() if p.device.type != "meta" and "lora_" not in n}
     assert not any(".layers.1." in n or ".layers.2." in n for n in held) and any(".layers.0." in n for n in held)
+
+
+def test_a_deployed_clients_checkpoint_of_another_run_is_refused_once_that_run_is_under_way(tmp_path):
+    """The server serves run B at round 3; this client's checkpoint is of run A: its state would mix two trainings."""
+    from splitft import checkpoint
+    from splitft.deploy.join import own_checkpoint
+    from splitft.errors import UserError
+
+    checkpoint.save(tmp_path, 2, {"round": 2, "run": "aaaa", "client": {"cut": 2}})
+    said = []
+    assert own_checkpoint(tmp_path, {"run": "aaaa", "round": 3}, said.append)["round"] == 2
+    with pytest.raises(UserError, match="is of run aaaa, but the server serves run bbbb, at round 3"):
+        own_checkpoint(tmp_path, {"run": "bbbb", "round": 3}, said.append)
+    assert own_checkpoint(tmp_path, {"run": "bbbb", "round": 0}, said.append) is None  # a new run, from the start
+    assert said and "is of another run" in said[-1]
+    assert own_checkpoint(tmp_path / "none", {"run": "bbbb", "round": 3}, said.append) is None
