@@ -396,8 +396,8 @@ def to_frames(env: Envelope, seq: int, chunk_bytes: int) -> list[pb.Frame]:
 class Reassembler:
     """Frames of one stream -> envelopes; refuses a message larger than `max_bytes` before buffering it."""
 
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int, limit: str = "transport.max_message_mb"):
+        self.max_bytes, self.limit = max_bytes, limit  # `limit`: what sets max_bytes, for the refusal
         self.seq: int | None = None
         self.parts: list[bytes] = []
         self.size = 0
@@ -419,7 +419,7 @@ class Reassembler:
             raise WireError("frames out of order")
         self.size += len(frame.data)
         if self.size > self.max_bytes:
-            raise WireError(f"message larger than the {self.max_bytes} byte limit (transport.max_message_mb)")
+            raise WireError(f"message larger than the {self.max_bytes} byte limit ({self.limit})")
         self.parts.append(frame.data)
         if len(self.parts) < self.count:
             return None

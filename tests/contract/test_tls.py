@@ -11,6 +11,7 @@ import pytest
 
 from splitft.config import TransportConfig
 from splitft.deploy.launch import free_port
+from splitft.transport import wire
 from splitft.transport.base import TransportError
 from splitft.transport.grpc import Envelope, GrpcTransport, serve_grpc
 
@@ -64,6 +65,8 @@ class _Ack:
         pass
 
     async def __call__(self, env):
+        if env.kind == Envelope.HELLO:
+            return wire.encode_welcome(env, {"round": 0, "run": "r", "server": "s"})
         return Envelope(kind=Envelope.ACK, client_id=env.client_id)
 
 
@@ -90,6 +93,7 @@ def mtls_server(pki):
 def _done(address, **opts):
     t = GrpcTransport(address, 0, TOKEN, TransportConfig(timeout_s=20, reconnect_s=0, **opts), log=lambda s: None)
     try:
+        t.hello({})
         t.done(0)
     finally:
         t.close()

@@ -1,5 +1,6 @@
 """The gRPC service's bounds on what one authenticated client can make the server hold: open sessions per
-client, and requests waiting on one session (pipelined behind a request that waits)."""
+client, and requests waiting on one session (pipelined behind a request that waits); a session answers nothing
+before a HELLO the server accepts; a request the server fails on is logged, counted and answered."""
 
 import asyncio
 
@@ -42,6 +43,8 @@ class Waiting:
         self.seen_ids.append(cid)
 
     async def __call__(self, env):
+        if env.kind == wire.Envelope.HELLO:  # greetings are answered at once
+            return wire.encode_welcome(env, {"round": 0, "run": "r", "server": "s"})
         await self.release.wait()
         return wire.ack(env)
 
@@ -56,9 +59,11 @@ def test_requests_pipelined_behind_a_waiting_one_end_the_session_beyond_the_boun
     sent = []
 
     async def frames():
-        yield from_frames(wire.encode_pull(0, 2, 1), 0)
+        yield from_frames(wire.encode_hello(0, {}), 0)
+        await asyncio.sleep(0.2)  # its WELCOME, as an honest client waits for it
+        yield from_frames(wire.encode_pull(0, 2, 1), 1)
         for i in range(16):
-            for f in wire.to_frames(big, i + 1, 64 * 1024):
+            for f in wire.to_frames(big, i + 2, 64 * 1024):
                 sent.append(i)
                 yield f
         await asyncio.sleep(3600)  # the client would keep the stream open
@@ -126,3 +131,66 @@ def test_refusals_are_logged_at_most_per_window_per_key_then_counted():
     now[0] = 61
     log("ipv4:10.0.0.9", "later")
     assert lines[-2:] == ["ipv4:10.0.0.9: 1997 more refusals in 60 s were not logged", "later"]
+
+
+def _session(service, envelopes, hold_open=False):
+    """The replies a session gives to `envelopes` sent in order on one stream (then closed, or held open)."""
+    async def frames():
+        for seq, env in enumerate(envelopes):
+            for f in wire.to_frames(env, seq, 64 * 1024):
+                yield f
+        if hold_open:
+            await asyncio.sleep(3600)
+
+    async def run():
+        replies = []
+        await asyncio.wait_for(_collect(service.session(frames(), Context()), replies), 10)
+        return replies
+
+    return asyncio.run(run())
+
+
+def test_a_session_that_does_not_begin_with_hello_gets_only_a_refusal():
+    service = _service()
+    service.endpoint.release.set()
+    replies = _session(service, [wire.encode_pull(0, 2, 0), wire.encode_hello(0, {}), wire.encode_done(0, {})],
+                       hold_open=True)  # the server, not the client, ends it
+    assert [r.kind for r in replies] == [wire.Envelope.ERROR] and "before HELLO" in replies[0].error
+    assert service.open[0] == 0
+
+
+def test_a_refused_hello_ends_the_session():
+    class Picky(Waiting):
+        async def __call__(self, env):
+            if env.kind == wire.Envelope.HELLO:
+                raise ValueError("client 0 does not match this server: lora.r")
+            return wire.ack(env)
+
+    service = _Service(Picky(), {0: "t" * 32}, TransportConfig(), log=lambda s: None)
+    replies = _session(service, [wire.encode_hello(0, {}), wire.encode_done(0, {})], hold_open=True)
+    assert [r.kind for r in replies] == [wire.Envelope.ERROR] and "does not match" in replies[0].error
+
+
+def test_a_session_that_opens_with_a_large_message_is_refused_at_its_first_64_kb():
+    """Before its HELLO is accepted a session may send only a greeting's worth: a 64 MB first message cost the
+    server +268 MB of peak RSS before it was refused; now reading stops at the first frame past 64 KB."""
+    from splitft.transport.grpc import HELLO_MAX_BYTES
+
+    service = _service()
+    big = wire.encode_push(wire.AdapterUpdate(0, 0, {"x": torch.zeros(200_000)}, 1))  # 0.8 MB
+    frames = wire.to_frames(big, 0, 16 * 1024)
+    read = []
+
+    async def stream():
+        for f in frames:
+            read.append(f)
+            yield f
+
+    async def run():
+        replies = []
+        await asyncio.wait_for(_collect(service.session(stream(), Context()), replies), 10)
+        return replies
+
+    replies = asyncio.run(run())
+    assert [r.kind for r in replies] == [wire.Envelope.ERROR] and "its HELLO" in replies[0].error
+    assert len(read) * 16 * 1024 <= HELLO_MAX_BYTES + 2 * 16 * 1024 < len(frames) * 16 * 1024
