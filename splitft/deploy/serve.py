@@ -150,7 +150,7 @@ def serve(cfg: Config, resume: bool = False, emulate: bool = False) -> dict:
                                      "dropped_by_round": [r["dropped"] for r in records.rounds],
                                      "steps_by_round": [r["steps_by_client"] for r in records.rounds],
                                      "server_steps_by_round": [r["server_steps"] for r in records.rounds],
-                                     **emulation})
+                                     "failed_requests": dict(endpoint.failures), **emulation})
     logger.close()
     return summary
 

@@ -17,6 +17,9 @@ import hmac
 import queue
 import threading
 import time
+import traceback
+from collections import Counter
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
 import grpc
@@ -63,6 +66,7 @@ class Endpoint:
                  max_numel: int, counter: ByteCounter | None = None):
         self.server, self.shape, self.adapter_shapes, self.max_numel = server, shape, adapter_shapes, max_numel
         self.counter = counter or ByteCounter()
+        self.failures: Counter[str] = Counter()  # requests the server failed on unexpectedly, by kind
 
     def seen(self, client_id: int) -> None:
         self.server.seen(client_id)
@@ -246,6 +250,20 @@ class _Service:
         except (wire.WireError, ValueError) as e:  # Refused is a ValueError: state unchanged
             self.refusal(f"client {cid}", f"client {cid}: refused {_kind_name(env)}: {e}")
             return wire.error(env, str(e))
+        except Exception as e:  # noqa: BLE001 (a bug, not a refusal: logged, counted, answered; others go on)
+            return self._failed(cid, env, e)
+
+    def _failed(self, cid: int, env: Envelope, e: Exception) -> Envelope:
+        """The answer to a request the server failed on unexpectedly (it escaped as gRPC UNKNOWN, with nothing in
+        the log): one log line with the client, the request's kind, the error and where it was raised."""
+        kind = _kind_name(env)
+        self.endpoint.failures[kind] += 1
+        where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+        at = f" at {Path(where.filename).name}:{where.lineno} in {where.name}" if where else ""
+        self.refusal(f"client {cid} failures", f"client {cid}: the server failed on its {kind} "
+                                               f"({type(e).__name__}: {reason(e)}{at}); answered ERROR")
+        return wire.error(env, f"the server failed on this {kind} ({type(e).__name__}: {reason(e)}); its log has "
+                               "the details")
 
 
 def _kind_name(env: Envelope) -> str:

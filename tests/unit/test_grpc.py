@@ -3,6 +3,7 @@ client, and requests waiting on one session (pipelined behind a request that wai
 before a HELLO the server accepts; a request the server fails on is logged, counted and answered."""
 
 import asyncio
+from collections import Counter
 
 import grpc
 import pytest
@@ -38,6 +39,7 @@ class Waiting:
 
     def __init__(self):
         self.seen_ids, self.release = [], asyncio.Event()
+        self.failures = Counter()
 
     def seen(self, cid):
         self.seen_ids.append(cid)
@@ -169,6 +171,24 @@ def test_a_refused_hello_ends_the_session():
     service = _Service(Picky(), {0: "t" * 32}, TransportConfig(), log=lambda s: None)
     replies = _session(service, [wire.encode_hello(0, {}), wire.encode_done(0, {})], hold_open=True)
     assert [r.kind for r in replies] == [wire.Envelope.ERROR] and "does not match" in replies[0].error
+
+
+def test_a_request_the_server_fails_on_is_logged_counted_and_answered_and_the_session_goes_on():
+    class Buggy(Waiting):
+        async def __call__(self, env):
+            if env.kind == wire.Envelope.PULL:
+                raise RuntimeError("something the code did not expect")
+            return await super().__call__(env)
+
+    lines = []
+    endpoint = Buggy()
+    endpoint.release.set()
+    service = _Service(endpoint, {0: "t" * 32}, TransportConfig(), log=lines.append)
+    replies = _session(service, [wire.encode_hello(0, {}), wire.encode_pull(0, 2, 0), wire.encode_done(0, {})])
+    assert [r.kind for r in replies] == [wire.Envelope.WELCOME, wire.Envelope.ERROR, wire.Envelope.ACK]
+    assert "failed on this PULL (RuntimeError: something the code did not expect)" in replies[1].error
+    assert endpoint.failures == {"PULL": 1}
+    assert any("client 0" in x and "PULL" in x and "RuntimeError" in x and "test_grpc.py" in x for x in lines), lines
 
 
 def test_a_session_that_opens_with_a_large_message_is_refused_at_its_first_64_kb():
