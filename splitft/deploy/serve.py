@@ -47,7 +47,7 @@ from ..server import FedAvgServer
 from ..transport import tls, wire
 from ..transport.base import ByteCounter, sum_kinds, training_traffic
 from ..transport.compress import CODECS
-from ..transport.grpc import Endpoint, serve_grpc
+from ..transport.grpc import Endpoint, check_listen, serve_grpc
 from .coordinator import Coordinator
 from .emulate import check_shape, server_pacer
 from .handshake import terms_of
@@ -107,7 +107,8 @@ def serve(cfg: Config, resume: bool = False, emulate: bool = False) -> dict:
         check_shape(cfg)
     tokens = read_tokens(cfg.transport.tokens_file, cfg.federation.n_clients)
     tls.check_files(cfg.transport, "server")
-    meta = check_model(cfg)
+    check_listen(cfg.transport.address)  # these before any file is written: a corrected command must not be
+    meta = check_model(cfg)  # refused because a failed one left a run directory behind
     out = Path(cfg.metrics.out_dir)
     saved = _resumable(out, cfg) if resume else None
     if saved is None:

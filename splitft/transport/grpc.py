@@ -13,8 +13,10 @@ The only module that imports grpc.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import queue
+import socket
 import threading
 import time
 import traceback
@@ -50,6 +52,35 @@ Envelope = pb.Envelope
 def _grpc_options(t: TransportConfig) -> list[tuple[str, int]]:
     frame = t.chunk_bytes + 4096  # one frame = one chunk + the Frame header
     return [("grpc.max_send_message_length", frame), ("grpc.max_receive_message_length", frame)]
+
+
+SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+"""gRPC sets SO_REUSEPORT by default: a second server on a port in use would bind too, and the kernel would deal
+the clients' connections between the two (measured: a second grpc server bound the same loopback port)."""
+
+
+def check_listen(address: str) -> None:
+    """Bind a plain socket to a HOST:PORT `address` and let it go, before a server writes anything: an address
+    this machine does not have, a host that does not resolve or a port in use is one line naming its cause
+    (gRPC's own error names none). Other address forms are left to gRPC."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    host = host.strip("[]")
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM,
+                                                           flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError, ValueError) as e:
+        raise TransportError(f"transport.address: cannot listen on '{address}': host '{host}' does not resolve "
+                             f"({reason(e)})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no obstacle
+        try:
+            probe.bind(where)
+        except OSError as e:
+            hint = "another process listens on it; choose a free port" if e.errno == errno.EADDRINUSE else \
+                "use an address of this machine (0.0.0.0:PORT for all)"
+            raise TransportError(f"transport.address: cannot listen on '{address}': {e.strerror}; {hint}") from None
 
 
 # --- server -----------------------------------------------------------------------------------------------
@@ -295,7 +326,7 @@ async def serve_grpc(endpoint: Endpoint, address: str, tokens: dict[int, str], o
     service = _Service(endpoint, tokens, opts, log)
     rpc = grpc.stream_stream_rpc_method_handler(service.session, request_deserializer=pb.Frame.FromString,
                                                 response_serializer=pb.Frame.SerializeToString)
-    server = grpc.aio.server(options=_grpc_options(opts))
+    server = grpc.aio.server(options=_grpc_options(opts) + SERVER_OPTIONS)
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("splitft.SplitFT", {"Session": rpc})])
     creds = _server_credentials(opts, log) if opts.tls_cert else None
     try:

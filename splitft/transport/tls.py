@@ -9,6 +9,7 @@ certificate that has expired or is about to is said in the log.
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 
 from ..config import TransportConfig
 from ..errors import UserError, reason
@@ -56,10 +57,29 @@ def certificate_warnings(pem: bytes, key: str, now: dt.datetime | None = None) -
 
 
 def check_files(t: TransportConfig, side: str) -> None:
-    """Read every TLS file `side` ("server" or "client") is configured with, before a model loads."""
+    """Read every TLS file `side` ("server" or "client") is configured with, before a model loads or a file is
+    written; a key must belong to its certificate."""
     files = {"server": [("tls_cert", "CERTIFICATE"), ("tls_key", "PRIVATE KEY"), ("tls_client_ca", "CERTIFICATE")],
              "client": [("tls_root", "CERTIFICATE"), ("tls_client_cert", "CERTIFICATE"),
                         ("tls_client_key", "PRIVATE KEY")]}[side]
     for name, kind in files:
         if getattr(t, name):
             read_pem(getattr(t, name), f"transport.{name}", kind)
+    cert, key = ("tls_cert", "tls_key") if side == "server" else ("tls_client_cert", "tls_client_key")
+    if getattr(t, cert) and getattr(t, key):
+        check_pair(getattr(t, cert), getattr(t, key), f"transport.{cert}", f"transport.{key}")
+
+
+def check_pair(cert: str, key: str, cert_key: str, key_key: str) -> None:
+    """The private key must be the certificate's (gRPC would only fail when the server binds, blamed on the
+    address) and not encrypted (gRPC cannot ask for its passphrase)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as e:
+        mismatch = "KEY_VALUES_MISMATCH" in str(e) or "key values mismatch" in str(e)
+        why = f"is not the key of the certificate in {cert_key} ('{cert}')" if mismatch else \
+            f"cannot be used with {cert_key} ({reason(e)}; an encrypted key is not supported)"
+        raise UserError(f"{key_key}: '{key}' {why}") from None
+    except OSError as e:
+        raise UserError(f"{key_key}: cannot read '{key}': {e.strerror}") from None

@@ -26,6 +26,31 @@ def _tokens(tmp):
     return _file(tmp, "tokens.txt", b"".join(bytes([97 + i]) * 32 + b"\n" for i in range(3)))
 
 
+_HELD = []  # sockets that keep a port busy while a case runs
+
+
+def _busy_port():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    _HELD.append(s)
+    return s.getsockname()[1]
+
+
+def _mismatched_tls(tmp):
+    """A certificate and the key of another certificate."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.contract.test_tls import _cert, _write
+
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(2)]
+    cert, _ = _write(tmp, "a", _cert("a", keys[0]), keys[0])
+    _, key = _write(tmp, "b", _cert("b", keys[1]), keys[1])
+    return [f"transport.tls_cert={cert}", f"transport.tls_key={key}"]
+
+
 CASES = {
     "config not UTF-8": (lambda t: ["simulate", "--config", _file(t, "c.yaml", "a: d\xe9j\xe0\n".encode("latin-1"))],
                          "not UTF-8"),
@@ -59,6 +84,15 @@ CASES = {
     "unknown compute dtype": (lambda t: ["simulate", "train.compute_dtype=fp8"], "train.compute_dtype: must be one of"),
     "negative loss chunk": (lambda t: ["simulate", "train.loss_chunk_tokens=-1"], "train.loss_chunk_tokens"),
     "unknown random shape": (lambda t: ["simulate", "model.source=random:gpt-9"], "unknown random shape"),
+    "server address not of this machine": (lambda t: ["server", f"transport.tokens_file={_tokens(t)}",
+                                                      "transport.address=192.0.2.1:50051"],
+                                           "cannot listen on '192.0.2.1:50051': Cannot assign requested address"),
+    "server port in use": (lambda t: ["server", f"transport.tokens_file={_tokens(t)}",
+                                      f"transport.address=127.0.0.1:{_busy_port()}"],
+                           "Address already in use; another process listens on it"),
+    "TLS key of another certificate": (lambda t: ["server", f"transport.tokens_file={_tokens(t)}",
+                                                  *_mismatched_tls(t)],
+                                       "is not the key of the certificate in transport.tls_cert"),
 }
 
 
