@@ -153,7 +153,19 @@ def serve(cfg: Config, resume: bool = False, emulate: bool = False) -> dict:
                                      "server_steps_by_round": [r["server_steps"] for r in records.rounds],
                                      "failed_requests": dict(endpoint.failures), **emulation})
     logger.close()
+    if not any(r["clients"] for r in records.rounds):
+        raise UserError(f"the run ended untrained: no client's update was aggregated in any of its {fed.rounds} "
+                        f"rounds ({_who_came(coord, fed.n_clients)}); its records are in {out}; see the server's "
+                        "log for why, then start the clients with the server's config and their tokens")
     return summary
+
+
+def _who_came(coord: Coordinator, n_clients: int) -> str:
+    """Which clients connected and which were let in, for the line saying that nobody trained."""
+    came, greeted = sorted(coord.last_seen), sorted(coord.processes)
+    if not came:
+        return f"none of the {n_clients} clients connected"
+    return f"clients {came} connected, {greeted or 'none'} of them passed the handshake"
 
 
 def resume_server(run_dir: str | Path, emulate: bool = False) -> dict:

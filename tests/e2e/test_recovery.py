@@ -230,3 +230,14 @@ def test_a_server_given_another_runs_checkpoint_refuses_it_and_changes_nothing(d
     shutil.rmtree(run / "checkpoints")
     shutil.copytree(deployments[7] / "checkpoints", run / "checkpoints")  # same shapes, another seed
     _refused_resume(run, "belongs to another run")
+
+
+def test_a_server_that_nobody_joined_says_so_and_exits_non_zero(tmp_path):
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("".join(f"{i}" * 32 + "\n" for i in range(3)))
+    res = splitft("server", *RECOVER, "federation.rounds=2", "transport.round_timeout_s=1",
+                  f"transport.address=127.0.0.1:{free_port()}", f"transport.tokens_file={tokens}",
+                  f"metrics.out_dir={tmp_path / 'run'}")
+    lines = [x for x in res.stderr.splitlines() if x.startswith("splitft: error:")]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert "ended untrained" in lines[0] and "none of the 3 clients connected" in lines[0], lines
