@@ -88,8 +88,9 @@ def load(run_dir: Path) -> dict[str, Any]:
     try:
         name = (root / LATEST).read_text().strip()
     except (OSError, UnicodeDecodeError):
-        raise UserError(f"--resume: '{run_dir}' has no checkpoint (checkpoints/latest); it was written with "
-                        f"metrics.checkpoint_every=0 or stopped before its first checkpoint") from None
+        raise UserError(f"--resume: '{run_dir}' has no checkpoint (checkpoints/latest): it was written with "
+                        f"metrics.checkpoint_every=0 or stopped before its first checkpoint, so there is nothing to "
+                        f"resume; start the run again with a new metrics.out_dir (or delete '{run_dir}')") from None
     folder = (root / name).resolve()
     if folder.parent != root or not name.startswith("round_"):
         raise UserError(f"--resume: checkpoints/latest names '{name}', which is not a checkpoint folder of this run")

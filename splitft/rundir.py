@@ -19,7 +19,7 @@ import torch
 from . import lora
 from .config import Config, load_config, save_config
 from .errors import UserError
-from .metrics import RUN_KIND, MetricsLogger
+from .metrics import RUN_KIND, MetricsLogger, run_identity
 
 
 def refuse_existing_run(cfg: Config) -> None:
@@ -28,9 +28,8 @@ def refuse_existing_run(cfg: Config) -> None:
     of its own (the run would write its resolved config over it)."""
     out = Path(cfg.metrics.out_dir)
     if (out / "metrics.jsonl").exists():
-        raise UserError(f"metrics.out_dir: '{out}' already holds a run; choose a new metrics.out_dir, or continue "
-                        f"that run with `splitft simulate --resume {out}` (`splitft server --resume` for a "
-                        "deployment) (nothing was overwritten)")
+        raise UserError(f"metrics.out_dir: '{out}' already holds a run; choose a new metrics.out_dir, or "
+                        f"{_way_on(out)} (nothing was overwritten)")
     if (out / "config.yaml").exists():
         raise UserError(f"metrics.out_dir: '{out}' holds a config.yaml, which the run would overwrite with its "
                         "resolved config; choose a new metrics.out_dir (nothing was overwritten)")
@@ -41,6 +40,19 @@ def refuse_existing_run(cfg: Config) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"metrics.out_dir: cannot write into '{existing}' (permission denied); choose another "
                         "metrics.out_dir")
+
+
+def _way_on(out: Path) -> str:
+    """How the run in `out` goes on: resumed by the command that began it, or (no checkpoint) not at all."""
+    if (out / "summary.json").exists():
+        return f"see it with `splitft report {out}` (that run finished)"
+    if not (out / "checkpoints" / "latest").exists():
+        return (f"delete '{out}' to start again (that run stopped before its first checkpoint, so it cannot be "
+                "resumed)")
+    runtime = (run_identity(out / "metrics.jsonl") or {}).get("runtime")
+    if runtime in ("simulate", "server"):
+        return f"continue that run with `splitft {runtime} --resume {out}`"
+    return f"continue that run with `splitft simulate --resume {out}` (`splitft server --resume` for a deployment)"
 
 
 def open_records(cfg: Config, runtime: str) -> tuple[MetricsLogger, str]:

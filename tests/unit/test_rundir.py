@@ -7,7 +7,7 @@ import pytest
 
 from splitft.config import Config
 from splitft.errors import UserError
-from splitft.rundir import prepare_run_dir, refuse_existing_run, write_json
+from splitft.rundir import open_records, prepare_run_dir, refuse_existing_run, write_json
 
 
 def _cfg(out):
@@ -44,3 +44,28 @@ def test_write_json_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_json(path, {"v": 2})
     assert json.loads(path.read_text()) == {"v": 1}
+
+
+@pytest.mark.parametrize("runtime", ["simulate", "server"])
+def test_an_out_dir_holding_a_run_names_the_way_on_for_that_run(tmp_path, runtime):
+    cfg = _cfg(tmp_path / "run")
+    prepare_run_dir(cfg)
+    logger, _ = open_records(cfg, runtime)
+    logger.close()
+    with pytest.raises(UserError, match="stopped before its first checkpoint, so it cannot be resumed") as e:
+        refuse_existing_run(cfg)  # killed before its first checkpoint: resuming is no way on
+    assert f"delete '{tmp_path / 'run'}'" in str(e.value)
+    (tmp_path / "run" / "checkpoints").mkdir()
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("round_0\n")
+    with pytest.raises(UserError, match=f"`splitft {runtime} --resume {tmp_path / 'run'}`"):
+        refuse_existing_run(cfg)  # the command that began it, which resumes it
+    write_json(tmp_path / "run" / "summary.json", {})
+    with pytest.raises(UserError, match="that run finished"):
+        refuse_existing_run(cfg)
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_says_how_to_start_again(tmp_path):
+    from splitft import checkpoint
+
+    with pytest.raises(UserError, match="nothing to resume; start the run again with a new metrics.out_dir"):
+        checkpoint.load(tmp_path)
