@@ -10,6 +10,7 @@ loss on response tokens only (prompt labels = -100). Plain-text rows (text colum
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -87,6 +88,26 @@ def _columns(rows: list[dict[str, Any]], cfg: DataConfig) -> tuple[str, ...]:
     )
 
 
+def _check_text(rows: list[dict[str, Any]], column: str, path: str) -> None:
+    """A text column must hold text: a list, an object or a missing value would be trained as its Python repr
+    ("['x', 'y']", "None"), so it is refused; numbers among text are trained as their text, with a warning."""
+    kinds: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        v = row.get(column)
+        kind = "text" if isinstance(v, str) else "missing" if v is None else \
+            "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__
+        kinds.setdefault(kind, []).append(i)
+    odd = {k: rows_ for k, rows_ in kinds.items() if k not in ("text", "number")}
+    if odd:
+        counts = ", ".join(f"{len(r)} {k} (row {r[0] + 1})" for k, r in sorted(odd.items()))
+        raise UserError(f"data: column '{column}' of '{path}' must hold text in every row; it holds {counts} among "
+                        f"{len(rows)} rows; fix or remove those rows")
+    if "number" in kinds and "text" in kinds:
+        print(f"warning: data: column '{column}' of '{path}' holds {len(kinds['number'])} number(s) among its "
+              f"{len(rows)} rows (row {kinds['number'][0] + 1} first); they are trained as their text",
+              file=sys.stderr)
+
+
 def _ids(out: Any) -> list[int]:
     """apply_chat_template returns a list in some transformers versions and a BatchEncoding in others."""
     return list(out["input_ids"] if not isinstance(out, list) else out)
@@ -119,6 +140,8 @@ def load_examples(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[list[Exam
     """
     rows = read_rows(cfg)
     columns = _columns(rows, cfg)
+    for column in columns:
+        _check_text(rows, column, cfg.path)
     random.Random(seed).shuffle(rows)
     if cfg.max_samples:
         rows = rows[: cfg.max_samples]

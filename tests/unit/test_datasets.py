@@ -80,3 +80,19 @@ def test_batch_stream_is_seeded_and_cycles():
 def test_split_eval_holds_out_at_least_one():
     train, held = split_eval(list(range(10)), 0.01, 64)  # type: ignore[arg-type]
     assert len(held) == 1 and len(train) == 9
+
+
+def test_a_text_column_of_mixed_types_is_refused_or_warned_never_stringified_in_silence(tmp_path, capsys):
+    rows = [{"prompt": f"say {w}", "response": w} for w in ["hark", "anon", "fie", "ay"]]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {"prompt": ["x", "y"], "response": "b"},
+                                                          {"prompt": None, "response": "c"}]))
+    with pytest.raises(UserError, match=r"column 'prompt' .* holds 1 list \(row 5\), 1 missing \(row 6\) among 6 rows"):
+        load_examples(DataConfig(path=str(mixed)), byte_tokenizer(), 0)
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {"prompt": "what is six times seven",
+                                                                      "response": 42}]))
+    examples, _ = load_examples(DataConfig(path=str(numbers)), byte_tokenizer(), 0)
+    assert len(examples) == 5
+    err = capsys.readouterr().err
+    assert "column 'response'" in err and "1 number(s) among its 5 rows" in err and "trained as their text" in err
