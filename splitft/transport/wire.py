@@ -74,7 +74,10 @@ def tensor_from_pb(m: pb.Tensor, max_numel: int) -> torch.Tensor:
     numel = math.prod(m.shape)  # Python ints: a hostile shape cannot overflow to a small product
     dtype = DTYPES[m.dtype]
     itemsize = torch.empty(0, dtype=dtype).element_size()
-    if numel > max_numel or len(m.data) != numel * itemsize:
+    if numel > max_numel:
+        raise WireError(f"tensor '{m.name}': shape {list(m.shape)} has more elements than the {max_numel} this "
+                        "message may carry")
+    if len(m.data) != numel * itemsize:
         raise WireError(f"tensor '{m.name}': {len(m.data)} bytes do not hold shape {list(m.shape)} of {m.dtype}")
     arr = np.frombuffer(m.data, dtype=np.dtype(NUMPY[dtype]).newbyteorder("<")).reshape(tuple(m.shape)).copy()
     t = torch.from_numpy(arr)
