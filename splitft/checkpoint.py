@@ -16,7 +16,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -163,6 +163,17 @@ def check_identity(run_dir: Path, saved: dict[str, Any]) -> None:
                         f"{theirs or 'unnamed'}; the records in this directory are of run "
                         f"{(mine or {}).get('run_id', 'unnamed')}); resume that run from its own directory, or put "
                         "this run's own checkpoints back (nothing was changed)")
+
+
+def restore(run_dir: Path, saved: dict[str, Any], state: Callable[[], dict[str, Any]],
+            load: Callable[[dict[str, Any]], None]) -> None:
+    """Load `saved` into objects built from the config (`load`, their `load_state_dict`), checked before and after
+    against their `state` (`check_fits`, `check_restored`); any misfit is one line (`restoring`). The objects may
+    be left half-loaded when it raises: they are thrown away with the refused command."""
+    with restoring(run_dir):
+        check_fits(saved, state())
+        load(saved)
+        check_restored(saved, state())
 
 
 def check_fits(saved: dict[str, Any], built: dict[str, Any]) -> None:

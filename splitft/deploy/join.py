@@ -227,10 +227,7 @@ class Participant:
         start = welcome["start"]
         saved = own_checkpoint(self.folder, welcome, self.say)
         if saved is not None and saved["round"] <= start:
-            with checkpoint.restoring(self.folder):
-                checkpoint.check_fits(saved["client"], self.client.state_dict())
-                self._restore(saved["client"])
-                checkpoint.check_restored(saved["client"], self.client.state_dict())
+            checkpoint.restore(self.folder, saved["client"], self.client.state_dict, self._restore)
             self.say(f"rejoining at round {start} with its optimizer state and data position from its checkpoint "
                      f"of round {saved['round']}")
         elif start > 0:

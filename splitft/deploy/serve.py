@@ -123,10 +123,7 @@ def serve(cfg: Config, resume: bool = False, emulate: bool = False) -> dict:
 
     party = _Party(cfg, meta, logger, log, emulate, run_id)
     if saved is not None:
-        with checkpoint.restoring(out):
-            checkpoint.check_fits(saved, party.state_dict())
-            party.load_state_dict(saved)
-            checkpoint.check_restored(saved, party.state_dict())
+        checkpoint.restore(out, saved, party.state_dict, party.load_state_dict)
         truncate_lines(out / "metrics.jsonl", saved["metrics_lines"])
         logger.release()
         log(f"resumed {out} from its checkpoint: the federation stands at round {party.coord.round}")

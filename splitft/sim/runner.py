@@ -62,10 +62,7 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
         checkpoint.check_position(out, saved, cfg.federation.rounds - 2, first_record=-1)  # none after the last
         checkpoint.check_identity(out, saved)
         start, run_id = saved["round"] + 1, saved.get("run")
-        with checkpoint.restoring(out):  # every check passed before metrics.jsonl is cut back below
-            checkpoint.check_fits(saved["federation"], fed.state_dict())
-            fed.load_state_dict(saved["federation"])
-            checkpoint.check_restored(saved["federation"], fed.state_dict())
+        checkpoint.restore(out, saved["federation"], fed.state_dict, fed.load_state_dict)  # before the cut below
         logger = MetricsLogger(truncate_lines(out / "metrics.jsonl", saved["metrics_lines"]),
                                offset=saved["wall_time"])
         fed.logger = logger
