@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -53,6 +53,43 @@ def _way_on(out: Path) -> str:
     if runtime in ("simulate", "server"):
         return f"continue that run with `splitft {runtime} --resume {out}`"
     return f"continue that run with `splitft simulate --resume {out}` (`splitft server --resume` for a deployment)"
+
+
+class RunLock:
+    """This process's hold on the run directory it runs in: an advisory lock (flock) on the directory itself, so
+    taking it writes nothing, and the kernel lets it go when the process ends, even by kill -9. A second process
+    that starts or resumes a run in a directory another one holds is refused; both would write into it (seen: a
+    `--resume` started beside the first process, still training, and both finished into one metrics.jsonl).
+
+        with RunLock(out) as lock:
+            lock.take()  # once the directory exists; released when the block ends
+    """
+
+    def __init__(self, out: Path):
+        self.out, self.fd = out, None
+
+    def take(self) -> None:
+        import fcntl
+
+        try:
+            fd = os.open(self.out, os.O_RDONLY)
+        except OSError:  # not a directory (yet): what follows says what is wrong with it
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UserError(f"'{self.out}': another process is running this run right now; wait for it to end or "
+                            "stop it first (nothing was changed)") from None
+        self.fd = fd
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor lets the lock go
+            self.fd = None
 
 
 def open_records(cfg: Config, runtime: str) -> tuple[MetricsLogger, str]:

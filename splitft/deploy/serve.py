@@ -42,7 +42,7 @@ from ..config import Config, tail_cut
 from ..errors import UserError
 from ..measure import peak_memory
 from ..metrics import MetricsLogger, perplexity
-from ..rundir import export_adapter, open_records, prepare_run_dir, run_config, truncate_lines, write_json
+from ..rundir import RunLock, export_adapter, open_records, prepare_run_dir, run_config, truncate_lines, write_json
 from ..server import FedAvgServer
 from ..transport import tls, wire
 from ..transport.base import ByteCounter, sum_kinds, training_traffic
@@ -101,7 +101,13 @@ def serve(cfg: Config, resume: bool = False, emulate: bool = False) -> dict:
     `cfg` is the run's own config.yaml (its out_dir the directory given) and the run goes on from the latest
     checkpoint: metrics.jsonl is cut back to what it held then, and the clients, which keep reconnecting,
     run the interrupted round again. `emulate`: each training step's compute is paced to
-    heterogeneity.server_tflops (`deploy/emulate.py`)."""
+    heterogeneity.server_tflops (`deploy/emulate.py`). The run directory is this process's while it serves
+    (`RunLock`)."""
+    with RunLock(Path(cfg.metrics.out_dir)) as lock:
+        return _run_server(cfg, resume, emulate, lock)
+
+
+def _run_server(cfg: Config, resume: bool, emulate: bool, lock: RunLock) -> dict:
     check(cfg, deploy_problems)
     if emulate:
         check_shape(cfg)
@@ -110,9 +116,12 @@ def serve(cfg: Config, resume: bool = False, emulate: bool = False) -> dict:
     check_listen(cfg.transport.address)  # these before any file is written: a corrected command must not be
     meta = check_model(cfg)  # refused because a failed one left a run directory behind
     out = Path(cfg.metrics.out_dir)
+    if resume:
+        lock.take()
     saved = _resumable(out, cfg) if resume else None
     if saved is None:
         prepare_run_dir(cfg)
+        lock.take()
         logger, run_id = open_records(cfg, "server")
     else:  # nothing touches the run's files until the checkpoint has been checked and loaded
         logger, run_id = MetricsLogger(out / "metrics.jsonl", offset=saved["wall_time"], hold=True), saved.get("run")

@@ -21,6 +21,7 @@ from ..measure import peak_memory
 from ..metrics import MetricsLogger, NullLogger, read_metrics
 from ..registry import check_names
 from ..rundir import (
+    RunLock,
     export_adapter,
     open_records,
     prepare_run_dir,
@@ -42,13 +43,20 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Build, train `federation.rounds` rounds, evaluate, export; returns the summary also written to disk.
 
     With `resume`, `cfg` is the run's own config.yaml: the run continues after its latest checkpoint, and
-    metrics.jsonl is cut back to what it held then (the rounds after it are run again, identically).
+    metrics.jsonl is cut back to what it held then (the rounds after it are run again, identically). The run
+    directory is this process's while it runs (`RunLock`).
     """
+    with RunLock(Path(cfg.metrics.out_dir)) as lock:
+        return _simulate(cfg, resume, lock)
+
+
+def _simulate(cfg: Config, resume: bool, lock: RunLock) -> dict[str, Any]:
     from tqdm import tqdm
 
     check(cfg, sim_problems)
     out = Path(cfg.metrics.out_dir)
     if resume:
+        lock.take()
         saved = checkpoint.load(out)
         if (out / "summary.json").exists():
             raise UserError(f"--resume: '{out}' already finished (summary.json exists); nothing to resume")
@@ -74,6 +82,7 @@ def run_simulation(cfg: Config, resume: bool = False) -> dict[str, Any]:
                   f"{o['memory_gb_needed']:g} GB of {o['memory_gb_budget']:g} GB (split.allow_over_memory=true)",
                   file=sys.stderr)
         prepare_run_dir(cfg)
+        lock.take()
         logger, run_id = open_records(cfg, "simulate")
         fed = build_federation(setup, logger)
     f = cfg.federation

@@ -332,3 +332,22 @@ def _interrupted(tmp_path, *overrides):
         mp.setattr(Federation, "run_round", crash_in_round_1)
         run_simulation(cfg)
     return Path(cfg.metrics.out_dir)
+
+
+def test_a_run_another_process_is_running_is_not_resumed_beside_it(interrupted, tmp_path, capsys):
+    """Seen: a `--resume` started while the first process still trained, and both finished into one directory."""
+    import shutil
+
+    from splitft.cli import main
+    from splitft.rundir import RunLock
+
+    run = tmp_path / "run"
+    shutil.copytree(interrupted, run)
+    before = _files(run)
+    with RunLock(run) as running:  # the first process, still at work
+        running.take()
+        capsys.readouterr()
+        assert main(["simulate", "--resume", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert "another process is running this run right now" in err and err.count("splitft: error:") == 1, err
+    assert _files(run) == before

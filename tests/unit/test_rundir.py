@@ -7,7 +7,7 @@ import pytest
 
 from splitft.config import Config
 from splitft.errors import UserError
-from splitft.rundir import open_records, prepare_run_dir, refuse_existing_run, write_json
+from splitft.rundir import RunLock, open_records, prepare_run_dir, refuse_existing_run, write_json
 
 
 def _cfg(out):
@@ -69,3 +69,17 @@ def test_a_run_that_stopped_before_its_first_checkpoint_says_how_to_start_again(
 
     with pytest.raises(UserError, match="nothing to resume; start the run again with a new metrics.out_dir"):
         checkpoint.load(tmp_path)
+
+
+def test_a_run_directory_is_held_by_one_process_at_a_time_and_let_go_when_it_ends(tmp_path):
+    import subprocess
+    import sys
+
+    take = ("import sys; from pathlib import Path; from splitft.rundir import RunLock; "
+            "RunLock(Path(sys.argv[1])).take()")
+    with RunLock(tmp_path) as lock:
+        lock.take()
+        other = subprocess.run([sys.executable, "-c", take, str(tmp_path)], capture_output=True, text=True, check=False)
+        assert other.returncode != 0 and "another process is running this run" in other.stderr
+    assert subprocess.run([sys.executable, "-c", take, str(tmp_path)], check=False).returncode == 0, "let go at the end"
+    assert list(tmp_path.iterdir()) == [], "holding a run writes nothing"
