@@ -180,24 +180,28 @@ def check_fits(saved: dict[str, Any], built: dict[str, Any]) -> None:
     """Before loading: every tensor the checkpoint and the objects built from the config both hold at one path
     must agree in shape and dtype (a checkpoint resumed under an edited config.yaml, lora.r 4 -> 8, otherwise
     loaded into the larger objects as a low-rank payload, and every step then failed)."""
-    have, want = _tensors_of(saved), _tensors_of(built)
-    for path in sorted(have.keys() & want.keys()):
-        if _what(have[path]) != _what(want[path]):
-            raise Mismatch(f"'{path}' is {_what(have[path])} in the checkpoint and {_what(want[path])} in the objects "
-                           "config.yaml builds")
+    _same_kinds(_tensors_of(saved), _tensors_of(built))
 
 
 def check_restored(saved: dict[str, Any], restored: dict[str, Any]) -> None:
     """After loading: the objects' state must hold exactly the checkpoint's tensors, path for path, shape for
     shape (fewer LoRA targets under an edited config would otherwise take part of the state and drop the rest)."""
-    check_fits(saved, restored)
     have, got = _tensors_of(saved), _tensors_of(restored)
+    _same_kinds(have, got)
     if extra := sorted(have.keys() - got.keys()):
         raise Mismatch(f"the checkpoint holds '{extra[0]}' (and {len(extra) - 1} more), which the objects "
                        "config.yaml builds do not have")
     if missing := sorted(got.keys() - have.keys()):
         raise Mismatch(f"the objects config.yaml builds have '{missing[0]}' (and {len(missing) - 1} more), which the "
                        "checkpoint does not hold")
+
+
+def _same_kinds(have: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    """The checkpoint's tensors (`have`) and the objects' (`want`) agree in shape and dtype wherever both are."""
+    for path in sorted(have.keys() & want.keys()):
+        if _what(have[path]) != _what(want[path]):
+            raise Mismatch(f"'{path}' is {_what(have[path])} in the checkpoint and {_what(want[path])} in the objects "
+                           "config.yaml builds")
 
 
 def _tensors_of(state: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -480,10 +480,7 @@ class GrpcTransport:
     def where(self) -> dict[str, Any]:
         """Greet the server again (same terms, same process) and return where the federation stands now."""
         assert self.terms is not None, "where() follows hello()"
-        self.greeted = False
-        self._call(None)
-        assert self.welcome is not None
-        return self.welcome
+        return self.hello(self.terms)
 
     def _exchange(self, env: Envelope) -> Envelope:
         """Send one request and wait for its reply. Raises _Broken (retry), TransportError (give up)."""
