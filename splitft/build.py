@@ -21,7 +21,8 @@ from . import lora
 from .client import SplitClient
 from .config import Check, Config, ConfigError, load_config, tail_cut, validate_against_model
 from .cost import CostModel, Serving
-from .data.datasets import BatchStream, Example, load_examples, resolve_path, split_eval
+from .data.datasets import (BatchStream, DataStats, Example, chat_template_of, data_line, load_examples, parse_rows,
+                            split_eval)
 from .data.partitioners import PARTITIONERS, partitioner_for, samples_of
 from .errors import UserError
 from .model import loader
@@ -115,7 +116,7 @@ class Setup:
     tokenizer: Any
     train: list[Example]
     eval: list[Example]
-    data_stats: dict[str, int]
+    data_stats: DataStats
     device: torch.device
     parts: list[list[int]]
     """Indices into `train`, one list per client."""
@@ -129,6 +130,16 @@ class Setup:
     @property
     def pad_id(self) -> int:
         return pad_id_of(self.tokenizer)
+
+    def data_record(self) -> dict[str, Any]:
+        """What became of the data's rows (rows, samples, truncated, dropped by reason), and each client's share."""
+        clients = {str(c): {"train_samples": len(p), "truncated": sum(self.train[i].truncated for i in p)}
+                   for c, p in enumerate(self.parts)}
+        return {**self.data_stats.record(), "train_samples": len(self.train), "eval_samples": len(self.eval),
+                "clients": clients}
+
+    def data_line(self) -> str:
+        return data_line(self.data_stats, len(self.train), len(self.eval), self.cfg.data)
 
 
 def pad_id_of(tokenizer: Any) -> int:
@@ -284,16 +295,23 @@ def build_setup(cfg: Config) -> Setup:
         UserError: anything wrong with the model source, the data or a config value that needs the model.
     """
     meta = check_model(cfg)
-    resolve_path(cfg.data.path)  # a missing data file fails before the weights load
+    check_data(cfg)
     peft, family, tokenizer, device = build_model(cfg, meta)
     train, held_out, stats = load_data(cfg, tokenizer)
     parts = partitioner_for(cfg.data, cfg.federation.n_clients, cfg.federation.seed).partition(samples_of(train))
     return Setup(cfg, peft, family, tokenizer, train, held_out, stats, device, parts, compute_of(cfg))
 
 
-def load_data(cfg: Config, tokenizer: Any) -> tuple[list[Example], list[Example], dict[str, int]]:
-    """(training examples, held-out examples, tokenization stats): the same split for every command."""
-    examples, stats = load_examples(cfg.data, tokenizer, cfg.federation.seed)
+def check_data(cfg: Config) -> None:
+    """Data that cannot train fails here, before any weight loads: a missing or unreadable file, columns that fit
+    no format, every row bad, a chat template file that is not there."""
+    parse_rows(cfg.data)
+    chat_template_of(cfg.data)
+
+
+def load_data(cfg: Config, tokenizer: Any, warn: bool = True) -> tuple[list[Example], list[Example], DataStats]:
+    """(training examples, held-out examples, what became of the rows): the same split for every command."""
+    examples, stats = load_examples(cfg.data, tokenizer, cfg.federation.seed, warn)
     train, held_out = split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
     return train, held_out, stats
 

@@ -149,13 +149,29 @@ class TrainConfig:
 @dataclass
 class DataConfig:
     path: str = "builtin:shakespeare_dialogue"
-    """builtin:<name> or a local .jsonl/.json/.csv/.parquet/.txt file."""
+    """builtin:<name>, a local .jsonl/.json/.csv/.parquet/.txt file, a folder of such files (shards of one
+    type), or a folder written by `datasets`' save_to_disk."""
+    format: str = "auto"
+    """auto (detected from the columns) | messages (OpenAI/TRL: a list of {role, content}) | sharegpt
+    (`conversations` of {from, value}) | alpaca (instruction, optional input, output) | prompt_response
+    (prompt_column + response_column) | text (text_column; loss on every token). See splitft/data/formats.py."""
     prompt_column: str = "prompt"
     response_column: str = "response"
     text_column: str = "text"
     """Used when the data has no prompt/response columns: plain text, loss on every token."""
+    train_on: str = "assistant"
+    """Which tokens of a conversation carry loss: assistant (every assistant turn and its end-of-turn token) |
+    last_assistant (the last assistant turn only) | all (every token, the template's included)."""
+    chat_template: str = ""
+    """A Jinja file to render conversations with instead of the tokenizer's own chat template (generation uses
+    it too); empty = the tokenizer's template (a tokenizer without one: turns joined by newlines, eos after each
+    assistant turn)."""
     max_length: int = 256
-    """Tokens per sample; longer samples are truncated (and counted in the log)."""
+    """Tokens per sample; longer samples are truncated as data.truncation says (and counted)."""
+    truncation: str = "prompt_left"
+    """How a sample longer than max_length is cut: prompt_left (drop the oldest context first and keep the last
+    assistant turn's target; plain text is cut on the right) | right (keep the first max_length tokens; a sample
+    whose target then lies wholly beyond is dropped, and counted)."""
     max_samples: int = 0
     """Use only the first N samples after shuffling (0 = all)."""
     eval_fraction: float = 0.1
@@ -530,9 +546,23 @@ def validate(cfg: Config) -> list[str]:
     if t.tls_client_cert and not t.tls_root:
         p.append("transport.tls_client_cert: a client certificate is only sent over TLS; set transport.tls_root")
     p += _validate_split(cfg)
+    p += _choice_problems(cfg)
     if cfg.data.partitioner == "dirichlet" and not cfg.data.category_column:
         p.append("data.category_column: required by data.partitioner=dirichlet (e.g. data.category_column=play)")
     return p
+
+
+DATA_FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_response", "text")
+TRAIN_ON = ("assistant", "last_assistant", "all")
+TRUNCATIONS = ("prompt_left", "right")
+
+
+def _choice_problems(cfg: Config) -> list[str]:
+    """Settings that name one of a few choices."""
+    choices = {"data.format": (cfg.data.format, DATA_FORMATS), "data.train_on": (cfg.data.train_on, TRAIN_ON),
+               "data.truncation": (cfg.data.truncation, TRUNCATIONS)}
+    return [f"{key}: must be one of {' | '.join(options)}, got {_show(value)}"
+            for key, (value, options) in choices.items() if value not in options]
 
 
 def _address_problems(address: str) -> list[str]:

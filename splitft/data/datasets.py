@@ -1,20 +1,23 @@
-"""Load local text or instruction data with `datasets`, tokenize it, and batch it (right padding).
+"""Read a user's data (a file, a folder of shards, a save_to_disk folder), render it, and batch it (right padding).
 
-Instruction rows (prompt + response columns) are rendered with the tokenizer's chat template and trained with
-loss on response tokens only (prompt labels = -100). Plain-text rows (text column) train on every token.
+Each row is parsed in its format (`formats.py`: chat messages, ShareGPT, Alpaca, prompt/response, plain text),
+rendered with the chat template with loss on the assistant turns only (`render.py`; labels = -100 elsewhere) and
+cut to data.max_length; nothing is dropped in silence: `DataStats` counts the truncated samples and the dropped
+rows by reason, and every runtime prints them (`data_line`).
 
-    examples, info = load_examples(cfg.data, tokenizer)   # list[Example], tokenization stats
-    batch = collate(examples[:4], pad_id)                 # input_ids/attention_mask/labels, each (B, T)
+    examples, stats = load_examples(cfg.data, tokenizer, seed)  # list[Example], DataStats
+    batch = collate(examples[:4], pad_id)                        # input_ids/attention_mask/labels, each (B, T)
 """
 
 from __future__ import annotations
 
+import json
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TextIO
 
 import torch
 
@@ -22,9 +25,15 @@ from ..config import DataConfig
 from ..errors import Mismatch, UserError
 from ..loss import IGNORE
 from ..seeding import load_random_state, random_state
+from .formats import BadRow, Parsed, columns_of, detect, parse
+from .render import render, truncate
 
-FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+FILE_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 BUILTIN_DATA = {"shakespeare_dialogue": "shakespeare_dialogue.jsonl"}
+SHOWN_BAD_ROWS = 3
+"""Bad rows named one line each; the rest are counted."""
+DROP_WARN = 0.10
+"""A client that loses more than this share of its rows gets a warning naming the setting to change."""
 
 
 @dataclass
@@ -34,133 +43,278 @@ class Example:
     """Same length as input_ids; IGNORE where no loss is taken (prompt tokens)."""
     category: str | None = None
     """Value of data.category_column, when set (used by the dirichlet partitioner only)."""
+    truncated: bool = False
+    """Cut to data.max_length."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
+@dataclass
+class Row:
+    where: str
+    """'<file> row <n>' (1-based: the line of a .jsonl), for messages about it."""
+    values: dict[str, Any]
+
+
+@dataclass
+class Rows:
+    """Every row of the configured data, parsed: conversations or texts, and the rows that fit no format."""
+
+    path: str
+    format: str
+    parsed: list[tuple[Row, Parsed]]
+    bad: list[tuple[Row, str]]
+    numbers: dict[str, int] = field(default_factory=dict)
+    """Text columns holding numbers (trained as their text): column -> count."""
+
+    @property
+    def n(self) -> int:
+        return len(self.parsed) + len(self.bad)
+
+
+@dataclass
+class DataStats:
+    """What became of a data file's rows: samples, cut ones, dropped ones and why."""
+
+    format: str
+    rows: int
+    samples: int
+    truncated: int
+    dropped: dict[str, int]
+    """reason -> rows: bad_row (fits no format), no_target (no loss-carrying token left within max_length)."""
+
+    def record(self) -> dict[str, Any]:
+        return {"format": self.format, "rows": self.rows, "samples": self.samples, "truncated": self.truncated,
+                "dropped": dict(self.dropped)}
+
+
 def resolve_path(path: str) -> Path:
-    """Local file for `data.path` (builtin:<name> lives inside the installed package)."""
+    """Local file or folder for `data.path` (builtin:<name> lives inside the installed package)."""
     if path.startswith("builtin:"):
         name = path.split(":", 1)[1]
         if name not in BUILTIN_DATA:
             raise UserError(f"data.path: unknown builtin dataset '{name}'; known: {', '.join(BUILTIN_DATA)}")
         return Path(str(resources.files("splitft.data") / "assets" / BUILTIN_DATA[name]))
     p = Path(path).expanduser()
+    if p.is_dir():
+        return p
     if not p.is_file():
         raise UserError(f"data.path: file '{path}' not found")
-    if p.suffix not in FORMATS:
-        raise UserError(f"data.path: unsupported file type '{p.suffix}'; use one of {', '.join(FORMATS)}")
+    if p.suffix not in FILE_TYPES:
+        raise UserError(f"data.path: unsupported file type '{p.suffix}'; use one of {', '.join(FILE_TYPES)}, a "
+                        f"folder of them, or a folder written by datasets' save_to_disk")
     return p
 
 
-def read_rows(cfg: DataConfig) -> list[dict[str, Any]]:
-    """Rows of the data file as dicts (through `datasets`, no cache written next to the data)."""
+def _shards(folder: Path, path: str) -> list[Path]:
+    """The data files of a folder: every file of one supported type, in name order."""
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix in FILE_TYPES)
+    kinds = {f.suffix for f in files}
+    if not files:
+        raise UserError(f"data.path: folder '{path}' holds no readable shard ({', '.join(FILE_TYPES)} files) and "
+                        f"was not written by datasets' save_to_disk (no dataset_info.json)")
+    if len(kinds) > 1:
+        raise UserError(f"data.path: folder '{path}' mixes file types {sorted(kinds)}; keep shards of one type")
+    return files
+
+
+def _read_jsonl(file: Path) -> list[Row]:
+    """JSON lines read line by line, so a bad line is named by its number (blank lines are skipped)."""
+    rows = []
+    with open(file, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                value = {"__bad__": f"is not JSON ({e.msg} at column {e.colno}); fix the line"}
+            rows.append(Row(f"{file.name} row {n}", value if isinstance(value, dict) else
+                            {"__bad__": f"is a JSON {type(value).__name__}, not an object of columns"}))
+    return rows
+
+
+def _read_with_datasets(files: list[Path], path: str) -> list[Row]:
+    """.json, .csv, .parquet and .txt through `datasets` (no cache written next to the data)."""
     import datasets
 
     datasets.disable_progress_bars()
-    path = resolve_path(cfg.path)
-    if path.stat().st_size == 0:
-        raise UserError(f"data.path: '{cfg.path}' holds no samples")
+    rows = []
+    for file in files:
+        try:
+            ds = datasets.load_dataset(FILE_TYPES[file.suffix], data_files=str(file), split="train")
+        except Exception as e:  # datasets raises many types for unreadable files
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            raise UserError(f"data.path: cannot read '{file if len(files) > 1 else path}': {reason}") from None
+        rows += [Row(f"{file.name} row {n}", r) for n, r in enumerate(ds.to_list(), 1)]
+    return rows
+
+
+def _read_saved(folder: Path, path: str) -> list[Row]:
+    """A folder written by `Dataset.save_to_disk` (a DatasetDict: its `train` split)."""
+    import datasets
+
     try:
-        ds = datasets.load_dataset(FORMATS[path.suffix], data_files=str(path), split="train")
-    except Exception as e:  # datasets raises many types for unreadable files
+        ds = datasets.load_from_disk(str(folder))
+    except Exception as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise UserError(f"data.path: cannot read '{cfg.path}': {reason}") from None
-    if len(ds) == 0:
+        raise UserError(f"data.path: cannot read the saved dataset '{path}': {reason}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise UserError(f"data.path: the saved dataset '{path}' has splits {list(ds)} and no 'train'")
+        ds = ds["train"]
+    return [Row(f"{folder.name} row {n}", r) for n, r in enumerate(ds.to_list(), 1)]
+
+
+def read_rows(cfg: DataConfig) -> list[Row]:
+    """Every row of `data.path`: a file, a folder of shards, or a save_to_disk folder."""
+    path = resolve_path(cfg.path)
+    saved = path.is_dir() and any((path / m).is_file() for m in ("dataset_info.json", "dataset_dict.json"))
+    files = [] if saved else _shards(path, cfg.path) if path.is_dir() else [path]
+    if files and all(f.stat().st_size == 0 for f in files):
         raise UserError(f"data.path: '{cfg.path}' holds no samples")
-    return ds.to_list()
-
-
-def _columns(rows: list[dict[str, Any]], cfg: DataConfig) -> tuple[str, ...]:
-    cols = set(rows[0])
-    if cfg.category_column and cfg.category_column not in cols:
-        raise UserError(f"data.category_column: '{cfg.category_column}' is not a column of '{cfg.path}'; "
-                        f"columns: {sorted(cols)}")
-    if {cfg.prompt_column, cfg.response_column} <= cols:
-        return (cfg.prompt_column, cfg.response_column)
-    if cfg.text_column in cols:
-        return (cfg.text_column,)
-    raise UserError(
-        f"data: columns {sorted(cols)} have neither data.prompt_column='{cfg.prompt_column}' + "
-        f"data.response_column='{cfg.response_column}' nor data.text_column='{cfg.text_column}'; set them to "
-        f"the names in your file"
-    )
-
-
-def _check_text(rows: list[dict[str, Any]], column: str, path: str) -> None:
-    """A text column must hold text: a list, an object or a missing value would be trained as its Python repr
-    ("['x', 'y']", "None"), so it is refused; numbers among text are trained as their text, with a warning."""
-    kinds: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        v = row.get(column)
-        kind = "text" if isinstance(v, str) else "missing" if v is None else \
-            "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__
-        kinds.setdefault(kind, []).append(i)
-    odd = {k: rows_ for k, rows_ in kinds.items() if k not in ("text", "number")}
-    if odd:
-        counts = ", ".join(f"{len(r)} {k} (row {r[0] + 1})" for k, r in sorted(odd.items()))
-        raise UserError(f"data: column '{column}' of '{path}' must hold text in every row; it holds {counts} among "
-                        f"{len(rows)} rows; fix or remove those rows")
-    if "number" in kinds and "text" in kinds:
-        print(f"warning: data: column '{column}' of '{path}' holds {len(kinds['number'])} number(s) among its "
-              f"{len(rows)} rows (row {kinds['number'][0] + 1} first); they are trained as their text",
-              file=sys.stderr)
-
-
-def _ids(out: Any) -> list[int]:
-    """apply_chat_template returns a list in some transformers versions and a BatchEncoding in others."""
-    return list(out["input_ids"] if not isinstance(out, list) else out)
-
-
-def tokenize_row(row: dict[str, Any], columns: tuple[str, ...], tokenizer: Any) -> Example:
-    """One row -> Example (untruncated). Instruction rows use the chat template when the tokenizer has one."""
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    if len(columns) == 1:
-        ids = tokenizer(str(row[columns[0]]), add_special_tokens=True)["input_ids"] + eos
-        return Example(ids, list(ids))
-    prompt, response = str(row[columns[0]]), str(row[columns[1]])
-    if getattr(tokenizer, "chat_template", None):
-        p_ids = _ids(tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                   add_generation_prompt=True, tokenize=True))
+    if saved:
+        rows = _read_saved(path, cfg.path)
+    elif files[0].suffix == ".jsonl":
+        rows = [r for f in files for r in _read_jsonl(f)]
     else:
-        p_ids = tokenizer(prompt + "\n", add_special_tokens=True)["input_ids"]
-    r_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + eos
-    return Example(p_ids + r_ids, [IGNORE] * len(p_ids) + r_ids)
+        rows = _read_with_datasets(files, cfg.path)
+    if not rows:
+        raise UserError(f"data.path: '{cfg.path}' holds no samples")
+    return rows
 
 
-def load_examples(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[list[Example], dict[str, int]]:
-    """Read, shuffle (seeded), cap at `max_samples`, tokenize and truncate to `max_length`.
+def _columns(rows: list[Row]) -> set[str]:
+    """The columns of the data: those of its first row that is an object."""
+    return next((set(r.values) for r in rows if "__bad__" not in r.values), set())
 
-    Returns:
-        examples, and stats {"samples", "truncated", "dropped_no_target"}.
+
+def parse_rows(cfg: DataConfig) -> Rows:
+    """Read the data and parse every row in its format (no tokenizer: bad data fails before weights load).
 
     Raises:
-        UserError: missing file, empty data, unknown columns, or no sample left with a training target.
+        UserError: unreadable data, columns that fit no format, a category column it does not have, or no row
+            that fits its format (the first bad rows named).
     """
     rows = read_rows(cfg)
-    columns = _columns(rows, cfg)
-    for column in columns:
-        _check_text(rows, column, cfg.path)
-    random.Random(seed).shuffle(rows)
-    if cfg.max_samples:
-        rows = rows[: cfg.max_samples]
-    examples, truncated, dropped = [], 0, 0
+    columns = _columns(rows)
+    if cfg.category_column and cfg.category_column not in columns:
+        raise UserError(f"data.category_column: '{cfg.category_column}' is not a column of '{cfg.path}'; "
+                        f"columns: {sorted(columns)}")
+    fmt = detect(columns, cfg, cfg.path)
+    out = Rows(cfg.path, fmt, [], [])
     for row in rows:
-        ex = tokenize_row(row, columns, tokenizer)
-        if len(ex) > cfg.max_length:
-            truncated += 1
-            ex = Example(ex.input_ids[: cfg.max_length], ex.labels[: cfg.max_length])
-        if cfg.category_column:
-            ex.category = str(row[cfg.category_column])
-        if sum(lab != IGNORE for lab in ex.labels[1:]) == 0:
-            dropped += 1  # prompt filled max_length: nothing left to learn from
+        try:
+            if "__bad__" in row.values:
+                raise BadRow(row.values["__bad__"])
+            out.parsed.append((row, parse(row.values, fmt, cfg)))
+        except BadRow as e:
+            out.bad.append((row, str(e)))
+    if not out.parsed:
+        raise UserError(f"data: no row of '{cfg.path}' fits the {fmt} format: " + _bad_lines(out.bad, out.n)[0])
+    if fmt in ("text", "prompt_response"):
+        out.numbers = _number_counts(out.parsed, columns_of(fmt, cfg))
+    return out
+
+
+def _number_counts(parsed: list[tuple[Row, Parsed]], columns: tuple[str, ...]) -> dict[str, int]:
+    counts = {c: sum(isinstance(r.values.get(c), (int, float)) and not isinstance(r.values.get(c), bool)
+                     for r, _ in parsed) for c in columns}
+    return {c: n for c, n in counts.items() if n}
+
+
+def _bad_lines(bad: list[tuple[Row, str]], n_rows: int) -> list[str]:
+    lines = [f"{row.where}: {why}" for row, why in bad[:SHOWN_BAD_ROWS]]
+    if len(bad) > SHOWN_BAD_ROWS:
+        lines.append(f"... and {len(bad) - SHOWN_BAD_ROWS} more bad rows ({len(bad)} of {n_rows} in all)")
+    return lines
+
+
+def warn_rows(rows: Rows, out: TextIO | None = None) -> None:
+    """Bad rows (the first few, then a count) and numbers trained as text, one line each, to stderr."""
+    out = out or sys.stderr
+    for line in _bad_lines(rows.bad, rows.n):
+        print(f"warning: data: {line}; the row is dropped", file=out)
+    for column, n in rows.numbers.items():
+        print(f"warning: data: column '{column}' of '{rows.path}' holds {n} number(s) among its {rows.n} rows; "
+              f"they are trained as their text", file=out)
+
+
+def chat_template_of(cfg: DataConfig) -> str | None:
+    """The text of `data.chat_template`, or None for the tokenizer's own."""
+    if not cfg.chat_template:
+        return None
+    p = Path(cfg.chat_template).expanduser()
+    if not p.is_file():
+        raise UserError(f"data.chat_template: file '{cfg.chat_template}' not found")
+    return p.read_text(encoding="utf-8")
+
+
+def load_examples(cfg: DataConfig, tokenizer: Any, seed: int, warn: bool = True) -> tuple[list[Example], DataStats]:
+    """Read and parse every row, shuffle (seeded), cap at `max_samples`, render (chat template, loss mask) and
+    truncate to `max_length` as `data.truncation` says.
+
+    Returns:
+        examples, and what became of the rows (`DataStats`).
+
+    Raises:
+        UserError: missing file, empty data, unknown columns, every row bad, or fewer than 2 usable samples.
+    """
+    rows = parse_rows(cfg)
+    if warn:
+        warn_rows(rows)
+    template = chat_template_of(cfg)
+    parsed = list(rows.parsed)
+    random.Random(seed).shuffle(parsed)
+    if cfg.max_samples:
+        parsed = parsed[: cfg.max_samples]
+    examples, truncated, dropped = [], 0, {"bad_row": len(rows.bad), "no_target": 0}
+    for row, item in parsed:
+        try:
+            ids, labels = render(item, tokenizer, "all" if isinstance(item, str) else cfg.train_on, template)
+        except BadRow as e:
+            if warn and dropped["bad_row"] - len(rows.bad) < SHOWN_BAD_ROWS:
+                print(f"warning: data: {row.where}: {e}; the row is dropped", file=sys.stderr)
+            dropped["bad_row"] += 1
             continue
-        examples.append(ex)
+        ids, labels, cut = truncate(ids, labels, cfg.max_length, cfg.truncation, not isinstance(item, str))
+        truncated += cut
+        if sum(lab != IGNORE for lab in labels[1:]) == 0:
+            dropped["no_target"] += 1  # the target lies beyond max_length: nothing left to learn from
+            continue
+        category = str(row.values.get(cfg.category_column)) if cfg.category_column else None
+        examples.append(Example(ids, labels, category, cut))
+    n_rows = len(parsed) + len(rows.bad)
     if len(examples) < 2:
         raise UserError(f"data: only {len(examples)} usable samples in '{cfg.path}' (need at least 2); "
-                        f"raise data.max_length or add data")
-    return examples, {"samples": len(examples), "truncated": truncated, "dropped_no_target": dropped}
+                        f"{_drop_reasons(dropped, cfg)}add data")
+    return examples, DataStats(rows.format, n_rows, len(examples), truncated, dropped)
+
+
+def _drop_reasons(dropped: dict[str, int], cfg: DataConfig) -> str:
+    """What to change for the dropped rows, as the start of a sentence ('' when none were dropped)."""
+    fixes = []
+    if dropped.get("no_target"):
+        fixes.append(f"{dropped['no_target']} lost their target beyond data.max_length={cfg.max_length} (raise it"
+                     + (" or set data.truncation=prompt_left)" if cfg.truncation == "right" else ")"))
+    if dropped.get("bad_row"):
+        fixes.append(f"{dropped['bad_row']} fit no format (see the warnings above; fix the rows)")
+    return "; ".join(fixes) + "; " if fixes else ""
+
+
+def data_line(stats: DataStats, train: int, held_out: int, cfg: DataConfig, who: str = "data") -> str:
+    """One line for stderr: rows, samples, truncated, dropped and why; a warning above DROP_WARN dropped."""
+    n_dropped = sum(stats.dropped.values())
+    warn = n_dropped > DROP_WARN * stats.rows
+    reasons = _drop_reasons(stats.dropped, cfg).rstrip("; ")
+    dropped = f"{n_dropped} dropped ({reasons})" if n_dropped else "0 dropped"
+    line = (f"{who}: {stats.rows} rows of {cfg.path} ({stats.format}): {train} training + {held_out} held-out "
+            f"samples, {stats.truncated} truncated to data.max_length={cfg.max_length} "
+            f"(data.truncation={cfg.truncation}), {dropped}")
+    if warn:
+        return f"warning: {line}: {n_dropped / stats.rows:.0%} of the rows will not train"
+    return line
 
 
 def split_eval(examples: list[Example], fraction: float, max_eval: int) -> tuple[list[Example], list[Example]]:

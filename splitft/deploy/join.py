@@ -30,6 +30,7 @@ from ..build import (
     precision_line,
     Setup,
     check,
+    check_data,
     check_model,
     client_stream,
     cost_model_of,
@@ -41,7 +42,7 @@ from ..build import (
 )
 from ..client import LocalClient, SplitClient
 from ..config import Config, DeviceConfig, tail_cut
-from ..data.datasets import Example, load_examples, read_rows, resolve_path, split_eval
+from ..data.datasets import DataStats, Example, data_line, load_examples, resolve_path, split_eval
 from ..data.partitioners import partitioner_for, samples_of
 from ..devices import client_profiles
 from ..errors import UserError
@@ -59,15 +60,16 @@ from .handshake import terms_of
 from .serve import deploy_problems
 
 
-def client_data(cfg: Config, client_id: int, tokenizer: Any, dealt: bool) -> tuple[list[Example], list[Example]]:
-    """(training examples, held-out examples) of this client: its own file, or (`dealt`) its partition of the
-    federation's shared file and the simulation's held-out slice."""
+def client_data(cfg: Config, client_id: int, tokenizer: Any,
+                dealt: bool) -> tuple[list[Example], list[Example], DataStats]:
+    """(training examples, held-out examples, what became of the file's rows) of this client: its own file, or
+    (`dealt`) its partition of the federation's shared file and the simulation's held-out slice."""
     if dealt:
-        train, held_out, _ = load_data(cfg, tokenizer)
+        train, held_out, stats = load_data(cfg, tokenizer)
         parts = partitioner_for(cfg.data, cfg.federation.n_clients, cfg.federation.seed).partition(samples_of(train))
-        return [train[i] for i in parts[client_id]], held_out
-    examples, _ = load_examples(cfg.data, tokenizer, derive_seed(cfg.federation.seed, "data", client_id))
-    return split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
+        return [train[i] for i in parts[client_id]], held_out, stats
+    examples, stats = load_examples(cfg.data, tokenizer, derive_seed(cfg.federation.seed, "data", client_id))
+    return *split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples), stats
 
 
 def emulated_device(cfg: Config, client_id: int) -> DeviceConfig:
@@ -119,18 +121,17 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False, emulate
     token = os.environ.get(cfg.transport.token_env, "")
     if not token:
         raise UserError(f"set this client's token in the environment variable {cfg.transport.token_env}")
-    read_rows(cfg.data)  # a missing, empty or unreadable data file fails here, before any weight is read
+    check_data(cfg)  # a missing, unreadable or all-bad data file fails here, before any weight is read
     if emulate:
         check_shape(cfg)
     device = emulated_device(cfg, client_id) if emulate else None
     tls.check_files(cfg.transport, "client")
     meta = check_model(cfg)
     pm = open_model(cfg, meta)
-    train, held_out = client_data(cfg, client_id, pm.tokenizer, dealt)
+    train, held_out, stats = client_data(cfg, client_id, pm.tokenizer, dealt)
     token_ids = pm.drop_tokenizer()  # tokenized: from here on only the pad id is needed
     say = lambda text: print(f"[client {client_id}] {text}", file=sys.stderr, flush=True)  # noqa: E731
-    say(f"{len(train)} training and {len(held_out)} held-out samples from "
-        f"{'its share of ' if dealt else ''}{resolve_path(cfg.data.path)}")
+    say(data_line(stats, len(train), len(held_out), cfg.data, "data (dealt)" if dealt else "data"))
     say(precision_line(pm.compute))
     transport = GrpcTransport(address, client_id, token, cfg.transport, log=say)
     try:
@@ -139,7 +140,7 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False, emulate
     except ServerRefused as e:
         transport.close()
         raise UserError(str(e)) from None
-    me = Participant(cfg, client_id, pm, token_ids, train, held_out, transport, say)
+    me = Participant(cfg, client_id, pm, token_ids, train, held_out, stats, transport, say)
     if emulate:
         me.pacer = Pacer(device, cost_model_of(pm.peft.base_model.model, pm.family, pm.compute), say)
         say(f"emulating a {device.name}: {device.tflops:g} TFLOP/s, {device.up_mbps:g}/{device.down_mbps:g} Mbit/s, "
@@ -171,11 +172,11 @@ class Participant:
     """
 
     def __init__(self, cfg: Config, client_id: int, pm: PartialModel, token_ids: TokenIds, train: list[Example],
-                 held_out: list[Example], transport: GrpcTransport, say: Callable[[str], None]):
+                 held_out: list[Example], stats: DataStats, transport: GrpcTransport, say: Callable[[str], None]):
         self.cfg, self.id, self.pm, self.transport, self.say = cfg, client_id, pm, transport, say
         fed = cfg.federation
         self.holder = Holder(pm, cut_rank(cfg), tail_cut(cfg, pm.n_layer))
-        self.setup = Setup(cfg, pm.peft, pm.family, token_ids, train, held_out, {}, pm.device, [], pm.compute)
+        self.setup = Setup(cfg, pm.peft, pm.family, token_ids, train, held_out, stats, pm.device, [], pm.compute)
         stream = client_stream(self.setup, client_id, list(range(len(train))))
         first_cut = cfg.split.cut if fed.method == "split" else pm.n_layer
         if fed.method == "split":
@@ -355,10 +356,17 @@ class Participant:
         self.final = _evaluate(self.client, self.transport, self.cfg, self.setup, rounds - 1)
         self.transport.done(self.id, {"eval": self.final})
 
+    def _data_counts(self) -> dict[str, Any]:
+        """What became of the data file's rows (a dealt client: the shared file's), and this client's samples."""
+        s, examples = self.setup.data_stats, self.setup.train + self.setup.eval
+        return {"format": s.format, "rows": s.rows, "train_samples": len(self.setup.train),
+                "eval_samples": len(self.setup.eval), "truncated": sum(e.truncated for e in examples),
+                "dropped": dict(s.dropped)}
+
     def results(self, dealt: bool, memory: dict[str, float]) -> dict[str, Any]:
         cfg, t, final = self.cfg, self.transport, self.final
         out: dict[str, Any] = {"client_id": self.id, "data": str(resolve_path(cfg.data.path)), "dealt": dealt,
-                               "train_samples": len(self.setup.train), "eval_samples": len(self.setup.eval),
+                               **self._data_counts(),
                                "losses": [x for r in sorted(self.losses) for x in self.losses[r]],
                                "steps_by_round": {str(r): len(v) for r, v in sorted(self.losses.items())},
                                "step_wall_s": _quantiles(self.step_walls),

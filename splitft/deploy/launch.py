@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..config import Config, save_config
-from ..data.datasets import read_rows
+from ..data.datasets import parse_rows
 from ..errors import UserError
 from ..rundir import refuse_existing_run
 from .emulate import check_shape
@@ -71,7 +71,7 @@ def launch(base: Config, n_clients: int, client_data: list[str] | None = None, e
         if len(client_data) != n_clients:
             raise UserError(f"--client-data: give one file per client ({n_clients}), got {len(client_data)}")
         for path in client_data:  # missing, empty or unreadable: one line now, not a client failing later
-            read_rows(dataclasses.replace(base.data, path=path))
+            parse_rows(dataclasses.replace(base.data, path=path))
     cfg = copy.deepcopy(base)
     cfg.federation.n_clients = n_clients
     cfg.transport.address = f"127.0.0.1:{free_port()}"

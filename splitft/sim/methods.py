@@ -89,7 +89,7 @@ def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict
                          tail_cut=tail_cut(cfg, setup.n_layer) if cfg.federation.method == "split" else None,
                          serving=build.serving_of(cfg))
     logger.log("setup", method=cfg.federation.method, partition_sizes=[len(p) for p in setup.parts],
-               **setup.data_stats, eval_samples=len(setup.eval), n_layer=setup.n_layer, family=setup.family.name,
+               data=setup.data_record(), eval_samples=len(setup.eval), n_layer=setup.n_layer, family=setup.family.name,
                device=str(setup.device), devices={str(c): vars(d) for c, d in devices.items()},
                over_memory=over_memory(setup), precision=setup.compute.precision.record(),
                activation_checkpointing=setup.compute.checkpointing, loss_chunk_tokens=setup.compute.loss_chunk)

@@ -63,6 +63,7 @@ def _simulate(cfg: Config, resume: bool, lock: RunLock) -> dict[str, Any]:
     else:
         refuse_existing_run(cfg)
     setup = build_setup(cfg)
+    print(setup.data_line(), file=sys.stderr)
     print(precision_line(setup.compute), file=sys.stderr)
     start = 0
     if resume:  # build-time records (setup, the first cut decision) are in metrics.jsonl already

@@ -6,9 +6,17 @@ import pytest
 import torch
 
 from splitft.config import DataConfig
-from splitft.data.datasets import IGNORE, BatchStream, collate, load_examples, split_eval, tokenize_row
+from splitft.data.datasets import IGNORE, BatchStream, Example, collate, load_examples, split_eval
+from splitft.data.formats import Turn
+from splitft.data.render import render
 from splitft.errors import UserError
 from splitft.model.loader import byte_tokenizer
+
+
+def tokenize_row(row: dict, columns: tuple[str, ...], tok) -> Example:
+    parsed = str(row[columns[0]]) if len(columns) == 1 else [Turn("user", row[columns[0]]),
+                                                             Turn("assistant", row[columns[1]])]
+    return Example(*render(parsed, tok, "assistant", None))
 
 
 def test_instruction_rows_mask_the_prompt_and_end_with_eos():
@@ -38,14 +46,15 @@ def test_local_formats_load(tmp_path, suffix):
 
         getattr(pd.DataFrame(rows), "to_csv" if suffix == ".csv" else "to_parquet")(path, index=False)
     examples, stats = load_examples(DataConfig(path=str(path)), byte_tokenizer(), seed=0)
-    assert stats["samples"] == 10 and all(ex.labels == ex.input_ids for ex in examples)
+    assert stats.samples == 10 and all(ex.labels == ex.input_ids for ex in examples)
 
 
-def test_truncation_is_counted_and_prompt_only_samples_dropped(qa_file):
-    cfg = DataConfig(path=str(qa_file), max_length=40)
+def test_right_truncation_is_counted_and_prompt_only_samples_dropped(qa_file):
+    cfg = DataConfig(path=str(qa_file), max_length=31, truncation="right")
     examples, stats = load_examples(cfg, byte_tokenizer(), seed=0)
-    assert all(len(e) <= 40 for e in examples)
-    assert stats["truncated"] > 0 and stats["samples"] + stats["dropped_no_target"] == 30
+    assert all(len(e) <= 31 for e in examples) and all(e.truncated for e in examples)
+    assert stats.truncated == 30 and stats.dropped["no_target"] > 0
+    assert stats.samples + stats.dropped["no_target"] == stats.rows == 30
 
 
 def test_bad_data_errors(tmp_path):
@@ -56,7 +65,7 @@ def test_bad_data_errors(tmp_path):
     with pytest.raises(UserError, match="empty.jsonl"):
         load_examples(DataConfig(path=str(tmp_path / "empty.jsonl")), tok, 0)
     (tmp_path / "cols.jsonl").write_text('{"question": "a", "answer": "b"}\n' * 3)
-    with pytest.raises(UserError, match="prompt_column"):
+    with pytest.raises(UserError, match="fit no format.*prompt_column"):
         load_examples(DataConfig(path=str(tmp_path / "cols.jsonl")), tok, 0)
 
 
@@ -82,13 +91,16 @@ def test_split_eval_holds_out_at_least_one():
     assert len(held) == 1 and len(train) == 9
 
 
-def test_a_text_column_of_mixed_types_is_refused_or_warned_never_stringified_in_silence(tmp_path, capsys):
+def test_a_text_column_of_mixed_types_is_dropped_or_warned_never_stringified_in_silence(tmp_path, capsys):
     rows = [{"prompt": f"say {w}", "response": w} for w in ["hark", "anon", "fie", "ay"]]
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {"prompt": ["x", "y"], "response": "b"},
                                                           {"prompt": None, "response": "c"}]))
-    with pytest.raises(UserError, match=r"column 'prompt' .* holds 1 list \(row 5\), 1 missing \(row 6\) among 6 rows"):
-        load_examples(DataConfig(path=str(mixed)), byte_tokenizer(), 0)
+    examples, stats = load_examples(DataConfig(path=str(mixed)), byte_tokenizer(), 0)
+    assert len(examples) == 4 and stats.dropped == {"bad_row": 2, "no_target": 0} and stats.rows == 6
+    err = capsys.readouterr().err
+    assert "mixed.jsonl row 5: column 'prompt' holds list, not text" in err
+    assert "mixed.jsonl row 6: column 'prompt' holds missing, not text" in err
     numbers = tmp_path / "numbers.jsonl"
     numbers.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {"prompt": "what is six times seven",
                                                                       "response": 42}]))
