@@ -29,6 +29,7 @@ from .model import loader
 from .model.families import Family, family_for
 from .model.split import ClientPart, Compute, ServerPart
 from .model.weights import WeightFile, held_bytes, materialize, release
+from .optim import LrSchedule
 from .policy import POLICIES, CutBounds, CutPolicy
 from .policy.makespan import MakespanPolicy, RoundCosts
 from .precision import COMPUTE_DTYPES, STORAGE_DTYPES, Precision, resolve
@@ -321,9 +322,12 @@ def cut_rank(cfg: Config) -> int | None:
     return cfg.lora.r_cut if cfg.lora.r_cut < cfg.lora.r else None
 
 
-def optimizer_settings(cfg: Config) -> dict[str, float]:
-    t = cfg.train
-    return dict(lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
+def optimizer_settings(cfg: Config, steps_per_round: int | None = None) -> dict[str, Any]:
+    """AdamW's settings and the lr schedule over the run (`steps_per_round`: optimizer steps of one party per
+    round, local_steps unless the method differs: the centralized trainer takes a federation's steps)."""
+    t, f = cfg.train, cfg.federation
+    schedule = LrSchedule(t.lr, t.schedule, t.warmup_steps, steps_per_round or f.local_steps, f.rounds)
+    return dict(lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, schedule=schedule)
 
 
 def cost_model_of(hf: torch.nn.Module, family: Family, compute: Compute) -> CostModel:

@@ -18,7 +18,7 @@ import torch
 from . import lora
 from .data.datasets import BatchStream, Example, batches
 from .model.split import ClientPart, FullPart
-from .optim import NonFiniteStep, clip, load_optimizer_state, make_optimizer, optimizer_state
+from .optim import LrSchedule, NonFiniteStep, clip, load_optimizer_state, make_optimizer, optimizer_state, set_lr
 from .precision import LossScaler
 from .transport.base import (
     LABEL_DTYPE,
@@ -46,9 +46,12 @@ class _Client:
     """Data stream, optimizer over the part's LoRA, and the adapter exchange shared by both client kinds."""
 
     def __init__(self, client_id: int, part: ClientPart | FullPart, stream: BatchStream, *, lr: float,
-                 weight_decay: float = 0.0, max_grad_norm: float = 0.0, r_cut: int | None = None):
+                 weight_decay: float = 0.0, max_grad_norm: float = 0.0, r_cut: int | None = None,
+                 schedule: LrSchedule | None = None):
         self.client_id, self.stream, self.r_cut = client_id, stream, r_cut
         self.lr, self.weight_decay, self.max_grad_norm = lr, weight_decay, max_grad_norm
+        self.schedule = schedule or LrSchedule(lr)
+        self.at = (0, 0)  # (round, step) of the step in progress: its lr
         self.samples_seen = 0  # since the last push; the FedAvg weight
         self.last_loss: float | None = None  # mean step loss of the last round (the policy's performance signal)
         self.timing: StepTiming | None = None  # of the last training step (a deployed client's measurements)
@@ -139,7 +142,13 @@ class _Client:
 
     def _update(self) -> None:
         clip(self.params, self.max_grad_norm)
+        set_lr(self.opt, self.schedule.at(*self.at))
         self.opt.step()
+
+    @property
+    def current_lr(self) -> float:
+        """The lr of the last optimizer step."""
+        return float(self.opt.param_groups[0]["lr"])
 
     def _sync(self) -> None:
         """Wait for queued GPU work, so step timings measure the compute (no-op on the CPU)."""
@@ -242,6 +251,7 @@ class SplitClient(_Client):
         simulation does, to order steps by arrival)."""
         batch = self._next_batch()
         start = time.perf_counter()
+        self.at = (round_, step)
         self.opt.zero_grad(set_to_none=True)  # a U-shaped tail accumulates its gradients before finish_step
         acts = self.part.forward(batch["input_ids"], batch["attention_mask"])  # (B, T, H)
         self._pending = (acts, batch["input_ids"].shape[0], time.perf_counter() - start)
@@ -283,6 +293,7 @@ class LocalClient(_Client):
     def train_step(self, transport: Transport, round_: int, step: int) -> StepReply:
         batch = self._next_batch()
         start = time.perf_counter()
+        self.at = (round_, step)
         stats = self.part.loss(batch["input_ids"], batch["attention_mask"], batch["labels"])
         self.opt.zero_grad(set_to_none=True)
         self._backward(stats.loss_sum / max(stats.n_tokens, 1), None, self.params)

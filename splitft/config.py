@@ -133,6 +133,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 0.0
     """Clip each side's LoRA gradient norm separately (0 = no clipping)."""
+    schedule: str = "constant"
+    """Learning rate over the run, counted in global optimizer steps (rounds x local_steps): constant (lr
+    throughout) | linear (to 0 at the last step) | cosine (to 0 at the last step); every party of the split, in
+    simulation and deployment alike, steps at the same lr."""
+    warmup_steps: int = 0
+    """Global optimizer steps of linear warmup from 0 to lr before the schedule (0 = none)."""
     compute_dtype: str = "float32"
     """float32 | bfloat16 | float16 | auto: what every forward and backward of every party runs in (autocast);
     LoRA weights, AdamW state and the loss stay float32. auto: bfloat16 on a CUDA device with bf16 and on a CPU
@@ -547,6 +553,8 @@ def validate(cfg: Config) -> list[str]:
         p.append("transport.tls_client_cert: a client certificate is only sent over TLS; set transport.tls_root")
     p += _validate_split(cfg)
     p += _choice_problems(cfg)
+    if cfg.train.warmup_steps < 0:
+        p.append(f"train.warmup_steps: must be >= 0 (0 = no warmup), got {cfg.train.warmup_steps}")
     if cfg.data.partitioner == "dirichlet" and not cfg.data.category_column:
         p.append("data.category_column: required by data.partitioner=dirichlet (e.g. data.category_column=play)")
     return p
@@ -555,12 +563,14 @@ def validate(cfg: Config) -> list[str]:
 DATA_FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_response", "text")
 TRAIN_ON = ("assistant", "last_assistant", "all")
 TRUNCATIONS = ("prompt_left", "right")
+SCHEDULES = ("constant", "linear", "cosine")
 
 
 def _choice_problems(cfg: Config) -> list[str]:
     """Settings that name one of a few choices."""
     choices = {"data.format": (cfg.data.format, DATA_FORMATS), "data.train_on": (cfg.data.train_on, TRAIN_ON),
-               "data.truncation": (cfg.data.truncation, TRUNCATIONS)}
+               "data.truncation": (cfg.data.truncation, TRUNCATIONS),
+               "train.schedule": (cfg.train.schedule, SCHEDULES)}
     return [f"{key}: must be one of {' | '.join(options)}, got {_show(value)}"
             for key, (value, options) in choices.items() if value not in options]
 

@@ -194,6 +194,7 @@ class Federation:
         record: dict[str, Any] = {
             "round": round_, "clients": merged, "cuts": cuts,
             "train_loss": sum(s["loss"] for s in steps) / len(steps) if steps else None,
+            "lr": steps[-1]["lr"] if steps else None,  # of the round's last step (train.schedule)
             "client_loss": {str(c): self._client_loss(c, steps) for c in plan.clients},
             "steps_by_client": {str(c): sum(s["client_id"] == c for s in steps) for c in plan.clients},
             "train_tokens": sum(s["n_tokens"] for s in steps),
@@ -391,7 +392,7 @@ class Federation:
             if sent["hidden_down"] else {}  # a U-shaped step's second crossing (the clock charges it apart)
         joined = {} if server_step is None else {"server_step": server_step}  # served with others in one step
         rec = self.logger.log(
-            "step", round=round_, step=step, client_id=cid, cut=client.cut, loss=reply.loss,
+            "step", round=round_, step=step, client_id=cid, cut=client.cut, loss=reply.loss, lr=client.current_lr,
             n_tokens=reply.n_tokens, batch=list(client.last_shape),
             bytes_up=sum(sent[k] for k in STEP_UP), bytes_down=sum(sent[k] for k in STEP_DOWN), **tail, **joined,
         )

@@ -1,8 +1,8 @@
 """Run records: one JSON object per line in `<run>/metrics.jsonl`; the first is the `run` record (run_id,
 runtime: the run's identity, which a resume checks its checkpoint against), then kinds such as `step` and `round`.
 
-step:  round, step, client_id, cut, loss, n_tokens, bytes_up, bytes_down, wall_time
-round: round, clients, cuts {client_id: cut}, train_loss, eval_loss, eval_ppl, eval_acc,
+step:  round, step, client_id, cut, loss, lr, n_tokens, bytes_up, bytes_down, wall_time
+round: round, clients, cuts {client_id: cut}, train_loss, lr, eval_loss, eval_ppl, eval_acc,
        bytes {activations_up, labels_up, grad_activations_down, lora_up, lora_down, eval_up, eval_down}
        (cumulative), bytes_up, bytes_down (training traffic this round), wall_time (s since start)
 `NullLogger` takes the same calls and writes nothing (library use without a run directory).

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 from .errors import Mismatch, UserError
@@ -14,6 +17,42 @@ class NonFiniteStep(UserError):
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW over LoRA parameters (element-wise, so one optimizer per side equals one over both)."""
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """The learning rate of every optimizer step of a run (train.schedule, train.warmup_steps), counted in global
+    steps: a step's index is round x steps_per_round + its step in the round, so a client step and the server step
+    it feeds compute the same lr from the (round, step) both see, in simulation and deployment alike.
+
+    The factors are transformers' (get_constant_schedule_with_warmup, get_linear_schedule_with_warmup,
+    get_cosine_schedule_with_warmup at step g), so a run's lr reads as a Trainer's would; constant without warmup
+    returns `lr` itself: today's numerics, to the bit."""
+
+    lr: float
+    kind: str = "constant"
+    warmup: int = 0
+    steps_per_round: int = 1
+    rounds: int = 1
+
+    @property
+    def total(self) -> int:
+        return self.steps_per_round * self.rounds
+
+    def at(self, round_: int, step: int) -> float:
+        g = min(max(round_, 0) * self.steps_per_round + step, self.total - 1)  # a time budget's extra steps: last
+        if g < self.warmup:
+            return self.lr * g / max(1, self.warmup)
+        if self.kind == "constant":
+            return self.lr
+        done = (g - self.warmup) / max(1, self.total - self.warmup)
+        factor = 1 - done if self.kind == "linear" else 0.5 * (1 + math.cos(math.pi * done))
+        return self.lr * max(0.0, factor)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 def clip(params: list[torch.nn.Parameter], max_norm: float) -> None:

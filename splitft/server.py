@@ -20,7 +20,8 @@ from . import lora
 from .aggregate import layerwise_fedavg
 from .model.families import Family
 from .model.split import Joining, ServerPart
-from .optim import NonFiniteStep, clip, grads_finite, load_optimizer_state, make_optimizer, optimizer_state
+from .optim import (LrSchedule, NonFiniteStep, clip, grads_finite, load_optimizer_state, make_optimizer,
+                    optimizer_state, set_lr)
 from .precision import LossScaler
 from .transport.base import AdapterUpdate, BackwardRequest, ForwardRequest, StepReply
 
@@ -135,7 +136,8 @@ class SplitServer(FedAvgServer):
     """
 
     def __init__(self, part: ServerPart, initial_adapters: dict[str, torch.Tensor], family: Family, *,
-                 r_cut: int | None = None, lr: float = 0.0, weight_decay: float = 0.0, max_grad_norm: float = 0.0):
+                 r_cut: int | None = None, lr: float = 0.0, weight_decay: float = 0.0, max_grad_norm: float = 0.0,
+                 schedule: LrSchedule | None = None):
         super().__init__(initial_adapters, family)
         self.part, self.r_cut, self.first, self.tail_cut = part, r_cut, part.first, part.tail_cut
         self.store = {n: t for n, t in self.store.items() if not self._live(n)}  # [first, end) is live in the part
@@ -147,6 +149,8 @@ class SplitServer(FedAvgServer):
         self.opt = make_optimizer(self.params, lr, weight_decay)
         self.scaler = LossScaler(part.compute.precision.scaled)  # float16 only; a plain backward otherwise
         self.max_grad_norm = max_grad_norm
+        self.schedule = schedule or LrSchedule(lr)
+        self.at = (0, 0)  # (round, step) of the client step(s) the pending update serves: its lr (the latest)
         self.kept = False  # whether the gradients `forward_backward` left are for `update` to apply
         self.pending_served: Counter[int] = Counter()  # their samples per cut, counted in `served` once applied
         self.device = next(part.module.parameters()).device
@@ -214,6 +218,7 @@ class SplitServer(FedAvgServer):
         assert self.tail_cut is None, "U-shaped steps run one at a time (`step`, `backward`)"
         self.opt.zero_grad(set_to_none=True)
         self.pending_served = Counter()
+        self.at = max((r.round, r.step) for r in reqs)
         self.part.train(True)
         rows = [self._joining(r, grad=True) for r in reqs]
         stats = self.part.joined_loss(rows)
@@ -247,6 +252,7 @@ class SplitServer(FedAvgServer):
         nothing but the zeroing when `forward_backward` kept no request."""
         if self.kept:
             clip(self.params, self.max_grad_norm)
+            set_lr(self.opt, self.schedule.at(*self.at))
             self.opt.step()
             self.moved = True
             self.served.update(self.pending_served)
@@ -312,7 +318,7 @@ class SplitServer(FedAvgServer):
         self.opt.zero_grad(set_to_none=True)
         if not self._backward(hidden, req.grad_hidden.to(hidden.device, hidden.dtype), [acts]):
             raise _not_applied(req)
-        self.kept, self.pending_served = True, Counter({cut: acts.shape[0]})
+        self.kept, self.pending_served, self.at = True, Counter({cut: acts.shape[0]}), (req.round, req.step)
         self.update()
         assert acts.grad is not None and acts.grad.shape == acts.shape
         return StepReply(0.0, 0, 0, acts.grad)

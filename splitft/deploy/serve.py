@@ -33,6 +33,7 @@ from ..build import (
     cut_bounds,
     cut_policy,
     open_model,
+    optimizer_settings,
     precision_line,
     round_costs,
     smallest_cut,
@@ -42,6 +43,7 @@ from ..config import Config, tail_cut
 from ..errors import UserError
 from ..measure import peak_memory
 from ..metrics import MetricsLogger, perplexity
+from ..optim import LrSchedule
 from ..rundir import RunLock, export_adapter, open_records, prepare_run_dir, run_config, truncate_lines, write_json
 from ..server import FedAvgServer
 from ..transport import tls, wire
@@ -222,7 +224,7 @@ class _Party:
                                    cost.train_flops(0, 1, cfg.train.batch_size, cfg.data.max_length) / tokens_per_step,
                                    smallest_cut=smallest, allow_over_memory=cfg.split.allow_over_memory,
                                    log_decision=lambda **record: logger.log("cut_decision", **record))
-        self.records = Records(logger, log)
+        self.records = Records(logger, log, optimizer_settings(cfg)["schedule"])
         self.pacer = server_pacer(cfg.heterogeneity.server_tflops, cost, log, cfg.heterogeneity.server_step_s) \
             if emulate and split else None
         pacer = self.pacer
@@ -286,8 +288,8 @@ class Records:
     aggregation (clients, cuts, dropped, bytes), `eval` records once the clients' evaluations of a round's
     global model are in (token-weighted over the clients' own held-out data), the summary at the end."""
 
-    def __init__(self, logger: MetricsLogger, log: Callable[[str], Any]):
-        self.logger, self.log = logger, log
+    def __init__(self, logger: MetricsLogger, log: Callable[[str], Any], schedule: LrSchedule):
+        self.logger, self.log, self.schedule = logger, log, schedule
         self.counter = ByteCounter()
         self.last = self.counter.snapshot()  # the counts when the previous round ended
         self.rounds: list[dict[str, Any]] = []
@@ -296,7 +298,8 @@ class Records:
     def round(self, record: dict[str, Any]) -> None:
         this_round = sum_kinds(self.counter.since(self.last))
         self.last = self.counter.snapshot()
-        self.rounds.append(self.logger.log("round", **record, bytes=self.counter.totals(),
+        lr = self.schedule.at(record["round"], self.schedule.steps_per_round - 1)  # of the round's last step
+        self.rounds.append(self.logger.log("round", **record, lr=lr, bytes=self.counter.totals(),
                                            **training_traffic(this_round)))
 
     def eval(self, round_: int, by_client: dict[int, tuple[float, int, int, int]]) -> None:

@@ -156,9 +156,9 @@ def build_centralized(setup: Setup, logger: MetricsLogger, on_step: OnStep = Non
     cfg = setup.cfg
     server = FedAvgServer(lora.adapter_state_dict(setup.peft), setup.family)
     pooled = sorted(i for idx in setup.parts for i in idx)
-    client = LocalClient(0, FullPart(setup.peft, setup.family, setup.compute), client_stream(setup, 0, pooled),
-                         **optimizer_settings(setup.cfg))
     n = cfg.federation.clients_per_round or cfg.federation.n_clients
+    client = LocalClient(0, FullPart(setup.peft, setup.family, setup.compute), client_stream(setup, 0, pooled),
+                         **optimizer_settings(setup.cfg, cfg.federation.local_steps * n))
     return _federation(setup, server, {0: client}, {0: server_profile(cfg.heterogeneity)}, logger, on_step,
                        cfg.federation.local_steps * n, 0, networked=False)
 

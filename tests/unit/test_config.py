@@ -93,6 +93,11 @@ def test_every_shipped_config_loads(path):
     ("transport.address=127.0.0.1:99999", "transport.address: expected host:port with a port in 1..65535"),
     ("transport.address=garbage", "transport.address: expected host:port"),
     ("transport.chunk_kb=3000000", "transport.chunk_kb: a frame cannot exceed the largest message"),
+    ("data.format=chatml", "data.format: must be one of auto | messages | sharegpt | alpaca"),
+    ("data.train_on=everything", "data.train_on: must be one of assistant | last_assistant | all"),
+    ("data.truncation=left", "data.truncation: must be one of prompt_left | right"),
+    ("train.schedule=exponential", "train.schedule: must be one of constant | linear | cosine"),
+    ("train.warmup_steps=-2", "train.warmup_steps: must be >= 0"),
 ])
 def test_careless_values_are_refused_with_the_key_and_the_fix(override, says):
     with pytest.raises(ConfigError) as e:
