@@ -37,6 +37,7 @@ from .registry import check_names
 from .seeding import derive_seed, seed_everything
 from .server import SplitServer
 from .transport.base import LABEL_DTYPE, MASK_DTYPE, SCALARS_NBYTES
+from .track import check_tracker
 from .transport.compress import CODECS
 
 REGISTRIES = (STORAGE_DTYPES, COMPUTE_DTYPES, CODECS, PARTITIONERS, POLICIES)
@@ -44,7 +45,16 @@ REGISTRIES = (STORAGE_DTYPES, COMPUTE_DTYPES, CODECS, PARTITIONERS, POLICIES)
 
 
 def name_problems(cfg: Config) -> list[str]:
-    return check_names(cfg, REGISTRIES)
+    return check_names(cfg, REGISTRIES) + tracker_problems(cfg)
+
+
+def tracker_problems(cfg: Config) -> list[str]:
+    """metrics.report_to must name a tracker whose library is installed."""
+    try:
+        check_tracker(cfg.metrics.report_to)
+    except UserError as e:
+        return [str(e)]
+    return []
 
 
 def load(path: str | Path | None, overrides: list[str] | None = None, *checks: Check) -> Config:

@@ -306,6 +306,10 @@ class MetricsConfig:
     progress: bool = True
     checkpoint_every: int = 1
     """Save a checkpoint (checkpoints/round_<r>) every N rounds for `splitft simulate --resume`; 0 = never."""
+    report_to: str = "none"
+    """Also send per-round metrics to a tracker: none | tensorboard (events in <out_dir>/tensorboard) | any
+    tracker accelerate knows that is installed (wandb, mlflow, aim, ...). The deployed server reports for the whole
+    federation; metrics.jsonl stays the record."""
 
 
 @dataclass

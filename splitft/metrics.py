@@ -30,6 +30,8 @@ class MetricsLogger:
         self.t0 = time.perf_counter() - offset
         self.held: list[str] | None = [] if hold else None
         self.lines = 0
+        self.tracker: Any = None
+        """A `track.Tracker` each record goes to as well (metrics.report_to); the file stays the record."""
         if not hold:
             self._open()
 
@@ -54,6 +56,8 @@ class MetricsLogger:
             self.held.append(json.dumps(record))
         else:
             self._write(json.dumps(record))
+        if self.tracker is not None:
+            self.tracker.record(record)
         return record
 
     def _write(self, line: str) -> None:
@@ -64,11 +68,15 @@ class MetricsLogger:
     def close(self) -> None:
         if self.held is None:
             self._f.close()
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
 
 
 class NullLogger(MetricsLogger):
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
+        self.tracker = None
 
     def log(self, kind: str, **record: Any) -> dict[str, Any]:
         return {"kind": kind, **record, "wall_time": self.elapsed()}

@@ -46,6 +46,7 @@ from ..metrics import MetricsLogger, perplexity
 from ..optim import LrSchedule
 from ..rundir import RunLock, export_adapter, open_records, prepare_run_dir, run_config, truncate_lines, write_json
 from ..server import FedAvgServer
+from ..track import open_tracker
 from ..transport import tls, wire
 from ..transport.base import ByteCounter, sum_kinds, training_traffic
 from ..transport.compress import CODECS
@@ -127,6 +128,7 @@ def _run_server(cfg: Config, resume: bool, emulate: bool, lock: RunLock) -> dict
         logger, run_id = open_records(cfg, "server")
     else:  # nothing touches the run's files until the checkpoint has been checked and loaded
         logger, run_id = MetricsLogger(out / "metrics.jsonl", offset=saved["wall_time"], hold=True), saved.get("run")
+    logger.tracker = open_tracker(cfg)  # metrics.report_to: the federation's round records, from the server
 
     def log(text: str) -> None:
         print(f"[server] {text}", file=sys.stderr, flush=True)

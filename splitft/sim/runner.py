@@ -30,6 +30,7 @@ from ..rundir import (
     truncate_lines,
     write_json,
 )
+from ..track import open_tracker
 from .methods import METHODS, build_federation, check_placement, client_report
 from .profiles import device_problems
 
@@ -86,6 +87,7 @@ def _simulate(cfg: Config, resume: bool, lock: RunLock) -> dict[str, Any]:
         lock.take()
         logger, run_id = open_records(cfg, "simulate")
         fed = build_federation(setup, logger)
+    logger.tracker = open_tracker(cfg)  # metrics.report_to: round records to TensorBoard & co. as well
     f = cfg.federation
     total = (f.rounds - start) * f.local_steps * (f.clients_per_round or f.n_clients)
     bar = tqdm(total=total, desc=f"{f.method} steps", unit="step", disable=not cfg.metrics.progress, file=sys.stderr)

@@ -15,6 +15,7 @@ from splitft.deploy.launch import free_port
 from splitft.metrics import read_metrics
 from tests.conftest import write_jsonl
 from tests.e2e.test_cli import TINY, splitft
+from tests.unit.test_track import read_events
 
 pytestmark = pytest.mark.multiproc
 DEPLOY = [o for o in TINY if not o.startswith("federation.n_clients")] + [
@@ -22,11 +23,12 @@ DEPLOY = [o for o in TINY if not o.startswith("federation.n_clients")] + [
 KINDS = ("activations_up", "labels_up", "grad_activations_down", "lora_up", "lora_down")
 
 
-@pytest.mark.parametrize("joined", [[], ["federation.server_batch=4"]], ids=["one-by-one", "server_batch=4"])
+@pytest.mark.parametrize("joined", [[], ["federation.server_batch=4", "train.schedule=cosine", "train.warmup_steps=1"]],
+                         ids=["one-by-one", "server_batch=4+cosine"])
 def test_launch_matches_simulate_weights_and_bytes(tmp_path, joined):
     sim, dep = tmp_path / "sim", tmp_path / "dep"
     assert splitft("simulate", *DEPLOY, *joined, f"metrics.out_dir={sim}").returncode == 0
-    res = splitft("launch", "--clients", "3", *DEPLOY, *joined, f"metrics.out_dir={dep}")
+    res = splitft("launch", "--clients", "3", *DEPLOY, *joined, f"metrics.out_dir={dep}", "metrics.report_to=tensorboard")
     assert res.returncode == 0, res.stderr + "".join(p.read_text() for p in (dep / "logs").glob("*.log"))
     a = load_file(sim / "adapter" / "adapter_model.safetensors")
     b = load_file(dep / "adapter" / "adapter_model.safetensors")
@@ -41,6 +43,9 @@ def test_launch_matches_simulate_weights_and_bytes(tmp_path, joined):
     summary = json.loads((dep / "summary.json").read_text())  # dealt: every client evaluates the simulation's slice
     sim_summary = json.loads((sim / "summary.json").read_text())
     assert summary["eval_ppl_by_round"] == pytest.approx(sim_summary["eval_ppl_by_round"], rel=1e-6)
+    events = read_events(dep / "tensorboard")  # the server reports the whole federation
+    assert events["eval/ppl"] == pytest.approx({int(r): p for r, p in summary["eval_ppl_by_round"].items()})
+    assert events["train/lr"] == pytest.approx({r["round"]: r["lr"] for r in sim_rounds if r["round"] >= 0})
     payload = sum(sum(r["bytes"].values()) for r in reports)
     wire = sum(r["wire_up"] + r["wire_down"] for r in reports)
     assert payload < wire < payload * 1.15 + 50_000, "envelope overhead is small"

@@ -49,6 +49,11 @@ def test_each_registry_checks_its_own_names_all_reported_with_the_other_problems
         run_simulation(cfg)  # ... is checked by the runtime before anything loads
 
 
+def test_an_unknown_tracker_is_one_line_naming_those_known():
+    with pytest.raises(ConfigError, match="metrics.report_to: must be none, .*tensorboard.*; got 'tensorbored'"):
+        load(None, ["metrics.report_to=tensorbored"])
+
+
 def test_model_dependent_checks():
     cfg = load_config(None, ["split.cut=30", "data.max_length=9000"])
     with pytest.raises(ConfigError) as e:
