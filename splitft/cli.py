@@ -5,6 +5,7 @@
     splitft validate --config configs/default.yaml [key=value ...]   check a config, print it resolved
     splitft plan --config ... [--json] [key=value ...]               each cut policy's cuts and predicted round time
     splitft partition --config ... [--png FILE] [key=value ...]      show how the data splits among clients
+    splitft preview --config ... [--n N] [--json] [key=value ...]    the first samples as rendered, loss tokens marked
     splitft experiment --config configs/experiment.yaml [--methods a,b] [--target-ppl X]
                                                   splitft vs makespan vs sfl-fixed vs fedlora vs centralized, one table
     splitft server --config ... [key=value ...]                      serve a deployed federation over gRPC
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
                         ("validate", "check a config and print it fully resolved"),
                         ("plan", "each cut policy's cuts and predicted round time for the config (no training)"),
                         ("partition", "print per-client sample counts and length histograms (no model weights)"),
+                        ("preview", "the first training samples as rendered, loss tokens marked (no model weights)"),
                         ("experiment", "run splitft, makespan, sfl-fixed, fedlora and centralized; print one table"),
                         ("server", "serve a deployed federation over gRPC"),
                         ("client", "run one client process against a gRPC server"),
@@ -44,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. split.cut=4 federation.rounds=2")
         if name == "plan":
             s.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
+        if name == "preview":
+            s.add_argument("--n", type=int, default=3, help="how many samples to show (default 3)")
+            s.add_argument("--json", action="store_true", help="print one JSON object (token ids and labels too)")
         if name == "partition":
             s.add_argument("--png", help="also save a clients x buckets heat map to this PNG file")
             s.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
@@ -144,6 +149,17 @@ def _partition(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _preview(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .build import load
+    from .data.preview import format_preview, preview
+
+    if args.n < 0:
+        raise UserError(f"--n: must be >= 0, got {args.n}")
+    info = preview(load(args.config, overrides), args.n)
+    print(json.dumps(info) if args.json else format_preview(info))
+    return 0
+
+
 def _experiment(args: argparse.Namespace, overrides: list[str]) -> int:
     from .build import load
     from .sim.experiment import parse_methods, run_experiment
@@ -211,7 +227,7 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
-    "simulate": _simulate, "validate": _validate, "plan": _plan, "partition": _partition, "experiment": _experiment,
+    "simulate": _simulate, "validate": _validate, "plan": _plan, "partition": _partition, "preview": _preview, "experiment": _experiment,
     "server": _server, "client": _client, "launch": _launch, "report": _report, "evaluate": _evaluate}
 
 

@@ -235,7 +235,7 @@ def warn_rows(rows: Rows, out: TextIO | None = None) -> None:
     """Bad rows (the first few, then a count) and numbers trained as text, one line each, to stderr."""
     out = out or sys.stderr
     for line in _bad_lines(rows.bad, rows.n):
-        print(f"warning: data: {line}; the row is dropped", file=out)
+        print(f"warning: data: {line}; {'they are' if line.startswith('...') else 'the row is'} dropped", file=out)
     for column, n in rows.numbers.items():
         print(f"warning: data: column '{column}' of '{rows.path}' holds {n} number(s) among its {rows.n} rows; "
               f"they are trained as their text", file=out)
@@ -269,27 +269,38 @@ def load_examples(cfg: DataConfig, tokenizer: Any, seed: int, warn: bool = True)
     random.Random(seed).shuffle(parsed)
     if cfg.max_samples:
         parsed = parsed[: cfg.max_samples]
-    examples, truncated, dropped = [], 0, {"bad_row": len(rows.bad), "no_target": 0}
+    examples, dropped = [], {"bad_row": len(rows.bad), "no_target": 0}
     for row, item in parsed:
         try:
-            ids, labels = render(item, tokenizer, "all" if isinstance(item, str) else cfg.train_on, template)
+            ex = example_of(row, item, cfg, tokenizer, template)
         except BadRow as e:
             if warn and dropped["bad_row"] - len(rows.bad) < SHOWN_BAD_ROWS:
                 print(f"warning: data: {row.where}: {e}; the row is dropped", file=sys.stderr)
             dropped["bad_row"] += 1
             continue
-        ids, labels, cut = truncate(ids, labels, cfg.max_length, cfg.truncation, not isinstance(item, str))
-        truncated += cut
-        if sum(lab != IGNORE for lab in labels[1:]) == 0:
+        if not has_target(ex):
             dropped["no_target"] += 1  # the target lies beyond max_length: nothing left to learn from
             continue
-        category = str(row.values.get(cfg.category_column)) if cfg.category_column else None
-        examples.append(Example(ids, labels, category, cut))
+        examples.append(ex)
     n_rows = len(parsed) + len(rows.bad)
     if len(examples) < 2:
         raise UserError(f"data: only {len(examples)} usable samples in '{cfg.path}' (need at least 2); "
                         f"{_drop_reasons(dropped, cfg)}add data")
-    return examples, DataStats(rows.format, n_rows, len(examples), truncated, dropped)
+    return examples, DataStats(rows.format, n_rows, len(examples), sum(e.truncated for e in examples), dropped)
+
+
+def example_of(row: Row, item: Parsed, cfg: DataConfig, tokenizer: Any, template: str | None) -> Example:
+    """One parsed row rendered (loss mask as data.train_on says) and cut to data.max_length. Raises `BadRow`
+    when the chat template cannot render it."""
+    ids, labels = render(item, tokenizer, "all" if isinstance(item, str) else cfg.train_on, template)
+    ids, labels, cut = truncate(ids, labels, cfg.max_length, cfg.truncation, not isinstance(item, str))
+    category = str(row.values.get(cfg.category_column)) if cfg.category_column else None
+    return Example(ids, labels, category, cut)
+
+
+def has_target(ex: Example) -> bool:
+    """Whether any token after the first carries loss (the first predicts nothing)."""
+    return any(lab != IGNORE for lab in ex.labels[1:])
 
 
 def _drop_reasons(dropped: dict[str, int], cfg: DataConfig) -> str:
