@@ -14,6 +14,7 @@
     splitft launch --config ... --clients N                          server + N clients on loopback
     splitft report RUN_DIR [RUN_DIR ...] [--out DIR]                  PNG plots + markdown table of runs
     splitft evaluate RUN_DIR [--adapter DIR] [--json]                 held-out ppl of an adapter, loaded with PEFT
+    splitft generate RUN_DIR (--prompt TEXT | --chat | --file F) [--json]    answer prompts with the fine-tuned model
 User mistakes print one line `splitft: error: ...` and exit with code 2. stdout carries only results for tools
 (JSON, or the markdown table of experiment/report); progress, round lines and logs go to stderr.
 """
@@ -87,6 +88,20 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("run", metavar="RUN_DIR", help="a finished run directory (its config.yaml picks model and data)")
     ev.add_argument("--adapter", help="a PEFT adapter folder to evaluate instead of RUN_DIR/adapter")
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of a line for people")
+    gen = sub.add_parser("generate", help="answer prompts with a run's fine-tuned model (base + its PEFT adapter)")
+    gen.add_argument("run", metavar="RUN_DIR", help="a finished run directory (simulated or a deployed server's)")
+    ask = gen.add_mutually_exclusive_group(required=True)
+    ask.add_argument("--prompt", help="one user message to answer")
+    ask.add_argument("--chat", action="store_true", help="a conversation on the terminal (/reset, /exit)")
+    ask.add_argument("--file", metavar="PROMPTS.jsonl",
+                     help='one prompt per line: {"prompt": ...}, {"messages": [...]} or a JSON string')
+    gen.add_argument("--system", help="a system message before the conversation")
+    gen.add_argument("--max-new-tokens", type=int, default=128, help="most tokens per answer (default 128)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    gen.add_argument("--adapter", help="a PEFT adapter folder to use instead of RUN_DIR/adapter")
+    gen.add_argument("--json", action="store_true", help="one JSON object per prompt instead of streamed text")
     return p
 
 
@@ -226,9 +241,39 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .data.formats import Turn
+    from .generate import Generator, Sampling, chat, read_prompts
+
+    if overrides:
+        raise UserError(f"generate takes a run directory (its own config.yaml), not overrides: {' '.join(overrides)}")
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    sampling.check()
+    if args.chat and args.json:
+        raise UserError("--json: one object per prompt is for --prompt and --file; --chat streams text")
+    prompts = list(read_prompts(args.file)) if args.file else [(0, [Turn("user", args.prompt)])] if args.prompt \
+        is not None else []  # a bad prompts file fails before the model loads
+    gen = Generator(args.run, args.adapter)
+    print(f"{gen.adapter} on {gen.cfg.model.source}, {'greedy' if args.temperature == 0 else 'sampling'}",
+          file=sys.stderr)
+    system = [Turn("system", args.system)] if args.system else []
+    if args.chat:
+        chat(gen, sampling, args.system, sys.stdin, sys.stdout, sys.stderr)
+        return 0
+    for line, turns in prompts:
+        if args.json:
+            out = gen.generate(system + turns, sampling)
+            print(json.dumps({**({"line": line} if args.file else {}), "prompt": turns[-1].content, **out}),
+                  flush=True)
+        else:
+            gen.generate(system + turns, sampling, stream=sys.stdout)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
-    "simulate": _simulate, "validate": _validate, "plan": _plan, "partition": _partition, "preview": _preview, "experiment": _experiment,
-    "server": _server, "client": _client, "launch": _launch, "report": _report, "evaluate": _evaluate}
+    "simulate": _simulate, "validate": _validate, "plan": _plan, "partition": _partition, "preview": _preview,
+    "experiment": _experiment, "server": _server, "client": _client, "launch": _launch, "report": _report,
+    "evaluate": _evaluate, "generate": _generate}
 
 
 def _quiet_libraries() -> None:

@@ -31,13 +31,10 @@ def evaluate_run(run_dir: str | Path, adapter: str | Path | None = None) -> dict
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise UserError(f"evaluate: '{run}' is not a run directory (no config.yaml)")
-    folder = Path(adapter) if adapter is not None else run / "adapter"
-    if not (folder / "adapter_config.json").is_file():
-        raise UserError(f"evaluate: no PEFT adapter in '{folder}' (no adapter_config.json); a run writes "
-                        f"adapter/ when it finishes")
+    folder = adapter_folder(run, adapter, "evaluate")
     cfg = load(run / "config.yaml")
     base, tokenizer, _ = load_base(cfg)  # the run's own base weights (tiny models: the same seeded init)
-    model = _with_adapter(base, folder)
+    model = with_adapter(base, folder, "evaluate")
     _, held_out, _ = load_data(cfg, tokenizer)
     precision = precision_of(cfg)
     with precision.autocast():
@@ -45,14 +42,24 @@ def evaluate_run(run_dir: str | Path, adapter: str | Path | None = None) -> dict
     return {"run": str(run), "adapter": str(folder), **result, **precision.record()}
 
 
-def _with_adapter(base: torch.nn.Module, folder: Path) -> torch.nn.Module:
+def adapter_folder(run: Path, adapter: str | Path | None, command: str) -> Path:
+    """`adapter`, or the run's adapter/; raises UserError when it holds no PEFT adapter."""
+    folder = Path(adapter) if adapter is not None else run / "adapter"
+    if not (folder / "adapter_config.json").is_file():
+        raise UserError(f"{command}: no PEFT adapter in '{folder}' (no adapter_config.json); a run writes "
+                        f"adapter/ when it finishes")
+    return folder
+
+
+def with_adapter(base: torch.nn.Module, folder: Path, command: str) -> torch.nn.Module:
+    """`base` with the PEFT adapter in `folder`, in eval mode (PEFT's own loader)."""
     from peft import PeftModel
 
     try:
         return PeftModel.from_pretrained(base, str(folder)).eval()
     except (ValueError, RuntimeError, OSError, KeyError) as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise UserError(f"evaluate: PEFT cannot load the adapter in '{folder}' on this run's base model: "
+        raise UserError(f"{command}: PEFT cannot load the adapter in '{folder}' on this run's base model: "
                         f"{reason}") from None
 
 

@@ -153,3 +153,16 @@ def test_plan_prices_joined_server_steps_in_time_and_server_memory(tmp_path):
         assert p["round_s"] < one["policies"][name]["round_s"], name
     memory = joined["server_memory_gb"]
     assert memory["server_batch=3"] > memory["server_batch=1"] == one["server_memory_gb"]["server_batch=1"] > 0
+
+
+def test_generate_answers_a_prompts_file_as_json_lines_and_streams_one_prompt(run_dir, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "Speak."}\n{"messages": [{"role": "user", "content": "Hark?"}]}\n')
+    res = splitft("generate", str(run_dir), "--file", str(prompts), "--json", "--max-new-tokens", "4")
+    assert res.returncode == 0, res.stderr
+    answers = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [a["line"] for a in answers] == [1, 2] and all(a["new_tokens"] <= 4 for a in answers)
+    streamed = splitft("generate", str(run_dir), "--prompt", "Speak.", "--max-new-tokens", "4")
+    assert streamed.returncode == 0 and streamed.stdout == answers[0]["completion"] + "\n"
+    bad = splitft("generate", str(run_dir), "--prompt", "x", "--temperature", "-1")
+    assert bad.returncode == 2 and "--temperature: must be >= 0" in bad.stderr and "Traceback" not in bad.stderr
