@@ -91,8 +91,9 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-def _ppl_plot(runs: list[Run], x_key: str, xlabel: str, title: str, path: Path) -> None:
+def _ppl_plot(runs: list[Run], x_key: str, xlabel: str, title: str, path: Path) -> Any:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in runs:
@@ -102,11 +103,18 @@ def _ppl_plot(runs: list[Run], x_key: str, xlabel: str, title: str, path: Path) 
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=r.name)
     ax.set(xlabel=xlabel, ylabel="held-out perplexity", title=title)
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 62.4, not 6.24 x 10^1
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if ax.lines:
+        ax.legend()
+    else:
+        _note(ax, "no run has virtual time\n(a deployment has wall time only)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+    return fig
 
 
 def _panels(n: int, title: str, **kw: Any):
@@ -142,9 +150,10 @@ def _bytes_plot(runs: list[Run], path: Path) -> Any:
         ax.set_xticks(range(len(per)))
     axes[0].set_ylabel("MB")
     handles, labels = next((ax.get_legend_handles_labels() for ax in axes if ax.containers), ([], []))
-    fig.legend(handles, labels, loc="lower center", ncol=len(TRAFFIC), fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=120)
+    fig.tight_layout()
+    ncol = len(TRAFFIC) if len(runs) > 1 else 3  # one 5-inch panel holds three kinds' names side by side
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=8, frameon=False)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend below the panels is part of the figure
     plt.close(fig)
     return fig
 
@@ -186,7 +195,7 @@ def _cuts_plot(runs: list[Run], path: Path) -> Any:
         ax.set(xlabel="round", ylabel="client", xticks=range(len(rounds)), xticklabels=rounds,
                yticks=range(len(clients)), yticklabels=clients)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return fig
 

@@ -3,7 +3,7 @@ and traffic panels share one scale."""
 
 import pytest
 
-from splitft.report import Run, _bytes_plot, _cuts_plot, cut_grid
+from splitft.report import Run, _bytes_plot, _cuts_plot, _ppl_plot, cut_grid
 
 KINDS = ("activations_up", "labels_up", "grad_activations_down", "lora_up", "lora_down")
 
@@ -35,3 +35,25 @@ def test_traffic_panels_share_one_scale_and_an_empty_one_says_no_traffic(runs, t
     fixed, small, central = fig.axes
     assert fixed.get_ylim() == small.get_ylim() == central.get_ylim() and fixed.get_ylim()[1] >= 5.0
     assert any("no traffic" in t.get_text() for t in central.texts) and not central.containers
+
+
+def _saved_whole(fig, path) -> bool:
+    """The PNG holds everything the figure draws: legends, labels and titles (none cut off at an edge)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    width, height = Image.open(path).size
+    box = fig.get_tightbbox(FigureCanvasAgg(fig).get_renderer())  # inches, every artist drawn
+    return width >= box.width * 120 - 2 and height >= box.height * 120 - 2
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_every_figure_holds_its_whole_legend_and_labels(runs, tmp_path, n):
+    for r in runs:
+        r.rounds = [{**x, "eval_ppl": 60.0 + x["round"], "virtual_time": x["round"] + 1.0} for x in r.rounds]
+        r.summary["virtual_time_s"] = 3.0
+    figures = {"bytes.png": _bytes_plot(runs[:n], tmp_path / "bytes.png"),
+               "cuts.png": _cuts_plot(runs[:n], tmp_path / "cuts.png"),
+               "ppl.png": _ppl_plot(runs[:n], "virtual_time", "virtual time", "ppl", tmp_path / "ppl.png")}
+    for name, fig in figures.items():
+        assert _saved_whole(fig, tmp_path / name), name
