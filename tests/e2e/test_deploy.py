@@ -178,9 +178,11 @@ def _rows(n: int, word: str) -> list[dict]:
 def test_clients_train_on_their_own_files_with_measured_adaptive_cuts(tmp_path):
     """Three clients, three private files of different sizes, SplitFT's policy deciding from what they measure:
     each trains on its own rows only, the policy moves a cut, the server's run directory is a run `report`
-    reads, and its adapter loads in PEFT."""
+    reads, and its adapter loads in PEFT. Client 2's file holds 10 rows that fit no format: dropped, counted in its
+    JSON, and its log's data line is a warning (11% of its rows)."""
     sizes = {0: 30, 1: 50, 2: 80}
     files = [write_jsonl(tmp_path / f"c{i}.jsonl", _rows(n, w)) for (i, n), w in zip(sizes.items(), ["fie", "hark", "ay"])]
+    write_jsonl(files[2], _rows(80, "ay") + [{"prompt": ["not", "text"], "response": "x"}] * 10)
     dep = tmp_path / "dep"
     res = splitft("launch", "--clients", "3", "--client-data", ",".join(map(str, files)), *DEPLOY,
                   "split.policy=splitft", "split.gamma=2", "split.period=1", "federation.rounds=3",
@@ -191,6 +193,11 @@ def test_clients_train_on_their_own_files_with_measured_adaptive_cuts(tmp_path):
         held = max(1, min(8, int(n * 0.1)))  # data.eval_fraction 0.1, data.max_eval_samples 8 (TINY)
         assert (r["data"], r["train_samples"], r["eval_samples"]) == (str(files[i]), n - held, held), r
         assert r["peak_rss_gb"] > 0 and r["measured"]["source"] == "measured"
+        bad = 10 if i == 2 else 0
+        assert (r["format"], r["rows"], r["dropped"]) == ("prompt_response", n + bad, {"bad_row": bad, "no_target": 0})
+    log = (dep / "logs" / "client_2.log").read_text()
+    assert "c2.jsonl row 81: column 'prompt' holds list, not text" in log
+    assert "warning: data: 90 rows of" in log and "11% of the rows will not train" in log
     decisions = [d for d in read_metrics(dep / "metrics.jsonl") if d["kind"] == "cut_decision"]
     assert [d["round"] for d in decisions] == [0, 1, 2]
     assert any(d["measured"]["0"].get("s_per_block_token") for d in decisions[1:]), "later rounds use measurements"
