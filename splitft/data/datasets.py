@@ -82,7 +82,8 @@ class DataStats:
     samples: int
     truncated: int
     dropped: dict[str, int]
-    """reason -> rows: bad_row (fits no format), no_target (no loss-carrying token left within max_length)."""
+    """reason -> rows: bad_row (fits no format), no_target (no loss-carrying token left within max_length),
+    empty (nothing to learn from at any length: an empty text)."""
 
     def record(self) -> dict[str, Any]:
         return {"format": self.format, "rows": self.rows, "samples": self.samples, "truncated": self.truncated,
@@ -269,7 +270,7 @@ def load_examples(cfg: DataConfig, tokenizer: Any, seed: int, warn: bool = True)
     random.Random(seed).shuffle(parsed)
     if cfg.max_samples:
         parsed = parsed[: cfg.max_samples]
-    examples, dropped = [], {"bad_row": len(rows.bad), "no_target": 0}
+    examples, dropped = [], {"bad_row": len(rows.bad), "no_target": 0, "empty": 0}
     for row, item in parsed:
         try:
             ex = example_of(row, item, cfg, tokenizer, template)
@@ -278,8 +279,8 @@ def load_examples(cfg: DataConfig, tokenizer: Any, seed: int, warn: bool = True)
                 print(f"warning: data: {row.where}: {e}; the row is dropped", file=sys.stderr)
             dropped["bad_row"] += 1
             continue
-        if not has_target(ex):
-            dropped["no_target"] += 1  # the target lies beyond max_length: nothing left to learn from
+        if not has_target(ex):  # the target lies beyond max_length, or there is none (an empty line of text)
+            dropped["no_target" if ex.truncated else "empty"] += 1
             continue
         examples.append(ex)
     n_rows = len(parsed) + len(rows.bad)
@@ -311,6 +312,8 @@ def _drop_reasons(dropped: dict[str, int], cfg: DataConfig) -> str:
                      + (" or set data.truncation=prompt_left)" if cfg.truncation == "right" else ")"))
     if dropped.get("bad_row"):
         fixes.append(f"{dropped['bad_row']} fit no format (see the warnings above; fix the rows)")
+    if dropped.get("empty"):
+        fixes.append(f"{dropped['empty']} were empty")
     return "; ".join(fixes) + "; " if fixes else ""
 
 

@@ -194,7 +194,8 @@ def test_clients_train_on_their_own_files_with_measured_adaptive_cuts(tmp_path):
         assert (r["data"], r["train_samples"], r["eval_samples"]) == (str(files[i]), n - held, held), r
         assert r["peak_rss_gb"] > 0 and r["measured"]["source"] == "measured"
         bad = 10 if i == 2 else 0
-        assert (r["format"], r["rows"], r["dropped"]) == ("prompt_response", n + bad, {"bad_row": bad, "no_target": 0})
+        dropped = {"bad_row": bad, "no_target": 0, "empty": 0}
+        assert (r["format"], r["rows"], r["dropped"]) == ("prompt_response", n + bad, dropped), r
     log = (dep / "logs" / "client_2.log").read_text()
     assert "c2.jsonl row 81: column 'prompt' holds list, not text" in log
     assert "warning: data: 90 rows of" in log and "11% of the rows will not train" in log

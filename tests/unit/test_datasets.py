@@ -49,6 +49,13 @@ def test_local_formats_load(tmp_path, suffix):
     assert stats.samples == 10 and all(ex.labels == ex.input_ids for ex in examples)
 
 
+def test_empty_lines_of_text_are_counted_as_empty_not_as_cut(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("first paragraph\n\nsecond one\n\nthird\n")
+    examples, stats = load_examples(DataConfig(path=str(path)), byte_tokenizer(), seed=0)
+    assert stats.samples == 3 and stats.dropped["empty"] == stats.rows - 3 > 0 and stats.dropped["no_target"] == 0
+
+
 def test_right_truncation_is_counted_and_prompt_only_samples_dropped(qa_file):
     cfg = DataConfig(path=str(qa_file), max_length=31, truncation="right")
     examples, stats = load_examples(cfg, byte_tokenizer(), seed=0)
@@ -97,7 +104,7 @@ def test_a_text_column_of_mixed_types_is_dropped_or_warned_never_stringified_in_
     mixed.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {"prompt": ["x", "y"], "response": "b"},
                                                           {"prompt": None, "response": "c"}]))
     examples, stats = load_examples(DataConfig(path=str(mixed)), byte_tokenizer(), 0)
-    assert len(examples) == 4 and stats.dropped == {"bad_row": 2, "no_target": 0} and stats.rows == 6
+    assert len(examples) == 4 and stats.dropped == {"bad_row": 2, "no_target": 0, "empty": 0} and stats.rows == 6
     err = capsys.readouterr().err
     assert "mixed.jsonl row 5: column 'prompt' holds list, not text" in err
     assert "mixed.jsonl row 6: column 'prompt' holds missing, not text" in err

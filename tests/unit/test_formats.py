@@ -107,7 +107,7 @@ def test_prompt_left_keeps_samples_that_right_truncation_drops(tmp_path):
                           {"role": "assistant", "content": f"answer {i}"}]} for i in range(6)]
     path = write(tmp_path / "chat.jsonl", rows)
     kept, stats = load_examples(DataConfig(path=str(path), max_length=40), byte_tokenizer(), 0)
-    assert stats.samples == 6 and stats.truncated == 6 and stats.dropped == {"bad_row": 0, "no_target": 0}
+    assert stats.samples == 6 and stats.truncated == 6 and stats.dropped == {"bad_row": 0, "no_target": 0, "empty": 0}
     assert all(len(e) == 40 and e.truncated for e in kept)
     with pytest.raises(UserError, match=r"only 0 usable samples.*6 lost their target beyond data.max_length=40"):
         load_examples(DataConfig(path=str(path), max_length=40, truncation="right"), byte_tokenizer(), 0)
