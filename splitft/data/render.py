@@ -1,10 +1,11 @@
 """A conversation (or text) -> token ids and labels: which tokens carry loss, and how a long sample is cut.
 
-Conversations are rendered with the tokenizer's chat template (or `data.chat_template`). Which tokens belong to
-which turn comes from rendering growing prefixes of the conversation and taking differences (what
-transformers' assistant masks give, for every template, not only those with `{% generation %}` markers): the
-text an assistant turn adds after the generation prompt is its content and its end-of-turn, exactly what the
-model emits at inference. The end-of-turn token (the tokenizer's eos) carries loss; whatever the template adds
+Conversations are rendered with the tokenizer's chat template (or `data.chat_template`). A template with
+`{% generation %}` markers says itself which tokens are the assistant's: transformers' assistant masks are used
+(train_on=assistant). For every other template, which tokens belong to which turn comes from rendering growing
+prefixes of the conversation and taking differences: the text an assistant turn adds after the generation
+prompt is its content and its end-of-turn, exactly what the model emits at inference (the two agree on a
+marked template, tested). The end-of-turn token (the tokenizer's eos) carries loss; whatever the template adds
 after it (ChatML's "\\n") does not, and a sample ends after its last target token.
 
     ids, labels = render(turns, tokenizer, "assistant", template)     # labels: IGNORE where no loss
@@ -13,10 +14,14 @@ after it (ChatML's "\\n") does not, and a sample ends after its last target toke
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..loss import IGNORE
 from .formats import BadRow, Parsed, Turn
+
+MARKED = re.compile(r"\{%-?\s*generation\s*-?%\}")
+"""A chat template's marker around the assistant's tokens (`{% generation %}`), which transformers reads."""
 
 Segment = tuple[list[int], bool]
 """Token ids of one piece of the rendered sample and whether it is a training target."""
@@ -29,14 +34,31 @@ def render(parsed: Parsed, tokenizer: Any, train_on: str, template: str | None) 
         ids = tokenizer(parsed, add_special_tokens=True)["input_ids"] + ([eos] if eos is not None else [])
         return ids, list(ids)
     targets = _targets(parsed, train_on)
-    chat = template is not None or bool(getattr(tokenizer, "chat_template", None))
-    segments = _templated(parsed, targets, tokenizer, template) if chat else _plain(parsed, targets, tokenizer)
-    ids = [i for seg, _ in segments for i in seg]
-    labels = [i if target else IGNORE for seg, target in segments for i in seg]
+    chat_template = template if template is not None else getattr(tokenizer, "chat_template", None)
+    if train_on == "assistant" and isinstance(chat_template, str) and MARKED.search(chat_template):
+        ids, labels = _masked(parsed, tokenizer, template)
+    else:
+        segments = _templated(parsed, targets, tokenizer, template) if chat_template else \
+            _plain(parsed, targets, tokenizer)
+        ids = [i for seg, _ in segments for i in seg]
+        labels = [i if target else IGNORE for seg, target in segments for i in seg]
     if train_on == "all":
         return ids, ids
     end = max(n for n, lab in enumerate(labels, 1) if lab != IGNORE)  # nothing learns from what follows
     return ids[:end], labels[:end]
+
+
+def _masked(turns: list[Turn], tokenizer: Any, template: str | None) -> tuple[list[int], list[int]]:
+    """transformers' own assistant masks, for a template that marks the assistant's tokens."""
+    msgs = [{"role": t.role, "content": t.content} for t in turns]
+    try:
+        out = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                                            chat_template=template)
+    except Exception as e:  # as in _apply
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise BadRow(f"the chat template fails to render it: {reason}") from None
+    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    return ids, [i if m else IGNORE for i, m in zip(ids, mask)]
 
 
 def _targets(turns: list[Turn], train_on: str) -> set[int]:

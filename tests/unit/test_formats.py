@@ -191,3 +191,22 @@ def test_folders_of_shards_and_saved_datasets_load(tmp_path):
     write(shards / "c.csv", [])
     with pytest.raises(UserError, match="mixes file types"):
         parse_rows(DataConfig(path=str(shards)))
+
+
+MARKED = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{% generation %}"
+          "{{ m['content'] }}<|im_end|>{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>{% endif %}\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_a_marked_template_uses_transformers_assistant_masks_which_agree_with_prefix_differences():
+    from splitft.data import render as render_module
+
+    tok = byte_tokenizer()
+    turns = parse({"messages": CHAT}, "messages", DataConfig())
+    ids, labels = render(turns, tok, "assistant", MARKED)  # through apply_chat_template's assistant masks
+    segments = render_module._templated(turns, {2, 4}, tok, MARKED)  # through rendered prefixes
+    flat = [i for seg, _ in segments for i in seg]
+    flat_labels = [i if t else IGNORE for seg, t in segments for i in seg]
+    end = max(n for n, lab in enumerate(flat_labels, 1) if lab != IGNORE)
+    assert (ids, labels) == (flat[:end], flat_labels[:end])
+    assert spans(ids, labels, tok) == ["Yo<|im_end|>", "Aye<|im_end|>"]
