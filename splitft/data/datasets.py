@@ -55,6 +55,8 @@ class Row:
     where: str
     """'<file> row <n>' (1-based: the line of a .jsonl), for messages about it."""
     values: dict[str, Any]
+    problem: str | None = None
+    """Why the line holds no row at all (not JSON, not an object)."""
 
 
 @dataclass
@@ -127,12 +129,14 @@ def _read_jsonl(file: Path) -> list[Row]:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            where = f"{file.name} row {n}"
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as e:
-                value = {"__bad__": f"is not JSON ({e.msg} at column {e.colno}); fix the line"}
-            rows.append(Row(f"{file.name} row {n}", value if isinstance(value, dict) else
-                            {"__bad__": f"is a JSON {type(value).__name__}, not an object of columns"}))
+                rows.append(Row(where, {}, f"is not JSON ({e.msg} at column {e.colno}); fix the line"))
+                continue
+            rows.append(Row(where, value) if isinstance(value, dict) else
+                        Row(where, {}, f"is a JSON {type(value).__name__}, not an object of columns"))
     return rows
 
 
@@ -188,7 +192,7 @@ def read_rows(cfg: DataConfig) -> list[Row]:
 
 def _columns(rows: list[Row]) -> set[str]:
     """The columns of the data: those of its first row that is an object."""
-    return next((set(r.values) for r in rows if "__bad__" not in r.values), set())
+    return next((set(r.values) for r in rows if r.problem is None), set())
 
 
 def parse_rows(cfg: DataConfig) -> Rows:
@@ -207,8 +211,8 @@ def parse_rows(cfg: DataConfig) -> Rows:
     out = Rows(cfg.path, fmt, [], [])
     for row in rows:
         try:
-            if "__bad__" in row.values:
-                raise BadRow(row.values["__bad__"])
+            if row.problem is not None:
+                raise BadRow(row.problem)
             out.parsed.append((row, parse(row.values, fmt, cfg)))
         except BadRow as e:
             out.bad.append((row, str(e)))
