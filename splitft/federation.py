@@ -194,7 +194,7 @@ class Federation:
         record: dict[str, Any] = {
             "round": round_, "clients": merged, "cuts": cuts,
             "train_loss": sum(s["loss"] for s in steps) / len(steps) if steps else None,
-            "lr": steps[-1]["lr"] if steps else None,  # of the round's last step (train.schedule)
+            "lr": next(iter(self.clients.values())).schedule.round_lr(round_),  # train.schedule
             "client_loss": {str(c): self._client_loss(c, steps) for c in plan.clients},
             "steps_by_client": {str(c): sum(s["client_id"] == c for s in steps) for c in plan.clients},
             "train_tokens": sum(s["n_tokens"] for s in steps),

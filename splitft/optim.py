@@ -50,6 +50,11 @@ class LrSchedule:
         return self.lr * max(0.0, factor)
 
 
+    def round_lr(self, round_: int) -> float:
+        """The lr of a round's last planned step (what round records report)."""
+        return self.at(round_, self.steps_per_round - 1)
+
+
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr

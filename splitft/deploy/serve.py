@@ -300,8 +300,8 @@ class Records:
     def round(self, record: dict[str, Any]) -> None:
         this_round = sum_kinds(self.counter.since(self.last))
         self.last = self.counter.snapshot()
-        lr = self.schedule.at(record["round"], self.schedule.steps_per_round - 1)  # of the round's last step
-        self.rounds.append(self.logger.log("round", **record, lr=lr, bytes=self.counter.totals(),
+        self.rounds.append(self.logger.log("round", **record, lr=self.schedule.round_lr(record["round"]),
+                                           bytes=self.counter.totals(),
                                            **training_traffic(this_round)))
 
     def eval(self, round_: int, by_client: dict[int, tuple[float, int, int, int]]) -> None:

@@ -28,7 +28,8 @@ KINDS = ("activations_up", "labels_up", "grad_activations_down", "lora_up", "lor
 def test_launch_matches_simulate_weights_and_bytes(tmp_path, joined):
     sim, dep = tmp_path / "sim", tmp_path / "dep"
     assert splitft("simulate", *DEPLOY, *joined, f"metrics.out_dir={sim}").returncode == 0
-    res = splitft("launch", "--clients", "3", *DEPLOY, *joined, f"metrics.out_dir={dep}", "metrics.report_to=tensorboard")
+    res = splitft("launch", "--clients", "3", *DEPLOY, *joined, f"metrics.out_dir={dep}",
+                  "metrics.report_to=tensorboard")
     assert res.returncode == 0, res.stderr + "".join(p.read_text() for p in (dep / "logs").glob("*.log"))
     a = load_file(sim / "adapter" / "adapter_model.safetensors")
     b = load_file(dep / "adapter" / "adapter_model.safetensors")
