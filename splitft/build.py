@@ -21,8 +21,8 @@ from . import lora
 from .client import SplitClient
 from .config import Check, Config, ConfigError, load_config, tail_cut, validate_against_model
 from .cost import CostModel, Serving
-from .data.datasets import (BatchStream, DataStats, Example, chat_template_of, data_line, load_examples, parse_rows,
-                            split_eval)
+from .data.datasets import (BatchStream, DataStats, Example, Rows, chat_template_of, data_line, load_examples,
+                            parse_rows, split_eval)
 from .data.partitioners import PARTITIONERS, partitioner_for, samples_of
 from .errors import UserError
 from .model import loader
@@ -306,23 +306,24 @@ def build_setup(cfg: Config) -> Setup:
         UserError: anything wrong with the model source, the data or a config value that needs the model.
     """
     meta = check_model(cfg)
-    check_data(cfg)
+    rows = check_data(cfg)
     peft, family, tokenizer, device = build_model(cfg, meta)
-    train, held_out, stats = load_data(cfg, tokenizer)
+    train, held_out, stats = load_data(cfg, tokenizer, rows)
     parts = partitioner_for(cfg.data, cfg.federation.n_clients, cfg.federation.seed).partition(samples_of(train))
     return Setup(cfg, peft, family, tokenizer, train, held_out, stats, device, parts, compute_of(cfg))
 
 
-def check_data(cfg: Config) -> None:
-    """Data that cannot train fails here, before any weight loads: a missing or unreadable file, columns that fit
-    no format, every row bad, a chat template file that is not there."""
-    parse_rows(cfg.data)
+def check_data(cfg: Config) -> Rows:
+    """The data parsed; data that cannot train fails here, before any weight loads: a missing or unreadable
+    file, columns that fit no format, every row bad, a chat template file that is not there."""
     chat_template_of(cfg.data)
+    return parse_rows(cfg.data)
 
 
-def load_data(cfg: Config, tokenizer: Any, warn: bool = True) -> tuple[list[Example], list[Example], DataStats]:
+def load_data(cfg: Config, tokenizer: Any,
+              rows: Rows | None = None) -> tuple[list[Example], list[Example], DataStats]:
     """(training examples, held-out examples, what became of the rows): the same split for every command."""
-    examples, stats = load_examples(cfg.data, tokenizer, cfg.federation.seed, warn)
+    examples, stats = load_examples(cfg.data, tokenizer, cfg.federation.seed, rows=rows)
     train, held_out = split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
     return train, held_out, stats
 

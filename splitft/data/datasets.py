@@ -256,9 +256,12 @@ def chat_template_of(cfg: DataConfig) -> str | None:
     return p.read_text(encoding="utf-8")
 
 
-def load_examples(cfg: DataConfig, tokenizer: Any, seed: int, warn: bool = True) -> tuple[list[Example], DataStats]:
+def load_examples(cfg: DataConfig, tokenizer: Any, seed: int, warn: bool = True,
+                  rows: Rows | None = None) -> tuple[list[Example], DataStats]:
     """Read and parse every row, shuffle (seeded), cap at `max_samples`, render (chat template, loss mask) and
     truncate to `max_length` as `data.truncation` says.
+
+    `rows`: the data already parsed (`parse_rows`), when the caller checked it before loading weights.
 
     Returns:
         examples, and what became of the rows (`DataStats`).
@@ -266,7 +269,7 @@ def load_examples(cfg: DataConfig, tokenizer: Any, seed: int, warn: bool = True)
     Raises:
         UserError: missing file, empty data, unknown columns, every row bad, or fewer than 2 usable samples.
     """
-    rows = parse_rows(cfg)
+    rows = rows if rows is not None else parse_rows(cfg)
     if warn:
         warn_rows(rows)
     template = chat_template_of(cfg)

@@ -26,7 +26,7 @@ def preview(cfg: Config, n: int) -> dict[str, Any]:
     over all rows (the training/held-out split as every command makes it)."""
     rows, template = parse_rows(cfg.data), chat_template_of(cfg.data)  # bad data fails before the tokenizer loads
     tokenizer = load_tokenizer(cfg.model.source)
-    examples, stats = load_examples(cfg.data, tokenizer, cfg.federation.seed)
+    examples, stats = load_examples(cfg.data, tokenizer, cfg.federation.seed, rows=rows)
     train, held_out = split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
     samples = []
     for row, item in rows.parsed[:n]:

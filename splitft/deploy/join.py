@@ -42,7 +42,7 @@ from ..build import (
 )
 from ..client import LocalClient, SplitClient
 from ..config import Config, DeviceConfig, tail_cut
-from ..data.datasets import DataStats, Example, data_line, load_examples, resolve_path, split_eval
+from ..data.datasets import DataStats, Example, Rows, data_line, load_examples, resolve_path, split_eval
 from ..data.partitioners import partitioner_for, samples_of
 from ..devices import client_profiles
 from ..errors import UserError
@@ -60,15 +60,17 @@ from .handshake import terms_of
 from .serve import deploy_problems
 
 
-def client_data(cfg: Config, client_id: int, tokenizer: Any,
-                dealt: bool) -> tuple[list[Example], list[Example], DataStats]:
+def client_data(cfg: Config, client_id: int, tokenizer: Any, dealt: bool,
+                rows: Rows | None = None) -> tuple[list[Example], list[Example], DataStats]:
     """(training examples, held-out examples, what became of the file's rows) of this client: its own file, or
-    (`dealt`) its partition of the federation's shared file and the simulation's held-out slice."""
+    (`dealt`) its partition of the federation's shared file and the simulation's held-out slice. `rows`: the
+    file already parsed (`check_data`)."""
     if dealt:
-        train, held_out, stats = load_data(cfg, tokenizer)
+        train, held_out, stats = load_data(cfg, tokenizer, rows)
         parts = partitioner_for(cfg.data, cfg.federation.n_clients, cfg.federation.seed).partition(samples_of(train))
         return [train[i] for i in parts[client_id]], held_out, stats
-    examples, stats = load_examples(cfg.data, tokenizer, derive_seed(cfg.federation.seed, "data", client_id))
+    examples, stats = load_examples(cfg.data, tokenizer, derive_seed(cfg.federation.seed, "data", client_id),
+                                    rows=rows)
     return *split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples), stats
 
 
@@ -121,14 +123,14 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False, emulate
     token = os.environ.get(cfg.transport.token_env, "")
     if not token:
         raise UserError(f"set this client's token in the environment variable {cfg.transport.token_env}")
-    check_data(cfg)  # a missing, unreadable or all-bad data file fails here, before any weight is read
+    rows = check_data(cfg)  # a missing, unreadable or all-bad data file fails here, before any weight is read
     if emulate:
         check_shape(cfg)
     device = emulated_device(cfg, client_id) if emulate else None
     tls.check_files(cfg.transport, "client")
     meta = check_model(cfg)
     pm = open_model(cfg, meta)
-    train, held_out, stats = client_data(cfg, client_id, pm.tokenizer, dealt)
+    train, held_out, stats = client_data(cfg, client_id, pm.tokenizer, dealt, rows)
     token_ids = pm.drop_tokenizer()  # tokenized: from here on only the pad id is needed
     say = lambda text: print(f"[client {client_id}] {text}", file=sys.stderr, flush=True)  # noqa: E731
     say(data_line(stats, len(train), len(held_out), cfg.data, "data (dealt)" if dealt else "data"))
