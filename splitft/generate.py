@@ -20,6 +20,7 @@ import torch
 from transformers import TextStreamer
 
 from .build import load, load_base, precision_of
+from .config import DataConfig
 from .data.datasets import chat_template_of
 from .data.formats import BadRow, Turn, parse
 from .errors import UserError
@@ -110,9 +111,7 @@ def read_prompts(path: str | Path) -> Iterator[tuple[int, list[Turn]]]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--file: '{path}' not found")
-    from .config import DataConfig
-
-    for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for n, line in enumerate(p.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -120,18 +119,21 @@ def read_prompts(path: str | Path) -> Iterator[tuple[int, list[Turn]]]:
         except json.JSONDecodeError as e:
             raise UserError(f"--file: {p.name} line {n} is not JSON ({e.msg}); write one prompt per line: "
                             f'{{"prompt": "..."}}, {{"messages": [...]}} or a JSON string') from None
-        yield n, _turns(value, f"{p.name} line {n}", DataConfig)
+        yield n, _turns(value, f"{p.name} line {n}")
 
 
-def _turns(value: Any, where: str, data_config: Any) -> list[Turn]:
+def _turns(value: Any, where: str) -> list[Turn]:
     if isinstance(value, str):
         return [Turn("user", value)]
     if isinstance(value, dict) and isinstance(value.get("prompt"), str):
         return [Turn("user", value["prompt"])]
     if isinstance(value, dict) and "messages" in value:
+        kind = type(value["messages"]).__name__
+        if kind != "list":
+            raise UserError(f"--file: {where}: 'messages' must be a list of turns, got {kind}")
         try:
             turns = parse({"messages": value["messages"] + [{"role": "assistant", "content": ""}]}, "messages",
-                          data_config())[:-1]  # a conversation to answer: its last turn need not be an answer
+                          DataConfig())[:-1]  # a conversation to answer: its last turn need not be an answer
         except BadRow as e:
             raise UserError(f"--file: {where}: {e}") from None
         return turns

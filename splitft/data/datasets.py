@@ -125,7 +125,7 @@ def _shards(folder: Path, path: str) -> list[Path]:
 def _read_jsonl(file: Path) -> list[Row]:
     """JSON lines read line by line, so a bad line is named by its number (blank lines are skipped)."""
     rows = []
-    with open(file, encoding="utf-8", errors="replace") as f:
+    with open(file, encoding="utf-8-sig", errors="replace") as f:  # -sig: a byte-order mark is not row 1's
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

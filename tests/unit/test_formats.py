@@ -210,3 +210,10 @@ def test_a_marked_template_uses_transformers_assistant_masks_which_agree_with_pr
     end = max(n for n, lab in enumerate(flat_labels, 1) if lab != IGNORE)
     assert (ids, labels) == (flat[:end], flat_labels[:end])
     assert spans(ids, labels, tok) == ["Yo<|im_end|>", "Aye<|im_end|>"]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"text": "first"}\n{"text": "second"}\n')
+    rows = parse_rows(DataConfig(path=str(path)))
+    assert not rows.bad and rows.format == "text"

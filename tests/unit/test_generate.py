@@ -65,6 +65,12 @@ def test_prompts_files_and_bad_input(tmp_path):
     bad.write_text(json.dumps({"messages": [{"role": "robot", "content": "x"}]}) + "\n")
     with pytest.raises(UserError, match="bad.jsonl line 1: messages\\[0\\] has role 'robot'"):
         list(read_prompts(bad))
+    bad.write_text('{"messages": "hello"}\n')
+    with pytest.raises(UserError, match="bad.jsonl line 1: 'messages' must be a list of turns, got str"):
+        list(read_prompts(bad))
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "a"}\n')
+    assert [t.content for _, turns in read_prompts(bom) for t in turns] == ["a"]
     with pytest.raises(UserError, match="not found"):
         list(read_prompts(tmp_path / "none.jsonl"))
     with pytest.raises(UserError, match="--top-p: must be in"):
