@@ -164,8 +164,9 @@ def build_centralized(setup: Setup, logger: MetricsLogger, on_step: OnStep = Non
 
 
 def client_report(setup: Setup, fed: Federation, rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per client: device, largest cut held, estimated training memory vs budget, LoRA parameters it trains at
-    its final cut, LoRA bytes it exchanged."""
+    """Per client: device, its training samples and how many of them were cut to data.max_length, largest cut
+    held, estimated training memory vs budget, LoRA parameters it trains at its final cut, LoRA bytes it
+    exchanged."""
     cfg, cost = setup.cfg, cost_model(setup)
     bounds = cut_bounds(setup) if cfg.federation.method == "split" else None
     base_gb, block_gb = (bounds.base_gb, bounds.block_gb) if bounds else cost.memory_gb(cfg.train.batch_size,
@@ -181,7 +182,9 @@ def client_report(setup: Setup, fed: Federation, rounds: list[dict[str, Any]]) -
         bytes_ = fed.transport.counter.bytes[cid]
         dev = devices.get(cid)
         budget = dev.memory_gb if dev and math.isfinite(dev.memory_gb) else None
-        out[str(cid)] = {"device": dev.name if dev else None, "final_cut": client.cut, "max_cut": max_cut,
+        data = client.stream.examples  # the centralized trainer's: everyone's
+        out[str(cid)] = {"device": dev.name if dev else None, "train_samples": len(data),
+                         "truncated": sum(e.truncated for e in data), "final_cut": client.cut, "max_cut": max_cut,
                          "memory_gb_needed": round(need, 3), "memory_gb_budget": budget,
                          "lora_params": numel, "lora_up": bytes_["lora_up"], "lora_down": bytes_["lora_down"]}
     return out

@@ -115,3 +115,21 @@ def test_a_text_column_of_mixed_types_is_dropped_or_warned_never_stringified_in_
     assert len(examples) == 5
     err = capsys.readouterr().err
     assert "column 'response'" in err and "1 number(s) among its 5 rows" in err and "trained as their text" in err
+
+
+def test_a_simulated_run_reports_each_clients_samples_and_the_datas_counts(tmp_path):
+    from splitft.metrics import read_metrics
+    from splitft.sim.runner import run_simulation
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, "llama", "federation.rounds=1", "federation.local_steps=1")
+    summary = run_simulation(cfg)
+    [setup] = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "setup"]
+    data = setup["data"]
+    none = {"bad_row": 0, "no_target": 0, "empty": 0}
+    assert (data["format"], data["rows"], data["dropped"]) == ("prompt_response", 120, none)
+    assert data["train_samples"] + data["eval_samples"] == data["samples"] == 120
+    for c, share in data["clients"].items():
+        assert {k: summary["clients"][c][k] for k in share} == share
+    assert sum(s["train_samples"] for s in data["clients"].values()) == data["train_samples"]
+    assert data["truncated"] >= sum(s["truncated"] for s in data["clients"].values()) > 0
