@@ -44,7 +44,7 @@ def render(parsed: Parsed, tokenizer: Any, train_on: str, template: str | None) 
         labels = [i if target else IGNORE for seg, target in segments for i in seg]
     if train_on == "all":
         return ids, ids
-    end = max(n for n, lab in enumerate(labels, 1) if lab != IGNORE)  # nothing learns from what follows
+    end = max((n for n, lab in enumerate(labels, 1) if lab != IGNORE), default=0)  # nothing learns from the rest
     return ids[:end], labels[:end]
 
 
@@ -55,8 +55,7 @@ def _masked(turns: list[Turn], tokenizer: Any, template: str | None) -> tuple[li
         out = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
                                             chat_template=template)
     except Exception as e:  # as in _apply
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise BadRow(f"the chat template fails to render it: {reason}") from None
+        raise _template_failed(e) from None
     ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
     return ids, [i if m else IGNORE for i, m in zip(ids, mask)]
 
@@ -104,8 +103,12 @@ def _apply(tokenizer: Any, msgs: list[dict[str, str]], generation_prompt: bool, 
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt,
                                              chat_template=template)
     except Exception as e:  # jinja2's TemplateError, raise_exception() in a template, a missing variable
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise BadRow(f"the chat template fails to render it: {reason}") from None
+        raise _template_failed(e) from None
+
+
+def _template_failed(e: Exception) -> BadRow:
+    reason = (str(e).splitlines() or [type(e).__name__])[0]
+    return BadRow(f"the chat template fails to render it: {reason}")
 
 
 def _plain(turns: list[Turn], targets: set[int], tokenizer: Any) -> list[Segment]:

@@ -217,3 +217,10 @@ def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + b'{"text": "first"}\n{"text": "second"}\n')
     rows = parse_rows(DataConfig(path=str(path)))
     assert not rows.bad and rows.format == "text"
+
+
+def test_an_answer_with_nothing_to_learn_is_empty_not_a_crash():
+    tok = byte_tokenizer()
+    tok.chat_template, tok.eos_token = None, None  # no template, no eos: an empty answer renders to nothing
+    ids, labels = render([Turn("user", "Hi"), Turn("assistant", "")], tok, "assistant", None)
+    assert ids == labels == []
