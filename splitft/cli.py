@@ -13,7 +13,7 @@
     splitft client --config ... --client-id N --server HOST:PORT     one client process (token in $SPLITFT_TOKEN)
     splitft launch --config ... --clients N                          server + N clients on loopback
     splitft report RUN_DIR [RUN_DIR ...] [--out DIR]                  PNG plots + markdown table of runs
-    splitft evaluate RUN_DIR [--adapter DIR] [--json]                 held-out ppl of an adapter, loaded with PEFT
+    splitft evaluate RUN_DIR [--adapter DIR] [--generate N] [--json]  held-out ppl (and ROUGE-L) of an adapter
     splitft generate RUN_DIR (--prompt TEXT | --chat | --file F) [--json]    answer prompts with the fine-tuned model
 User mistakes print one line `splitft: error: ...` and exit with code 2. stdout carries only results for tools
 (JSON, or the markdown table of experiment/report); progress, round lines and logs go to stderr.
@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("run", metavar="RUN_DIR", help="a finished run directory (its config.yaml picks model and data)")
     ev.add_argument("--adapter", help="a PEFT adapter folder to evaluate instead of RUN_DIR/adapter")
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of a line for people")
+    ev.add_argument("--generate", type=int, default=0, metavar="N",
+                    help="also answer the first N held-out prompts greedily: ROUGE-L and exact match vs. references")
+    ev.add_argument("--max-new-tokens", type=int, default=128, help="most tokens per answer (default 128)")
     gen = sub.add_parser("generate", help="answer prompts with a run's fine-tuned model (base + its PEFT adapter)")
     gen.add_argument("run", metavar="RUN_DIR", help="a finished run directory (simulated or a deployed server's)")
     ask = gen.add_mutually_exclusive_group(required=True)
@@ -232,12 +235,17 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if overrides:
         raise UserError(f"evaluate takes a run directory (its own config.yaml), not overrides: {' '.join(overrides)}")
-    result = evaluate_run(args.run, args.adapter)
+    if args.generate < 0 or args.max_new_tokens < 1:
+        raise UserError(f"--generate must be >= 0 and --max-new-tokens >= 1, got {args.generate} and "
+                        f"{args.max_new_tokens}")
+    result = evaluate_run(args.run, args.adapter, args.generate, args.max_new_tokens)
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"{result['adapter']}: eval_loss={result['eval_loss']:.4f} eval_ppl={result['eval_ppl']:.2f} "
-              f"eval_acc={result['eval_acc']:.3f} ({result['eval_tokens']} held-out tokens)")
+        return 0
+    answers = f"; rouge_l={result['rouge_l']:.3f} exact_match={result['exact_match']:.3f} over " \
+        f"{result['generated']} greedy answers" if args.generate else ""
+    print(f"{result['adapter']}: eval_loss={result['eval_loss']:.4f} eval_ppl={result['eval_ppl']:.2f} "
+          f"eval_acc={result['eval_acc']:.3f} ({result['eval_tokens']} held-out tokens){answers}")
     return 0
 
 

@@ -19,12 +19,11 @@ from typing import Any, Iterator, TextIO
 import torch
 from transformers import TextStreamer
 
-from .build import load, load_base, precision_of
 from .config import DataConfig
 from .data.datasets import chat_template_of
 from .data.formats import BadRow, Turn, parse
 from .errors import UserError
-from .evaluate import adapter_folder, with_adapter
+from .evaluate import load_run_model
 
 
 @dataclass(frozen=True)
@@ -48,16 +47,10 @@ class Generator:
     """A run's model with its adapter, and the way its prompts are rendered."""
 
     def __init__(self, run_dir: str | Path, adapter: str | Path | None = None):
-        run = Path(run_dir)
-        if not (run / "config.yaml").is_file():
-            raise UserError(f"generate: '{run}' is not a run directory (no config.yaml)")
-        folder = adapter_folder(run, adapter, "generate")
-        self.cfg = load(run / "config.yaml")
+        self.run = load_run_model(run_dir, adapter, "generate")
+        self.cfg, self.tokenizer, self.model = self.run.cfg, self.run.tokenizer, self.run.model
         self.template = chat_template_of(self.cfg.data)
-        base, self.tokenizer, self.device = load_base(self.cfg)
-        self.model = with_adapter(base, folder, "generate")
-        self.precision = precision_of(self.cfg)
-        self.adapter = str(folder)
+        self.adapter = str(self.run.adapter)
 
     def prompt_ids(self, turns: list[Turn]) -> list[int]:
         """The conversation so far with the generation prompt, as training rendered its prefixes."""
@@ -73,24 +66,18 @@ class Generator:
         text = "".join(t.content + "\n" for t in turns)  # no template: as render.py's plain turns
         return tok(text, add_special_tokens=True)["input_ids"]
 
-    @torch.no_grad()
     def generate(self, turns: list[Turn], sampling: Sampling, stream: TextIO | None = None) -> dict[str, Any]:
         """The answer to `turns` (streamed to `stream` as it is decoded, when given)."""
-        ids = torch.tensor([self.prompt_ids(turns)], device=self.device)
+        ids = self.prompt_ids(turns)
         eos = self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
-        streamer = _Streamer(self.tokenizer, stream) if stream is not None else None
         torch.manual_seed(sampling.seed)
         sample = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p} \
-            if sampling.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        with self.precision.autocast():
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                      max_new_tokens=sampling.max_new_tokens, eos_token_id=eos, pad_token_id=pad,
-                                      streamer=streamer, **sample)
-        new = out[0, ids.shape[1]:].tolist()
+            if sampling.temperature > 0 else None
+        new = self.run.continue_ids(ids, sampling.max_new_tokens, sample,
+                                    _Streamer(self.tokenizer, stream) if stream is not None else None)
         finished = bool(new) and new[-1] == eos
         text = self.tokenizer.decode(new[:-1] if finished else new, skip_special_tokens=True)
-        return {"completion": text, "prompt_tokens": ids.shape[1], "new_tokens": len(new),
+        return {"completion": text, "prompt_tokens": len(ids), "new_tokens": len(new),
                 "finish": "eos" if finished else "length"}
 
 

@@ -44,7 +44,7 @@ def render(parsed: Parsed, tokenizer: Any, train_on: str, template: str | None) 
         labels = [i if target else IGNORE for seg, target in segments for i in seg]
     if train_on == "all":
         return ids, ids
-    end = max((n for n, lab in enumerate(labels, 1) if lab != IGNORE), default=0)  # nothing learns from the rest
+    end = last_target(labels)[1]  # nothing learns from what follows
     return ids[:end], labels[:end]
 
 
@@ -136,16 +136,16 @@ def truncate(ids: list[int], labels: list[int], max_length: int, how: str,
     if excess <= 0:
         return ids, labels, False
     if how == "prompt_left" and conversation:
-        start = _last_target_start(labels)
+        start, _ = last_target(labels)
         left = min(excess, start)
         ids, labels = ids[left:], labels[left:]
     return ids[:max_length], labels[:max_length], True
 
 
-def _last_target_start(labels: list[int]) -> int:
-    """Where the last run of loss-carrying tokens begins (0 when there is none)."""
+def last_target(labels: list[int]) -> tuple[int, int]:
+    """[start, end) of the last run of loss-carrying tokens ((0, 0) when there is none)."""
     end = max((n for n, lab in enumerate(labels, 1) if lab != IGNORE), default=0)
     start = end
     while start > 0 and labels[start - 1] != IGNORE:
         start -= 1
-    return start
+    return start, end

@@ -77,3 +77,24 @@ def test_prompts_files_and_bad_input(tmp_path):
         Sampling(top_p=0).check()
     with pytest.raises(UserError, match="not a run directory"):
         Generator(tmp_path)
+
+
+def test_answer_scores_give_a_perfect_answer_one_and_refuse_plain_text(run, monkeypatch):
+    from splitft.build import load_data
+    from splitft.data.render import last_target
+    from splitft.evaluate import answer_scores, evaluate_run, load_run_model
+
+    rm = load_run_model(run, None, "evaluate")
+    _, held, _ = load_data(rm.cfg, rm.tokenizer)
+    targets = {tuple(ex.input_ids[:s]): ex.input_ids[s:e] for ex in held for s, e in [last_target(ex.labels)]}
+    monkeypatch.setattr(rm, "continue_ids", lambda ids, n: targets[tuple(ids)])  # answers exactly the reference
+    perfect = answer_scores(rm, held, 3, 8)
+    assert (perfect["generated"], perfect["rouge_l"], perfect["exact_match"]) == (3, 1.0, 1.0)
+    assert all(a["reference"] == a["answer"] != "" for a in perfect["answers"])
+    monkeypatch.setattr(rm, "continue_ids", lambda ids, n: [])  # says nothing
+    assert answer_scores(rm, held, 3, 8)["rouge_l"] == 0.0
+    plain = [type(ex)(ex.input_ids, list(ex.input_ids)) for ex in held]  # every token a target: no prompt
+    with pytest.raises(UserError, match="no held-out sample has a prompt"):
+        answer_scores(rm, plain, 3, 8)
+    result = evaluate_run(run, generate=2, max_new_tokens=4)  # the real model, end to end
+    assert result["generated"] == 2 and 0.0 <= result["rouge_l"] <= 1.0 and len(result["answers"]) == 2
