@@ -183,7 +183,8 @@ class DataConfig:
     eval_fraction: float = 0.1
     max_eval_samples: int = 64
     partitioner: str = "iid"
-    """iid | length_dirichlet (SplitFT: token-length buckets x Dirichlet) | dirichlet (over category_column)."""
+    """iid | length_dirichlet (SplitFT: token-length buckets x Dirichlet) | dirichlet (over category_column) |
+    natural (whole categories of category_column per client, balanced by size)."""
     alpha: float = 0.5
     """Dirichlet concentration for the non-IID partitioners; 0.1 is highly non-IID, large values approach IID."""
     n_buckets: int = 5
@@ -559,11 +560,14 @@ def validate(cfg: Config) -> list[str]:
     p += _choice_problems(cfg)
     if cfg.train.warmup_steps < 0:
         p.append(f"train.warmup_steps: must be >= 0 (0 = no warmup), got {cfg.train.warmup_steps}")
-    if cfg.data.partitioner == "dirichlet" and not cfg.data.category_column:
-        p.append("data.category_column: required by data.partitioner=dirichlet (e.g. data.category_column=play)")
+    if cfg.data.partitioner in BY_CATEGORY and not cfg.data.category_column:
+        p.append(f"data.category_column: required by data.partitioner={cfg.data.partitioner} (e.g. "
+                 f"data.category_column=play)")
     return p
 
 
+BY_CATEGORY = ("dirichlet", "natural")
+"""Partitioners that deal the values of data.category_column (the others deal samples by length or at random)."""
 DATA_FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_response", "text")
 TRAIN_ON = ("assistant", "last_assistant", "all")
 TRUNCATIONS = ("prompt_left", "right")

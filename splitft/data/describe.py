@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Config
+from ..config import BY_CATEGORY, Config
 from ..model.loader import load_tokenizer
 from .datasets import load_examples, resolve_path, split_eval
 from .partitioners import (Samples, category_buckets, histogram, length_buckets, mean_js_distance, partitioner_for,
@@ -21,7 +21,7 @@ from .partitioners import (Samples, category_buckets, histogram, length_buckets,
 
 def _display_buckets(cfg: Config, samples: Samples) -> tuple[np.ndarray, list[str]]:
     """Bucket id per sample and a label per bucket: categories for `dirichlet`, length ranges otherwise."""
-    if cfg.data.partitioner == "dirichlet":
+    if cfg.data.partitioner in BY_CATEGORY:
         return category_buckets(samples.categories or [])
     ids = length_buckets(samples.lengths, cfg.data.n_buckets, cfg.data.bucket_edges)
     lengths = np.asarray(samples.lengths)
@@ -48,7 +48,7 @@ def format_table(info: dict[str, Any]) -> str:
     rows = [[str(c), str(n)] + [str(v) for v in h] for c, (n, h) in enumerate(zip(info["sizes"], info["histogram"]))]
     widths = [max(len(r[i]) for r in [heads] + rows) for i in range(len(heads))]
     lines = ["  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in [heads] + rows]
-    kind = "categories" if info["partitioner"] == "dirichlet" else "token-length buckets"
+    kind = "categories" if info["partitioner"] in BY_CATEGORY else "token-length buckets"
     lines.append(f"partitioner={info['partitioner']} alpha={info['alpha']} ({kind} as columns); "
                  f"mean Jensen-Shannon distance between clients: {info['mean_js_distance']:.3f} (0 = IID)")
     return "\n".join(lines)
@@ -67,7 +67,7 @@ def save_heatmap(info: dict[str, Any], path: str | Path) -> None:
     im = ax.imshow(share, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for (i, j), v in np.ndenumerate(hist):
         ax.text(j, i, int(v), ha="center", va="center", color="white" if share[i, j] < 0.6 else "black", fontsize=8)
-    is_cat = info["partitioner"] == "dirichlet"
+    is_cat = info["partitioner"] in BY_CATEGORY
     ax.set_xticks(range(len(info["buckets"])), info["buckets"], rotation=45 if is_cat else 0, ha="right" if is_cat
                   else "center")
     ax.set_yticks(range(len(hist)), [f"client {c} ({n})" for c, n in enumerate(info["sizes"])])

@@ -8,6 +8,7 @@ has one, a category (e.g. the `play` column).
     length_dirichlet  SplitFT: bucket by token length into K buckets (quantile edges by default, or explicit
                       edges), then spread each bucket over clients with Dirichlet(alpha) proportions
     dirichlet         the same over the values of a categorical column instead of length buckets
+    natural           each client gets whole categories (organizations holding different data), balanced by size
 Small alpha (0.1) gives highly skewed clients; large alpha approaches IID.
 """
 
@@ -152,9 +153,40 @@ class CategoryDirichletPartitioner:
         return dirichlet_split(self.buckets(samples), self.n_clients, self.alpha, self.seed, self.min_size)
 
 
-Partitioner = IidPartitioner | LengthDirichletPartitioner | CategoryDirichletPartitioner
+@dataclass
+class NaturalPartitioner:
+    """Whole categories per client, as organizations hold their own data: categories largest first (ties in a
+    seeded order), each to the client with the fewest samples so far (greedy balancing: the largest client
+    exceeds the mean by at most the largest category)."""
+
+    n_clients: int
+    min_size: int = 1
+    seed: int = 0
+
+    def partition(self, samples: Samples) -> list[list[int]]:
+        _check_counts(len(samples), self.n_clients)
+        if samples.categories is None:
+            raise UserError("data.partitioner=natural needs data.category_column naming a column of the data")
+        ids, names = category_buckets(samples.categories)
+        if len(names) < self.n_clients:
+            raise UserError(f"data.partitioner=natural: {len(names)} categories for {self.n_clients} clients, and "
+                            f"each client needs a whole one; lower federation.n_clients or use dirichlet")
+        sizes = np.bincount(ids, minlength=len(names))
+        order = sorted(np.random.default_rng(self.seed).permutation(len(names)).tolist(), key=lambda b: -sizes[b])
+        parts: list[list[int]] = [[] for _ in range(self.n_clients)]
+        for b in order:
+            c = min(range(self.n_clients), key=lambda c: (len(parts[c]), c))
+            parts[c].extend(np.flatnonzero(ids == b).tolist())
+        if min(len(p) for p in parts) < self.min_size:
+            raise UserError(f"data.partitioner=natural: a client got fewer than data.min_partition_size="
+                            f"{self.min_size} samples; lower federation.n_clients")
+        return [sorted(p) for p in parts]
+
+
+Partitioner = IidPartitioner | LengthDirichletPartitioner | CategoryDirichletPartitioner | NaturalPartitioner
 PARTITIONERS = Registry("data.partitioner", {"iid": IidPartitioner, "length_dirichlet": LengthDirichletPartitioner,
-                                             "dirichlet": CategoryDirichletPartitioner})
+                                             "dirichlet": CategoryDirichletPartitioner,
+                                             "natural": NaturalPartitioner})
 
 
 def samples_of(examples: Sequence[Any]) -> Samples:

@@ -80,3 +80,21 @@ def test_bad_input_raises_user_errors(make, message):
 def test_js_distance_bounds():
     assert mean_js_distance(np.array([[5, 5], [10, 10]])) == pytest.approx(0.0)
     assert mean_js_distance(np.array([[5, 0], [0, 5]])) == pytest.approx(1.0)
+
+
+def test_natural_gives_each_client_whole_categories_balanced_by_size():
+    from splitft.data.partitioners import NaturalPartitioner
+
+    cats = [f"m{i % 9}" for i in range(200)] + ["big"] * 40
+    samples = Samples([10] * len(cats), cats)
+    parts = NaturalPartitioner(n_clients=3, seed=1).partition(samples)
+    owners = {c: {k for k, p in enumerate(parts) if any(cats[i] == c for i in p)} for c in set(cats)}
+    assert all(len(o) == 1 for o in owners.values()), "a category never splits between clients"
+    assert sorted(i for p in parts for i in p) == list(range(len(cats)))
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 40, sizes  # greedy balance: within the largest category
+    assert parts == NaturalPartitioner(n_clients=3, seed=1).partition(samples), "deterministic"
+    with pytest.raises(UserError, match="10 categories for 11 clients"):
+        NaturalPartitioner(n_clients=11).partition(samples)
+    with pytest.raises(UserError, match="needs data.category_column"):
+        NaturalPartitioner(n_clients=2).partition(Samples([1, 2, 3]))
