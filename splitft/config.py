@@ -155,8 +155,9 @@ class TrainConfig:
 @dataclass
 class DataConfig:
     path: str = "builtin:shakespeare_dialogue"
-    """builtin:<name>, a local .jsonl/.json/.csv/.parquet/.txt file, a folder of such files (shards of one
-    type), or a folder written by `datasets`' save_to_disk."""
+    """builtin:shakespeare_dialogue, builtin:python_stdlib (this interpreter's standard library as code), a local
+    .jsonl/.json/.csv/.parquet/.txt file, a folder of such files (shards of one type), or a folder written by
+    `datasets`' save_to_disk."""
     format: str = "auto"
     """auto (detected from the columns) | messages (OpenAI/TRL: a list of {role, content}) | sharegpt
     (`conversations` of {from, value}) | alpaca (instruction, optional input, output) | prompt_response
@@ -562,7 +563,7 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"train.warmup_steps: must be >= 0 (0 = no warmup), got {cfg.train.warmup_steps}")
     if cfg.data.partitioner in BY_CATEGORY and not cfg.data.category_column:
         p.append(f"data.category_column: required by data.partitioner={cfg.data.partitioner} (e.g. "
-                 f"data.category_column=play)")
+                 f"data.category_column=play, or module for builtin:python_stdlib)")
     return p
 
 

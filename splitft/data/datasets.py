@@ -27,9 +27,12 @@ from ..loss import IGNORE
 from ..seeding import load_random_state, random_state
 from .formats import BadRow, Parsed, columns_of, detect, parse
 from .render import render, truncate
+from .stdlib import stdlib_folder, stdlib_rows
 
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 BUILTIN_DATA = {"shakespeare_dialogue": "shakespeare_dialogue.jsonl"}
+BUILTIN_BUILT = ("python_stdlib",)
+"""Builtin data made on the machine from what it has (`stdlib.py`), not shipped as a file."""
 SHOWN_BAD_ROWS = 3
 """Bad rows named one line each; the rest are counted."""
 DROP_WARN = 0.10
@@ -69,6 +72,8 @@ class Rows:
     bad: list[tuple[Row, str]]
     numbers: dict[str, int] = field(default_factory=dict)
     """Text columns holding numbers (trained as their text): column -> count."""
+    source: dict[str, Any] = field(default_factory=dict)
+    """What identifies data made on this machine (builtin:python_stdlib: interpreter version, content hash)."""
 
     @property
     def n(self) -> int:
@@ -86,18 +91,22 @@ class DataStats:
     dropped: dict[str, int]
     """reason -> rows: bad_row (fits no format), no_target (no loss-carrying token left within max_length),
     empty (nothing to learn from at any length: an empty text)."""
+    source: dict[str, Any] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         return {"format": self.format, "rows": self.rows, "samples": self.samples, "truncated": self.truncated,
-                "dropped": dict(self.dropped)}
+                "dropped": dict(self.dropped), **({"source": self.source} if self.source else {})}
 
 
 def resolve_path(path: str) -> Path:
     """Local file or folder for `data.path` (builtin:<name> lives inside the installed package)."""
     if path.startswith("builtin:"):
         name = path.split(":", 1)[1]
+        if name in BUILTIN_BUILT:
+            return stdlib_folder()
         if name not in BUILTIN_DATA:
-            raise UserError(f"data.path: unknown builtin dataset '{name}'; known: {', '.join(BUILTIN_DATA)}")
+            raise UserError(f"data.path: unknown builtin dataset '{name}'; known: "
+                            f"{', '.join([*BUILTIN_DATA, *BUILTIN_BUILT])}")
         return Path(str(resources.files("splitft.data") / "assets" / BUILTIN_DATA[name]))
     p = Path(path).expanduser()
     if p.is_dir():
@@ -173,7 +182,9 @@ def _read_saved(folder: Path, path: str) -> list[Row]:
 
 
 def read_rows(cfg: DataConfig) -> list[Row]:
-    """Every row of `data.path`: a file, a folder of shards, or a save_to_disk folder."""
+    """Every row of `data.path`: a file, a folder of shards, a save_to_disk folder, or builtin:python_stdlib."""
+    if cfg.path == "builtin:python_stdlib":
+        return [Row(f"python_stdlib row {n}", r) for n, r in enumerate(stdlib_rows()[0], 1)]
     path = resolve_path(cfg.path)
     saved = path.is_dir() and any((path / m).is_file() for m in ("dataset_info.json", "dataset_dict.json"))
     files = [] if saved else _shards(path, cfg.path) if path.is_dir() else [path]
@@ -208,7 +219,7 @@ def parse_rows(cfg: DataConfig) -> Rows:
         raise UserError(f"data.category_column: '{cfg.category_column}' is not a column of '{cfg.path}'; "
                         f"columns: {sorted(columns)}")
     fmt = detect(columns, cfg, cfg.path)
-    out = Rows(cfg.path, fmt, [], [])
+    out = Rows(cfg.path, fmt, [], [], source=stdlib_rows()[1] if cfg.path == "builtin:python_stdlib" else {})
     for row in rows:
         try:
             if row.problem is not None:
@@ -294,7 +305,8 @@ def load_examples(cfg: DataConfig, tokenizer: Any, seed: int, warn: bool = True,
     if len(examples) < 2:
         raise UserError(f"data: only {len(examples)} usable samples in '{cfg.path}' (need at least 2); "
                         f"{_drop_reasons(dropped, cfg)}add data")
-    return examples, DataStats(rows.format, n_rows, len(examples), sum(e.truncated for e in examples), dropped)
+    return examples, DataStats(rows.format, n_rows, len(examples), sum(e.truncated for e in examples), dropped,
+                               rows.source)
 
 
 def example_of(row: Row, item: Parsed, cfg: DataConfig, tokenizer: Any, template: str | None) -> Example:
