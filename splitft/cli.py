@@ -6,7 +6,7 @@
     splitft plan --config ... [--json] [key=value ...]               each cut policy's cuts and predicted round time
     splitft partition --config ... [--png FILE] [key=value ...]      show how the data splits among clients
     splitft preview --config ... [--n N] [--json] [key=value ...]    the first samples as rendered, loss tokens marked
-    splitft experiment --config configs/experiment.yaml [--methods a,b] [--target-ppl X]
+    splitft experiment --config configs/experiment.yaml [--methods a,b] [--target-ppl X] [--seeds 0,1,2]
                                                   splitft vs makespan vs sfl-fixed vs fedlora vs centralized, one table
     splitft server --config ... [key=value ...]                      serve a deployed federation over gRPC
     splitft server --resume RUN_DIR                                  continue it from its latest round checkpoint
@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "experiment":
             s.add_argument("--methods", default="splitft,makespan,sfl-fixed,fedlora,centralized",
                            help="comma-separated subset of splitft,makespan,sfl-fixed,fedlora,centralized")
+            s.add_argument("--seeds", default=None, metavar="0,1,2",
+                           help="run every method for each seed; the table gives means, 95%% intervals and "
+                                "differences to sfl-fixed paired by seed")
             s.add_argument("--target-ppl", type=float, default=None,
                            help="ppl for 'virtual time to target' (default: the worst final ppl of the methods)")
     rep = sub.add_parser("report", help="plots (PNG) and a markdown table comparing finished runs")
@@ -180,11 +183,12 @@ def _preview(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _experiment(args: argparse.Namespace, overrides: list[str]) -> int:
     from .build import load
-    from .sim.experiment import parse_methods, run_experiment
+    from .sim.experiment import parse_methods, parse_seeds, run_experiment
     from .sim.runner import sim_problems
 
     methods = parse_methods(args.methods)
-    run_experiment(load(args.config, overrides, sim_problems), methods, args.target_ppl)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    run_experiment(load(args.config, overrides, sim_problems), methods, args.target_ppl, seeds)
     return 0
 
 

@@ -2,15 +2,21 @@
 devices and seeds, and print one comparison table.
 
     splitft experiment --config configs/experiment.yaml [--methods splitft,fedlora] [--target-ppl 30]
-Each method runs into <metrics.out_dir>/<method>/ (a normal run directory); a method whose directory already
-holds a summary.json is reused, not re-run; one that was interrupted resumes from its checkpoint. The table
-goes to stdout and to <out_dir>/experiment.md, the numbers to <out_dir>/experiment.json.
+    splitft experiment --config configs/experiment.yaml --seeds 0,1,2
+Each method runs into <metrics.out_dir>/<method>/ (a normal run directory; with --seeds,
+<metrics.out_dir>/seed_<s>/<method>/); a method whose directory already holds a summary.json is reused, not
+re-run; one that was interrupted resumes from its checkpoint. The table goes to stdout and to
+<out_dir>/experiment.md, the numbers to <out_dir>/experiment.json. With several seeds (the same seed = the same
+data order, partition and devices for every method) the table gives each metric's mean and 95% confidence
+interval over the seeds, and the paired difference against sfl-fixed seed by seed.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -63,32 +69,121 @@ def parse_methods(text: str) -> list[str]:
     return names
 
 
-def run_experiment(base: Config, methods: list[str], target_ppl: float | None = None) -> dict[str, Any]:
-    """Run (or reuse) every method, then compare. Returns {"target_ppl", "methods": {name: row}}."""
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]: distinct seeds in [0, 2^32)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds: a comma-separated list of integers, e.g. 0,1,2; got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or not all(0 <= s < 2 ** 32 for s in seeds):
+        raise UserError(f"--seeds: distinct integers in [0, 2^32), e.g. 0,1,2; got {text!r}")
+    return seeds
+
+
+def run_experiment(base: Config, methods: list[str], target_ppl: float | None = None,
+                   seeds: list[int] | None = None) -> dict[str, Any]:
+    """Run (or reuse) every method (for every seed), then compare. Returns {"target_ppl", "methods": {name:
+    row}}; with `seeds`, rows of means and intervals, "paired" differences and every seed's "runs"."""
     out = Path(base.metrics.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(base, out / "experiment_config.yaml")
-    summaries = {}
-    for name in methods:
-        cfg = method_config(base, name)
-        done = Path(cfg.metrics.out_dir) / "summary.json"
-        if done.is_file():
-            print(f"== {name}: reusing {done}", file=sys.stderr, flush=True)
-            summaries[name] = json.loads(done.read_text())
-            continue
-        if (done.parent / "checkpoints" / "latest").is_file():  # interrupted: go on from its checkpoint
-            print(f"== {name}: resuming {done.parent}", file=sys.stderr, flush=True)
-            summaries[name] = resume_simulation(done.parent)
-            continue
-        print(f"== {name}: running into {cfg.metrics.out_dir}", file=sys.stderr, flush=True)
-        summaries[name] = run_simulation(cfg)
-    target = target_ppl or max(s["final_eval_ppl"] for s in summaries.values())
-    result = {"target_ppl": target, "methods": {n: compare_row(s, target) for n, s in summaries.items()}}
+    if seeds is None:
+        summaries = {name: _run_or_reuse(method_config(base, name), name) for name in methods}
+        target = target_ppl or max(s["final_eval_ppl"] for s in summaries.values())
+        result = {"target_ppl": target, "methods": {n: compare_row(s, target) for n, s in summaries.items()}}
+        table = format_table(result)
+    else:
+        runs = {}
+        for seed in seeds:
+            seeded = copy.deepcopy(base)
+            seeded.federation.seed, seeded.metrics.out_dir = seed, str(out / f"seed_{seed}")
+            runs[seed] = {name: _run_or_reuse(method_config(seeded, name), f"{name}, seed {seed}") for name in methods}
+        target = target_ppl or max(s["final_eval_ppl"] for by in runs.values() for s in by.values())
+        rows = {seed: {n: compare_row(s, target) for n, s in by.items()} for seed, by in runs.items()}
+        result = {"target_ppl": target, "seeds": seeds, **seed_statistics(rows, methods),
+                  "runs": {str(seed): r for seed, r in rows.items()}}
+        table = format_seed_table(result)
     (out / "experiment.json").write_text(json.dumps(result, indent=2))
-    table = format_table(result)
     (out / "experiment.md").write_text(table + "\n")
     print(table)
     return result
+
+
+def _run_or_reuse(cfg: Config, label: str) -> dict[str, Any]:
+    """The summary of the run in cfg's directory: reused when finished, resumed when interrupted, else run."""
+    done = Path(cfg.metrics.out_dir) / "summary.json"
+    if done.is_file():
+        print(f"== {label}: reusing {done}", file=sys.stderr, flush=True)
+        return json.loads(done.read_text())
+    if (done.parent / "checkpoints" / "latest").is_file():  # interrupted: go on from its checkpoint
+        print(f"== {label}: resuming {done.parent}", file=sys.stderr, flush=True)
+        return resume_simulation(done.parent)
+    print(f"== {label}: running into {cfg.metrics.out_dir}", file=sys.stderr, flush=True)
+    return run_simulation(cfg)
+
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         15: 2.131, 20: 2.086, 30: 2.042}
+"""Student's t 97.5% quantiles by degrees of freedom (a two-sided 95% interval); between entries the next lower
+one is used (a wider interval), beyond 30 the normal's 1.96."""
+STATISTICS = ("final_eval_ppl", "virtual_time_to_target_s", "bytes_up")
+
+
+def interval(values: list[float]) -> dict[str, Any]:
+    """Mean and the half-width of its 95% confidence interval (Student's t; None for a single value)."""
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "ci95": None, "n": 0}
+    mean = statistics.fmean(values)
+    if n == 1:
+        return {"mean": mean, "ci95": None, "n": 1}
+    df = n - 1
+    t = 1.96 if df > 30 else T_975[max(k for k in T_975 if k <= df)]
+    return {"mean": mean, "ci95": t * statistics.stdev(values) / math.sqrt(n), "n": n}
+
+
+def seed_statistics(rows: dict[int, dict[str, dict[str, Any]]], methods: list[str]) -> dict[str, Any]:
+    """Per method and metric the mean and interval over seeds (a run that never reached the target is left out
+    of its time, and counted); per method against sfl-fixed, the interval of the seed-by-seed differences."""
+    def values(name: str, key: str) -> list[float]:
+        return [r[name][key] for r in rows.values() if r[name][key] is not None]
+
+    stats = {name: {**{key: interval(values(name, key)) for key in STATISTICS},
+                    "not_reached": sum(r[name]["virtual_time_to_target_s"] is None for r in rows.values())}
+             for name in methods}
+    paired = {}
+    if "sfl-fixed" in methods:
+        for name in methods:
+            if name != "sfl-fixed":
+                paired[name] = {key: interval([r[name][key] - r["sfl-fixed"][key] for r in rows.values()
+                                               if r[name][key] is not None and r["sfl-fixed"][key] is not None])
+                                for key in ("final_eval_ppl", "virtual_time_to_target_s")}
+    return {"methods": stats, "paired": paired}
+
+
+def _pm(i: dict[str, Any], digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
+    if i["mean"] is None:
+        return "-"
+    half = "" if i["ci95"] is None else f" ± {i['ci95'] / scale:.{digits}f}"
+    return f"{i['mean'] / scale:.{digits}f}{half}{unit}"
+
+
+def format_seed_table(result: dict[str, Any]) -> str:
+    """Means ± 95% CI over seeds, and differences to sfl-fixed paired by seed (a CI that excludes 0: a real
+    difference at this many seeds; one that includes it: within noise)."""
+    target, n = f"{result['target_ppl']:.2f}", len(result["seeds"])
+    lines = [f"| method | final eval ppl | Δ ppl vs sfl-fixed | virtual time to ppl {target} | Δ time vs sfl-fixed "
+             f"| bytes up | seeds |", "|" + "---|" * 7]
+    for name, s in result["methods"].items():
+        d = result["paired"].get(name, {})
+        missed = f" ({s['not_reached']} not reached)" if s["not_reached"] else ""
+        lines.append(f"| {name} | {_pm(s['final_eval_ppl'])} | {_pm(d['final_eval_ppl']) if d else '-'} "
+                     f"| {_pm(s['virtual_time_to_target_s'], 1, unit=' s')}{missed} "
+                     f"| {_pm(d['virtual_time_to_target_s'], 1, unit=' s') if d else '-'} "
+                     f"| {_pm(s['bytes_up'], 1, 1e6, ' MB')} | {n} |")
+    lines.append(f"\nmean ± half-width of the 95% confidence interval over {n} seeds (Student's t); Δ: paired by "
+                 f"seed (the same data, partition and devices)")
+    return "\n".join(lines)
 
 
 def time_to(summary: dict[str, Any], target: float, clock: str = "virtual") -> float | None:

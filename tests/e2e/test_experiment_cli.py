@@ -49,3 +49,23 @@ def test_evaluate_refuses_what_is_not_a_finished_run(tmp_path):
 def test_unknown_method_is_a_clear_error(tmp_path):
     res = splitft("experiment", *TINY, f"metrics.out_dir={tmp_path / 'x'}", "--methods", "splitft,magic")
     assert res.returncode == 2 and "unknown ['magic']" in res.stderr
+
+
+def test_experiment_over_seeds_reports_means_intervals_and_paired_differences(tmp_path):
+    out = tmp_path / "seeds"
+    args = ("experiment", *TINY, "federation.rounds=1", f"metrics.out_dir={out}", "--methods", "splitft,sfl-fixed",
+            "--seeds", "0,1")
+    res = splitft(*args)
+    assert res.returncode == 0, res.stderr
+    result = json.loads((out / "experiment.json").read_text())
+    assert result["seeds"] == [0, 1] and set(result["runs"]) == {"0", "1"}
+    for seed in (0, 1):
+        for name in ("splitft", "sfl-fixed"):
+            summary = json.loads((out / f"seed_{seed}" / name / "summary.json").read_text())
+            assert summary["final_eval_ppl"] == result["runs"][str(seed)][name]["final_eval_ppl"]
+    finals = [result["runs"][s]["splitft"]["final_eval_ppl"] for s in ("0", "1")]
+    assert result["methods"]["splitft"]["final_eval_ppl"]["mean"] == sum(finals) / 2
+    assert finals[0] != finals[1], "another seed is another run"
+    assert "± " in res.stdout and "paired by seed" in res.stdout
+    again = splitft(*args)
+    assert again.returncode == 0 and again.stderr.count("reusing") == 4
