@@ -5,6 +5,8 @@ Reads each run's metrics.jsonl (round records) and summary.json; writes to --out
     ppl_vs_wall_time.png      held-out perplexity vs real seconds of the run
     bytes_per_round.png       training traffic per round by kind (MB), one panel per run, one y scale
     cuts.png                  each client's cut per round: a clients x rounds grid per run, cut in each cell
+    ppl_mean_by_round.png     for an experiment run with --seeds (give its folder): each method's mean eval ppl
+                              per round over the seeds, with its 95% confidence band
     report.md                 a table comparing the runs, and the figures
 Nothing is recomputed: every number comes from the runs' own records.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .metrics import read_metrics
+from .metrics import interval, read_metrics
 
 TRAFFIC = ("activations_up", "labels_up", "grad_activations_down", "lora_up", "lora_down")
 
@@ -200,6 +202,53 @@ def _cuts_plot(runs: list[Run], path: Path) -> Any:
     return fig
 
 
+def expand(dirs: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Run directories, an experiment's folder run with --seeds standing for its seed_<s>/<method> runs; and
+    those runs grouped by method (empty when no such folder is given)."""
+    runs, groups = [], {}
+    for d in dirs:
+        result = Path(d) / "experiment.json"
+        seeds = json.loads(result.read_text()).get("seeds") if result.is_file() else None
+        if not seeds:
+            runs.append(d)
+            continue
+        for name in json.loads(result.read_text())["methods"]:
+            paths = [str(Path(d) / f"seed_{s}" / name) for s in seeds]
+            groups[name] = groups.get(name, []) + paths
+            runs += paths
+    return runs, groups
+
+
+def _band_plot(groups: dict[str, list[Run]], path: Path) -> Any:
+    """Each method's mean eval ppl per round over its seeds, with the 95% confidence band (Student's t)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ticks: set[int] = set()
+    for name, runs in groups.items():
+        by_round: dict[int, list[float]] = {}
+        for r in runs:
+            for x in r.rounds:
+                if "eval_ppl" in x:
+                    by_round.setdefault(x["round"], []).append(x["eval_ppl"])
+        rounds = sorted(by_round)
+        ticks |= set(rounds)
+        stats = [interval(by_round[k]) for k in rounds]
+        mean = [s["mean"] for s in stats]
+        half = [s["ci95"] or 0.0 for s in stats]
+        line, = ax.plot(rounds, mean, marker="o", label=f"{name} ({len(runs)} seeds)")
+        ax.fill_between(rounds, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
+                        color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="round (-1: pretrained)", ylabel="held-out perplexity", xticks=sorted(ticks),
+           title="Mean perplexity over seeds, 95% confidence band")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return fig
+
+
 def report(dirs: list[str], out: str | Path) -> Path:
     """Write the figures and report.md for `dirs` into `out`; returns the path of report.md."""
     import matplotlib
@@ -207,7 +256,11 @@ def report(dirs: list[str], out: str | Path) -> Path:
     matplotlib.use("Agg")
     if not dirs:
         raise UserError("report: give at least one run directory")
-    runs = [load_run(d) for d in dirs]
+    paths, groups = expand(dirs)
+    runs = [load_run(d) for d in paths]
+    for r, p in zip(runs, paths):
+        if any(p in g for g in groups.values()):
+            r.name = f"{Path(p).name} {Path(p).parent.name}"  # "splitft seed_0"
     _unique_names(runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,7 +269,12 @@ def report(dirs: list[str], out: str | Path) -> Path:
     _ppl_plot(runs, "wall_time", "wall time (s, this machine)", "Perplexity vs wall time", out / "ppl_vs_wall_time.png")
     _bytes_plot(runs, out / "bytes_per_round.png")
     _cuts_plot(runs, out / "cuts.png")
+    figures = ["ppl_vs_virtual_time", "ppl_vs_wall_time", "bytes_per_round", "cuts"]
+    if groups:
+        by_path = dict(zip(paths, runs))
+        _band_plot({name: [by_path[p] for p in ps] for name, ps in groups.items()}, out / "ppl_mean_by_round.png")
+        figures.insert(0, "ppl_mean_by_round")
     md = ["# SplitFT report", "", "Runs: " + ", ".join(f"`{d}`" for d in dirs), "", table(runs), ""]
-    md += [f"![{name}]({name}.png)" for name in ("ppl_vs_virtual_time", "ppl_vs_wall_time", "bytes_per_round", "cuts")]
+    md += [f"![{name}]({name}.png)" for name in figures]
     (out / "report.md").write_text("\n".join(md) + "\n")
     return out / "report.md"

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from ..config import Config, ConfigError, save_config, validate
 from ..errors import UserError
+from ..metrics import interval
 from .runner import resume_simulation, run_simulation
 
 
@@ -122,24 +121,7 @@ def _run_or_reuse(cfg: Config, label: str) -> dict[str, Any]:
     return run_simulation(cfg)
 
 
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         15: 2.131, 20: 2.086, 30: 2.042}
-"""Student's t 97.5% quantiles by degrees of freedom (a two-sided 95% interval); between entries the next lower
-one is used (a wider interval), beyond 30 the normal's 1.96."""
 STATISTICS = ("final_eval_ppl", "virtual_time_to_target_s", "bytes_up")
-
-
-def interval(values: list[float]) -> dict[str, Any]:
-    """Mean and the half-width of its 95% confidence interval (Student's t; None for a single value)."""
-    n = len(values)
-    if n == 0:
-        return {"mean": None, "ci95": None, "n": 0}
-    mean = statistics.fmean(values)
-    if n == 1:
-        return {"mean": mean, "ci95": None, "n": 1}
-    df = n - 1
-    t = 1.96 if df > 30 else T_975[max(k for k in T_975 if k <= df)]
-    return {"mean": mean, "ci95": t * statistics.stdev(values) / math.sqrt(n), "n": n}
 
 
 def seed_statistics(rows: dict[int, dict[str, dict[str, Any]]], methods: list[str]) -> dict[str, Any]:

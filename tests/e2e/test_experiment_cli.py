@@ -69,3 +69,7 @@ def test_experiment_over_seeds_reports_means_intervals_and_paired_differences(tm
     assert "± " in res.stdout and "paired by seed" in res.stdout
     again = splitft(*args)
     assert again.returncode == 0 and again.stderr.count("reusing") == 4
+    rep = splitft("report", str(out), "--out", str(tmp_path / "rep"))  # the experiment's folder: its seeds' runs
+    assert rep.returncode == 0, rep.stderr
+    assert "| splitft seed_0 |" in rep.stdout and "| sfl-fixed seed_1 |" in rep.stdout
+    assert (tmp_path / "rep" / "ppl_mean_by_round.png").stat().st_size > 10_000

@@ -5,7 +5,8 @@ import math
 import pytest
 
 from splitft.errors import UserError
-from splitft.sim.experiment import interval, parse_seeds, seed_statistics
+from splitft.metrics import interval
+from splitft.sim.experiment import parse_seeds, seed_statistics
 
 
 def test_intervals_use_students_t_and_pair_by_seed():

@@ -3,7 +3,7 @@ and traffic panels share one scale."""
 
 import pytest
 
-from splitft.report import Run, _bytes_plot, _cuts_plot, _ppl_plot, cut_grid
+from splitft.report import Run, _band_plot, _bytes_plot, _cuts_plot, _ppl_plot, cut_grid
 
 KINDS = ("activations_up", "labels_up", "grad_activations_down", "lora_up", "lora_down")
 
@@ -54,6 +54,7 @@ def test_every_figure_holds_its_whole_legend_and_labels(runs, tmp_path, n):
         r.summary["virtual_time_s"] = 3.0
     figures = {"bytes.png": _bytes_plot(runs[:n], tmp_path / "bytes.png"),
                "cuts.png": _cuts_plot(runs[:n], tmp_path / "cuts.png"),
-               "ppl.png": _ppl_plot(runs[:n], "virtual_time", "virtual time", "ppl", tmp_path / "ppl.png")}
+               "ppl.png": _ppl_plot(runs[:n], "virtual_time", "virtual time", "ppl", tmp_path / "ppl.png"),
+               "band.png": _band_plot({"a": runs[:n], "b": runs[:1]}, tmp_path / "band.png")}
     for name, fig in figures.items():
         assert _saved_whole(fig, tmp_path / name), name
