@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--seeds", default=None, metavar="0,1,2",
                            help="run every method for each seed; the table gives means, 95%% intervals and "
                                 "differences to sfl-fixed paired by seed")
+            s.add_argument("--generate", type=int, default=0, metavar="N",
+                           help="also score each run's greedy answers to N held-out prompts (ROUGE-L, exact match)")
             s.add_argument("--target-ppl", type=float, default=None,
                            help="ppl for 'virtual time to target' (default: the worst final ppl of the methods)")
     rep = sub.add_parser("report", help="plots (PNG) and a markdown table comparing finished runs")
@@ -188,7 +190,9 @@ def _experiment(args: argparse.Namespace, overrides: list[str]) -> int:
 
     methods = parse_methods(args.methods)
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-    run_experiment(load(args.config, overrides, sim_problems), methods, args.target_ppl, seeds)
+    if args.generate < 0:
+        raise UserError(f"--generate: must be >= 0, got {args.generate}")
+    run_experiment(load(args.config, overrides, sim_problems), methods, args.target_ppl, seeds, args.generate)
     return 0
 
 

@@ -54,7 +54,7 @@ def test_unknown_method_is_a_clear_error(tmp_path):
 def test_experiment_over_seeds_reports_means_intervals_and_paired_differences(tmp_path):
     out = tmp_path / "seeds"
     args = ("experiment", *TINY, "federation.rounds=1", f"metrics.out_dir={out}", "--methods", "splitft,sfl-fixed",
-            "--seeds", "0,1")
+            "--seeds", "0,1", "--generate", "2")
     res = splitft(*args)
     assert res.returncode == 0, res.stderr
     result = json.loads((out / "experiment.json").read_text())
@@ -66,9 +66,12 @@ def test_experiment_over_seeds_reports_means_intervals_and_paired_differences(tm
     finals = [result["runs"][s]["splitft"]["final_eval_ppl"] for s in ("0", "1")]
     assert result["methods"]["splitft"]["final_eval_ppl"]["mean"] == sum(finals) / 2
     assert finals[0] != finals[1], "another seed is another run"
-    assert "± " in res.stdout and "paired by seed" in res.stdout
+    assert "± " in res.stdout and "paired by seed" in res.stdout and "ROUGE-L" in res.stdout
+    answers = json.loads((out / "seed_1" / "splitft" / "answers_2.json").read_text())
+    assert answers["generated"] == 2 and result["runs"]["1"]["splitft"]["rouge_l"] == answers["rouge_l"]
+    assert result["methods"]["splitft"]["rouge_l"]["n"] == 2
     again = splitft(*args)
-    assert again.returncode == 0 and again.stderr.count("reusing") == 4
+    assert again.returncode == 0 and again.stderr.count("reusing") == 4 and "answering" not in again.stderr
     rep = splitft("report", str(out), "--out", str(tmp_path / "rep"))  # the experiment's folder: its seeds' runs
     assert rep.returncode == 0, rep.stderr
     assert "| splitft seed_0 |" in rep.stdout and "| sfl-fixed seed_1 |" in rep.stdout
