@@ -43,15 +43,28 @@ def describe(cfg: Config) -> dict[str, Any]:
             "histogram": hist.tolist(), "mean_js_distance": mean_js_distance(hist)}
 
 
+WIDE = 12
+"""More buckets than this (e.g. the 201 modules of builtin:python_stdlib) print as a summary per client."""
+
+
 def format_table(info: dict[str, Any]) -> str:
-    heads = ["client", "samples"] + info["buckets"]
-    rows = [[str(c), str(n)] + [str(v) for v in h] for c, (n, h) in enumerate(zip(info["sizes"], info["histogram"]))]
+    wide = len(info["buckets"]) > WIDE
+    heads = ["client", "samples"] + (["categories", "largest three (samples)"] if wide else info["buckets"])
+    rows = [[str(c), str(n)] + (_summary(h, info["buckets"]) if wide else [str(v) for v in h])
+            for c, (n, h) in enumerate(zip(info["sizes"], info["histogram"]))]
     widths = [max(len(r[i]) for r in [heads] + rows) for i in range(len(heads))]
     lines = ["  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in [heads] + rows]
     kind = "categories" if info["partitioner"] in BY_CATEGORY else "token-length buckets"
-    lines.append(f"partitioner={info['partitioner']} alpha={info['alpha']} ({kind} as columns); "
+    shown = f"{len(info['buckets'])} {kind}, summarised; --json or --png for all" if wide else f"{kind} as columns"
+    lines.append(f"partitioner={info['partitioner']} alpha={info['alpha']} ({shown}); "
                  f"mean Jensen-Shannon distance between clients: {info['mean_js_distance']:.3f} (0 = IID)")
     return "\n".join(lines)
+
+
+def _summary(counts: list[int], names: list[str]) -> list[str]:
+    """How many buckets a client holds samples of, and its three largest."""
+    top = sorted(((n, name) for n, name in zip(counts, names) if n), reverse=True)[:3]
+    return [str(sum(1 for n in counts if n)), ", ".join(f"{name} ({n})" for n, name in top)]
 
 
 def save_heatmap(info: dict[str, Any], path: str | Path) -> None:
@@ -63,18 +76,23 @@ def save_heatmap(info: dict[str, Any], path: str | Path) -> None:
 
     hist = np.asarray(info["histogram"], dtype=float)
     share = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(info["buckets"]), 1.5 + 0.45 * len(hist)))
-    im = ax.imshow(share, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    for (i, j), v in np.ndenumerate(hist):
+    wide = len(info["buckets"]) > WIDE  # no room for a count in each cell or a name under each column
+    fig, ax = plt.subplots(figsize=(14 if wide else 1.2 + 0.9 * len(info["buckets"]), 1.5 + 0.45 * len(hist)))
+    im = ax.imshow(share, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    for (i, j), v in ([] if wide else np.ndenumerate(hist)):
         ax.text(j, i, int(v), ha="center", va="center", color="white" if share[i, j] < 0.6 else "black", fontsize=8)
     is_cat = info["partitioner"] in BY_CATEGORY
-    ax.set_xticks(range(len(info["buckets"])), info["buckets"], rotation=45 if is_cat else 0, ha="right" if is_cat
-                  else "center")
+    if wide:
+        ax.set_xticks([])
+    else:
+        ax.set_xticks(range(len(info["buckets"])), info["buckets"], rotation=45 if is_cat else 0,
+                      ha="right" if is_cat else "center")
     ax.set_yticks(range(len(hist)), [f"client {c} ({n})" for c, n in enumerate(info["sizes"])])
-    ax.set_xlabel("category" if is_cat else "sample length bucket (tokens)")
+    ax.set_xlabel(f"{len(info['buckets'])} categories (names: --json)" if wide else
+                  "category" if is_cat else "sample length bucket (tokens)")
     ax.set_title(f"{info['partitioner']} alpha={info['alpha']}: share of each client's samples "
                  f"(JS distance {info['mean_js_distance']:.2f})", fontsize=9)
     fig.colorbar(im, ax=ax, label="share of client's samples")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
