@@ -83,6 +83,14 @@ def evaluate_run(run_dir: str | Path, adapter: str | Path | None = None, generat
     return {"run": str(run_dir), "adapter": str(rm.adapter), **result, **answers, **rm.precision.record()}
 
 
+def run_answers(run_dir: str | Path, n: int, max_new_tokens: int = 128) -> dict[str, Any]:
+    """`answer_scores` of a run's adapter on its held-out data, without the perplexity pass `evaluate_run` makes
+    (a finished run's summary has its perplexity already)."""
+    rm = load_run_model(run_dir, None, "evaluate")
+    _, held_out, _ = load_data(rm.cfg, rm.tokenizer)
+    return answer_scores(rm, held_out, n, max_new_tokens)
+
+
 def answer_scores(rm: RunModel, examples: list[Example], n: int, max_new_tokens: int) -> dict[str, Any]:
     """Greedy answers to the prompts of the first `n` held-out examples (each up to its last target), scored
     against that target: ROUGE-L F1 (the `rouge-score` package, no stemming) and exact match (stripped text).

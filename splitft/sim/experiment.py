@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from ..config import Config, ConfigError, save_config, validate
 from ..errors import UserError
-from ..evaluate import evaluate_run
+from ..evaluate import run_answers
 from ..metrics import interval
 from .runner import resume_simulation, run_simulation
 
@@ -134,8 +134,7 @@ def answers_of(run: Path, n: int) -> dict[str, Any]:
     if kept.is_file():
         return json.loads(kept.read_text())
     print(f"   answering {n} held-out prompts with {run}/adapter", file=sys.stderr, flush=True)
-    result = evaluate_run(run, generate=n)
-    scores = {k: result[k] for k in ("generated", "rouge_l", "exact_match", "answers")}
+    scores = run_answers(run, n)
     kept.write_text(json.dumps(scores, indent=2))
     return scores
 
