@@ -31,7 +31,7 @@ from .stdlib import stdlib_folder, stdlib_rows
 
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 BUILTIN_DATA = {"shakespeare_dialogue": "shakespeare_dialogue.jsonl"}
-BUILTIN_BUILT = ("python_stdlib",)
+STDLIB = "builtin:python_stdlib"
 """Builtin data made on the machine from what it has (`stdlib.py`), not shipped as a file."""
 SHOWN_BAD_ROWS = 3
 """Bad rows named one line each; the rest are counted."""
@@ -100,13 +100,13 @@ class DataStats:
 
 def resolve_path(path: str) -> Path:
     """Local file or folder for `data.path` (builtin:<name> lives inside the installed package)."""
+    if path == STDLIB:
+        return stdlib_folder()
     if path.startswith("builtin:"):
         name = path.split(":", 1)[1]
-        if name in BUILTIN_BUILT:
-            return stdlib_folder()
         if name not in BUILTIN_DATA:
             raise UserError(f"data.path: unknown builtin dataset '{name}'; known: "
-                            f"{', '.join([*BUILTIN_DATA, *BUILTIN_BUILT])}")
+                            f"{', '.join([*BUILTIN_DATA, STDLIB.split(':')[1]])}")
         return Path(str(resources.files("splitft.data") / "assets" / BUILTIN_DATA[name]))
     p = Path(path).expanduser()
     if p.is_dir():
@@ -183,7 +183,7 @@ def _read_saved(folder: Path, path: str) -> list[Row]:
 
 def read_rows(cfg: DataConfig) -> list[Row]:
     """Every row of `data.path`: a file, a folder of shards, a save_to_disk folder, or builtin:python_stdlib."""
-    if cfg.path == "builtin:python_stdlib":
+    if cfg.path == STDLIB:
         return [Row(f"python_stdlib row {n}", r) for n, r in enumerate(stdlib_rows()[0], 1)]
     path = resolve_path(cfg.path)
     saved = path.is_dir() and any((path / m).is_file() for m in ("dataset_info.json", "dataset_dict.json"))
@@ -219,7 +219,7 @@ def parse_rows(cfg: DataConfig) -> Rows:
         raise UserError(f"data.category_column: '{cfg.category_column}' is not a column of '{cfg.path}'; "
                         f"columns: {sorted(columns)}")
     fmt = detect(columns, cfg, cfg.path)
-    out = Rows(cfg.path, fmt, [], [], source=stdlib_rows()[1] if cfg.path == "builtin:python_stdlib" else {})
+    out = Rows(cfg.path, fmt, [], [], source=stdlib_rows()[1] if cfg.path == STDLIB else {})
     for row in rows:
         try:
             if row.problem is not None:
@@ -267,7 +267,7 @@ def chat_template_of(cfg: DataConfig) -> str | None:
     return p.read_text(encoding="utf-8")
 
 
-def load_examples(cfg: DataConfig, tokenizer: Any, seed: int, warn: bool = True,
+def load_examples(cfg: DataConfig, tokenizer: Any, seed: int,
                   rows: Rows | None = None) -> tuple[list[Example], DataStats]:
     """Read and parse every row, shuffle (seeded), cap at `max_samples`, render (chat template, loss mask) and
     truncate to `max_length` as `data.truncation` says.
@@ -281,8 +281,7 @@ def load_examples(cfg: DataConfig, tokenizer: Any, seed: int, warn: bool = True,
         UserError: missing file, empty data, unknown columns, every row bad, or fewer than 2 usable samples.
     """
     rows = rows if rows is not None else parse_rows(cfg)
-    if warn:
-        warn_rows(rows)
+    warn_rows(rows)
     template = chat_template_of(cfg)
     parsed = list(rows.parsed)
     random.Random(seed).shuffle(parsed)
@@ -293,7 +292,7 @@ def load_examples(cfg: DataConfig, tokenizer: Any, seed: int, warn: bool = True,
         try:
             ex = example_of(row, item, cfg, tokenizer, template)
         except BadRow as e:
-            if warn and dropped["bad_row"] - len(rows.bad) < SHOWN_BAD_ROWS:
+            if dropped["bad_row"] - len(rows.bad) < SHOWN_BAD_ROWS:
                 print(f"warning: data: {row.where}: {e}; the row is dropped", file=sys.stderr)
             dropped["bad_row"] += 1
             continue
