@@ -38,14 +38,14 @@ from .seeding import derive_seed, seed_everything
 from .server import SplitServer
 from .transport.base import LABEL_DTYPE, MASK_DTYPE, SCALARS_NBYTES
 from .track import check_tracker
-from .transport.compress import CODECS
+from .transport.compress import codec_problems, codecs_of
 
-REGISTRIES = (STORAGE_DTYPES, COMPUTE_DTYPES, CODECS, PARTITIONERS, POLICIES)
+REGISTRIES = (STORAGE_DTYPES, COMPUTE_DTYPES, PARTITIONERS, POLICIES)
 """The registries every runtime builds from; a runtime adds its own (the simulator: methods, device profiles)."""
 
 
 def name_problems(cfg: Config) -> list[str]:
-    return check_names(cfg, REGISTRIES) + tracker_problems(cfg)
+    return check_names(cfg, REGISTRIES) + codec_problems(cfg) + tracker_problems(cfg)
 
 
 def tracker_problems(cfg: Config) -> list[str]:
@@ -409,16 +409,18 @@ def round_costs(cfg: Config, peft: torch.nn.Module, family: Family, compute: Com
     cost = cost_model_of(peft.base_model.model, family, compute)
     b, t = cfg.train.batch_size, cfg.data.max_length
     hidden = peft.base_model.model.config.hidden_size
-    acts = CODECS[cfg.transport.codec].nbytes(torch.zeros(b, t, hidden, dtype=compute.precision.storage))
+    x = torch.zeros(b, t, hidden, dtype=compute.precision.storage)
+    codec_up, codec_down = codecs_of(cfg.transport)
+    acts, grads = codec_up.nbytes(x), codec_down.nbytes(x)  # before lossless coding: an upper bound
     labels = b * t * (MASK_DTYPE.itemsize + LABEL_DTYPE.itemsize)  # attention_mask + labels
     full = lora.adapter_state_dict(peft)
     itemsize = next(iter(full.values())).element_size()  # LoRA stays float32 whatever the storage dtype
     end = tail_cut(cfg, n_layer)
     if end is None:
-        up, down, tail_flops, tail_bytes = acts + labels, acts + SCALARS_NBYTES, 0.0, 0
-    else:  # the mask alone goes up; hidden states down and their gradient up, each as large as the activations
-        up, down = 2 * acts + b * t * MASK_DTYPE.itemsize, 2 * acts
-        tail_flops, tail_bytes = cost.train_flops(end, n_layer, b, t, head=True), acts
+        up, down, tail_flops, tail_up, tail_down = acts + labels, grads + SCALARS_NBYTES, 0.0, 0, 0
+    else:  # the mask alone goes up; hidden states down and their gradient up, each (B, T, H) in its direction
+        up, down = 2 * acts + b * t * MASK_DTYPE.itemsize, 2 * grads
+        tail_flops, tail_up, tail_down = cost.train_flops(end, n_layer, b, t, head=True), acts, grads
     return RoundCosts(client_flops=tuple(cost.train_flops(0, k, b, t) for k in range(n_layer)),
                       server_flops=tuple(cost.train_flops(k, end or n_layer, b, t, head=end is None)
                                          for k in range(n_layer)),
@@ -426,7 +428,8 @@ def round_costs(cfg: Config, peft: torch.nn.Module, family: Family, compute: Com
                                        for k in range(n_layer)),
                       step_bytes_up=up, step_bytes_down=down, local_steps=cfg.federation.local_steps,
                       server_tflops=cfg.heterogeneity.server_tflops, order=cfg.federation.order,
-                      tail_flops=tail_flops, step_bytes_tail=tail_bytes, forward_share=cost.forward_share,
+                      tail_flops=tail_flops, tail_bytes_up=tail_up, tail_bytes_down=tail_down,
+                      forward_share=cost.forward_share,
                       serving=serving_of(cfg))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import reprlib
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ class ModelConfig:
     dtype: str = "float32"
     """float32 | bfloat16 | float16 | auto: the storage dtype of the frozen base weights (auto: the compute dtype
     when that is 16-bit, else float32). 16-bit storage halves a party's weights and needs 16-bit compute. What
-    crosses the cut is transport.codec's alone (splitft/precision.py has all three dtypes)."""
+    crosses the cut is transport.codec_up's and codec_down's alone (splitft/precision.py has all three dtypes)."""
     device: str = "auto"
     """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
 
@@ -265,11 +266,19 @@ class TransportConfig:
     """Client: after a broken connection (or a server not up yet), keep reconnecting, with backoff up to 10 s
     between tries, for this long before giving up; resends are idempotent (keys), and a server restarted with
     `splitft server --resume` is rejoined where it stands."""
-    codec: str = "none"
-    """How activations (up) and grad_activations (down) cross the cut, in simulation and deployment alike:
-    none (float32, lossless) | fp16 | bf16 | int8_token | int8_channel (splitft/transport/compress.py), whatever
-    model.dtype and train.compute_dtype are (under model.dtype=bfloat16, bf16 is lossless at half the bytes);
-    lossy codecs pass gradients straight through. The server and every client must use the same one."""
+    codec_up: str = "none"
+    """How activations (and, under split.shape=u, grad_hidden) cross from client to server, in simulation and
+    deployment alike: none (float32, lossless) | fp16 | bf16 | int8_token | int8_channel | int4_token | int4_group
+    (splitft/transport/compress.py), whatever model.dtype and train.compute_dtype are. Lossy codecs pass
+    gradients straight through. The server and every client must use the same one (the handshake compares)."""
+    codec_down: str = "none"
+    """How grad_activations (and, under U, hidden) cross from server to client: the same codecs; a 4-bit one needs
+    transport.allow_lossy_grad (published results lose quality with gradients below 8 bits)."""
+    entropy: str = "none"
+    """Lossless coding of every codec's values on top of it: none | zstd | lz4 (pip install 'splitft[compress]');
+    bytes are counted at their compressed size."""
+    allow_lossy_grad: bool = False
+    """Allow a codec of fewer than 8 bits on a gradient (codec_down; codec_up under a U-shaped split)."""
 
     @property
     def chunk_bytes(self) -> int:
@@ -382,6 +391,9 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     return value
 
 
+RENAMED = {"transport.codec": ("transport.codec_up", "transport.codec_down")}
+"""Keys of an earlier release that still work, and the keys that replaced them (each gets the old key's value
+unless set too); loading one prints a one-line note."""
 RETIRED = {"transport.kind": "the command picks the transport (simulate: in-process; server, client, launch: "
                              "gRPC); delete this key",
            "transport.retries": "a client now keeps reconnecting for transport.reconnect_s seconds (default 300); "
@@ -429,6 +441,29 @@ def _apply_override(tree: dict[str, Any], item: str, problems: list[str]) -> Non
     node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
 
 
+def _rename(tree: dict[str, Any]) -> None:
+    """Move each RENAMED key's value to the keys that replaced it (those not set themselves), with a note."""
+    for old, new in RENAMED.items():
+        section, name = old.split(".")
+        node = tree.get(section)
+        if not isinstance(node, dict) or name not in node:
+            continue
+        value = node.pop(name)
+        for key in new:
+            node.setdefault(key.split(".")[1], value)
+        _note(f"note: {old} is now {' and '.join(new)}; {old}={value} sets both (name them apart to differ)")
+
+
+_NOTED: set[str] = set()
+
+
+def _note(text: str) -> None:
+    """One line on stderr, once per process (a config is loaded several times in a run)."""
+    if text not in _NOTED:
+        _NOTED.add(text)
+        print(text, file=sys.stderr)
+
+
 Check = Callable[["Config"], list[str]]
 
 
@@ -460,6 +495,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     problems: list[str] = []
     for item in overrides or []:
         _apply_override(tree, item, problems)
+    _rename(tree)
     cfg = _build(Config, tree, "", problems)
     if not problems:
         problems += validate(cfg) + [p for check in checks for p in check(cfg)]

@@ -354,18 +354,22 @@ class Federation:
 
     def _begin(self, cid: int, round_: int, step: int) -> tuple[dict[str, Any], Any]:
         """A step's first half: its record as the clock needs it before the server answers (shape, cut, bytes
-        up, and the bytes down the reply will have) and what finishing it needs. A local step (no split)
-        runs whole here: nothing of it waits for the server."""
+        up; bytes down from the shape, known exactly only with the reply under a lossless coder) and what
+        finishing it needs. A local step (no split) runs whole here: nothing of it waits for the server."""
         client = self.clients[cid]
         if not isinstance(client, SplitClient):
             rec = self._step(cid, round_, step)
             return rec, rec
         req = client.begin_step(round_, step)
-        up = self.transport.codec.nbytes(req.activations)
+        codec_up = self.transport.codec_up(cid)
+        up = codec_up.encoded_nbytes(req.activations)  # what the transport will count (a coder's real output)
+        down = self.transport.down.nbytes(req.activations)
         rec = {"client_id": cid, "cut": client.cut, "batch": list(client.last_shape),
-               "bytes_up": up + req.labels_nbytes(), "bytes_down": up + SCALARS_NBYTES}
-        if client.u_shaped:  # hidden states down and their gradient up, the same (B, T, H) size; no loss scalars
-            rec.update(bytes_up=2 * up + req.labels_nbytes(), bytes_down=2 * up, hidden_down=up, grad_hidden_up=up)
+               "bytes_up": up + req.labels_nbytes(), "bytes_down": down + SCALARS_NBYTES}
+        if client.u_shaped:  # hidden states down and their gradient up, the same (B, T, H) shape; no loss scalars
+            tail_up = codec_up.nbytes(req.activations)
+            rec.update(bytes_up=up + tail_up + req.labels_nbytes(), bytes_down=2 * down, hidden_down=down,
+                       grad_hidden_up=tail_up)
         return rec, req
 
     def _finish(self, cid: int, round_: int, begun: tuple[dict[str, Any], Any]) -> dict[str, Any]:
@@ -396,7 +400,7 @@ class Federation:
             n_tokens=reply.n_tokens, batch=list(client.last_shape),
             bytes_up=sum(sent[k] for k in STEP_UP), bytes_down=sum(sent[k] for k in STEP_DOWN), **tail, **joined,
         )
-        assert before is None or (before["bytes_up"], before["bytes_down"]) == (rec["bytes_up"], rec["bytes_down"]), \
+        assert before is None or _first_up(before) == _first_up(rec), \
             "the clock ordered the step by other bytes than the transport counted"
         self.on_step(rec)
         return rec
@@ -432,3 +436,9 @@ class Federation:
         loss = loss_sum / max(n_tok, 1)
         return {"eval_loss": loss, "eval_ppl": perplexity(loss), "eval_acc": n_ok / max(n_tok, 1),
                 "eval_tokens": n_tok, "eval_cut": probe.cut}
+
+
+def _first_up(rec: dict[str, Any]) -> int:
+    """A step record's bytes of its first crossing up (all but a U-shaped step's grad_hidden): what the clock
+    orders arrivals at the server by."""
+    return rec["bytes_up"] - rec.get("grad_hidden_up", 0)

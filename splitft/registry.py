@@ -14,7 +14,7 @@ T = TypeVar("T")
 
 
 class Registry(dict[str, T]):
-    """{name: what it builds} for the config key `key` (dotted, e.g. "transport.codec")."""
+    """{name: what it builds} for the config key `key` (dotted, e.g. "data.partitioner")."""
 
     def __init__(self, key: str, entries: Mapping[str, T]):
         super().__init__(entries)

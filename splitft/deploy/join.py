@@ -331,7 +331,7 @@ class Participant:
         batch, seq = client.last_shape
         forward = pacer.half_step(time.perf_counter() - start, client.cut, batch, seq)
         before = transport.counter.snapshot([self.id])
-        up = pacer.upload(transport.codec.nbytes(req.activations) + req.labels_nbytes())
+        up = pacer.upload(transport.up.encoded_nbytes(req.activations) + req.labels_nbytes())
         sent = time.perf_counter()
         reply = transport.step(req)
         real_link = max(time.perf_counter() - sent - reply.server_s, 0.0)

@@ -49,7 +49,7 @@ from ..server import FedAvgServer
 from ..track import open_tracker
 from ..transport import tls, wire
 from ..transport.base import ByteCounter, sum_kinds, training_traffic
-from ..transport.compress import CODECS
+from ..transport.compress import codecs_of
 from ..transport.grpc import Endpoint, check_listen, serve_grpc
 from .coordinator import Coordinator
 from .emulate import check_shape, server_pacer
@@ -274,9 +274,10 @@ class _Party:
 def _step_shape(cfg: Config, pm: PartialModel, first: int) -> wire.StepShape:
     hf = pm.peft.base_model.model
     end = tail_cut(cfg, pm.n_layer)
+    up, down = codecs_of(cfg.transport)
     return wire.StepShape(hf.config.hidden_size, pm.dtype, max_tokens=cfg.train.batch_size * cfg.data.max_length,
                           vocab=hf.config.vocab_size, cut_range=(first, end or pm.n_layer),
-                          codec=CODECS[cfg.transport.codec], u=end is not None)
+                          codec_up=up, codec_down=down, u=end is not None)
 
 
 def _adapter_limits(pm: PartialModel) -> tuple[dict[str, torch.Size], int]:

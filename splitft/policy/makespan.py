@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from ..cost import ONE_BY_ONE, Serving, StepCost, round_time, server_steps
@@ -58,8 +58,10 @@ class RoundCosts:
         server_tflops: the server's effective training throughput.
         order: the server's serving order (`federation.order`), which the round time depends on: under `plan` a
             client waits for the turns ahead of it (predicted with turns in client-id order).
-        tail_flops, step_bytes_tail: under a U-shaped split, the client tail's FLOPs per step and the bytes of
-            the hidden states (down) and their gradient (up), each, part of step_bytes_down / step_bytes_up.
+        tail_flops, tail_bytes_up, tail_bytes_down: under a U-shaped split, the client tail's FLOPs per step and
+            the bytes of the gradient of the hidden states (up) and of the hidden states (down), part of
+            step_bytes_up / step_bytes_down.
+        client_bytes_up: step_bytes_up of clients whose up codec differs from the config's (codec_up=auto).
         forward_share: the client forward's share of client_flops (1/3 under activation checkpointing).
         serving: the server's seconds per step beside its FLOPs and how many clients' steps it joins
             (`heterogeneity.server_step_s`, `federation.server_batch`).
@@ -74,9 +76,11 @@ class RoundCosts:
     server_tflops: float
     order: str = "arrival"
     tail_flops: float = 0.0
-    step_bytes_tail: int = 0
+    tail_bytes_up: int = 0
+    tail_bytes_down: int = 0
     forward_share: float = 0.5
     serving: Serving = ONE_BY_ONE
+    client_bytes_up: Mapping[int, int] = field(default_factory=dict)
 
     def round_s(self, cuts: Mapping[int, int], stats: Mapping[int, ClientStats]) -> float:
         """Predicted seconds of one round with these cuts (the clock's model; steps interleaved round-robin)."""
@@ -87,8 +91,9 @@ class RoundCosts:
         can move on across assignments whose round is set by the same slowest client."""
         turns = [(c, k) for _ in range(self.local_steps) for c, k in cuts.items()]
         joined = server_steps([c for c, _ in turns], self.serving.batch if self.order == "plan" else 1)
-        steps = [StepCost(c, self.client_flops[k], self.server_flops[k], self.step_bytes_up, self.step_bytes_down,
-                          self.tail_flops, self.step_bytes_tail, self.step_bytes_tail, self.forward_share,
+        up = {c: self.client_bytes_up.get(c, self.step_bytes_up) for c in cuts}
+        steps = [StepCost(c, self.client_flops[k], self.server_flops[k], up[c], self.step_bytes_down, self.tail_flops,
+                          self.tail_bytes_down, self.tail_bytes_up, self.forward_share,
                           j if self.serving.batch > 1 else -1) for (c, k), j in zip(turns, joined)]
         lora = {c: self.lora_bytes[k] for c, k in cuts.items()}
         finish = round_time(steps, {c: stats[c] for c in cuts}, _Server(self.server_tflops), lora, lora, self.order,

@@ -28,7 +28,7 @@ from ..policy import ClientStats, CutBounds
 from ..policy.makespan import RoundCosts
 from ..registry import Registry
 from ..server import FedAvgServer
-from ..transport.compress import CODECS
+from ..transport.compress import codecs_of
 from ..transport.inproc import InProcTransport
 from .clock import VirtualClock
 from .profiles import DeviceProfile, server_profile
@@ -93,7 +93,7 @@ def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict
                device=str(setup.device), devices={str(c): vars(d) for c, d in devices.items()},
                over_memory=over_memory(setup), precision=setup.compute.precision.record(),
                activation_checkpointing=setup.compute.checkpointing, loss_chunk_tokens=setup.compute.loss_chunk)
-    transport = InProcTransport(server, networked, CODECS[cfg.transport.codec])
+    transport = InProcTransport(server, networked, *codecs_of(cfg.transport))
     return Federation(server, clients, transport, eval_examples=setup.eval, batch_size=cfg.train.batch_size,
                       pad_id=setup.pad_id, local_steps=local_steps, clients_per_round=per_round,
                       seed=cfg.federation.seed, logger=logger, on_step=on_step, clock=clock, adaptivity=adaptivity,

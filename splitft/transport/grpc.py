@@ -41,7 +41,7 @@ from .base import (
     TransportError,
     adapters_nbytes,
 )
-from .compress import CODECS
+from .compress import codecs_of
 from .proto import splitft_pb2 as pb
 from .tls import certificate_warnings, read_pem
 
@@ -110,7 +110,7 @@ class Endpoint:
             start = time.monotonic()
             answer = await self.server.step(req)
             answer.server_s = time.monotonic() - start
-            reply = wire.encode_reply(answer, env, self.shape.codec)
+            reply = wire.encode_reply(answer, env, self.shape.codec_down)
             self.counter.reply(req, answer, wire.payload_nbytes(reply))
             return reply
         if env.kind == Envelope.BACKWARD:
@@ -118,7 +118,7 @@ class Endpoint:
             start = time.monotonic()
             answer = await self.server.backward(back)
             answer.server_s = time.monotonic() - start
-            reply = wire.encode_reply(answer, env, self.shape.codec)
+            reply = wire.encode_reply(answer, env, self.shape.codec_down)
             self.counter.backward(back, wire.payload_nbytes(env), wire.payload_nbytes(reply))
             return reply
         if env.kind == Envelope.PUSH:
@@ -415,7 +415,7 @@ class GrpcTransport:
                  log: Callable[[str], None] = print):
         self.address, self.client_id, self.token, self.opts = address, client_id, token, opts
         self.timeout_s, self.reconnect_s, self.log = opts.timeout_s, opts.reconnect_s, log
-        self.counter, self.codec = ByteCounter(), CODECS[opts.codec]
+        self.counter, (self.up, self.down) = ByteCounter(), codecs_of(opts)
         self.wire_up = self.wire_down = self.seq = self.reconnects = 0
         self.terms: dict[str, Any] | None = None  # sent on every new connection once `hello` was called
         self.welcome: dict[str, Any] | None = None  # the server's last answer to HELLO
@@ -519,21 +519,21 @@ class GrpcTransport:
             self.greeted = False
 
     def step(self, req: ForwardRequest) -> StepReply:
-        up = self.codec.encode(req.activations)
+        up = self.up.encode(req.activations)
         self.counter.request(req, up.nbytes())
         env = self._call(wire.encode_step(req, up))
         try:
-            reply, down = wire.decode_reply(env, req, self.codec)
+            reply, down = wire.decode_reply(env, req, self.down)
         except wire.WireError as e:
             raise TransportError(f"client {self.client_id}: bad reply from the server: {e}") from None
         self.counter.reply(req, reply, down)
         return reply
 
     def backward(self, req: BackwardRequest) -> StepReply:
-        up = self.codec.encode(req.grad_hidden)
+        up = self.up.encode(req.grad_hidden)
         env = self._call(wire.encode_backward(req, up))
         try:
-            reply, down = wire.decode_backward_reply(env, req, self.codec)
+            reply, down = wire.decode_backward_reply(env, req, self.down)
         except wire.WireError as e:
             raise TransportError(f"client {self.client_id}: bad reply from the server: {e}") from None
         self.counter.backward(req, up.nbytes(), down)

@@ -1,8 +1,9 @@
 """In-process transport: direct calls on the server object, exact byte accounting.
 
 Bytes are those a network transport carries as payload (tensor bytes at the wire dtypes of `transport.base`,
-activations and grad_activations as the codec encodes them, plus the reply scalars); envelopes/headers are not
-counted. With a lossy codec the server sees, and the client receives, exactly what the other side would decode.
+activations as codec_up and grad_activations as codec_down encode them, lossless coding included, plus the reply
+scalars); envelopes/headers are not counted. With a lossy codec the server sees, and the client receives, exactly
+what the other side would decode. `transport.codec_up=auto` gives each client its own up codec (`use_codec_up`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,16 @@ class InProcTransport:
     crosses a network, so nothing is counted.
     """
 
-    def __init__(self, server: Server, count: bool = True, codec: Codec = NONE) -> None:
-        self.server, self.codec = server, codec
+    def __init__(self, server: Server, count: bool = True, up: Codec = NONE, down: Codec = NONE) -> None:
+        self.server, self.up, self.down = server, up, down
+        self.up_of: dict[int, Codec] = {}  # clients whose up codec the cut policy chose
         self.counter = ByteCounter() if count else NoCount()
+
+    def codec_up(self, client_id: int) -> Codec:
+        return self.up_of.get(client_id, self.up)
+
+    def use_codec_up(self, client_id: int, codec: Codec) -> None:
+        self.up_of[client_id] = codec
 
     def step(self, req: ForwardRequest) -> StepReply:
         reply = self.server.step(self._up(req))
@@ -49,25 +57,25 @@ class InProcTransport:
         return [self._down(req, reply) for req, reply in zip(reqs, replies)]
 
     def _up(self, req: ForwardRequest) -> ForwardRequest:
-        acts, up = self.codec.roundtrip(req.activations)  # `none`: acts is req.activations itself
+        acts, up = self.codec_up(req.client_id).roundtrip(req.activations)  # `none`: acts is req.activations
         self.counter.request(req, up)
         return replace(req, activations=acts)
 
     def _down(self, req: ForwardRequest, reply: StepReply) -> StepReply:
         down = 0
         if reply.hidden is not None:  # U-shaped: the hidden states go down to the client's tail
-            hidden, down = self.codec.roundtrip(reply.hidden)
+            hidden, down = self.down.roundtrip(reply.hidden)
             reply = replace(reply, hidden=hidden)
         elif reply.grad_activations is not None:
-            grad, down = self.codec.roundtrip(reply.grad_activations)
+            grad, down = self.down.roundtrip(reply.grad_activations)
             reply = replace(reply, grad_activations=grad)
         self.counter.reply(req, reply, down)
         return reply
 
     def backward(self, req: BackwardRequest) -> StepReply:
-        grad_hidden, up = self.codec.roundtrip(req.grad_hidden)
+        grad_hidden, up = self.codec_up(req.client_id).roundtrip(req.grad_hidden)
         reply = self.server.backward(replace(req, grad_hidden=grad_hidden))
-        grad, down = self.codec.roundtrip(reply.grad_activations)
+        grad, down = self.down.roundtrip(reply.grad_activations)
         self.counter.backward(req, up, down)
         return replace(reply, grad_activations=grad)
 

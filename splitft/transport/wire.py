@@ -19,11 +19,14 @@ with BACKWARD (grad_hidden) answered by a STEP_REPLY with grad_activations (`dec
 PUSH, PULL and DONE carry the client's `report`, a small JSON object (what it measured, its evaluation); HELLO
 and WELCOME carry theirs in the same field.
     ACK, ERROR  ack / error                        server -> client  (ERROR: the refusal's text)
-Activations and grad_activations travel as the activation codec (compress.py) encodes them: the tensor
-`activations` in the codec's wire dtype and, for scaled codecs, `activations_scale` (float32); the envelope
-names the codec and the server accepts only its own. Decoding never trusts the peer: dtypes come from a
-whitelist, byte counts must match shapes, sizes are capped, scales and decoded activations must be finite.
-Errors are `WireError` values the server returns to that client as ERROR.
+Activations and grad_activations travel as each direction's codec (compress.py) encodes them: the tensor
+`activations` in the codec's wire dtype and shape ((B, T, H), or (B, T, H/2) bytes for the 4-bit codecs) and,
+for scaled codecs, `activations_scale`; with `transport.entropy` the values' bytes are compressed (the tensor's
+`coding` names the coder). The envelope names the codec (`int4_group+zstd`) and each side accepts only the one
+it expects in that direction (`transport.codec_up` for requests, `codec_down` for replies). Decoding never trusts
+the peer: dtypes come from a whitelist, byte counts must match shapes, sizes are capped, a compressed tensor must
+decode to exactly the bytes its shape declares (never more: no decompression bombs), scales and decoded
+activations must be finite. Errors are `WireError` values the server returns to that client as ERROR.
 """
 
 from __future__ import annotations
@@ -39,13 +42,18 @@ import torch
 from ..loss import IGNORE
 from ..precision import DTYPES as FLOAT_DTYPES
 from .base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, BackwardRequest, ForwardRequest, Pulled, StepReply
-from .compress import NONE, Codec, Packed
+from .compress import NONE, Codec, Packed, tensor_bytes
+from .entropy import ENTROPY, NO_ENTROPY, EntropyError
 from .proto import splitft_pb2 as pb
 
 Envelope = pb.Envelope
 DTYPES: dict[str, torch.dtype] = {**FLOAT_DTYPES, "uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32}
-"""Dtypes a tensor may have on the wire: the float ones (activations, adapters), the int8 codecs', masks, labels."""
+"""Dtypes a tensor may have on the wire: the float ones (activations, adapters), the int8 and int4 (uint8) codecs',
+masks, labels."""
 NAMES = {v: k for k, v in DTYPES.items()}
+CODED_KINDS = (Envelope.STEP, Envelope.STEP_REPLY, Envelope.BACKWARD)
+CODED_ROLES = ("activations", "grad_activations", "hidden", "grad_hidden")
+"""The tensors `transport.entropy` may compress: a codec's values, in the messages that carry them."""
 MAX_REPORT = 64 * 1024
 """Bytes of a client's JSON report (measurements and evaluation: a few hundred bytes in practice)."""
 NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16,  # bfloat16: raw bits
@@ -59,14 +67,15 @@ class WireError(ValueError):
 # --- tensors ---------------------------------------------------------------------------------------------
 
 
-def tensor_to_pb(name: str, t: torch.Tensor) -> pb.Tensor:
-    t = t.detach().contiguous().cpu()
-    raw = t.view(torch.int16) if t.dtype == torch.bfloat16 else t  # numpy has no bfloat16: ship the bits
-    return pb.Tensor(name=name, dtype=NAMES[t.dtype], shape=list(t.shape), data=raw.numpy().tobytes())
+def tensor_to_pb(name: str, t: torch.Tensor, coded: bytes | None = None, coding: str = "") -> pb.Tensor:
+    """`coded`: t's bytes as the lossless coder `coding` compressed them (None: t's raw bytes)."""
+    data = tensor_bytes(t) if coded is None else coded  # numpy has no bfloat16: its raw bits
+    return pb.Tensor(name=name, dtype=NAMES[t.dtype], shape=list(t.shape), data=data, coding=coding)
 
 
 def tensor_from_pb(m: pb.Tensor, max_numel: int) -> torch.Tensor:
-    """Raises WireError on an unknown dtype, a negative or oversized shape, or a byte count that does not match."""
+    """Raises WireError on an unknown dtype or coder, a negative or oversized shape, or a byte count that does not
+    match (a compressed tensor: its bytes once decompressed, decoded no further than the shape's size)."""
     if m.dtype not in DTYPES:
         raise WireError(f"tensor '{m.name}': dtype '{m.dtype}' not accepted (one of {', '.join(DTYPES)})")
     if any(d < 0 for d in m.shape) or len(m.shape) > 4:
@@ -77,18 +86,34 @@ def tensor_from_pb(m: pb.Tensor, max_numel: int) -> torch.Tensor:
     if numel > max_numel:
         raise WireError(f"tensor '{m.name}': shape {list(m.shape)} has more elements than the {max_numel} this "
                         "message may carry")
-    if len(m.data) != numel * itemsize:
-        raise WireError(f"tensor '{m.name}': {len(m.data)} bytes do not hold shape {list(m.shape)} of {m.dtype}")
-    arr = np.frombuffer(m.data, dtype=np.dtype(NUMPY[dtype]).newbyteorder("<")).reshape(tuple(m.shape)).copy()
+    data = _decompressed(m, numel * itemsize) if m.coding else m.data
+    if len(data) != numel * itemsize:
+        raise WireError(f"tensor '{m.name}': {len(data)} bytes do not hold shape {list(m.shape)} of {m.dtype}")
+    arr = np.frombuffer(data, dtype=np.dtype(NUMPY[dtype]).newbyteorder("<")).reshape(tuple(m.shape)).copy()
     t = torch.from_numpy(arr)
     return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
 
 
+def _decompressed(m: pb.Tensor, size: int) -> bytes:
+    """The raw bytes of a compressed tensor: exactly `size` (from its checked shape), or WireError."""
+    coder = ENTROPY.get(m.coding)
+    if coder is None or coder is NO_ENTROPY or not coder.available():
+        raise WireError(f"tensor '{m.name}': coding '{m.coding[:20]}' not accepted here")
+    try:
+        return coder.decompress(m.data, size)
+    except EntropyError as e:
+        raise WireError(f"tensor '{m.name}': {e}") from None
+
+
 def _tensors(env: Envelope, max_numel: int) -> dict[str, torch.Tensor]:
+    """The envelope's tensors by name. A compressed one is decompressed only when its coding was checked against
+    the codec expected (`_check_codec`); anything else compressed is refused first."""
     out = {}
     for m in env.tensors:
         if m.name in out:
             raise WireError(f"tensor '{m.name}' appears twice")
+        if m.coding and not (env.kind in CODED_KINDS and m.name in CODED_ROLES):
+            raise WireError(f"tensor '{m.name[:40]}' is compressed ('{m.coding[:20]}'): only a codec's values are")
         out[m.name] = tensor_from_pb(m, max_numel)
     return out
 
@@ -99,7 +124,8 @@ def _tensors(env: Envelope, max_numel: int) -> dict[str, torch.Tensor]:
 @dataclass(frozen=True)
 class StepShape:
     """What the server accepts from one client: its cut, hidden size, a cap on B*T, the vocabulary size (labels
-    index the logits), and its codec; `dtype` is what activations decode to (the frozen weights' storage dtype)."""
+    index the logits), and the codecs of each direction; `dtype` is what activations decode to (the frozen
+    weights' storage dtype)."""
 
     hidden: int
     dtype: torch.dtype
@@ -107,46 +133,60 @@ class StepShape:
     vocab: int
     cut_range: tuple[int, int]
     """[first, end): cuts the server part can serve."""
-    codec: Codec = NONE
+    codec_up: Codec = NONE
+    """What requests (activations; grad_hidden under U) must be encoded with."""
+    codec_down: Codec = NONE
+    """What replies (grad_activations; hidden under U) are encoded with."""
     u: bool = False
     """A U-shaped split: requests carry no labels (the server would refuse them), replies carry `hidden`."""
 
 
 def packed_to_pb(role: str, p: Packed) -> list[pb.Tensor]:
-    """`role` (the values) and, for scaled codecs, `<role>_scale`."""
-    out = [tensor_to_pb(role, p.values)]
+    """`role` (the values, compressed when the codec has a lossless coder) and, for scaled codecs,
+    `<role>_scale`."""
+    out = [tensor_to_pb(role, p.values, p.coded, p.coding)]
     return out if p.scale is None else out + [tensor_to_pb(f"{role}_scale", p.scale)]
 
 
-def packed_from_pb(t: dict[str, torch.Tensor], role: str, c: Codec, dtype: torch.dtype) -> torch.Tensor:
-    """The decoded (B, T, H) tensor of `dtype`. Raises WireError unless the values are 3-d of the codec's wire
-    dtype with a float32 scale of the codec's shape, and all decode finite."""
+def packed_from_pb(t: dict[str, torch.Tensor], role: str, c: Codec, dtype: torch.dtype,
+                   shape: tuple[int, int, int]) -> torch.Tensor:
+    """The decoded tensor of `shape` (B, T, H) and `dtype`. Raises WireError unless the values have the codec's
+    wire dtype and shape for it, the scale the codec's dtype and shape, and all decode finite."""
     values, scale = t[role], t.get(f"{role}_scale")
-    want = c.wire_dtype
-    if values.dim() != 3 or values.dtype != want:
-        raise WireError(f"{role} must be (B, T, H) {NAMES[want]} under codec '{c.name}', got "
+    want, want_shape = c.wire_dtype, c.wire_shape(shape)
+    if tuple(values.shape) != want_shape or values.dtype != want:
+        raise WireError(f"{role} must be {want_shape} {NAMES[want]} under codec '{c.name}', got "
                         f"{tuple(values.shape)} {NAMES[values.dtype]}")
-    scale_shape = c.scale_shape(tuple(values.shape))
-    if scale_shape is not None and (scale is None or scale.dtype != torch.float32
+    scale_shape = c.scale_shape(shape)
+    if scale_shape is not None and (scale is None or scale.dtype != c.scale_dtype
                                     or tuple(scale.shape) != scale_shape or not torch.isfinite(scale).all()):
-        raise WireError(f"codec '{c.name}' needs a finite float32 {role}_scale of shape {scale_shape}")
-    out = c.decode(Packed(c.name, values, scale), dtype)
+        raise WireError(f"codec '{c.name}' needs a finite {NAMES[c.scale_dtype]} {role}_scale of shape "
+                        f"{scale_shape}")
+    out = c.decode(Packed(c.wire_name, values, scale, shape), dtype)
     if not torch.isfinite(out).all():
         raise WireError(f"{role} contain NaN or Inf")
     return out
 
 
-def _expect_tensors(t: dict[str, torch.Tensor], kind: str, names: set[str], c: Codec, role: str) -> None:
+def _expect_tensors(env: Envelope, t: dict[str, torch.Tensor], kind: str, names: set[str], c: Codec,
+                    role: str) -> None:
+    """Exactly `names` (and the role's scale under a scaled codec)."""
     if c.scale:
         names = names | {f"{role}_scale"}
     if set(t) != names:
         raise WireError(f"{kind} under codec '{c.name}' needs {', '.join(sorted(names))}; got {sorted(t)}")
 
 
-def _check_codec(env: Envelope, c: Codec, whose: str) -> None:
-    if (env.codec or NONE.name) != c.name:
-        raise WireError(f"{whose} encoded with codec '{env.codec or NONE.name}', but this side uses '{c.name}': "
-                        "set transport.codec the same on the server and every client")
+def _check_codec(env: Envelope, c: Codec, role: str, key: str) -> None:
+    """The envelope names the codec this side expects, and only the `role` tensor is compressed, by its coder
+    (checked before anything is decompressed)."""
+    if (env.codec or NONE.name) != c.wire_name:
+        raise WireError(f"{role} encoded with codec '{env.codec[:40] or NONE.name}', but this side expects "
+                        f"'{c.wire_name}': set {key} (and transport.entropy) the same on the server and every client")
+    coding = "" if c.entropy is NO_ENTROPY else c.entropy.name
+    for m in env.tensors:
+        if m.coding != (coding if m.name == role else ""):
+            raise WireError(f"tensor '{m.name[:40]}' coded '{m.coding[:20]}' under codec '{c.wire_name}'")
 
 
 def encode_step(req: ForwardRequest, acts: Packed | None = None) -> Envelope:
@@ -160,38 +200,41 @@ def encode_step(req: ForwardRequest, acts: Packed | None = None) -> Envelope:
 
 
 def decode_step(env: Envelope, shape: StepShape) -> ForwardRequest:
-    """Raises WireError unless activations (B, T, hidden) in the server's codec (decoding to the server's dtype,
+    """Raises WireError unless activations (B, T, hidden) in the server's codec_up (decoding to the server's dtype,
     finite), a 0/1 uint8 mask and int32 labels (token ids or -100) of shape (B, T), B*T <= max_tokens, and a cut
     the server serves."""
-    _check_codec(env, shape.codec, "activations")
+    c = shape.codec_up
+    _check_codec(env, c, "activations", "transport.codec_up")
     t = _tensors(env, shape.max_tokens * shape.hidden)
     if shape.u and "labels" in t:
         raise WireError("this server runs a U-shaped split (split.shape=u): labels stay on the client; start the "
                         "client with the server's split.shape")
-    _expect_tensors(t, "STEP", {"activations", "attention_mask"} | (set() if shape.u else {"labels"}), shape.codec,
+    _expect_tensors(env, t, "STEP", {"activations", "attention_mask"} | (set() if shape.u else {"labels"}), c,
                     "activations")
     mask, labels = t["attention_mask"], t.get("labels")
     lo, hi = shape.cut_range
     if not lo <= env.cut < hi:
         raise WireError(f"cut {env.cut} is not served here (server serves cuts in [{lo}, {hi}))")
-    values = _hidden_shaped(t["activations"], "activations", shape)
-    if mask.dtype != MASK_DTYPE or mask.shape != values.shape[:2] or mask.max() > 1:
+    full = _hidden_shaped(t["activations"], "activations", shape)
+    if mask.dtype != MASK_DTYPE or tuple(mask.shape) != full[:2] or mask.max() > 1:
         raise WireError("attention_mask must be 0/1 uint8 of shape (B, T) like the activations")
-    if labels is not None and (labels.dtype != LABEL_DTYPE or labels.shape != values.shape[:2]
+    if labels is not None and (labels.dtype != LABEL_DTYPE or tuple(labels.shape) != full[:2]
                                or not ((labels == IGNORE) | ((labels >= 0) & (labels < shape.vocab))).all()):
         raise WireError(f"labels must be int32 (B, T) like the activations, with labels in [0, {shape.vocab}) or "
                         f"{IGNORE}")
-    acts = packed_from_pb(t, "activations", shape.codec, shape.dtype)
+    acts = packed_from_pb(t, "activations", c, shape.dtype, full)
     return ForwardRequest(env.client_id, env.round, env.step, env.cut, acts, mask, labels, env.train)
 
 
-def _hidden_shaped(values: torch.Tensor, role: str, shape: StepShape) -> torch.Tensor:
-    """Raises WireError unless `values` is (B, T, hidden) with 0 < B*T <= max_tokens."""
-    if values.dim() != 3 or values.shape[2] != shape.hidden:
-        raise WireError(f"{role} must be (B, T, {shape.hidden}), got {tuple(values.shape)}")
-    if values.shape[0] * values.shape[1] > shape.max_tokens or values.numel() == 0:
-        raise WireError(f"batch of {values.shape[0]}x{values.shape[1]} tokens outside (0, {shape.max_tokens}]")
-    return values
+def _hidden_shaped(values: torch.Tensor, role: str, shape: StepShape) -> tuple[int, int, int]:
+    """(B, T, hidden): the decoded shape of a request's `values` (its wire shape is the codec's for it, checked
+    when decoding). Raises WireError unless they are 3-d with 0 < B*T <= max_tokens."""
+    if values.dim() != 3:
+        raise WireError(f"{role} must be (B, T, {shape.hidden}) as the codec encodes it, got {tuple(values.shape)}")
+    b, t = values.shape[:2]
+    if b * t > shape.max_tokens or b * t == 0:
+        raise WireError(f"batch of {b}x{t} tokens outside (0, {shape.max_tokens}]")
+    return b, t, shape.hidden
 
 
 def encode_backward(req: BackwardRequest, grad: Packed) -> Envelope:
@@ -205,18 +248,18 @@ def decode_backward(env: Envelope, shape: StepShape) -> BackwardRequest:
     finite (its shape is checked against the step in flight by the server)."""
     if not shape.u:
         raise WireError("BACKWARD is a U-shaped split's message; this server runs split.shape=vanilla")
-    _check_codec(env, shape.codec, "grad_hidden")
+    c = shape.codec_up
+    _check_codec(env, c, "grad_hidden", "transport.codec_up")
     t = _tensors(env, shape.max_tokens * shape.hidden)
-    _expect_tensors(t, "BACKWARD", {"grad_hidden"}, shape.codec, "grad_hidden")
-    _hidden_shaped(t["grad_hidden"], "grad_hidden", shape)
-    return BackwardRequest(env.client_id, env.round, env.step, packed_from_pb(t, "grad_hidden", shape.codec,
-                                                                              shape.dtype))
+    _expect_tensors(env, t, "BACKWARD", {"grad_hidden"}, c, "grad_hidden")
+    full = _hidden_shaped(t["grad_hidden"], "grad_hidden", shape)
+    return BackwardRequest(env.client_id, env.round, env.step, packed_from_pb(t, "grad_hidden", c, shape.dtype, full))
 
 
 def encode_reply(reply: StepReply, env: Envelope, c: Codec = NONE) -> Envelope:
-    """grad_activations go back in the codec the request came in."""
+    """grad_activations (hidden, under U) go back encoded by `c`, the server's codec_down."""
     out = Envelope(kind=Envelope.STEP_REPLY, client_id=env.client_id, round=env.round, step=env.step,
-                   loss_sum=reply.loss_sum, n_tokens=reply.n_tokens, n_correct=reply.n_correct, codec=c.name,
+                   loss_sum=reply.loss_sum, n_tokens=reply.n_tokens, n_correct=reply.n_correct, codec=c.wire_name,
                    server_s=reply.server_s)
     if reply.grad_activations is not None:
         out.tensors.extend(packed_to_pb("grad_activations", c.encode(reply.grad_activations)))
@@ -227,37 +270,33 @@ def encode_reply(reply: StepReply, env: Envelope, c: Codec = NONE) -> Envelope:
 
 def decode_reply(env: Envelope, req: ForwardRequest, c: Codec = NONE) -> tuple[StepReply, int]:
     """(reply with grad_activations decoded to the activations' dtype, grad bytes as encoded). Raises WireError
-    unless a training reply holds grad_activations of the request's shape in codec `c`, an eval reply none."""
+    unless a training reply holds grad_activations of the request's shape in codec `c` (the client's codec_down),
+    an eval reply none."""
     acts = req.activations
+    full = tuple(acts.shape)
+    role = "hidden" if req.labels is None else "grad_activations"
+    if env.tensors:  # an eval reply holds none
+        _check_codec(env, c, role, "transport.codec_down")
     t = _tensors(env, acts.numel())
     if req.labels is None:  # U-shaped: the hidden states for the tail, train or eval
-        _check_codec(env, c, "hidden")
-        _expect_tensors(t, "STEP_REPLY (U-shaped)", {"hidden"}, c, "hidden")
-        if t["hidden"].shape != acts.shape:
-            raise WireError(f"hidden {tuple(t['hidden'].shape)} != activations {tuple(acts.shape)}")
-        hidden = packed_from_pb(t, "hidden", c, acts.dtype)
+        _expect_tensors(env, t, "STEP_REPLY (U-shaped)", {"hidden"}, c, "hidden")
+        hidden = packed_from_pb(t, "hidden", c, acts.dtype, full)
         return StepReply(0.0, 0, 0, server_s=env.server_s, hidden=hidden), payload_nbytes(env)
     if not req.train:
-        _expect_tensors(t, "STEP_REPLY (eval)", set(), NONE, "grad_activations")
+        _expect_tensors(env, t, "STEP_REPLY (eval)", set(), NONE, "grad_activations")
         return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct), server_s=env.server_s), 0
-    _check_codec(env, c, "grad_activations")
-    _expect_tensors(t, "STEP_REPLY", {"grad_activations"}, c, "grad_activations")
-    if t["grad_activations"].shape != acts.shape:
-        raise WireError(f"grad_activations {tuple(t['grad_activations'].shape)} != activations {tuple(acts.shape)}")
-    grad = packed_from_pb(t, "grad_activations", c, acts.dtype)
+    _expect_tensors(env, t, "STEP_REPLY", {"grad_activations"}, c, "grad_activations")
+    grad = packed_from_pb(t, "grad_activations", c, acts.dtype, full)
     return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct), grad, env.server_s), payload_nbytes(env)
 
 
 def decode_backward_reply(env: Envelope, req: BackwardRequest, c: Codec = NONE) -> tuple[StepReply, int]:
     """(reply with grad_activations, their bytes as encoded). Raises WireError unless grad_activations of
     grad_hidden's shape in codec `c`."""
+    _check_codec(env, c, "grad_activations", "transport.codec_down")
     t = _tensors(env, req.grad_hidden.numel())
-    _check_codec(env, c, "grad_activations")
-    _expect_tensors(t, "STEP_REPLY (backward)", {"grad_activations"}, c, "grad_activations")
-    if t["grad_activations"].shape != req.grad_hidden.shape:
-        raise WireError(f"grad_activations {tuple(t['grad_activations'].shape)} != grad_hidden "
-                        f"{tuple(req.grad_hidden.shape)}")
-    grad = packed_from_pb(t, "grad_activations", c, req.grad_hidden.dtype)
+    _expect_tensors(env, t, "STEP_REPLY (backward)", {"grad_activations"}, c, "grad_activations")
+    grad = packed_from_pb(t, "grad_activations", c, req.grad_hidden.dtype, tuple(req.grad_hidden.shape))
     return StepReply(0.0, 0, 0, grad, env.server_s), payload_nbytes(env)
 
 

@@ -99,12 +99,14 @@ def test_both_transports_end_with_the_same_weights_and_bytes(simulated, tmp_path
     assert all(reports[i]["reconnects"] == 0 and reports[i]["dropped_rounds"] == [] for i in range(3))
 
 
+@pytest.mark.parametrize("codecs", [("transport.codec=int8_token",),
+                                    ("transport.codec_up=int4_group", "transport.codec_down=int8_token",
+                                     "transport.entropy=zstd")], ids=["int8", "int4_group-int8+zstd"])
 def test_a_lossy_codec_gives_the_same_weights_and_encoded_bytes_over_both_transports(simulated, tmp_path,
-                                                                                   monkeypatch):
-    codec = "transport.codec=int8_token"
-    run_simulation(_config(tmp_path, "sim", codec))
+                                                                                   monkeypatch, codecs):
+    run_simulation(_config(tmp_path, "sim", *codecs))
     sim_out = tmp_path / "sim" / "run"
-    out, reports = _deploy(tmp_path, monkeypatch, codec)
+    out, reports = _deploy(tmp_path, monkeypatch, *codecs)
     sim_weights = load_file(sim_out / "adapter" / "adapter_model.safetensors")
     assert _same_weights(sim_weights, load_file(out / "adapter" / "adapter_model.safetensors"))
     assert not _same_weights(sim_weights, simulated[0]), "int8 must change the training, if only slightly"
@@ -112,8 +114,14 @@ def test_a_lossy_codec_gives_the_same_weights_and_encoded_bytes_over_both_transp
     plain = [r for r in simulated[1] if r["kind"] == "round"][-1]["bytes"]
     for k in KINDS:
         assert sum(reports[i]["bytes"][k] for i in range(3)) == totals[k], k
+    server = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"][-1]["bytes"]
+    assert all(server[k] == totals[k] for k in KINDS), "the server counts compressed bytes as the clients do"
     hidden = 32  # tiny models: 1 byte per element + a 4-byte scale per token, instead of 4 bytes per element
-    assert totals["activations_up"] == plain["activations_up"] // 4 * (hidden + 4) // hidden
+    if len(codecs) == 1:
+        assert totals["activations_up"] == plain["activations_up"] // 4 * (hidden + 4) // hidden
+    else:  # 4 bits + a bfloat16 scale per 32 values, then zstd: under 4.5 / 32 of float32
+        assert totals["activations_up"] < plain["activations_up"] * 4.5 / 32
+        assert totals["grad_activations_down"] < plain["grad_activations_down"] * (hidden + 4) / hidden / 4
 
 
 def _lose_one_reply(monkeypatch, kind):

@@ -1,10 +1,12 @@
 """Config: file + dotted overrides, typed coercion, all errors at once, every shipped config loads."""
 
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from splitft import config
 from splitft.build import load
 from splitft.config import ConfigError, load_config, save_config, validate_against_model
 from splitft.sim.runner import run_simulation, sim_problems
@@ -32,16 +34,16 @@ def test_range_errors_say_how_to_fix():
         load_config(None, ["federation.rounds=0"])
     with pytest.raises(ConfigError, match=r"split.cut: must be >= 1"):
         load_config(None, ["split.cut=0"])
-    with pytest.raises(ConfigError, match=r"transport.codec: must be one of none, fp16, bf16, int8_token"):
+    with pytest.raises(ConfigError, match=r"transport.codec_up: must be one of none, fp16, bf16, int8_token"):
         load(None, ["transport.codec=int4"])
 
 
 def test_each_registry_checks_its_own_names_all_reported_with_the_other_problems(tmp_path):
     with pytest.raises(ConfigError) as e:
-        load(None, ["model.dtype=fp8", "data.partitioner=zipf", "split.policy=greedy", "transport.codec=int4",
+        load(None, ["model.dtype=fp8", "data.partitioner=zipf", "split.policy=greedy", "transport.codec_up=int4",
                     "federation.rounds=0", "federation.method=swarm", "heterogeneity.profile=zoo"], sim_problems)
     assert [p.split(":")[0] for p in e.value.problems] == [
-        "federation.rounds", "model.dtype", "transport.codec", "data.partitioner", "split.policy",
+        "federation.rounds", "model.dtype", "data.partitioner", "split.policy", "transport.codec_up",
         "federation.method", "heterogeneity.profile"]
     assert "model.dtype: must be one of float32, bfloat16, float16, auto, got 'fp8'" in e.value.problems
     cfg = load_config(None, ["data.partitioner=zipf"])  # a config built without the registries' checks ...
@@ -164,3 +166,37 @@ def test_a_tail_that_leaves_the_server_nothing_or_overlaps_the_cut_is_refused(ov
         validate_against_model(cfg, n_layer=30, max_positions=None)
     assert says in str(e.value)
     assert "lower" in str(e.value) or "use split.tail" in str(e.value) or "cut_max" in str(e.value)
+
+
+def test_transport_codec_still_sets_both_directions_with_a_note(capsys, monkeypatch):
+    monkeypatch.setattr(config, "_NOTED", set())  # once per process: this test may not be the first
+    cfg = load(None, ["transport.codec=int8_token"])
+    assert (cfg.transport.codec_up, cfg.transport.codec_down) == ("int8_token", "int8_token")
+    assert "note: transport.codec is now transport.codec_up and transport.codec_down" in capsys.readouterr().err
+    cfg = load(None, ["transport.codec=bf16", "transport.codec_down=none"])  # the new key wins where set
+    assert (cfg.transport.codec_up, cfg.transport.codec_down) == ("bf16", "none")
+    assert "codec" not in config.to_dict(cfg)["transport"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["transport.codec_down=int4_group"], "transport.codec_down=int4_group puts gradients in 4 bits"),
+    (["transport.codec=int4_token"], "transport.codec_down=int4_token puts gradients in 4 bits"),
+    (["split.shape=u", "transport.codec_up=int4_group"], "transport.codec_up=int4_group puts gradients in 4 bits"),
+    (["transport.codec_up=int5"], "transport.codec_up: must be one of .*int4_group; got 'int5'"),
+    (["transport.entropy=brotli"], "transport.entropy: must be one of none, zstd, lz4, got 'brotli'"),
+])
+def test_bad_codec_settings_are_one_line_each(overrides, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load(None, overrides)
+    assert len(e.value.problems) == 1
+
+
+def test_lossy_gradients_are_allowed_when_asked_and_4_bit_activations_up_need_no_opt_in():
+    load(None, ["transport.codec_down=int4_group", "transport.allow_lossy_grad=true"])
+    load(None, ["transport.codec_up=int4_group", "transport.codec_down=int8_token", "transport.entropy=zstd"])
+
+
+def test_an_entropy_coder_that_is_not_installed_is_named_with_its_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lz4.block", None)  # what an import of a missing package raises on
+    with pytest.raises(ConfigError, match=r"transport.entropy=lz4 needs the lz4 package.*pip install lz4"):
+        load(None, ["transport.entropy=lz4"])

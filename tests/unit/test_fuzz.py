@@ -1,5 +1,6 @@
-"""Hostile input at the server: 12,000 random and mutated messages (6,000 each under the `none` and `int8_token`
-activation codecs) through the real frame reassembly, envelope decoding, session checks and endpoint
+"""Hostile input at the server: 12,000 random and mutated messages (3,000 each under the `none`, `int8_token`,
+`int4_group`+zstd and `int4_token`+lz4 activation codecs; compressed frames re-tagged, cut, padded, replaced by
+random bytes or by a zstd bomb) through the real frame reassembly, envelope decoding, session checks and endpoint
 (transport/grpc.Endpoint -> Coordinator -> SplitServer). Zero crashes (only refusals or legitimate replies), and a
 refused message never changes the server: LoRA weights, optimizer state, round, plan position, pushes, caches.
 Nothing makes the server's weights or optimizer state NaN/Inf (finite but huge activations whose gradients
@@ -18,23 +19,25 @@ from splitft.deploy.coordinator import Coordinator
 from splitft.model.families import family_for
 from splitft.transport import wire
 from splitft.transport.base import AdapterUpdate, ForwardRequest
-from splitft.transport.compress import CODECS
+from splitft.transport.compress import CODECS, codec_of
 from splitft.transport.grpc import Endpoint, _Service
 from tests.conftest import tiny_split_server
 
 Envelope = wire.Envelope
-N_INPUTS = 6_000  # per codec
+N_INPUTS = 3_000  # per codec
+BOMB = None  # 16 MB of zeros as one zstd frame (1.5 KB), made once
 
 
-@pytest.fixture(scope="module", params=["none", "int8_token"])
+@pytest.fixture(scope="module", params=["none", "int8_token", "int4_group+zstd", "int4_token+lz4"])
 def target(request):
     peft, server = tiny_split_server()
     coord = Coordinator(server, n_clients=2, rounds=2, local_steps=2, per_round=0, seed=0, log=lambda s: None,
                         max_cut=3)
     full = lora.adapter_state_dict(peft)
+    codec = codec_of(*request.param.split("+"))
     shape = wire.StepShape(hidden=peft.base_model.model.config.hidden_size, dtype=torch.float32, max_tokens=64,
-                            vocab=peft.base_model.model.config.vocab_size, cut_range=(2, 4),
-                            codec=CODECS[request.param])
+                            vocab=peft.base_model.model.config.vocab_size, cut_range=(2, 4), codec_up=codec,
+                            codec_down=codec)
     endpoint = Endpoint(coord, shape, {n: t.shape for n, t in full.items()}, max(t.numel() for t in full.values()))
     return _Service(endpoint, {0: "x" * 32, 1: "y" * 32}, TransportConfig(max_message_mb=1), log=lambda s: None), \
         server, coord, shape, full
@@ -65,7 +68,8 @@ def _valid(rng, shape, full):
         req = ForwardRequest(cid, 0, rng.randrange(2), 2, torch.randn(b, t, shape.hidden),
                              torch.ones(b, t, dtype=torch.uint8),
                              torch.randint(0, 50, (b, t), dtype=torch.int32), kind == "step")
-        c = shape.codec if rng.random() < 0.9 else CODECS[rng.choice(sorted(CODECS))]
+        c = shape.codec_up if rng.random() < 0.9 else codec_of(rng.choice(sorted(CODECS)),
+                                                                 rng.choice(["none", "zstd", "lz4"]))
         return wire.encode_step(req, c.encode(req.activations))
     if kind == "push":  # a few of any block's, exactly its own (cut 2), the server's (blocks 2-3), or none
         own = sorted(n for n in full if lora.layer_of(n, server_family) < 2)
@@ -81,7 +85,7 @@ def _valid(rng, shape, full):
 def _mutate_fields(rng, env):
     env = Envelope.FromString(env.SerializeToString())
     for _ in range(rng.randint(1, 3)):
-        what = rng.randrange(11)
+        what = rng.randrange(12)
         if what == 0:
             env.kind = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 99])
         elif what == 1:
@@ -113,7 +117,8 @@ def _mutate_fields(rng, env):
             if env.tensors and rng.random() < 0.5:
                 env.tensors[0].name = rng.choice(["", "nope", env.tensors[-1].name, "../../x"])
         elif what == 9:
-            env.codec = rng.choice(["", "none", "int8_token", "int8_channel", "fp16", "zstd", "\x00"])
+            env.codec = rng.choice(["", "none", "int8_token", "int8_channel", "fp16", "zstd", "\x00", "int4_group",
+                                    "int4_group+zstd", "int4_token+lz4", "int4_token+zstd"])
         elif what == 10 and env.tensors:  # token ids and mask values: the server indexes logits with them
             m = rng.choice(env.tensors)
             try:
@@ -124,7 +129,20 @@ def _mutate_fields(rng, env):
                 t.view(-1)[rng.randrange(t.numel())] = rng.choice([-1, 2, 255] if m.dtype == "uint8"
                                                                   else [-101, -1, 2**31 - 1, 259, 260])
                 m.data = wire.tensor_to_pb(m.name, t).data
+        elif what == 11 and env.tensors:  # compressed values: another coder's tag, random bytes, a bomb
+            m = rng.choice(env.tensors)
+            m.coding = rng.choice(["", "zstd", "lz4", "gzip", m.coding])
+            if rng.random() < 0.5:
+                m.data = rng.choice([_bomb(), rng.randbytes(rng.randrange(64)), m.data[::-1]])
     return env
+
+
+def _bomb():
+    global BOMB
+    if BOMB is None:
+        import zstandard
+        BOMB = zstandard.ZstdCompressor().compress(bytes(16 << 20))
+    return BOMB
 
 
 def _frames(rng, shape, full):

@@ -55,7 +55,7 @@ def test_frames_reassemble_and_oversized_messages_are_refused():
     (lambda e: e.tensors[2].__setattr__("data", VOCAB.to_bytes(4, "little") + e.tensors[2].data[4:]), "labels in"),
     (lambda e: e.tensors[2].__setattr__("data", (2**32 - 1).to_bytes(4, "little") + e.tensors[2].data[4:]),
      "labels in"),
-    (lambda e: e.__setattr__("codec", "int8_token"), "set transport.codec the same"),
+    (lambda e: e.__setattr__("codec", "int8_token"), "set transport.codec_up"),
 ])
 def test_malformed_steps_are_refused(mutate, message):
     env = wire.encode_step(_req())
@@ -69,7 +69,7 @@ def test_non_finite_wrong_width_and_oversized_activations_are_refused():
     bad[0, 0, 0] = float("nan")
     with pytest.raises(wire.WireError, match="NaN"):
         wire.decode_step(wire.encode_step(_req(acts=bad)), SHAPE)
-    with pytest.raises(wire.WireError, match=r"\(B, T, 32\)"):
+    with pytest.raises(wire.WireError, match=r"\(2, 5, 32\) float32"):
         wire.decode_step(wire.encode_step(_req(acts=torch.randn(2, 5, 16))), SHAPE)
     empty = ForwardRequest(0, 0, 0, 2, torch.randn(0, 5, 32), torch.ones(0, 5, dtype=torch.uint8),
                            torch.zeros(0, 5, dtype=torch.int32))
