@@ -269,7 +269,8 @@ class TransportConfig:
     codec_up: str = "none"
     """How activations (and, under split.shape=u, grad_hidden) cross from client to server, in simulation and
     deployment alike: none (float32, lossless) | fp16 | bf16 | int8_token | int8_channel | int4_token | int4_group
-    (splitft/transport/compress.py), whatever model.dtype and train.compute_dtype are. Lossy codecs pass
+    (splitft/transport/compress.py), whatever model.dtype and train.compute_dtype are; or auto: the cut policy picks
+    each client's codec with its cut, among those within transport.max_ppl_cost (simulation). Lossy codecs pass
     gradients straight through. The server and every client must use the same one (the handshake compares)."""
     codec_down: str = "none"
     """How grad_activations (and, under U, hidden) cross from server to client: the same codecs; a 4-bit one needs
@@ -279,6 +280,9 @@ class TransportConfig:
     bytes are counted at their compressed size."""
     allow_lossy_grad: bool = False
     """Allow a codec of fewer than 8 bits on a gradient (codec_down; codec_up under a U-shaped split)."""
+    max_ppl_cost: float = 0.01
+    """transport.codec_up=auto: the most a client's codec may raise the held-out perplexity, relative (0.01 =
+    1%), as measured at setup on the pretrained model with the activations at the reference cut encoded."""
 
     @property
     def chunk_bytes(self) -> int:
@@ -574,6 +578,8 @@ def validate(cfg: Config) -> list[str]:
     _positive(p, transport__chunk_kb=t.chunk_kb, transport__max_message_mb=t.max_message_mb,
               transport__timeout_s=t.timeout_s, transport__heartbeat_s=t.heartbeat_s,
               transport__dead_after_s=t.dead_after_s, transport__round_timeout_s=t.round_timeout_s)
+    if not 0.0 <= t.max_ppl_cost < float("inf"):
+        p.append(f"transport.max_ppl_cost: must be a relative ppl increase >= 0 (0.01 = 1%), got {t.max_ppl_cost}")
     if not 0 <= t.reconnect_s < float("inf"):
         p.append(f"transport.reconnect_s: must be a number of seconds >= 0 (0 = never reconnect), got {t.reconnect_s}")
     p += _address_problems(t.address)

@@ -26,9 +26,11 @@ from .data.datasets import Example
 from .lora import load_adapter_state_dict
 from .metrics import MetricsLogger, perplexity
 from .policy import ClientStats, CutPolicy
+from .policy.codecs import CodecChoice
 from .seeding import derive_seed, global_rng_state, load_global_rng_state
 from .server import FedAvgServer
 from .transport.base import SCALARS_NBYTES, STEP_DOWN, STEP_UP, sum_kinds, training_traffic
+from .transport.compress import NONE
 
 
 @dataclass
@@ -122,6 +124,8 @@ class Adaptivity:
     policy: CutPolicy
     stats: dict[int, ClientStats]
     recut: Callable[[int, int], None]
+    recode: Callable[[int, str], None] = lambda cid, codec: None
+    """transport.codec_up=auto: gives a client the codec the policy chose (`Decision.codecs`)."""
 
 
 class Federation:
@@ -142,6 +146,8 @@ class Federation:
         self.on_phase: Callable[[str, int], None] = lambda phase, round_: None
         """Told "evaluate" before and "train" after each evaluation (progress output keeps the two apart)."""
         self.virtual_time = 0.0
+        self.codecs: dict[int, str] = {}
+        """transport.codec_up=auto: each client's codec up as the policy last chose it."""
         self.step_s: dict[int, float] = {}
         """Per client, its own seconds per step in its last round (`RoundClock.own_s`): what a deployed client
         reports with its push, and what the next time budget is set from."""
@@ -153,7 +159,8 @@ class Federation:
         return {"virtual_time": self.virtual_time, "step_s": {str(c): v for c, v in self.step_s.items()},
                 "server": self.server.state_dict(),
                 "clients": {str(c): client.state_dict() for c, client in self.clients.items()},
-                "bytes": self.transport.counter.state_dict(), "rng": global_rng_state()}
+                "bytes": self.transport.counter.state_dict(), "rng": global_rng_state(),
+                "codecs": {str(c): v for c, v in self.codecs.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Put a freshly built federation (same config) into the saved state; clients saved at another cut are
@@ -166,6 +173,7 @@ class Federation:
                 self.adaptivity.recut(cid, saved["cut"])
             client.load_state_dict(saved)
         self.virtual_time = state["virtual_time"]
+        self._recode({int(c): str(v) for c, v in state.get("codecs", {}).items()})
         self.step_s = {int(c): float(v) for c, v in state.get("step_s", {}).items()}
         self.transport.counter.load_state_dict(state["bytes"])
         load_global_rng_state(state["rng"])
@@ -412,13 +420,39 @@ class Federation:
         stats = [dataclasses.replace(a.stats[c], loss=self.clients[c].last_loss) for c in sorted(self.clients)]
         current = {c: self.clients[c].cut for c in self.clients}
         decision = a.policy.assign(stats, current if round_ > 0 else {}, round_)
+        codecs = {"codecs": {str(c): v for c, v in decision.codecs.items()}} if decision.codecs else {}
         self.logger.log("cut_decision", round=round_, policy=a.policy.name,
-                        cuts={str(c): v for c, v in decision.cuts.items()},
+                        cuts={str(c): v for c, v in decision.cuts.items()}, **codecs,
                         why={str(c): v for c, v in decision.why.items()})
         for cid, cut in decision.cuts.items():
             if cut != current[cid]:
                 a.recut(cid, cut)
+        self._recode(decision.codecs)
         return {str(c): v for c, v in decision.cuts.items()}
+
+    def _recode(self, codecs: dict[int, str]) -> None:
+        """Apply the clients' codecs up (transport.codec_up=auto), and tell the policy, whose next decision
+        prices them (a resumed run restores them this way)."""
+        assert not codecs or self.adaptivity is not None
+        for cid, name in codecs.items():
+            self.adaptivity.recode(cid, name)
+        self.codecs.update(codecs)
+        if codecs and isinstance(self.adaptivity.policy, CodecChoice):
+            self.adaptivity.policy.codecs = dict(self.codecs)
+
+    def codec_costs(self, codecs: dict[str, Any]) -> dict[str, float]:
+        """Relative change of held-out ppl (the global model at the probe client's cut) with the probe's
+        activations up encoded by each of `codecs` ({name: Codec}), against `none`: the quality guard of
+        transport.codec_up=auto, measured before training. A measurement: its bytes are not counted."""
+        probe, t = min(self.clients), self.transport
+        saved, before = t.counter.state_dict(), t.codec_up(probe)
+        ppl = {}
+        for name, codec in {"none": NONE, **codecs}.items():
+            t.use_codec_up(probe, codec)
+            ppl[name] = self.evaluate(-1)["eval_ppl"]
+        t.use_codec_up(probe, before)
+        t.counter.load_state_dict(saved)
+        return {name: p / ppl["none"] - 1 for name, p in ppl.items()}
 
     def evaluate(self, round_: int) -> dict[str, float]:
         """Held-out loss/ppl/next-token accuracy of the global model, seen through the probe client's cut.

@@ -49,7 +49,7 @@ from ..server import FedAvgServer
 from ..track import open_tracker
 from ..transport import tls, wire
 from ..transport.base import ByteCounter, sum_kinds, training_traffic
-from ..transport.compress import codecs_of
+from ..transport.compress import AUTO, codecs_of
 from ..transport.grpc import Endpoint, check_listen, serve_grpc
 from .coordinator import Coordinator
 from .emulate import check_shape, server_pacer
@@ -96,6 +96,9 @@ def deploy_problems(cfg: Config) -> list[str]:
     if f.method == "fedlora" and f.round_budget == "time":
         return ["federation.round_budget=time is deployed for split learning only (a fedlora server sees no steps "
                 "to time); use federation.round_budget=steps"]
+    if cfg.transport.codec_up == AUTO:
+        return ["transport.codec_up=auto chooses each client's codec in simulation; a deployment uses one codec for "
+                "every client: set transport.codec_up to the one a simulation chose (its cut_decision records)"]
     return []
 
 

@@ -25,10 +25,11 @@ from ..federation import Adaptivity, Federation, Schedule
 from ..metrics import MetricsLogger
 from ..model.split import FullPart
 from ..policy import ClientStats, CutBounds
+from ..policy.codecs import CodecChoice, CodecOption, options_within
 from ..policy.makespan import RoundCosts
 from ..registry import Registry
 from ..server import FedAvgServer
-from ..transport.compress import codecs_of
+from ..transport.compress import AUTO, CODECS, NONE, codec_of, codecs_of
 from ..transport.inproc import InProcTransport
 from .clock import VirtualClock
 from .profiles import DeviceProfile, server_profile
@@ -116,8 +117,29 @@ def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> 
     stats = client_stats(devices)
     fed = _federation(setup, server, clients, devices, logger, on_step, cfg.federation.local_steps,
                       cfg.federation.clients_per_round, Adaptivity(policy, stats, recut))
+    if cfg.transport.codec_up == AUTO:
+        _choose_codecs(setup, fed, logger)
     fed.decide_cuts(0)
     return fed
+
+
+def _choose_codecs(setup: Setup, fed: Federation, logger: MetricsLogger) -> None:
+    """transport.codec_up=auto: measure every codec's ppl cost (at the reference cut, the clients' cut now),
+    then wrap the cut policy in a `CodecChoice` over those within transport.max_ppl_cost."""
+    cfg, a = setup.cfg, fed.adaptivity
+    assert a is not None
+    t = cfg.transport
+    codecs = {n: codec_of(n, t.entropy) for n in CODECS if n != NONE.name}
+    costs = fed.codec_costs(codecs)
+    logger.log("codec_costs", cut=cfg.split.cut, max_ppl_cost=t.max_ppl_cost, ppl_cost=costs)
+    table = round_costs(setup)  # priced with `none` up (auto's start)
+    hidden = setup.peft.base_model.model.config.hidden_size
+    x = torch.zeros(cfg.train.batch_size, cfg.data.max_length, hidden, dtype=setup.compute.precision.storage)
+    options = [CodecOption(n, c.bits, table.step_bytes_up - NONE.nbytes(x) + c.nbytes(x), costs[n])
+               for n, c in {NONE.name: NONE, **codecs}.items()]
+    a.policy = CodecChoice(a.policy, table, options_within(options, t.max_ppl_cost), cfg.split.tolerance,
+                           {o.name: o.ppl_cost for o in options if o.ppl_cost > t.max_ppl_cost and o.name != "none"})
+    a.recode = lambda cid, name: fed.transport.use_codec_up(cid, codec_of(name, t.entropy))
 
 
 def _policy(setup: Setup, bounds: CutBounds) -> Any:

@@ -209,13 +209,15 @@ CODECS = Registry("transport.codec_up", {c.name: c for c in (
     NONE, Codec("fp16", torch.float16, "tensor", 16), Codec("bf16", torch.bfloat16, bits=16),
     Codec("int8_token", torch.int8, "token", 8), Codec("int8_channel", torch.int8, "channel", 8),
     Int4Codec("int4_token", scale="token"), Int4Codec("int4_group", scale="group", scale_dtype=torch.bfloat16))})
+AUTO = "auto"
+"""transport.codec_up=auto: the cut policy picks each client's codec with its cut."""
 LOSSY_GRAD_BITS = 8
 """Fewer bits than this on a gradient need transport.allow_lossy_grad."""
 
 
 def codec_of(name: str, entropy: str = NO_ENTROPY.name) -> Codec:
-    """The registered codec `name` with the lossless coder `entropy`."""
-    c = CODECS[name]
+    """The registered codec `name` (`auto`: none, until the policy picks) with the lossless coder `entropy`."""
+    c = CODECS[NONE.name if name == AUTO else name]
     return c if entropy == NO_ENTROPY.name else c.with_entropy(ENTROPY[entropy])
 
 
@@ -229,10 +231,14 @@ def codec_problems(cfg: Any) -> list[str]:
     below 8 bits without transport.allow_lossy_grad (codec_down; codec_up too under a U-shaped split, where it
     carries grad_hidden). Checked at config load, before any weights."""
     t, names = cfg.transport, ", ".join(CODECS)
-    p = [] if t.codec_up in CODECS else [f"transport.codec_up: must be one of {names}; got '{t.codec_up}'"]
+    p = [] if t.codec_up in CODECS or t.codec_up == AUTO else \
+        [f"transport.codec_up: must be one of {names}, {AUTO}; got '{t.codec_up}'"]
     if t.codec_down not in CODECS:
         p.append(f"transport.codec_down: must be one of {names}; got '{t.codec_down}'")
     p += ENTROPY.problems(cfg) or entropy_problems(cfg)
+    if t.codec_up == AUTO and cfg.split.shape == "u":
+        p.append("transport.codec_up=auto chooses codecs for the vanilla split; under split.shape=u codec_up also "
+                 "carries grad_hidden: name one codec (e.g. int8_token)")
     gradients = {"transport.codec_down": t.codec_down}
     if cfg.split.shape == "u":
         gradients["transport.codec_up"] = t.codec_up  # grad_hidden goes up

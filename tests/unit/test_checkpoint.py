@@ -96,6 +96,17 @@ def test_a_run_with_joined_server_steps_resumes_bit_identical(tmp_path, monkeypa
     assert any(len(cuts) > 1 for cuts in mixed.values()), "some server step joined clients at different cuts"
 
 
+def test_a_run_choosing_codecs_per_client_resumes_bit_identical(tmp_path, monkeypatch):
+    """transport.codec_up=auto with zstd on top: the clients' codecs are part of the federation's state."""
+    auto = [*RUN, "transport.codec_up=auto", "transport.codec_down=int8_token", "transport.entropy=zstd",
+            "transport.max_ppl_cost=0.05"]
+    whole = tiny_config(tmp_path / "whole", "llama", *auto)
+    run_simulation(whole)
+    _same_run(whole.metrics.out_dir, _interrupt_in_round_2(tiny_config(tmp_path, "llama", *auto), monkeypatch))
+    decisions = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "cut_decision"]
+    assert len({v for d in decisions for v in d["codecs"].values()}) > 1, "clients on different codecs"
+
+
 def test_resuming_a_copied_run_writes_only_into_the_copy(tmp_path, monkeypatch):
     """The copy's config.yaml names the original's out_dir (relative, here): a resume must not touch it."""
     import shutil

@@ -182,8 +182,9 @@ def test_transport_codec_still_sets_both_directions_with_a_note(capsys, monkeypa
     (["transport.codec_down=int4_group"], "transport.codec_down=int4_group puts gradients in 4 bits"),
     (["transport.codec=int4_token"], "transport.codec_down=int4_token puts gradients in 4 bits"),
     (["split.shape=u", "transport.codec_up=int4_group"], "transport.codec_up=int4_group puts gradients in 4 bits"),
-    (["transport.codec_up=int5"], "transport.codec_up: must be one of .*int4_group; got 'int5'"),
+    (["transport.codec_up=int5"], "transport.codec_up: must be one of .*int4_group, auto; got 'int5'"),
     (["transport.entropy=brotli"], "transport.entropy: must be one of none, zstd, lz4, got 'brotli'"),
+    (["transport.max_ppl_cost=-1"], "transport.max_ppl_cost: must be a relative ppl increase >= 0"),
 ])
 def test_bad_codec_settings_are_one_line_each(overrides, message):
     with pytest.raises(ConfigError, match=message) as e:
