@@ -1,7 +1,7 @@
 """In-process vs gRPC over loopback (server and clients as separate processes): split steps/s and payload
 bytes/s of the same federation, plus the gRPC framing overhead.
 
-    python benchmarks/transport.py [--models tiny,smollm2] [--clients 2] [--codec none]
+    python benchmarks/transport.py [--models tiny,smollm2] [--clients 2] [--codec none] [--codec-down none]
 Both runtimes run the same config (fixed cut, same seed, so the same steps and bytes). Throughput is measured
 between the end of round 0 and the end of round R-2 from the runs' own round records, so process start,
 model loading, the pretrained and final evaluations are left out. The gRPC processes share this machine's
@@ -41,7 +41,8 @@ def main() -> None:
     ap.add_argument("--models", default="tiny,smollm2")
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--local-steps", type=int, default=3)
-    ap.add_argument("--codec", default="none")
+    ap.add_argument("--codec", default="none", help="transport.codec_up")
+    ap.add_argument("--codec-down", default="none", help="transport.codec_down")
     args = ap.parse_args()
     rows = []
     for model in args.models.split(","):
@@ -51,7 +52,8 @@ def main() -> None:
                      "heterogeneity.profile=homogeneous", f"federation.n_clients={args.clients}",
                      f"federation.rounds={ROUNDS[model]}", f"federation.local_steps={args.local_steps}",
                      f"metrics.eval_every={ROUNDS[model]}", "metrics.checkpoint_every=0", "metrics.progress=false",
-                     "data.max_eval_samples=8", f"transport.codec={args.codec}"]
+                     "data.max_eval_samples=8", f"transport.codec_up={args.codec}",
+                     f"transport.codec_down={args.codec_down}"]
         steps_per_round = args.clients * args.local_steps
         for kind in ("inproc", "grpc"):
             cfg = load_config(str(ROOT / "configs" / "default.yaml"), [*overrides, f"metrics.out_dir={out / kind}"])
@@ -67,7 +69,7 @@ def main() -> None:
                 row["wire_over_payload"] = wire / sum(sum(r["bytes"].values()) for r in reports)
             rows.append(row)
     record("transport", {"models": args.models, "clients": args.clients, "local_steps": args.local_steps,
-                         "rounds": ROUNDS, "codec": args.codec, "measured_rounds": "1 .. R-2"},
+                         "rounds": ROUNDS, "codec_up": args.codec, "codec_down": args.codec_down, "measured_rounds": "1 .. R-2"},
            rows, ["model", "transport", "steps_per_s", "payload_MB_per_s", "payload_MB_per_step",
                   "wire_over_payload", "window_s"])
 
