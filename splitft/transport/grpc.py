@@ -367,6 +367,10 @@ class _Broken(Exception):
     """The connection broke before the reply came; the request may or may not have been applied."""
 
 
+PUMP_JOIN_S = 10.0
+"""How long closing a connection waits for its reader thread (it ends as soon as the cancel reaches it)."""
+
+
 class _Connection:
     """One channel and its bidirectional stream; a reader thread moves reply frames to `inbox` so a wait can
     have a deadline."""
@@ -383,7 +387,8 @@ class _Connection:
                                           response_deserializer=pb.Frame.FromString)
         self.replies = call(iter(self.outbox.get, None),
                             metadata=(("splitft-client-id", str(client_id)), ("splitft-token", token)))
-        threading.Thread(target=self._pump, args=(self.replies,), daemon=True).start()
+        self.pump = threading.Thread(target=self._pump, args=(self.replies,), daemon=True)
+        self.pump.start()
 
     def _pump(self, replies: Iterator[pb.Frame]) -> None:
         try:
@@ -394,8 +399,12 @@ class _Connection:
         self.inbox.put(None)
 
     def close(self) -> None:
+        """Cancel the stream and wait for the reader thread to see it end: a daemon thread frozen inside gRPC
+        at interpreter exit holds the call's lock, and the call's finalizer then waits on it forever (a client
+        that had finished hung at exit in `_Rendezvous.__del__`, seen once in the e2e suite)."""
         self.outbox.put(None)
         self.replies.cancel()
+        self.pump.join(timeout=PUMP_JOIN_S)
         self.channel.close()
 
 
