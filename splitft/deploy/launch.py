@@ -48,6 +48,11 @@ def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> sub
                                 env={**SHARED_MACHINE, **os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
 
 
+EXIT_GRACE_S = 60.0
+"""How long launch waits for a client to exit once the server has finished (a client exits within a second of
+its DONE being acknowledged)."""
+
+
 def _wait_listening(server: subprocess.Popen, log: Path, timeout_s: float) -> None:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -151,13 +156,24 @@ def _stop(children: list[subprocess.Popen], grace_s: float = 5.0) -> int:
 
 def _wait_all(server: subprocess.Popen, clients: list[subprocess.Popen]) -> list[str]:
     """Waits for every process; returns the names of those that failed. A failed client does not stop the run
-    (the server drops it after transport.dead_after_s); a failed server stops the clients."""
+    (the server drops it after transport.dead_after_s); a failed server stops the clients. A client still running
+    EXIT_GRACE_S after the server finished well is stopped with a warning (the server has its report and the run
+    stands): a process hung at exit must not hold the launch forever."""
     procs = {f"client {i}": p for i, p in enumerate(clients)}
+    finished_at = None
     while server.poll() is None or any(p.poll() is None for p in procs.values()):
         if server.poll() not in (None, 0):
             for p in procs.values():
                 if p.poll() is None:
                     p.terminate()
             return ["server"]
+        if server.poll() == 0:
+            finished_at = finished_at or time.monotonic()
+            if time.monotonic() - finished_at > EXIT_GRACE_S:
+                hung = [name for name, p in procs.items() if p.poll() is None]
+                _stop([procs[name] for name in hung])
+                print(f"warning: {', '.join(hung)} still running {EXIT_GRACE_S:g} s after the server finished; "
+                      "stopped", file=sys.stderr, flush=True)
+                return [name for name, p in procs.items() if p.returncode != 0 and name not in hung]
         time.sleep(0.2)
     return [name for name, p in procs.items() if p.returncode != 0] + (["server"] if server.returncode else [])
