@@ -69,7 +69,8 @@ def main() -> None:
                 row["wire_over_payload"] = wire / sum(sum(r["bytes"].values()) for r in reports)
             rows.append(row)
     record("transport", {"models": args.models, "clients": args.clients, "local_steps": args.local_steps,
-                         "rounds": ROUNDS, "codec_up": args.codec, "codec_down": args.codec_down, "measured_rounds": "1 .. R-2"},
+                         "rounds": ROUNDS, "codec_up": args.codec, "codec_down": args.codec_down,
+                         "measured_rounds": "1 .. R-2"},
            rows, ["model", "transport", "steps_per_s", "payload_MB_per_s", "payload_MB_per_step",
                   "wire_over_payload", "window_s"])
 
