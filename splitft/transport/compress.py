@@ -29,7 +29,8 @@ so decoding rotates back). LLM residual streams have a few outlier channels (Smo
 channel against a median channel max of 5); a scale shared with an outlier leaves the other values 1-2 levels of
 16. The rotation spreads each outlier over its group: relative error of int4 per 32 values 0.16 -> 0.08, and the
 pretrained model's held-out ppl +8.2% -> +1.6% with the activations at cut 2 quantized (16 samples; int4 per
-token without rotation: +268%). Nearest rounding measured better than stochastic (half the squared error).
+token without rotation: +268%). Rounding is to nearest: half the squared error of stochastic rounding (step^2/12
+against step^2/6; not measured apart here), and deterministic.
 Values are stored as q + 8 in [1, 15], two per byte (even index in the low nibble); H is padded with zeros to a
 multiple of 32, so the wire values are (B, T, ceil(H/32)*16) uint8 and the receiver, who knows H, drops the pad.
 """
