@@ -463,7 +463,8 @@ def split_client_with(cfg: Config, cid: int, part: ClientPart, stream: BatchStre
     """Client `cid` on a given part and stream, with the run's optimizer settings and its own noise seed (a
     deployed client brings a part read from the model file and a stream over its own data)."""
     client = SplitClient(cid, part, stream, r_cut=cut_rank(cfg), **optimizer_settings(cfg))
-    client.set_noise(cfg.privacy.noise, seed=derive_seed(cfg.federation.seed, "noise", cid))
+    client.set_noise(cfg.privacy.noise, seed=derive_seed(cfg.federation.seed, "noise", cid),
+                     grad_clip=cfg.privacy.grad_clip, grad_noise=cfg.privacy.grad_noise)
     return client
 
 

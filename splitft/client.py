@@ -178,10 +178,19 @@ class SplitClient(_Client):
     _tail_s: float = 0.0  # seconds of the U-shaped tail in the current step (compute, not link)
     _noise_gen: torch.Generator | None = None
 
-    def set_noise(self, noise: float, seed: int) -> None:
-        """Add N(0, (noise * rms)^2) to every activation sent (rms of that batch); a private generator keeps the
-        global RNG, and so the rest of the run, untouched."""
-        self.noise, self._noise_seed = noise, seed
+    grad_clip: float = 0.0
+    grad_noise: float = 0.0
+
+    def set_noise(self, noise: float, seed: int, grad_clip: float = 0.0, grad_noise: float = 0.0) -> None:
+        """Add N(0, (noise * rms)^2) to every activation sent (rms of that batch), and under U clip and noise
+        grad_hidden (`_defended`); a private generator keeps the global RNG, and so the rest of the run,
+        untouched."""
+        self.noise, self._noise_seed, self.grad_clip, self.grad_noise = noise, seed, grad_clip, grad_noise
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if self._noise_gen is None or self._noise_gen.device != device:
+            self._noise_gen = torch.Generator(device).manual_seed(self._noise_seed)
+        return self._noise_gen
 
     def state_dict(self) -> dict[str, Any]:
         """The client's state and, once the first noisy request has drawn from it, the noise generator's."""
@@ -202,11 +211,29 @@ class SplitClient(_Client):
         sent = acts.detach()
         if self.noise <= 0:
             return sent
-        if self._noise_gen is None or self._noise_gen.device != sent.device:
-            self._noise_gen = torch.Generator(sent.device).manual_seed(self._noise_seed)
         rms = sent.float().pow(2).mean().sqrt()
-        noise = torch.randn(sent.shape, generator=self._noise_gen, device=sent.device, dtype=torch.float32)
+        noise = torch.randn(sent.shape, generator=self._generator(sent.device), device=sent.device,
+                            dtype=torch.float32)
         return (sent.float() + self.noise * rms * noise).to(sent.dtype)
+
+    def _defended(self, grad: torch.Tensor) -> torch.Tensor:
+        """grad_hidden (B, T, H) as it leaves a U-shaped client: each row clipped to grad_clip x the median
+        nonzero row norm (ref), then N(0, s^2) added to every element with s = grad_noise x bound / sqrt(H), so
+        a row's noise has norm ~ grad_noise x bound (bound = grad_clip x ref, or ref when not clipping)."""
+        if self.grad_clip <= 0 and self.grad_noise <= 0:
+            return grad
+        g = grad.float()
+        norms = g.norm(dim=-1, keepdim=True)  # (B, T, 1)
+        nonzero = norms[norms > 0]
+        if nonzero.numel() == 0:
+            return grad
+        bound = nonzero.median() * (self.grad_clip if self.grad_clip > 0 else 1.0)
+        if self.grad_clip > 0:
+            g = g * torch.clamp(bound / norms.clamp_min(torch.finfo(torch.float32).tiny), max=1.0)
+        if self.grad_noise > 0:
+            noise = torch.randn(g.shape, generator=self._generator(g.device), device=g.device, dtype=torch.float32)
+            g = g + noise * (self.grad_noise * bound / g.shape[-1] ** 0.5)
+        return g.to(grad.dtype)
 
     def _request(self, batch: dict[str, torch.Tensor], acts: torch.Tensor, round_: int, step: int,
                  train: bool) -> ForwardRequest:
@@ -241,7 +268,7 @@ class SplitClient(_Client):
         self._backward(stats.loss_sum / max(stats.n_tokens, 1), None, [*self.params, hidden])  # tail LoRA, hidden
         self._sync()
         self._tail_s = time.perf_counter() - start
-        back = transport.backward(BackwardRequest(req.client_id, req.round, req.step, hidden.grad))
+        back = transport.backward(BackwardRequest(req.client_id, req.round, req.step, self._defended(hidden.grad)))
         return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct, back.grad_activations,
                          reply.server_s + back.server_s)
 

@@ -311,6 +311,13 @@ class PrivacyConfig:
     noise: float = 0.0
     """Gaussian noise added to the activations before they leave a client (training and evaluation), with
     std = noise x the RMS of that batch's activations; 0 = off. A first defense against inverting them."""
+    grad_clip: float = 0.0
+    """split.shape=u: before grad_hidden leaves a client, scale each token's row (H,) down to at most grad_clip x
+    the median norm of that batch's nonzero rows; 0 = off. Bounds what one label's row can say (the server reads
+    a label from its row's direction: benchmarks/label_inference.py)."""
+    grad_noise: float = 0.0
+    """split.shape=u: then add Gaussian noise to every row of grad_hidden, padding included, of expected norm
+    grad_noise x the clip bound (x the median nonzero row norm when grad_clip is 0); 0 = off."""
 
 
 @dataclass
@@ -543,6 +550,13 @@ def validate(cfg: Config) -> list[str]:
         p.append("metrics.out_dir: must name a directory for the run (e.g. out/my_run), got ''")
     if cfg.privacy.noise < 0:
         p.append(f"privacy.noise: must be >= 0 (a multiple of the activations' RMS), got {cfg.privacy.noise}")
+    for key in ("grad_clip", "grad_noise"):
+        v = getattr(cfg.privacy, key)
+        if not 0.0 <= v < float("inf"):
+            p.append(f"privacy.{key}: must be a number >= 0 (0 = off), got {v}")
+        elif v and cfg.split.shape != "u":
+            p.append(f"privacy.{key}: protects grad_hidden, which only a U-shaped split sends; set split.shape=u "
+                     "or leave it 0")
     if not (0.0 <= cfg.measure.memory_gb < float("inf")):
         p.append(f"measure.memory_gb: must be a number >= 0 (0 = what is free), got {cfg.measure.memory_gb}")
     if not 0.0 < cfg.measure.ewma <= 1.0:

@@ -20,9 +20,11 @@ SETTINGS = ("train.activation_checkpointing", "train.loss_chunk_tokens", "federa
             "federation.order", "federation.round_budget", "federation.round_time_s", "federation.max_steps_factor",
             "train.batch_size", "data.max_length", "lora.r", "lora.r_cut", "lora.alpha", "lora.dropout",
             "lora.targets", "split.policy", "split.cut", "split.cut_min", "split.cut_max", "transport.codec_up",
-            "transport.codec_down", "transport.entropy", "train.schedule", "train.warmup_steps")
+            "transport.codec_down", "transport.entropy", "train.schedule", "train.warmup_steps", "privacy.grad_clip",
+            "privacy.grad_noise")
 """Config keys both sides must hold alike: the model's numerics, the schedule the server plans steps with, the
-shapes it accepts, the ranks and each direction's codec. Client-only (data, privacy.noise, measure) and server-only
+shapes it accepts, the ranks, each direction's codec and the defenses of grad_hidden (every client of a
+federation gives the same protection to its labels). Client-only (data, privacy.noise, measure) and server-only
 (tokens, TLS, timeouts) keys may differ. The dtypes are compared as each machine resolved them (`DTYPES`):
 `auto` may mean bfloat16 on one machine and float32 on another."""
 DTYPES = ("train.compute_dtype", "model.dtype")

@@ -216,3 +216,13 @@ def test_a_u_shaped_split_gives_the_same_weights_and_bytes_over_both_transports(
     assert broke and reports[1]["reconnects"] == 1
     log = [r.get("message", "") for r in read_metrics(out / "metrics.jsonl")]
     assert any("backward of step" in m and "answered from cache" in m for m in log)
+
+
+def test_grad_hidden_defenses_give_the_same_weights_over_both_transports(tmp_path, monkeypatch):
+    """privacy.grad_clip and grad_noise are the client's: each client draws its noise from its own generator, so a
+    deployment of a defended U-shaped split ends bit-identical to its simulation."""
+    defended = (*U, "privacy.grad_clip=1", "privacy.grad_noise=2")
+    run_simulation(_config(tmp_path, "sim", *defended))
+    out, _ = _deploy(tmp_path, monkeypatch, *defended)
+    sim_weights = load_file(tmp_path / "sim" / "run" / "adapter" / "adapter_model.safetensors")
+    assert _same_weights(sim_weights, load_file(out / "adapter" / "adapter_model.safetensors"))
