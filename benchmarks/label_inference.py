@@ -1,6 +1,7 @@
 """How much of the labels a curious server recovers from grad_hidden under split.shape=u.
 
-    python benchmarks/label_inference.py [--model smollm2|tiny] [--tails 1,2,4,8] [--noise 0,1,3] [--steps 6]
+    python benchmarks/label_inference.py [--model smollm2|tiny] [--tails 1,2,4,8] [--defenses 0/0,1/1] [--steps 6]
+                                         [--rounds 3]
 A U-shaped split keeps the labels on the client, but every training step sends the server grad_hidden (B, T, H),
 the gradient of the client's loss w.r.t. the hidden states the server sent. The server knows the pretrained
 weights (they are public). The attack is one matrix product: for position t it guesses the next token as
@@ -9,31 +10,34 @@ since the loss gradient at the head is softmax - onehot(label) and the residual 
 through the tail nearly unchanged. Baseline: what the server predicts without any gradient, running the public
 tail and head on the hidden states it holds (the model's own argmax). Accuracy is top-1 over label tokens, on
 client 0's first `--steps` training batches of configs/default.yaml (LoRA at its initial value: the attack
-uses no adapter). `--noise`: Gaussian noise of std sigma x RMS(grad_hidden) added to grad_hidden before the
-server sees it (a candidate defense; not a setting of splitft). Writes
-benchmarks/results/label_inference_<model>.json.
+uses no adapter). `--defenses CLIP/NOISE,...`: privacy.grad_clip and privacy.grad_noise, applied by the client
+before grad_hidden leaves it (what the server reads is what it receives). With `--rounds R` each (tail, defense)
+also trains the default federation under U for R rounds, fixed cut 2, and reports its final eval ppl and the
+relative change against no defense at that tail (`ppl_cost`). Writes
+benchmarks/results/label_inference_<model>[_<tag>].json; its rows are {tail, defense, recovery, ppl_cost, ...}.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 
 import torch
 from _common import MODELS, ROOT, record
 
 from splitft.build import build_setup, load, split_client, split_server
+from splitft.sim.runner import run_simulation
 from splitft.transport.base import BackwardRequest
 from splitft.transport.inproc import InProcTransport
 
 
 class Curious(InProcTransport):
     """The in-process transport, keeping the server's view of each training step: the hidden states it sent and
-    the grad_hidden it received (noised by `noise` on the way)."""
+    the grad_hidden it received (as the client's defenses left it)."""
 
-    def __init__(self, *args, noise: float = 0.0, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.noise, self.hidden, self.grads = noise, [], []
-        self.gen = torch.Generator().manual_seed(0)
+        self.hidden, self.grads = [], []
 
     def step(self, req):
         reply = super().step(req)
@@ -41,11 +45,7 @@ class Curious(InProcTransport):
         return reply
 
     def backward(self, req: BackwardRequest):
-        g = req.grad_hidden
-        if self.noise:
-            g = g + self.noise * g.float().pow(2).mean().sqrt() * torch.randn(g.shape, generator=self.gen).to(g)
-            req = BackwardRequest(req.client_id, req.round, req.step, g)
-        self.grads.append(g.detach())
+        self.grads.append(req.grad_hidden.detach())
         return super().backward(req)
 
 
@@ -58,15 +58,20 @@ def _hits(grad: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, head: 
     return int((guess == target)[mask].sum()), int((own == target)[mask].sum()), int(mask.sum())
 
 
-def one(model: str, tail: int, noise: float, steps: int) -> dict:
+def _overrides(model: str, tail: int, defense: str, out) -> list[str]:
+    clip, noise = defense.split("/")
+    return [f"model.source={MODELS[model]}", "split.shape=u", f"split.tail={tail}", "split.policy=fixed",
+            "split.cut_max=0", f"privacy.grad_clip={clip}", f"privacy.grad_noise={noise}", "metrics.progress=false",
+            "metrics.checkpoint_every=0", f"metrics.out_dir={out}"]
+
+
+def one(model: str, tail: int, defense: str, steps: int) -> dict:
     out = ROOT / "out" / "bench" / "label_inference"
-    cfg = load(str(ROOT / "configs" / "default.yaml"),
-               [f"model.source={MODELS[model]}", "split.shape=u", f"split.tail={tail}", "split.policy=fixed",
-                "split.cut_max=0", "metrics.progress=false", f"metrics.out_dir={out}"])
+    cfg = load(str(ROOT / "configs" / "default.yaml"), _overrides(model, tail, defense, out))
     setup = build_setup(cfg)
     server = split_server(cfg, setup.peft, setup.family, cfg.split.cut, setup.compute)
     client = split_client(setup, 0, cfg.split.cut)
-    wire = Curious(server, noise=noise)
+    wire = Curious(server)
     head = setup.peft.base_model.model.get_output_embeddings().weight.detach()
     total = [0, 0, 0]
     for step in range(steps):
@@ -78,25 +83,40 @@ def one(model: str, tail: int, noise: float, steps: int) -> dict:
         client.finish_step(reply)
         total = [a + b for a, b in zip(total, _hits(wire.grads[-1], logits, labels, head))]
     attack, own, n = total
-    return {"tail": tail, "noise": noise, "label_tokens": n, "attack_top1": attack / n, "model_argmax_top1": own / n}
+    return {"tail": tail, "defense": defense, "label_tokens": n, "recovery": attack / n, "model_argmax_top1": own / n}
+
+
+def final_ppl(model: str, tail: int, defense: str, rounds: int) -> float:
+    out = ROOT / "out" / "bench" / "label_inference" / model / f"train_{tail}_{defense.replace('/', '-')}"
+    shutil.rmtree(out, ignore_errors=True)  # our own scratch runs
+    cfg = load(str(ROOT / "configs" / "default.yaml"), [*_overrides(model, tail, defense, out),
+                                                         f"federation.rounds={rounds}"])
+    return run_simulation(cfg)["final_eval_ppl"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=sorted(MODELS), default="smollm2")
     ap.add_argument("--tails", default="1,2,4,8")
-    ap.add_argument("--noise", default="0")
+    ap.add_argument("--defenses", default="0/0", help="privacy.grad_clip/privacy.grad_noise pairs")
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=0, help="train R rounds per row for its ppl cost (0: no)")
+    ap.add_argument("--tag", default="", help="results file suffix: label_inference_<model>_<tag>.json")
     args = ap.parse_args()
     rows = []
     for tail in map(int, args.tails.split(",")):
-        for noise in map(float, args.noise.split(",")):
-            rows.append(one(args.model, tail, noise, args.steps))
+        for defense in args.defenses.split(","):
+            rows.append(one(args.model, tail, defense, args.steps))
+            if args.rounds:
+                rows[-1]["final_eval_ppl"] = final_ppl(args.model, tail, defense, args.rounds)
+                base = next(r for r in rows if r["tail"] == tail)  # the first defense listed: 0/0
+                rows[-1]["ppl_cost"] = rows[-1]["final_eval_ppl"] / base["final_eval_ppl"] - 1
             print(rows[-1], flush=True)
-    record(f"label_inference_{args.model}", {"config": "configs/default.yaml", "model": MODELS[args.model],
-                                             "steps": args.steps, "client": 0,
-                                             "attack": "argmax_v -<grad_hidden[t], W_head[v]>"},
-           rows, ["tail", "noise", "label_tokens", "attack_top1", "model_argmax_top1"])
+    name = f"label_inference_{args.model}" + (f"_{args.tag}" if args.tag else "")
+    record(name, {"config": "configs/default.yaml", "model": MODELS[args.model], "steps": args.steps, "client": 0,
+                  "rounds": args.rounds, "defense": "privacy.grad_clip/privacy.grad_noise",
+                  "attack": "argmax_v -<grad_hidden[t], W_head[v]>"},
+           rows, ["tail", "defense", "label_tokens", "recovery", "model_argmax_top1", "final_eval_ppl", "ppl_cost"])
 
 
 if __name__ == "__main__":
