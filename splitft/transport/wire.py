@@ -168,8 +168,7 @@ def packed_from_pb(t: dict[str, torch.Tensor], role: str, c: Codec, dtype: torch
     return out
 
 
-def _expect_tensors(env: Envelope, t: dict[str, torch.Tensor], kind: str, names: set[str], c: Codec,
-                    role: str) -> None:
+def _expect_tensors(t: dict[str, torch.Tensor], kind: str, names: set[str], c: Codec, role: str) -> None:
     """Exactly `names` (and the role's scale under a scaled codec)."""
     if c.scale:
         names = names | {f"{role}_scale"}
@@ -209,7 +208,7 @@ def decode_step(env: Envelope, shape: StepShape) -> ForwardRequest:
     if shape.u and "labels" in t:
         raise WireError("this server runs a U-shaped split (split.shape=u): labels stay on the client; start the "
                         "client with the server's split.shape")
-    _expect_tensors(env, t, "STEP", {"activations", "attention_mask"} | (set() if shape.u else {"labels"}), c,
+    _expect_tensors(t, "STEP", {"activations", "attention_mask"} | (set() if shape.u else {"labels"}), c,
                     "activations")
     mask, labels = t["attention_mask"], t.get("labels")
     lo, hi = shape.cut_range
@@ -251,7 +250,7 @@ def decode_backward(env: Envelope, shape: StepShape) -> BackwardRequest:
     c = shape.codec_up
     _check_codec(env, c, "grad_hidden", "transport.codec_up")
     t = _tensors(env, shape.max_tokens * shape.hidden)
-    _expect_tensors(env, t, "BACKWARD", {"grad_hidden"}, c, "grad_hidden")
+    _expect_tensors(t, "BACKWARD", {"grad_hidden"}, c, "grad_hidden")
     full = _hidden_shaped(t["grad_hidden"], "grad_hidden", shape)
     return BackwardRequest(env.client_id, env.round, env.step, packed_from_pb(t, "grad_hidden", c, shape.dtype, full))
 
@@ -279,13 +278,13 @@ def decode_reply(env: Envelope, req: ForwardRequest, c: Codec = NONE) -> tuple[S
         _check_codec(env, c, role, "transport.codec_down")
     t = _tensors(env, acts.numel())
     if req.labels is None:  # U-shaped: the hidden states for the tail, train or eval
-        _expect_tensors(env, t, "STEP_REPLY (U-shaped)", {"hidden"}, c, "hidden")
+        _expect_tensors(t, "STEP_REPLY (U-shaped)", {"hidden"}, c, "hidden")
         hidden = packed_from_pb(t, "hidden", c, acts.dtype, full)
         return StepReply(0.0, 0, 0, server_s=env.server_s, hidden=hidden), payload_nbytes(env)
     if not req.train:
-        _expect_tensors(env, t, "STEP_REPLY (eval)", set(), NONE, "grad_activations")
+        _expect_tensors(t, "STEP_REPLY (eval)", set(), NONE, "grad_activations")
         return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct), server_s=env.server_s), 0
-    _expect_tensors(env, t, "STEP_REPLY", {"grad_activations"}, c, "grad_activations")
+    _expect_tensors(t, "STEP_REPLY", {"grad_activations"}, c, "grad_activations")
     grad = packed_from_pb(t, "grad_activations", c, acts.dtype, full)
     return StepReply(env.loss_sum, int(env.n_tokens), int(env.n_correct), grad, env.server_s), payload_nbytes(env)
 
@@ -295,7 +294,7 @@ def decode_backward_reply(env: Envelope, req: BackwardRequest, c: Codec = NONE) 
     grad_hidden's shape in codec `c`."""
     _check_codec(env, c, "grad_activations", "transport.codec_down")
     t = _tensors(env, req.grad_hidden.numel())
-    _expect_tensors(env, t, "STEP_REPLY (backward)", {"grad_activations"}, c, "grad_activations")
+    _expect_tensors(t, "STEP_REPLY (backward)", {"grad_activations"}, c, "grad_activations")
     grad = packed_from_pb(t, "grad_activations", c, req.grad_hidden.dtype, tuple(req.grad_hidden.shape))
     return StepReply(0.0, 0, 0, grad, env.server_s), payload_nbytes(env)
 
