@@ -30,6 +30,7 @@ from .model.families import Family, family_for
 from .model.split import ClientPart, Compute, ServerPart
 from .model.weights import WeightFile, held_bytes, materialize, release
 from .optim import LrSchedule
+from .privacy.floor import floor_cut
 from .policy import POLICIES, CutBounds, CutPolicy
 from .policy.makespan import MakespanPolicy, RoundCosts
 from .precision import COMPUTE_DTYPES, STORAGE_DTYPES, Precision, resolve
@@ -363,13 +364,34 @@ def cut_bounds(cfg: Config, cost: CostModel, n_layer: int) -> CutBounds:
     end = tail_cut(cfg, n_layer)
     if end is not None:
         base_gb += cost.tail_gb(b, t, n_layer - end)
-    return CutBounds(end or n_layer, cfg.split.cut_min, cfg.split.cut_max, base_gb, block_gb)
+    floor = privacy_floor(cfg, end or n_layer)
+    return CutBounds(end or n_layer, max(cfg.split.cut_min, floor), cfg.split.cut_max, base_gb, block_gb,
+                     floor if floor > cfg.split.cut_min else 0)
+
+
+def privacy_floor(cfg: Config, end: int) -> int:
+    """The smallest cut split.privacy_floor allows (`privacy.floor.floor_cut`), 0 when off; it must leave room
+    below split.cut_max and the model's (or the tail's) end `end`."""
+    s = cfg.split
+    if not s.privacy_floor:
+        return 0
+    cut = floor_cut(s.privacy_table, cfg.model.source, cfg.privacy.noise, s.privacy_floor)
+    hi = min(s.cut_max or end - 1, end - 1)
+    if cut > hi:
+        raise UserError(f"split.privacy_floor={s.privacy_floor:g} needs cuts >= {cut}, above the largest allowed "
+                        f"({hi}: split.cut_max, or the model's blocks before the tail)")
+    return cut
 
 
 def smallest_cut(cfg: Config, bounds: CutBounds) -> int:
     """The fewest blocks a client may hold, and so the server's first block: split.cut under `fixed`, else the
     privacy floor split.cut_min."""
-    return cfg.split.cut if cfg.split.policy == "fixed" else bounds.cut_min
+    return reference_cut(cfg, bounds) if cfg.split.policy == "fixed" else bounds.cut_min
+
+
+def reference_cut(cfg: Config, bounds: CutBounds) -> int:
+    """split.cut, raised to the privacy floor's cut (`cut_bounds`) when that is higher."""
+    return max(cfg.split.cut, bounds.cut_min)
 
 
 def rule_policy(cfg: Config, bounds: CutBounds) -> CutPolicy:
@@ -377,7 +399,7 @@ def rule_policy(cfg: Config, bounds: CutBounds) -> CutPolicy:
     the round-cost table: `cut_policy`)."""
     s = cfg.split
     extra = dict(gamma=s.gamma, period=s.period) if s.policy == "splitft" else {}
-    return POLICIES[s.policy](bounds, s.cut, **extra)
+    return POLICIES[s.policy](bounds, reference_cut(cfg, bounds), **extra)
 
 
 def cut_policy(cfg: Config, bounds: CutBounds, costs: RoundCosts | None) -> CutPolicy:
@@ -385,8 +407,8 @@ def cut_policy(cfg: Config, bounds: CutBounds, costs: RoundCosts | None) -> CutP
     s = cfg.split
     if s.policy == "makespan":
         assert costs is not None, "makespan plans with a round-cost table"
-        return MakespanPolicy(bounds, costs, s.cut, gamma=s.gamma, period=s.period, tolerance=s.tolerance,
-                              hysteresis=s.hysteresis)
+        return MakespanPolicy(bounds, costs, reference_cut(cfg, bounds), gamma=s.gamma, period=s.period,
+                              tolerance=s.tolerance, hysteresis=s.hysteresis)
     return rule_policy(cfg, bounds)
 
 
@@ -464,7 +486,8 @@ def split_client_with(cfg: Config, cid: int, part: ClientPart, stream: BatchStre
     deployed client brings a part read from the model file and a stream over its own data)."""
     client = SplitClient(cid, part, stream, r_cut=cut_rank(cfg), **optimizer_settings(cfg))
     client.set_noise(cfg.privacy.noise, seed=derive_seed(cfg.federation.seed, "noise", cid),
-                     grad_clip=cfg.privacy.grad_clip, grad_noise=cfg.privacy.grad_noise)
+                     grad_clip=cfg.privacy.grad_clip, grad_noise=cfg.privacy.grad_noise,
+                     grad_keep=cfg.privacy.grad_keep)
     return client
 
 

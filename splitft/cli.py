@@ -12,6 +12,8 @@
     splitft server --resume RUN_DIR                                  continue it from its latest round checkpoint
     splitft client --config ... --client-id N --server HOST:PORT     one client process (token in $SPLITFT_TOKEN)
     splitft launch --config ... --clients N                          server + N clients on loopback
+    splitft privacy --config ... [--cuts 1,2,4,8] [--ppl-cost] [--out FILE] [--json]
+                                                  what a curious server recovers at each cut and defense
     splitft report RUN_DIR [RUN_DIR ...] [--out DIR]                  PNG plots + markdown table of runs
     splitft evaluate RUN_DIR [--adapter DIR] [--generate N] [--json]  held-out ppl (and ROUGE-L) of an adapter
     splitft generate RUN_DIR (--prompt TEXT | --chat | --file F) [--json]    answer prompts with the fine-tuned model
@@ -41,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                         ("experiment", "run splitft, makespan, sfl-fixed, fedlora and centralized; print one table"),
                         ("server", "serve a deployed federation over gRPC"),
                         ("client", "run one client process against a gRPC server"),
-                        ("launch", "run a server and N client processes on loopback")]:
+                        ("launch", "run a server and N client processes on loopback"),
+                        ("privacy", "what a curious server recovers (tokens, labels) at each cut and defense")]:
         s = sub.add_parser(name, help=help_)
         s.add_argument("--config", help="YAML config file (defaults apply to missing keys)")
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. split.cut=4 federation.rounds=2")
@@ -76,6 +79,23 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--client-data", default=None, metavar="A,B,...",
                            help="one data file per client (each trains on all of its own file); without it, "
                                 "data.path is dealt with data.partitioner as in the simulation")
+        if name == "privacy":
+            s.add_argument("--cuts", default="1,2,4,8", help="cuts whose activations are inverted (default 1,2,4,8)")
+            s.add_argument("--noise", default=None, metavar="0,0.5",
+                           help="privacy.noise levels the inversions face (default: 0 and the configured one)")
+            s.add_argument("--tails", default=None, metavar="1,4",
+                           help="U-shaped tails whose grad_hidden is attacked (default: split.tail)")
+            s.add_argument("--defenses", default=None, metavar="none,keep=0.25",
+                           help="grad_hidden defenses, comma-separated: none or keep=K+clip=C+noise=N "
+                                "(privacy.grad_keep/grad_clip/grad_noise; default: none and the configured one)")
+            s.add_argument("--samples", type=int, default=8, help="held-out samples inverted (default 8)")
+            s.add_argument("--steps", type=int, default=6, help="training steps whose grad_hidden is attacked")
+            s.add_argument("--opt-steps", type=int, default=200, help="Adam steps of the optimized inversion")
+            s.add_argument("--ppl-cost", action="store_true",
+                           help="train each setting for the configured rounds and report its eval-ppl cost")
+            s.add_argument("--out", default=None, metavar="FILE",
+                           help="write the JSON table (what split.privacy_table reads)")
+            s.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
         if name == "experiment":
             s.add_argument("--methods", default="splitft,makespan,sfl-fixed,fedlora,centralized",
                            help="comma-separated subset of splitft,makespan,sfl-fixed,fedlora,centralized")
@@ -196,6 +216,32 @@ def _experiment(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _privacy(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .build import load
+    from .sim.privacy import Defense, audit, format_audit, parse_list, write_table
+
+    cfg = load(args.config, overrides)
+    p = cfg.privacy
+    cuts = parse_list(args.cuts, "--cuts", int)
+    noises = parse_list(args.noise if args.noise is not None else f"0,{p.noise}" if p.noise else "0", "--noise", float)
+    tails = parse_list(args.tails if args.tails is not None else str(cfg.split.tail), "--tails", int)
+    configured = Defense(p.grad_clip, p.grad_noise, p.grad_keep)
+    defenses = [Defense.parse(d) for d in args.defenses.split(",")] if args.defenses is not None else \
+        [Defense(), *([configured] if configured != Defense() else [])]
+    if len({d.name for d in defenses}) != len(defenses):
+        raise UserError(f"--defenses: each defense once, got {args.defenses!r}")
+    if min(args.samples, args.steps, args.opt_steps) < 1:
+        raise UserError(f"--samples, --steps and --opt-steps must be >= 1, got {args.samples}, {args.steps}, "
+                        f"{args.opt_steps}")
+    result = audit(cfg, cuts, noises, tails, defenses, samples=args.samples, steps=args.steps,
+                   opt_steps=args.opt_steps, ppl_cost=args.ppl_cost)
+    if args.out:
+        write_table(result, args.out)
+        print(f"privacy table written to {args.out}", file=sys.stderr)
+    print(json.dumps(result) if args.json else format_audit(result))
+    return 0
+
+
 def _server(args: argparse.Namespace, overrides: list[str]) -> int:
     from .build import load
     from .deploy.serve import resume_server, serve
@@ -288,8 +334,8 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "simulate": _simulate, "validate": _validate, "plan": _plan, "partition": _partition, "preview": _preview,
-    "experiment": _experiment, "server": _server, "client": _client, "launch": _launch, "report": _report,
-    "evaluate": _evaluate, "generate": _generate}
+    "experiment": _experiment, "privacy": _privacy, "server": _server, "client": _client, "launch": _launch,
+    "report": _report, "evaluate": _evaluate, "generate": _generate}
 
 
 def _quiet_libraries() -> None:

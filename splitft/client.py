@@ -20,6 +20,7 @@ from .data.datasets import BatchStream, Example, batches
 from .model.split import ClientPart, FullPart
 from .optim import LrSchedule, NonFiniteStep, clip, load_optimizer_state, make_optimizer, optimizer_state, set_lr
 from .precision import LossScaler
+from .privacy.defenses import defended_grad, noisy_activations
 from .transport.base import (
     LABEL_DTYPE,
     MASK_DTYPE,
@@ -180,12 +181,15 @@ class SplitClient(_Client):
 
     grad_clip: float = 0.0
     grad_noise: float = 0.0
+    grad_keep: float = 1.0
 
-    def set_noise(self, noise: float, seed: int, grad_clip: float = 0.0, grad_noise: float = 0.0) -> None:
-        """Add N(0, (noise * rms)^2) to every activation sent (rms of that batch), and under U clip and noise
-        grad_hidden (`_defended`); a private generator keeps the global RNG, and so the rest of the run,
+    def set_noise(self, noise: float, seed: int, grad_clip: float = 0.0, grad_noise: float = 0.0,
+                  grad_keep: float = 1.0) -> None:
+        """Add N(0, (noise * rms)^2) to every activation sent (rms of that batch), and under U keep, clip and
+        noise grad_hidden (`_defended`); a private generator keeps the global RNG, and so the rest of the run,
         untouched."""
         self.noise, self._noise_seed, self.grad_clip, self.grad_noise = noise, seed, grad_clip, grad_noise
+        self.grad_keep = grad_keep
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if self._noise_gen is None or self._noise_gen.device != device:
@@ -206,34 +210,13 @@ class SplitClient(_Client):
             self._noise_gen.set_state(state["noise_rng"])
 
     def _sent(self, acts: torch.Tensor) -> torch.Tensor:
-        """What leaves the client: the activations, plus noise when configured. The noise is a constant shift,
-        so the server's grad w.r.t. what it received is exactly the grad w.r.t. `acts` (straight through)."""
+        """What leaves the client: the activations, plus noise when configured (`defenses.noisy_activations`)."""
         sent = acts.detach()
-        if self.noise <= 0:
-            return sent
-        rms = sent.float().pow(2).mean().sqrt()
-        noise = torch.randn(sent.shape, generator=self._generator(sent.device), device=sent.device,
-                            dtype=torch.float32)
-        return (sent.float() + self.noise * rms * noise).to(sent.dtype)
+        return noisy_activations(sent, self.noise, self._generator(sent.device)) if self.noise > 0 else sent
 
     def _defended(self, grad: torch.Tensor) -> torch.Tensor:
-        """grad_hidden (B, T, H) as it leaves a U-shaped client: each row clipped to grad_clip x the median
-        nonzero row norm (ref), then N(0, s^2) added to every element with s = grad_noise x bound / sqrt(H), so
-        a row's noise has norm ~ grad_noise x bound (bound = grad_clip x ref, or ref when not clipping)."""
-        if self.grad_clip <= 0 and self.grad_noise <= 0:
-            return grad
-        g = grad.float()
-        norms = g.norm(dim=-1, keepdim=True)  # (B, T, 1)
-        nonzero = norms[norms > 0]
-        if nonzero.numel() == 0:
-            return grad
-        bound = nonzero.median() * (self.grad_clip if self.grad_clip > 0 else 1.0)
-        if self.grad_clip > 0:
-            g = g * torch.clamp(bound / norms.clamp_min(torch.finfo(torch.float32).tiny), max=1.0)
-        if self.grad_noise > 0:
-            noise = torch.randn(g.shape, generator=self._generator(g.device), device=g.device, dtype=torch.float32)
-            g = g + noise * (self.grad_noise * bound / g.shape[-1] ** 0.5)
-        return g.to(grad.dtype)
+        """grad_hidden (B, T, H) as it leaves a U-shaped client (`defenses.defended_grad`)."""
+        return defended_grad(grad, self.grad_clip, self.grad_noise, self.grad_keep, self._generator(grad.device))
 
     def _request(self, batch: dict[str, torch.Tensor], acts: torch.Tensor, round_: int, step: int,
                  train: bool) -> ForwardRequest:

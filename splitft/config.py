@@ -79,6 +79,12 @@ class SplitConfig:
     """makespan: how much slower than the fastest predicted round the performance rule may make it (0.02 = 2%)."""
     hysteresis: float = 0.05
     """makespan: keep the current cuts unless new ones predict a round at least this much faster (0.05 = 5%)."""
+    privacy_floor: float = 0.0
+    """The highest token recovery from the activations at the cut a data owner accepts (0.2 = a curious server
+    gets at most 20% of the tokens back with the best attack measured); every policy's cut is then at least the
+    smallest cut measured below it (split.privacy_table, written by `splitft privacy`), at privacy.noise. 0 = off."""
+    privacy_table: str = ""
+    """The JSON `splitft privacy --out FILE` wrote for this model (needed by split.privacy_floor)."""
     allow_over_memory: bool = False
     """A client whose memory budget fits no cut it may be given (cut_min; split.cut under `fixed`) refuses the run;
     true runs it anyway at that cut, with a warning in the log and the `setup` record."""
@@ -318,6 +324,10 @@ class PrivacyConfig:
     grad_noise: float = 0.0
     """split.shape=u: then add Gaussian noise to every row of grad_hidden, padding included, of expected norm
     grad_noise x the clip bound (x the median nonzero row norm when grad_clip is 0); 0 = off."""
+    grad_keep: float = 1.0
+    """split.shape=u: before clipping, send each token's row of grad_hidden with this probability and zeros
+    otherwise (a fresh draw every step): the server's blocks train on the kept tokens only, and a zeroed row
+    tells nothing of its label; 1 = every row."""
 
 
 @dataclass
@@ -557,6 +567,12 @@ def validate(cfg: Config) -> list[str]:
         elif v and cfg.split.shape != "u":
             p.append(f"privacy.{key}: protects grad_hidden, which only a U-shaped split sends; set split.shape=u "
                      "or leave it 0")
+    keep = cfg.privacy.grad_keep
+    if not 0.0 < keep <= 1.0:
+        p.append(f"privacy.grad_keep: must be in (0, 1] (the share of grad_hidden rows sent; 1 = all), got {keep}")
+    elif keep < 1 and cfg.split.shape != "u":
+        p.append("privacy.grad_keep: thins grad_hidden, which only a U-shaped split sends; set split.shape=u or "
+                 "leave it 1")
     if not (0.0 <= cfg.measure.memory_gb < float("inf")):
         p.append(f"measure.memory_gb: must be a number >= 0 (0 = what is free), got {cfg.measure.memory_gb}")
     if not 0.0 < cfg.measure.ewma <= 1.0:
@@ -655,6 +671,12 @@ def _validate_split(cfg: Config) -> list[str]:
                  f"{s.cut_min}/{s.cut_max}")
     elif s.policy != "fixed" and not (s.cut_min <= s.cut and (not s.cut_max or s.cut <= s.cut_max)):
         p.append(f"split.cut: the reference cut {s.cut} must lie in [cut_min={s.cut_min}, cut_max={s.cut_max}]")
+    if not 0.0 <= s.privacy_floor <= 1.0:
+        p.append(f"split.privacy_floor: must be in [0, 1] (the highest token recovery accepted; 0 = off), got "
+                 f"{s.privacy_floor}")
+    elif s.privacy_floor and not s.privacy_table.strip():
+        p.append("split.privacy_floor: needs the measured table: run `splitft privacy --config FILE --out "
+                 "privacy.json` for this model and set split.privacy_table=privacy.json")
     if not (0 <= s.tolerance < 1 and 0 <= s.hysteresis < 1):
         p.append(f"split.tolerance and split.hysteresis: must be in [0, 1), got {s.tolerance} and {s.hysteresis}")
     if s.gamma < 0 or s.period < 1:

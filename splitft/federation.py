@@ -25,7 +25,7 @@ from .cost import server_steps
 from .data.datasets import Example
 from .lora import load_adapter_state_dict
 from .metrics import MetricsLogger, perplexity
-from .policy import ClientStats, CutPolicy
+from .policy import ClientStats, CutBounds, CutPolicy, floor_record
 from .policy.codecs import CodecChoice
 from .seeding import derive_seed, global_rng_state, load_global_rng_state
 from .server import FedAvgServer
@@ -126,6 +126,8 @@ class Adaptivity:
     recut: Callable[[int, int], None]
     recode: Callable[[int, str], None] = lambda cid, codec: None
     """transport.codec_up=auto: gives a client the codec the policy chose (`Decision.codecs`)."""
+    bounds: CutBounds | None = None
+    """The policy's bounds, for the record of which cuts sit at the privacy floor (`CutBounds.at_floor`)."""
 
 
 class Federation:
@@ -423,7 +425,8 @@ class Federation:
         codecs = {"codecs": {str(c): v for c, v in decision.codecs.items()}} if decision.codecs else {}
         self.logger.log("cut_decision", round=round_, policy=a.policy.name,
                         cuts={str(c): v for c, v in decision.cuts.items()}, **codecs,
-                        why={str(c): v for c, v in decision.why.items()})
+                        why={str(c): v for c, v in decision.why.items()},
+                        **floor_record(a.bounds, decision.cuts))
         for cid, cut in decision.cuts.items():
             if cut != current[cid]:
                 a.recut(cid, cut)

@@ -21,7 +21,7 @@ SETTINGS = ("train.activation_checkpointing", "train.loss_chunk_tokens", "federa
             "train.batch_size", "data.max_length", "lora.r", "lora.r_cut", "lora.alpha", "lora.dropout",
             "lora.targets", "split.policy", "split.cut", "split.cut_min", "split.cut_max", "transport.codec_up",
             "transport.codec_down", "transport.entropy", "train.schedule", "train.warmup_steps", "privacy.grad_clip",
-            "privacy.grad_noise")
+            "privacy.grad_noise", "privacy.grad_keep")
 """Config keys both sides must hold alike: the model's numerics, the schedule the server plans steps with, the
 shapes it accepts, the ranks, each direction's codec and the defenses of grad_hidden (every client of a
 federation gives the same protection to its labels). Client-only (data, privacy.noise, measure) and server-only

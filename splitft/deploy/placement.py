@@ -17,7 +17,7 @@ import dataclasses
 from typing import Any, Callable
 
 from ..measure import stats_of
-from ..policy import CutBounds, CutPolicy
+from ..policy import CutBounds, CutPolicy, floor_record
 
 
 class Placement:
@@ -86,7 +86,8 @@ class Placement:
                           why={str(c): v for c, v in decision.why.items()},
                           measured={str(c): m.inputs for c, m in measured.items()},
                           clamped={str(c): m.clamps for c, m in measured.items() if m.clamps},
-                          refused={str(c): why for c, why in self.refused.items()}, **server)
+                          refused={str(c): why for c, why in self.refused.items()}, **server,
+                          **floor_record(self.bounds, decision.cuts))
         return {c: self.cuts[c] for c in placed}
 
     def state_dict(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ The split machinery (`model/split.py`) applies a decision; nothing here touches 
 """
 
 from ..registry import Registry
-from .base import ClientStats, CutBounds, CutPolicy, Decision, max_feasible_cut
+from .base import ClientStats, CutBounds, CutPolicy, Decision, floor_record, max_feasible_cut
 from .fixed import FixedPolicy
 from .makespan import MakespanPolicy
 from .resource import ResourcePolicy
@@ -16,4 +16,4 @@ POLICIES = Registry("split.policy", {"fixed": FixedPolicy, "resource": ResourceP
                                      "makespan": MakespanPolicy})
 
 __all__ = ["POLICIES", "ClientStats", "CutBounds", "CutPolicy", "Decision", "FixedPolicy", "ResourcePolicy",
-           "SplitFTPolicy", "max_feasible_cut"]
+           "SplitFTPolicy", "floor_record", "max_feasible_cut"]

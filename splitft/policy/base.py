@@ -48,6 +48,8 @@ class CutBounds:
     """0 = n_layer - 1."""
     base_gb: float = 0.0
     block_gb: float = 0.0
+    floor: int = 0
+    """The cut split.privacy_floor raised cut_min to (0 = the floor is off or did not raise it)."""
 
     def __post_init__(self) -> None:
         assert 1 <= self.cut_min <= self.hi <= self.n_layer - 1, (
@@ -56,6 +58,17 @@ class CutBounds:
     @property
     def hi(self) -> int:
         return self.cut_max or self.n_layer - 1
+
+    def at_floor(self, cuts: dict[int, int]) -> list[int]:
+        """Clients whose cut sits at the privacy floor's cut: a policy may have wanted it lower."""
+        return sorted(c for c, k in cuts.items() if self.floor and k == self.floor)
+
+
+def floor_record(bounds: CutBounds | None, cuts: dict[int, int]) -> dict[str, Any]:
+    """A cut_decision record's privacy floor fields: the floor's cut and the clients at it (none when off)."""
+    if bounds is None or not bounds.floor:
+        return {}
+    return {"privacy_floor_cut": bounds.floor, "at_privacy_floor": [str(c) for c in bounds.at_floor(cuts)]}
 
 
 def max_feasible_cut(stats: ClientStats, bounds: CutBounds) -> int:

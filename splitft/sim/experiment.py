@@ -89,7 +89,7 @@ def run_experiment(base: Config, methods: list[str], target_ppl: float | None = 
     out.mkdir(parents=True, exist_ok=True)
     save_config(base, out / "experiment_config.yaml")
     if seeds is None:
-        summaries = {name: _run_or_reuse(method_config(base, name), name, generate) for name in methods}
+        summaries = {name: run_or_reuse(method_config(base, name), name, generate) for name in methods}
         target = target_ppl or max(s["final_eval_ppl"] for s in summaries.values())
         result = {"target_ppl": target, "methods": {n: compare_row(s, target) for n, s in summaries.items()}}
         table = format_table(result)
@@ -98,7 +98,7 @@ def run_experiment(base: Config, methods: list[str], target_ppl: float | None = 
         for seed in seeds:
             seeded = copy.deepcopy(base)
             seeded.federation.seed, seeded.metrics.out_dir = seed, str(out / f"seed_{seed}")
-            runs[seed] = {name: _run_or_reuse(method_config(seeded, name), f"{name}, seed {seed}", generate)
+            runs[seed] = {name: run_or_reuse(method_config(seeded, name), f"{name}, seed {seed}", generate)
                           for name in methods}
         target = target_ppl or max(s["final_eval_ppl"] for by in runs.values() for s in by.values())
         rows = {seed: {n: compare_row(s, target) for n, s in by.items()} for seed, by in runs.items()}
@@ -111,7 +111,7 @@ def run_experiment(base: Config, methods: list[str], target_ppl: float | None = 
     return result
 
 
-def _run_or_reuse(cfg: Config, label: str, generate: int = 0) -> dict[str, Any]:
+def run_or_reuse(cfg: Config, label: str, generate: int = 0) -> dict[str, Any]:
     """The summary of the run in cfg's directory: reused when finished, resumed when interrupted, else run;
     with `generate`, its answers' scores under "answers" (`answers_of`)."""
     done = Path(cfg.metrics.out_dir) / "summary.json"

@@ -116,7 +116,7 @@ def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> 
 
     stats = client_stats(devices)
     fed = _federation(setup, server, clients, devices, logger, on_step, cfg.federation.local_steps,
-                      cfg.federation.clients_per_round, Adaptivity(policy, stats, recut))
+                      cfg.federation.clients_per_round, Adaptivity(policy, stats, recut, bounds=bounds))
     if cfg.transport.codec_up == AUTO:
         _choose_codecs(setup, fed, logger)
     fed.decide_cuts(0)

@@ -14,8 +14,9 @@ from tests.conftest import tiny_config
 U = ("split.shape=u", "split.tail=1")
 
 
-def _client(tmp_path, clip=0.0, noise=0.0):
-    setup = build_setup(tiny_config(tmp_path, "llama", *U, f"privacy.grad_clip={clip}", f"privacy.grad_noise={noise}"))
+def _client(tmp_path, clip=0.0, noise=0.0, keep=1.0):
+    setup = build_setup(tiny_config(tmp_path, "llama", *U, f"privacy.grad_clip={clip}", f"privacy.grad_noise={noise}",
+                                    f"privacy.grad_keep={keep}"))
     return setup, split_client(setup, 0, 2)
 
 
@@ -47,6 +48,17 @@ def test_noise_has_the_configured_norm_and_hides_zero_rows(tmp_path):
     noise = client._defended(g) - g
     assert noise.norm(dim=-1).mean() == pytest.approx(2.0 * float(ref), rel=0.05)
     assert (client._defended(g)[:, 32:].norm(dim=-1) > 0).all(), "padding rows are no longer exactly zero"
+
+
+def test_keep_sends_that_share_of_the_rows_and_zeros_for_the_rest(tmp_path):
+    _, client = _client(tmp_path, keep=0.25)
+    g = torch.randn(8, 128, 32, generator=torch.Generator().manual_seed(2))
+    out = client._defended(g)
+    kept = out.norm(dim=-1) > 0
+    assert abs(float(kept.float().mean()) - 0.25) < 0.03
+    assert torch.equal(out[kept], g[kept]) and (out[~kept] == 0).all(), "a row is sent whole or not at all"
+    _, again = _client(tmp_path / "again", keep=0.25)
+    assert torch.equal(again._defended(g), out), "the draw is the client's own seeded stream"
 
 
 def test_without_defenses_grad_hidden_leaves_as_it_is(tmp_path):
