@@ -3,7 +3,8 @@ privacy`), and what each defense costs in eval ppl over the default run length.
 
     python benchmarks/privacy.py [--model smollm2|tiny] [--cuts 1,2,4,8] [--noise 0,1] [--tails 1,4]
                                  [--defenses none,keep=0.5,keep=0.25,clip=1+noise=3] [--samples 8]
-Runs `splitft privacy --config configs/default.yaml ... --ppl-cost --json` (training runs under
+Runs `splitft privacy --config configs/default.yaml split.policy=fixed ... --ppl-cost --json` (every ppl cost at
+the same fixed cut 2, as benchmarks/label_inference.py; training runs under
 out/bench/privacy/<model>/privacy/, reused when finished) and writes its object, plus the machine, to
 benchmarks/results/privacy_<model>.json (`inversion`: {cut, attack, noise, recovery, ppl_cost}; `labels_u`: {tail,
 defense, attack, recovery, ppl_cost}) and the frontier to benchmarks/results/privacy_<model>.png.
@@ -72,10 +73,11 @@ def main() -> None:
     out = ROOT / "out" / "bench" / "privacy" / args.model
     cmd = [sys.executable, "-m", "splitft.cli", "privacy", "--config", "configs/default.yaml",
            f"model.source={MODELS[args.model]}", "metrics.progress=false", f"metrics.out_dir={out}",
+           "split.policy=fixed", "split.cut_max=0", "metrics.checkpoint_every=0",
            "--cuts", args.cuts, "--noise", args.noise, "--tails", args.tails, "--defenses", args.defenses,
            "--samples", args.samples, "--ppl-cost", "--json"]
     if args.model == "tiny":  # 4 blocks: cuts up to 3; a short run
-        cmd[7:7] = ["split.cut=1", "split.cut_max=0", "data.max_samples=200", "federation.rounds=1"]
+        cmd[7:7] = ["split.cut=1", "data.max_samples=200", "federation.rounds=1"]
     started = datetime.datetime.now()
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if res.returncode:

@@ -4,7 +4,7 @@ hidden states a client sends back into the client's tokens.
     learned:   a ridge map, fitted by the server on public text it runs through the client's blocks itself,
                from activations (H,) to input embeddings (H,), each decoded to the nearest token embedding
     optimized: input embeddings (B, T, H) found by Adam so that the client's blocks map them to the observed
-               activations (mean squared error over real tokens), each decoded to the nearest token embedding
+               activations (cosine distance per real token), each decoded to the nearest token embedding
 Recovery is the exact-match rate of the guessed token ids over real (mask = 1) tokens. Both run the client's
 blocks with the adapters the attacker knows (the pretrained model's, or the global adapters it aggregates).
 """
@@ -89,16 +89,22 @@ class LearnedInverter:
 
 def optimized_inversion(part: ClientPart, acts: torch.Tensor, mask: torch.Tensor, steps: int = 200,
                         lr: float = 0.1) -> torch.Tensor:
-    """acts (B, T, H) observed at the cut -> guessed token ids (B, T): Adam on input embeddings from the mean
-    token embedding, loss = mean squared error to acts over real tokens, each channel in units of its spread."""
+    """acts (B, T, H) observed at the cut -> guessed token ids (B, T): Adam (lr cosine-annealed to 0) on input
+    embeddings from the mean token embedding, loss = 1 - cosine similarity to acts, per real token.
+
+    Why cosine: the residual stream's norm grows with depth and a few channels dwarf the rest (SmolLM2 at cut 2:
+    6x the median); a squared error is ruled by them. Measured on 2 held-out SmolLM2 samples, 173 tokens, 150
+    steps: cosine recovers 88% at cut 1 and 59% at cut 4, squared error 68% and 0.6%, squared error per channel
+    37% and 12%."""
     table = part.hf.get_input_embeddings().weight.detach()
     target, real = acts.detach().float(), mask.bool()
-    scale = target[real].std(0) + 1e-6  # (H,): per channel, so the residual stream's few huge channels don't rule
     x = table.float().mean(0).expand(*acts.shape[:2], -1).clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
+    anneal = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
         out = client_forward(part, x, mask).float()
-        loss = ((out - target) / scale)[real].pow(2).mean()
+        loss = (1 - torch.nn.functional.cosine_similarity(out, target, dim=-1))[real].mean()
         (x.grad,) = torch.autograd.grad(loss, [x])  # the part's adapters get no .grad
         opt.step()
+        anneal.step()
     return nearest_tokens(x.detach(), table)

@@ -225,24 +225,36 @@ def _defended_config(cfg: Config, tail: int, d: Defense) -> Config:
 def _add_ppl_costs(cfg: Config, inversion: list[dict[str, Any]], labels: list[dict[str, Any]],
                    noises: list[float], defenses: list[Defense]) -> None:
     """Train each setting for the configured rounds (reusing finished runs) and add final_eval_ppl and ppl_cost
-    (relative to the same split without defense) to its rows. Activation noise is priced at split.cut."""
+    (relative to the same split without defense) to its rows. Activation noise is priced at the configured split.
+    A setting the config cannot train (e.g. a tail too large for a device's memory) gets `ppl_error` instead:
+    the attacks' results are kept."""
     root = Path(cfg.metrics.out_dir) / "privacy"
 
-    def final_ppl(variant: Config, name: str) -> float:
+    def final_ppl(variant: Config, name: str) -> float | str:
         variant.metrics.out_dir = str(root / name)
-        return float(run_or_reuse(variant, f"privacy {name}")["final_eval_ppl"])
+        try:
+            return float(run_or_reuse(variant, f"privacy {name}")["final_eval_ppl"])
+        except UserError as e:
+            print(f"privacy: {name} not trained: {e}", file=sys.stderr, flush=True)
+            return str(e)
+
+    def price(row: dict[str, Any], ppl: float | str, base: float | str) -> None:
+        if isinstance(ppl, str) or isinstance(base, str):
+            row["ppl_error"] = ppl if isinstance(ppl, str) else base
+        else:
+            row["final_eval_ppl"], row["ppl_cost"] = ppl, ppl / base - 1
 
     plain = {n: final_ppl(_variant(cfg, f"noise {n:g}", **{"split.shape": "vanilla", "privacy.noise": n,
                                                           "privacy.grad_clip": 0.0, "privacy.grad_noise": 0.0,
                                                           "privacy.grad_keep": 1.0}), f"vanilla_noise{n:g}")
              for n in sorted(set(noises) | {0.0})}
     for row in inversion:
-        row["final_eval_ppl"], row["ppl_cost"] = plain[row["noise"]], plain[row["noise"]] / plain[0.0] - 1
+        price(row, plain[row["noise"]], plain[0.0])
     for tail in sorted({r["tail"] for r in labels}):
         ppl = {d.name: final_ppl(_defended_config(cfg, tail, d), f"u{tail}_{d.name}")
                for d in dict.fromkeys([Defense(), *defenses])}
         for row in (r for r in labels if r["tail"] == tail):
-            row["final_eval_ppl"], row["ppl_cost"] = ppl[row["defense"]], ppl[row["defense"]] / ppl["none"] - 1
+            price(row, ppl[row["defense"]], ppl["none"])
 
 
 def write_table(result: dict[str, Any], path: str) -> None:
@@ -272,7 +284,7 @@ def format_audit(result: dict[str, Any]) -> str:
     for key in dict.fromkeys((r["tail"], r["defense"]) for r in result["labels_u"]):
         rows = {r["attack"]: r for r in result["labels_u"] if (r["tail"], r["defense"]) == key}
         a = rows["argmax"]
-        cost = f"{a['ppl_cost']:+.1%}" if "ppl_cost" in a else "-"
+        cost = f"{a['ppl_cost']:+.1%}" if "ppl_cost" in a else "not trained" if "ppl_error" in a else "-"
         lines.append(f"| {key[0]} | {key[1]} | {a['recovery']:.1%} | {rows['direction']['recovery']:.1%} | "
                      f"{rows['prior']['recovery']:.1%} | {a['labelled_rows_acc']:.1%} "
                      f"({a['labelled_rows_majority']:.1%}) | {cost} |")
