@@ -5,6 +5,8 @@ circle in the design).
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,12 @@ def test_there_is_no_import_circle():
 
 def test_config_imports_only_the_error_type_which_imports_nothing():
     assert GRAPH["splitft.config"] == {"splitft.errors"} and GRAPH["splitft.errors"] == set()
+
+
+def test_importing_the_config_loads_no_torch():
+    code = "import sys, splitft.config; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=PKG.parent).returncode == 0, "import splitft.config " \
+        "loaded torch (the package __init__ imports the simulator lazily: keep it so)"
 
 
 @pytest.mark.parametrize("runtime, other", [("splitft.deploy", "splitft.sim"), ("splitft.sim", "splitft.deploy")])
