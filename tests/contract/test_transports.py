@@ -221,8 +221,27 @@ def test_a_u_shaped_split_gives_the_same_weights_and_bytes_over_both_transports(
 def test_grad_hidden_defenses_give_the_same_weights_over_both_transports(tmp_path, monkeypatch):
     """privacy.grad_clip and grad_noise are the client's: each client draws its noise from its own generator, so a
     deployment of a defended U-shaped split ends bit-identical to its simulation."""
-    defended = (*U, "privacy.grad_clip=1", "privacy.grad_noise=2")
+    defended = (*U, "privacy.grad_clip=1", "privacy.grad_noise=2", "privacy.grad_keep=0.5")
     run_simulation(_config(tmp_path, "sim", *defended))
     out, _ = _deploy(tmp_path, monkeypatch, *defended)
+    sim_weights = load_file(tmp_path / "sim" / "run" / "adapter" / "adapter_model.safetensors")
+    assert _same_weights(sim_weights, load_file(out / "adapter" / "adapter_model.safetensors"))
+
+
+def test_a_privacy_floor_binds_the_deployed_cuts_as_the_simulated_ones(tmp_path, monkeypatch):
+    """split.privacy_floor is read by whoever decides cuts: the deployed server's placement gives the same cuts,
+    the same cut_decision record and the same weights as the simulation."""
+    table = tmp_path / "privacy.json"
+    table.write_text(json.dumps({"model": "tiny:llama", "inversion": [
+        {"cut": 1, "attack": "learned", "noise": 0.0, "recovery": 0.9},
+        {"cut": 2, "attack": "learned", "noise": 0.0, "recovery": 0.1}]}))
+    floor = ("split.cut=1", "split.privacy_floor=0.5", f"split.privacy_table={table}")
+    run_simulation(_config(tmp_path, "sim", *floor))
+    out, _ = _deploy(tmp_path, monkeypatch, *floor)
+    decisions = [[r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "cut_decision"]
+                 for run in (tmp_path / "sim" / "run", out)]
+    for records in decisions:
+        assert records and all(set(r["cuts"].values()) == {2} and r["privacy_floor_cut"] == 2
+                               and r["at_privacy_floor"] == ["0", "1", "2"] for r in records), records
     sim_weights = load_file(tmp_path / "sim" / "run" / "adapter" / "adapter_model.safetensors")
     assert _same_weights(sim_weights, load_file(out / "adapter" / "adapter_model.safetensors"))

@@ -75,7 +75,8 @@ def test_an_interrupted_run_resumed_from_its_checkpoint_ends_bit_identical(unint
 
 def test_a_u_shaped_run_resumes_bit_identical_with_its_tails(tmp_path, monkeypatch):
     u = [*RUN, "split.shape=u", "split.tail=1", "split.cut_max=2", "federation.order=arrival", "privacy.grad_clip=1",
-         "privacy.grad_noise=1"]  # grad_hidden's noise draws from the client's generator, saved with it
+         "privacy.grad_noise=1", "privacy.grad_keep=0.5"]  # grad_hidden's keep and noise draw from the client's
+    # generator, saved with it
     whole = tiny_config(tmp_path / "whole", "llama", *u)
     run_simulation(whole)
     _same_run(whole.metrics.out_dir, _interrupt_in_round_2(tiny_config(tmp_path, "llama", *u), monkeypatch))
