@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -30,6 +30,10 @@ class Family:
         final_norm: everything between the last block and the LM head (the norm; OPT also projects out), so the
             loss can run the head itself, a chunk of tokens at a time (`loss.head_loss`).
         fan_in_fan_out: True when the targets are GPT-2 `Conv1D` layers (weight stored transposed).
+        tiny: the family's 4-block, d=32 test model: `AutoConfig.for_model(name, **tiny)` plus the byte
+            tokenizer's 260-word vocabulary (`loader.tiny_config`); every family's exactness tests run on it.
+        unsupported: config attributes this code does not reproduce, with the value it needs (a model whose
+            config sets another is refused at load, e.g. Gemma's final logit softcapping).
     """
 
     name: str
@@ -42,6 +46,8 @@ class Family:
     run_block: Callable[[nn.Module, int, torch.Tensor, dict[str, Any]], torch.Tensor]
     final_norm: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     fan_in_fan_out: bool = False
+    tiny: dict[str, Any] = field(default_factory=dict)
+    unsupported: dict[str, Any] = field(default_factory=dict)
 
     def lm_head(self, model: nn.Module) -> nn.Module:
         """The head's linear layer (every family keeps it at `lm_head`, frozen, no LoRA)."""
@@ -100,8 +106,9 @@ def _mistral_context(model: nn.Module, hidden: torch.Tensor, attention_mask: tor
 
 
 def _rotary_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                    layer_types: list[str]) -> dict[str, Any]:
-    """Rotary embeddings, position ids and the causal mask of each attention kind the layers use."""
+                    layer_types: list[str], per_kind: bool = False) -> dict[str, Any]:
+    """Rotary embeddings (one per attention kind with `per_kind`, as Gemma 3 rotates local layers with its own
+    base frequency), position ids and the causal mask of each attention kind the layers use."""
     config = model.config
     pos = _positions(hidden)
     masks = {"full_attention": _causal_mask(config, hidden, attention_mask, position_ids=pos)}
@@ -110,17 +117,31 @@ def _rotary_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torc
 
         masks["sliding_attention"] = _mask(create_sliding_window_causal_mask, config, hidden, attention_mask,
                                            position_ids=pos)
-    rotary = _get(model, "model.rotary_emb")(hidden, position_ids=pos)
-    return {"masks": masks, "position_ids": pos, "rotary": rotary, "layer_types": layer_types}
+    rope = _get(model, "model.rotary_emb")
+    rotary = {kind: rope(hidden, pos, kind) for kind in set(layer_types)} if per_kind else \
+        rope(hidden, position_ids=pos)
+    return {"masks": masks, "position_ids": pos, "rotary": rotary, "layer_types": layer_types, "per_kind": per_kind}
 
 
 def _llama_block(model: nn.Module, i: int, hidden: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
     kind = ctx["layer_types"][i] if ctx["layer_types"] else "full_attention"
     layer = _get(model, "model.layers")[i]
+    rotary = ctx["rotary"][kind] if ctx["per_kind"] else ctx["rotary"]
     return layer(
-        hidden, attention_mask=ctx["masks"][kind], position_embeddings=ctx["rotary"],
+        hidden, attention_mask=ctx["masks"][kind], position_embeddings=rotary,
         position_ids=ctx["position_ids"], use_cache=False,
     )
+
+
+def _phi3_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
+    """Phi-3, as HF's Phi3Model: every layer slides when `config.sliding_window` is set."""
+    return _mistral_context(model, hidden, attention_mask)
+
+
+def _gemma3_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
+    """Gemma 3, as HF's Gemma3TextModel: a mask and a rotary embedding per kind in `config.layer_types` (local
+    layers slide and rotate with their own base frequency)."""
+    return _rotary_context(model, hidden, attention_mask, list(model.config.layer_types), per_kind=True)
 
 
 def _llama_norm(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -197,14 +218,34 @@ _GPT_KW = dict(
     head_paths=("transformer.ln_f", "lm_head"), embed=_gpt_embed, context=_gpt_context, final_norm=_gpt_norm,
 )
 
+# The tiny test models: 4 blocks of width 32, 4 heads (2 key/value heads where the family has them), no dropout;
+# a sliding window shorter than the test sequences wherever the family slides, so that path runs.
+_TINY_ROTARY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, attention_dropout=0.0)
+
 FAMILIES: dict[str, Family] = {
-    "llama": Family(name="llama", **_LLAMA_KW),
-    "qwen2": Family(name="qwen2", **_LLAMA_KW),
-    "mistral": Family(name="mistral", **{**_LLAMA_KW, "context": _mistral_context}),
+    "llama": Family(name="llama", **_LLAMA_KW, tiny=_TINY_ROTARY),
+    "qwen2": Family(name="qwen2", **_LLAMA_KW, tiny=_TINY_ROTARY),
+    "qwen3": Family(name="qwen3", **_LLAMA_KW, tiny={**_TINY_ROTARY, "head_dim": 8}),  # q/k norms: in the layer
+    "mistral": Family(name="mistral", **{**_LLAMA_KW, "context": _mistral_context},
+                      tiny={**_TINY_ROTARY, "sliding_window": 4}),
+    "phi3": Family(name="phi3", **{**_LLAMA_KW, "context": _phi3_context, "lora_targets": ("qkv_proj", "o_proj")},
+                   tiny={**_TINY_ROTARY, "sliding_window": 4, "tie_word_embeddings": False, "resid_pdrop": 0.0,
+                         "embd_pdrop": 0.0}),
+    "gemma3_text": Family(
+        name="gemma3_text", **{**_LLAMA_KW, "context": _gemma3_context},
+        tiny={**_TINY_ROTARY, "head_dim": 8, "query_pre_attn_scalar": 8, "sliding_window": 4,
+              "layer_types": ["sliding_attention", "full_attention"] * 2},
+        unsupported={"final_logit_softcapping": None, "use_bidirectional_attention": False}),
     "gpt2": Family(name="gpt2", lora_targets=("attn.c_attn", "attn.c_proj"), run_block=_gpt2_block,
-                   fan_in_fan_out=True, **_GPT_KW),
+                   fan_in_fan_out=True, **_GPT_KW,
+                   tiny=dict(n_embd=32, n_layer=4, n_head=4, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0,
+                             attn_pdrop=0.0)),
     "gpt_neo": Family(name="gpt_neo", lora_targets=("q_proj", "k_proj", "v_proj", "out_proj"),
-                      run_block=_gpt_neo_block, **_GPT_KW),
+                      run_block=_gpt_neo_block, **_GPT_KW,
+                      tiny=dict(hidden_size=32, num_layers=4, num_heads=4, max_position_embeddings=256,
+                                attention_types=[[["global", "local"], 2]], window_size=8, embed_dropout=0.0,
+                                attention_dropout=0.0, resid_dropout=0.0)),
     "opt": Family(
         name="opt", embed_paths=("model.decoder.embed_tokens", "model.decoder.embed_positions",
                                  "model.decoder.project_in"),
@@ -212,8 +253,18 @@ FAMILIES: dict[str, Family] = {
         head_paths=("model.decoder.final_layer_norm", "model.decoder.project_out", "lm_head"),
         lora_targets=("q_proj", "k_proj", "v_proj", "out_proj"),
         embed=_opt_embed, context=_opt_context, run_block=_opt_block, final_norm=_opt_norm,
+        tiny=dict(hidden_size=32, ffn_dim=64, num_hidden_layers=4, num_attention_heads=4,
+                  max_position_embeddings=256, word_embed_proj_dim=32, dropout=0.0, attention_dropout=0.0,
+                  activation_dropout=0.0, layerdrop=0.0),
     ),
 }
+
+
+def unsupported_settings(config: Any) -> list[str]:
+    """What of an HF config this code would not reproduce (`Family.unsupported`), one 'key=value (needs v)' each."""
+    fam = FAMILIES[config.model_type]
+    return [f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in fam.unsupported.items()
+            if getattr(config, k, v) != v]
 
 
 def family_for(model_type: str) -> Family:

