@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+${PYTHON:-python3} -m mkdocs build --strict --quiet --site-dir "$(mktemp -d)"  # docs/: warnings and bad links fail
 ${PYTHON:-python3} -m pytest -q "$@"

@@ -96,8 +96,9 @@ def test_only_the_grpc_module_imports_grpc():
 
 
 def _readme_layout() -> list[str]:
-    """The package entries of the README's Layout block, in their order ('config.py' -> 'config', 'sim/' -> 'sim')."""
-    text = (PKG.parent / "README.md").read_text()
+    """The package entries of the Layout block in docs/design.md, in their order ('config.py' -> 'config', 'sim/' ->
+    'sim')."""
+    text = (PKG.parent / "docs" / "design.md").read_text()
     block = text.split("## Layout", 1)[1].split("```", 2)[1]
     entries = [line.split()[0] for line in block.splitlines() if line.startswith("  ") and not line.startswith("   ")]
     return [e.removesuffix(".py").rstrip("/").replace("/", ".") for e in entries]
@@ -109,8 +110,8 @@ def test_the_readme_layout_lists_every_module_below_what_imports_it():
     def rank(module: str) -> int:
         name = module.removeprefix("splitft.")
         hits = [i for i, e in enumerate(order) if name == e or name.startswith(e + ".")]
-        assert hits, f"{module} is missing from the README's Layout"
+        assert hits, f"{module} is missing from the Layout in docs/design.md"
         return hits[-1]
 
     wrong = sorted(f"{m} -> {t}" for m in GRAPH if m != "splitft" for t in GRAPH[m] if rank(t) > rank(m))
-    assert not wrong, f"the README's Layout lists these imports upside down: {wrong}"
+    assert not wrong, f"the Layout in docs/design.md lists these imports upside down: {wrong}"
