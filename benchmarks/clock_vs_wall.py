@@ -101,8 +101,8 @@ def one(model: str, scenario: str, rounds: int, order: str, budget: str, tmp: Pa
     sim_rounds, dep_rounds = _rounds(sim), _rounds(dep)
     virtual = [r["round_virtual_s"] for r in sim_rounds]
     stamps = [r["wall_time"] for r in dep_rounds]
-    wall = [b - a for a, b in zip(stamps, stamps[1:])]  # rounds 1 .. rounds-1
-    ratios = [w / v for w, v in zip(wall, virtual[1:])]
+    wall = [b - a for a, b in zip(stamps, stamps[1:], strict=True)]  # rounds 1 .. rounds-1
+    ratios = [w / v for w, v in zip(wall, virtual[1:], strict=True)]
     emulation = [_read(dep / f"client_{i}.json")["emulation"] for i in range(n)]
     server = _read(dep / "server.json")["emulation"]
     row = {"order": order, "budget": budget, "rounds": rounds, "virtual_s": [round(v, 3) for v in virtual[1:]],

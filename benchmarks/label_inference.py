@@ -81,7 +81,7 @@ def one(model: str, tail: int, defense: str, steps: int) -> dict:
         with torch.no_grad():  # what the server predicts from the hidden states and the public tail and head
             logits = client.part.tail_forward(wire.hidden[-1], mask)
         client.finish_step(reply)
-        total = [a + b for a, b in zip(total, _hits(wire.grads[-1], logits, labels, head))]
+        total = [a + b for a, b in zip(total, _hits(wire.grads[-1], logits, labels, head), strict=True)]
     attack, own, n = total
     return {"tail": tail, "defense": defense, "label_tokens": n, "recovery": attack / n, "model_argmax_top1": own / n}
 

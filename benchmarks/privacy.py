@@ -47,7 +47,7 @@ def frontier_png(result: dict, path) -> None:
         for r in result["labels_u"]:
             if r["tail"] == tail and r["attack"] != "prior":
                 pts[r["defense"]] = (r.get("ppl_cost", 0), max(pts.get(r["defense"], (0, 0))[1], r["recovery"]))
-        xs, ys = zip(*pts.values())
+        xs, ys = zip(*pts.values(), strict=True)
         lab.scatter(xs, ys, label=f"tail {tail}")
         for name, (x, y) in pts.items():
             lab.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")

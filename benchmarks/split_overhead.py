@@ -66,7 +66,7 @@ def main() -> None:
     split.stream = Replay(batches)
     runs = {"split": lambda s: split.train_step(transport, 0, s),
             "centralized": lambda s: central.train_step(None, 0, s)}
-    for name, step in runs.items():  # warm-up: allocator, kernels, AdamW state
+    for step in runs.values():  # warm-up: allocator, kernels, AdamW state
         _timed(step, 2)
     times: dict[str, list[float]] = {n: [] for n in runs}
     for rep in range(args.reps):  # interleaved, so drift (thermal, other load) hits both alike

@@ -11,13 +11,13 @@ Weights are normalised before the sum, so a single full update comes back bit-id
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
 
 def _region(full: torch.Size, part: torch.Size, name: str) -> tuple[slice, ...]:
-    assert len(full) == len(part) and all(p <= f for p, f in zip(part, full)), (
+    assert len(full) == len(part) and all(p <= f for p, f in zip(part, full, strict=True)), (
         f"{name}: shape {tuple(part)} is not a leading slice of {tuple(full)}")
     return tuple(slice(0, p) for p in part)
 
@@ -25,7 +25,7 @@ def _region(full: torch.Size, part: torch.Size, name: str) -> tuple[slice, ...]:
 def _full_shape(name: str, copies: list[torch.Tensor], base: Mapping[str, torch.Tensor] | None) -> torch.Size:
     if base is not None and name in base:
         return base[name].shape
-    return torch.Size(max(sizes) for sizes in zip(*(t.shape for t in copies)))
+    return torch.Size(max(sizes) for sizes in zip(*(t.shape for t in copies), strict=True))
 
 
 def layerwise_fedavg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float],
@@ -52,10 +52,10 @@ def layerwise_fedavg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
         copies = [states[i][name] for i in idx]
         full, first = _full_shape(name, holders, base), holders[0]
         den = torch.zeros(full, dtype=torch.float64, device=first.device)
-        for i, t in zip(idx, copies):
+        for i, t in zip(idx, copies, strict=True):
             den[_region(full, t.shape, name)] += w[i]
         acc = torch.zeros_like(den)
-        for i, t in zip(idx, copies):
+        for i, t in zip(idx, copies, strict=True):
             region = _region(full, t.shape, name)
             acc[region] += t.double() * (w[i] / den[region])
         held = den > 0

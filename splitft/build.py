@@ -21,8 +21,17 @@ from . import lora
 from .client import SplitClient
 from .config import Check, Config, ConfigError, load_config, tail_cut, validate_against_model
 from .cost import CostModel, Serving
-from .data.datasets import (BatchStream, DataStats, Example, Rows, chat_template_of, data_line, load_examples,
-                            parse_rows, split_eval)
+from .data.datasets import (
+    BatchStream,
+    DataStats,
+    Example,
+    Rows,
+    chat_template_of,
+    data_line,
+    load_examples,
+    parse_rows,
+    split_eval,
+)
 from .data.partitioners import PARTITIONERS, partitioner_for, samples_of
 from .errors import UserError
 from .model import loader
@@ -30,15 +39,15 @@ from .model.families import Family, family_for
 from .model.split import ClientPart, Compute, ServerPart
 from .model.weights import WeightFile, held_bytes, materialize, release
 from .optim import LrSchedule
-from .privacy.floor import floor_cut
 from .policy import POLICIES, CutBounds, CutPolicy
 from .policy.makespan import MakespanPolicy, RoundCosts
 from .precision import COMPUTE_DTYPES, STORAGE_DTYPES, Precision, resolve
+from .privacy.floor import floor_cut
 from .registry import check_names
 from .seeding import derive_seed, seed_everything
 from .server import SplitServer
-from .transport.base import LABEL_DTYPE, MASK_DTYPE, SCALARS_NBYTES
 from .track import check_tracker
+from .transport.base import LABEL_DTYPE, MASK_DTYPE, SCALARS_NBYTES
 from .transport.compress import codec_problems, codecs_of
 
 REGISTRIES = (STORAGE_DTYPES, COMPUTE_DTYPES, PARTITIONERS, POLICIES)

@@ -27,7 +27,7 @@ import argparse
 import json
 import sys
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import UserError
 

@@ -10,8 +10,9 @@ no-split baselines); only its adapters cross the transport. Both push/pull adapt
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -164,7 +165,7 @@ class _Client:
         self.part.train(False)
         for i, batch in enumerate(batches(examples, batch_size, pad_id)):
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            total = [a + b for a, b in zip(total, self._eval_batch(transport, batch, round_, i))]
+            total = [a + b for a, b in zip(total, self._eval_batch(transport, batch, round_, i), strict=True)]
         self.part.train(True)
         return total[0], int(total[1]), int(total[2])
 

@@ -17,9 +17,10 @@ import math
 import reprlib
 import sys
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 
@@ -382,7 +383,7 @@ def _show(value: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     origin = typing.get_origin(tp)
-    if origin in (list, typing.List):
+    if origin in (list, list):
         if value is None or value == "":
             value = []
         elif isinstance(value, (str, int, float)):

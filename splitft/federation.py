@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from .client import LocalClient, SplitClient
 from .cost import server_steps
@@ -356,7 +357,7 @@ class Federation:
         replies = self.transport.step_batch(reqs)
         sent = self.transport.counter.since(before)
         out = []
-        for (rec, req), reply in zip(begun, replies):
+        for (rec, req), reply in zip(begun, replies, strict=True):
             self.clients[req.client_id].finish_step(reply)
             out.append(self._log_step(req.client_id, round_, req.step, reply, sent[req.client_id], before=rec,
                                       server_step=server_step))

@@ -12,9 +12,10 @@ a JSON string. Works for a deployed run's directory too (its server writes confi
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, TextIO
 
 import torch
 from transformers import TextStreamer

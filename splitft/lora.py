@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          15: 2.131, 20: 2.086, 30: 2.042}
 """Student's t 97.5% quantiles by degrees of freedom (a two-sided 95% interval); between entries the next lower

@@ -21,9 +21,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from collections.abc import Set as AbstractSet
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AbstractSet, Any, ContextManager
+from typing import Any
 
 import torch
 
@@ -171,7 +173,7 @@ class LossScaler:
         leaves = [t for t in leaves if t.requires_grad]
         for _ in range(self.TRIES):
             grads = torch.autograd.grad(root, leaves, seed * self.scale, retain_graph=True, allow_unused=True)
-            found = [(t, g) for t, g in zip(leaves, grads) if g is not None]
+            found = [(t, g) for t, g in zip(leaves, grads, strict=True) if g is not None]
             if all(bool(g.isfinite().all()) for _, g in found):
                 for t, g in found:
                     g = g / self.scale

@@ -137,7 +137,7 @@ def _bytes_plot(runs: list[Run], path: Path) -> Any:
     import matplotlib.pyplot as plt
 
     fig, axes = _panels(len(runs), "Training traffic per round, by kind", sharey=True)
-    for ax, r in zip(axes, runs):
+    for ax, r in zip(axes, runs, strict=True):
         per = per_round_bytes(r)
         ax.set(xlabel="round", title=r.name)
         if not any(v for p in per for v in p.values()):
@@ -148,7 +148,7 @@ def _bytes_plot(runs: list[Run], path: Path) -> Any:
         for kind in TRAFFIC:
             vals = [p[kind] for p in per]
             ax.bar(range(len(per)), vals, bottom=bottom, label=kind)
-            bottom = [b + v for b, v in zip(bottom, vals)]
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
         ax.set_xticks(range(len(per)))
     axes[0].set_ylabel("MB")
     handles, labels = next((ax.get_legend_handles_labels() for ax in axes if ax.containers), ([], []))
@@ -180,7 +180,7 @@ def _cuts_plot(runs: list[Run], path: Path) -> Any:
     cuts = [v for g in grids if g for row in g[2] for v in row if v is not None]
     lo, hi = (min(cuts), max(cuts)) if cuts else (0, 1)
     fig, axes = _panels(len(runs), "Cut per client per round (blocks held by the client)")
-    for ax, r, g in zip(axes, runs, grids):
+    for ax, r, g in zip(axes, runs, grids, strict=True):
         ax.set(title=r.name)
         if g is None:
             ax.set(xticks=[], yticks=[])
@@ -237,8 +237,8 @@ def _band_plot(groups: dict[str, list[Run]], path: Path) -> Any:
         mean = [s["mean"] for s in stats]
         half = [s["ci95"] or 0.0 for s in stats]
         line, = ax.plot(rounds, mean, marker="o", label=f"{name} ({len(runs)} seeds)")
-        ax.fill_between(rounds, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
-                        color=line.get_color(), alpha=0.2)
+        bands = list(zip(mean, half, strict=True))
+        ax.fill_between(rounds, [m - h for m, h in bands], [m + h for m, h in bands], color=line.get_color(), alpha=0.2)
     ax.set(xlabel="round (-1: pretrained)", ylabel="held-out perplexity", xticks=sorted(ticks),
            title="Mean perplexity over seeds, 95% confidence band")
     ax.grid(True, alpha=0.3)
@@ -258,7 +258,7 @@ def report(dirs: list[str], out: str | Path) -> Path:
         raise UserError("report: give at least one run directory")
     paths, groups = expand(dirs)
     runs = [load_run(d) for d in paths]
-    for r, p in zip(runs, paths):
+    for r, p in zip(runs, paths, strict=True):
         if any(p in g for g in groups.values()):
             r.name = f"{Path(p).name} {Path(p).parent.name}"  # "splitft seed_0"
     _unique_names(runs)
@@ -271,7 +271,7 @@ def report(dirs: list[str], out: str | Path) -> Path:
     _cuts_plot(runs, out / "cuts.png")
     figures = ["ppl_vs_virtual_time", "ppl_vs_wall_time", "bytes_per_round", "cuts"]
     if groups:
-        by_path = dict(zip(paths, runs))
+        by_path = dict(zip(paths, runs, strict=True))
         _band_plot({name: [by_path[p] for p in ps] for name, ps in groups.items()}, out / "ppl_mean_by_round.png")
         figures.insert(0, "ppl_mean_by_round")
     md = ["# SplitFT report", "", "Runs: " + ", ".join(f"`{d}`" for d in dirs), "", table(runs), ""]

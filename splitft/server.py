@@ -20,8 +20,16 @@ from . import lora
 from .aggregate import layerwise_fedavg
 from .model.families import Family
 from .model.split import Joining, ServerPart
-from .optim import (LrSchedule, NonFiniteStep, clip, grads_finite, load_optimizer_state, make_optimizer,
-                    optimizer_state, set_lr)
+from .optim import (
+    LrSchedule,
+    NonFiniteStep,
+    clip,
+    grads_finite,
+    load_optimizer_state,
+    make_optimizer,
+    optimizer_state,
+    set_lr,
+)
 from .precision import LossScaler
 from .transport.base import AdapterUpdate, BackwardRequest, ForwardRequest, StepReply
 
@@ -237,7 +245,7 @@ class SplitServer(FedAvgServer):
                     p.grad.mul_(share)
         self.kept = bool(kept)
         outs: list[StepReply | NonFiniteStep] = []
-        for i, (req, s, a) in enumerate(zip(reqs, stats, acts)):
+        for i, (req, s, a) in enumerate(zip(reqs, stats, acts, strict=True)):
             if i not in kept:
                 outs.append(_not_applied(req))
                 continue
@@ -287,7 +295,7 @@ class SplitServer(FedAvgServer):
             if self._backward(self.part.loss(*row).loss_sum / total, None, [row.activations]):
                 kept.append(i)
                 continue
-            for p, g in zip(self.params, before):  # its NaN never mixes with the others' gradients
+            for p, g in zip(self.params, before, strict=True):  # its NaN never mixes with the others' gradients
                 p.grad = g
         return kept
 

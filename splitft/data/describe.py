@@ -15,8 +15,15 @@ import numpy as np
 from ..config import BY_CATEGORY, Config
 from ..model.loader import load_tokenizer
 from .datasets import load_examples, resolve_path, split_eval
-from .partitioners import (Samples, category_buckets, histogram, length_buckets, mean_js_distance, partitioner_for,
-                           samples_of)
+from .partitioners import (
+    Samples,
+    category_buckets,
+    histogram,
+    length_buckets,
+    mean_js_distance,
+    partitioner_for,
+    samples_of,
+)
 
 
 def _display_buckets(cfg: Config, samples: Samples) -> tuple[np.ndarray, list[str]]:
@@ -51,9 +58,9 @@ def format_table(info: dict[str, Any]) -> str:
     wide = len(info["buckets"]) > WIDE
     heads = ["client", "samples"] + (["categories", "largest three (samples)"] if wide else info["buckets"])
     rows = [[str(c), str(n)] + (_summary(h, info["buckets"]) if wide else [str(v) for v in h])
-            for c, (n, h) in enumerate(zip(info["sizes"], info["histogram"]))]
+            for c, (n, h) in enumerate(zip(info["sizes"], info["histogram"], strict=True))]
     widths = [max(len(r[i]) for r in [heads] + rows) for i in range(len(heads))]
-    lines = ["  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in [heads] + rows]
+    lines = ["  ".join(x.rjust(w) for x, w in zip(r, widths, strict=True)) for r in [heads] + rows]
     kind = "categories" if info["partitioner"] in BY_CATEGORY else "token-length buckets"
     shown = f"{len(info['buckets'])} {kind}, summarised; --json or --png for all" if wide else f"{kind} as columns"
     lines.append(f"partitioner={info['partitioner']} alpha={info['alpha']} ({shown}); "
@@ -63,7 +70,7 @@ def format_table(info: dict[str, Any]) -> str:
 
 def _summary(counts: list[int], names: list[str]) -> list[str]:
     """How many buckets a client holds samples of, and its three largest."""
-    top = sorted(((n, name) for n, name in zip(counts, names) if n), reverse=True)[:3]
+    top = sorted(((n, name) for n, name in zip(counts, names, strict=True) if n), reverse=True)[:3]
     return [str(sum(1 for n in counts if n)), ", ".join(f"{name} ({n})" for n, name in top)]
 
 

@@ -15,8 +15,9 @@ Small alpha (0.1) gives highly skewed clients; large alpha approaches IID.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -48,7 +48,7 @@ def preview(cfg: Config, n: int) -> dict[str, Any]:
 def _pieces(ids: list[int], labels: list[int], tokenizer: Any) -> list[list[Any]]:
     """[text, carries loss] runs of the decoded sample (special tokens kept, as the model sees them)."""
     runs: list[list[Any]] = []
-    for i, lab in zip(ids, labels):
+    for i, lab in zip(ids, labels, strict=True):
         loss = lab != IGNORE
         if runs and runs[-1][1] == loss:
             runs[-1][0].append(i)

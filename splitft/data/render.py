@@ -57,7 +57,7 @@ def _masked(turns: list[Turn], tokenizer: Any, template: str | None) -> tuple[li
     except Exception as e:  # as in _apply
         raise _template_failed(e) from None
     ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
-    return ids, [i if m else IGNORE for i, m in zip(ids, mask)]
+    return ids, [i if m else IGNORE for i, m in zip(ids, mask, strict=True)]
 
 
 def _targets(turns: list[Turn], train_on: str) -> set[int]:

@@ -24,8 +24,9 @@ import asyncio
 import secrets
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import torch
 
@@ -293,8 +294,9 @@ class Coordinator:
             return
         self.turns.take(keys)
         taken = [self.joining.pop(k) for k in keys]
-        self.in_batch = {k: fut for k, (_, fut) in zip(keys, taken)}
-        task = asyncio.ensure_future(self._run_batch([(k, req, fut) for k, (req, fut) in zip(keys, taken)]))
+        pairs = list(zip(keys, taken, strict=True))
+        self.in_batch = {k: fut for k, (_, fut) in pairs}
+        task = asyncio.ensure_future(self._run_batch([(k, req, fut) for k, (req, fut) in pairs]))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _run_batch(self, batch: list[tuple[Key, ForwardRequest, asyncio.Future]]) -> None:
@@ -304,13 +306,13 @@ class Coordinator:
             start = time.perf_counter()
             reqs = [req for _, req, _ in batch]
             outs = await self._compute(self.server.step_batch, reqs)
-            applied = [r for r, o in zip(reqs, outs) if not isinstance(o, Exception)]
+            applied = [r for r, o in zip(reqs, outs, strict=True) if not isinstance(o, Exception)]
             if applied:
                 self.server_steps += 1
                 self.on_served(applied, time.perf_counter() - start)
             if self.pace is not None:
                 await asyncio.sleep(self.pace(reqs, time.perf_counter() - start))
-            for (key, req, future), out in zip(batch, outs):
+            for (key, req, future), out in zip(batch, outs, strict=True):
                 try:
                     future.set_result(await self._joined(key, req, out))
                 except Refused as e:

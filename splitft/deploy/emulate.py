@@ -20,7 +20,8 @@ the configured one.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..config import Config, DeviceConfig
 from ..cost import CostModel, transfer_s
@@ -93,7 +94,7 @@ class Pacer:
 
 
 def server_pacer(server_tflops: float, cost: CostModel, log: Callable[[str], Any],
-                 step_s: float = 0.0) -> "ServerPacer":
+                 step_s: float = 0.0) -> ServerPacer:
     pacer = ServerPacer(DeviceConfig(name="server", tflops=server_tflops), cost, log, sleep=lambda s: None)
     pacer.step_s = step_s
     return pacer

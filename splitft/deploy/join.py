@@ -20,15 +20,15 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import checkpoint
 from ..build import (
     PartialModel,
-    TokenIds,
-    precision_line,
     Setup,
+    TokenIds,
     check,
     check_data,
     check_model,
@@ -38,6 +38,7 @@ from ..build import (
     load_data,
     open_model,
     optimizer_settings,
+    precision_line,
     split_client_with,
 )
 from ..client import LocalClient, SplitClient

@@ -14,7 +14,8 @@ it served over their compute seconds (before its first step, heterogeneity.serve
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..measure import stats_of
 from ..policy import CutBounds, CutPolicy, floor_record

@@ -18,9 +18,10 @@ import functools
 import math
 import mmap
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,7 +93,7 @@ class _Cursor:
         return ("array", item, count)
 
 
-def open_gguf(path: str | Path) -> "GGUFFile":
+def open_gguf(path: str | Path) -> GGUFFile:
     """`GGUFFile(path)`, parsed once per file version in a process (a party reads the header for the model's shape,
     then for its weights)."""
     st = Path(path).stat()
@@ -100,7 +101,7 @@ def open_gguf(path: str | Path) -> "GGUFFile":
 
 
 @functools.lru_cache(maxsize=4)
-def _parsed(path: str, size: int, mtime_ns: int) -> "GGUFFile":
+def _parsed(path: str, size: int, mtime_ns: int) -> GGUFFile:
     return GGUFFile(path)
 
 

@@ -267,6 +267,7 @@ def gguf_folder(path: Path) -> Path:
         ModelSourceError: the conversion failed (its last line says why).
     """
     import fcntl
+
     import transformers
 
     h = hashlib.sha256(transformers.__version__.encode())

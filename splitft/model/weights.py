@@ -20,8 +20,9 @@ import contextlib
 import functools
 import hashlib
 import json
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ class WeightFile:
         self.path, self._read, self.names = path, read, set(names)
 
     @classmethod
-    def open(cls, folder: Path) -> "WeightFile":
+    def open(cls, folder: Path) -> WeightFile:
         """A folder with model.safetensors (or a sharded index)."""
         from safetensors import safe_open
 
@@ -81,7 +82,7 @@ class WeightFile:
         return cls(folder, read, where)
 
     @classmethod
-    def open_gguf(cls, f: Any, model: nn.Module) -> "WeightFile":
+    def open_gguf(cls, f: Any, model: nn.Module) -> WeightFile:
         """`f`: the lean `gguf.GGUFFile`; `model`: its skeleton, which names the tensors (GGUF names map to it
         through transformers' own table, and transformers' per-architecture fix-ups apply)."""
         from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
@@ -100,11 +101,11 @@ class WeightFile:
         return cls(f.path, read, gguf_names)
 
     @classmethod
-    def in_memory(cls, path: Path, state: dict[str, torch.Tensor]) -> "WeightFile":
+    def in_memory(cls, path: Path, state: dict[str, torch.Tensor]) -> WeightFile:
         return cls(path, lambda n, dtype, device: state[n].to(device=device, dtype=dtype), state)
 
     @classmethod
-    def random(cls, path: Path, model: nn.Module, seed: int) -> "WeightFile":
+    def random(cls, path: Path, model: nn.Module, seed: int) -> WeightFile:
         """Each tensor drawn when it is read, on its device, from `seed` and its name alone (a party holding some
         blocks gets the numbers a whole load gets): N(0, 0.02) matrices, norm weights 1, biases 0."""
         shapes = {hf_name(n): p.shape for n, p in model.named_parameters(remove_duplicate=False)}

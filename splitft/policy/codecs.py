@@ -15,8 +15,9 @@ the previous decision priced in, then the codecs chosen for those cuts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from .base import ClientStats, CutPolicy, Decision
 from .makespan import MakespanPolicy, RoundCosts

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 from ..cost import ONE_BY_ONE, Serving, StepCost, round_time, server_steps
 from .base import ClientStats, CutBounds, Decision, max_feasible_cut
@@ -94,7 +94,7 @@ class RoundCosts:
         up = {c: self.client_bytes_up.get(c, self.step_bytes_up) for c in cuts}
         steps = [StepCost(c, self.client_flops[k], self.server_flops[k], up[c], self.step_bytes_down, self.tail_flops,
                           self.tail_bytes_down, self.tail_bytes_up, self.forward_share,
-                          j if self.serving.batch > 1 else -1) for (c, k), j in zip(turns, joined)]
+                          j if self.serving.batch > 1 else -1) for (c, k), j in zip(turns, joined, strict=True)]
         lora = {c: self.lora_bytes[k] for c, k in cuts.items()}
         finish = round_time(steps, {c: stats[c] for c in cuts}, _Server(self.server_tflops), lora, lora, self.order,
                             self.serving)
@@ -112,7 +112,7 @@ def exhaustive(costs: RoundCosts, stats: Mapping[int, ClientStats],
     ids = sorted(allowed)
     best, best_s = {}, math.inf
     for combo in itertools.product(*(allowed[c] for c in ids)):
-        cuts = dict(zip(ids, combo))
+        cuts = dict(zip(ids, combo, strict=True))
         t = costs.round_s(cuts, stats)
         if t < best_s:
             best, best_s = cuts, t

@@ -11,9 +11,8 @@ blocks with the adapters the attacker knows (the pretrained model's, or the glob
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
@@ -65,7 +64,7 @@ class LearnedInverter:
     @classmethod
     @torch.no_grad()
     def fit(cls, part: ClientPart, batches: Iterable[dict[str, torch.Tensor]], ridge: float = 1e-3
-            ) -> "LearnedInverter":
+            ) -> LearnedInverter:
         table = part.hf.get_input_embeddings().weight
         h = table.shape[1]
         gram = torch.zeros(h + 1, h + 1, dtype=torch.float64)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import Config, ConfigError, save_config, validate
 from ..errors import UserError

@@ -10,7 +10,8 @@ blocks, which cut policy, which devices the virtual clock charges.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

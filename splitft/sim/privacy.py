@@ -21,9 +21,10 @@ import copy
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -59,7 +60,7 @@ class Defense:
         return "+".join(on) or "none"
 
     @classmethod
-    def parse(cls, text: str) -> "Defense":
+    def parse(cls, text: str) -> Defense:
         """'none' | 'keep=0.25' | 'clip=1+noise=3' ... (config validation judges the values)."""
         if text.strip() == "none":
             return cls()
@@ -143,9 +144,10 @@ def _inversion(setup: Setup, cuts: list[int], noises: list[float], held_out: lis
                 acts = part.forward(ids, mask)
             for noise in noises:
                 sent = noisy_activations(acts, noise, gen) if noise > 0 else acts
-                for attack, guess in (("learned", lambda: inverter.invert(sent, table)),
-                                      ("optimized", lambda: optimized_inversion(part, sent, mask, opt_steps))):
-                    h, n = recovery(guess(), ids, mask)
+                guesses = {"learned": inverter.invert(sent, table),
+                           "optimized": optimized_inversion(part, sent, mask, opt_steps)}
+                for attack, guess in guesses.items():
+                    h, n = recovery(guess, ids, mask)
                     hits[attack, noise][0] += h
                     hits[attack, noise][1] += n
         for (attack, noise), (h, n) in hits.items():

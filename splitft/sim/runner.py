@@ -8,8 +8,9 @@ writes <out_dir>/config.yaml, metrics.jsonl, summary.json and adapter/ (loadable
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import checkpoint
 from ..build import build_setup, check, precision_line

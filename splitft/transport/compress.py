@@ -158,8 +158,11 @@ class Codec:
         return self.decode(p, x.dtype), p.nbytes()
 
 
+CPU = torch.device("cpu")
+
+
 @functools.cache
-def hadamard(n: int, device: torch.device = torch.device("cpu")) -> torch.Tensor:
+def hadamard(n: int, device: torch.device = CPU) -> torch.Tensor:
     """The orthonormal (n, n) Hadamard matrix, n a power of two (Sylvester): symmetric and its own inverse."""
     h = torch.ones(1, 1)
     while h.shape[0] < n:

@@ -21,8 +21,9 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any
 
 import grpc
 import torch

@@ -54,7 +54,7 @@ class InProcTransport:
         for r in replies:
             if isinstance(r, Exception):
                 raise r
-        return [self._down(req, reply) for req, reply in zip(reqs, replies)]
+        return [self._down(req, reply) for req, reply in zip(reqs, replies, strict=True)]
 
     def _up(self, req: ForwardRequest) -> ForwardRequest:
         acts, up = self.codec_up(req.client_id).roundtrip(req.activations)  # `none`: acts is req.activations

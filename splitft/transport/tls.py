@@ -44,7 +44,7 @@ def _certificate(pem: bytes, path: str, key: str):
 def certificate_warnings(pem: bytes, key: str, now: dt.datetime | None = None) -> list[str]:
     """Warnings for a certificate that has expired, expires within 7 days, or is not valid yet."""
     cert = _certificate(pem, "", key)
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
     if end <= now:
         return [f"warning: {key}: the certificate expired on {end:%Y-%m-%d %H:%M} UTC; clients will refuse the "

@@ -332,7 +332,7 @@ def decode_push(env: Envelope, expected: dict[str, torch.Size], max_numel: int) 
     adapters = _tensors(env, max_numel)
     for name, t in adapters.items():
         full = expected.get(name)
-        if full is None or t.dim() != len(full) or any(a > b for a, b in zip(t.shape, full)):
+        if full is None or t.dim() != len(full) or any(a > b for a, b in zip(t.shape, full, strict=True)):
             raise WireError(f"adapter '{name}' {tuple(t.shape)} does not match this model")
         if not torch.isfinite(t).all():
             raise WireError(f"adapter '{name}' contains NaN or Inf")

@@ -25,7 +25,7 @@ TOKEN = "k" * 32
 
 
 def _cert(name, key, issuer=None, issuer_key=None, ca=False):
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer.subject if issuer else subject)
          .public_key(key.public_key()).serial_number(x509.random_serial_number())

@@ -55,7 +55,8 @@ def _deploy(tmp_path, monkeypatch, *extra):
                 break
         time.sleep(0.1)
     results: dict[int, object] = {}
-    clients = [threading.Thread(target=lambda i=i: results.__setitem__(i, _catch([], join, cfg, i, cfg.transport.address, True)),
+    address = cfg.transport.address
+    clients = [threading.Thread(target=lambda i=i: results.__setitem__(i, _catch([], join, cfg, i, address, True)),
                                 daemon=True) for i in range(3)]
     for t in clients:
         t.start()

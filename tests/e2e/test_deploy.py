@@ -145,8 +145,9 @@ def test_a_killed_client_process_is_dropped_and_the_run_completes(tmp_path):
 
     def spawn(args, name, env=None):
         with logs[name].open("w") as f:
+            env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
             return subprocess.Popen([sys.executable, "-m", "splitft.cli", *args, *common], stdout=f,
-                                    stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+                                    stderr=subprocess.STDOUT, env=env)
 
     server = spawn(["server", f"transport.tokens_file={tokens}"], "server")
     procs = [server]
@@ -182,7 +183,8 @@ def test_clients_train_on_their_own_files_with_measured_adaptive_cuts(tmp_path):
     reads, and its adapter loads in PEFT. Client 2's file holds 10 rows that fit no format: dropped, counted in its
     JSON, and its log's data line is a warning (11% of its rows)."""
     sizes = {0: 30, 1: 50, 2: 80}
-    files = [write_jsonl(tmp_path / f"c{i}.jsonl", _rows(n, w)) for (i, n), w in zip(sizes.items(), ["fie", "hark", "ay"])]
+    words = zip(sizes.items(), ["fie", "hark", "ay"], strict=True)
+    files = [write_jsonl(tmp_path / f"c{i}.jsonl", _rows(n, w)) for (i, n), w in words]
     write_jsonl(files[2], _rows(80, "ay") + [{"prompt": ["not", "text"], "response": "x"}] * 10)
     dep = tmp_path / "dep"
     res = splitft("launch", "--clients", "3", "--client-data", ",".join(map(str, files)), *DEPLOY,
@@ -204,7 +206,7 @@ def test_clients_train_on_their_own_files_with_measured_adaptive_cuts(tmp_path):
     assert [d["round"] for d in decisions] == [0, 1, 2]
     assert any(d["measured"]["0"].get("s_per_block_token") for d in decisions[1:]), "later rounds use measurements"
     cuts = [d["cuts"] for d in decisions]
-    assert any(a != b for a, b in zip(cuts, cuts[1:])), f"the policy never moved a cut: {cuts}"
+    assert any(a != b for a, b in zip(cuts, cuts[1:], strict=True)), f"the policy never moved a cut: {cuts}"
     summary = json.loads((dep / "summary.json").read_text())
     assert summary["deployed"] and set(summary["eval_ppl_by_round"]) == {"-1", "0", "1", "2"}
     assert splitft("report", str(dep), "--out", str(tmp_path / "rep")).returncode == 0
@@ -246,7 +248,8 @@ def test_launch_serves_by_arrival_with_a_time_budget(tmp_path, joined):
     server = json.loads((out / "server.json").read_text())
     for r, by_client in enumerate(server["steps_by_round"]):  # every step applied once, none lost
         assert by_client == {str(i): reports[i]["steps_by_round"][str(r)] for i in range(3)}, r
-    assert all(0 < s <= sum(b.values()) for s, b in zip(server["server_steps_by_round"], server["steps_by_round"]))
+    per_round = zip(server["server_steps_by_round"], server["steps_by_round"], strict=True)
+    assert all(0 < s <= sum(b.values()) for s, b in per_round)
     assert all(r["step_wall_s"]["n"] == len(r["losses"]) for r in reports)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 3 and summary["final_eval_ppl"] < summary["initial_eval_ppl"]
@@ -257,9 +260,9 @@ def test_an_emulated_slow_client_measures_at_least_its_profiles_step_time(tmp_pa
     the compute it measures and reports per block and token is at least what the profile allows. The server paces
     every training step to heterogeneity.server_tflops."""
     from splitft.build import cost_model_of
-    from splitft.model.split import Compute
     from splitft.model.families import family_for
     from splitft.model.loader import load
+    from splitft.model.split import Compute
 
     tiers = ("heterogeneity.tiers=[{name: slow, tflops: 0.00002, latency_ms: 5, up_mbps: 100, down_mbps: 100},"
              " {name: fast, tflops: 0.0002, latency_ms: 5, up_mbps: 100, down_mbps: 100}]")

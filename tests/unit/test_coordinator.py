@@ -130,7 +130,8 @@ def test_a_straggler_is_dropped_at_the_round_deadline(coord):
             coord.seen(c)  # alive, but late
         await coord.check(coord.clock.now)
         assert coord.round == 1 and coord.records[-1]["clients"] == [0]
-        assert set(coord.records[-1]["dropped"]) == {"1", "2"} and "round_timeout_s" in coord.records[-1]["dropped"]["1"]
+        dropped = coord.records[-1]["dropped"]
+        assert set(dropped) == {"1", "2"} and "round_timeout_s" in dropped["1"]
 
     asyncio.run(go())
 

@@ -71,7 +71,7 @@ def test_split_training_equals_unsplit_training(tmp_path, family, shape):
 
     ref_losses, ref_sd = _unsplit_training(setup, 2 * STEPS)  # setup.peft still holds the initial LoRA
     assert split_sd.keys() == ref_sd.keys()
-    assert max(abs(a - b) for a, b in zip(split_losses, ref_losses)) <= 1e-5
+    assert max(abs(a - b) for a, b in zip(split_losses, ref_losses, strict=True)) <= 1e-5
     diff = max((split_sd[k] - ref_sd[k]).abs().max().item() for k in ref_sd)
     assert diff <= 1e-5, f"{family} {shape}: max |LoRA split - unsplit| = {diff}"
     moved = max((ref_sd[k] - v).abs().max().item() for k, v in initial.items())
@@ -131,7 +131,7 @@ def test_bf16_split_training_equals_bf16_unsplit_training(tmp_path, monkeypatch,
     split_losses, split_sd = _train_split(setup)
     _autocast_forward(setup.peft, torch.bfloat16)
     ref_losses, ref_sd = _unsplit_training(setup, 2 * STEPS)
-    assert max(abs(a - b) for a, b in zip(split_losses, ref_losses)) <= 1e-5
+    assert max(abs(a - b) for a, b in zip(split_losses, ref_losses, strict=True)) <= 1e-5
     diff = _max_diff(split_sd, ref_sd)
     assert diff <= BF16_TOLERANCE, f"{family} {storage} {shape}: max |LoRA split - unsplit| = {diff}"
 
@@ -175,5 +175,5 @@ def test_split_training_with_the_chunked_loss_equals_unsplit_training_with_it(tm
     setup = build_setup(cfg)
     split_losses, split_sd = _train_split(setup)
     ref_losses, ref_sd = _unsplit_chunked_training(setup, 2 * STEPS)
-    assert max(abs(a - b) for a, b in zip(split_losses, ref_losses)) <= 1e-5
+    assert max(abs(a - b) for a, b in zip(split_losses, ref_losses, strict=True)) <= 1e-5
     assert _max_diff(split_sd, ref_sd) <= 1e-5, f"{family} {shape}"

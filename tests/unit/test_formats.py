@@ -21,7 +21,7 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 def spans(ids: list[int], labels: list[int], tok) -> list[str]:
     """The decoded runs of loss-carrying tokens."""
     out, run = [], []
-    for i, lab in zip(ids, labels):
+    for i, lab in zip(ids, labels, strict=True):
         if lab != IGNORE:
             run.append(i)
         elif run:

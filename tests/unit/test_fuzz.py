@@ -193,7 +193,7 @@ def test_hostile_messages_crash_nothing_and_refusals_change_nothing(target):
             session = rng.randrange(2)  # the authenticated client of the session it arrives on
             try:
                 reply = await asyncio.wait_for(service._handle(session, env), 0.01)
-            except asyncio.TimeoutError:  # a valid request waiting for its turn, or computing, then cancelled
+            except TimeoutError:  # a valid request waiting for its turn, or computing, then cancelled
                 while coord.serving.locked() or coord.torch.locked():  # a step it began runs to its end
                     await asyncio.sleep(0.001)
                 return "waiting"

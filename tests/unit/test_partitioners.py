@@ -5,8 +5,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitft.data.partitioners import (CategoryDirichletPartitioner, IidPartitioner, LengthDirichletPartitioner,
-                                       Samples, histogram, length_buckets, mean_js_distance)
+from splitft.data.partitioners import (
+    CategoryDirichletPartitioner,
+    IidPartitioner,
+    LengthDirichletPartitioner,
+    Samples,
+    histogram,
+    length_buckets,
+    mean_js_distance,
+)
 from splitft.errors import UserError
 
 lengths_st = st.lists(st.integers(1, 400), min_size=20, max_size=300)

@@ -2,8 +2,15 @@
 
 import pytest
 
-from splitft.policy import POLICIES, ClientStats, CutBounds, FixedPolicy, ResourcePolicy, SplitFTPolicy, \
-    max_feasible_cut
+from splitft.policy import (
+    POLICIES,
+    ClientStats,
+    CutBounds,
+    FixedPolicy,
+    ResourcePolicy,
+    SplitFTPolicy,
+    max_feasible_cut,
+)
 
 B = CutBounds(n_layer=30, cut_min=1, cut_max=9, base_gb=1.0, block_gb=0.5)
 

@@ -91,7 +91,7 @@ def test_the_scaler_retries_an_overflowing_backward_at_half_the_scale_and_unscal
     out = (x.half() @ w1.half() @ w2.half()).float().pow(2).sum() * 40
     assert scaler.backward(out, None, [w1, w2, x])  # x: a leaf the graph does not reach, skipped
     assert scaler.scale < 2.0 ** 16 and scaler.good == 1
-    for w, r in zip((w1, w2), ref):
+    for w, r in zip((w1, w2), ref, strict=True):
         assert w.grad.dtype == torch.float32 and torch.allclose(w.grad, r, rtol=2e-2, atol=1e-2)
     assert x.grad is None
     before = scaler.scale

@@ -130,6 +130,6 @@ def test_an_evaluation_mid_round_sees_the_global_model_not_the_rounds_steps():
     assert during.loss_sum == before.loss_sum, "evaluated with the global model, not the moved one"
     assert all(torch.equal(live[n], t) for n, t in server.adapters().items())
     assert all(torch.equal(a, b) for a, b in zip(moments, [v for st in server.opt.state.values()
-                                                           for v in st.values() if torch.is_tensor(v)]))
+                                                           for v in st.values() if torch.is_tensor(v)], strict=True))
     server.aggregate()
     assert server.step(probe).loss_sum != before.loss_sum, "after aggregation the new global model is evaluated"

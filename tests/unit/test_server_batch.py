@@ -26,8 +26,8 @@ def _server(compute: Compute | None = None, r_cut: int | None = 2) -> SplitServe
     peft = lora.wrap(load("tiny:llama").model, fam, r=4, alpha=8, dropout=0.0, targets=fam.lora_targets)
     for p in lora.lora_parameters(peft).values():  # B starts at zero: give both factors values, so every
         torch.nn.init.normal_(p, std=0.2)           # component (and a wrong mask) shows in the gradients
-    return SplitServer(ServerPart(peft, fam, 1, r_cut=r_cut, compute=compute or Compute()), lora.adapter_state_dict(peft), fam,
-                       r_cut=r_cut, lr=0.01)
+    part = ServerPart(peft, fam, 1, r_cut=r_cut, compute=compute or Compute())
+    return SplitServer(part, lora.adapter_state_dict(peft), fam, r_cut=r_cut, lr=0.01)
 
 
 def _request(cid: int, cut: int, b: int, t: int, pad: int = 0) -> ForwardRequest:
@@ -63,12 +63,12 @@ def test_a_joined_step_is_the_token_weighted_mean_of_the_separate_steps(compute)
         srv.opt.zero_grad(set_to_none=True)
     joined = srv.forward_backward(reqs)
     total = sum(reply.n_tokens for reply, _ in alone)
-    for (one, _), both in zip(alone, joined):
+    for (one, _), both in zip(alone, joined, strict=True):
         assert (both.n_tokens, both.n_correct) == (one.n_tokens, one.n_correct)
         assert both.loss_sum == pytest.approx(one.loss_sum, rel=1e-5)
         torch.testing.assert_close(both.grad_activations, one.grad_activations, **TOL)  # its own mean loss
     mean = [sum(g[k] * reply.n_tokens for reply, g in alone) / total for k in range(len(srv.params))]
-    for got, want in zip(_grads(srv), mean):
+    for got, want in zip(_grads(srv), mean, strict=True):
         torch.testing.assert_close(got, want, **TOL)
     assert any(g.abs().max() > 0 for g in mean)
     srv.update()
@@ -107,7 +107,7 @@ def test_a_non_finite_request_stays_out_and_the_others_step():
     outs = srv.step_batch([good[0], bad, good[1]])
     assert isinstance(outs[1], NonFiniteStep) and "client 1" in str(outs[1])
     want = ref.step_batch(good)
-    for got, exp in zip([outs[0], outs[2]], want):
+    for got, exp in zip([outs[0], outs[2]], want, strict=True):
         torch.testing.assert_close(got.grad_activations, exp.grad_activations, **TOL)
     for n, t in ref.adapters().items():
         torch.testing.assert_close(srv.adapters()[n], t, **TOL)

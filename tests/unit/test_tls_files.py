@@ -19,7 +19,7 @@ from splitft.transport.tls import certificate_warnings, check_files, read_pem
 def _cert(tmp_path, days_left):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "splitft-test")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now - dt.timedelta(days=30))
             .not_valid_after(now + dt.timedelta(days=days_left)).sign(key, hashes.SHA256()))
