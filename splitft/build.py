@@ -36,8 +36,8 @@ from .data.partitioners import PARTITIONERS, partitioner_for, samples_of
 from .errors import UserError
 from .model import loader
 from .model.families import Family, family_for
+from .model.partial import PartialModel, return_freed_memory
 from .model.split import ClientPart, Compute, ServerPart
-from .model.weights import WeightFile, held_bytes, materialize, release
 from .optim import LrSchedule
 from .policy import POLICIES, CutBounds, CutPolicy
 from .policy.makespan import MakespanPolicy, RoundCosts
@@ -189,85 +189,6 @@ def seeded_lora(cfg: Config, base: torch.nn.Module, family: Family) -> torch.nn.
                      targets=cfg.lora.targets or family.lora_targets)
 
 
-@dataclass(frozen=True)
-class TokenIds:
-    """What a deployed client keeps of its tokenizer once its data is tokenized: the ids batching needs."""
-
-    pad_token_id: int | None
-    eos_token_id: int | None
-
-
-@dataclass
-class PartialModel:
-    """A deployed party's model: seeded rank-r LoRA on every block (the server's store needs every block's initial
-    adapters), base weights only where `hold` read them (`model.weights`); the rest stays on `meta`. The tokenizer
-    is read when first asked for (a server never asks)."""
-
-    peft: torch.nn.Module
-    family: Family
-    source: str
-    device: torch.device
-    weights: WeightFile
-    compute: Compute
-    fingerprint: str = ""
-    """`loader.fingerprint` of the model: what a server and its clients compare at the handshake."""
-    _tokenizer: Any = None
-
-    @property
-    def tokenizer(self) -> Any:
-        if self._tokenizer is None:
-            self._tokenizer = loader.load_tokenizer(self.source)
-        return self._tokenizer
-
-    def drop_tokenizer(self) -> TokenIds:
-        """Let the tokenizer go once the data is tokenized (SmolLM2's: ~50 MB of small allocations for 49,152 words
-        and their merges), its memory back to the OS before any block is read; returns the ids batching needs."""
-        ids = TokenIds(self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
-        self._tokenizer = None
-        _return_freed_memory()
-        return ids
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The storage dtype of the frozen weights it holds."""
-        return self.compute.precision.storage
-
-    @property
-    def n_layer(self) -> int:
-        return len(self.peft.base_model.model.get_submodule(self.family.layers_path))
-
-    def blocks(self, layers: range) -> list[str]:
-        return [f"{self.family.layers_path}.{i}" for i in layers]
-
-    def hold(self, paths: list[str]) -> None:
-        """Read the base weights under `paths` (HF module paths) onto the device; their adapters follow. What the
-        reading freed (float32 chunks, file pages) goes back to the OS before training peaks on top of it."""
-        materialize(self.peft, self.weights, paths, self.device, self.dtype)
-        lora.follow_base_layers(self.peft)
-        _return_freed_memory()
-
-    def drop(self, paths: list[str]) -> None:
-        release(self.peft, paths)
-
-    def client_paths(self, cut: int, tail_cut: int | None = None) -> list[str]:
-        """What a client at `cut` runs: embeddings and blocks [0, cut) (all of it when cut = n_layer); under a
-        U-shaped split also blocks [tail_cut, L), the final norm and the head."""
-        if cut >= self.n_layer:
-            return [""]
-        tail = [] if tail_cut is None else [*self.blocks(range(tail_cut, self.n_layer)), *self.family.head_paths]
-        return [*self.family.embed_paths, *self.blocks(range(cut)), *tail]
-
-    def server_paths(self, first: int, tail_cut: int | None = None) -> list[str]:
-        """What a server serving cuts >= `first` runs: blocks [first, L), final norm, head (a head tied to the
-        embeddings brings the embedding matrix with it); under a U-shaped split blocks [first, tail_cut) only."""
-        if tail_cut is not None:
-            return self.blocks(range(first, tail_cut))
-        return [*self.blocks(range(first, self.n_layer)), *self.family.head_paths]
-
-    def held_gb(self) -> float:
-        return held_bytes(self.peft) / 1e9
-
-
 def open_model(cfg: Config, checked: loader.ModelMeta | None = None) -> PartialModel:
     """The model as `build_model` builds it (same seeded LoRA), with no base weight read yet."""
     if checked is None:
@@ -281,21 +202,8 @@ def open_model(cfg: Config, checked: loader.ModelMeta | None = None) -> PartialM
         loaded.model.get_submodule(owner)._buffers[attr] = buf.to(device)
     pm = PartialModel(seeded_lora(cfg, loaded.model, family), family, cfg.model.source, device, weights, compute,
                       loader.fingerprint(cfg.model.source, loaded.model.config))
-    _return_freed_memory()  # what building the skeleton and transformers' GGUF name tables left behind
+    return_freed_memory()  # what building the skeleton and transformers' GGUF name tables left behind
     return pm
-
-
-def _return_freed_memory() -> None:
-    """Collect garbage and hand the C heap's free pages back to the OS (glibc's malloc_trim; elsewhere nothing), so
-    what was freed does not count in the peak of what comes next."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def load_base(cfg: Config, checked: loader.ModelMeta | None = None) -> tuple[torch.nn.Module, Any, torch.device]:

@@ -26,9 +26,7 @@ from typing import Any
 
 from .. import checkpoint
 from ..build import (
-    PartialModel,
     Setup,
-    TokenIds,
     check,
     check_data,
     check_model,
@@ -50,6 +48,7 @@ from ..errors import UserError
 from ..federation import plan_round
 from ..measure import Meter, check_profile, client_report, peak_memory
 from ..metrics import perplexity
+from ..model.partial import PartialModel, TokenIds
 from ..model.split import ClientPart, FullPart
 from ..rundir import write_json
 from ..seeding import derive_seed

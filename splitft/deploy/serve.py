@@ -27,7 +27,6 @@ import torch
 
 from .. import checkpoint, lora
 from ..build import (
-    PartialModel,
     check,
     check_model,
     cost_model_of,
@@ -44,6 +43,7 @@ from ..config import Config, tail_cut
 from ..errors import UserError
 from ..measure import peak_memory
 from ..metrics import MetricsLogger, perplexity
+from ..model.partial import PartialModel
 from ..optim import LrSchedule
 from ..rundir import RunLock, export_adapter, open_records, prepare_run_dir, run_config, truncate_lines, write_json
 from ..server import FedAvgServer
