@@ -308,7 +308,7 @@ def smallest_cut(cfg: Config, bounds: CutBounds) -> int:
 
 def reference_cut(cfg: Config, bounds: CutBounds) -> int:
     """split.cut, raised to the privacy floor's cut (`cut_bounds`) when that is higher."""
-    return max(cfg.split.cut, bounds.cut_min)
+    return max(cfg.split.cut, bounds.floor)
 
 
 def rule_policy(cfg: Config, bounds: CutBounds) -> CutPolicy:

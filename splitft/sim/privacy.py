@@ -246,9 +246,9 @@ def _add_ppl_costs(cfg: Config, inversion: list[dict[str, Any]], labels: list[di
         else:
             row["final_eval_ppl"], row["ppl_cost"] = ppl, ppl / base - 1
 
-    plain = {n: final_ppl(_variant(cfg, f"noise {n:g}", **{"split.shape": "vanilla", "privacy.noise": n,
-                                                          "privacy.grad_clip": 0.0, "privacy.grad_noise": 0.0,
-                                                          "privacy.grad_keep": 1.0}), f"vanilla_noise{n:g}")
+    plain = {n: final_ppl(_variant(cfg, f"noise {n:g}", **{"privacy.noise": n, "privacy.grad_clip": 0.0,
+                                                          "privacy.grad_noise": 0.0, "privacy.grad_keep": 1.0}),
+                          f"noise{n:g}")
              for n in sorted(set(noises) | {0.0})}
     for row in inversion:
         price(row, plain[row["noise"]], plain[0.0])
