@@ -22,40 +22,11 @@ from __future__ import annotations
 import argparse
 import shutil
 
-import torch
 from _common import MODELS, ROOT, record
 
-from splitft.build import build_setup, load, split_client, split_server
+from splitft.build import build_setup, load
+from splitft.sim.privacy import attack_labels
 from splitft.sim.runner import run_simulation
-from splitft.transport.base import BackwardRequest
-from splitft.transport.inproc import InProcTransport
-
-
-class Curious(InProcTransport):
-    """The in-process transport, keeping the server's view of each training step: the hidden states it sent and
-    the grad_hidden it received (as the client's defenses left it)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.hidden, self.grads = [], []
-
-    def step(self, req):
-        reply = super().step(req)
-        self.hidden.append(reply.hidden)
-        return reply
-
-    def backward(self, req: BackwardRequest):
-        self.grads.append(req.grad_hidden.detach())
-        return super().backward(req)
-
-
-@torch.no_grad()
-def _hits(grad: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, head: torch.Tensor) -> tuple[int, int, int]:
-    """(attack hits, baseline hits, label tokens) for one batch: logits[t] and grad[t] predict labels[t + 1]."""
-    target, mask = labels[:, 1:], labels[:, 1:] != -100
-    guess = (-(grad[:, :-1].float() @ head.float().T)).argmax(-1)
-    own = logits[:, :-1].argmax(-1)
-    return int((guess == target)[mask].sum()), int((own == target)[mask].sum()), int(mask.sum())
 
 
 def _overrides(model: str, tail: int, defense: str, out) -> list[str]:
@@ -69,21 +40,9 @@ def one(model: str, tail: int, defense: str, steps: int) -> dict:
     out = ROOT / "out" / "bench" / "label_inference"
     cfg = load(str(ROOT / "configs" / "default.yaml"), _overrides(model, tail, defense, out))
     setup = build_setup(cfg)
-    server = split_server(cfg, setup.peft, setup.family, cfg.split.cut, setup.compute)
-    client = split_client(setup, 0, cfg.split.cut)
-    wire = Curious(server)
-    head = setup.peft.base_model.model.get_output_embeddings().weight.detach()
-    total = [0, 0, 0]
-    for step in range(steps):
-        req = client.begin_step(0, step)
-        mask, labels = client._tail_batch  # the client's own labels: the ground truth the attack is scored on
-        reply = client.exchange(wire, req)
-        with torch.no_grad():  # what the server predicts from the hidden states and the public tail and head
-            logits = client.part.tail_forward(wire.hidden[-1], mask)
-        client.finish_step(reply)
-        total = [a + b for a, b in zip(total, _hits(wire.grads[-1], logits, labels, head), strict=True)]
-    attack, own, n = total
-    return {"tail": tail, "defense": defense, "label_tokens": n, "recovery": attack / n, "model_argmax_top1": own / n}
+    score = attack_labels(setup, cfg, steps)  # the argmax attack, and the model's own prediction ("prior")
+    return {"tail": tail, "defense": defense, "label_tokens": score.tokens, "recovery": score.recovery("argmax"),
+            "model_argmax_top1": score.recovery("prior")}
 
 
 def final_ppl(model: str, tail: int, defense: str, rounds: int) -> float:

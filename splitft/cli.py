@@ -230,9 +230,6 @@ def _privacy(args: argparse.Namespace, overrides: list[str]) -> int:
         [Defense(), *([configured] if configured != Defense() else [])]
     if len({d.name for d in defenses}) != len(defenses):
         raise UserError(f"--defenses: each defense once, got {args.defenses!r}")
-    if min(args.samples, args.steps, args.opt_steps) < 1:
-        raise UserError(f"--samples, --steps and --opt-steps must be >= 1, got {args.samples}, {args.steps}, "
-                        f"{args.opt_steps}")
     result = audit(cfg, cuts, noises, tails, defenses, samples=args.samples, steps=args.steps,
                    opt_steps=args.opt_steps, ppl_cost=args.ppl_cost)
     if args.out:

@@ -91,7 +91,7 @@ def audit(cfg: Config, cuts: list[int], noises: list[float], tails: list[int], d
           samples: int = 8, steps: int = 6, opt_steps: int = 200, public_samples: int = 256,
           ppl_cost: bool = False) -> dict[str, Any]:
     """Every attack at every cut / tail and defense; returns the `--json` object."""
-    _check(cfg, cuts, noises, tails, defenses, samples, steps)
+    _check(cfg, noises, tails, defenses, samples, steps, opt_steps)
     setup = build.build_setup(cfg)
     n_layer = setup.n_layer
     bad = [c for c in cuts if not 1 <= c < n_layer] + [t for t in tails if not 1 <= t < n_layer - cfg.split.cut]
@@ -109,15 +109,16 @@ def audit(cfg: Config, cuts: list[int], noises: list[float], tails: list[int], d
             "inversion": inversion, "labels_u": labels}
 
 
-def _check(cfg: Config, cuts: list[int], noises: list[float], tails: list[int], defenses: list[Defense],
-           samples: int, steps: int) -> None:
+def _check(cfg: Config, noises: list[float], tails: list[int], defenses: list[Defense], samples: int, steps: int,
+           opt_steps: int) -> None:
+    """What can be refused before the model loads, one line each (the cuts and tails need its block count)."""
     if cfg.data.path == STDLIB:
         raise UserError(f"privacy: the learned inverter trains on public text ({STDLIB}); it must not be the "
                         "client's data: set data.path to other data")
     if any(not 0 <= n < float("inf") for n in noises):
         raise UserError(f"--noise: levels must be numbers >= 0, got {noises}")
-    if samples < 1 or steps < 1:
-        raise UserError(f"--samples and --steps must be >= 1, got {samples} and {steps}")
+    if min(samples, steps, opt_steps) < 1:
+        raise UserError(f"--samples, --steps and --opt-steps must be >= 1, got {samples}, {steps}, {opt_steps}")
     for d in defenses:  # the config's own refusals, said once per defense
         _defended_config(cfg, tails[0], d)
 
@@ -176,26 +177,32 @@ class _Curious(InProcTransport):
         return super().backward(req)
 
 
+def attack_labels(setup: Setup, cfg: Config, steps: int) -> LabelScore:
+    """Every label attack on the grad_hidden of client 0's first `steps` training steps under `cfg` (a U-shaped
+    split, its defenses), the server at split.cut, LoRA from the setup's initial value."""
+    cut = cfg.split.cut
+    server = build.split_server(cfg, setup.peft, setup.family, cut, setup.compute)
+    part = build.client_part(cfg, setup.peft, setup.family, cut, setup.compute)
+    client = build.split_client_with(cfg, 0, part, build.client_stream(setup, 0, setup.parts[0]))
+    wire, score = _Curious(server), LabelScore()
+    head = setup.peft.base_model.model.get_output_embeddings().weight.detach()
+    for step in range(steps):
+        req = client.begin_step(0, step)
+        mask, labels = client._tail_batch  # the ground truth, which only the client holds
+        reply = client.exchange(wire, req)
+        with torch.no_grad():  # what the server predicts from its hidden states and the public tail and head
+            logits = client.part.tail_forward(wire.hidden, mask)
+        client.finish_step(reply)
+        score_batch(score, wire.grad, logits, labels, mask, head)
+    return score
+
+
 def _labels(setup: Setup, tail: int, defenses: list[Defense], steps: int) -> list[dict[str, Any]]:
     """Rows {tail, defense, attack, recovery, ...}: labels from grad_hidden of client 0's first `steps` training
     steps under a U-shaped split with this tail, for each defense (LoRA from its initial value each time)."""
     rows = []
-    head = setup.peft.base_model.model.get_output_embeddings().weight.detach()
     for d in defenses:
-        cfg = _defended_config(setup.cfg, tail, d)
-        cut = cfg.split.cut
-        server = build.split_server(cfg, setup.peft, setup.family, cut, setup.compute)
-        part = build.client_part(cfg, setup.peft, setup.family, cut, setup.compute)
-        client = build.split_client_with(cfg, 0, part, build.client_stream(setup, 0, setup.parts[0]))
-        wire, score = _Curious(server), LabelScore()
-        for step in range(steps):
-            req = client.begin_step(0, step)
-            mask, labels = client._tail_batch  # the ground truth, which only the client holds
-            reply = client.exchange(wire, req)
-            with torch.no_grad():  # what the server predicts from its hidden states and the public tail and head
-                logits = client.part.tail_forward(wire.hidden, mask)
-            client.finish_step(reply)
-            score_batch(score, wire.grad, logits, labels, mask, head)
+        score = attack_labels(setup, _defended_config(setup.cfg, tail, d), steps)
         acc, majority = score.labelled_rows()
         for attack in score.hits:
             rows.append({"tail": tail, "defense": d.name, "attack": attack, "recovery": score.recovery(attack),
