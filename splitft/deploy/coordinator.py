@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..federation import RoundPlan, default_budget_s, plan_round
+from ..schedule import RoundPlan, default_budget_s, plan_round
 from ..server import FedAvgServer, NonFiniteStep
 from ..transport.base import AdapterUpdate, BackwardRequest, ForwardRequest, Pulled, StepReply
 from .handshake import differences

@@ -45,12 +45,12 @@ from ..data.datasets import DataStats, Example, Rows, data_line, load_examples, 
 from ..data.partitioners import partitioner_for, samples_of
 from ..devices import client_profiles
 from ..errors import UserError
-from ..federation import plan_round
 from ..measure import Meter, check_profile, client_report, peak_memory
 from ..metrics import perplexity
 from ..model.partial import PartialModel, TokenIds
 from ..model.split import ClientPart, FullPart
 from ..rundir import write_json
+from ..schedule import another_step, plan_round
 from ..seeding import derive_seed
 from ..transport import tls
 from ..transport.base import adapters_nbytes
@@ -347,9 +347,8 @@ class Participant:
         """Whether to run another step: local_steps, or under the server's time budget until it has passed (at
         least one step, at most its cap)."""
         budget_s, cap = self.client.budget
-        if budget_s is None:
-            return done < self.cfg.federation.local_steps
-        return done < 1 or (done < (cap or 1) and elapsed_s < budget_s)
+        steps = self.cfg.federation.local_steps
+        return another_step(done, elapsed_s, budget_s, steps if budget_s is None else cap or 1)
 
     def _finish(self) -> None:
         """The final global model, evaluated on this client's own data; then `done`."""

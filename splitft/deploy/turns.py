@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ..federation import RoundPlan, next_batch
+from ..schedule import RoundPlan, next_batch
 
 Key = tuple[int, int, int]
 """(client, round, step): one training step."""

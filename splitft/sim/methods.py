@@ -22,7 +22,6 @@ from ..config import tail_cut
 from ..cost import CostModel
 from ..devices import client_profiles
 from ..errors import UserError
-from ..federation import Adaptivity, Federation, Schedule
 from ..metrics import MetricsLogger
 from ..model.split import FullPart
 from ..policy import ClientStats, CutBounds
@@ -33,6 +32,7 @@ from ..server import FedAvgServer
 from ..transport.compress import AUTO, CODECS, NONE, codec_of, codecs_of
 from ..transport.inproc import InProcTransport
 from .clock import VirtualClock
+from .federation import Adaptivity, Federation, Schedule
 from .profiles import DeviceProfile, server_profile
 
 OnStep = Callable[[dict[str, Any]], None] | None

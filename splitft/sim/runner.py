@@ -17,7 +17,6 @@ from ..build import build_setup, check, precision_line
 from ..config import Config
 from ..devices import PROFILES
 from ..errors import UserError
-from ..federation import Federation
 from ..measure import peak_memory
 from ..metrics import MetricsLogger, NullLogger, read_metrics
 from ..registry import check_names
@@ -32,6 +31,7 @@ from ..rundir import (
     write_json,
 )
 from ..track import open_tracker
+from .federation import Federation
 from .methods import METHODS, build_federation, check_placement, client_report
 from .profiles import device_problems
 

@@ -14,8 +14,9 @@ from splitft import checkpoint
 from splitft.build import build_setup
 from splitft.client import SplitClient
 from splitft.errors import UserError
-from splitft.federation import Federation, plan_dropouts
 from splitft.metrics import NullLogger, read_metrics
+from splitft.schedule import plan_dropouts
+from splitft.sim.federation import Federation
 from splitft.sim.methods import build_federation
 from splitft.sim.runner import run_simulation
 from tests.conftest import tiny_config

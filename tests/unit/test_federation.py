@@ -1,32 +1,12 @@
-"""Round planning: interleaved, deterministic, partial participation; serving order and round budgets."""
+"""The in-process round (sim/federation.py): serving order and round budgets on the virtual clock."""
 
 import pytest
 import torch
 
 from splitft.build import build_setup
-from splitft.federation import plan_round
 from splitft.metrics import NullLogger
 from splitft.sim.methods import build_federation
 from tests.conftest import tiny_config
-
-
-def test_steps_are_interleaved_across_clients():
-    plan = plan_round(0, [0, 1, 2], per_round=0, local_steps=3, seed=5)
-    first = [c for c, _ in plan.order[:3]]
-    assert sorted(first) == [0, 1, 2] and [c for c, _ in plan.order] == first * 3
-    assert [s for _, s in plan.order] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-
-
-def test_plan_is_deterministic_per_seed_and_round():
-    assert plan_round(3, [0, 1, 2, 3], 2, 2, seed=1) == plan_round(3, [0, 1, 2, 3], 2, 2, seed=1)
-    orders = {tuple(plan_round(r, [0, 1, 2, 3], 0, 1, seed=1).order) for r in range(8)}
-    assert len(orders) > 1, "the interleaving order should change between rounds"
-
-
-def test_partial_participation_selects_the_requested_count():
-    plan = plan_round(0, list(range(10)), per_round=3, local_steps=2, seed=0)
-    assert len(plan.clients) == 3 and len(plan.order) == 6
-
 
 # --- serving order and round budgets (federation.order, federation.round_budget) on the virtual clock --------
 
@@ -82,15 +62,6 @@ def test_a_fixed_time_budget_keeps_the_fast_client_busy_only_when_it_need_not_wa
     assert ran[1] == 1 and 3 < ran[0] < 30, ran
     _, _, in_turns = _round(tmp_path / "p", *budget)
     assert sum(1 for c, _ in in_turns if c == 0) < ran[0], in_turns  # in plan turns it waited for the slow one
-
-
-def test_the_default_budget_is_the_median_clients_local_steps_or_the_slowest_ones_single_step():
-    from splitft.federation import default_budget_s
-
-    pace = {0: 1.0, 1: 2.0, 2: 3.0, 3: 50.0}
-    assert default_budget_s(pace, [0, 1, 2], 4) == 8.0  # the upper median's 4 steps
-    assert default_budget_s(pace, [0, 1, 2, 3], 4) == 50.0, "a phone's one step outlasts the others' budget"
-    assert default_budget_s(pace, [4], 4) is None, "no pace known: the round runs local_steps"
 
 
 def test_the_wait_behind_turns_a_stopped_client_left_unused_is_charged_to_the_round(tmp_path):

@@ -2,7 +2,7 @@
 the steps ready to run alone or joined, and turns leaving with a client."""
 
 from splitft.deploy.turns import Turns
-from splitft.federation import RoundPlan
+from splitft.schedule import RoundPlan
 
 
 def _plan(order=((2, 0), (0, 0), (1, 0), (2, 1), (0, 1), (1, 1))) -> RoundPlan:

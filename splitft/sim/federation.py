@@ -1,4 +1,6 @@
-"""One federated round end to end: select clients, sync adapters, interleave steps, FedAvg, evaluate, re-cut.
+"""The in-process runtime: one federated round end to end (select clients, sync adapters, interleave steps,
+FedAvg, evaluate, re-cut) over clients and a server in this process, timed by the virtual clock. What it shares
+with the deployment (the plan, budgets, dropouts) is in `schedule.py`.
 
 The server serves a round's training steps in one of two orders (`Schedule.order`): `plan`, round-robin over
 the selected clients in a seeded permutation, so the shared server model sees the clients interleaved (c2, c0,
@@ -16,64 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .client import LocalClient, SplitClient
-from .cost import server_steps
-from .data.datasets import Example
-from .lora import load_adapter_state_dict
-from .metrics import MetricsLogger, perplexity
-from .policy import ClientStats, CutBounds, CutPolicy, floor_record
-from .policy.codecs import CodecChoice
-from .seeding import derive_seed, global_rng_state, load_global_rng_state
-from .server import FedAvgServer
-from .transport.base import SCALARS_NBYTES, STEP_DOWN, STEP_UP, sum_kinds, training_traffic
-from .transport.compress import NONE
-
-
-@dataclass
-class RoundPlan:
-    round: int
-    clients: list[int]
-    order: list[tuple[int, int]]
-    """(client_id, step) in execution order."""
-
-
-def plan_round(round_: int, client_ids: list[int], per_round: int, local_steps: int, seed: int) -> RoundPlan:
-    """Pure: which clients take part and in which order their steps run (seeded by (seed, round))."""
-    rng = random.Random(derive_seed(seed, "plan", round_))
-    chosen = sorted(rng.sample(client_ids, per_round)) if 0 < per_round < len(client_ids) else list(client_ids)
-    perm = rng.sample(chosen, len(chosen))
-    return RoundPlan(round_, chosen, [(c, s) for s in range(local_steps) for c in perm])
-
-
-def next_batch(order: list[tuple[int, int]], k: int) -> list[tuple[int, int]]:
-    """Pure: the turns at the head of `order` that one server step serves together (`federation.server_batch`):
-    up to k consecutive turns of different clients (a client's next step needs the reply to its previous one,
-    so a batch ends before a client's second turn)."""
-    return order[:server_steps([c for c, _ in order[:k]], k).count(0)]
-
-
-def default_budget_s(step_s: dict[int, float], clients: list[int], local_steps: int) -> float | None:
-    """Pure: the default time budget of a round, the same in both runtimes: local_steps x the seconds per step
-    of the median client (the upper median) among `clients` with a known pace, but never less than the slowest
-    one's single step (every client runs at least one, so the round lasts that long anyway: stopping the others
-    sooner would only idle them); None when no pace is known (that round runs local_steps)."""
-    known = sorted(step_s[c] for c in clients if c in step_s)
-    return max(known[len(known) // 2] * local_steps, known[-1]) if known else None
-
-
-def plan_dropouts(round_: int, clients: list[int], local_steps: int, p: float, seed: int) -> dict[int, int]:
-    """Pure: {client: the step at which it vanishes} for the selected clients that drop out of this round (each
-    with chance p; seeded by (seed, round) apart from the plan, so p does not change who is selected)."""
-    if p <= 0:
-        return {}
-    rng = random.Random(derive_seed(seed, "dropout", round_))
-    draws = [(c, rng.random(), rng.randrange(local_steps)) for c in clients]
-    return {c: step for c, u, step in draws if u < p}
+from ..client import LocalClient, SplitClient
+from ..data.datasets import Example
+from ..lora import load_adapter_state_dict
+from ..metrics import MetricsLogger, perplexity
+from ..policy import ClientStats, CutBounds, CutPolicy, floor_record
+from ..policy.codecs import CodecChoice
+from ..schedule import RoundPlan, another_step, default_budget_s, next_batch, plan_dropouts, plan_round
+from ..seeding import global_rng_state, load_global_rng_state
+from ..server import FedAvgServer
+from ..transport.base import SCALARS_NBYTES, STEP_DOWN, STEP_UP, sum_kinds, training_traffic
+from ..transport.compress import NONE
 
 
 class RoundClock(Protocol):
@@ -267,8 +226,8 @@ class Federation:
         the cycle until its push reaches the server (as the deployed coordinator drops them only then): the
         turns after them wait for it."""
         sch, line = self.schedule, self.clock.timeline(lora_down)
-        budget = (self._budget_s(plan.clients) if sch.budget == "time" else None) or math.inf
-        cap = self.local_steps if budget == math.inf else math.ceil(sch.max_steps_factor * self.local_steps)
+        budget = self._budget_s(plan.clients) if sch.budget == "time" else None
+        cap = self.local_steps if budget is None else math.ceil(sch.max_steps_factor * self.local_steps)
         limit = {c: min(cap, gone.get(c, cap)) for c in plan.clients}
         done = dict.fromkeys(plan.clients, 0)
         steps: list[dict[str, Any]] = []
@@ -277,7 +236,7 @@ class Federation:
         unused: dict[int, float] = {}  # plan turns: client -> when its push frees the turns it left unused
 
         def begin(c: int) -> None:  # the budget counts from the client's first step (its adapters are in)
-            if done[c] < limit[c] and line.ready[c] - line.start[c] < budget:
+            if done[c] < limit[c] and another_step(done[c], line.ready[c] - line.start[c], budget, cap):
                 begun = self._begin(c, round_, done[c])
                 waiting.append((line.arrival(self.clock.step_cost(begun[0])), c, begun))
             elif sch.order == "plan" and done[c] < cap and c not in gone:
