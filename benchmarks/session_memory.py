@@ -26,7 +26,7 @@ from splitft.config import TransportConfig
 from splitft.deploy.launch import free_port
 from splitft.transport import wire
 from splitft.transport.base import AdapterUpdate
-from splitft.transport.grpc import _Connection
+from splitft.transport.grpc_client import _Connection
 
 TINY = ["model.source=tiny:llama", "data.max_samples=60", "data.max_length=64", "federation.n_clients=2",
         "federation.rounds=1", "train.batch_size=2", "lora.r=4", "lora.r_cut=4", "split.cut=2",

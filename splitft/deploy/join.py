@@ -54,7 +54,7 @@ from ..schedule import another_step, plan_round
 from ..seeding import derive_seed
 from ..transport import tls
 from ..transport.base import adapters_nbytes
-from ..transport.grpc import GrpcTransport, ServerRefused, ServerRestarted
+from ..transport.grpc_client import GrpcTransport, ServerRefused, ServerRestarted
 from .emulate import Pacer, check_shape
 from .handshake import terms_of
 from .serve import deploy_problems

@@ -51,7 +51,8 @@ from ..track import open_tracker
 from ..transport import tls, wire
 from ..transport.base import ByteCounter, sum_kinds, training_traffic
 from ..transport.compress import AUTO, codecs_of
-from ..transport.grpc import Endpoint, check_listen, serve_grpc
+from ..transport.endpoint import Endpoint
+from ..transport.grpc_server import check_listen, serve_grpc
 from .coordinator import Coordinator
 from .emulate import check_shape, server_pacer
 from .handshake import terms_of

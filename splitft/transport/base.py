@@ -1,7 +1,8 @@
 """The messages that cross the cut and the small `Transport` interface that carries them.
 
 Client and server code talk only to `Transport`; `inproc.py` calls the server object directly (simulation)
-and `grpc.py` encodes the same messages. Wire dtypes are fixed here so byte counts are exact:
+and `grpc_client.py` / `grpc_server.py` encode the same messages (`wire.py`). Wire dtypes are fixed here so
+byte counts are exact:
     activations        (B, T, H)  as `transport.codec_up` encodes them (compress.py; `none`: float32)
     attention_mask     (B, T)     uint8   (1 = token, 0 = padding)
     labels             (B, T)     int32   (-100 = no loss; under split.shape=vanilla labels travel to the server,

@@ -13,7 +13,8 @@ from splitft.config import TransportConfig
 from splitft.deploy.launch import free_port
 from splitft.transport import wire
 from splitft.transport.base import TransportError
-from splitft.transport.grpc import Envelope, GrpcTransport, serve_grpc
+from splitft.transport.grpc_client import Envelope, GrpcTransport
+from splitft.transport.grpc_server import serve_grpc
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402

@@ -18,7 +18,7 @@ from splitft.deploy.launch import free_port
 from splitft.deploy.serve import serve
 from splitft.metrics import read_metrics
 from splitft.sim.runner import run_simulation
-from splitft.transport import grpc as wire
+from splitft.transport import grpc_client as wire
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.multiproc

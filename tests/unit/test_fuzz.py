@@ -1,7 +1,7 @@
 """Hostile input at the server: 12,000 random and mutated messages (3,000 each under the `none`, `int8_token`,
 `int4_group`+zstd and `int4_token`+lz4 activation codecs; compressed frames re-tagged, cut, padded, replaced by
 random bytes or by a zstd bomb) through the real frame reassembly, envelope decoding, session checks and endpoint
-(transport/grpc.Endpoint -> Coordinator -> SplitServer). Zero crashes (only refusals or legitimate replies), and a
+(transport/endpoint.Endpoint -> Coordinator -> SplitServer). Zero crashes (only refusals or legitimate replies), and a
 refused message never changes the server: LoRA weights, optimizer state, round, plan position, pushes, caches.
 Nothing makes the server's weights or optimizer state NaN/Inf (finite but huge activations whose gradients
 overflow are refused by the server step, not applied)."""
@@ -20,7 +20,8 @@ from splitft.model.families import family_for
 from splitft.transport import wire
 from splitft.transport.base import AdapterUpdate, ForwardRequest
 from splitft.transport.compress import CODECS, codec_of
-from splitft.transport.grpc import Endpoint, _Service
+from splitft.transport.endpoint import Endpoint
+from splitft.transport.grpc_server import Sessions
 from tests.conftest import tiny_split_server
 
 Envelope = wire.Envelope
@@ -39,7 +40,7 @@ def target(request):
                             vocab=peft.base_model.model.config.vocab_size, cut_range=(2, 4), codec_up=codec,
                             codec_down=codec)
     endpoint = Endpoint(coord, shape, {n: t.shape for n, t in full.items()}, max(t.numel() for t in full.values()))
-    return _Service(endpoint, {0: "x" * 32, 1: "y" * 32}, TransportConfig(max_message_mb=1), log=lambda s: None), \
+    return Sessions(endpoint, {0: "x" * 32, 1: "y" * 32}, TransportConfig(max_message_mb=1), log=lambda s: None), \
         server, coord, shape, full
 
 

@@ -11,7 +11,7 @@ import torch
 
 from splitft.config import TransportConfig
 from splitft.transport import wire
-from splitft.transport.grpc import MAX_SESSIONS, _Service
+from splitft.transport.grpc_server import MAX_SESSIONS, Sessions
 
 
 class Aborted(Exception):
@@ -52,7 +52,7 @@ class Waiting:
 
 
 def _service():
-    return _Service(Waiting(), {0: "t" * 32}, TransportConfig(max_message_mb=1, chunk_kb=64), log=lambda s: None)
+    return Sessions(Waiting(), {0: "t" * 32}, TransportConfig(max_message_mb=1, chunk_kb=64), log=lambda s: None)
 
 
 def test_requests_pipelined_behind_a_waiting_one_end_the_session_beyond_the_bound():
@@ -122,7 +122,7 @@ def test_a_client_gets_at_most_max_sessions_open_at_once():
 
 
 def test_refusals_are_logged_at_most_per_window_per_key_then_counted():
-    from splitft.transport.grpc import RateLimited
+    from splitft.transport.ratelimit import RateLimited
 
     lines, now = [], [0.0]
     log = RateLimited(lines.append, per_window=3, window_s=60, clock=lambda: now[0])
@@ -168,7 +168,7 @@ def test_a_refused_hello_ends_the_session():
                 raise ValueError("client 0 does not match this server: lora.r")
             return wire.ack(env)
 
-    service = _Service(Picky(), {0: "t" * 32}, TransportConfig(), log=lambda s: None)
+    service = Sessions(Picky(), {0: "t" * 32}, TransportConfig(), log=lambda s: None)
     replies = _session(service, [wire.encode_hello(0, {}), wire.encode_done(0, {})], hold_open=True)
     assert [r.kind for r in replies] == [wire.Envelope.ERROR] and "does not match" in replies[0].error
 
@@ -183,7 +183,7 @@ def test_a_request_the_server_fails_on_is_logged_counted_and_answered_and_the_se
     lines = []
     endpoint = Buggy()
     endpoint.release.set()
-    service = _Service(endpoint, {0: "t" * 32}, TransportConfig(), log=lines.append)
+    service = Sessions(endpoint, {0: "t" * 32}, TransportConfig(), log=lines.append)
     replies = _session(service, [wire.encode_hello(0, {}), wire.encode_pull(0, 2, 0), wire.encode_done(0, {})])
     assert [r.kind for r in replies] == [wire.Envelope.WELCOME, wire.Envelope.ERROR, wire.Envelope.ACK]
     assert "failed on this PULL (RuntimeError: something the code did not expect)" in replies[1].error
@@ -194,7 +194,7 @@ def test_a_request_the_server_fails_on_is_logged_counted_and_answered_and_the_se
 def test_a_session_that_opens_with_a_large_message_is_refused_at_its_first_64_kb():
     """Before its HELLO is accepted a session may send only a greeting's worth: a 64 MB first message cost the
     server +268 MB of peak RSS before it was refused; now reading stops at the first frame past 64 KB."""
-    from splitft.transport.grpc import HELLO_MAX_BYTES
+    from splitft.transport.grpc_server import HELLO_MAX_BYTES
 
     service = _service()
     big = wire.encode_push(wire.AdapterUpdate(0, 0, {"x": torch.zeros(200_000)}, 1))  # 0.8 MB

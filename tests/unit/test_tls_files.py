@@ -64,7 +64,7 @@ def test_a_tokens_file_of_binary_junk_is_one_line(tmp_path):
 
 def test_an_address_of_another_machine_is_one_line():
     from splitft.transport.base import TransportError
-    from splitft.transport.grpc import serve_grpc
+    from splitft.transport.grpc_server import serve_grpc
 
     with pytest.raises(TransportError, match="cannot listen on '192.0.2.1:50051'"):
         asyncio.run(serve_grpc(None, "192.0.2.1:50051", {}, TransportConfig(), asyncio.Event(), log=lambda s: None))

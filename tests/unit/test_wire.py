@@ -9,7 +9,7 @@ from splitft import lora
 from splitft.deploy.coordinator import Coordinator, Refused
 from splitft.transport import wire
 from splitft.transport.base import AdapterUpdate, ForwardRequest, Pulled
-from splitft.transport.grpc import Endpoint
+from splitft.transport.endpoint import Endpoint
 from tests.conftest import tiny_split_server
 
 Envelope = wire.Envelope
