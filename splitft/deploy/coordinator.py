@@ -64,10 +64,11 @@ class Coordinator:
                  samples_cap: int | None = None, terms: dict[str, Any] | None = None,
                  on_boundary: Callable[[], Any] | None = None, order: str = "plan", budget: str = "steps",
                  round_time_s: float = 0.0, max_steps: int | None = None,
-                 pace: Callable[[list[ForwardRequest], float], float] | None = None, server_batch: int = 1,
+                 pace: Callable[[float, list[tuple[int, int, int]], str], float] | None = None, server_batch: int = 1,
                  batch_wait_s: float = 0.0, on_served: Callable[[list[ForwardRequest], float], Any] | None = None):
         self.placement = placement
-        self.pace = pace  # --emulate: (requests of a server step, its real seconds) -> seconds it must still take
+        self.pace = pace  # --emulate: (real seconds, [(cut, batch, seq)] of a server step, half) -> seconds it
+        # must still take (`ServerPacer.rest`; half: "step", or under U "forward" / "backward")
         self.server_batch, self.batch_wait_s = server_batch, batch_wait_s
         self.on_served = on_served or (lambda reqs, seconds: None)  # a vanilla server step: its requests, seconds
         self.joining: dict[Key, tuple[ForwardRequest, asyncio.Future]] = {}
@@ -310,8 +311,7 @@ class Coordinator:
             if applied:
                 self.server_steps += 1
                 self.on_served(applied, time.perf_counter() - start)
-            if self.pace is not None:
-                await asyncio.sleep(self.pace(reqs, time.perf_counter() - start))
+            await self._paced([_shape(r) for r in reqs], start)
             for (key, req, future), out in zip(batch, outs, strict=True):
                 try:
                     future.set_result(await self._joined(key, req, out))
@@ -402,13 +402,18 @@ class Coordinator:
             self.on_served([req], time.perf_counter() - start)
         if reply.hidden is not None:  # U-shaped: the step holds the server until its backward
             self.forwarded[req.client_id] = (key, reply)
+            await self._paced([_shape(req)], start, "forward")
             return reply
-        if self.pace is not None:  # the emulated rest of the compute, awaited: the server holds the step
-            # (`serving`), but the loop goes on receiving and timestamping requests and sending replies
-            # (a blocking sleep delayed them, and the clients counted the delay as link time)
-            await asyncio.sleep(self.pace([req], time.perf_counter() - start))
+        await self._paced([_shape(req)], start)
         await self._applied(key, reply, req.activations.shape[0])
         return reply
+
+    async def _paced(self, shapes: list[tuple[int, int, int]], start: float, half: str = "step") -> None:
+        """--emulate: the rest of the compute the server's profile asks for the (cut, batch, seq) steps begun at
+        `start`, awaited: the server holds the step (`serving`), but the loop goes on receiving and timestamping
+        requests and sending replies (a blocking sleep delayed them, and the clients counted it as link time)."""
+        if self.pace is not None:
+            await asyncio.sleep(self.pace(time.perf_counter() - start, shapes, half))
 
     def _gone_while_it_ran(self, req: ForwardRequest | BackwardRequest) -> bool:
         """The step's client was dropped, or its round aggregated without it, while the worker computed it."""
@@ -451,14 +456,16 @@ class Coordinator:
             raise Refused(f"grad_hidden {tuple(req.grad_hidden.shape)} does not match the hidden states sent "
                           f"{tuple(flying[2].shape)}")
         self.forwarded.pop(req.client_id, None)  # the server's step in flight ends here, applied or not
-        return await _to_the_end(self._apply_backward(req, key))
+        return await _to_the_end(self._apply_backward(req, key, flying[3]))
 
-    async def _apply_backward(self, req: BackwardRequest, key: tuple[int, int, int]) -> StepReply:
+    async def _apply_backward(self, req: BackwardRequest, key: tuple[int, int, int], cut: int) -> StepReply:
+        start = time.perf_counter()
         try:
             reply = await self._compute(self.server.backward, req)
         except NonFiniteStep as e:
             raise await self._not_applied(req, e, "gradient") from None
         self._check_still_in(req)
+        await self._paced([(cut, *req.grad_hidden.shape[:2])], start, "backward")
         await self._applied(key, reply, req.grad_hidden.shape[0])
         return reply
 
@@ -655,3 +662,8 @@ def _to_the_end(work: Awaitable[Any], lock: asyncio.Lock | None = None) -> Await
 
     task.add_done_callback(ended)
     return asyncio.shield(task)
+
+
+def _shape(req: ForwardRequest) -> tuple[int, int, int]:
+    """(cut, batch, seq) of a step: what the server's profile prices."""
+    return (req.cut, *req.activations.shape[:2])

@@ -3,10 +3,12 @@ process paces itself to the device profile the config gives it (`devices.client_
 draws it), so a loopback deployment behaves like the heterogeneous federation in the config and the client's
 measured resources reflect its emulated device.
 
-Per split step: after its forward it waits until the profile's forward time has passed, then the upload time
-(latency + activations, labels and mask at the profile's uplink) before it sends; after the reply the rest of the
-link time (the download at the downlink, minus what the real round trip already took); after its backward the
-profile's backward time. Adapter pulls and pushes wait for their transfer time at the emulated link too.
+A split client paces by wrapping its transport (`PacedTransport`), so `SplitClient.train_step` runs unchanged,
+vanilla or U-shaped: the compute between two crossings waits until the profile's time for it has passed (the
+forward of [0, cut); under U the tail and head, forward and backward; at the end the backward of [0, cut) and
+the update), and each crossing waits for the emulated link: the upload time (latency + bytes at the uplink)
+before it sends, the rest of the download time (minus what the real round trip already took) after the reply.
+Adapter pulls and pushes wait for their transfer time at the emulated link too.
 Emulation can slow a process down, never speed it up: when the real work takes longer than the profile allows
 (e.g. several processes on 2 shared cores) it says so in the log and in the client's results
 (`slower_than_profile`).
@@ -14,7 +16,8 @@ Emulation can slow a process down, never speed it up: when the real work takes l
 The server (`splitft server --emulate`, and `launch --emulate`) paces each training step it serves to
 `heterogeneity.server_tflops`, as the virtual clock charges it: its real compute on a shared machine is neither
 the configured server's nor steady, and a federation whose clients are paced but whose server is not would not be
-the configured one.
+the configured one. Under U its step is two halves, each paced: the forward of [cut, tail) before the hidden
+states go down, its backward before grad_activations do.
 """
 
 from __future__ import annotations
@@ -23,16 +26,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..config import Config, DeviceConfig
+from ..config import DeviceConfig
 from ..cost import CostModel, transfer_s
-from ..errors import UserError
-
-
-def check_shape(cfg: Config) -> None:
-    """Emulation paces the vanilla split's step; a U-shaped step's tail and second crossing are not paced yet."""
-    if cfg.split.shape == "u":
-        raise UserError("--emulate paces vanilla split steps only (a U-shaped step's tail and its second crossing "
-                        "are not paced yet): run with split.shape=vanilla, or without --emulate")
+from ..transport.base import BackwardRequest, ForwardRequest, StepReply
 
 
 class Pacer:
@@ -54,12 +50,17 @@ class Pacer:
             self.sleep(target_s - real_s)
         return max(real_s, target_s)
 
+    def work(self, real_s: float, first: int, last: int, batch: int, seq: int, head: bool = False,
+             share: float = 1.0) -> float:
+        """`share` of the training FLOPs of blocks [first, last) (and the head) on a (batch, seq) batch."""
+        flops = self.cost.train_flops(first, last, batch, seq, head=head) * share
+        return self._wait(real_s, flops / (self.device.tflops * 1e12))
+
     def half_step(self, real_s: float, cut: int, batch: int, seq: int, whole: bool = False,
                   backward: bool = False) -> float:
         """A forward or a backward of blocks [0, cut) (whole: the whole model and its head, fedlora)."""
         share = (1 - self.cost.forward_share) if backward else self.cost.forward_share
-        flops = self.cost.train_flops(0, self.cost.n_layer if whole else cut, batch, seq, head=whole) * share
-        return self._wait(real_s, flops / (self.device.tflops * 1e12))
+        return self.work(real_s, 0, self.cost.n_layer if whole else cut, batch, seq, head=whole, share=share)
 
     def upload(self, nbytes: int) -> float:
         """Before sending: the uplink's latency and bandwidth (the real send on loopback is ~0)."""
@@ -93,10 +94,63 @@ class Pacer:
                      f"this {self.party} ran slower than the federation in the config")
 
 
+class PacedTransport:
+    """A split client's transport under --emulate, for its training steps: the compute since the last crossing
+    waits for the emulated device, each crossing for the emulated link (see the module's docstring). Everything
+    else (counters, adapters, evaluation) is the wrapped transport's. `end()` paces the step's last compute and
+    returns its paced (compute, link) seconds, what the client then measures and reports."""
+
+    def __init__(self, transport: Any, pacer: Pacer, client_id: int, tail_cut: int | None):
+        self.transport, self.pacer, self.id, self.tail_cut = transport, pacer, client_id, tail_cut
+        self.mark = time.perf_counter()  # the step's start, then the last reply's arrival
+        self.compute_s = self.link_s = 0.0
+        self.cut = self.batch = self.seq = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+    def _compute(self, first: int, last: int, head: bool, share: float) -> None:
+        real = time.perf_counter() - self.mark
+        self.compute_s += self.pacer.work(real, first, last, self.batch, self.seq, head=head, share=share)
+
+    def _cross(self, up_nbytes: int, send: Callable[[], StepReply]) -> StepReply:
+        """Upload time, the real exchange, the rest of the download time (the reply's bytes as counted)."""
+        self.link_s += self.pacer.upload(up_nbytes)
+        before, sent = self.transport.counter.snapshot([self.id]), time.perf_counter()
+        reply = send()
+        real = max(time.perf_counter() - sent - reply.server_s, 0.0)
+        down = sum(n for kind, n in self.transport.counter.since(before)[self.id].items() if kind.endswith("_down"))
+        self.link_s += self.pacer.download(real, down)
+        self.mark = time.perf_counter()
+        return reply
+
+    def step(self, req: ForwardRequest) -> StepReply:
+        """The forward of [0, cut), then the activations' crossing (and, vanilla, grad_activations' return)."""
+        self.cut, (self.batch, self.seq) = req.cut, req.activations.shape[:2]
+        self._compute(0, req.cut, False, self.pacer.cost.forward_share)
+        nbytes = self.transport.up.encoded_nbytes(req.activations) + req.labels_nbytes()
+        return self._cross(nbytes, lambda: self.transport.step(req))
+
+    def backward(self, req: BackwardRequest) -> StepReply:
+        """U: the tail and head, forward and backward, then grad_hidden's crossing and grad_activations' return."""
+        assert self.tail_cut is not None, "only a U-shaped client sends grad_hidden"
+        self._compute(self.tail_cut, self.pacer.cost.n_layer, True, 1.0)
+        return self._cross(self.transport.up.encoded_nbytes(req.grad_hidden), lambda: self.transport.backward(req))
+
+    def end(self) -> tuple[float, float]:
+        """After the step: the backward of [0, cut) and the update; the step's paced compute and link seconds."""
+        self._compute(0, self.cut, False, 1 - self.pacer.cost.forward_share)
+        self.pacer.step_done()
+        compute, link = self.compute_s, self.link_s
+        self.compute_s = self.link_s = 0.0
+        self.mark = time.perf_counter()
+        return compute, link
+
+
 def server_pacer(server_tflops: float, cost: CostModel, log: Callable[[str], Any],
-                 step_s: float = 0.0) -> ServerPacer:
+                 step_s: float = 0.0, tail_cut: int | None = None) -> ServerPacer:
     pacer = ServerPacer(DeviceConfig(name="server", tflops=server_tflops), cost, log, sleep=lambda s: None)
-    pacer.step_s = step_s
+    pacer.step_s, pacer.tail_cut = step_s, tail_cut
     return pacer
 
 
@@ -107,14 +161,23 @@ class ServerPacer(Pacer):
 
     party = "server"
     step_s = 0.0  # heterogeneity.server_step_s: what every server step costs beside its FLOPs
+    tail_cut: int | None = None  # U: the first block of the clients' tail; the server runs [cut, tail_cut)
 
-    def rest(self, real_s: float, shapes: list[tuple[int, int, int]]) -> float:
+    def rest(self, real_s: float, shapes: list[tuple[int, int, int]], half: str = "step") -> float:
         """Seconds one server step must still take after `real_s` of compute, as the clock prices it: `step_s`,
         and for each client step it serves, (first, batch, seq), blocks [first, L) and the head, forward and
-        backward (several: one joined step, `federation.server_batch`, their FLOPs together)."""
-        self.steps += len(shapes)
-        flops = sum(self.cost.train_flops(first, self.cost.n_layer, b, t, head=True) for first, b, t in shapes)
-        return self._wait(real_s, self.step_s + flops / (self.device.tflops * 1e12)) - real_s
+        backward (several: one joined step, `federation.server_batch`, their FLOPs together). Under U a step is
+        two halves: "forward" (`step_s` and the forward of [first, tail_cut)) and "backward" (its backward)."""
+        if half == "step":
+            self.steps += len(shapes)
+            flops = sum(self.cost.train_flops(first, self.cost.n_layer, b, t, head=True) for first, b, t in shapes)
+            return self._wait(real_s, self.step_s + flops / (self.device.tflops * 1e12)) - real_s
+        assert self.tail_cut is not None, "only a U-shaped step has halves"
+        share = self.cost.forward_share if half == "forward" else 1 - self.cost.forward_share
+        flops = sum(self.cost.train_flops(first, self.tail_cut, b, t) for first, b, t in shapes) * share
+        fixed = self.step_s if half == "forward" else 0.0
+        self.steps += len(shapes) if half == "backward" else 0
+        return self._wait(real_s, fixed + flops / (self.device.tflops * 1e12)) - real_s
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in super().summary().items() if k not in ("up_mbps", "down_mbps", "latency_ms")}

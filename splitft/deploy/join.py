@@ -55,7 +55,7 @@ from ..seeding import derive_seed
 from ..transport import tls
 from ..transport.base import adapters_nbytes
 from ..transport.grpc_client import GrpcTransport, ServerRefused, ServerRestarted
-from .emulate import Pacer, check_shape
+from .emulate import PacedTransport, Pacer
 from .handshake import terms_of
 from .serve import deploy_problems
 
@@ -124,8 +124,6 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False, emulate
     if not token:
         raise UserError(f"set this client's token in the environment variable {cfg.transport.token_env}")
     rows = check_data(cfg)  # a missing, unreadable or all-bad data file fails here, before any weight is read
-    if emulate:
-        check_shape(cfg)
     device = emulated_device(cfg, client_id) if emulate else None
     tls.check_files(cfg.transport, "client")
     meta = check_model(cfg)
@@ -326,21 +324,9 @@ class Participant:
                                           for b in (False, True))
             pacer.step_done()
             return reply
-        start = time.perf_counter()
-        req = client.begin_step(r, s)
-        batch, seq = client.last_shape
-        forward = pacer.half_step(time.perf_counter() - start, client.cut, batch, seq)
-        before = transport.counter.snapshot([self.id])
-        up = pacer.upload(transport.up.encoded_nbytes(req.activations) + req.labels_nbytes())
-        sent = time.perf_counter()
-        reply = transport.step(req)
-        real_link = max(time.perf_counter() - sent - reply.server_s, 0.0)
-        down = pacer.download(real_link, transport.counter.since(before)[self.id]["grad_activations_down"])
-        start = time.perf_counter()
-        client.finish_step(reply, up + down + reply.server_s)
-        backward = pacer.half_step(time.perf_counter() - start, client.cut, batch, seq, backward=True)
-        client.timing.compute_s, client.timing.link_s = forward + backward, up + down
-        pacer.step_done()
+        paced = PacedTransport(transport, pacer, self.id, client.part.tail_cut)  # the step itself unchanged
+        reply = client.train_step(paced, r, s)
+        client.timing.compute_s, client.timing.link_s = paced.end()
         return reply
 
     def _more(self, done: int, elapsed_s: float) -> bool:

@@ -26,7 +26,6 @@ from ..config import Config, save_config
 from ..data.datasets import parse_rows
 from ..errors import UserError
 from ..rundir import refuse_existing_run
-from .emulate import check_shape
 
 
 def free_port() -> int:
@@ -70,8 +69,6 @@ def launch(base: Config, n_clients: int, client_data: list[str] | None = None, e
     `emulate`: the server and every client pace themselves to their devices in the config (`deploy/emulate.py`)."""
     if n_clients < 1:
         raise UserError(f"--clients: need at least 1, got {n_clients}")
-    if emulate:
-        check_shape(base)
     if client_data is not None:
         if len(client_data) != n_clients:
             raise UserError(f"--client-data: give one file per client ({n_clients}), got {len(client_data)}")

@@ -54,7 +54,7 @@ from ..transport.compress import AUTO, codecs_of
 from ..transport.endpoint import Endpoint
 from ..transport.grpc_server import check_listen, serve_grpc
 from .coordinator import Coordinator
-from .emulate import check_shape, server_pacer
+from .emulate import server_pacer
 from .handshake import terms_of
 from .placement import Placement
 
@@ -117,8 +117,6 @@ def serve(cfg: Config, resume: bool = False, emulate: bool = False) -> dict:
 
 def _run_server(cfg: Config, resume: bool, emulate: bool, lock: RunLock) -> dict:
     check(cfg, deploy_problems)
-    if emulate:
-        check_shape(cfg)
     tokens = read_tokens(cfg.transport.tokens_file, cfg.federation.n_clients)
     tls.check_files(cfg.transport, "server")
     check_listen(cfg.transport.address)  # these before any file is written: a corrected command must not be
@@ -232,11 +230,9 @@ class _Party:
                                    smallest_cut=smallest, allow_over_memory=cfg.split.allow_over_memory,
                                    log_decision=lambda **record: logger.log("cut_decision", **record))
         self.records = Records(logger, log, optimizer_settings(cfg)["schedule"])
-        self.pacer = server_pacer(cfg.heterogeneity.server_tflops, cost, log, cfg.heterogeneity.server_step_s) \
-            if emulate and split else None
-        pacer = self.pacer
-        pace = None if pacer is None else lambda reqs, real_s: pacer.rest(real_s, [
-            (r.cut, *r.activations.shape[:2]) for r in reqs])
+        self.pacer = server_pacer(cfg.heterogeneity.server_tflops, cost, log, cfg.heterogeneity.server_step_s,
+                                  end) if emulate and split else None
+        pace = None if self.pacer is None else self.pacer.rest
         self.coord = Coordinator(self.server, fed.n_clients, fed.rounds, fed.local_steps if split else 0,
                                  fed.clients_per_round, fed.seed, log, run_id=run_id, dead_after_s=t.dead_after_s,
                                  round_timeout_s=t.round_timeout_s, on_round=self.records.round,

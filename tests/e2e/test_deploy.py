@@ -255,10 +255,11 @@ def test_launch_serves_by_arrival_with_a_time_budget(tmp_path, joined):
     assert summary["rounds"] == 3 and summary["final_eval_ppl"] < summary["initial_eval_ppl"]
 
 
-def test_an_emulated_slow_client_measures_at_least_its_profiles_step_time(tmp_path):
+@pytest.mark.parametrize("shape", ["vanilla", "u"])
+def test_an_emulated_slow_client_measures_at_least_its_profiles_step_time(tmp_path, shape):
     """launch --emulate: client 0 is a device 10x slower than client 1; each paces its steps to its profile, so
     the compute it measures and reports per block and token is at least what the profile allows. The server paces
-    every training step to heterogeneity.server_tflops."""
+    every training step to heterogeneity.server_tflops (under U both halves of each)."""
     from splitft.build import cost_model_of
     from splitft.model.families import family_for
     from splitft.model.loader import load
@@ -269,7 +270,7 @@ def test_an_emulated_slow_client_measures_at_least_its_profiles_step_time(tmp_pa
     out = tmp_path / "run"
     res = splitft("launch", "--clients", "2", "--emulate", *[o for o in DEPLOY if "n_clients" not in o],
                   "federation.rounds=1", tiers, "heterogeneity.profile=list", "heterogeneity.devices=[slow, fast]",
-                  "heterogeneity.server_tflops=0.0002", f"metrics.out_dir={out}")
+                  "heterogeneity.server_tflops=0.0002", f"split.shape={shape}", f"metrics.out_dir={out}")
     assert res.returncode == 0, res.stderr + "".join(p.read_text() for p in (out / "logs").glob("*.log"))
     cost = cost_model_of(load("tiny:llama").model, family_for("llama"), Compute())  # fp32, no recompute
     for cid, tflops in [(0, 0.00002), (1, 0.0002)]:

@@ -394,7 +394,7 @@ def test_an_emulated_server_paces_training_steps_only_after_their_compute():
     paced = []
     c = Coordinator(server, n_clients=1, rounds=1, local_steps=1, per_round=0, seed=0, log=lambda s: None,
                     clock=FakeClock(),
-                    pace=lambda reqs, real_s: paced.append((reqs[0].client_id, reqs[0].step, real_s)) or 0.0)
+                    pace=lambda real_s, shapes, half: paced.append((shapes, half, real_s)) or 0.0)
 
     async def go():
         ev = _req(0, 0)
@@ -402,7 +402,7 @@ def test_an_emulated_server_paces_training_steps_only_after_their_compute():
         await c.step(ev)
         assert paced == []  # evaluation is a measurement: the clock does not charge it, emulation does not pace it
         await c.step(_req(0, 0))
-        assert [p[:2] for p in paced] == [(0, 0)] and paced[0][2] > 0 and c.pos == 1
+        assert [p[:2] for p in paced] == [([(2, 2, 5)], "step")] and paced[0][2] > 0 and c.pos == 1  # (cut, B, T)
 
     asyncio.run(go())
 
