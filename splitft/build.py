@@ -35,7 +35,7 @@ from .data.datasets import (
 from .data.partitioners import PARTITIONERS, partitioner_for, samples_of
 from .errors import UserError
 from .model import loader
-from .model.families import Family, family_for
+from .model.families import Family, config_of, embedding_table, family_for, hf_of
 from .model.partial import PartialModel, return_freed_memory
 from .model.split import ClientPart, Compute, ServerPart
 from .optim import LrSchedule
@@ -146,7 +146,7 @@ class Setup:
 
     @property
     def n_layer(self) -> int:
-        return len(self.peft.base_model.model.get_submodule(self.family.layers_path))
+        return len(self.family.blocks(hf_of(self.peft)))
 
     @property
     def pad_id(self) -> int:
@@ -177,7 +177,7 @@ def build_model(cfg: Config, checked: loader.ModelMeta | None = None) -> tuple[t
             model; None checks it here (before any weight loads).
     """
     base, tokenizer, device = load_base(cfg, checked)
-    family = family_for(base.config.model_type)
+    family = family_for(config_of(base).model_type)
     return seeded_lora(cfg, base, family), family, tokenizer, device
 
 
@@ -196,7 +196,7 @@ def open_model(cfg: Config, checked: loader.ModelMeta | None = None) -> PartialM
     device, compute = resolve_device(cfg.model.device), compute_of(cfg)
     seed_everything(cfg.federation.seed)
     loaded, weights = loader.open_weights(cfg.model.source, compute.precision.storage, cfg.federation.seed)
-    family = family_for(loaded.model.config.model_type)
+    family = family_for(config_of(loaded.model).model_type)
     for name, buf in loaded.model.named_buffers():  # rotary frequencies etc. are real already: to the device
         owner, _, attr = name.rpartition(".")
         loaded.model.get_submodule(owner)._buffers[attr] = buf.to(device)
@@ -263,11 +263,11 @@ def cost_model_of(hf: torch.nn.Module, family: Family, compute: Compute) -> Cost
     """The cost model of an HF `*ForCausalLM` run as `compute` says: frozen parameters per block, embeddings, head,
     shapes (shapes only: a model whose weights are still on `meta` gives the same one), the bytes of a stored
     weight and of a kept activation, recompute, the loss's chunk."""
-    blocks = hf.get_submodule(family.layers_path)
+    blocks = family.blocks(hf)
     frozen = [sum(p.numel() for n, p in b.named_parameters() if not lora.is_lora_name(n)) for b in blocks]
     adapters = [sum(p.numel() for n, p in b.named_parameters() if lora.is_lora_name(n)) for b in blocks]
-    emb = hf.get_input_embeddings().weight
-    c, p = hf.config, compute.precision
+    emb = embedding_table(hf)
+    c, p = config_of(hf), compute.precision
     return CostModel(tuple(frozen), emb.numel(), emb.numel(), c.hidden_size, c.num_attention_heads, p.storage.itemsize,
                      act_bytes=p.compute.itemsize, recompute=compute.checkpointing, loss_chunk=compute.loss_chunk,
                      lora_params=tuple(adapters))
@@ -345,9 +345,9 @@ def round_costs(cfg: Config, peft: torch.nn.Module, family: Family, compute: Com
     """What a round costs at each cut for this model, batch shape (B, data.max_length: an upper bound on the
     padded length), codec, LoRA ranks and server (`serving_of`): the numbers the `makespan` policy and `splitft
     plan` predict with. Needs the model's shape and its adapters, not its weights (a deployed server has them)."""
-    cost = cost_model_of(peft.base_model.model, family, compute)
+    cost = cost_model_of(hf_of(peft), family, compute)
     b, t = cfg.train.batch_size, cfg.data.max_length
-    hidden = peft.base_model.model.config.hidden_size
+    hidden = config_of(hf_of(peft)).hidden_size
     x = torch.zeros(b, t, hidden, dtype=compute.precision.storage)
     codec_up, codec_down = codecs_of(cfg.transport)
     acts, grads = codec_up.nbytes(x), codec_down.nbytes(x)  # before lossless coding: an upper bound
@@ -381,14 +381,14 @@ def serving_of(cfg: Config) -> Serving:
 def split_server(cfg: Config, peft: torch.nn.Module, family: Family, first: int, compute: Compute) -> SplitServer:
     """The server of a split method (simulation and deployment alike): blocks [first, L), global store, computing
     as the run's `compute` says (`Setup.compute`, `PartialModel.compute`)."""
-    n_layer = len(peft.base_model.model.get_submodule(family.layers_path))
+    n_layer = len(family.blocks(hf_of(peft)))
     part = ServerPart(peft, family, first, cut_rank(cfg), tail_cut(cfg, n_layer), compute)
     return SplitServer(part, lora.adapter_state_dict(peft), family, r_cut=cut_rank(cfg), **optimizer_settings(cfg))
 
 
 def client_part(cfg: Config, peft: torch.nn.Module, family: Family, cut: int, compute: Compute) -> ClientPart:
     """A split client's part at `cut` (with its tail under split.shape=u), computing as `compute` says."""
-    n_layer = len(peft.base_model.model.get_submodule(family.layers_path))
+    n_layer = len(family.blocks(hf_of(peft)))
     return ClientPart(peft, family, cut, cut_rank(cfg), tail_cut(cfg, n_layer), compute)
 
 

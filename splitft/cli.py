@@ -136,7 +136,8 @@ def _parser() -> argparse.ArgumentParser:
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     """Pull `section.key=value` and `--section.key=value` items out before argparse sees them (it would reject
     unknown flags, and positionals after an option), so overrides may stand anywhere on the line."""
-    known, overrides = [], []
+    known: list[str] = []
+    overrides: list[str] = []
     for a in argv:
         key = a.split("=", 1)[0]
         is_override = "=" in a and "." in key and not key.startswith("-") or a.startswith("--") and "." in key

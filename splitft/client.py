@@ -10,7 +10,7 @@ no-split baselines); only its adapters cross the transport. Both push/pull adapt
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,9 @@ class StepTiming:
 
 class _Client:
     """Data stream, optimizer over the part's LoRA, and the adapter exchange shared by both client kinds."""
+
+    part: ClientPart | FullPart
+    opt: torch.optim.Optimizer
 
     def __init__(self, client_id: int, part: ClientPart | FullPart, stream: BatchStream, *, lr: float,
                  weight_decay: float = 0.0, max_grad_norm: float = 0.0, r_cut: int | None = None,
@@ -135,7 +138,7 @@ class _Client:
         self.last_shape = tuple(batch["input_ids"].shape)  # (B, T): what the virtual clock charges
         return batch
 
-    def _backward(self, root: torch.Tensor, seed: torch.Tensor | None, leaves: list[torch.Tensor]) -> None:
+    def _backward(self, root: torch.Tensor, seed: torch.Tensor | None, leaves: Sequence[torch.Tensor]) -> None:
         """Gradients of `root` (times `seed`) into `leaves` (this part's LoRA, and what goes back up), loss-scaled
         under float16 compute."""
         if not self.scaler.backward(root, seed, leaves):
@@ -178,6 +181,7 @@ class SplitClient(_Client):
     part: ClientPart
     noise: float = 0.0
     _tail_s: float = 0.0  # seconds of the U-shaped tail in the current step (compute, not link)
+    _pending: tuple[torch.Tensor, int, float] | None = None  # a begun step: (activations, rows, forward seconds)
     _noise_gen: torch.Generator | None = None
 
     grad_clip: float = 0.0
@@ -252,6 +256,7 @@ class SplitClient(_Client):
         self._backward(stats.loss_sum / max(stats.n_tokens, 1), None, [*self.params, hidden])  # tail LoRA, hidden
         self._sync()
         self._tail_s = time.perf_counter() - start
+        assert hidden.grad is not None, "the tail's backward reached the hidden states"
         back = transport.backward(BackwardRequest(req.client_id, req.round, req.step, self._defended(hidden.grad)))
         return StepReply(stats.loss_sum.item(), stats.n_tokens, stats.n_correct, back.grad_activations,
                          reply.server_s + back.server_s)
@@ -271,6 +276,7 @@ class SplitClient(_Client):
 
     def finish_step(self, reply: StepReply, round_trip_s: float = 0.0) -> None:
         """The second half: backward from grad_activations, AdamW step, timing of the whole step."""
+        assert self._pending is not None, "finish_step follows begin_step"
         acts, rows, forward_s = self._pending
         start = time.perf_counter()
         assert reply.grad_activations is not None and reply.grad_activations.shape == acts.shape

@@ -392,7 +392,7 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
             problems.append(f"{key}: expected a list, got {_show(value)}")
             return None
         return [_coerce(v, typing.get_args(tp)[0], f"{key}[{i}]", problems) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             problems.append(f"{key}: expected a mapping, got {_show(value)}")
             return None
@@ -437,7 +437,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) ->
         if f.name not in data:
             continue
         tp, key = hints[f.name], f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             if not isinstance(data[f.name], dict):
                 problems.append(f"{key}: expected a section (mapping), got {_show(data[f.name])}")
                 continue
@@ -548,13 +548,13 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"split.cut: must be >= 1 (the client holds at least one block), got {cfg.split.cut}")
     if not 0 <= cfg.federation.seed < 2 ** 32:
         p.append(f"federation.seed: must be in [0, 2^32) (numpy and torch seed with it), got {cfg.federation.seed}")
-    t, d = cfg.train, cfg.data
-    for key, v in {"train.weight_decay": t.weight_decay, "train.max_grad_norm": t.max_grad_norm,
+    tr, d = cfg.train, cfg.data
+    for key, v in {"train.weight_decay": tr.weight_decay, "train.max_grad_norm": tr.max_grad_norm,
                    "data.max_samples": d.max_samples}.items():
         if v < 0:
             p.append(f"{key}: must be >= 0 (0 = {'off' if key.startswith('train') else 'all'}), got {v}")
-    if t.loss_chunk_tokens < 0:
-        p.append(f"train.loss_chunk_tokens: must be >= 0 (0 = the whole logits at once), got {t.loss_chunk_tokens}")
+    if tr.loss_chunk_tokens < 0:
+        p.append(f"train.loss_chunk_tokens: must be >= 0 (0 = the whole logits at once), got {tr.loss_chunk_tokens}")
     if d.max_eval_samples < 1:
         p.append(f"data.max_eval_samples: must be >= 1 (held-out samples evaluated), got {d.max_eval_samples}")
     if not cfg.metrics.out_dir.strip():

@@ -32,10 +32,17 @@ from typing import Protocol
 class Device(Protocol):
     """A device's compute and link, as the round-time model reads them (`sim.profiles.DeviceProfile` is one)."""
 
-    tflops: float
-    up_mbps: float
-    down_mbps: float
-    latency_ms: float
+    @property
+    def tflops(self) -> float: ...
+
+    @property
+    def up_mbps(self) -> float: ...
+
+    @property
+    def down_mbps(self) -> float: ...
+
+    @property
+    def latency_ms(self) -> float: ...
 
 
 GB = 1e9
@@ -230,7 +237,7 @@ def server_steps(clients: list[int], k: int) -> list[int]:
     step) when up to k consecutive steps of different clients join (`federation.server_batch`): a client's next
     step needs the reply to its previous one, so a server step ends before a client's second."""
     ids: list[int] = []
-    start, seen = 0, set()
+    start, seen = 0, set[int]()
     for i, c in enumerate(clients):
         if len(seen) == k or c in seen:
             start, seen = i, set()

@@ -31,7 +31,7 @@ class RunModel:
     """A finished run's base model with an exported adapter (PEFT's own loader), with its config and tokenizer."""
 
     cfg: Config
-    model: torch.nn.Module
+    model: Any  # a peft.PeftModel: generate() and the rest of transformers' API
     tokenizer: Any
     device: torch.device
     adapter: Path

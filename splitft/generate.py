@@ -120,8 +120,10 @@ def _turns(value: Any, where: str) -> list[Turn]:
         if kind != "list":
             raise UserError(f"--file: {where}: 'messages' must be a list of turns, got {kind}")
         try:
-            turns = parse({"messages": value["messages"] + [{"role": "assistant", "content": ""}]}, "messages",
-                          DataConfig())[:-1]  # a conversation to answer: its last turn need not be an answer
+            parsed = parse({"messages": value["messages"] + [{"role": "assistant", "content": ""}]}, "messages",
+                           DataConfig())
+            assert not isinstance(parsed, str), "the messages format parses into turns"
+            turns = parsed[:-1]  # a conversation to answer: its last turn need not be an answer
         except BadRow as e:
             raise UserError(f"--file: {where}: {e}") from None
         return turns

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -177,8 +178,8 @@ def wrap(model: nn.Module, family: Family, *, r: int, alpha: float, dropout: flo
         raise UserError(f"lora.targets {list(targets)} match no module of this {family.name} model; "
                         f"the default for this family is {list(family.lora_targets)} (lora.targets=[] uses it)")
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
-        bias="none",
+        r=r, lora_alpha=cast(int, alpha),  # PEFT annotates int; a float alpha scales the same (alpha / r)
+        lora_dropout=dropout, target_modules=names, bias="none",
         fan_in_fan_out=family.fan_in_fan_out, task_type="CAUSAL_LM",
     )
     with _adapters_stay_float32():
@@ -188,11 +189,11 @@ def wrap(model: nn.Module, family: Family, *, r: int, alpha: float, dropout: flo
         # 1.2 MB each for SmolLM2 at B x T = 512); under autocast the matmul casts it to the compute dtype anyway,
         # the same values, and at float32 compute there is nothing to cast.
         if hasattr(module, "cast_input_dtype_enabled"):
-            module.cast_input_dtype_enabled = False
+            cast(Any, module).cast_input_dtype_enabled = False
     return peft_model
 
 
-def _move_adapter(layer: nn.Module, adapter_name: str, device: torch.device) -> None:
+def _move_adapter(layer: Any, adapter_name: str, device: torch.device) -> None:
     """Move one adapter of a PEFT layer to `device`, keeping its dtype: LoRA weights are float32 masters whatever
     the frozen base is stored in (PEFT's own move would cast them to a bf16 base's dtype, rounding their init)."""
     for attr in (*layer.adapter_layer_names, *layer.other_param_names):
@@ -201,7 +202,7 @@ def _move_adapter(layer: nn.Module, adapter_name: str, device: torch.device) -> 
             group[adapter_name] = group[adapter_name].to(device)
 
 
-def _base_device(layer: nn.Module) -> torch.device:
+def _base_device(layer: Any) -> torch.device:
     """The device of a PEFT layer's base weight; the CPU while that weight is on `meta` (a block this process
     does not hold, `model.weights`): its adapter's seeded initial values are still needed, by the server's global
     store, so they stay real."""
@@ -232,13 +233,13 @@ def _adapters_stay_float32():
         else:
             replace(self, parent, child_name, new_module, child)
 
-    BaseTunerLayer._move_adapter_to_device_of_base_layer = guarded_move  # type: ignore[method-assign]
-    LoraModel._replace_module = guarded_replace  # type: ignore[method-assign]
+    BaseTunerLayer._move_adapter_to_device_of_base_layer = guarded_move
+    LoraModel._replace_module = guarded_replace
     try:
         yield
     finally:
-        BaseTunerLayer._move_adapter_to_device_of_base_layer = move  # type: ignore[method-assign]
-        LoraModel._replace_module = replace  # type: ignore[method-assign]
+        BaseTunerLayer._move_adapter_to_device_of_base_layer = move
+        LoraModel._replace_module = replace
 
 
 def follow_base_layers(model: nn.Module) -> None:
@@ -249,7 +250,7 @@ def follow_base_layers(model: nn.Module) -> None:
     for module in model.modules():
         weight = getattr(module.get_base_layer(), "weight", None) if isinstance(module, BaseTunerLayer) else None
         if weight is not None and weight.device.type != "meta":
-            for adapter in module.active_adapters:
+            for adapter in cast(BaseTunerLayer, module).active_adapters:
                 _move_adapter(module, adapter, weight.device)
 
 
@@ -284,7 +285,7 @@ def load_adapter_state_dict(part: nn.Module, sd: dict[str, torch.Tensor], strict
     with torch.no_grad():
         for name, tensor in sd.items():
             if name in params:
-                p = params[name]
+                p: torch.Tensor = params[name]
                 if p.shape != tensor.shape:  # a cut-layer payload: leading rank components only
                     d = rank_dim(name)
                     ok = p.dim() == tensor.dim() == 2 and p.shape[1 - d] == tensor.shape[1 - d]

@@ -10,6 +10,7 @@ It lives with the loss, so the data pipeline and the wire checks both take it fr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,7 @@ def head_loss(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
     target = labels[:, 1:]
     mask = target != IGNORE
     h, y = hidden[:, :-1][mask], target[mask]  # (n, H), (n,): next-token pairs that carry a loss
-    weight, bias = head.weight, getattr(head, "bias", None)
+    weight, bias = cast(torch.Tensor, head.weight), getattr(head, "bias", None)
     assert not weight.requires_grad, "the LM head is frozen: no LoRA on it"
     if torch.is_grad_enabled() and h.requires_grad:
         loss_sum, n_correct = _HeadLoss.apply(h, weight, bias, y, chunk)
@@ -80,7 +81,8 @@ def _chunks(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y:
         logp = torch.log_softmax(logits.float(), dim=-1)  # what cross_entropy computes
         picked = logp.gather(1, yc[:, None]).squeeze(1)
         loss -= picked.sum()
-        if grad is not None:  # log_softmax's backward of the nll seed: seed * (softmax - one-hot), then the head's
+        if grad is not None and seed is not None:
+            # log_softmax's backward of the nll seed: seed * (softmax - one-hot), then the head's
             dz = logp.exp_().mul_(seed)
             dz[torch.arange(yc.numel(), device=dz.device), yc] -= seed
             grad[s:s + chunk] = dz.to(logits.dtype) @ weight
@@ -92,7 +94,7 @@ class _HeadLoss(torch.autograd.Function):
     (rescaled when the seed is another, e.g. a loss scale)."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, y, chunk):  # type: ignore[no-untyped-def, override]
+    def forward(ctx, h, weight, bias, y, chunk):
         seed = mean_seed(y.numel(), h.device)
         loss, correct, grad = _chunks(h, weight, bias, y, chunk, seed)
         ctx.save_for_backward(grad, seed)
@@ -100,7 +102,7 @@ class _HeadLoss(torch.autograd.Function):
         return loss, correct
 
     @staticmethod
-    def backward(ctx, grad_loss, _):  # type: ignore[no-untyped-def, override]
+    def backward(ctx, grad_loss, _):
         grad, seed = ctx.saved_tensors
         if not torch.equal(grad_loss, seed):
             grad = grad * (grad_loss / seed).to(grad.dtype)

@@ -139,8 +139,8 @@ def stats_of(cid: int, report: dict[str, Any], flops_per_block_token: float) -> 
     source = str(report.get("source", "none"))[:64]
     if "tflops" in get and get["tflops"] is not None:
         speed = get["tflops"]
-    elif get.get("s_per_block_token") is not None:
-        speed = flops_per_block_token / get["s_per_block_token"] / 1e12
+    elif (s := get.get("s_per_block_token")) is not None:
+        speed = flops_per_block_token / s / 1e12
     else:
         speed = 1.0  # nothing measured yet: every client alike, so ratios start equal
     link = get.get("link_mbps")

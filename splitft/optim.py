@@ -85,7 +85,7 @@ def load_optimizer_state(opt: torch.optim.Optimizer, named: dict[str, torch.nn.P
     for name, moments in state.items():
         p = named.get(name)
         odd = [k for k, v in moments.items() if k != "step" and p is not None and v.shape != p.shape]
-        if odd:
+        if odd and p is not None:
             raise Mismatch(f"AdamW's {odd[0]} of '{name}' is {tuple(moments[odd[0]].shape)}, the parameter "
                            f"{tuple(p.shape)}")
     opt.state.clear()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
@@ -163,7 +164,7 @@ class LossScaler:
     def __init__(self, enabled: bool, scale: float = 2.0 ** 16, growth: int = 2000):
         self.enabled, self.scale, self.growth, self.good = enabled, scale, growth, 0
 
-    def backward(self, root: torch.Tensor, seed: torch.Tensor | None, leaves: list[torch.Tensor]) -> bool:
+    def backward(self, root: torch.Tensor, seed: torch.Tensor | None, leaves: Sequence[torch.Tensor]) -> bool:
         """Accumulate d(root)/d(leaf) . seed into each leaf's `.grad` (leaves the graph does not reach are skipped);
         returns False when the gradients are not finite at any scale (then nothing was accumulated)."""
         if not self.enabled:

@@ -205,7 +205,8 @@ def _cuts_plot(runs: list[Run], path: Path) -> Any:
 def expand(dirs: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """Run directories, an experiment's folder run with --seeds standing for its seed_<s>/<method> runs; and
     those runs grouped by method (empty when no such folder is given)."""
-    runs, groups = [], {}
+    runs: list[str] = []
+    groups: dict[str, list[str]] = {}
     for d in dirs:
         result = Path(d) / "experiment.json"
         seeds = json.loads(result.read_text()).get("seeds") if result.is_file() else None

@@ -66,7 +66,8 @@ class RunLock:
     """
 
     def __init__(self, out: Path):
-        self.out, self.fd = out, None
+        self.out = out
+        self.fd: int | None = None
 
     def take(self) -> None:
         import fcntl
@@ -132,7 +133,7 @@ def run_config(run_dir: str | Path) -> Config:
     return cfg
 
 
-def export_adapter(peft: torch.nn.Module, adapters: dict[str, torch.Tensor], path: Path) -> None:
+def export_adapter(peft: Any, adapters: dict[str, torch.Tensor], path: Path) -> None:
     """Load `adapters` (every block's, full rank) into the PeftModel and save it in PEFT's format."""
     lora.load_adapter_state_dict(peft, adapters)
     peft.save_pretrained(str(path))

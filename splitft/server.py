@@ -68,6 +68,15 @@ class FedAvgServer:
     def step(self, req: ForwardRequest) -> StepReply:
         raise NotImplementedError("a FedAvgServer holds no blocks (no-split method); clients train locally")
 
+    def step_batch(self, reqs: list[ForwardRequest]) -> list[StepReply | NonFiniteStep]:
+        raise NotImplementedError("a FedAvgServer holds no blocks (no-split method); clients train locally")
+
+    def backward(self, req: BackwardRequest) -> StepReply:
+        raise NotImplementedError("a FedAvgServer holds no blocks (no-split method); clients train locally")
+
+    def abandon(self) -> None:
+        """Nothing is ever in flight: a FedAvgServer takes no steps."""
+
     def done(self, client_id: int) -> None:
         """Nothing to do in process: the federation driver knows when its clients are done."""
 
@@ -271,6 +280,7 @@ class SplitServer(FedAvgServer):
         """A request as the server part takes it, on this device; the activations a leaf whose .grad is the
         client's grad_activations."""
         acts = req.activations.to(self.device).detach().requires_grad_(grad)
+        assert req.labels is not None, "a vanilla split's labels travel with its activations"
         return Joining(acts, req.attention_mask.to(self.device, torch.long), req.cut,
                        req.labels.to(self.device, torch.long))
 

@@ -384,7 +384,7 @@ class BatchStream:
         self.order: list[int] = []
 
     def next(self) -> dict[str, torch.Tensor]:
-        picked = []
+        picked: list[Example] = []
         while len(picked) < self.batch_size:
             if not self.order:
                 self.order = list(range(len(self.examples)))

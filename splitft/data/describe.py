@@ -87,7 +87,8 @@ def save_heatmap(info: dict[str, Any], path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(14 if wide else 1.2 + 0.9 * len(info["buckets"]), 1.5 + 0.45 * len(hist)))
     im = ax.imshow(share, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     for (i, j), v in ([] if wide else np.ndenumerate(hist)):
-        ax.text(j, i, int(v), ha="center", va="center", color="white" if share[i, j] < 0.6 else "black", fontsize=8)
+        ax.text(j, i, str(int(v)), ha="center", va="center", color="white" if share[i, j] < 0.6 else "black",
+                fontsize=8)
     is_cat = info["partitioner"] in BY_CATEGORY
     if wide:
         ax.set_xticks([])

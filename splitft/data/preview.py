@@ -28,7 +28,7 @@ def preview(cfg: Config, n: int) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.model.source)
     examples, stats = load_examples(cfg.data, tokenizer, cfg.federation.seed, rows=rows)
     train, held_out = split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples)
-    samples = []
+    samples: list[dict[str, Any]] = []
     for row, item in rows.parsed[:n]:
         try:
             ex = example_of(row, item, cfg.data, tokenizer, template)

@@ -543,7 +543,7 @@ class Coordinator:
 
     def _note_eval(self, cid: int, report: dict[str, Any]) -> None:
         """Keep a client's evaluation of a global model (ignored unless well-formed numbers of a known round)."""
-        e = report.get("eval")
+        e: Any = report.get("eval")  # a client's JSON: checked below
         try:
             r, loss_sum, n_tok, n_ok = int(e["round"]), float(e["loss_sum"]), int(e["n_tokens"]), int(e["n_correct"])
         except (TypeError, KeyError, ValueError):

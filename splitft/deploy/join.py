@@ -47,6 +47,7 @@ from ..devices import client_profiles
 from ..errors import UserError
 from ..measure import Meter, check_profile, client_report, peak_memory
 from ..metrics import perplexity
+from ..model.families import hf_of
 from ..model.partial import PartialModel, TokenIds
 from ..model.split import ClientPart, FullPart
 from ..rundir import write_json
@@ -141,8 +142,8 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False, emulate
         transport.close()
         raise UserError(str(e)) from None
     me = Participant(cfg, client_id, pm, token_ids, train, held_out, stats, transport, say)
-    if emulate:
-        me.pacer = Pacer(device, cost_model_of(pm.peft.base_model.model, pm.family, pm.compute), say)
+    if device is not None:
+        me.pacer = Pacer(device, cost_model_of(hf_of(pm.peft), pm.family, pm.compute), say)
         say(f"emulating a {device.name}: {device.tflops:g} TFLOP/s, {device.up_mbps:g}/{device.down_mbps:g} Mbit/s, "
             f"{device.latency_ms:g} ms")
     me.run(welcome)
@@ -179,11 +180,11 @@ class Participant:
         self.setup = Setup(cfg, pm.peft, pm.family, token_ids, train, held_out, stats, pm.device, [], pm.compute)
         stream = client_stream(self.setup, client_id, list(range(len(train))))
         first_cut = cfg.split.cut if fed.method == "split" else pm.n_layer
-        if fed.method == "split":
-            self.client: SplitClient | LocalClient = split_client_with(cfg, client_id, self.holder.part(first_cut),
-                                                                       stream)
+        part = self.holder.part(first_cut)
+        if isinstance(part, ClientPart):  # federation.method=split
+            self.client: SplitClient | LocalClient = split_client_with(cfg, client_id, part, stream)
         else:
-            self.client = LocalClient(client_id, self.holder.part(first_cut), stream, **optimizer_settings(cfg))
+            self.client = LocalClient(client_id, part, stream, **optimizer_settings(cfg))
         self.meter = Meter(cfg.measure.ewma)
         self.losses: dict[int, list[float]] = {}
         self.step_walls: list[float] = []  # wall seconds of each training step, from its forward to its update
@@ -281,7 +282,8 @@ class Participant:
         every = self.cfg.metrics.eval_every
         pending = _evaluate(client, transport, self.cfg, self.setup, r - 1) if r == 0 or r % every == 0 else None
         try:
-            losses, start, own_s = [], time.monotonic(), 0.0
+            losses: list[float] = []
+            start, own_s = time.monotonic(), 0.0
             while self._more(len(losses), time.monotonic() - start):
                 before, began = transport.counter.snapshot([self.id]), time.perf_counter()
                 reply = self._step(r, len(losses))
@@ -289,6 +291,7 @@ class Participant:
                 moved = sum(transport.counter.since(before)[self.id].values())
                 losses.append(reply.loss)
                 t = client.timing
+                assert t is not None, "set by every training step"
                 own_s += t.compute_s + t.link_s  # its own work, not the wait for other clients' turns
                 self.meter.step(t.compute_s, client.cut, t.tokens, t.link_s, moved)
             client.last_loss = sum(losses) / len(losses)
@@ -319,6 +322,7 @@ class Participant:
         if not isinstance(client, SplitClient):  # fedlora: the whole model, forward and backward, here
             reply = client.train_step(transport, r, s)
             batch, seq = client.last_shape
+            assert client.timing is not None, "set by every training step"
             half = client.timing.compute_s / 2  # its forward and its backward, each paced
             client.timing.compute_s = sum(pacer.half_step(half, client.cut, batch, seq, whole=True, backward=b)
                                           for b in (False, True))
@@ -326,6 +330,7 @@ class Participant:
             return reply
         paced = PacedTransport(transport, pacer, self.id, client.part.tail_cut)  # the step itself unchanged
         reply = client.train_step(paced, r, s)
+        assert client.timing is not None, "set by every training step"
         client.timing.compute_s, client.timing.link_s = paced.end()
         return reply
 

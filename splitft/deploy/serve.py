@@ -43,13 +43,14 @@ from ..config import Config, tail_cut
 from ..errors import UserError
 from ..measure import peak_memory
 from ..metrics import MetricsLogger, perplexity
+from ..model.families import config_of, hf_of
 from ..model.partial import PartialModel
 from ..optim import LrSchedule
 from ..rundir import RunLock, export_adapter, open_records, prepare_run_dir, run_config, truncate_lines, write_json
 from ..server import FedAvgServer
 from ..track import open_tracker
 from ..transport import tls, wire
-from ..transport.base import ByteCounter, sum_kinds, training_traffic
+from ..transport.base import ByteCounter, ForwardRequest, sum_kinds, training_traffic
 from ..transport.compress import AUTO, codecs_of
 from ..transport.endpoint import Endpoint
 from ..transport.grpc_server import check_listen, serve_grpc
@@ -125,6 +126,7 @@ def _run_server(cfg: Config, resume: bool, emulate: bool, lock: RunLock) -> dict
     if resume:
         lock.take()
     saved = _resumable(out, cfg) if resume else None
+    run_id: str | None  # a resumed run keeps its id (None: a checkpoint from before run ids)
     if saved is None:
         prepare_run_dir(cfg)
         lock.take()
@@ -205,7 +207,7 @@ class _Party:
         fed, t, split = cfg.federation, cfg.transport, cfg.federation.method == "split"
         self.cfg, self.logger, self.pm = cfg, logger, open_model(cfg, meta)
         pm = self.pm
-        cost = cost_model_of(pm.peft.base_model.model, pm.family, pm.compute)
+        cost = cost_model_of(hf_of(pm.peft), pm.family, pm.compute)
         bounds = cut_bounds(cfg, cost, pm.n_layer)
         smallest = smallest_cut(cfg, bounds)  # the least a client may hold, the server's first block
         self.first = smallest if split else pm.n_layer
@@ -245,7 +247,7 @@ class _Party:
                                  max_steps=math.ceil(fed.max_steps_factor * fed.local_steps), pace=pace,
                                  server_batch=fed.server_batch, batch_wait_s=fed.server_batch_wait_ms / 1000,
                                  on_served=lambda reqs, seconds: self.placement.note_server(sum(
-                                     cost.train_flops(r.cut, pm.n_layer, *r.activations.shape[:2], head=True)
+                                     cost.train_flops(r.cut, pm.n_layer, *_batch_seq(r), head=True)
                                      for r in reqs), seconds))
 
     def state_dict(self) -> dict[str, Any]:
@@ -273,11 +275,12 @@ class _Party:
 
 
 def _step_shape(cfg: Config, pm: PartialModel, first: int) -> wire.StepShape:
-    hf = pm.peft.base_model.model
+    hf = hf_of(pm.peft)
     end = tail_cut(cfg, pm.n_layer)
     up, down = codecs_of(cfg.transport)
-    return wire.StepShape(hf.config.hidden_size, pm.dtype, max_tokens=cfg.train.batch_size * cfg.data.max_length,
-                          vocab=hf.config.vocab_size, cut_range=(first, end or pm.n_layer),
+    c = config_of(hf)
+    return wire.StepShape(c.hidden_size, pm.dtype, max_tokens=cfg.train.batch_size * cfg.data.max_length,
+                          vocab=c.vocab_size, cut_range=(first, end or pm.n_layer),
                           codec_up=up, codec_down=down, u=end is not None)
 
 
@@ -347,3 +350,8 @@ class Records:
                 "dropped_by_round": {str(r["round"]): r["dropped"] for r in self.rounds if r["dropped"]},
                 "clients": {str(c): {"final_cut": coord.placement.cut_of(c) if coord.placement else None}
                             for c in range(cfg.federation.n_clients)}}
+
+
+def _batch_seq(req: ForwardRequest) -> tuple[int, int]:
+    """(batch, seq) of a step's activations (B, T, H)."""
+    return req.activations.shape[0], req.activations.shape[1]

@@ -12,7 +12,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -50,6 +50,10 @@ class Family:
     tiny: dict[str, Any] = field(default_factory=dict)
     unsupported: dict[str, Any] = field(default_factory=dict)
 
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        """The model's transformer blocks (`layers_path`)."""
+        return cast(nn.ModuleList, model.get_submodule(self.layers_path))
+
     def lm_head(self, model: nn.Module) -> nn.Module:
         """The head's linear layer (every family keeps it at `lm_head`, frozen, no LoRA)."""
         return model.get_submodule("lm_head")
@@ -82,8 +86,30 @@ def _causal_mask(config: Any, hidden: torch.Tensor, attention_mask: torch.Tensor
     return _mask(create_causal_mask, config, hidden, attention_mask, **kw)
 
 
-def _get(model: nn.Module, path: str) -> nn.Module:
+def _get(model: nn.Module, path: str) -> Any:
+    """The submodule at `path`; Any: its attributes (layers, embeddings, config) are the family's own."""
     return model.get_submodule(path)
+
+
+def config_of(model: nn.Module) -> Any:
+    """The HF model's config (Any: its fields are the family's)."""
+    return model.config
+
+
+def hf_of(peft_model: nn.Module) -> nn.Module:
+    """The `*ForCausalLM` inside a PeftModel (`base_model.model`)."""
+    return peft_model.get_submodule("base_model.model")
+
+
+def embeddings(model: nn.Module, output: bool = False) -> nn.Module:
+    """An HF model's input embedding layer (or its output head: `output`)."""
+    hf: Any = model  # transformers' PreTrainedModel methods, untyped on nn.Module
+    return cast(nn.Module, hf.get_output_embeddings() if output else hf.get_input_embeddings())
+
+
+def embedding_table(model: nn.Module, output: bool = False) -> torch.Tensor:
+    """The (V, H) weight of `embeddings(model, output)`."""
+    return cast(torch.Tensor, embeddings(model, output).weight)
 
 
 # --- Llama / Qwen2 / Mistral: rotary positions, RMSNorm, per-layer mask kinds --------------------------
@@ -95,14 +121,14 @@ def _llama_embed(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
 
 def _llama_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
     """Llama and Qwen2: a mask per kind in `config.layer_types` (Qwen2 can slide on some layers)."""
-    return _rotary_context(model, hidden, attention_mask, getattr(model.config, "layer_types", None) or [])
+    return _rotary_context(model, hidden, attention_mask, getattr(config_of(model), "layer_types", None) or [])
 
 
 def _mistral_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
     """Mistral, as HF's MistralModel: every layer slides when `config.sliding_window` is set, whatever
     `config.layer_types` says."""
     n_layer = len(_get(model, "model.layers"))
-    sliding = getattr(model.config, "sliding_window", None) is not None
+    sliding = getattr(config_of(model), "sliding_window", None) is not None
     return _rotary_context(model, hidden, attention_mask, ["sliding_attention"] * n_layer if sliding else [])
 
 
@@ -110,7 +136,7 @@ def _rotary_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torc
                     layer_types: list[str], per_kind: bool = False) -> dict[str, Any]:
     """Rotary embeddings (one per attention kind with `per_kind`, as Gemma 3 rotates local layers with its own
     base frequency), position ids and the causal mask of each attention kind the layers use."""
-    config = model.config
+    config = config_of(model)
     pos = _positions(hidden)
     masks = {"full_attention": _causal_mask(config, hidden, attention_mask, position_ids=pos)}
     if "sliding_attention" in layer_types:
@@ -142,7 +168,7 @@ def _phi3_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.
 def _gemma3_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
     """Gemma 3, as HF's Gemma3TextModel: a mask and a rotary embedding per kind in `config.layer_types` (local
     layers slide and rotate with their own base frequency)."""
-    return _rotary_context(model, hidden, attention_mask, list(model.config.layer_types), per_kind=True)
+    return _rotary_context(model, hidden, attention_mask, list(config_of(model).layer_types), per_kind=True)
 
 
 def _llama_norm(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -160,7 +186,7 @@ def _gpt_embed(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.
 
 def _gpt_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
     pos = _positions(hidden)
-    return {"mask": _causal_mask(model.config, hidden, attention_mask, position_ids=pos), "position_ids": pos}
+    return {"mask": _causal_mask(config_of(model), hidden, attention_mask, position_ids=pos), "position_ids": pos}
 
 
 def _gpt2_block(model: nn.Module, i: int, hidden: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
@@ -192,7 +218,7 @@ def _opt_embed(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.
 
 def _opt_context(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
     pos = _positions(hidden)
-    return {"mask": _causal_mask(model.config, hidden, attention_mask), "position_ids": pos}
+    return {"mask": _causal_mask(config_of(model), hidden, attention_mask), "position_ids": pos}
 
 
 def _opt_block(model: nn.Module, i: int, hidden: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
@@ -209,19 +235,19 @@ def _opt_norm(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return hidden
 
 
-_LLAMA_KW = dict(
+_LLAMA_KW: dict[str, Any] = dict(
     embed_paths=("model.embed_tokens",), layers_path="model.layers",
     head_paths=("model.norm", "lm_head"), lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"),
     embed=_llama_embed, context=_llama_context, run_block=_llama_block, final_norm=_llama_norm,
 )
-_GPT_KW = dict(
+_GPT_KW: dict[str, Any] = dict(
     embed_paths=("transformer.wte", "transformer.wpe"), layers_path="transformer.h",
     head_paths=("transformer.ln_f", "lm_head"), embed=_gpt_embed, context=_gpt_context, final_norm=_gpt_norm,
 )
 
 # The tiny test models: 4 blocks of width 32, 4 heads (2 key/value heads where the family has them), no dropout;
 # a sliding window shorter than the test sequences wherever the family slides, so that path runs.
-_TINY_ROTARY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+_TINY_ROTARY: dict[str, Any] = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
                     num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, attention_dropout=0.0)
 
 FAMILIES: dict[str, Family] = {

@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ class TensorInfo:
     dims: tuple[int, ...]
     """numpy order (outermost first): GGUF lists them innermost first."""
     qtype: int
+    """A `gguf.GGMLQuantizationType` value (checked against GGML_QUANT_SIZES when the index is read)."""
     offset: int
     """Absolute byte offset of the data in the file."""
     nbytes: int
@@ -53,7 +54,7 @@ class _Cursor:
     """Reads little-endian values from a memory-mapped buffer, failing cleanly at its end."""
 
     def __init__(self, buf: np.memmap):
-        self.buf, self.view, self.pos = buf, memoryview(buf), 0
+        self.buf, self.view, self.pos = buf, memoryview(cast(Any, buf)), 0  # a memmap is a buffer
 
     def skip(self, n: int) -> None:
         if n < 0 or self.pos + n > len(self.buf):
@@ -158,24 +159,24 @@ class GGUFFile:
         floats = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}
         if kind in floats:
             return data.view(floats[kind]).reshape(t.dims)
-        block, size = GGML_QUANT_SIZES[t.qtype]
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(t.qtype)]
         return data.reshape(*t.dims[:-1], t.dims[-1] // block * size)
 
     def tensor(self, name: str, dtype: torch.dtype,
                process: Callable[[np.ndarray], np.ndarray] | None = None) -> torch.Tensor:
         """The tensor dequantized to `dtype`, ROWS rows at a time (float32 never holds more than that), or whole
         when `process` must see it whole (transformers' per-architecture fix-ups, e.g. llama's q/k row order)."""
-        from gguf import dequantize
+        from gguf import GGMLQuantizationType, dequantize
 
         t = self.tensors[name]
-        raw = self.raw(name)
+        raw, kind = self.raw(name), GGMLQuantizationType(t.qtype)
         if process is not None:
-            out = torch.from_numpy(np.array(process(dequantize(raw, t.qtype)), np.float32)).to(dtype)
+            out = torch.from_numpy(np.array(process(dequantize(raw, kind)), np.float32)).to(dtype)
         else:
             out = torch.empty(t.dims, dtype=dtype)
             flat, rows = out.view(-1, t.dims[-1]), raw.reshape(-1, raw.shape[-1])
             for i in range(0, rows.shape[0], ROWS):
-                flat[i:i + ROWS] = torch.from_numpy(np.array(dequantize(rows[i:i + ROWS], t.qtype), np.float32))
+                flat[i:i + ROWS] = torch.from_numpy(np.array(dequantize(rows[i:i + ROWS], kind), np.float32))
         self._forget(t)
         return out
 

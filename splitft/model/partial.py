@@ -14,7 +14,7 @@ import torch
 
 from .. import lora
 from . import loader
-from .families import Family
+from .families import Family, hf_of
 from .split import Compute
 from .weights import WeightFile, held_bytes, materialize, release
 
@@ -77,7 +77,7 @@ class PartialModel:
 
     @property
     def n_layer(self) -> int:
-        return len(self.peft.base_model.model.get_submodule(self.family.layers_path))
+        return len(self.family.blocks(hf_of(self.peft)))
 
     def blocks(self, layers: range) -> list[str]:
         return [f"{self.family.layers_path}.{i}" for i in layers]

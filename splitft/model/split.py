@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from ..lora import CutRankMask, lora_parameters
 from ..loss import TokenStats, head_loss, token_loss
 from ..precision import FP32, Precision
-from .families import Family
+from .families import Family, hf_of
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def _copy_sharing_frozen(model: nn.Module, skip: list[nn.Module]) -> nn.Module:
     """Deep copy that shares frozen parameters and buffers with `model` and copies trainable (LoRA) ones; the
     modules in `skip` (the copy drops them next) are not copied at all: a cut-1 client would otherwise copy every
     block's LoRA (7 MB for SmolLM2) to throw 29 blocks' of it away."""
-    memo = {id(b): b for b in model.buffers()}
+    memo: dict[int, Any] = {id(b): b for b in model.buffers()}
     memo.update({id(p): p for p in model.parameters() if not p.requires_grad})
     memo.update({id(m): m for m in skip})
     return copy.deepcopy(model, memo)
@@ -100,11 +100,6 @@ def _remove(hf: nn.Module, path: str) -> None:
         setattr(*_owner(hf, path), Absent())
 
 
-def _hf(peft_model: nn.Module) -> nn.Module:
-    """The `*ForCausalLM` inside a PeftModel (`base_model.model`)."""
-    return peft_model.base_model.model
-
-
 class _Part:
     """Common state of both parts: the trimmed PeftModel copy and which blocks it holds."""
 
@@ -112,12 +107,12 @@ class _Part:
                  compute: Compute = Compute()):
         self.family, self.compute = family, compute
         self.layers = layers
-        source = _hf(peft_model)
-        dropped = [b for i, b in enumerate(source.get_submodule(family.layers_path)) if i not in layers]
+        source = hf_of(peft_model)
+        dropped = [b for i, b in enumerate(family.blocks(source)) if i not in layers]
         dropped += [m for m in map(lambda path: _at(source, path), drop_paths) if m is not None]
         self.module = _copy_sharing_frozen(peft_model, dropped)
-        hf = _hf(self.module)
-        blocks = hf.get_submodule(family.layers_path)
+        hf = hf_of(self.module)
+        blocks = family.blocks(hf)
         self.n_layer = len(blocks)
         for i in range(self.n_layer):
             if i not in layers:
@@ -127,7 +122,7 @@ class _Part:
 
     @property
     def hf(self) -> nn.Module:
-        return _hf(self.module)
+        return hf_of(self.module)
 
     def lora_parameters(self) -> list[nn.Parameter]:
         return list(lora_parameters(self.module).values())
@@ -161,7 +156,7 @@ class ClientPart(_Part):
 
     def __init__(self, peft_model: nn.Module, family: Family, cut: int, r_cut: int | None = None,
                  tail_cut: int | None = None, compute: Compute = Compute()):
-        n_layer = len(_hf(peft_model).get_submodule(family.layers_path))
+        n_layer = len(family.blocks(hf_of(peft_model)))
         end = n_layer if tail_cut is None else tail_cut
         assert 1 <= cut < end <= n_layer, f"cut={cut} must be in [1, {end - 1}]"
         tail = list(range(end, n_layer))
@@ -201,7 +196,7 @@ class ServerPart(_Part):
 
     def __init__(self, peft_model: nn.Module, family: Family, first: int, r_cut: int | None = None,
                  tail_cut: int | None = None, compute: Compute = Compute()):
-        n_layer = len(_hf(peft_model).get_submodule(family.layers_path))
+        n_layer = len(family.blocks(hf_of(peft_model)))
         end = n_layer if tail_cut is None else tail_cut
         assert 1 <= first < end, f"server first block {first} must be in [1, {end - 1}]"
         drop = family.embed_paths + (family.head_paths if tail_cut is not None else ())
@@ -283,7 +278,7 @@ class FullPart(_Part):
     """The whole model with its LoRA adapters, trained where the data is (no split)."""
 
     def __init__(self, peft_model: nn.Module, family: Family, compute: Compute = Compute()):
-        n_layer = len(_hf(peft_model).get_submodule(family.layers_path))
+        n_layer = len(family.blocks(hf_of(peft_model)))
         super().__init__(peft_model, family, list(range(n_layer)), (), compute)
 
     def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -307,9 +302,9 @@ def full_forward(peft_model: nn.Module, family: Family, input_ids: torch.Tensor,
                  attention_mask: torch.Tensor) -> torch.Tensor:
     """Unsplit logits through the same family code path, on a model as it is (no part, no copy): the reference of
     the equivalence tests."""
-    hf = _hf(peft_model)
+    hf = hf_of(peft_model)
     hidden = family.embed(hf, input_ids, attention_mask)
     ctx = family.context(hf, hidden, attention_mask)
-    for i in range(len(hf.get_submodule(family.layers_path))):
+    for i in range(len(family.blocks(hf))):
         hidden = family.run_block(hf, i, hidden, ctx)
     return family.head(hf, hidden)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError, reason
+from .families import config_of, hf_of
 
 
 class WeightFileError(UserError):
@@ -87,7 +88,7 @@ class WeightFile:
         through transformers' own table, and transformers' per-architecture fix-ups apply)."""
         from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
-        processor = TENSOR_PROCESSORS.get(f.arch, TensorProcessor)(config=model.config.to_dict())
+        processor = TENSOR_PROCESSORS.get(f.arch, TensorProcessor)(config=config_of(model).to_dict())
         with _one_name_table():
             to_hf = get_gguf_hf_weights_map(model, processor)
         gguf_names = {to_hf[n]: n for n in f.tensors if n in to_hf}
@@ -164,9 +165,9 @@ def _under(name: str, prefixes: Iterable[str]) -> bool:
 
 def _tied(model: nn.Module) -> dict[str, str]:
     """{tied parameter: the parameter it shares}, in Hugging Face names (e.g. lm_head.weight -> embed)."""
-    base = model.base_model.model if hasattr(model, "peft_config") else model
+    base = hf_of(model) if hasattr(model, "peft_config") else model
     get = getattr(base, "get_expanded_tied_weights_keys", None)
-    return dict(get(all_submodels=True)) if get is not None and base.config.tie_word_embeddings else {}
+    return dict(get(all_submodels=True)) if get is not None and config_of(base).tie_word_embeddings else {}
 
 
 def materialize(model: nn.Module, weights: WeightFile, prefixes: Iterable[str], device: torch.device,

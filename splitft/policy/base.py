@@ -90,7 +90,8 @@ class Decision:
 
 
 class CutPolicy(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def assign(self, stats: list[ClientStats], current: dict[int, int], round_: int) -> Decision:
         """Cuts for the coming round. `current` is empty before the first round."""

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..model.families import embedding_table, embeddings
 from ..model.split import ClientPart
 
 
@@ -39,7 +40,7 @@ def nearest_tokens(x: torch.Tensor, table: torch.Tensor, chunk: int = 1024) -> t
 def _embeddings_replaced(part: ClientPart, embeds: torch.Tensor) -> Iterator[None]:
     """While open, the input embedding layer returns `embeds` (B, T, H) whatever ids it gets, so the family's
     own embed (GPT-2 and OPT add positions after it) and blocks run on them unchanged."""
-    layer = part.hf.get_input_embeddings()
+    layer = embeddings(part.hf)
     handle = layer.register_forward_hook(lambda module, args, out: embeds.to(out.dtype))
     try:
         yield
@@ -65,7 +66,7 @@ class LearnedInverter:
     @torch.no_grad()
     def fit(cls, part: ClientPart, batches: Iterable[dict[str, torch.Tensor]], ridge: float = 1e-3
             ) -> LearnedInverter:
-        table = part.hf.get_input_embeddings().weight
+        table = embedding_table(part.hf)
         h = table.shape[1]
         gram = torch.zeros(h + 1, h + 1, dtype=torch.float64)
         cross = torch.zeros(h + 1, h, dtype=torch.float64)
@@ -95,7 +96,7 @@ def optimized_inversion(part: ClientPart, acts: torch.Tensor, mask: torch.Tensor
     6x the median); a squared error is ruled by them. Measured on 2 held-out SmolLM2 samples, 173 tokens, 150
     steps: cosine recovers 88% at cut 1 and 59% at cut 4, squared error 68% and 0.6%, squared error per channel
     37% and 12%."""
-    table = part.hf.get_input_embeddings().weight.detach()
+    table = embedding_table(part.hf).detach()
     target, real = acts.detach().float(), mask.bool()
     x = table.float().mean(0).expand(*acts.shape[:2], -1).clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)

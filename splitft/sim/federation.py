@@ -225,7 +225,9 @@ class Federation:
         before the budget has passed. Under plan turns a client that stops before the cap leaves its turns in
         the cycle until its push reaches the server (as the deployed coordinator drops them only then): the
         turns after them wait for it."""
-        sch, line = self.schedule, self.clock.timeline(lora_down)
+        clock = self.clock
+        assert clock is not None, "arrival order and time budgets need a clock"
+        sch, line = self.schedule, clock.timeline(lora_down)
         budget = self._budget_s(plan.clients) if sch.budget == "time" else None
         cap = self.local_steps if budget is None else math.ceil(sch.max_steps_factor * self.local_steps)
         limit = {c: min(cap, gone.get(c, cap)) for c in plan.clients}
@@ -238,7 +240,7 @@ class Federation:
         def begin(c: int) -> None:  # the budget counts from the client's first step (its adapters are in)
             if done[c] < limit[c] and another_step(done[c], line.ready[c] - line.start[c], budget, cap):
                 begun = self._begin(c, round_, done[c])
-                waiting.append((line.arrival(self.clock.step_cost(begun[0])), c, begun))
+                waiting.append((line.arrival(clock.step_cost(begun[0])), c, begun))
             elif sch.order == "plan" and done[c] < cap and c not in gone:
                 unused[c] = line.pushed(c, lora_down.get(c, 0))  # its push carries the adapters it pulled
 
@@ -278,14 +280,14 @@ class Federation:
             if sch.server_batch == 1:
                 arrived, c, begun = next_served()
                 rec = self._finish(c, round_, begun)
-                line.serve(self.clock.step_cost(rec), max(arrived, blocked_until(c)))
+                line.serve(clock.step_cost(rec), max(arrived, blocked_until(c)))
                 steps.append(rec)
                 done[c] += 1
                 begin(c)
                 continue
             group = joining(next_served())
             recs = self._together(round_, [b for _, _, b in group], server_step=len(steps))
-            line.serve_batch([self.clock.step_cost(r) for r in recs], [max(a, blocked_until(c)) for a, c, _ in group])
+            line.serve_batch([clock.step_cost(r) for r in recs], [max(a, blocked_until(c)) for a, c, _ in group])
             steps += recs
             for _, c, _ in group:
                 done[c] += 1
@@ -317,7 +319,7 @@ class Federation:
         sent = self.transport.counter.since(before)
         out = []
         for (rec, req), reply in zip(begun, replies, strict=True):
-            self.clients[req.client_id].finish_step(reply)
+            self._split_client(req.client_id).finish_step(reply)
             out.append(self._log_step(req.client_id, round_, req.step, reply, sent[req.client_id], before=rec,
                                       server_step=server_step))
         return out
@@ -342,11 +344,16 @@ class Federation:
                        grad_hidden_up=tail_up)
         return rec, req
 
+    def _split_client(self, cid: int) -> SplitClient:
+        client = self.clients[cid]
+        assert isinstance(client, SplitClient), "a begun split step belongs to a split client"
+        return client
+
     def _finish(self, cid: int, round_: int, begun: tuple[dict[str, Any], Any]) -> dict[str, Any]:
         rec, req = begun
         if req is rec:  # a local step, run whole in _begin
             return rec
-        client = self.clients[cid]
+        client = self._split_client(cid)
         before = self.transport.counter.snapshot([cid])
         reply = client.exchange(self.transport, req)
         client.finish_step(reply)
@@ -396,12 +403,15 @@ class Federation:
     def _recode(self, codecs: dict[int, str]) -> None:
         """Apply the clients' codecs up (transport.codec_up=auto), and tell the policy, whose next decision
         prices them (a resumed run restores them this way)."""
-        assert not codecs or self.adaptivity is not None
+        if not codecs:
+            return
+        a = self.adaptivity
+        assert a is not None, "only an adaptive run chooses codecs"
         for cid, name in codecs.items():
-            self.adaptivity.recode(cid, name)
+            a.recode(cid, name)
         self.codecs.update(codecs)
-        if codecs and isinstance(self.adaptivity.policy, CodecChoice):
-            self.adaptivity.policy.codecs = dict(self.codecs)
+        if isinstance(a.policy, CodecChoice):
+            a.policy.codecs = dict(self.codecs)
 
     def codec_costs(self, codecs: dict[str, Any]) -> dict[str, float]:
         """Relative change of held-out ppl (the global model at the probe client's cut) with the probe's

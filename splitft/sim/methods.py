@@ -23,6 +23,7 @@ from ..cost import CostModel
 from ..devices import client_profiles
 from ..errors import UserError
 from ..metrics import MetricsLogger
+from ..model.families import config_of, hf_of
 from ..model.split import FullPart
 from ..policy import ClientStats, CutBounds
 from ..policy.codecs import CodecChoice, CodecOption, options_within
@@ -39,7 +40,7 @@ OnStep = Callable[[dict[str, Any]], None] | None
 
 
 def cost_model(setup: Setup) -> CostModel:
-    return cost_model_of(setup.peft.base_model.model, setup.family, setup.compute)
+    return cost_model_of(hf_of(setup.peft), setup.family, setup.compute)
 
 
 def cut_bounds(setup: Setup) -> CutBounds:
@@ -134,7 +135,7 @@ def _choose_codecs(setup: Setup, fed: Federation, logger: MetricsLogger) -> None
     costs = fed.codec_costs(codecs)
     logger.log("codec_costs", cut=cfg.split.cut, max_ppl_cost=t.max_ppl_cost, ppl_cost=costs)
     table = round_costs(setup)  # priced with `none` up (auto's start)
-    hidden = setup.peft.base_model.model.config.hidden_size
+    hidden = config_of(hf_of(setup.peft)).hidden_size
     x = torch.zeros(cfg.train.batch_size, cfg.data.max_length, hidden, dtype=setup.compute.precision.storage)
     options = [CodecOption(n, c.bits, table.step_bytes_up - NONE.nbytes(x) + c.nbytes(x), costs[n])
                for n, c in {NONE.name: NONE, **codecs}.items()]

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..build import Setup, build_model, compute_of, smallest_cut
 from ..config import Config, SplitConfig, tail_cut
+from ..data.datasets import DataStats
 from ..devices import client_profiles
 from ..policy import ClientStats, CutBounds, ResourcePolicy, max_feasible_cut
 from ..policy.makespan import MakespanPolicy, RoundCosts, oracle
@@ -30,7 +31,8 @@ from .methods import client_stats, cost_model, cut_bounds, round_costs
 def plan(cfg: Config) -> dict[str, Any]:
     """{"policies": {name: {"cuts": {client_id: cut}, "round_s": s, "over_memory": [...], ...}}, ...}."""
     peft, family, tokenizer, device = build_model(cfg)
-    setup = Setup(cfg, peft, family, tokenizer, [], [], {}, device, [], compute_of(cfg))
+    no_data = DataStats("none", 0, 0, 0, {})  # the plan prices shapes; it reads no data
+    setup = Setup(cfg, peft, family, tokenizer, [], [], no_data, device, [], compute_of(cfg))
     devices = dict(enumerate(client_profiles(cfg.heterogeneity, cfg.federation.n_clients, cfg.federation.seed)))
     stats = client_stats(devices)
     bounds = cut_bounds(setup)

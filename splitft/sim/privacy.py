@@ -33,6 +33,7 @@ from ..build import Setup
 from ..config import Config, validate
 from ..data.datasets import STDLIB, batches, load_examples
 from ..errors import UserError
+from ..model.families import embedding_table, hf_of
 from ..privacy.defenses import noisy_activations
 from ..privacy.inversion import LearnedInverter, optimized_inversion, recovery
 from ..privacy.labels import LabelScore, score_batch
@@ -129,7 +130,7 @@ def _inversion(setup: Setup, cuts: list[int], noises: list[float], held_out: lis
     cfg = setup.cfg
     public_cfg = dataclasses.replace(cfg.data, path=STDLIB, format="auto", max_samples=public_samples)
     public, _ = load_examples(public_cfg, setup.tokenizer, cfg.federation.seed)
-    table = setup.peft.base_model.model.get_input_embeddings().weight.detach()
+    table = embedding_table(hf_of(setup.peft)).detach()
     vanilla = _variant(cfg, "vanilla", **{"split.shape": "vanilla"})
     rows = []
     for cut in cuts:
@@ -185,11 +186,12 @@ def attack_labels(setup: Setup, cfg: Config, steps: int) -> LabelScore:
     part = build.client_part(cfg, setup.peft, setup.family, cut, setup.compute)
     client = build.split_client_with(cfg, 0, part, build.client_stream(setup, 0, setup.parts[0]))
     wire, score = _Curious(server), LabelScore()
-    head = setup.peft.base_model.model.get_output_embeddings().weight.detach()
+    head = embedding_table(hf_of(setup.peft), output=True).detach()
     for step in range(steps):
         req = client.begin_step(0, step)
         mask, labels = client._tail_batch  # the ground truth, which only the client holds
         reply = client.exchange(wire, req)
+        assert wire.hidden is not None and wire.grad is not None, "a U-shaped step sent both"
         with torch.no_grad():  # what the server predicts from its hidden states and the public tail and head
             logits = client.part.tail_forward(wire.hidden, mask)
         client.finish_step(reply)

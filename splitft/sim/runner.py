@@ -92,7 +92,7 @@ def _simulate(cfg: Config, resume: bool, lock: RunLock) -> dict[str, Any]:
     f = cfg.federation
     total = (f.rounds - start) * f.local_steps * (f.clients_per_round or f.n_clients)
     bar = tqdm(total=total, desc=f"{f.method} steps", unit="step", disable=not cfg.metrics.progress, file=sys.stderr)
-    fed.on_step = lambda r: (bar.update(1), bar.set_postfix(loss=f"{r['loss']:.3f}"))
+    fed.on_step = lambda r: _tick(bar, r)
     fed.on_phase = _progress_phases(bar, f"{f.method} steps")
     if not resume:
         rounds = [logger.log("round", round=-1, **fed.evaluate(-1))]  # the pretrained model, before any step
@@ -162,3 +162,9 @@ def _summary(cfg: Config, rounds: list[dict[str, Any]], fed: Federation, wall: f
             "bytes": fed.transport.counter.totals(), "bytes_up": sum(r["bytes_up"] for r in trained),
             "bytes_down": sum(r["bytes_down"] for r in trained), "virtual_time_s": fed.virtual_time,
             "wall_time_s": round(wall, 2), "clients": clients, "peak_memory": peak_memory()}
+
+
+def _tick(bar: Any, step: dict[str, Any]) -> None:
+    """One step done: the bar moves and shows its loss."""
+    bar.update(1)
+    bar.set_postfix(loss=f"{step['loss']:.3f}")

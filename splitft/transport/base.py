@@ -18,7 +18,7 @@ bytes, and hands the other side what it decodes.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -257,7 +257,7 @@ class Server(Protocol):
 
     def step(self, req: ForwardRequest) -> StepReply: ...
 
-    def step_batch(self, reqs: list[ForwardRequest]) -> list[StepReply | Exception]:
+    def step_batch(self, reqs: list[ForwardRequest]) -> Sequence[StepReply | Exception]:
         """Several clients' training steps as one server step (`federation.server_batch`); per request its reply,
         or the error that kept it out."""
         ...

@@ -203,6 +203,7 @@ class Int4Codec(Codec):
         v = p.values
         q = torch.stack([v & 0x0F, v >> 4], dim=-1).flatten(-2).float() - 8  # (B, T, Hp)
         g = q.unflatten(-1, (-1, GROUP))
+        assert p.scale is not None, "int4 packs carry their scales"
         g = g * p.scale.to(v.device).float().unsqueeze(-1)  # (B, T, Hp/32 or 1, 1)
         x = (g @ hadamard(GROUP, v.device)).flatten(-2)
         return x[..., :p.shape[-1]].to(dtype)

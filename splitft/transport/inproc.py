@@ -51,10 +51,12 @@ class InProcTransport:
         """Several clients' training steps as one server step, each request and reply carried and counted as
         `step` carries it; a step the server refused raises here, as `step` would."""
         replies = self.server.step_batch([self._up(r) for r in reqs])
-        for r in replies:
-            if isinstance(r, Exception):
-                raise r
-        return [self._down(req, reply) for req, reply in zip(reqs, replies, strict=True)]
+        done = []
+        for req, reply in zip(reqs, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            done.append(self._down(req, reply))
+        return done
 
     def _up(self, req: ForwardRequest) -> ForwardRequest:
         acts, up = self.codec_up(req.client_id).roundtrip(req.activations)  # `none`: acts is req.activations
@@ -75,6 +77,7 @@ class InProcTransport:
     def backward(self, req: BackwardRequest) -> StepReply:
         grad_hidden, up = self.codec_up(req.client_id).roundtrip(req.grad_hidden)
         reply = self.server.backward(replace(req, grad_hidden=grad_hidden))
+        assert reply.grad_activations is not None, "a backward's reply carries grad_activations"
         grad, down = self.down.roundtrip(reply.grad_activations)
         self.counter.backward(req, up, down)
         return replace(reply, grad_activations=grad)

@@ -149,7 +149,7 @@ def packed_to_pb(role: str, p: Packed) -> list[pb.Tensor]:
 
 
 def packed_from_pb(t: dict[str, torch.Tensor], role: str, c: Codec, dtype: torch.dtype,
-                   shape: tuple[int, int, int]) -> torch.Tensor:
+                   shape: tuple[int, ...]) -> torch.Tensor:
     """The decoded tensor of `shape` (B, T, H) and `dtype`. Raises WireError unless the values have the codec's
     wire dtype and shape for it, the scale the codec's dtype and shape, and all decode finite."""
     values, scale = t[role], t.get(f"{role}_scale")
@@ -299,8 +299,8 @@ def decode_backward_reply(env: Envelope, req: BackwardRequest, c: Codec = NONE) 
     return StepReply(0.0, 0, 0, grad, env.server_s), payload_nbytes(env)
 
 
-def _encode_tensors(kind: int, client_id: int, round_: int, adapters: dict[str, torch.Tensor],
-                    **fields: int) -> Envelope:
+def _encode_tensors(kind: Any, client_id: int, round_: int, adapters: dict[str, torch.Tensor],
+                    **fields: Any) -> Envelope:
     return Envelope(kind=kind, client_id=client_id, round=round_, tensors=[tensor_to_pb(n, t) for n, t in
                                                                            adapters.items()], **fields)
 
