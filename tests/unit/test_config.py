@@ -169,7 +169,7 @@ def test_a_tail_that_leaves_the_server_nothing_or_overlaps_the_cut_is_refused(ov
 
 
 def test_transport_codec_still_sets_both_directions_with_a_note(capsys, monkeypatch):
-    monkeypatch.setattr(config, "_NOTED", set())  # once per process: this test may not be the first
+    monkeypatch.setattr(config.load, "_NOTED", set())  # once per process: this test may not be the first
     cfg = load(None, ["transport.codec=int8_token"])
     assert (cfg.transport.codec_up, cfg.transport.codec_down) == ("int8_token", "int8_token")
     assert "note: transport.codec is now transport.codec_up and transport.codec_down" in capsys.readouterr().err
