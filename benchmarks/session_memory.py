@@ -26,6 +26,7 @@ from splitft.config import TransportConfig
 from splitft.deploy.launch import free_port
 from splitft.transport import wire
 from splitft.transport.base import AdapterUpdate
+from splitft.transport.frames import Reassembler, to_frames
 from splitft.transport.grpc_client import _Connection
 
 TINY = ["model.source=tiny:llama", "data.max_samples=60", "data.max_length=64", "federation.n_clients=2",
@@ -55,7 +56,7 @@ def _terms() -> dict:
 def _session(address: str, opts: TransportConfig, token: str, greet: bool, replies: list[str]) -> None:
     """One session: (HELLO, its WELCOME, then) a max-size PUSH; waits for the server's answer or its close."""
     conn = _Connection(address, 0, token, opts, None)
-    reasm = wire.Reassembler(1 << 30)
+    reasm = Reassembler(1 << 30)
 
     def answer() -> None:
         while True:
@@ -68,11 +69,11 @@ def _session(address: str, opts: TransportConfig, token: str, greet: bool, repli
                 return
 
     if greet:
-        conn.outbox.put(wire.to_frames(wire.encode_hello(0, TERMS), 0, opts.chunk_bytes)[0])
+        conn.outbox.put(to_frames(wire.encode_hello(0, TERMS), 0, opts.chunk_bytes)[0])
         answer()
         replies.pop()  # its WELCOME; the answer to the large message is what the table shows
     numel = (opts.max_bytes - 4096) // 4  # the envelope's header fits under the limit
-    for frame in wire.to_frames(wire.encode_push(AdapterUpdate(0, 0, {"x": torch.zeros(numel)}, 1)), 1,
+    for frame in to_frames(wire.encode_push(AdapterUpdate(0, 0, {"x": torch.zeros(numel)}, 1)), 1,
                                 opts.chunk_bytes):
         conn.outbox.put(frame)
     answer()

@@ -28,6 +28,7 @@ from .base import (
 )
 from .channel import METHOD, frame_options
 from .compress import codecs_of
+from .frames import Reassembler, to_frames
 from .proto import splitft_pb2 as pb
 from .tls import read_pem
 
@@ -134,7 +135,7 @@ class GrpcTransport:
 
     def _send(self, env: Envelope) -> None:
         with self.lock:
-            for frame in wire.to_frames(env, self.seq, self.opts.chunk_bytes):
+            for frame in to_frames(env, self.seq, self.opts.chunk_bytes):
                 self.wire_up += frame.ByteSize()
                 self.conn.outbox.put(frame)
             self.seq += 1
@@ -191,7 +192,7 @@ class GrpcTransport:
     def _exchange(self, env: Envelope) -> Envelope:
         """Send one request and wait for its reply. Raises _Broken (retry), TransportError (give up)."""
         self._send(env)
-        reasm = wire.Reassembler(self.opts.max_bytes)
+        reasm = Reassembler(self.opts.max_bytes)
         try:
             while (reply := reasm.add(self._next())) is None:
                 pass

@@ -22,6 +22,7 @@ from . import wire
 from .base import TransportError
 from .channel import SERVICE, frame_options
 from .endpoint import Endpoint, kind_name
+from .frames import Reassembler, to_frames
 from .proto import splitft_pb2 as pb
 from .ratelimit import RateLimited
 from .tls import certificate_warnings, read_pem
@@ -103,7 +104,7 @@ class Sessions:
         self.endpoint.seen(cid)
         inbox: asyncio.Queue[Envelope | wire.WireError | None] = asyncio.Queue()
         queued = [0]  # bytes of the requests in `inbox`
-        reasm = wire.Reassembler(HELLO_MAX_BYTES, "a session's first message is its HELLO")
+        reasm = Reassembler(HELLO_MAX_BYTES, "a session's first message is its HELLO")
         greeted = asyncio.Event()
         reader = asyncio.create_task(self._read(cid, frames, inbox, queued, reasm, greeted))
         seq = 0
@@ -121,7 +122,7 @@ class Sessions:
                     if not greeted.is_set() and item.kind == Envelope.HELLO and reply.kind != Envelope.ERROR:
                         reasm.max_bytes, reasm.limit = self.opts.max_bytes, "transport.max_message_mb"
                         greeted.set()
-                for out in wire.to_frames(reply, seq, self.opts.chunk_bytes):
+                for out in to_frames(reply, seq, self.opts.chunk_bytes):
                     yield out
                 seq += 1
                 if not greeted.is_set():  # a session that did not begin with an accepted HELLO ends at its refusal
@@ -140,7 +141,7 @@ class Sessions:
 
     async def _read(self, cid: int, frames: AsyncIterator[pb.Frame],
                     inbox: asyncio.Queue[Envelope | wire.WireError | None], queued: list[int],
-                    reasm: wire.Reassembler, greeted: asyncio.Event) -> None:
+                    reasm: Reassembler, greeted: asyncio.Event) -> None:
         try:
             async for frame in frames:
                 self.endpoint.seen(cid)

@@ -1,7 +1,7 @@
 """The wire format of network transports: messages <-> protobuf envelopes carrying raw tensor bytes (dtype +
-shape + C-order little-endian data; never pickle), chunked into frames, validated on the way in.
+shape + C-order little-endian data; never pickle), validated on the way in (`frames.py` chunks them).
 
-    frames = to_frames(encode_step(req, codec.encode(acts)), seq, chunk_bytes)  # sender
+    frames = to_frames(encode_step(req, codec.encode(acts)), seq, chunk_bytes)  # sender (frames.py)
     env = Reassembler(max_bytes).add(frame) -> Envelope | None                  # receiver, frame by frame
     req = decode_step(env, expect)                       # raises WireError on anything malformed
 Every message has its encoder and its decoder, one pair per verb of `transport.base.Transport`:
@@ -32,90 +32,20 @@ activations must be finite. Errors are `WireError` values the server returns to 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..loss import IGNORE
-from ..precision import DTYPES as FLOAT_DTYPES
 from .base import LABEL_DTYPE, MASK_DTYPE, AdapterUpdate, BackwardRequest, ForwardRequest, Pulled, StepReply
-from .compress import NONE, Codec, Packed, tensor_bytes
-from .entropy import ENTROPY, NO_ENTROPY, EntropyError
+from .compress import NONE, Codec, Packed
+from .entropy import NO_ENTROPY
+from .pbtensor import NAMES, Envelope, WireError, tensor_to_pb, tensors_of
 from .proto import splitft_pb2 as pb
 
-Envelope = pb.Envelope
-DTYPES: dict[str, torch.dtype] = {**FLOAT_DTYPES, "uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32}
-"""Dtypes a tensor may have on the wire: the float ones (activations, adapters), the int8 and int4 (uint8) codecs',
-masks, labels."""
-NAMES = {v: k for k, v in DTYPES.items()}
-CODED_KINDS = (Envelope.STEP, Envelope.STEP_REPLY, Envelope.BACKWARD)
-CODED_ROLES = ("activations", "grad_activations", "hidden", "grad_hidden")
-"""The tensors `transport.entropy` may compress: a codec's values, in the messages that carry them."""
 MAX_REPORT = 64 * 1024
 """Bytes of a client's JSON report (measurements and evaluation: a few hundred bytes in practice)."""
-NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16,  # bfloat16: raw bits
-         torch.uint8: np.uint8, torch.int8: np.int8, torch.int32: np.int32}
-
-
-class WireError(ValueError):
-    """A message that cannot be accepted; the text goes back to the sender."""
-
-
-# --- tensors ---------------------------------------------------------------------------------------------
-
-
-def tensor_to_pb(name: str, t: torch.Tensor, coded: bytes | None = None, coding: str = "") -> pb.Tensor:
-    """`coded`: t's bytes as the lossless coder `coding` compressed them (None: t's raw bytes)."""
-    data = tensor_bytes(t) if coded is None else coded  # numpy has no bfloat16: its raw bits
-    return pb.Tensor(name=name, dtype=NAMES[t.dtype], shape=list(t.shape), data=data, coding=coding)
-
-
-def tensor_from_pb(m: pb.Tensor, max_numel: int) -> torch.Tensor:
-    """Raises WireError on an unknown dtype or coder, a negative or oversized shape, or a byte count that does not
-    match (a compressed tensor: its bytes once decompressed, decoded no further than the shape's size)."""
-    if m.dtype not in DTYPES:
-        raise WireError(f"tensor '{m.name}': dtype '{m.dtype}' not accepted (one of {', '.join(DTYPES)})")
-    if any(d < 0 for d in m.shape) or len(m.shape) > 4:
-        raise WireError(f"tensor '{m.name}': bad shape {list(m.shape)}")
-    numel = math.prod(m.shape)  # Python ints: a hostile shape cannot overflow to a small product
-    dtype = DTYPES[m.dtype]
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    if numel > max_numel:
-        raise WireError(f"tensor '{m.name}': shape {list(m.shape)} has more elements than the {max_numel} this "
-                        "message may carry")
-    data = _decompressed(m, numel * itemsize) if m.coding else m.data
-    if len(data) != numel * itemsize:
-        raise WireError(f"tensor '{m.name}': {len(data)} bytes do not hold shape {list(m.shape)} of {m.dtype}")
-    arr = np.frombuffer(data, dtype=np.dtype(NUMPY[dtype]).newbyteorder("<")).reshape(tuple(m.shape)).copy()
-    t = torch.from_numpy(arr)
-    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
-
-
-def _decompressed(m: pb.Tensor, size: int) -> bytes:
-    """The raw bytes of a compressed tensor: exactly `size` (from its checked shape), or WireError."""
-    coder = ENTROPY.get(m.coding)
-    if coder is None or coder is NO_ENTROPY or not coder.available():
-        raise WireError(f"tensor '{m.name}': coding '{m.coding[:20]}' not accepted here")
-    try:
-        return coder.decompress(m.data, size)
-    except EntropyError as e:
-        raise WireError(f"tensor '{m.name}': {e}") from None
-
-
-def _tensors(env: Envelope, max_numel: int) -> dict[str, torch.Tensor]:
-    """The envelope's tensors by name. A compressed one is decompressed only when its coding was checked against
-    the codec expected (`_check_codec`); anything else compressed is refused first."""
-    out = {}
-    for m in env.tensors:
-        if m.name in out:
-            raise WireError(f"tensor '{m.name}' appears twice")
-        if m.coding and not (env.kind in CODED_KINDS and m.name in CODED_ROLES):
-            raise WireError(f"tensor '{m.name[:40]}' is compressed ('{m.coding[:20]}'): only a codec's values are")
-        out[m.name] = tensor_from_pb(m, max_numel)
-    return out
 
 
 # --- messages ---------------------------------------------------------------------------------------------
@@ -204,7 +134,7 @@ def decode_step(env: Envelope, shape: StepShape) -> ForwardRequest:
     the server serves."""
     c = shape.codec_up
     _check_codec(env, c, "activations", "transport.codec_up")
-    t = _tensors(env, shape.max_tokens * shape.hidden)
+    t = tensors_of(env, shape.max_tokens * shape.hidden)
     if shape.u and "labels" in t:
         raise WireError("this server runs a U-shaped split (split.shape=u): labels stay on the client; start the "
                         "client with the server's split.shape")
@@ -249,7 +179,7 @@ def decode_backward(env: Envelope, shape: StepShape) -> BackwardRequest:
         raise WireError("BACKWARD is a U-shaped split's message; this server runs split.shape=vanilla")
     c = shape.codec_up
     _check_codec(env, c, "grad_hidden", "transport.codec_up")
-    t = _tensors(env, shape.max_tokens * shape.hidden)
+    t = tensors_of(env, shape.max_tokens * shape.hidden)
     _expect_tensors(t, "BACKWARD", {"grad_hidden"}, c, "grad_hidden")
     full = _hidden_shaped(t["grad_hidden"], "grad_hidden", shape)
     return BackwardRequest(env.client_id, env.round, env.step, packed_from_pb(t, "grad_hidden", c, shape.dtype, full))
@@ -276,7 +206,7 @@ def decode_reply(env: Envelope, req: ForwardRequest, c: Codec = NONE) -> tuple[S
     role = "hidden" if req.labels is None else "grad_activations"
     if env.tensors:  # an eval reply holds none
         _check_codec(env, c, role, "transport.codec_down")
-    t = _tensors(env, acts.numel())
+    t = tensors_of(env, acts.numel())
     if req.labels is None:  # U-shaped: the hidden states for the tail, train or eval
         _expect_tensors(t, "STEP_REPLY (U-shaped)", {"hidden"}, c, "hidden")
         hidden = packed_from_pb(t, "hidden", c, acts.dtype, full)
@@ -293,7 +223,7 @@ def decode_backward_reply(env: Envelope, req: BackwardRequest, c: Codec = NONE) 
     """(reply with grad_activations, their bytes as encoded). Raises WireError unless grad_activations of
     grad_hidden's shape in codec `c`."""
     _check_codec(env, c, "grad_activations", "transport.codec_down")
-    t = _tensors(env, req.grad_hidden.numel())
+    t = tensors_of(env, req.grad_hidden.numel())
     _expect_tensors(t, "STEP_REPLY (backward)", {"grad_activations"}, c, "grad_activations")
     grad = packed_from_pb(t, "grad_activations", c, req.grad_hidden.dtype, tuple(req.grad_hidden.shape))
     return StepReply(0.0, 0, 0, grad, env.server_s), payload_nbytes(env)
@@ -329,7 +259,7 @@ def encode_push(update: AdapterUpdate) -> Envelope:
 
 def decode_push(env: Envelope, expected: dict[str, torch.Size], max_numel: int) -> AdapterUpdate:
     """Raises WireError unless every tensor is a known LoRA name whose shape fits the global one, all finite."""
-    adapters = _tensors(env, max_numel)
+    adapters = tensors_of(env, max_numel)
     for name, t in adapters.items():
         full = expected.get(name)
         if full is None or t.dim() != len(full) or any(a > b for a, b in zip(t.shape, full, strict=True)):
@@ -371,7 +301,7 @@ def decode_adapters(env: Envelope, max_numel: int) -> Pulled:
     if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget < 1e7 and isinstance(cap, int)
                                    and cap >= 1):
         raise WireError(f"a round budget needs seconds in (0, 1e7) and max_steps >= 1, got {budget!r}, {cap!r}")
-    return Pulled(env.cut, _tensors(env, max_numel), budget, cap if budget is not None else None)
+    return Pulled(env.cut, tensors_of(env, max_numel), budget, cap if budget is not None else None)
 
 
 def encode_done(client_id: int, report: dict[str, Any] | None = None) -> Envelope:
@@ -422,52 +352,3 @@ def payload_nbytes(env: Envelope, prefix: str = "") -> int:
     """Tensor payload bytes of an envelope (the in-process accounting), of the tensors whose name starts with
     `prefix` (e.g. "activations": values + scales); the rest is envelope overhead."""
     return sum(len(m.data) for m in env.tensors if m.name.startswith(prefix))
-
-
-# --- frames -----------------------------------------------------------------------------------------------
-
-
-def to_frames(env: Envelope, seq: int, chunk_bytes: int) -> list[pb.Frame]:
-    data = env.SerializeToString()
-    count = max(1, -(-len(data) // chunk_bytes))
-    return [pb.Frame(seq=seq, index=i, count=count, data=data[i * chunk_bytes:(i + 1) * chunk_bytes])
-            for i in range(count)]
-
-
-class Reassembler:
-    """Frames of one stream -> envelopes; refuses a message larger than `max_bytes` before buffering it."""
-
-    def __init__(self, max_bytes: int, limit: str = "transport.max_message_mb"):
-        self.max_bytes, self.limit = max_bytes, limit  # `limit`: what sets max_bytes, for the refusal
-        self.seq: int | None = None
-        self.parts: list[bytes] = []
-        self.size = 0
-
-    def add(self, frame: pb.Frame) -> Envelope | None:
-        """The completed envelope, or None while more frames are due. Raises WireError (and resets)."""
-        try:
-            return self._add(frame)
-        except WireError:
-            self.seq, self.parts, self.size = None, [], 0
-            raise
-
-    def _add(self, frame: pb.Frame) -> Envelope | None:
-        if self.seq is None:
-            if frame.index != 0 or frame.count == 0:
-                raise WireError(f"frame {frame.index}/{frame.count} does not start a message")
-            self.seq, self.count = frame.seq, frame.count
-        elif frame.seq != self.seq or frame.index != len(self.parts) or frame.count != self.count:
-            raise WireError("frames out of order")
-        self.size += len(frame.data)
-        if self.size > self.max_bytes:
-            raise WireError(f"message larger than the {self.max_bytes} byte limit ({self.limit})")
-        self.parts.append(frame.data)
-        if len(self.parts) < self.count:
-            return None
-        data, self.seq, self.parts, self.size = b"".join(self.parts), None, [], 0
-        env = Envelope()
-        try:
-            env.ParseFromString(data)
-        except Exception as e:  # protobuf raises DecodeError (and others on hostile bytes)
-            raise WireError(f"malformed envelope: {e}") from None
-        return env

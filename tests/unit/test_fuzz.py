@@ -17,10 +17,11 @@ from splitft import lora
 from splitft.config import TransportConfig
 from splitft.deploy.coordinator import Coordinator
 from splitft.model.families import family_for
-from splitft.transport import wire
+from splitft.transport import pbtensor, wire
 from splitft.transport.base import AdapterUpdate, ForwardRequest
 from splitft.transport.compress import CODECS, codec_of
 from splitft.transport.endpoint import Endpoint
+from splitft.transport.frames import Reassembler, to_frames
 from splitft.transport.grpc_server import Sessions
 from tests.conftest import tiny_split_server
 
@@ -107,12 +108,12 @@ def _mutate_fields(rng, env):
         elif what == 7 and env.tensors:
             m = rng.choice(env.tensors)
             try:
-                t = wire.tensor_from_pb(m, 1 << 30)
+                t = pbtensor.tensor_from_pb(m, 1 << 30)
             except wire.WireError:  # an earlier mutation broke it already
                 t = None
             if t is not None and t.is_floating_point() and t.numel():
                 t.view(-1)[rng.randrange(t.numel())] = rng.choice([math.nan, math.inf, -math.inf, 1e38])
-                m.data = wire.tensor_to_pb(m.name, t).data
+                m.data = pbtensor.tensor_to_pb(m.name, t).data
         elif what == 8:
             env.n_samples = rng.choice([-5, 0, 2**62])
             if env.tensors and rng.random() < 0.5:
@@ -123,13 +124,13 @@ def _mutate_fields(rng, env):
         elif what == 10 and env.tensors:  # token ids and mask values: the server indexes logits with them
             m = rng.choice(env.tensors)
             try:
-                t = wire.tensor_from_pb(m, 1 << 30) if m.dtype in ("int32", "uint8") else None
+                t = pbtensor.tensor_from_pb(m, 1 << 30) if m.dtype in ("int32", "uint8") else None
             except wire.WireError:
                 t = None
             if t is not None and t.numel():
                 t.view(-1)[rng.randrange(t.numel())] = rng.choice([-1, 2, 255] if m.dtype == "uint8"
                                                                   else [-101, -1, 2**31 - 1, 259, 260])
-                m.data = wire.tensor_to_pb(m.name, t).data
+                m.data = pbtensor.tensor_to_pb(m.name, t).data
         elif what == 11 and env.tensors:  # compressed values: another coder's tag, random bytes, a bomb
             m = rng.choice(env.tensors)
             m.coding = rng.choice(["", "zstd", "lz4", "gzip", m.coding])
@@ -165,8 +166,8 @@ def _frames(rng, shape, full):
                 del data[i]
         return [wire.pb.Frame(seq=0, index=0, count=1, data=bytes(data))]
     if mode == 2:
-        return wire.to_frames(_mutate_fields(rng, env), 0, 256)
-    frames = wire.to_frames(env, 0, 64)
+        return to_frames(_mutate_fields(rng, env), 0, 256)
+    frames = to_frames(env, 0, 64)
     if len(frames) > 1:
         rng.choice([lambda: frames.pop(rng.randrange(len(frames))), lambda: frames.reverse(),
                     lambda: frames[0].__setattr__("count", 0), lambda: frames[-1].__setattr__("seq", 9)])()
@@ -181,7 +182,7 @@ def test_hostile_messages_crash_nothing_and_refusals_change_nothing(target):
     outcomes = {"refused": 0, "accepted": 0, "waiting": 0, "begun": 0, "heartbeat": 0}
 
     async def one(frames) -> str:
-        reasm = wire.Reassembler(service.opts.max_bytes)
+        reasm = Reassembler(service.opts.max_bytes)
         for frame in frames:
             try:
                 env = reasm.add(frame)

@@ -11,6 +11,7 @@ import torch
 
 from splitft.config import TransportConfig
 from splitft.transport import wire
+from splitft.transport.frames import Reassembler, to_frames
 from splitft.transport.grpc_server import MAX_SESSIONS, Sessions
 
 
@@ -65,13 +66,13 @@ def test_requests_pipelined_behind_a_waiting_one_end_the_session_beyond_the_boun
         await asyncio.sleep(0.2)  # its WELCOME, as an honest client waits for it
         yield from_frames(wire.encode_pull(0, 2, 1), 1)
         for i in range(16):
-            for f in wire.to_frames(big, i + 2, 64 * 1024):
+            for f in to_frames(big, i + 2, 64 * 1024):
                 sent.append(i)
                 yield f
         await asyncio.sleep(3600)  # the client would keep the stream open
 
     def from_frames(env, seq):
-        return wire.to_frames(env, seq, 64 * 1024)[0]
+        return to_frames(env, seq, 64 * 1024)[0]
 
     async def run():
         replies = []
@@ -90,7 +91,7 @@ def test_requests_pipelined_behind_a_waiting_one_end_the_session_beyond_the_boun
 
 
 async def _collect(gen, replies):
-    reasm = wire.Reassembler(1 << 30)
+    reasm = Reassembler(1 << 30)
     async for frame in gen:
         env = reasm.add(frame)
         if env is not None:
@@ -139,7 +140,7 @@ def _session(service, envelopes, hold_open=False):
     """The replies a session gives to `envelopes` sent in order on one stream (then closed, or held open)."""
     async def frames():
         for seq, env in enumerate(envelopes):
-            for f in wire.to_frames(env, seq, 64 * 1024):
+            for f in to_frames(env, seq, 64 * 1024):
                 yield f
         if hold_open:
             await asyncio.sleep(3600)
@@ -198,7 +199,7 @@ def test_a_session_that_opens_with_a_large_message_is_refused_at_its_first_64_kb
 
     service = _service()
     big = wire.encode_push(wire.AdapterUpdate(0, 0, {"x": torch.zeros(200_000)}, 1))  # 0.8 MB
-    frames = wire.to_frames(big, 0, 16 * 1024)
+    frames = to_frames(big, 0, 16 * 1024)
     read = []
 
     async def stream():

@@ -7,9 +7,10 @@ import torch
 
 from splitft import lora
 from splitft.deploy.coordinator import Coordinator, Refused
-from splitft.transport import wire
+from splitft.transport import pbtensor, wire
 from splitft.transport.base import AdapterUpdate, ForwardRequest, Pulled
 from splitft.transport.endpoint import Endpoint
+from splitft.transport.frames import Reassembler, to_frames
 from tests.conftest import tiny_split_server
 
 Envelope = wire.Envelope
@@ -27,21 +28,21 @@ def _req(cid=0, step=0, acts=None, cut=2, train=True):
                                    torch.int32])
 def test_tensors_round_trip_bit_exactly(dtype):
     t = (torch.randn(3, 4) * 50).to(dtype)
-    assert torch.equal(wire.tensor_from_pb(wire.tensor_to_pb("x", t), 100), t)
+    assert torch.equal(pbtensor.tensor_from_pb(pbtensor.tensor_to_pb("x", t), 100), t)
 
 
 def test_frames_reassemble_and_oversized_messages_are_refused():
     env = wire.encode_step(_req())
-    frames = wire.to_frames(env, seq=3, chunk_bytes=100)
+    frames = to_frames(env, seq=3, chunk_bytes=100)
     assert len(frames) > 10
-    r = wire.Reassembler(max_bytes=1 << 20)
+    r = Reassembler(max_bytes=1 << 20)
     assert [r.add(f) for f in frames[:-1]] == [None] * (len(frames) - 1) and r.add(frames[-1]) == env
-    small = wire.Reassembler(max_bytes=500)
+    small = Reassembler(max_bytes=500)
     with pytest.raises(wire.WireError, match="byte limit"):
         for f in frames:
             small.add(f)
     with pytest.raises(wire.WireError, match="malformed"):
-        wire.Reassembler(1 << 20).add(wire.pb.Frame(seq=0, index=0, count=1, data=b"\xff\xff\xff"))
+        Reassembler(1 << 20).add(wire.pb.Frame(seq=0, index=0, count=1, data=b"\xff\xff\xff"))
 
 
 @pytest.mark.parametrize("mutate, message", [
