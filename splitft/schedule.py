@@ -8,9 +8,34 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from .cost import server_steps
 from .seeding import derive_seed
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How a round's steps are served and when a client's round ends (the `federation.order`, `round_budget`,
+    `round_time_s` and `max_steps_factor` settings)."""
+
+    order: str = "plan"
+    budget: str = "steps"
+    round_time_s: float = 0.0
+    max_steps_factor: float = 2.0
+    server_batch: int = 1
+    batch_wait_s: float = 0.0
+
+    @classmethod
+    def of(cls, f: Any) -> Schedule:
+        """The schedule a `config.FederationConfig` asks for."""
+        return cls(f.order, f.round_budget, f.round_time_s, f.max_steps_factor, f.server_batch,
+                   f.server_batch_wait_ms / 1000)
+
+    @property
+    def planned(self) -> bool:
+        """Today's deterministic round: plan order, local_steps each (no clock needed to order it)."""
+        return self.order == "plan" and self.budget == "steps"
 
 
 @dataclass

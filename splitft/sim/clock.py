@@ -7,12 +7,32 @@ served, which is also the order the simulation then runs the steps in.
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from ..cost import ONE_BY_ONE, CostModel, Serving, StepCost, Timeline, round_time, transfer_s
 from .profiles import DeviceProfile
 
 
+class RoundClock(Protocol):
+    """Turns a round's step records and adapter bytes into virtual seconds (see sim/clock.py, cost.py)."""
+
+    def round_seconds(self, steps: list[dict[str, Any]], lora_down: dict[int, int],
+                      lora_up: dict[int, int]) -> float: ...
+
+    def step_cost(self, rec: dict[str, Any]) -> Any: ...
+
+    def timeline(self, lora_down: dict[int, int]) -> Any:
+        """A `cost.Timeline` of the round: arrival(step_cost) and serve(step_cost, arrived) -> ready."""
+        ...
+
+    def own_s(self, rec: dict[str, Any]) -> float:
+        """Seconds of a step's own work on its client's device: its compute and its link, not the server's compute
+        nor the waits for other clients (what a deployed client measures and reports)."""
+        ...
+
+
 class VirtualClock:
-    """`federation.RoundClock` for the simulation: step records -> `StepCost` -> `round_time`."""
+    """`RoundClock` for the simulation: step records -> `StepCost` -> `round_time`."""
 
     def __init__(self, cost: CostModel, devices: dict[int, DeviceProfile], server: DeviceProfile,
                  order: str = "plan", tail_cut: int | None = None, serving: Serving = ONE_BY_ONE):

@@ -20,7 +20,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from ..client import LocalClient, SplitClient
 from ..data.datasets import Example
@@ -28,53 +28,11 @@ from ..lora import load_adapter_state_dict
 from ..metrics import MetricsLogger, perplexity
 from ..policy import ClientStats, CutBounds, CutPolicy, floor_record
 from ..policy.codecs import CodecChoice
-from ..schedule import RoundPlan, another_step, default_budget_s, next_batch, plan_dropouts, plan_round
+from ..schedule import RoundPlan, Schedule, another_step, default_budget_s, next_batch, plan_dropouts, plan_round
 from ..seeding import global_rng_state, load_global_rng_state
 from ..server import FedAvgServer
 from ..transport.base import SCALARS_NBYTES, STEP_DOWN, STEP_UP, sum_kinds, training_traffic
-from ..transport.compress import NONE
-
-
-class RoundClock(Protocol):
-    """Turns a round's step records and adapter bytes into virtual seconds (see sim/clock.py, cost.py)."""
-
-    def round_seconds(self, steps: list[dict[str, Any]], lora_down: dict[int, int],
-                      lora_up: dict[int, int]) -> float: ...
-
-    def step_cost(self, rec: dict[str, Any]) -> Any: ...
-
-    def timeline(self, lora_down: dict[int, int]) -> Any:
-        """A `cost.Timeline` of the round: arrival(step_cost) and serve(step_cost, arrived) -> ready."""
-        ...
-
-    def own_s(self, rec: dict[str, Any]) -> float:
-        """Seconds of a step's own work on its client's device: its compute and its link, not the server's compute
-        nor the waits for other clients (what a deployed client measures and reports)."""
-        ...
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """How a round's steps are served and when a client's round ends (the `federation.order`, `round_budget`,
-    `round_time_s` and `max_steps_factor` settings)."""
-
-    order: str = "plan"
-    budget: str = "steps"
-    round_time_s: float = 0.0
-    max_steps_factor: float = 2.0
-    server_batch: int = 1
-    batch_wait_s: float = 0.0
-
-    @classmethod
-    def of(cls, f: Any) -> Schedule:
-        """The schedule a `config.FederationConfig` asks for."""
-        return cls(f.order, f.round_budget, f.round_time_s, f.max_steps_factor, f.server_batch,
-                   f.server_batch_wait_ms / 1000)
-
-    @property
-    def planned(self) -> bool:
-        """Today's deterministic round: plan order, local_steps each (no clock needed to order it)."""
-        return self.order == "plan" and self.budget == "steps"
+from .clock import RoundClock
 
 
 @dataclass
@@ -97,9 +55,9 @@ class Federation:
                  eval_examples: list[Example], batch_size: int, pad_id: int, local_steps: int,
                  clients_per_round: int, seed: int, logger: MetricsLogger,
                  on_step: Callable[[dict[str, Any]], None] | None = None, clock: RoundClock | None = None,
-                 adaptivity: Adaptivity | None = None, dropout: float = 0.0, schedule: Schedule = Schedule()):
+                 adaptivity: Adaptivity | None = None, dropout: float = 0.0, schedule: Schedule | None = None):
         self.server, self.clients, self.transport = server, clients, transport
-        self.schedule = schedule
+        self.schedule = schedule = schedule or Schedule()
         assert schedule.planned or clock is not None, "arrival order and time budgets need a clock"
         self.eval_examples, self.batch_size, self.pad_id = eval_examples, batch_size, pad_id
         self.local_steps, self.per_round, self.seed = local_steps, clients_per_round, seed
@@ -412,20 +370,6 @@ class Federation:
         self.codecs.update(codecs)
         if isinstance(a.policy, CodecChoice):
             a.policy.codecs = dict(self.codecs)
-
-    def codec_costs(self, codecs: dict[str, Any]) -> dict[str, float]:
-        """Relative change of held-out ppl (the global model at the probe client's cut) with the probe's
-        activations up encoded by each of `codecs` ({name: Codec}), against `none`: the quality guard of
-        transport.codec_up=auto, measured before training. A measurement: its bytes are not counted."""
-        probe, t = min(self.clients), self.transport
-        saved, before = t.counter.state_dict(), t.codec_up(probe)
-        ppl = {}
-        for name, codec in {"none": NONE, **codecs}.items():
-            t.use_codec_up(probe, codec)
-            ppl[name] = self.evaluate(-1)["eval_ppl"]
-        t.use_codec_up(probe, before)
-        t.counter.load_state_dict(saved)
-        return {name: p / ppl["none"] - 1 for name, p in ppl.items()}
 
     def evaluate(self, round_: int) -> dict[str, float]:
         """Held-out loss/ppl/next-token accuracy of the global model, seen through the probe client's cut.

@@ -29,11 +29,12 @@ from ..policy import ClientStats, CutBounds
 from ..policy.codecs import CodecChoice, CodecOption, options_within
 from ..policy.makespan import RoundCosts
 from ..registry import Registry
+from ..schedule import Schedule
 from ..server import FedAvgServer
 from ..transport.compress import AUTO, CODECS, NONE, codec_of, codecs_of
 from ..transport.inproc import InProcTransport
 from .clock import VirtualClock
-from .federation import Adaptivity, Federation, Schedule
+from .federation import Adaptivity, Federation
 from .profiles import DeviceProfile, server_profile
 
 OnStep = Callable[[dict[str, Any]], None] | None
@@ -132,7 +133,7 @@ def _choose_codecs(setup: Setup, fed: Federation, logger: MetricsLogger) -> None
     assert a is not None
     t = cfg.transport
     codecs = {n: codec_of(n, t.entropy) for n in CODECS if n != NONE.name}
-    costs = fed.codec_costs(codecs)
+    costs = codec_costs(fed, codecs)
     logger.log("codec_costs", cut=cfg.split.cut, max_ppl_cost=t.max_ppl_cost, ppl_cost=costs)
     table = round_costs(setup)  # priced with `none` up (auto's start)
     hidden = config_of(hf_of(setup.peft)).hidden_size
@@ -220,3 +221,18 @@ METHODS = Registry("federation.method", {"split": build_split, "fedlora": build_
 
 def build_federation(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
     return METHODS[setup.cfg.federation.method](setup, logger, on_step)
+
+
+def codec_costs(fed: Federation, codecs: dict[str, Any]) -> dict[str, float]:
+    """Relative change of held-out ppl (the global model at the probe client's cut) with the probe's
+    activations up encoded by each of `codecs` ({name: Codec}), against `none`: the quality guard of
+    transport.codec_up=auto, measured before training. A measurement: its bytes are not counted."""
+    probe, t = min(fed.clients), fed.transport
+    saved, before = t.counter.state_dict(), t.codec_up(probe)
+    ppl = {}
+    for name, codec in {"none": NONE, **codecs}.items():
+        t.use_codec_up(probe, codec)
+        ppl[name] = fed.evaluate(-1)["eval_ppl"]
+    t.use_codec_up(probe, before)
+    t.counter.load_state_dict(saved)
+    return {name: p / ppl["none"] - 1 for name, p in ppl.items()}
