@@ -30,8 +30,9 @@ from typing import Any
 
 import torch
 
+from ..fedavg import FedAvgServer
+from ..optim import NonFiniteStep
 from ..schedule import RoundPlan, default_budget_s, plan_round
-from ..server import FedAvgServer, NonFiniteStep
 from ..transport.base import AdapterUpdate, BackwardRequest, ForwardRequest, Pulled, StepReply
 from .handshake import differences
 from .placement import Placement

@@ -24,13 +24,13 @@ from typing import Any
 
 from ..client import LocalClient, SplitClient
 from ..data.datasets import Example
+from ..fedavg import FedAvgServer
 from ..lora import load_adapter_state_dict
 from ..metrics import MetricsLogger, perplexity
 from ..policy import ClientStats, CutBounds, CutPolicy, floor_record
 from ..policy.codecs import CodecChoice
 from ..schedule import RoundPlan, Schedule, another_step, default_budget_s, next_batch, plan_dropouts, plan_round
 from ..seeding import global_rng_state, load_global_rng_state
-from ..server import FedAvgServer
 from ..transport.base import SCALARS_NBYTES, STEP_DOWN, STEP_UP, sum_kinds, training_traffic
 from .clock import RoundClock
 

@@ -22,6 +22,7 @@ from ..config import tail_cut
 from ..cost import CostModel
 from ..devices import client_profiles
 from ..errors import UserError
+from ..fedavg import FedAvgServer
 from ..metrics import MetricsLogger
 from ..model.families import config_of, hf_of
 from ..model.split import FullPart
@@ -30,7 +31,6 @@ from ..policy.codecs import CodecChoice, CodecOption, options_within
 from ..policy.makespan import RoundCosts
 from ..registry import Registry
 from ..schedule import Schedule
-from ..server import FedAvgServer
 from ..transport.compress import AUTO, CODECS, NONE, codec_of, codecs_of
 from ..transport.inproc import InProcTransport
 from .clock import VirtualClock
