@@ -10,7 +10,7 @@ from splitft.data.datasets import IGNORE, BatchStream, Example, collate, load_ex
 from splitft.data.formats import Turn
 from splitft.data.render import render
 from splitft.errors import UserError
-from splitft.model.loader import byte_tokenizer
+from splitft.model.synthetic import byte_tokenizer
 
 
 def tokenize_row(row: dict, columns: tuple[str, ...], tok) -> Example:

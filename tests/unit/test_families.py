@@ -5,7 +5,8 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from splitft.model.families import FAMILIES
-from splitft.model.loader import ModelSourceError, byte_tokenizer, load, tiny_config
+from splitft.model.loader import ModelSourceError, load, tiny_config
+from splitft.model.synthetic import byte_tokenizer
 
 
 @pytest.mark.parametrize("name", FAMILIES)

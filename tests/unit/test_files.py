@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from splitft.config import ConfigError, load_config
-from splitft.model.loader import ModelSourceError, byte_tokenizer, load, tiny_config
+from splitft.model.loader import ModelSourceError, load, tiny_config
+from splitft.model.synthetic import byte_tokenizer
 
 
 def test_a_yaml_config_with_a_python_object_tag_is_refused(tmp_path):

@@ -11,7 +11,7 @@ from splitft.data.formats import BadRow, Turn, parse
 from splitft.data.render import render, truncate
 from splitft.errors import UserError
 from splitft.loss import IGNORE
-from splitft.model.loader import byte_tokenizer
+from splitft.model.synthetic import byte_tokenizer
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "Again?"},

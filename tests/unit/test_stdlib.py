@@ -5,7 +5,7 @@ import platform
 from splitft.config import DataConfig
 from splitft.data.datasets import load_examples, parse_rows
 from splitft.data.stdlib import CHUNK_CHARS, _chunks, stdlib_rows
-from splitft.model.loader import byte_tokenizer
+from splitft.model.synthetic import byte_tokenizer
 
 
 def test_chunks_cut_at_line_boundaries_and_lose_nothing():
