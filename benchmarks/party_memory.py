@@ -38,7 +38,8 @@ if what == "floor":  # what every party imports before it holds anything
     import accelerate, peft, transformers  # noqa: F401
     from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM  # noqa: F401
     print(json.dumps({**out, **peak_memory()})); sys.exit()
-from splitft.build import build_model, compute_of, cost_model_of, cut_bounds, open_model, split_server
+from splitft.build import build_model, compute_of, open_model, split_server
+from splitft.cuts import cost_model_of, cut_bounds
 from splitft.config import load_config
 from splitft.deploy.join import Holder
 compute = "float32" if storage == "float32" else "bfloat16"

@@ -29,15 +29,9 @@ from pathlib import Path
 import torch
 from _common import MODELS, ROOT, cli, record
 
-from splitft.build import (
-    build_model,
-    client_part,
-    compute_of,
-    cost_model_of,
-    split_client_with,
-    split_server,
-)
+from splitft.build import build_model, client_part, compute_of, split_client_with, split_server
 from splitft.config import load_config
+from splitft.cuts import cost_model_of
 from splitft.data.datasets import BatchStream, Example
 from splitft.loss import IGNORE
 from splitft.precision import EMULATED_BF16, bf16_support

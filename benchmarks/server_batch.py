@@ -28,8 +28,9 @@ import time
 import torch
 from _common import MODELS, ROOT, record
 
-from splitft.build import build_model, compute_of, cost_model_of, split_server
+from splitft.build import build_model, compute_of, split_server
 from splitft.config import load_config
+from splitft.cuts import cost_model_of
 from splitft.loss import IGNORE
 from splitft.precision import EMULATED_BF16, bf16_support
 from splitft.transport.base import ForwardRequest

@@ -31,7 +31,6 @@ from ..build import (
     check_data,
     check_model,
     client_stream,
-    cost_model_of,
     cut_rank,
     load_data,
     open_model,
@@ -41,6 +40,7 @@ from ..build import (
 )
 from ..client import LocalClient, SplitClient
 from ..config import Config, DeviceConfig, tail_cut
+from ..cuts import cost_model_of
 from ..data.datasets import DataStats, Example, Rows, data_line, load_examples, resolve_path, split_eval
 from ..data.partitioners import partitioner_for, samples_of
 from ..devices import client_profiles

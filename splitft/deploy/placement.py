@@ -6,7 +6,7 @@ give, its device tier under `measure.profile`); later rounds right after the pre
 the reports that came with the pushes (compute and link measured over the round, its mean step loss). Every
 decision is logged as a `cut_decision` record, as a simulation logs it, with the measured inputs behind each
 client's cut and any value that had to be clamped. The `makespan` policy plans with the same round-cost model the
-simulation uses (`build.round_costs`), from the clients' measurements and the server's own: the FLOPs of the steps
+simulation uses (`cuts.round_costs`), from the clients' measurements and the server's own: the FLOPs of the steps
 it served over their compute seconds (before its first step, heterogeneity.server_tflops). The no-split baseline
 (fedlora) has no cut to decide: every client holds the whole model.
 """

@@ -26,20 +26,9 @@ from typing import Any
 import torch
 
 from .. import checkpoint, lora
-from ..build import (
-    check,
-    check_model,
-    cost_model_of,
-    cut_bounds,
-    cut_policy,
-    open_model,
-    optimizer_settings,
-    precision_line,
-    round_costs,
-    smallest_cut,
-    split_server,
-)
+from ..build import check, check_model, open_model, optimizer_settings, precision_line, split_server
 from ..config import Config, tail_cut
+from ..cuts import cost_model_of, cut_bounds, cut_policy, round_costs, smallest_cut
 from ..errors import UserError
 from ..measure import peak_memory
 from ..metrics import MetricsLogger, perplexity

@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
-from .. import build, lora
-from ..build import Setup, client_stream, cost_model_of, optimizer_settings, split_client, split_server
+from .. import build, cuts, lora
+from ..build import Setup, client_stream, optimizer_settings, split_client, split_server
 from ..client import LocalClient
 from ..config import tail_cut
 from ..cost import CostModel
+from ..cuts import cost_model_of
 from ..devices import client_profiles
 from ..errors import UserError
 from ..fedavg import FedAvgServer
@@ -46,7 +47,7 @@ def cost_model(setup: Setup) -> CostModel:
 
 def cut_bounds(setup: Setup) -> CutBounds:
     """Allowed cuts and the client memory model (from the model's shape and the training batch shape)."""
-    return build.cut_bounds(setup.cfg, cost_model(setup), setup.n_layer)
+    return cuts.cut_bounds(setup.cfg, cost_model(setup), setup.n_layer)
 
 
 def over_memory(setup: Setup) -> dict[str, dict[str, Any]]:
@@ -56,7 +57,7 @@ def over_memory(setup: Setup) -> dict[str, dict[str, Any]]:
     if cfg.federation.method != "split":
         return {}
     bounds = cut_bounds(setup)
-    smallest = build.smallest_cut(cfg, bounds)
+    smallest = cuts.smallest_cut(cfg, bounds)
     need = bounds.base_gb + smallest * bounds.block_gb
     devices = client_profiles(cfg.heterogeneity, cfg.federation.n_clients, cfg.federation.seed)
     return {str(c): {"device": d.name, "memory_gb_budget": d.memory_gb, "cut": smallest,
@@ -91,7 +92,7 @@ def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict
     cfg = setup.cfg
     clock = VirtualClock(cost_model(setup), devices, server_profile(cfg.heterogeneity), order=cfg.federation.order,
                          tail_cut=tail_cut(cfg, setup.n_layer) if cfg.federation.method == "split" else None,
-                         serving=build.serving_of(cfg))
+                         serving=cuts.serving_of(cfg))
     logger.log("setup", method=cfg.federation.method, partition_sizes=[len(p) for p in setup.parts],
                data=setup.data_record(), eval_samples=len(setup.eval), n_layer=setup.n_layer, family=setup.family.name,
                device=str(setup.device), devices={str(c): vars(d) for c, d in devices.items()},
@@ -108,7 +109,7 @@ def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict
 def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:
     cfg, peft, fam = setup.cfg, setup.peft, setup.family
     bounds = cut_bounds(setup)
-    first = build.smallest_cut(cfg, bounds)
+    first = cuts.smallest_cut(cfg, bounds)
     server = split_server(cfg, peft, fam, first, setup.compute)
     clients = {cid: split_client(setup, cid, cfg.split.cut) for cid in range(len(setup.parts))}
     devices = dict(enumerate(client_profiles(cfg.heterogeneity, len(clients), cfg.federation.seed)))
@@ -146,7 +147,7 @@ def _choose_codecs(setup: Setup, fed: Federation, logger: MetricsLogger) -> None
 
 
 def _policy(setup: Setup, bounds: CutBounds) -> Any:
-    return build.cut_policy(setup.cfg, bounds, round_costs(setup) if setup.cfg.split.policy == "makespan" else None)
+    return cuts.cut_policy(setup.cfg, bounds, round_costs(setup) if setup.cfg.split.policy == "makespan" else None)
 
 
 def client_stats(devices: dict[int, DeviceProfile]) -> dict[int, ClientStats]:
@@ -156,13 +157,13 @@ def client_stats(devices: dict[int, DeviceProfile]) -> dict[int, ClientStats]:
 
 
 def held_lora_numel(setup: Setup, cut: int, full: dict[str, torch.Tensor]) -> int:
-    return build.held_lora_numel(setup.cfg, setup.family, setup.n_layer, cut, full)
+    return cuts.held_lora_numel(setup.cfg, setup.family, setup.n_layer, cut, full)
 
 
 def round_costs(setup: Setup) -> RoundCosts:
-    """What a round costs at each cut (`build.round_costs`): what the `makespan` policy and `splitft plan`
+    """What a round costs at each cut (`cuts.round_costs`): what the `makespan` policy and `splitft plan`
     predict with."""
-    return build.round_costs(setup.cfg, setup.peft, setup.family, setup.compute, setup.n_layer)
+    return cuts.round_costs(setup.cfg, setup.peft, setup.family, setup.compute, setup.n_layer)
 
 
 def build_fedlora(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> Federation:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..build import Setup, build_model, compute_of, smallest_cut
+from ..build import Setup, build_model, compute_of
 from ..config import Config, SplitConfig, tail_cut
+from ..cuts import smallest_cut
 from ..data.datasets import DataStats
 from ..devices import client_profiles
 from ..policy import ClientStats, CutBounds, ResourcePolicy, max_feasible_cut

@@ -260,7 +260,7 @@ def test_an_emulated_slow_client_measures_at_least_its_profiles_step_time(tmp_pa
     """launch --emulate: client 0 is a device 10x slower than client 1; each paces its steps to its profile, so
     the compute it measures and reports per block and token is at least what the profile allows. The server paces
     every training step to heterogeneity.server_tflops (under U both halves of each)."""
-    from splitft.build import cost_model_of
+    from splitft.cuts import cost_model_of
     from splitft.model.families import family_for
     from splitft.model.loader import load
     from splitft.model.split import Compute
