@@ -120,3 +120,16 @@ def run_identity(path: str | Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return rec if isinstance(rec, dict) and rec.get("kind") == RUN_KIND else None
+
+
+def quantiles(seconds: list[float]) -> dict[str, float]:
+    """Count, p50, p99 and max of `seconds` (nearest rank): a client's step latencies for the load test's report."""
+    if not seconds:
+        return {}
+    s = sorted(seconds)
+
+    def at(q: float) -> float:
+        return s[min(len(s) - 1, math.ceil(q * len(s)) - 1)]
+
+    return {"n": len(s), "p50": round(at(0.5), 4), "p99": round(at(0.99), 4), "max": round(s[-1], 4)}
+

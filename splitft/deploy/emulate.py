@@ -26,9 +26,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..config import DeviceConfig
+from ..config import Config, DeviceConfig
 from ..cost import CostModel, transfer_s
+from ..devices import client_profiles
+from ..errors import UserError
 from ..transport.base import BackwardRequest, ForwardRequest, StepReply
+
+
+def emulated_device(cfg: Config, client_id: int) -> DeviceConfig:
+    """The device the config gives this client, drawn as the simulation draws it (heterogeneity.profile)."""
+    h = cfg.heterogeneity
+    if h.profile == "list" and len(h.devices) != cfg.federation.n_clients:
+        raise UserError(f"--emulate: heterogeneity.devices names {len(h.devices)} devices for "
+                        f"{cfg.federation.n_clients} clients; give one per client")
+    try:
+        return client_profiles(h, cfg.federation.n_clients, cfg.federation.seed)[client_id]
+    except KeyError as e:
+        raise UserError(f"--emulate: heterogeneity: unknown device {e}; define it in heterogeneity.tiers") from None
 
 
 class Pacer:

@@ -15,7 +15,6 @@ Writes <out_dir>/client_<id>.json.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import secrets
 import sys
@@ -39,14 +38,13 @@ from ..build import (
     split_client_with,
 )
 from ..client import LocalClient, SplitClient
-from ..config import Config, DeviceConfig, tail_cut
+from ..config import Config, tail_cut
 from ..cuts import cost_model_of
 from ..data.datasets import DataStats, Example, Rows, data_line, load_examples, resolve_path, split_eval
 from ..data.partitioners import partitioner_for, samples_of
-from ..devices import client_profiles
 from ..errors import UserError
 from ..measure import Meter, check_profile, client_report, peak_memory
-from ..metrics import perplexity
+from ..metrics import perplexity, quantiles
 from ..model.families import hf_of
 from ..model.partial import PartialModel, TokenIds
 from ..model.split import ClientPart, FullPart
@@ -56,7 +54,7 @@ from ..seeding import derive_seed
 from ..transport import tls
 from ..transport.base import adapters_nbytes
 from ..transport.grpc_client import GrpcTransport, ServerRefused, ServerRestarted
-from .emulate import PacedTransport, Pacer
+from .emulate import PacedTransport, Pacer, emulated_device
 from .handshake import terms_of
 from .serve import deploy_problems
 
@@ -73,18 +71,6 @@ def client_data(cfg: Config, client_id: int, tokenizer: Any, dealt: bool,
     examples, stats = load_examples(cfg.data, tokenizer, derive_seed(cfg.federation.seed, "data", client_id),
                                     rows=rows)
     return *split_eval(examples, cfg.data.eval_fraction, cfg.data.max_eval_samples), stats
-
-
-def emulated_device(cfg: Config, client_id: int) -> DeviceConfig:
-    """The device the config gives this client, drawn as the simulation draws it (heterogeneity.profile)."""
-    h = cfg.heterogeneity
-    if h.profile == "list" and len(h.devices) != cfg.federation.n_clients:
-        raise UserError(f"--emulate: heterogeneity.devices names {len(h.devices)} devices for "
-                        f"{cfg.federation.n_clients} clients; give one per client")
-    try:
-        return client_profiles(h, cfg.federation.n_clients, cfg.federation.seed)[client_id]
-    except KeyError as e:
-        raise UserError(f"--emulate: heterogeneity: unknown device {e}; define it in heterogeneity.tiers") from None
 
 
 class FellBehind(Exception):
@@ -361,7 +347,7 @@ class Participant:
                                **self._data_counts(),
                                "losses": [x for r in sorted(self.losses) for x in self.losses[r]],
                                "steps_by_round": {str(r): len(v) for r, v in sorted(self.losses.items())},
-                               "step_wall_s": _quantiles(self.step_walls),
+                               "step_wall_s": quantiles(self.step_walls),
                                "dropped_rounds": sorted(self.dropped), "cuts": self.cuts,
                                "held_gb": round(self.pm.held_gb(), 4), **memory, "measured": self.report(),
                                "precision": self.pm.compute.precision.record(),
@@ -391,18 +377,6 @@ def own_checkpoint(folder: Path, welcome: dict[str, Any], say: Callable[[str], N
     say(f"the checkpoint in {folder} is of another run (run {saved.get('run')}); this run starts fresh and replaces "
         "it at its first checkpoint")
     return None
-
-
-def _quantiles(seconds: list[float]) -> dict[str, float]:
-    """p50, p99 and max of a client's step latencies (nearest rank), for the load test's report."""
-    if not seconds:
-        return {}
-    s = sorted(seconds)
-
-    def at(q: float) -> float:
-        return s[min(len(s) - 1, math.ceil(q * len(s)) - 1)]
-
-    return {"n": len(s), "p50": round(at(0.5), 4), "p99": round(at(0.99), 4), "max": round(s[-1], 4)}
 
 
 def _evaluate(client: SplitClient | LocalClient, transport: GrpcTransport, cfg: Config, setup: Setup,
