@@ -14,7 +14,8 @@ import numpy as np
 
 from ..config import BY_CATEGORY, Config
 from ..model.loader import load_tokenizer
-from .datasets import load_examples, resolve_path, split_eval
+from .datasets import load_examples, split_eval
+from .files import resolve_path
 from .partitioners import (
     Samples,
     category_buckets,

@@ -40,7 +40,8 @@ from ..build import (
 from ..client import LocalClient, SplitClient
 from ..config import Config, tail_cut
 from ..cuts import cost_model_of
-from ..data.datasets import DataStats, Example, Rows, data_line, load_examples, resolve_path, split_eval
+from ..data.datasets import DataStats, Example, Rows, data_line, load_examples, split_eval
+from ..data.files import resolve_path
 from ..data.partitioners import partitioner_for, samples_of
 from ..errors import UserError
 from ..measure import Meter, check_profile, client_report, peak_memory

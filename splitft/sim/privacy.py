@@ -31,7 +31,8 @@ import torch
 from .. import build
 from ..build import Setup
 from ..config import Config, validate
-from ..data.datasets import STDLIB, batches, load_examples
+from ..data.datasets import batches, load_examples
+from ..data.files import STDLIB
 from ..errors import UserError
 from ..model.families import embedding_table, hf_of
 from ..privacy.defenses import noisy_activations

@@ -10,7 +10,8 @@ import torch
 from splitft.build import build_setup, client_part, load
 from splitft.cli import main
 from splitft.config import ConfigError
-from splitft.data.datasets import STDLIB, batches, load_examples
+from splitft.data.datasets import batches, load_examples
+from splitft.data.files import STDLIB
 from splitft.errors import UserError
 from splitft.metrics import read_metrics
 from splitft.privacy.defenses import noisy_activations
