@@ -1,7 +1,9 @@
 """The SplitFT paper's claims, tested on SmolLM2-135M-Instruct with seeds and 95% intervals.
 
-    python benchmarks/paper_claims.py [--model smollm2|tiny] [--parts quality,tables] [--partitions iid,length]
-                                      [--seeds 0,1,2] [--rounds 30] [--table-rounds 10] [--generate 16] [--out DIR]
+    python benchmarks/paper_claims.py [--model smollm2|tiny] [--parts quality,tables,deploy] [--seeds 0,1,2]
+                                      [--partitions iid,length] [--datasets shakespeare,python_stdlib]
+                                      [--rounds 30] [--table-rounds 10] [--deploy-rounds 6] [--generate 16]
+                                      [--out DIR]
 Parts (each run is a normal run directory under --out, reused when finished, so parts can run in parallel
 processes and a last call with every part only composes the table):
 - quality: splitft, makespan and sfl-fixed for every seed (fedlora and centralized, references, for the first)
@@ -11,6 +13,8 @@ processes and a last call with every part only composes the table):
   seed by seed;
 - tables: the paper's Table I (fixed cut 1, 2, 4, 8: a phone's compute per step, bytes, ppl) and Table II
   (cut 2, r_cut 1, 2, 4, 8, 16: bytes, ppl) on Shakespeare and on builtin:python_stdlib, one seed.
+- deploy: splitft and sfl-fixed as `splitft launch --emulate`, seed 0, IID, the devices 1,000x slower (so 2
+  cores can honor them): wall seconds to the worse final ppl of the two, beside the simulated virtual time.
 The federation is configs/experiment.yaml's (5 clients: phone, phone, laptop, laptop, workstation; a 50 TFLOP/s
 server; r = 16, r_cut = 8) with 1 local step of batch 4 x <= 64 tokens per round, 32 held-out samples and
 compute_dtype=auto, which keeps 30 rounds x (3 methods x 3 seeds + 2) x 2 partitions near two hours on 2 cores.
@@ -25,10 +29,11 @@ import argparse
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
-from _common import MODELS, ROOT, record, table
+from _common import MODELS, ROOT, cli, record, table
 
 from splitft.build import build_model, compute_of
 from splitft.config import Config, load_config
@@ -36,7 +41,7 @@ from splitft.cuts import cost_model_of
 from splitft.devices import client_profiles
 from splitft.metrics import interval
 from splitft.model.families import hf_of
-from splitft.sim.experiment import compare_row, parse_seeds, run_experiment, run_or_reuse
+from splitft.sim.experiment import compare_row, parse_seeds, run_experiment, run_or_reuse, time_to
 
 PARTITIONS = {"iid": ["data.partitioner=iid"],
               "length": ["data.partitioner=length_dirichlet", "data.alpha=0.1", "data.min_partition_size=8"]}
@@ -200,16 +205,50 @@ def tables(out: Path, rounds: int, datasets: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+SLOWED = ["heterogeneity.tiers=[{name: phone, tflops: 0.0005, memory_gb: 0.35, up_mbps: 5, down_mbps: 20,"
+          " latency_ms: 40}, {name: laptop, tflops: 0.0025, memory_gb: 2, up_mbps: 20, down_mbps: 100,"
+          " latency_ms: 20}, {name: workstation, tflops: 0.005, memory_gb: 16, up_mbps: 100, down_mbps: 500,"
+          " latency_ms: 5}]", "heterogeneity.server_tflops=0.05", "train.batch_size=2"]
+"""The experiment's devices 1,000x slower in compute (clock_vs_wall.py's SmolLM2 tiers) so that 2 shared cores can
+honor them: a deployment emulating them runs at the federation's pace, not this machine's."""
+DEPLOYED = {"splitft": ["split.policy=splitft"], "sfl-fixed": ["split.policy=fixed", "lora.r_cut=16"]}
+
+
+def deployed(out: Path, rounds: int) -> list[dict[str, Any]]:
+    """splitft and sfl-fixed as `splitft launch --emulate` (a server and 5 client processes on loopback, each
+    paced to its slowed device), seed 0, IID: wall seconds to the worse final ppl of the two, beside the same
+    config's virtual time in simulation."""
+    runs = {}
+    for m, extra in DEPLOYED.items():
+        over = [f"model.source={MODELS[MODEL]}", *COMMON, *SLOWED, "data.partitioner=iid", *extra,
+                f"federation.rounds={rounds}"]
+        where = out / "deployed" / m
+        if not (where / "summary.json").is_file():
+            shutil.rmtree(where, ignore_errors=True)  # an interrupted launch: start it again
+            print(f"== deployed {m}: launching into {where}", flush=True)
+            cli("launch", "--config", str(ROOT / "configs" / "experiment.yaml"), "--clients", "5", "--emulate", *over,
+                f"metrics.out_dir={where}", timeout_s=3600)
+        simulated = run_or_reuse(config(out / "deployed" / f"{m}_simulated", rounds, [*SLOWED, "data.partitioner=iid",
+                                                                                        *extra]), f"simulated {m}")
+        runs[m] = (json.loads((where / "summary.json").read_text()), simulated)
+    target = max(d["final_eval_ppl"] for d, _ in runs.values())
+    return [{"method": m, "target_ppl": target, "deployed_final_ppl": d["final_eval_ppl"],
+             "wall_time_to_target_s": time_to(d, target, "wall"), "wall_time_s": d["wall_time_s"],
+             "simulated_final_ppl": s["final_eval_ppl"], "virtual_time_to_target_s": time_to(s, target),
+             "virtual_time_s": s["virtual_time_s"]} for m, (d, s) in runs.items()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=sorted(MODELS), default="smollm2")
-    ap.add_argument("--parts", default="quality,tables")
+    ap.add_argument("--parts", default="quality,tables,deploy")
     ap.add_argument("--partitions", default="iid,length")
     ap.add_argument("--datasets", default=",".join(DATASETS), help="of the tables part")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--table-rounds", type=int, default=10)
     ap.add_argument("--generate", type=int, default=16)
+    ap.add_argument("--deploy-rounds", type=int, default=6, help="of the deploy part")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench" / "paper_claims")
     args = ap.parse_args()
     global MODEL
@@ -220,7 +259,11 @@ def main() -> None:
         for p in args.partitions.split(","):
             results[f"quality_{p}"] = quality(args.out, p, seeds, args.rounds, args.generate)
     sweep = tables(args.out, args.table_rounds, args.datasets.split(",")) if "tables" in parts else []
-    if parts != ["quality", "tables"] or args.partitions != "iid,length" or args.datasets != ",".join(DATASETS):
+    deploy = deployed(args.out, args.deploy_rounds) if "deploy" in parts else []
+    if deploy:
+        print(table(deploy, list(deploy[0])), flush=True)
+    every = parts == ["quality", "tables", "deploy"] and args.partitions == "iid,length"
+    if not every or args.datasets != ",".join(DATASETS):
         print("runs done; the results are written by a call with every part and partition", flush=True)
         return
     add_overfit(results)
@@ -228,10 +271,11 @@ def main() -> None:
     print(table(methods, list(methods[0])) + "\n\n" + table(sweep, list(sweep[0])) + "\n", flush=True)
     path = record(f"paper_claims_{MODEL}", {"seeds": seeds, "rounds": args.rounds, "table_rounds": args.table_rounds,
                                            "generate": args.generate, "config": "configs/experiment.yaml",
-                                           "overrides": COMMON, "partitions": PARTITIONS},
+                                           "overrides": COMMON, "partitions": PARTITIONS,
+                                           "deploy_rounds": args.deploy_rounds, "deployed_devices": SLOWED},
                   claims(results), ["claim", "data", "method", "sfl_fixed", "diff", "ci95", "n", "verdict"])
     full = json.loads(path.read_text())
-    full.update(methods=methods, tables=sweep, curves={p: r["curves"] for p, r in results.items()})
+    full.update(methods=methods, tables=sweep, deployed=deploy, curves={p: r["curves"] for p, r in results.items()})
     path.write_text(json.dumps(full, indent=2) + "\n")
 
 
