@@ -9,7 +9,7 @@ what the other side would decode. `transport.codec_up=auto` gives each client it
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from .base import (
     AdapterUpdate,
@@ -51,12 +51,10 @@ class InProcTransport:
         """Several clients' training steps as one server step, each request and reply carried and counted as
         `step` carries it; a step the server refused raises here, as `step` would."""
         replies = self.server.step_batch([self._up(r) for r in reqs])
-        done = []
-        for req, reply in zip(reqs, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise reply
-            done.append(self._down(req, reply))
-        return done
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return [self._down(req, cast(StepReply, reply)) for req, reply in zip(reqs, replies, strict=True)]
 
     def _up(self, req: ForwardRequest) -> ForwardRequest:
         acts, up = self.codec_up(req.client_id).roundtrip(req.activations)  # `none`: acts is req.activations
