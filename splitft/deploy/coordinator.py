@@ -312,7 +312,7 @@ class Coordinator:
             if applied:
                 self.server_steps += 1
                 self.on_served(applied, time.perf_counter() - start)
-            await self._paced([_shape(r) for r in reqs], start)
+            await self._paced([r.priced for r in reqs], start)
             for (key, req, future), out in zip(batch, outs, strict=True):
                 try:
                     future.set_result(await self._joined(key, req, out))
@@ -403,9 +403,9 @@ class Coordinator:
             self.on_served([req], time.perf_counter() - start)
         if reply.hidden is not None:  # U-shaped: the step holds the server until its backward
             self.forwarded[req.client_id] = (key, reply)
-            await self._paced([_shape(req)], start, "forward")
+            await self._paced([req.priced], start, "forward")
             return reply
-        await self._paced([_shape(req)], start)
+        await self._paced([req.priced], start)
         await self._applied(key, reply, req.activations.shape[0])
         return reply
 
@@ -664,7 +664,3 @@ def _to_the_end(work: Awaitable[Any], lock: asyncio.Lock | None = None) -> Await
     task.add_done_callback(ended)
     return asyncio.shield(task)
 
-
-def _shape(req: ForwardRequest) -> tuple[int, int, int]:
-    """(cut, batch, seq) of a step: what the server's profile prices."""
-    return (req.cut, *req.activations.shape[:2])

@@ -39,7 +39,7 @@ from ..rundir import RunLock, export_adapter, open_records, prepare_run_dir, run
 from ..server import FedAvgServer
 from ..track import open_tracker
 from ..transport import tls, wire
-from ..transport.base import ByteCounter, ForwardRequest, sum_kinds, training_traffic
+from ..transport.base import ByteCounter, sum_kinds, training_traffic
 from ..transport.compress import AUTO, codecs_of
 from ..transport.endpoint import Endpoint
 from ..transport.grpc_server import check_listen, serve_grpc
@@ -236,8 +236,8 @@ class _Party:
                                  max_steps=math.ceil(fed.max_steps_factor * fed.local_steps), pace=pace,
                                  server_batch=fed.server_batch, batch_wait_s=fed.server_batch_wait_ms / 1000,
                                  on_served=lambda reqs, seconds: self.placement.note_server(sum(
-                                     cost.train_flops(r.cut, pm.n_layer, *_batch_seq(r), head=True)
-                                     for r in reqs), seconds))
+                                     cost.train_flops(cut, pm.n_layer, b, t, head=True)
+                                     for cut, b, t in (r.priced for r in reqs)), seconds))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed server needs, at a round boundary. Client-made values (reports, evaluations) go
@@ -340,7 +340,3 @@ class Records:
                 "clients": {str(c): {"final_cut": coord.placement.cut_of(c) if coord.placement else None}
                             for c in range(cfg.federation.n_clients)}}
 
-
-def _batch_seq(req: ForwardRequest) -> tuple[int, int]:
-    """(batch, seq) of a step's activations (B, T, H)."""
-    return req.activations.shape[0], req.activations.shape[1]

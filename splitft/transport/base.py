@@ -72,6 +72,12 @@ class ForwardRequest:
         """labels (none under U) + attention_mask."""
         return tensor_nbytes(self.labels) + tensor_nbytes(self.attention_mask)
 
+    @property
+    def priced(self) -> tuple[int, int, int]:
+        """(cut, batch, seq): what the cost model prices the step by."""
+        b, t = self.attention_mask.shape
+        return self.cut, b, t
+
 
 @dataclass
 class BackwardRequest:
