@@ -109,7 +109,7 @@ class Pacer:
 
 
 class PacedTransport:
-    """A split client's transport under --emulate, for its training steps: the compute since the last crossing
+    """A split client's transport under --emulate, for one training step: the compute since the last crossing
     waits for the emulated device, each crossing for the emulated link (see the module's docstring). Everything
     else (counters, adapters, evaluation) is the wrapped transport's. `end()` paces the step's last compute and
     returns its paced (compute, link) seconds, what the client then measures and reports."""
@@ -155,10 +155,7 @@ class PacedTransport:
         """After the step: the backward of [0, cut) and the update; the step's paced compute and link seconds."""
         self._compute(0, self.cut, False, 1 - self.pacer.cost.forward_share)
         self.pacer.step_done()
-        compute, link = self.compute_s, self.link_s
-        self.compute_s = self.link_s = 0.0
-        self.mark = time.perf_counter()
-        return compute, link
+        return self.compute_s, self.link_s
 
 
 def server_pacer(server_tflops: float, cost: CostModel, log: Callable[[str], Any],
@@ -182,15 +179,12 @@ class ServerPacer(Pacer):
         and for each client step it serves, (first, batch, seq), blocks [first, L) and the head, forward and
         backward (several: one joined step, `federation.server_batch`, their FLOPs together). Under U a step is
         two halves: "forward" (`step_s` and the forward of [first, tail_cut)) and "backward" (its backward)."""
-        if half == "step":
-            self.steps += len(shapes)
-            flops = sum(self.cost.train_flops(first, self.cost.n_layer, b, t, head=True) for first, b, t in shapes)
-            return self._wait(real_s, self.step_s + flops / (self.device.tflops * 1e12)) - real_s
-        assert self.tail_cut is not None, "only a U-shaped step has halves"
-        share = self.cost.forward_share if half == "forward" else 1 - self.cost.forward_share
-        flops = sum(self.cost.train_flops(first, self.tail_cut, b, t) for first, b, t in shapes) * share
-        fixed = self.step_s if half == "forward" else 0.0
-        self.steps += len(shapes) if half == "backward" else 0
+        last = self.cost.n_layer if half == "step" else self.tail_cut
+        assert last is not None, "only a U-shaped step has halves"
+        share = {"step": 1.0, "forward": self.cost.forward_share, "backward": 1 - self.cost.forward_share}[half]
+        flops = sum(self.cost.train_flops(first, last, b, t, head=half == "step") for first, b, t in shapes) * share
+        self.steps += 0 if half == "forward" else len(shapes)  # a U step counts once, at its end
+        fixed = 0.0 if half == "backward" else self.step_s
         return self._wait(real_s, fixed + flops / (self.device.tflops * 1e12)) - real_s
 
     def summary(self) -> dict[str, Any]:
