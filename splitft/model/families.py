@@ -101,15 +101,15 @@ def hf_of(peft_model: nn.Module) -> nn.Module:
     return peft_model.get_submodule("base_model.model")
 
 
-def embeddings(model: nn.Module, output: bool = False) -> nn.Module:
-    """An HF model's input embedding layer (or its output head: `output`)."""
-    hf: Any = model  # transformers' PreTrainedModel methods, untyped on nn.Module
-    return cast(nn.Module, hf.get_output_embeddings() if output else hf.get_input_embeddings())
+def embeddings(model: nn.Module) -> nn.Module:
+    """An HF model's input embedding layer."""
+    hf: Any = model  # transformers' PreTrainedModel method, untyped on nn.Module
+    return cast(nn.Module, hf.get_input_embeddings())
 
 
-def embedding_table(model: nn.Module, output: bool = False) -> torch.Tensor:
-    """The (V, H) weight of `embeddings(model, output)`."""
-    return cast(torch.Tensor, embeddings(model, output).weight)
+def embedding_table(model: nn.Module) -> torch.Tensor:
+    """The (V, H) weight of `embeddings(model)`."""
+    return cast(torch.Tensor, embeddings(model).weight)
 
 
 # --- Llama / Qwen2 / Mistral: rotary positions, RMSNorm, per-layer mask kinds --------------------------

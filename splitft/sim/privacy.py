@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -187,7 +187,7 @@ def attack_labels(setup: Setup, cfg: Config, steps: int) -> LabelScore:
     part = build.client_part(cfg, setup.peft, setup.family, cut, setup.compute)
     client = build.split_client_with(cfg, 0, part, build.client_stream(setup, 0, setup.parts[0]))
     wire, score = _Curious(server), LabelScore()
-    head = embedding_table(hf_of(setup.peft), output=True).detach()
+    head = cast(torch.Tensor, setup.family.lm_head(hf_of(setup.peft)).weight).detach()
     for step in range(steps):
         req = client.begin_step(0, step)
         mask, labels = client._tail_batch  # the ground truth, which only the client holds
