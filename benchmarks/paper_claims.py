@@ -51,11 +51,17 @@ COMMON = ["federation.local_steps=1", "data.max_length=64", "data.max_eval_sampl
           "model.dtype=auto", "metrics.progress=false", "metrics.checkpoint_every=10"]
 
 
-def config(out: Path, rounds: int, extra: list[str]) -> Config:
+EXPERIMENT = str(ROOT / "configs" / "experiment.yaml")
+
+
+def overrides(out: Path, rounds: int, extra: list[str]) -> list[str]:
     small = ["split.cut_max=3", "data.max_length=256"] if MODEL == "tiny" else []  # 4 blocks, a byte tokenizer
-    return load_config(str(ROOT / "configs" / "experiment.yaml"),
-                       [f"model.source={MODELS[MODEL]}", *COMMON, *small, f"federation.rounds={rounds}",
-                        f"metrics.out_dir={out}", *extra])
+    return [f"model.source={MODELS[MODEL]}", *COMMON, *small, f"federation.rounds={rounds}", f"metrics.out_dir={out}",
+            *extra]
+
+
+def config(out: Path, rounds: int, extra: list[str]) -> Config:
+    return load_config(EXPERIMENT, overrides(out, rounds, extra))
 
 
 CLAIMED = ["splitft", "makespan", "sfl-fixed"]  # every seed
@@ -70,23 +76,29 @@ def quality(out: Path, partition: str, seeds: list[int], rounds: int, generate: 
     with contextlib.redirect_stdout(io.StringIO()):  # its table is composed below with the verdicts
         run_experiment(cfg, BASELINES, seeds=seeds[:1], generate=generate)
         result = run_experiment(cfg, CLAIMED, seeds=seeds, generate=generate)
-    runs = {str(s): {m: where / f"seed_{s}" / m for m in CLAIMED} for s in seeds}
-    runs[str(seeds[0])].update({m: where / f"seed_{seeds[0]}" / m for m in BASELINES})
+    first = str(seeds[0])
+    runs = {str(s): {m: where / f"seed_{s}" / m for m in CLAIMED + (BASELINES if str(s) == first else [])}
+            for s in seeds}
     summaries = {s: {m: json.loads((d / "summary.json").read_text()) for m, d in by.items()} for s, by in runs.items()}
     result["curves"] = {s: {m: v["eval_ppl_by_round"] for m, v in by.items()} for s, by in summaries.items()}
-    result["virtual_by_round"] = {s: {m: v["virtual_time_by_round"] for m, v in by.items()}
-                                  for s, by in summaries.items()}
-    result["baselines"] = {m: baseline_row(runs[str(seeds[0])][m], result["target_ppl"], generate)
-                           for m in BASELINES}
+    for s, by in summaries.items():
+        for m in CLAIMED:
+            result["runs"][s][m].update(derived(by[m], by["sfl-fixed"]["final_eval_ppl"]))
+    result["baselines"] = {}
+    for m in BASELINES:  # a row as `compare_row` makes it, against the claimed methods' target ppl
+        summary = summaries[first][m]
+        if generate:
+            summary["answers"] = json.loads((runs[first][m] / f"answers_{generate}.json").read_text())
+        result["baselines"][m] = {**compare_row(summary, result["target_ppl"]),
+                                  **derived(summary, summaries[first]["sfl-fixed"]["final_eval_ppl"])}
     return result
 
 
-def baseline_row(run: Path, target: float, generate: int) -> dict[str, Any]:
-    """A baseline's row as `compare_row` makes it, against the claimed methods' target ppl."""
-    summary = json.loads((run / "summary.json").read_text())
-    if generate:
-        summary["answers"] = json.loads((run / f"answers_{generate}.json").read_text())
-    return compare_row(summary, target)
+def derived(summary: dict[str, Any], fixed_final: float) -> dict[str, Any]:
+    """A run's overfitting, and its virtual seconds to the final ppl sfl-fixed reached with the same seed (a target
+    per seed: the partition-wide one is reached by the worst seed only at its end)."""
+    return {"overfit_ppl": overfit(summary["eval_ppl_by_round"]),
+            "time_to_fixed_final_s": time_to(summary, fixed_final)}
 
 
 def overfit(curve: dict[str, float]) -> float:
@@ -109,26 +121,6 @@ def paired(result: dict[str, Any], method: str, key: str) -> dict[str, Any]:
     runs = result["runs"].values()
     return interval([r[method][key] - r["sfl-fixed"][key] for r in runs
                      if r[method].get(key) is not None and r["sfl-fixed"].get(key) is not None])
-
-
-def reach_s(curve: dict[str, float], clock: dict[str, float], target: float) -> float | None:
-    """Virtual seconds at the end of the first round whose eval ppl <= target (None: never)."""
-    return next((clock[r] for r, v in curve.items() if int(r) >= 0 and v <= target and r in clock), None)
-
-
-def add_overfit(results: dict[str, dict[str, Any]]) -> None:
-    """Per run: overfitting, and the virtual seconds to the final ppl sfl-fixed reached with the same seed (a
-    target per seed: the partition-wide one is reached by the worst seed only at its end)."""
-    for res in results.values():
-        for seed, by in res["runs"].items():
-            fixed_final = by["sfl-fixed"]["final_eval_ppl"]
-            for m, row in by.items():
-                row["overfit_ppl"] = overfit(res["curves"][seed][m])
-                row["time_to_fixed_final_s"] = reach_s(res["curves"][seed][m], res["virtual_by_round"][seed][m],
-                                                       fixed_final)
-        first = next(iter(res["runs"]))
-        for m, row in res["baselines"].items():
-            row["overfit_ppl"] = overfit(res["curves"][first][m])
 
 
 def stat(res: dict[str, Any], m: str, key: str) -> dict[str, Any]:
@@ -156,22 +148,24 @@ def claims(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+METRICS = ("final_eval_ppl", "overfit_ppl", "virtual_time_to_target_s", "time_to_fixed_final_s", "virtual_time_s",
+           "rouge_l", "exact_match", "bytes_up")
+
+
 def method_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Every method's mean +- 95% CI per partition (final ppl, overfitting, time to target, ROUGE-L, bytes)."""
     out = []
     for part, res in results.items():
         for m in CLAIMED:
             row = {"data": part.removeprefix("quality_"), "method": m, "target_ppl": res["target_ppl"]}
-            for key in ("final_eval_ppl", "overfit_ppl", "virtual_time_to_target_s", "time_to_fixed_final_s",
-                        "virtual_time_s", "rouge_l", "exact_match", "bytes_up"):
+            for key in METRICS:
                 s = stat(res, m, key)
                 row[key], row[f"{key}_ci95"] = s["mean"], s["ci95"]
             row["not_reached"] = sum(r[m]["virtual_time_to_target_s"] is None for r in res["runs"].values())
             out.append(row)
         for m, b in res["baselines"].items():  # one seed: no interval
             out.append({"data": part.removeprefix("quality_"), "method": m, "target_ppl": res["target_ppl"],
-                        **{key: b.get(key) for key in ("final_eval_ppl", "overfit_ppl", "virtual_time_to_target_s",
-                                                       "virtual_time_s", "rouge_l", "exact_match", "bytes_up")},
+                        **{key: b.get(key) for key in METRICS},
                         "not_reached": int(b["virtual_time_to_target_s"] is None)})
     return out
 
@@ -180,9 +174,8 @@ def tables(out: Path, rounds: int, datasets: list[str]) -> list[dict[str, Any]]:
     """Table I (fixed cut 1/2/4/8, r_cut = r) and Table II (cut 2, r_cut 1..16) on each dataset, seed 0, IID."""
     rows = []
     for data in datasets:
-        path = DATASETS[data]
-        base = config(out / f"tables_{data}", rounds, [f"data.path={path}", "data.partitioner=iid",
-                                                         "split.policy=fixed", "federation.method=split"])
+        fixed = [f"data.path={DATASETS[data]}", "data.partitioner=iid", "split.policy=fixed", "federation.method=split"]
+        base = config(out / f"tables_{data}", rounds, fixed)
         peft, family, _, _ = build_model(base)
         cost = cost_model_of(hf_of(peft), family, compute_of(base))
         phone = client_profiles(base.heterogeneity, base.federation.n_clients, base.federation.seed)[0]
@@ -190,8 +183,7 @@ def tables(out: Path, rounds: int, datasets: list[str]) -> list[dict[str, Any]]:
         settings = [(c, base.lora.r) for c in cuts] + [(2, k) for k in (1, 2, 4, 8)]
         for cut, r_cut in settings:
             cfg = config(out / f"tables_{data}" / f"cut{cut}_rcut{r_cut}", rounds,
-                         [f"data.path={path}", "data.partitioner=iid", "split.policy=fixed",
-                          "federation.method=split", f"split.cut={cut}", f"lora.r_cut={r_cut}"])
+                         [*fixed, f"split.cut={cut}", f"lora.r_cut={r_cut}"])
             s = run_or_reuse(cfg, f"{data} cut {cut} r_cut {r_cut}")
             b = s["bytes"]
             rows.append({"data": data, "table": "I" if r_cut == base.lora.r else "II", "cut": cut, "r_cut": r_cut,
@@ -220,16 +212,13 @@ def deployed(out: Path, rounds: int) -> list[dict[str, Any]]:
     config's virtual time in simulation."""
     runs = {}
     for m, extra in DEPLOYED.items():
-        over = [f"model.source={MODELS[MODEL]}", *COMMON, *SLOWED, "data.partitioner=iid", *extra,
-                f"federation.rounds={rounds}"]
-        where = out / "deployed" / m
+        where, setting = out / "deployed" / m, [*SLOWED, "data.partitioner=iid", *extra]
         if not (where / "summary.json").is_file():
             shutil.rmtree(where, ignore_errors=True)  # an interrupted launch: start it again
             print(f"== deployed {m}: launching into {where}", flush=True)
-            cli("launch", "--config", str(ROOT / "configs" / "experiment.yaml"), "--clients", "5", "--emulate", *over,
-                f"metrics.out_dir={where}", timeout_s=3600)
-        simulated = run_or_reuse(config(out / "deployed" / f"{m}_simulated", rounds, [*SLOWED, "data.partitioner=iid",
-                                                                                        *extra]), f"simulated {m}")
+            cli("launch", "--config", EXPERIMENT, "--clients", "5", "--emulate", *overrides(where, rounds, setting),
+                timeout_s=3600)
+        simulated = run_or_reuse(config(out / "deployed" / f"{m}_simulated", rounds, setting), f"simulated {m}")
         runs[m] = (json.loads((where / "summary.json").read_text()), simulated)
     target = max(d["final_eval_ppl"] for d, _ in runs.values())
     return [{"method": m, "target_ppl": target, "deployed_final_ppl": d["final_eval_ppl"],
@@ -266,7 +255,6 @@ def main() -> None:
     if not every or args.datasets != ",".join(DATASETS):
         print("runs done; the results are written by a call with every part and partition", flush=True)
         return
-    add_overfit(results)
     methods = method_rows(results)
     print(table(methods, list(methods[0])) + "\n\n" + table(sweep, list(sweep[0])) + "\n", flush=True)
     path = record(f"paper_claims_{MODEL}", {"seeds": seeds, "rounds": args.rounds, "table_rounds": args.table_rounds,
