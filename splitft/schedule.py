@@ -6,6 +6,7 @@ deployed coordinator and client (`deploy/`) ask the same questions here, so they
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,10 @@ class Schedule:
     def planned(self) -> bool:
         """Today's deterministic round: plan order, local_steps each (no clock needed to order it)."""
         return self.order == "plan" and self.budget == "steps"
+
+    def cap(self, local_steps: int) -> int:
+        """The most steps a client runs in a round: local_steps, or under a time budget max_steps_factor x that."""
+        return math.ceil(self.max_steps_factor * local_steps) if self.budget == "time" else local_steps
 
 
 @dataclass

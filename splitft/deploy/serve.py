@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from ..model.families import config_of, hf_of
 from ..model.partial import PartialModel
 from ..optim import LrSchedule
 from ..rundir import RunLock, export_adapter, open_records, prepare_run_dir, run_config, truncate_lines, write_json
+from ..schedule import Schedule
 from ..server import FedAvgServer
 from ..track import open_tracker
 from ..transport import tls, wire
@@ -166,7 +166,7 @@ def _run_server(cfg: Config, resume: bool, emulate: bool, lock: RunLock) -> dict
 
 def _who_came(coord: Coordinator, n_clients: int) -> str:
     """Which clients connected and which were let in, for the line saying that nobody trained."""
-    came, greeted = sorted(coord.last_seen), sorted(coord.processes)
+    came, greeted = sorted(coord.alive.last_seen), sorted(coord.processes)
     if not came:
         return f"none of the {n_clients} clients connected"
     return f"clients {came} connected, {greeted or 'none'} of them passed the handshake"
@@ -232,9 +232,7 @@ class _Party:
                                  max_cut=bounds.hi if split else pm.n_layer,
                                  samples_cap=fed.local_steps * cfg.train.batch_size,
                                  terms=terms_of(cfg, pm.fingerprint, pm.compute.precision), on_boundary=self.checkpoint,
-                                 order=fed.order, budget=fed.round_budget, round_time_s=fed.round_time_s,
-                                 max_steps=math.ceil(fed.max_steps_factor * fed.local_steps), pace=pace,
-                                 server_batch=fed.server_batch, batch_wait_s=fed.server_batch_wait_ms / 1000,
+                                 schedule=Schedule.of(fed), pace=pace,
                                  on_served=lambda reqs, seconds: self.placement.note_server(sum(
                                      cost.train_flops(cut, pm.n_layer, b, t, head=True)
                                      for cut, b, t in (r.priced for r in reqs)), seconds))

@@ -17,7 +17,6 @@ the decision.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -187,7 +186,7 @@ class Federation:
         assert clock is not None, "arrival order and time budgets need a clock"
         sch, line = self.schedule, clock.timeline(lora_down)
         budget = self._budget_s(plan.clients) if sch.budget == "time" else None
-        cap = self.local_steps if budget is None else math.ceil(sch.max_steps_factor * self.local_steps)
+        cap = self.local_steps if budget is None else sch.cap(self.local_steps)
         limit = {c: min(cap, gone.get(c, cap)) for c in plan.clients}
         done = dict.fromkeys(plan.clients, 0)
         steps: list[dict[str, Any]] = []

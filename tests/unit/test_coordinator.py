@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from splitft.deploy.coordinator import Coordinator, Refused
+from splitft.schedule import Schedule
 from splitft.transport.base import AdapterUpdate, ForwardRequest
 from tests.conftest import tiny_split_server
 
@@ -93,10 +94,10 @@ def test_a_silent_client_is_dropped_and_the_round_aggregates_over_survivors(coor
         clock.now = 5
         coord.seen(0), coord.seen(1)
         await coord.check(clock.now)
-        assert coord.dropped == {}
+        assert coord.current.dropped == {}
         clock.now = 11
         await coord.check(clock.now)
-        assert set(coord.dropped) == {2} and "silent" in coord.dropped[2]
+        assert set(coord.current.dropped) == {2} and "silent" in coord.current.dropped[2]
         await asyncio.wait_for(blocked, 5)
         for c in (0, 1):
             await _pushed(coord, c, 0)
@@ -170,7 +171,7 @@ def test_a_step_that_overflows_drops_its_client_and_the_round_goes_on(coord):
         before = _state(coord.server)
         with pytest.raises(Refused, match="not applied"):
             await coord.step(bad)
-        assert _same(before, _state(coord.server)) and a in coord.dropped
+        assert _same(before, _state(coord.server)) and a in coord.current.dropped
         assert all(c != a for c, _ in coord.plan.order), "its remaining turns left the order"
         for cid, step in list(coord.plan.order):
             await coord.step(_req(cid, step))
@@ -207,7 +208,7 @@ def test_a_push_may_only_carry_the_clients_own_blocks(coord, tamper, match):
         before = _state(coord.server)
         with pytest.raises(Refused, match=match):
             await coord.push_adapters(bad)
-        assert _same(before, _state(coord.server)) and not coord.server.pending and 0 not in coord.pushed
+        assert _same(before, _state(coord.server)) and not coord.server.pending and 0 not in coord.current.pushed
         for c in range(3):
             await coord.push_adapters(_push(c, 0, coord.server))
         assert coord.round == 1
@@ -279,7 +280,7 @@ def test_a_restarted_client_rejoins_now_or_at_the_next_round_if_its_old_process_
         assert (await coord.hello(1, {"process": "p1-again"}))["start"] == 0, "it had not begun the round"
         await coord.pull_adapters(2, 2, 0)
         standing = await coord.hello(2, {"process": "p2-again"})
-        assert standing["start"] == 1 and 2 in coord.dropped and "restarted" in coord.dropped[2]
+        assert standing["start"] == 1 and 2 in coord.current.dropped and "restarted" in coord.current.dropped[2]
         assert all(c != 2 for c, _ in coord.plan.order), "the others do not wait for its old process's turns"
 
     asyncio.run(go())
@@ -322,7 +323,7 @@ def json_roundtrip(obj):
 def _arrival(budget="steps", **kw):
     _, server = tiny_split_server()
     return Coordinator(server, n_clients=3, rounds=2, local_steps=2, per_round=0, seed=0, log=lambda s: None,
-                       order="arrival", budget=budget, max_steps=4, **kw)
+                       schedule=Schedule("arrival", budget), **kw)
 
 
 def test_arrival_order_applies_each_clients_next_step_as_it_comes():
@@ -368,7 +369,7 @@ def test_a_time_budget_is_handed_out_from_reported_pace_and_bounds_steps():
 def test_plan_turns_under_a_time_budget_let_a_client_stop_early_without_blocking_the_others():
     _, server = tiny_split_server()
     c = Coordinator(server, n_clients=2, rounds=2, local_steps=2, per_round=0, seed=0, log=lambda s: None,
-                    budget="time", max_steps=4, round_time_s=1.0)
+                    schedule=Schedule(budget="time", round_time_s=1.0))
 
     async def go():
         first, second = [cid for cid, s in c.plan.order if s == 0]
@@ -437,7 +438,7 @@ def test_the_loop_keeps_receiving_while_the_server_computes_a_step():
     """A request that waits unread behind another client's step would reach its client's clock as link time."""
     _, server = tiny_split_server()
     c = Coordinator(_SlowServer(server, 0.3), n_clients=2, rounds=1, local_steps=1, per_round=0, seed=0,
-                    log=lambda s: None, clock=FakeClock(), order="arrival")
+                    log=lambda s: None, clock=FakeClock(), schedule=Schedule("arrival"))
 
     async def go():
         ticks = 0
@@ -466,9 +467,9 @@ def test_a_step_whose_request_is_cancelled_while_it_computes_is_applied_whole():
     async def go():
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(c.step(_req(0, 0)), 0.05)
-        while c.serving.locked() or c.torch.locked():
+        while c.steps.serving.locked() or c.worker.torch.locked():
             await asyncio.sleep(0.01)
-        assert c.pos == 1 and c.done_steps[0] == 1 and c.trained[0] == 2
+        assert c.pos == 1 and c.done_steps[0] == 1 and c.current.trained[0] == 2
         applied = _state(server)
         await c.step(_req(0, 0))
         assert c.pos == 1 and _same(applied, _state(server))

@@ -50,8 +50,8 @@ def _fingerprint(server, coord):
     tensors = [*server.adapters().values(), *server.store.values()]
     tensors += [v for st in server.opt.state.values() for v in st.values() if torch.is_tensor(v)]
     flat = torch.cat([t.detach().float().flatten() for t in tensors]) if tensors else torch.zeros(0)
-    return (flat.clone(), coord.round, coord.pos, frozenset(coord.pushed), frozenset(coord.finished_clients),
-            tuple(sorted((c, k) for c, (k, _) in coord.cache.items())), len(server.pending))
+    return (flat.clone(), coord.round, coord.pos, frozenset(coord.current.pushed), frozenset(coord.finished_clients),
+            tuple(sorted((c, k) for c, (k, _) in coord.steps.cache.items())), len(server.pending))
 
 
 def _same(a, b):
@@ -196,7 +196,7 @@ def test_hostile_messages_crash_nothing_and_refusals_change_nothing(target):
             try:
                 reply = await asyncio.wait_for(service._handle(session, env), 0.01)
             except TimeoutError:  # a valid request waiting for its turn, or computing, then cancelled
-                while coord.serving.locked() or coord.torch.locked():  # a step it began runs to its end
+                while coord.steps.serving.locked() or coord.worker.torch.locked():  # a step it began runs to its end
                     await asyncio.sleep(0.001)
                 return "waiting"
             return "refused" if reply.kind == Envelope.ERROR else "accepted"

@@ -97,6 +97,17 @@ def test_only_the_two_grpc_modules_import_grpc():
     assert users == {"splitft.transport.grpc_client", "splitft.transport.grpc_server"}
 
 
+@pytest.mark.parametrize("core", ["splitft.deploy.turns", "splitft.deploy.rounds"])
+def test_a_deployed_rounds_state_needs_no_event_loop(core):
+    """The round's rules are plain calls (tested without a loop); the asyncio shell around them is elsewhere."""
+    tree = ast.parse((PKG.parent / (core.replace(".", "/") + ".py")).read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in names if m.split(".")[0] in ("asyncio", "grpc", "concurrent")}, names
+    assert not {m for m in GRAPH[core] if m.startswith(("splitft.deploy.steps", "splitft.deploy.worker",
+                                                         "splitft.deploy.coordinator"))}
+
+
 def _readme_layout() -> list[str]:
     """The package entries of the Layout block in docs/design.md, in their order ('config.py' -> 'config', 'sim/' ->
     'sim')."""

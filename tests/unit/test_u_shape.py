@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from splitft.deploy.coordinator import Coordinator, Refused
+from splitft.schedule import Schedule
 from splitft.transport import wire
 from splitft.transport.base import AdapterUpdate, BackwardRequest, ForwardRequest
 from tests.conftest import tiny_split_server
@@ -50,7 +51,7 @@ def test_a_u_server_evaluates_with_the_round_start_adapters_and_sends_hidden_sta
 def _coord(order="plan"):
     _, server = tiny_split_server(tail_cut=3)
     return Coordinator(server, n_clients=2, rounds=1, local_steps=1, per_round=0, seed=0, log=lambda s: None,
-                       order=order)
+                       schedule=Schedule(order))
 
 
 @pytest.mark.parametrize("order", ["plan", "arrival"])
