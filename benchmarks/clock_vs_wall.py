@@ -34,7 +34,7 @@ from pathlib import Path
 
 from _common import MODELS, cli, record
 
-from splitft.metrics import read_metrics
+from splitft.records import read_records
 
 TINY = {
     "tiers": "heterogeneity.tiers=[{name: phone_e, tflops: 0.00005, up_mbps: 10, down_mbps: 50, latency_ms: 40},"
@@ -63,7 +63,7 @@ COMBOS = [("plan", "steps"), ("plan", "time"), ("arrival", "steps"), ("arrival",
 
 
 def _rounds(out: Path) -> list[dict]:
-    return [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round" and r.get("round", -1) >= 0]
+    return [r for r in read_records(out / "metrics.jsonl") if r["kind"] == "round" and r.get("round", -1) >= 0]
 
 
 def _settings(model: str, scenario: str, order: str, budget: str) -> list[str]:

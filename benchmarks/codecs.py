@@ -20,7 +20,7 @@ from _common import MODELS, ROOT, record
 
 from splitft.config import load_config
 from splitft.evaluate import run_answers
-from splitft.metrics import read_metrics
+from splitft.records import read_records
 from splitft.sim.runner import run_simulation
 from splitft.transport.base import SCALARS_NBYTES
 
@@ -47,7 +47,7 @@ def run_pair(model: str, pair: str, generate: int) -> dict:
                        "metrics.checkpoint_every=0", f"metrics.out_dir={out}"])
     print(f"== {pair}", flush=True)
     s = run_simulation(cfg)
-    records = read_metrics(out / "metrics.jsonl")
+    records = read_records(out / "metrics.jsonl")
     steps = sum(1 for r in records if r["kind"] == "step")
     b, rounds = s["bytes"], s["rounds"]
     chosen = [r.get("codecs") for r in records if r["kind"] == "cut_decision"]

@@ -24,7 +24,7 @@ from pathlib import Path
 from _common import MODELS, ROOT, record
 
 from splitft.build import load
-from splitft.metrics import read_metrics
+from splitft.records import read_records
 from splitft.sim.runner import run_simulation, sim_problems
 
 SLOW = ("heterogeneity.tiers=[{name: slowphone, tflops: 0.2, memory_gb: 4, up_mbps: 10, down_mbps: 50, "
@@ -46,7 +46,7 @@ def run(model: str, scenario: str, rounds: int, order: str, budget: str, out: Pa
     start = time.perf_counter()
     summary = run_simulation(cfg)
     wall = time.perf_counter() - start
-    records = read_metrics(out / "metrics.jsonl")
+    records = read_records(out / "metrics.jsonl")
     steps = [r for r in records if r["kind"] == "step"]
     rounds_ = [r for r in records if r["kind"] == "round" and r["round"] >= 0]
     per_client = {}

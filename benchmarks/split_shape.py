@@ -17,7 +17,7 @@ import shutil
 
 from _common import MODELS, ROOT, cli, record
 
-from splitft.metrics import read_metrics
+from splitft.records import read_records
 
 KINDS = ("activations_up", "labels_up", "hidden_down", "grad_hidden_up", "grad_activations_down")
 
@@ -44,7 +44,7 @@ def one(model: str, shape: list[str], deploy: bool, reuse: bool = False) -> dict
             cli("launch", "--config", "configs/default.yaml", "--clients", "3", *over,
                 f"metrics.out_dir={out / 'dep'}")
     s = json.loads((out / "sim" / "summary.json").read_text())
-    steps = [r for r in read_metrics(out / "sim" / "metrics.jsonl") if r["kind"] == "step"]
+    steps = read_records(out / "sim" / "metrics.jsonl", "step")
     per_step = {k: s["bytes"][k] / len(steps) / 1e3 for k in KINDS}
     row = {"shape": name, **{f"{k}_KB": v for k, v in per_step.items()},
            "step_KB": sum(per_step.values()), "virtual_s_per_round": s["virtual_time_s"] / s["rounds"],
@@ -52,11 +52,11 @@ def one(model: str, shape: list[str], deploy: bool, reuse: bool = False) -> dict
            "client_memory_gb": max(c["memory_gb_needed"] for c in s["clients"].values()),
            "cuts": [list(r.values()) for r in s["cuts_by_round"].values()],
            "final_eval_ppl": s["final_eval_ppl"], "steps": len(steps)}
-    over_memory = [r for r in read_metrics(out / "sim" / "metrics.jsonl") if r["kind"] == "setup"][0]["over_memory"]
+    over_memory = read_records(out / "sim" / "metrics.jsonl", "setup")[0]["over_memory"]
     row["over_memory"] = {c: f"{o['device']}: {o['memory_gb_needed']} of {o['memory_gb_budget']} GB"
                           for c, o in over_memory.items()}
     if deploy:
-        rounds = [r for r in read_metrics(out / "dep" / "metrics.jsonl") if r["kind"] == "round" and r["round"] >= 0]
+        rounds = [r for r in read_records(out / "dep" / "metrics.jsonl") if r["kind"] == "round" and r["round"] >= 0]
         stamps = [r["wall_time"] for r in rounds if "wall_time" in r]
         dep = json.loads((out / "dep" / "summary.json").read_text())
         row.update(deploy_wall_s_per_round=(stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1),

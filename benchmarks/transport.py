@@ -19,7 +19,7 @@ from _common import MODELS, ROOT, record
 
 from splitft.config import load_config
 from splitft.deploy.launch import launch
-from splitft.metrics import read_metrics
+from splitft.records import read_records
 from splitft.sim.runner import run_simulation
 
 ROUNDS = {"tiny": 12, "smollm2": 4}
@@ -27,7 +27,7 @@ ROUNDS = {"tiny": 12, "smollm2": 4}
 
 def _window(run_dir, steps_per_round: int) -> dict[str, float]:
     """Steps/s and payload bytes/s over rounds 1 .. R-2 (from the end of round 0 to the end of round R-2)."""
-    rounds = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "round" and r["round"] >= 0]
+    rounds = [r for r in read_records(run_dir / "metrics.jsonl") if r["kind"] == "round" and r["round"] >= 0]
     first, last = rounds[0], rounds[-2]
     inner = rounds[1:-1]
     secs = last["wall_time"] - first["wall_time"]

@@ -1,11 +1,7 @@
-"""Run records: one JSON object per line in `<run>/metrics.jsonl`; the first is the `run` record (run_id,
-runtime: the run's identity, which a resume checks its checkpoint against), then kinds such as `step` and `round`.
-
-step:  round, step, client_id, cut, loss, lr, n_tokens, bytes_up, bytes_down, wall_time
-round: round, clients, cuts {client_id: cut}, train_loss, lr, eval_loss, eval_ppl, eval_acc,
-       bytes {activations_up, labels_up, grad_activations_down, lora_up, lora_down, eval_up, eval_down}
-       (cumulative), bytes_up, bytes_down (training traffic this round), wall_time (s since start)
-`NullLogger` takes the same calls and writes nothing (library use without a run directory).
+"""Run records: one JSON object per line in `<run>/metrics.jsonl`, each of a kind in `records.py` (the schema,
+which every record is checked against as it is written and read); the first is the `run` record (run_id,
+runtime: the run's identity, which a resume checks its checkpoint against). `NullLogger` takes the same calls and
+writes nothing (library use without a run directory).
 """
 
 from __future__ import annotations
@@ -15,7 +11,9 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Unpack, overload
+
+from . import records as r
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          15: 2.131, 20: 2.086, 30: 2.042}
@@ -69,8 +67,28 @@ class MetricsLogger:
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
-    def log(self, kind: str, **record: Any) -> dict[str, Any]:
-        record = {"kind": kind, **record, "wall_time": round(self.elapsed(), 4)}
+    # each kind's fields, typed by its schema (`records.py`): mypy checks every writer's keywords
+    @overload
+    def log(self, kind: Literal["run"], **record: Unpack[r.Run]) -> dict[str, Any]: ...
+    @overload
+    def log(self, kind: Literal["setup"], **record: Unpack[r.Setup]) -> dict[str, Any]: ...
+    @overload
+    def log(self, kind: Literal["cut_decision"], **record: Unpack[r.CutDecision]) -> dict[str, Any]: ...
+    @overload
+    def log(self, kind: Literal["codec_costs"], **record: Unpack[r.CodecCosts]) -> dict[str, Any]: ...
+    @overload
+    def log(self, kind: Literal["step"], **record: Unpack[r.Step]) -> dict[str, Any]: ...
+    @overload
+    def log(self, kind: Literal["round"], **record: Unpack[r.Round]) -> dict[str, Any]: ...
+    @overload
+    def log(self, kind: Literal["eval"], **record: Unpack[r.Eval]) -> dict[str, Any]: ...
+    @overload
+    def log(self, kind: Literal["server"], **record: Unpack[r.Server]) -> dict[str, Any]: ...
+
+    def log(self, kind: r.Kind, **record: Any) -> dict[str, Any]:
+        """Write a record of `kind` (its fields as `records.py` has them), stamped with the wall time; a record
+        out of its schema raises (a writer out of step with `records.py` is a bug, caught by the tests)."""
+        record = _checked({"kind": kind, **record, "wall_time": round(self.elapsed(), 4)})
         if self.held is not None:
             self.held.append(json.dumps(record))
         else:
@@ -95,21 +113,19 @@ class MetricsLogger:
 class NullLogger(MetricsLogger):
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
-        self.tracker = None
+        self.held, self.lines, self.tracker = None, 0, None
 
-    def log(self, kind: str, **record: Any) -> dict[str, Any]:
-        return {"kind": kind, **record, "wall_time": self.elapsed()}
+    def _write(self, line: str) -> None:
+        pass
 
     def close(self) -> None:
         pass
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-RUN_KIND = "run"
-"""The first record of every metrics.jsonl: the run's identity (`run_id`) and the command that began it."""
+def _checked(record: dict[str, Any]) -> dict[str, Any]:
+    if wrong := r.check(record):
+        raise ValueError(f"a record out of its schema (records.py): {'; '.join(wrong)}")
+    return record
 
 
 def run_identity(path: str | Path) -> dict[str, Any] | None:
@@ -119,7 +135,7 @@ def run_identity(path: str | Path) -> dict[str, Any] | None:
             rec = json.loads(f.readline())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return rec if isinstance(rec, dict) and rec.get("kind") == RUN_KIND else None
+    return rec if isinstance(rec, dict) and rec.get("kind") == "run" else None
 
 
 def quantiles(seconds: list[float]) -> dict[str, float]:

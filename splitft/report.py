@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .metrics import interval, read_metrics
+from .metrics import interval
+from .records import read_records
 
 TRAFFIC = ("activations_up", "labels_up", "grad_activations_down", "lora_up", "lora_down")
 
@@ -36,7 +37,7 @@ def load_run(path: str | Path) -> Run:
     d = Path(path)
     if not (d / "metrics.jsonl").is_file():
         raise UserError(f"report: '{d}' is not a run directory (no metrics.jsonl)")
-    records = read_metrics(d / "metrics.jsonl")
+    records = read_records(d / "metrics.jsonl")
     if not (d / "summary.json").is_file():
         deployed = any(r["kind"] == "server" for r in records)
         hint = ("a deployment's server writes it when every client is done or gone" if deployed else

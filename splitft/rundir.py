@@ -19,7 +19,7 @@ import torch
 from . import lora
 from .config import Config, load_config, save_config
 from .errors import UserError
-from .metrics import RUN_KIND, MetricsLogger, run_identity
+from .metrics import MetricsLogger, run_identity
 
 
 def refuse_existing_run(cfg: Config) -> None:
@@ -98,7 +98,7 @@ def open_records(cfg: Config, runtime: str) -> tuple[MetricsLogger, str]:
     simulate or server) that began it and that resumes it."""
     run_id = secrets.token_hex(8)
     logger = MetricsLogger(Path(cfg.metrics.out_dir) / "metrics.jsonl")
-    logger.log(RUN_KIND, run_id=run_id, runtime=runtime)
+    logger.log("run", run_id=run_id, runtime=runtime)
     return logger, run_id
 
 

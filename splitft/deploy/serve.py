@@ -302,7 +302,7 @@ class Records:
         loss_sum, n_tok, n_ok = (sum(v[i] for v in by_client.values()) for i in range(3))
         loss = loss_sum / max(n_tok, 1)
         rec = self.logger.log("eval", round=round_, eval_loss=loss, eval_ppl=perplexity(loss),
-                              eval_acc=n_ok / max(n_tok, 1), eval_tokens=n_tok,
+                              eval_acc=n_ok / max(n_tok, 1), eval_tokens=int(n_tok),
                               eval_cuts={str(c): v[3] for c, v in sorted(by_client.items())},
                               eval_ppl_by_client={str(c): perplexity(v[0] / max(v[1], 1))
                                                   for c, v in sorted(by_client.items())})

@@ -346,7 +346,7 @@ class Federation:
         stats = [dataclasses.replace(a.stats[c], loss=self.clients[c].last_loss) for c in sorted(self.clients)]
         current = {c: self.clients[c].cut for c in self.clients}
         decision = a.policy.assign(stats, current if round_ > 0 else {}, round_)
-        codecs = {"codecs": {str(c): v for c, v in decision.codecs.items()}} if decision.codecs else {}
+        codecs: dict[str, Any] = {"codecs": {str(c): v for c, v in decision.codecs.items()}} if decision.codecs else {}
         self.logger.log("cut_decision", round=round_, policy=a.policy.name,
                         cuts={str(c): v for c, v in decision.cuts.items()}, **codecs,
                         why={str(c): v for c, v in decision.why.items()},
@@ -370,7 +370,7 @@ class Federation:
         if isinstance(a.policy, CodecChoice):
             a.policy.codecs = dict(self.codecs)
 
-    def evaluate(self, round_: int) -> dict[str, float]:
+    def evaluate(self, round_: int) -> dict[str, Any]:
         """Held-out loss/ppl/next-token accuracy of the global model, seen through the probe client's cut.
 
         The probe client (lowest id) loads the global adapters straight from the server (a measurement, not

@@ -18,7 +18,8 @@ from ..config import Config
 from ..devices import PROFILES
 from ..errors import UserError
 from ..measure import peak_memory
-from ..metrics import MetricsLogger, NullLogger, read_metrics
+from ..metrics import MetricsLogger, NullLogger
+from ..records import read_records
 from ..registry import check_names
 from ..rundir import (
     RunLock,
@@ -77,7 +78,7 @@ def _simulate(cfg: Config, resume: bool, lock: RunLock) -> dict[str, Any]:
         logger = MetricsLogger(truncate_lines(out / "metrics.jsonl", saved["metrics_lines"]),
                                offset=saved["wall_time"])
         fed.logger = logger
-        rounds = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
+        rounds = read_records(out / "metrics.jsonl", "round")
         print(f"resuming {out} after round {saved['round']}", file=sys.stderr)
     else:
         for cid, o in check_placement(setup).items():  # refused before the run directory is written

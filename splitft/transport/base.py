@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import torch
 
@@ -149,7 +149,12 @@ STEP_UP, STEP_DOWN = ("activations_up", "labels_up", "grad_hidden_up"), ("hidden
 """The kinds a training step sends up and down."""
 
 
-def training_traffic(kinds: Mapping[str, int]) -> dict[str, int]:
+class Traffic(TypedDict):
+    bytes_up: int
+    bytes_down: int
+
+
+def training_traffic(kinds: Mapping[str, int]) -> Traffic:
     """bytes_up and bytes_down of training (evaluation traffic left out) from byte counts by kind."""
     return {"bytes_up": sum(kinds[k] for k in STEP_UP) + kinds["lora_up"],
             "bytes_down": sum(kinds[k] for k in STEP_DOWN) + kinds["lora_down"]}

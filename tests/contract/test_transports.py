@@ -16,7 +16,7 @@ from splitft.deploy import join as join_module
 from splitft.deploy.join import join
 from splitft.deploy.launch import free_port
 from splitft.deploy.serve import serve
-from splitft.metrics import read_metrics
+from splitft.records import read_records
 from splitft.sim.runner import run_simulation
 from splitft.transport import grpc_client as wire
 from tests.conftest import tiny_config
@@ -80,7 +80,7 @@ def simulated(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inproc")
     run_simulation(_config(tmp, "sim"))
     out = tmp / "sim" / "run"
-    return load_file(out / "adapter" / "adapter_model.safetensors"), read_metrics(out / "metrics.jsonl")
+    return load_file(out / "adapter" / "adapter_model.safetensors"), read_records(out / "metrics.jsonl")
 
 
 def _same_weights(a, b):
@@ -91,7 +91,7 @@ def test_both_transports_end_with_the_same_weights_and_bytes(simulated, tmp_path
     out, reports = _deploy(tmp_path, monkeypatch)
     assert _same_weights(simulated[0], load_file(out / "adapter" / "adapter_model.safetensors"))
     totals = [r for r in simulated[1] if r["kind"] == "round"][-1]["bytes"]
-    server_rounds = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
+    server_rounds = read_records(out / "metrics.jsonl", "round")
     for k in KINDS:
         assert sum(reports[i]["bytes"][k] for i in range(3)) == totals[k], k
         assert server_rounds[-1]["bytes"][k] == totals[k], f"the server counts {k} as the clients do"
@@ -111,11 +111,11 @@ def test_a_lossy_codec_gives_the_same_weights_and_encoded_bytes_over_both_transp
     sim_weights = load_file(sim_out / "adapter" / "adapter_model.safetensors")
     assert _same_weights(sim_weights, load_file(out / "adapter" / "adapter_model.safetensors"))
     assert not _same_weights(sim_weights, simulated[0]), "int8 must change the training, if only slightly"
-    totals = [r for r in read_metrics(sim_out / "metrics.jsonl") if r["kind"] == "round"][-1]["bytes"]
+    totals = read_records(sim_out / "metrics.jsonl", "round")[-1]["bytes"]
     plain = [r for r in simulated[1] if r["kind"] == "round"][-1]["bytes"]
     for k in KINDS:
         assert sum(reports[i]["bytes"][k] for i in range(3)) == totals[k], k
-    server = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"][-1]["bytes"]
+    server = read_records(out / "metrics.jsonl", "round")[-1]["bytes"]
     assert all(server[k] == totals[k] for k in KINDS), "the server counts compressed bytes as the clients do"
     hidden = 32  # tiny models: 1 byte per element + a 4-byte scale per token, instead of 4 bytes per element
     if len(codecs) == 1:
@@ -147,7 +147,7 @@ def test_a_lost_reply_is_resent_and_answered_from_cache_not_applied_twice(simula
     out, reports = _deploy(tmp_path, monkeypatch)
     assert broke and reports[1]["reconnects"] == 1
     assert _same_weights(simulated[0], load_file(out / "adapter" / "adapter_model.safetensors"))
-    log = [r.get("message", "") for r in read_metrics(out / "metrics.jsonl")]
+    log = [r.get("message", "") for r in read_records(out / "metrics.jsonl")]
     assert any("answered from cache" in m for m in log), "the resend must hit the cache"
 
 
@@ -166,9 +166,9 @@ def test_joined_server_steps_give_the_same_weights_over_both_transports(simulate
     assert broke and reports[1]["reconnects"] == 1
     assert _same_weights(sim_weights, load_file(out / "adapter" / "adapter_model.safetensors"))
     assert not _same_weights(sim_weights, simulated[0]), "one AdamW step per 3 client steps is another training"
-    sim = read_metrics(tmp_path / "sim" / "run" / "metrics.jsonl")
+    sim = read_records(tmp_path / "sim" / "run" / "metrics.jsonl")
     assert {r["server_step"] for r in sim if r["kind"] == "step" and r["round"] == 0} == {0, 3}
-    served = [r["server_steps"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
+    served = [r["server_steps"] for r in read_records(out / "metrics.jsonl") if r["kind"] == "round"]
     assert served == [r["server_steps"] for r in sim if r["kind"] == "round" and r["round"] >= 0] == [2, 2], \
         "3 clients x 2 steps a round: 2 server steps in both runtimes"
 
@@ -189,7 +189,7 @@ def test_a_vanished_client_is_dropped_and_the_run_completes(tmp_path, monkeypatc
     summary = json.loads((out / "server.json").read_text())
     assert summary["rounds"] == 2 and summary["dropped_by_round"][0] == {}
     assert "silent" in summary["dropped_by_round"][1]["2"]
-    rounds = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
+    rounds = read_records(out / "metrics.jsonl", "round")
     assert rounds[1]["clients"] == [0, 1], "round 1 aggregates over the survivors"
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and reports[0]["eval_ppl"] > 1
 
@@ -208,14 +208,14 @@ def test_a_u_shaped_split_gives_the_same_weights_and_bytes_over_both_transports(
     sim_weights = load_file(sim_out / "adapter" / "adapter_model.safetensors")
     assert _same_weights(sim_weights, load_file(out / "adapter" / "adapter_model.safetensors"))
     assert sim_weights.keys() == simulated[0].keys()
-    totals = [r for r in read_metrics(sim_out / "metrics.jsonl") if r["kind"] == "round"][-1]["bytes"]
+    totals = read_records(sim_out / "metrics.jsonl", "round")[-1]["bytes"]
     for k in U_KINDS:  # the clients count what they sent and received once, resend or not
         assert sum(reports[i]["bytes"][k] for i in range(3)) == totals[k], k
     assert totals["hidden_down"] == totals["grad_hidden_up"] == totals["activations_up"] > 0
     plain = [r for r in simulated[1] if r["kind"] == "round"][-1]["bytes"]
     assert totals["labels_up"] * 5 == plain["labels_up"], "only the uint8 mask goes up, no int32 labels"
     assert broke and reports[1]["reconnects"] == 1
-    log = [r.get("message", "") for r in read_metrics(out / "metrics.jsonl")]
+    log = [r.get("message", "") for r in read_records(out / "metrics.jsonl")]
     assert any("backward of step" in m and "answered from cache" in m for m in log)
 
 
@@ -239,7 +239,7 @@ def test_a_privacy_floor_binds_the_deployed_cuts_as_the_simulated_ones(tmp_path,
     floor = ("split.cut=1", "split.privacy_floor=0.5", f"split.privacy_table={table}")
     run_simulation(_config(tmp_path, "sim", *floor))
     out, _ = _deploy(tmp_path, monkeypatch, *floor)
-    decisions = [[r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "cut_decision"]
+    decisions = [read_records(run / "metrics.jsonl", "cut_decision")
                  for run in (tmp_path / "sim" / "run", out)]
     for records in decisions:
         assert records and all(set(r["cuts"].values()) == {2} and r["privacy_floor_cut"] == 2

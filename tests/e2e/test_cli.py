@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from splitft.config import load_config
-from splitft.metrics import read_metrics
+from splitft.records import read_records
 
 TINY = ["model.source=tiny:llama", "data.max_samples=120", "data.max_length=200", "federation.n_clients=3",
         "federation.rounds=2", "federation.local_steps=2", "train.batch_size=2", "data.max_eval_samples=8",
@@ -37,7 +37,7 @@ def test_run_directory_has_config_metrics_summary_adapter(run_dir):
     for name in ["config.yaml", "metrics.jsonl", "summary.json", "adapter/adapter_config.json",
                  "adapter/adapter_model.safetensors"]:
         assert (run_dir / name).is_file(), name
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = read_records(run_dir / "metrics.jsonl")
     steps = [r for r in records if r["kind"] == "step"]
     rounds = [r for r in records if r["kind"] == "round"]
     assert len(steps) == 2 * 2 * 3 and [r["round"] for r in rounds] == [-1, 0, 1]
@@ -48,7 +48,7 @@ def test_run_directory_has_config_metrics_summary_adapter(run_dir):
 
 
 def test_activation_bytes_match_the_tensor_shapes(run_dir):
-    steps = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "step"]
+    steps = read_records(run_dir / "metrics.jsonl", "step")
     for s in steps:  # up: B*T*H*4 (fp32 activations) + B*T (uint8 mask) + 4*B*T (int32 labels)
         bt = s["bytes_up"] // (32 * 4 + 1 + 4)
         assert s["bytes_up"] == bt * (32 * 4 + 5) and s["bytes_down"] == bt * 32 * 4 + 24
@@ -75,7 +75,7 @@ def test_saved_adapter_reloads_with_peft_and_reproduces_final_eval_loss(run_dir)
             b = collate(setup.eval[i : i + cfg.train.batch_size], setup.pad_id)
             st = token_loss(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
             loss_sum, n = loss_sum + st.loss_sum.item(), n + st.n_tokens
-    final = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "round"][-1]
+    final = read_records(run_dir / "metrics.jsonl", "round")[-1]
     assert abs(loss_sum / n - final["eval_loss"]) < 1e-4
 
 

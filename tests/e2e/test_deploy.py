@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from splitft.deploy.launch import free_port
-from splitft.metrics import read_metrics
+from splitft.records import read_records
 from tests.conftest import write_jsonl
 from tests.e2e.test_cli import TINY, splitft
 from tests.unit.test_track import read_events
@@ -35,7 +35,7 @@ def test_launch_matches_simulate_weights_and_bytes(tmp_path, joined):
     b = load_file(dep / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), "gRPC run must end bit-identical"
     reports = [json.loads((dep / f"client_{i}.json").read_text()) for i in range(3)]
-    sim_rounds = [r for r in read_metrics(sim / "metrics.jsonl") if r["kind"] == "round"]
+    sim_rounds = read_records(sim / "metrics.jsonl", "round")
     totals = sim_rounds[-1]["bytes"]
     final_pull = json.loads((sim / "summary.json").read_text())["clients"]["0"]["lora_down"] // 2  # 2 rounds
     for k in KINDS:  # payload accounting is the same in both runtimes, plus every client's final pull (to evaluate)
@@ -74,7 +74,7 @@ def test_launch_matches_simulate_under_bf16(tmp_path, monkeypatch):
     summary = json.loads((dep / "summary.json").read_text())
     sim_summary = json.loads((sim / "summary.json").read_text())
     assert summary["eval_ppl_by_round"] == pytest.approx(sim_summary["eval_ppl_by_round"], rel=1e-6)
-    setup = next(r for r in read_metrics(sim / "metrics.jsonl") if r["kind"] == "setup")
+    setup = read_records(sim / "metrics.jsonl", "setup")[0]
     assert setup["precision"] == {"compute_dtype": "bfloat16", "storage_dtype": "bfloat16", "why": "bfloat16"}
 
 
@@ -202,7 +202,7 @@ def test_clients_train_on_their_own_files_with_measured_adaptive_cuts(tmp_path):
     log = (dep / "logs" / "client_2.log").read_text()
     assert "c2.jsonl row 81: column 'prompt' holds list, not text" in log
     assert "warning: data: 90 rows of" in log and "11% of the rows will not train" in log
-    decisions = [d for d in read_metrics(dep / "metrics.jsonl") if d["kind"] == "cut_decision"]
+    decisions = read_records(dep / "metrics.jsonl", "cut_decision")
     assert [d["round"] for d in decisions] == [0, 1, 2]
     assert any(d["measured"]["0"].get("s_per_block_token") for d in decisions[1:]), "later rounds use measurements"
     cuts = [d["cuts"] for d in decisions]
@@ -223,7 +223,7 @@ def test_makespan_plans_deployed_from_the_clients_and_the_servers_measurements(t
     res = splitft("launch", "--clients", "3", *DEPLOY, "split.policy=makespan", "split.period=1",
                   "federation.rounds=3", "federation.server_batch=3", f"metrics.out_dir={dep}")
     assert res.returncode == 0, res.stderr + "".join(p.read_text() for p in (dep / "logs").glob("*.log"))
-    decisions = [d for d in read_metrics(dep / "metrics.jsonl") if d["kind"] == "cut_decision"]
+    decisions = read_records(dep / "metrics.jsonl", "cut_decision")
     assert [d["round"] for d in decisions] == [0, 1, 2] and all(d["policy"] == "makespan" for d in decisions)
     assert decisions[0]["server"]["source"].startswith("heterogeneity.server_tflops")
     for d in decisions[1:]:

@@ -8,7 +8,8 @@ import torch
 
 from splitft import lora
 from splitft.build import build_setup
-from splitft.metrics import MetricsLogger, NullLogger, read_metrics
+from splitft.metrics import MetricsLogger, NullLogger
+from splitft.records import read_records
 from splitft.sim.methods import build_federation
 from tests.conftest import tiny_config
 
@@ -26,10 +27,10 @@ def test_resource_cuts_then_clients_with_different_cuts_train_together(tmp_path)
     assert fed.server.first == 1
     rec = fed.run_round(0, evaluate=True)
     logger.close()
-    steps = [r for r in read_metrics(tmp_path / "m.jsonl") if r["kind"] == "step"]
+    steps = read_records(tmp_path / "m.jsonl", "step")
     assert {s["cut"] for s in steps} == {1, 3} and math.isfinite(rec["eval_ppl"])
     assert rec["cuts"] == {"0": 1, "1": 1, "2": 3} and set(rec["next_cuts"]) == {"0", "1", "2"}
-    decisions = [r for r in read_metrics(tmp_path / "m.jsonl") if r["kind"] == "cut_decision"]
+    decisions = read_records(tmp_path / "m.jsonl", "cut_decision")
     assert [d["round"] for d in decisions] == [0, 1] and decisions[1]["why"]["0"]["rule"] == "performance"
     assert rec["virtual_time"] > 0 and rec["round_virtual_s"] == rec["virtual_time"]
 
@@ -91,7 +92,7 @@ def test_allow_over_memory_runs_it_with_a_warning_in_the_log_and_the_setup_recor
                       "federation.rounds=1")
     run_simulation(cfg)
     assert "client 0 (tinyphone) runs over its memory budget" in capsys.readouterr().err
-    setup = next(r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "setup")
+    setup = read_records(tmp_path / "run" / "metrics.jsonl", "setup")[0]
     assert set(setup["over_memory"]) == {"0"} and setup["over_memory"]["0"]["cut"] == 1
 
 

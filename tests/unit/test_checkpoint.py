@@ -14,7 +14,8 @@ from splitft import checkpoint
 from splitft.build import build_setup
 from splitft.client import SplitClient
 from splitft.errors import UserError
-from splitft.metrics import NullLogger, read_metrics
+from splitft.metrics import NullLogger
+from splitft.records import read_records
 from splitft.schedule import plan_dropouts
 from splitft.sim.federation import Federation
 from splitft.sim.methods import build_federation
@@ -26,7 +27,7 @@ RUN = [*ADAPTIVE, "federation.rounds=4", "federation.dropout=0.3", "metrics.chec
 
 
 def _rounds(out):
-    return [{k: v for k, v in r.items() if k != "wall_time"} for r in read_metrics(out / "metrics.jsonl")
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in read_records(out / "metrics.jsonl")
             if r["kind"] in ("round", "cut_decision", "step")]
 
 
@@ -68,7 +69,7 @@ def _same_run(uninterrupted, out):
 def test_an_interrupted_run_resumed_from_its_checkpoint_ends_bit_identical(uninterrupted, tmp_path, monkeypatch):
     out = _interrupt_in_round_2(tiny_config(tmp_path, "llama", *RUN), monkeypatch)
     _same_run(uninterrupted, out)
-    rounds = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "round"]
+    rounds = read_records(out / "metrics.jsonl", "round")
     assert [r["round"] for r in rounds] == [-1, 0, 1, 2, 3]
     assert any(r.get("dropped") for r in rounds), "the seed should drop someone in 4 rounds at p=0.3"
     assert len({tuple(r["cuts"].values()) for r in rounds[1:]}) > 1, "cuts moved, so recut state was restored"
@@ -81,7 +82,7 @@ def test_a_u_shaped_run_resumes_bit_identical_with_its_tails(tmp_path, monkeypat
     whole = tiny_config(tmp_path / "whole", "llama", *u)
     run_simulation(whole)
     _same_run(whole.metrics.out_dir, _interrupt_in_round_2(tiny_config(tmp_path, "llama", *u), monkeypatch))
-    steps = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "step"]
+    steps = read_records(tmp_path / "run" / "metrics.jsonl", "step")
     assert all(s["hidden_down"] == s["grad_hidden_up"] > 0 for s in steps)
 
 
@@ -92,7 +93,7 @@ def test_a_run_with_joined_server_steps_resumes_bit_identical(tmp_path, monkeypa
     whole = tiny_config(tmp_path / "whole", "llama", *joined)
     run_simulation(whole)
     _same_run(whole.metrics.out_dir, _interrupt_in_round_2(tiny_config(tmp_path, "llama", *joined), monkeypatch))
-    steps = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "step"]
+    steps = read_records(tmp_path / "run" / "metrics.jsonl", "step")
     mixed = {}
     for s in steps:
         mixed.setdefault((s["round"], s["server_step"]), set()).add(s["cut"])
@@ -106,7 +107,7 @@ def test_a_run_choosing_codecs_per_client_resumes_bit_identical(tmp_path, monkey
     whole = tiny_config(tmp_path / "whole", "llama", *auto)
     run_simulation(whole)
     _same_run(whole.metrics.out_dir, _interrupt_in_round_2(tiny_config(tmp_path, "llama", *auto), monkeypatch))
-    decisions = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "cut_decision"]
+    decisions = read_records(tmp_path / "run" / "metrics.jsonl", "cut_decision")
     assert len({v for d in decisions for v in d["codecs"].values()}) > 1, "clients on different codecs"
 
 
@@ -141,7 +142,7 @@ def test_resume_refuses_a_finished_run_overrides_and_a_tampered_pointer(uninterr
 
 
 def test_dropped_clients_do_not_push_and_the_round_aggregates_over_the_rest(uninterrupted):
-    records = read_metrics(Path(uninterrupted) / "metrics.jsonl")
+    records = read_records(Path(uninterrupted) / "metrics.jsonl")
     for r in (r for r in records if r["kind"] == "round" and r["round"] >= 0):
         gone = {int(c) for c in r["dropped"]}
         assert r["clients"] == sorted(set(map(int, r["cuts"])) - gone)

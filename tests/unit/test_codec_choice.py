@@ -3,11 +3,11 @@ records, and a simulation where the phone's uplink gets 4 bits and the workstati
 
 import pytest
 
-from splitft.metrics import read_metrics
 from splitft.policy import ClientStats, CutBounds
 from splitft.policy.codecs import CodecChoice, CodecOption, options_within
 from splitft.policy.fixed import FixedPolicy
 from splitft.policy.makespan import RoundCosts
+from splitft.records import read_records
 from splitft.sim.runner import run_simulation
 from tests.conftest import tiny_config
 
@@ -54,7 +54,7 @@ def test_a_simulation_gives_the_phone_4_bits_and_records_why(tmp_path):
                       "heterogeneity.profile=list", "split.policy=fixed", "transport.codec_up=auto",
                       "transport.max_ppl_cost=0.05", "transport.codec_down=int8_token")
     run_simulation(cfg)
-    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    records = read_records(tmp_path / "run" / "metrics.jsonl")
     costs = next(r for r in records if r["kind"] == "codec_costs")
     assert costs["ppl_cost"]["none"] == 0.0 and set(costs["ppl_cost"]) >= {"bf16", "int8_token", "int4_group"}
     decision = next(r for r in records if r["kind"] == "cut_decision")

@@ -118,13 +118,13 @@ def test_a_text_column_of_mixed_types_is_dropped_or_warned_never_stringified_in_
 
 
 def test_a_simulated_run_reports_each_clients_samples_and_the_datas_counts(tmp_path):
-    from splitft.metrics import read_metrics
+    from splitft.records import read_records
     from splitft.sim.runner import run_simulation
     from tests.conftest import tiny_config
 
     cfg = tiny_config(tmp_path, "llama", "federation.rounds=1", "federation.local_steps=1")
     summary = run_simulation(cfg)
-    [setup] = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "setup"]
+    [setup] = read_records(tmp_path / "run" / "metrics.jsonl", "setup")
     data = setup["data"]
     none = {"bad_row": 0, "no_target": 0, "empty": 0}
     assert (data["format"], data["rows"], data["dropped"]) == ("prompt_response", 120, none)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from splitft.metrics import read_metrics
 from splitft.optim import LrSchedule
+from splitft.records import read_records
 from splitft.sim.runner import run_simulation
 from tests.conftest import tiny_config
 
@@ -36,7 +36,7 @@ def test_constant_without_warmup_is_the_lr_itself():
 def test_both_sides_of_the_cut_step_at_the_scheduled_lr_and_step_records_carry_it(tmp_path):
     cfg = tiny_config(tmp_path, "llama", "train.schedule=cosine", "train.warmup_steps=1", "train.lr=0.01")
     run_simulation(cfg)
-    steps = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "step"]
+    steps = read_records(tmp_path / "run" / "metrics.jsonl", "step")
     want = LrSchedule(0.01, "cosine", 1, cfg.federation.local_steps, cfg.federation.rounds)
     assert [s["lr"] for s in steps] == [want.at(s["round"], s["step"]) for s in steps]
     assert steps[0]["lr"] == 0.0 and 0 < steps[-1]["lr"] < max(s["lr"] for s in steps) == 0.01

@@ -13,11 +13,11 @@ from splitft.config import ConfigError
 from splitft.data.datasets import batches, load_examples
 from splitft.data.files import STDLIB
 from splitft.errors import UserError
-from splitft.metrics import read_metrics
 from splitft.privacy.defenses import noisy_activations
 from splitft.privacy.floor import floor_cut
 from splitft.privacy.inversion import LearnedInverter, optimized_inversion, recovery
 from splitft.privacy.labels import LabelScore, _two_means, score_batch
+from splitft.records import read_records
 from splitft.sim.runner import run_simulation
 from tests.conftest import tiny_config
 
@@ -110,7 +110,7 @@ def test_the_privacy_floor_moves_the_cut_and_the_record_says_so(tmp_path, policy
     cfg = tiny_config(tmp_path, "llama", "split.cut=1", f"split.policy={policy}", "federation.rounds=1",
                       "split.privacy_floor=0.5", f"split.privacy_table={table}")
     run_simulation(cfg)
-    decision = next(r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "cut_decision")
+    decision = read_records(tmp_path / "run" / "metrics.jsonl", "cut_decision")[0]
     assert set(decision["cuts"].values()) == {2}, decision
     assert decision["privacy_floor_cut"] == 2 and decision["at_privacy_floor"] == ["0", "1"]
 

@@ -4,7 +4,7 @@ import pytest
 
 from splitft.build import load
 from splitft.config import ConfigError
-from splitft.metrics import read_metrics
+from splitft.records import read_records
 from splitft.sim.runner import run_simulation
 from splitft.track import scalars
 from tests.conftest import tiny_config
@@ -22,7 +22,7 @@ def read_events(folder):
 def test_tensorboard_gets_every_round_record_as_scalars(tmp_path):
     cfg = tiny_config(tmp_path, "llama", "metrics.report_to=tensorboard", "train.schedule=linear")
     run_simulation(cfg)
-    rounds = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "round"]
+    rounds = read_records(tmp_path / "run" / "metrics.jsonl", "round")
     events = read_events(tmp_path / "run" / "tensorboard")  # <out_dir>/tensorboard/<run name>/
     assert {"eval/ppl", "eval/loss", "eval/acc", "train/loss", "train/lr", "bytes/activations_up", "cut/client_0",
             "time/virtual_s", "time/wall_s"} <= set(events)
