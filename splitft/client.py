@@ -242,11 +242,12 @@ class SplitClient(_Client):
         self.finish_step(reply, time.perf_counter() - sent)
         return reply
 
-    def exchange(self, transport: Transport, req: ForwardRequest) -> StepReply:
+    def exchange(self, transport: Transport, req: ForwardRequest, reply: StepReply | None = None) -> StepReply:
         """What a begun step needs from the server: its reply (vanilla), or under U the hidden states, then this
         client's tail forward, loss and tail backward (its tail's LoRA gradients), then the server's backward.
-        Returns the reply `finish_step` takes: grad_activations, and the loss as computed here under U."""
-        reply = transport.step(req)
+        Returns the reply `finish_step` takes: grad_activations, and the loss as computed here under U. `reply`:
+        the server's reply to `req` when the caller has it already (the simulator serves requests it sent ahead)."""
+        reply = transport.step(req) if reply is None else reply
         if reply.hidden is None:
             return reply
         start = time.perf_counter()

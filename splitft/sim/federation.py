@@ -30,7 +30,7 @@ from ..policy import ClientStats, CutBounds, CutPolicy, floor_record
 from ..policy.codecs import CodecChoice
 from ..schedule import RoundPlan, Schedule, another_step, default_budget_s, next_batch, plan_dropouts, plan_round
 from ..seeding import global_rng_state, load_global_rng_state
-from ..transport.base import SCALARS_NBYTES, STEP_DOWN, STEP_UP, sum_kinds, training_traffic
+from ..transport.base import STEP_DOWN, STEP_UP, ForwardRequest, sum_kinds, training_traffic
 from .clock import RoundClock
 
 
@@ -269,37 +269,32 @@ class Federation:
                   server_step: int) -> list[dict[str, Any]]:
         """Finish begun steps of different clients with one server step (`InProcTransport.step_batch`); their
         records carry `server_step` (its first step's index in the round) for the clock to price them as one."""
-        reqs = [req for _, req in begun]
-        ids = [req.client_id for req in reqs]
-        before = self.transport.counter.snapshot(ids)
-        replies = self.transport.step_batch(reqs)
-        sent = self.transport.counter.since(before)
+        sent: list[Sent] = [b for _, b in begun]
+        replies = self.transport.serve_batch([s.request for s in sent])
         out = []
-        for (rec, req), reply in zip(begun, replies, strict=True):
-            self._split_client(req.client_id).finish_step(reply)
-            out.append(self._log_step(req.client_id, round_, req.step, reply, sent[req.client_id], before=rec,
+        for s, reply in zip(sent, replies, strict=True):
+            cid = s.request.client_id
+            self._split_client(cid).finish_step(reply)
+            out.append(self._log_step(cid, round_, s.request.step, reply, self.transport.counter.since(s.before)[cid],
                                       server_step=server_step))
         return out
 
     def _begin(self, cid: int, round_: int, step: int) -> tuple[dict[str, Any], Any]:
-        """A step's first half: its record as the clock needs it before the server answers (shape, cut, bytes
-        up; bytes down from the shape, known exactly only with the reply under a lossless coder) and what
-        finishing it needs. A local step (no split) runs whole here: nothing of it waits for the server."""
+        """A step's first half: the client's forward and its request sent (encoded and counted by the transport,
+        once), with what the clock needs to time its arrival at the server (shape, cut, the bytes counted up),
+        and what finishing it needs (`Sent`). A local step (no split) runs whole here: nothing of it waits for
+        the server."""
         client = self.clients[cid]
         if not isinstance(client, SplitClient):
             rec = self._step(cid, round_, step)
             return rec, rec
         req = client.begin_step(round_, step)
-        codec_up = self.transport.codec_up(cid)
-        up = codec_up.encoded_nbytes(req.activations)  # what the transport will count (a coder's real output)
-        down = self.transport.down.nbytes(req.activations)
+        before = self.transport.counter.snapshot([cid])
+        sent = Sent(req, self.transport.send(req), before)
+        up = self.transport.counter.since(before)[cid]
         rec = {"client_id": cid, "cut": client.cut, "batch": list(client.last_shape),
-               "bytes_up": up + req.labels_nbytes(), "bytes_down": down + SCALARS_NBYTES}
-        if client.u_shaped:  # hidden states down and their gradient up, the same (B, T, H) shape; no loss scalars
-            tail_up = codec_up.nbytes(req.activations)
-            rec.update(bytes_up=up + tail_up + req.labels_nbytes(), bytes_down=2 * down, hidden_down=down,
-                       grad_hidden_up=tail_up)
-        return rec, req
+               "bytes_up": sum(up[k] for k in STEP_UP), "bytes_down": 0}  # the reply's: known once it is back
+        return rec, sent
 
     def _split_client(self, cid: int) -> SplitClient:
         client = self.clients[cid]
@@ -307,14 +302,13 @@ class Federation:
         return client
 
     def _finish(self, cid: int, round_: int, begun: tuple[dict[str, Any], Any]) -> dict[str, Any]:
-        rec, req = begun
-        if req is rec:  # a local step, run whole in _begin
+        rec, sent = begun
+        if sent is rec:  # a local step, run whole in _begin
             return rec
         client = self._split_client(cid)
-        before = self.transport.counter.snapshot([cid])
-        reply = client.exchange(self.transport, req)
+        reply = client.exchange(self.transport, sent.original, self.transport.serve(sent.request))
         client.finish_step(reply)
-        return self._log_step(cid, round_, req.step, reply, self.transport.counter.since(before)[cid], before=rec)
+        return self._log_step(cid, round_, sent.request.step, reply, self.transport.counter.since(sent.before)[cid])
 
     def _step(self, cid: int, round_: int, step: int) -> dict[str, Any]:
         client = self.clients[cid]
@@ -324,7 +318,8 @@ class Federation:
         return self._log_step(cid, round_, step, reply, sent)
 
     def _log_step(self, cid: int, round_: int, step: int, reply: Any, sent: dict[str, int],
-                  before: dict[str, Any] | None = None, server_step: int | None = None) -> dict[str, Any]:
+                  server_step: int | None = None) -> dict[str, Any]:
+        """The step's record; its bytes are what the transport counted for it (`sent`, by kind)."""
         client = self.clients[cid]
         tail = {"hidden_down": sent["hidden_down"], "grad_hidden_up": sent["grad_hidden_up"]} \
             if sent["hidden_down"] else {}  # a U-shaped step's second crossing (the clock charges it apart)
@@ -334,8 +329,6 @@ class Federation:
             n_tokens=reply.n_tokens, batch=list(client.last_shape),
             bytes_up=sum(sent[k] for k in STEP_UP), bytes_down=sum(sent[k] for k in STEP_DOWN), **tail, **joined,
         )
-        assert before is None or _first_up(before) == _first_up(rec), \
-            "the clock ordered the step by other bytes than the transport counted"
         self.on_step(rec)
         return rec
 
@@ -388,7 +381,11 @@ class Federation:
                 "eval_tokens": n_tok, "eval_cut": probe.cut}
 
 
-def _first_up(rec: dict[str, Any]) -> int:
-    """A step record's bytes of its first crossing up (all but a U-shaped step's grad_hidden): what the clock
-    orders arrivals at the server by."""
-    return rec["bytes_up"] - rec.get("grad_hidden_up", 0)
+@dataclass
+class Sent:
+    """A split step begun ahead of its server step (`_begin`): the client's request, as the server received it
+    (`InProcTransport.send`: encoded and counted), and the client's byte counts before it."""
+
+    original: ForwardRequest
+    request: ForwardRequest
+    before: dict[int, dict[str, int]]

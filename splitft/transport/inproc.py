@@ -44,22 +44,30 @@ class InProcTransport:
         self.up_of[client_id] = codec
 
     def step(self, req: ForwardRequest) -> StepReply:
-        reply = self.server.step(self._up(req))
-        return self._down(req, reply)
+        return self.serve(self.send(req))
 
     def step_batch(self, reqs: list[ForwardRequest]) -> list[StepReply]:
         """Several clients' training steps as one server step, each request and reply carried and counted as
         `step` carries it; a step the server refused raises here, as `step` would."""
-        replies = self.server.step_batch([self._up(r) for r in reqs])
-        for r in replies:
-            if isinstance(r, Exception):
-                raise r
-        return [self._down(req, cast(StepReply, reply)) for req, reply in zip(reqs, replies, strict=True)]
+        return self.serve_batch([self.send(r) for r in reqs])
 
-    def _up(self, req: ForwardRequest) -> ForwardRequest:
+    def send(self, req: ForwardRequest) -> ForwardRequest:
+        """A step's request crossing up, encoded and counted (once: the simulator sends a request ahead of its
+        server step to time its arrival by these bytes); returns the request as the server receives it."""
         acts, up = self.codec_up(req.client_id).roundtrip(req.activations)  # `none`: acts is req.activations
         self.counter.request(req, up)
         return replace(req, activations=acts)
+
+    def serve(self, sent: ForwardRequest) -> StepReply:
+        """The server's step for a `send`'s request, and its reply crossing down."""
+        return self._down(sent, self.server.step(sent))
+
+    def serve_batch(self, sent: list[ForwardRequest]) -> list[StepReply]:
+        replies = self.server.step_batch(sent)
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return [self._down(req, cast(StepReply, reply)) for req, reply in zip(sent, replies, strict=True)]
 
     def _down(self, req: ForwardRequest, reply: StepReply) -> StepReply:
         down = 0

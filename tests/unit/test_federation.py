@@ -78,3 +78,21 @@ def test_the_wait_behind_turns_a_stopped_client_left_unused_is_charged_to_the_ro
     unblocked = fed.clock.round_seconds(steps, {c: b["lora_down"] for c, b in moved.items()},
                                         {c: b["lora_up"] for c, b in moved.items()})
     assert rec["round_virtual_s"] > unblocked + 0.1, (rec["round_virtual_s"], unblocked)
+
+
+@pytest.mark.parametrize("order, shape", [("arrival", "vanilla"), ("plan", "u"), ("arrival", "u")])
+def test_a_steps_bytes_are_counted_once_and_the_round_is_their_sum(tmp_path, order, shape):
+    """A step's bytes are what the transport counted as it crossed (an entropy coder's real output, U's second
+    crossing): the step records add up to the round's training traffic, lora aside."""
+    u = ["split.shape=u", "split.tail=1", "split.cut_max=2"] if shape == "u" else []
+    fed, rec, _ = _round(tmp_path, f"federation.order={order}", "transport.codec_up=int8_token",
+                         "transport.entropy=zstd", *u)
+    steps = []
+    fed.on_step = steps.append
+    rec = fed.run_round(1, evaluate=False)
+    lora = fed.transport.counter.totals()
+    assert steps and all(s["bytes_up"] > 0 and s["bytes_down"] > 0 for s in steps)
+    assert (shape == "u") == all(s.get("hidden_down", 0) > 0 and s.get("grad_hidden_up", 0) > 0 for s in steps)
+    pushed, pulled = rec["bytes_up"] - sum(s["bytes_up"] for s in steps), rec["bytes_down"] - sum(
+        s["bytes_down"] for s in steps)
+    assert 0 < pushed <= lora["lora_up"] and 0 < pulled <= lora["lora_down"], (pushed, pulled)
