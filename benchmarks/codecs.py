@@ -3,11 +3,11 @@
     python benchmarks/codecs.py [--model smollm2|tiny] [--pairs UP/DOWN[+CODER],...] [--generate N]
 Each pair trains the default config (configs/default.yaml: 3 clients, a phone, a laptop and a workstation) with
 split.policy=fixed (cut 2 for all, so only what crosses the cut differs) from the same seed; UP is
-transport.codec_up (activations), DOWN transport.codec_down (grad_activations), CODER transport.entropy. Bytes
+codec.up (activations), DOWN codec.down (grad_activations), CODER codec.entropy. Bytes
 are the transport's counts (compressed sizes under a coder); eval ppl is measured through the same codecs (eval
 requests cross the cut too); ROUGE-L and exact match are `splitft evaluate --generate N` on the exported adapter
 (the first N held-out prompts, greedy); virtual time is the default federation's (the phone's 10 Mbit/s uplink).
-`auto` rows let the policy pick each client's codec up (transport.max_ppl_cost=0.01).
+`auto` rows let the policy pick each client's codec up (codec.max_ppl_cost=0.01).
 Writes benchmarks/results/codecs_<model>.json.
 """
 
@@ -33,8 +33,8 @@ def overrides(pair: str) -> list[str]:
     """UP/DOWN[+CODER] -> the transport settings (a 4-bit DOWN allows lossy gradients: measured, not advised)."""
     codecs, _, coder = pair.partition("+")
     up, down = codecs.split("/")
-    lossy = ["transport.allow_lossy_grad=true"] if down.startswith("int4") else []
-    return [f"transport.codec_up={up}", f"transport.codec_down={down}", f"transport.entropy={coder or 'none'}",
+    lossy = ["codec.allow_lossy_grad=true"] if down.startswith("int4") else []
+    return [f"codec.up={up}", f"codec.down={down}", f"codec.entropy={coder or 'none'}",
             *lossy]
 
 

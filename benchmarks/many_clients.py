@@ -26,7 +26,7 @@ TINY = ["model.source=tiny:llama", "data.max_length=128", "train.batch_size=2", 
         "lora.r=4", "lora.r_cut=2", "lora.alpha=8", "train.lr=0.01", "metrics.progress=false", "split.policy=fixed",
         "split.cut=2", "split.cut_max=0",
         "heterogeneity.profile=homogeneous", "federation.order=arrival", "federation.round_budget=time",
-        "federation.local_steps=2", "federation.max_steps_factor=2", "transport.round_timeout_s=600"]
+        "federation.local_steps=2", "federation.max_steps_factor=2", "server.round_timeout_s=600"]
 
 
 def run(n: int, k: int, args: argparse.Namespace) -> dict:

@@ -91,8 +91,8 @@ def main() -> None:
     address = f"127.0.0.1:{free_port()}"
     log = (tmp / "server.log").open("w")
     server = subprocess.Popen([sys.executable, "-m", "splitft.cli", "server", *TINY, f"transport.address={address}",
-                               f"transport.max_message_mb={args.max_message_mb}", "transport.round_timeout_s=3600",
-                               f"transport.tokens_file={tmp / 'tokens.txt'}", f"metrics.out_dir={tmp / 'run'}"],
+                               f"transport.max_message_mb={args.max_message_mb}", "server.round_timeout_s=3600",
+                               f"server.tokens_file={tmp / 'tokens.txt'}", f"metrics.out_dir={tmp / 'run'}"],
                               stdout=log, stderr=subprocess.STDOUT)
     rows = []
     try:

@@ -41,8 +41,8 @@ def main() -> None:
     ap.add_argument("--models", default="tiny,smollm2")
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--local-steps", type=int, default=3)
-    ap.add_argument("--codec", default="none", help="transport.codec_up")
-    ap.add_argument("--codec-down", default="none", help="transport.codec_down")
+    ap.add_argument("--codec", default="none", help="codec.up")
+    ap.add_argument("--codec-down", default="none", help="codec.down")
     args = ap.parse_args()
     rows = []
     for model in args.models.split(","):
@@ -52,8 +52,8 @@ def main() -> None:
                      "heterogeneity.profile=homogeneous", f"federation.n_clients={args.clients}",
                      f"federation.rounds={ROUNDS[model]}", f"federation.local_steps={args.local_steps}",
                      f"metrics.eval_every={ROUNDS[model]}", "metrics.checkpoint_every=0", "metrics.progress=false",
-                     "data.max_eval_samples=8", f"transport.codec_up={args.codec}",
-                     f"transport.codec_down={args.codec_down}"]
+                     "data.max_eval_samples=8", f"codec.up={args.codec}",
+                     f"codec.down={args.codec_down}"]
         steps_per_round = args.clients * args.local_steps
         for kind in ("inproc", "grpc"):
             cfg = load_config(str(ROOT / "configs" / "default.yaml"), [*overrides, f"metrics.out_dir={out / kind}"])

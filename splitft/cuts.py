@@ -111,7 +111,7 @@ def round_costs(cfg: Config, peft: torch.nn.Module, family: Family, compute: Com
     b, t = cfg.train.batch_size, cfg.data.max_length
     hidden = config_of(hf_of(peft)).hidden_size
     x = torch.zeros(b, t, hidden, dtype=compute.precision.storage)
-    codec_up, codec_down = codecs_of(cfg.transport)
+    codec_up, codec_down = codecs_of(cfg.codec)
     acts, grads = codec_up.nbytes(x), codec_down.nbytes(x)  # before lossless coding: an upper bound
     labels = b * t * (MASK_DTYPE.itemsize + LABEL_DTYPE.itemsize)  # attention_mask + labels
     full = lora.adapter_state_dict(peft)

@@ -5,8 +5,8 @@
     compute  train.compute_dtype  what every forward and backward of every party runs in, under autocast:
                                   float32 | bfloat16 | float16 | auto. LoRA weights and AdamW state stay float32
                                   (masters); the loss is computed in float32 whatever the compute dtype
-    wire     transport.codec_up   what crosses the cut, each direction (none = float32, lossless for every
-             and codec_down       compute and storage dtype; bf16, fp16, int8, int4: see transport/compress.py)
+    wire     codec.up and         what crosses the cut, each direction (none = float32, lossless for every
+             codec.down           compute and storage dtype; bf16, fp16, int8, int4: see transport/compress.py)
 
     p = resolve(cfg.train.compute_dtype, cfg.model.dtype, device)   # before any weight loads; UserError if unfit
     with p.autocast():                                               # `model/split.py`: every part's forward

@@ -11,7 +11,7 @@ line; a field the schema does not know is kept: a run written by another version
     run           the first line: the run's identity (`run_id`) and the command that began it (`runtime`)
     setup         (simulation) the method, partitions, model, devices, memory, precision
     cut_decision  a policy's cuts for a round and why, with what it measured (deployed) and the privacy floor
-    codec_costs   (codec_up=auto) the measured perplexity cost of each codec at the cut
+    codec_costs   (codec.up=auto) the measured perplexity cost of each codec at the cut
     step          (simulation) one training step of one client: loss, tokens, batch shape, bytes up/down
     round         a round: who was aggregated, cuts, train loss, lr, traffic; evaluation fields when evaluated;
                   round -1 is the pretrained model's evaluation
@@ -56,7 +56,7 @@ class CutDecision(TypedDict):
     policy: str
     cuts: dict[str, int]  # client -> cut
     why: dict[str, Any]
-    codecs: NotRequired[dict[str, str]]  # codec_up=auto: client -> codec
+    codecs: NotRequired[dict[str, str]]  # codec.up=auto: client -> codec
     measured: NotRequired[dict[str, Any]]  # deployed: what each client reported
     clamped: NotRequired[dict[str, Any]]
     refused: NotRequired[dict[str, str]]

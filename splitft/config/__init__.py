@@ -10,7 +10,9 @@ component (partitioner, codec, policy, dtype, method, device profile) are checke
 component and imports none of them.
 """
 
+from .audience import AUDIENCES, CLIENT, EACH, SERVER, SHARED, SIMULATION
 from .load import RENAMED, RETIRED, Check, load_config, save_config, to_dict
+from .parties import ClientConfig, CodecConfig, ServerConfig
 from .schema import (
     Config,
     ConfigError,
@@ -26,10 +28,12 @@ from .schema import (
     SplitConfig,
     TrainConfig,
     TransportConfig,
+    keys_for,
 )
 from .validate import BY_CATEGORY, SHAPES, tail_cut, validate, validate_against_model
 
-__all__ = ["BY_CATEGORY", "RENAMED", "RETIRED", "SHAPES", "Check", "Config", "ConfigError", "DataConfig",
+__all__ = ["AUDIENCES", "BY_CATEGORY", "CLIENT", "EACH", "RENAMED", "RETIRED", "SERVER", "SHAPES", "SHARED",
+           "SIMULATION", "Check", "ClientConfig", "CodecConfig", "Config", "ConfigError", "DataConfig",
            "DeviceConfig", "FederationConfig", "HeterogeneityConfig", "LoraConfig", "MeasureConfig", "MetricsConfig",
-           "ModelConfig", "PrivacyConfig", "SplitConfig", "TrainConfig", "TransportConfig", "load_config",
-           "save_config", "tail_cut", "to_dict", "validate", "validate_against_model"]
+           "ModelConfig", "PrivacyConfig", "ServerConfig", "SplitConfig", "TrainConfig", "TransportConfig",
+           "keys_for", "load_config", "save_config", "tail_cut", "to_dict", "validate", "validate_against_model"]

@@ -50,9 +50,18 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     return value
 
 
-RENAMED = {"transport.codec": ("transport.codec_up", "transport.codec_down")}
+_MOVED = {**{f"transport.{k}": f"server.{k}" for k in ("tokens_file", "tls_cert", "tls_key", "tls_client_ca",
+                                                         "dead_after_s", "round_timeout_s")},
+          **{f"transport.{k}": f"client.{k}" for k in ("token_env", "tls_root", "timeout_s", "heartbeat_s",
+                                                         "reconnect_s")},
+          "transport.tls_client_cert": "client.tls_cert", "transport.tls_client_key": "client.tls_key",
+          "transport.codec_up": "codec.up", "transport.codec_down": "codec.down",
+          **{f"transport.{k}": f"codec.{k}" for k in ("entropy", "allow_lossy_grad", "max_ppl_cost")}}
+RENAMED: dict[str, tuple[str, ...]] = {**{old: (new,) for old, new in _MOVED.items()},
+                                       "transport.codec": ("codec.up", "codec.down")}  # after: codec_up wins
 """Keys of an earlier release that still work, and the keys that replaced them (each gets the old key's value
-unless set too); loading one prints a one-line note."""
+unless set too); loading one prints a one-line note. This release moved the transport section's keys to the
+section of the party that reads them (server, client) and the codecs to `codec`; the old keys go next release."""
 RETIRED = {"transport.kind": "the command picks the transport (simulate: in-process; server, client, launch: "
                              "gRPC); delete this key",
            "transport.retries": "a client now keeps reconnecting for transport.reconnect_s seconds (default 300); "
@@ -101,7 +110,9 @@ def _apply_override(tree: dict[str, Any], item: str, problems: list[str]) -> Non
 
 
 def _rename(tree: dict[str, Any]) -> None:
-    """Move each RENAMED key's value to the keys that replaced it (those not set themselves), with a note."""
+    """Move each RENAMED key's value to the keys that replaced it (those not set themselves), with one note line
+    for the keys moved one to one (a config an earlier release saved holds them all) and one per key split."""
+    moved = []
     for old, new in RENAMED.items():
         section, name = old.split(".")
         node = tree.get(section)
@@ -109,8 +120,19 @@ def _rename(tree: dict[str, Any]) -> None:
             continue
         value = node.pop(name)
         for key in new:
-            node.setdefault(key.split(".")[1], value)
-        _note(f"note: {old} is now {' and '.join(new)}; {old}={value} sets both (name them apart to differ)")
+            to, to_name = key.split(".")
+            target = tree.setdefault(to, {})
+            if isinstance(target, dict):  # else the section itself is wrong: _build says so
+                target.setdefault(to_name, value)
+        if not node:
+            del tree[section]
+        if len(new) == 1:
+            moved.append(f"{old} is now {new[0]}")
+        else:
+            _note(f"note: {old} is now {' and '.join(new)}; {old}={value} sets both (name them apart to differ); "
+                  "the old key goes in the next release")
+    if moved:
+        _note(f"note: {', '.join(moved)}; the old key{'s go' if len(moved) > 1 else ' goes'} in the next release")
 
 
 _NOTED: set[str] = set()

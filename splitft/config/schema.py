@@ -1,30 +1,40 @@
 """The config's sections: one typed dataclass per section, every field with its default and a docstring that
 says what it means; `Config` holds them all.
+
+Every key has an audience (each section's `AUDIENCE`, "*" its default): `shared` (every party of a deployment
+must hold it alike: the handshake compares exactly these, `keys_for(SHARED)`), `server` or `client` (read by
+that party only), `each` (each party's own, may differ), `simulation` (no deployed party reads it). The
+deployment's sections are by audience: `server`, `client`, `codec` (shared), `transport` (the wire, each).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import reprlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import UserError
+from .audience import CLIENT, EACH, SERVER, SHARED, SIMULATION, audience_of
+from .parties import ClientConfig, CodecConfig, MeasureConfig, ServerConfig, TransportConfig
 
 
 @dataclass
 class ModelConfig:
+    AUDIENCE: ClassVar[dict[str, str]] = {"*": EACH, "dtype": SHARED}  # the source: by its fingerprint
     source: str = "builtin:smollm2-135m-instruct"
     """builtin:<name>, tiny:<family>, a Hugging Face folder, or a .gguf file (see splitft/model/loader.py)."""
     dtype: str = "float32"
     """float32 | bfloat16 | float16 | auto: the storage dtype of the frozen base weights (auto: the compute dtype
     when that is 16-bit, else float32). 16-bit storage halves a party's weights and needs 16-bit compute. What
-    crosses the cut is transport.codec_up's and codec_down's alone (splitft/precision.py has all three dtypes)."""
+    crosses the cut is codec.up's and codec.down's alone (splitft/precision.py has all three dtypes)."""
     device: str = "auto"
     """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
 
 
 @dataclass
 class LoraConfig:
+    AUDIENCE: ClassVar[dict[str, str]] = {"*": SHARED}
     r: int = 16
     """LoRA rank of every block except the cut layer."""
     r_cut: int = 16
@@ -40,6 +50,8 @@ class LoraConfig:
 
 @dataclass
 class SplitConfig:
+    AUDIENCE: ClassVar[dict[str, str]] = {"*": SERVER, **dict.fromkeys(
+        ("shape", "tail", "cut", "policy", "cut_min", "cut_max"), SHARED)}  # the policy's knobs: the server's
     shape: str = "vanilla"
     """vanilla: the client holds embeddings + blocks [0, cut), the server the rest, the head and the loss (labels
     cross the network) | u: the client also holds the last `tail` blocks, the final norm and the LM head and
@@ -77,6 +89,8 @@ class SplitConfig:
 
 @dataclass
 class FederationConfig:
+    AUDIENCE: ClassVar[dict[str, str]] = {"*": SHARED, "dropout": SIMULATION, "server_batch": SERVER,
+                                          "server_batch_wait_ms": SERVER}
     method: str = "split"
     """split (split learning with split.policy) | fedlora (no split: clients train the whole model, FedAvg) |
     centralized (one trainer on the pooled data, n_clients x local_steps steps per round, on the server)."""
@@ -120,6 +134,7 @@ class FederationConfig:
 
 @dataclass
 class TrainConfig:
+    AUDIENCE: ClassVar[dict[str, str]] = {"*": SHARED, "lr": EACH, "weight_decay": EACH, "max_grad_norm": EACH}
     lr: float = 2e-4
     batch_size: int = 4
     weight_decay: float = 0.0
@@ -146,6 +161,7 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
+    AUDIENCE: ClassVar[dict[str, str]] = {"*": CLIENT, "max_length": SHARED}  # each client's own data
     path: str = "builtin:shakespeare_dialogue"
     """builtin:shakespeare_dialogue, builtin:python_stdlib (this interpreter's standard library as code), a local
     .jsonl/.json/.csv/.parquet/.txt file, a folder of such files (shards of one type), or a folder written by
@@ -205,6 +221,7 @@ class DeviceConfig:
 
 @dataclass
 class HeterogeneityConfig:
+    AUDIENCE: ClassVar[dict[str, str]] = {"*": SIMULATION}  # and --emulate's device profiles
     profile: str = "homogeneous"
     """homogeneous (all `laptop`) | tiers (each client drawn from phone/laptop/workstation, seeded) |
     lognormal (laptop numbers times log-normal factors of sigma `spread`) | list (`devices`, one per client)."""
@@ -223,82 +240,8 @@ class HeterogeneityConfig:
 
 
 @dataclass
-class TransportConfig:
-    address: str = "127.0.0.1:50051"
-    """host:port the server listens on and clients connect to."""
-    tokens_file: str = ""
-    """Server: file with one secret token per line, line i for client i (`splitft launch` writes one)."""
-    token_env: str = "SPLITFT_TOKEN"
-    """Client: the environment variable holding this client's token (never on the command line)."""
-    tls_cert: str = ""
-    tls_key: str = ""
-    """Server: PEM certificate and key; both empty = plaintext (loopback tests only)."""
-    tls_root: str = ""
-    """Client: PEM certificate of the CA (or the self-signed server certificate) to trust."""
-    tls_client_ca: str = ""
-    """Server: mutual TLS: accept only clients whose certificate this PEM CA signed (needs tls_cert)."""
-    tls_client_cert: str = ""
-    tls_client_key: str = ""
-    """Client: PEM certificate and key presented to a mutual-TLS server (needs tls_root)."""
-    chunk_kb: int = 1024
-    """Frames carry at most this much of a serialized message; gRPC's message limit is set to match."""
-    max_message_mb: int = 64
-    """Largest message (all frames of it) either side accepts; larger ones are refused."""
-    timeout_s: float = 3600.0
-    """Client: per-call deadline; a reply that takes longer (the server stuck or gone) ends the client."""
-    heartbeat_s: float = 5.0
-    """Client: send a heartbeat this often, also while computing, so the server knows it is alive."""
-    dead_after_s: float = 120.0
-    """Server: a selected client silent this long (no heartbeat, no request) is dropped from the round."""
-    round_timeout_s: float = 1800.0
-    """Server: a selected client that has not pushed this long after its round began is dropped (straggler);
-    the round aggregates over the survivors."""
-    reconnect_s: float = 300.0
-    """Client: after a broken connection (or a server not up yet), keep reconnecting, with backoff up to 10 s
-    between tries, for this long before giving up; resends are idempotent (keys), and a server restarted with
-    `splitft server --resume` is rejoined where it stands."""
-    codec_up: str = "none"
-    """How activations (and, under split.shape=u, grad_hidden) cross from client to server, in simulation and
-    deployment alike: none (float32, lossless) | fp16 | bf16 | int8_token | int8_channel | int4_token | int4_group
-    (splitft/transport/compress.py), whatever model.dtype and train.compute_dtype are; or auto: the cut policy picks
-    each client's codec with its cut, among those within transport.max_ppl_cost (simulation). Lossy codecs pass
-    gradients straight through. The server and every client must use the same one (the handshake compares)."""
-    codec_down: str = "none"
-    """How grad_activations (and, under U, hidden) cross from server to client: the same codecs; a 4-bit one needs
-    transport.allow_lossy_grad (published results lose quality with gradients below 8 bits)."""
-    entropy: str = "none"
-    """Lossless coding of every codec's values on top of it: none | zstd | lz4 (pip install 'splitft[compress]');
-    bytes are counted at their compressed size."""
-    allow_lossy_grad: bool = False
-    """Allow a codec of fewer than 8 bits on a gradient (codec_down; codec_up under a U-shaped split)."""
-    max_ppl_cost: float = 0.01
-    """transport.codec_up=auto: the most a client's codec may raise the held-out perplexity, relative (0.01 =
-    1%), as measured at setup on the pretrained model with the activations at the reference cut encoded."""
-
-    @property
-    def chunk_bytes(self) -> int:
-        return self.chunk_kb * 1024
-
-    @property
-    def max_bytes(self) -> int:
-        return self.max_message_mb << 20
-
-
-@dataclass
-class MeasureConfig:
-    """What a deployed client reports to the server's cut policy (a simulation uses `heterogeneity` instead)."""
-
-    memory_gb: float = 0.0
-    """Most memory (GB) the client gives to its part; 0 = what the machine has free (RAM, or CUDA memory)."""
-    profile: str = ""
-    """A device tier name (phone, laptop, workstation or one of heterogeneity.tiers): report its numbers instead
-    of measured ones, for reproducible runs; empty = measure."""
-    ewma: float = 0.3
-    """Weight of the newest step in the smoothed compute and link measurements (0 < ewma <= 1)."""
-
-
-@dataclass
 class PrivacyConfig:
+    AUDIENCE: ClassVar[dict[str, str]] = {"*": SHARED, "noise": CLIENT}  # every client protects its labels alike
     noise: float = 0.0
     """Gaussian noise added to the activations before they leave a client (training and evaluation), with
     std = noise x the RMS of that batch's activations; 0 = off. A first defense against inverting them."""
@@ -317,6 +260,7 @@ class PrivacyConfig:
 
 @dataclass
 class MetricsConfig:
+    AUDIENCE: ClassVar[dict[str, str]] = {"*": EACH}
     out_dir: str = "out/default"
     eval_every: int = 1
     """Evaluate held-out perplexity every N rounds (and always after the last round)."""
@@ -338,10 +282,23 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     heterogeneity: HeterogeneityConfig = field(default_factory=HeterogeneityConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+
+def keys_for(audience: str) -> tuple[str, ...]:
+    """The dotted keys of `audience`, in the schema's order (e.g. the handshake's: `keys_for(SHARED)`)."""
+    return tuple(f"{s.name}.{f.name}" for s in dataclasses.fields(Config)
+                 for f in dataclasses.fields(_section(s.name)) if audience_of(_section(s.name), f.name) == audience)
+
+
+def _section(name: str) -> type:
+    return {f.name: f.default_factory for f in dataclasses.fields(Config)}[name]  # type: ignore[return-value]
 
 
 _REPR = reprlib.Repr()

@@ -4,6 +4,7 @@ the key and the fix; `validate_against_model` adds the checks that need the mode
 
 from __future__ import annotations
 
+from .parties import ClientConfig, ServerConfig
 from .schema import Config, ConfigError, show
 
 
@@ -83,31 +84,24 @@ def validate(cfg: Config) -> list[str]:
                  f"got {cfg.federation.clients_per_round}")
     if not (cfg.model.device in ("auto", "cpu", "cuda") or cfg.model.device.startswith("cuda:")):
         p.append(f"model.device: must be auto, cpu, cuda or cuda:N, got '{cfg.model.device}'")
-    t = cfg.transport
+    t, srv, cli = cfg.transport, cfg.server, cfg.client
     _positive(p, transport__chunk_kb=t.chunk_kb, transport__max_message_mb=t.max_message_mb,
-              transport__timeout_s=t.timeout_s, transport__heartbeat_s=t.heartbeat_s,
-              transport__dead_after_s=t.dead_after_s, transport__round_timeout_s=t.round_timeout_s)
-    if not 0.0 <= t.max_ppl_cost < float("inf"):
-        p.append(f"transport.max_ppl_cost: must be a relative ppl increase >= 0 (0.01 = 1%), got {t.max_ppl_cost}")
-    if not 0 <= t.reconnect_s < float("inf"):
-        p.append(f"transport.reconnect_s: must be a number of seconds >= 0 (0 = never reconnect), got {t.reconnect_s}")
+              client__timeout_s=cli.timeout_s, client__heartbeat_s=cli.heartbeat_s,
+              server__dead_after_s=srv.dead_after_s, server__round_timeout_s=srv.round_timeout_s)
+    if not 0.0 <= cfg.codec.max_ppl_cost < float("inf"):
+        p.append(f"codec.max_ppl_cost: must be a relative ppl increase >= 0 (0.01 = 1%), got {cfg.codec.max_ppl_cost}")
+    if not 0 <= cli.reconnect_s < float("inf"):
+        p.append(f"client.reconnect_s: must be a number of seconds >= 0 (0 = never reconnect), got {cli.reconnect_s}")
     p += _address_problems(t.address)
     if t.max_message_mb > 1024:
         p.append(f"transport.max_message_mb: at most 1024 (gRPC's messages stay under 2 GiB), got {t.max_message_mb}")
     if t.chunk_kb > t.max_message_mb * 1024:
         p.append(f"transport.chunk_kb: a frame cannot exceed the largest message (transport.max_message_mb="
                  f"{t.max_message_mb} = {t.max_message_mb * 1024} KB), got {t.chunk_kb}")
-    if t.heartbeat_s * 2 > t.dead_after_s:
-        p.append(f"transport.dead_after_s: must be at least twice transport.heartbeat_s ({t.heartbeat_s}), "
-                 f"or live clients get dropped between heartbeats; got {t.dead_after_s}")
-    if bool(t.tls_cert) != bool(t.tls_key):
-        p.append("transport.tls_cert and transport.tls_key: give both (server TLS) or neither")
-    if t.tls_client_ca and not t.tls_cert:
-        p.append("transport.tls_client_ca: mutual TLS needs server TLS too; set transport.tls_cert and tls_key")
-    if bool(t.tls_client_cert) != bool(t.tls_client_key):
-        p.append("transport.tls_client_cert and transport.tls_client_key: give both (mutual TLS) or neither")
-    if t.tls_client_cert and not t.tls_root:
-        p.append("transport.tls_client_cert: a client certificate is only sent over TLS; set transport.tls_root")
+    if cli.heartbeat_s * 2 > srv.dead_after_s:
+        p.append(f"server.dead_after_s: must be at least twice client.heartbeat_s ({cli.heartbeat_s}), "
+                 f"or live clients get dropped between heartbeats; got {srv.dead_after_s}")
+    p += _tls_problems(srv, cli)
     p += _validate_split(cfg)
     p += _choice_problems(cfg)
     if cfg.train.warmup_steps < 0:
@@ -124,6 +118,19 @@ DATA_FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_response", "te
 TRAIN_ON = ("assistant", "last_assistant", "all")
 TRUNCATIONS = ("prompt_left", "right")
 SCHEDULES = ("constant", "linear", "cosine")
+
+
+def _tls_problems(srv: ServerConfig, cli: ClientConfig) -> list[str]:
+    p = []
+    if bool(srv.tls_cert) != bool(srv.tls_key):
+        p.append("server.tls_cert and server.tls_key: give both (server TLS) or neither")
+    if srv.tls_client_ca and not srv.tls_cert:
+        p.append("server.tls_client_ca: mutual TLS needs server TLS too; set server.tls_cert and tls_key")
+    if bool(cli.tls_cert) != bool(cli.tls_key):
+        p.append("client.tls_cert and client.tls_key: give both (mutual TLS) or neither")
+    if cli.tls_cert and not cli.tls_root:
+        p.append("client.tls_cert: a client certificate is only sent over TLS; set client.tls_root")
+    return p
 
 
 def _choice_problems(cfg: Config) -> list[str]:

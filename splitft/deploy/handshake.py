@@ -13,21 +13,19 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import Config
+from ..config.audience import SHARED
+from ..config.schema import keys_for
 from ..precision import NAMES, Precision
 
-SETTINGS = ("train.activation_checkpointing", "train.loss_chunk_tokens", "federation.method", "federation.n_clients",
-            "federation.rounds", "federation.local_steps", "federation.clients_per_round", "federation.seed",
-            "federation.order", "federation.round_budget", "federation.round_time_s", "federation.max_steps_factor",
-            "train.batch_size", "data.max_length", "lora.r", "lora.r_cut", "lora.alpha", "lora.dropout",
-            "lora.targets", "split.policy", "split.cut", "split.cut_min", "split.cut_max", "transport.codec_up",
-            "transport.codec_down", "transport.entropy", "train.schedule", "train.warmup_steps", "privacy.grad_clip",
-            "privacy.grad_noise", "privacy.grad_keep")
-"""Config keys both sides must hold alike: the model's numerics, the schedule the server plans steps with, the
-shapes it accepts, the ranks, each direction's codec and the defenses of grad_hidden (every client of a
-federation gives the same protection to its labels). Client-only (data, privacy.noise, measure) and server-only
-(tokens, TLS, timeouts) keys may differ. The dtypes are compared as each machine resolved them (`DTYPES`):
-`auto` may mean bfloat16 on one machine and float32 on another."""
 DTYPES = ("train.compute_dtype", "model.dtype")
+SETTINGS = tuple(k for k in keys_for(SHARED) if k not in (*DTYPES, "split.shape", "split.tail"))
+"""Config keys both sides must hold alike: the schema's `shared` audience (`config/audience.py`), so a new shared
+key is compared without an edit here: the model's numerics, the schedule the server plans steps with, the shapes
+it accepts, the ranks, each direction's codec and the defenses of grad_hidden (every client of a federation gives
+the same protection to its labels). Client-only (data, privacy.noise, measure), server-only (tokens, TLS,
+timeouts) and each party's own keys may differ. Compared apart: the model (by fingerprint), the split's shape
+(its tail only under U) and the dtypes, as each machine resolved them (`DTYPES`): `auto` may mean bfloat16 on
+one machine and float32 on another."""
 
 
 def _get(cfg: Config, key: str) -> Any:

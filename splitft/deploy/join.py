@@ -76,7 +76,7 @@ def client_data(cfg: Config, client_id: int, tokenizer: Any, dealt: bool,
 
 class FellBehind(Exception):
     """The federation went on without this client (its process was stopped, a laptop asleep, past
-    transport.dead_after_s): `welcome` says the round it rejoins at."""
+    server.dead_after_s): `welcome` says the round it rejoins at."""
 
     def __init__(self, welcome: dict[str, Any]):
         super().__init__(f"the federation is at round {welcome['round']}")
@@ -108,12 +108,12 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False, emulate
     fed = cfg.federation
     if not 0 <= client_id < fed.n_clients:
         raise UserError(f"--client-id: must be in [0, {fed.n_clients - 1}], got {client_id}")
-    token = os.environ.get(cfg.transport.token_env, "")
+    token = os.environ.get(cfg.client.token_env, "")
     if not token:
-        raise UserError(f"set this client's token in the environment variable {cfg.transport.token_env}")
+        raise UserError(f"set this client's token in the environment variable {cfg.client.token_env}")
     rows = check_data(cfg)  # a missing, unreadable or all-bad data file fails here, before any weight is read
     device = emulated_device(cfg, client_id) if emulate else None
-    tls.check_files(cfg.transport, "client")
+    tls.check_files(cfg.client)
     meta = check_model(cfg)
     pm = open_model(cfg, meta)
     train, held_out, stats = client_data(cfg, client_id, pm.tokenizer, dealt, rows)
@@ -121,7 +121,7 @@ def join(cfg: Config, client_id: int, address: str, dealt: bool = False, emulate
     say = lambda text: print(f"[client {client_id}] {text}", file=sys.stderr, flush=True)  # noqa: E731
     say(data_line(stats, len(train), len(held_out), cfg.data, "data (dealt)" if dealt else "data"))
     say(precision_line(pm.compute))
-    transport = GrpcTransport(address, client_id, token, cfg.transport, log=say)
+    transport = GrpcTransport(address, client_id, token, cfg.transport, cfg.client, cfg.codec, log=say)
     try:
         welcome = transport.hello({**terms_of(cfg, pm.fingerprint, pm.compute.precision),
                                    "process": secrets.token_hex(8)})

@@ -85,7 +85,7 @@ def launch(base: Config, n_clients: int, client_data: list[str] | None = None, e
     token_file.unlink(missing_ok=True)  # created 0600 below, never readable by others even for a moment
     with os.fdopen(os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
         f.write("\n".join(tokens) + "\n")
-    cfg.transport.tokens_file = str(token_file)
+    cfg.server.tokens_file = str(token_file)
     cfg_file = out / "launch_config.yaml"
     save_config(cfg, cfg_file)
     children: list[subprocess.Popen] = []
@@ -104,7 +104,7 @@ def launch(base: Config, n_clients: int, client_data: list[str] | None = None, e
             children.append(_spawn(["client", "--config", str(cfg_file), "--client-id", str(i), "--server",
                                     cfg.transport.address, *own[i], *(["--emulate"] if emulate else [])],
                                    out / "logs" / f"client_{i}.log",
-                                   {cfg.transport.token_env: tokens[i]}))
+                                   {cfg.client.token_env: tokens[i]}))
         clients = children[1:]
         failed = _wait_all(server, clients)
     if "server" in failed or len(failed) >= n_clients:
@@ -153,7 +153,7 @@ def _stop(children: list[subprocess.Popen], grace_s: float = 5.0) -> int:
 
 def _wait_all(server: subprocess.Popen, clients: list[subprocess.Popen]) -> list[str]:
     """Waits for every process; returns the names of those that failed. A failed client does not stop the run
-    (the server drops it after transport.dead_after_s); a failed server stops the clients. A client still running
+    (the server drops it after server.dead_after_s); a failed server stops the clients. A client still running
     EXIT_GRACE_S after the server finished well is stopped with a warning (the server has its report and the run
     stands): a process hung at exit must not hold the launch forever."""
     procs = {f"client {i}": p for i, p in enumerate(clients)}

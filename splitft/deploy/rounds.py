@@ -172,9 +172,9 @@ class Liveness:
     def why_drop(self, cid: int, now: float, started: float) -> str | None:
         """Why a client in a round begun at `started` is dropped now (None: it is not)."""
         if self.silent(cid, now):
-            return f"silent for {now - self.last_seen[cid]:.0f} s (transport.dead_after_s={self.dead_after_s:g})"
+            return f"silent for {now - self.last_seen[cid]:.0f} s (server.dead_after_s={self.dead_after_s:g})"
         if now - started > self.round_timeout_s:
-            return f"not done {now - started:.0f} s into the round (transport.round_timeout_s={self.round_timeout_s:g})"
+            return f"not done {now - started:.0f} s into the round (server.round_timeout_s={self.round_timeout_s:g})"
         return None
 
     def gone(self, clients: range, now: float) -> set[int]:

@@ -1,12 +1,12 @@
 """`splitft server`: the server of a deployed federation, one process, gRPC.
 
     splitft server --config cfg.yaml transport.address=0.0.0.0:50051 \\
-        transport.tokens_file=tokens.txt transport.tls_cert=server.pem transport.tls_key=server.key
+        server.tokens_file=tokens.txt server.tls_cert=server.pem server.tls_key=server.key
 Reads no data. Holds only its blocks (split: blocks [first, L), the final norm and the head, where first is
 split.cut under `fixed` and split.cut_min otherwise; fedlora: no weights at all, it only aggregates). Decides
 each round's cut per client with split.policy from what the clients measure (`placement.py`), serves every
-client's steps in the simulation's order, drops clients that go silent (transport.dead_after_s) or miss the
-round deadline (transport.round_timeout_s), aggregates each round over the clients that pushed, and when every
+client's steps in the simulation's order, drops clients that go silent (server.dead_after_s) or miss the
+round deadline (server.round_timeout_s), aggregates each round over the clients that pushed, and when every
 client is done or gone writes <out_dir>/adapter (PEFT), metrics.jsonl (round, eval and cut_decision records as a
 simulation writes them), summary.json (the simulation's format, so `splitft report` reads it) and server.json.
 It checkpoints at round boundaries (checkpoints/round_<r>); `splitft server --resume RUN_DIR` goes on from the
@@ -51,20 +51,20 @@ from .placement import Placement
 
 def read_tokens(path: str, n_clients: int) -> dict[int, str]:
     if not path:
-        raise UserError("transport.tokens_file: the server needs one token per client (line i = client i); "
+        raise UserError("server.tokens_file: the server needs one token per client (line i = client i); "
                         "make one with: python -c \"import secrets; print(secrets.token_hex(16))\" per line")
     try:
         lines = [line.strip() for line in Path(path).read_bytes()[:1 << 20].decode("ascii").splitlines()
                  if line.strip()]
     except OSError as e:
-        raise UserError(f"transport.tokens_file: cannot read '{path}': {e.strerror}") from None
+        raise UserError(f"server.tokens_file: cannot read '{path}': {e.strerror}") from None
     except UnicodeDecodeError:
-        raise UserError(f"transport.tokens_file: '{path}' is not a text file of tokens (non-ASCII bytes); make "
+        raise UserError(f"server.tokens_file: '{path}' is not a text file of tokens (non-ASCII bytes); make "
                         "one token per line, e.g. with secrets.token_hex(16)") from None
     if any(not t.isprintable() or " " in t for t in lines):
-        raise UserError(f"transport.tokens_file: '{path}' holds a token with spaces or control characters")
+        raise UserError(f"server.tokens_file: '{path}' holds a token with spaces or control characters")
     if len(lines) < n_clients or any(len(t) < 16 for t in lines):
-        raise UserError(f"transport.tokens_file: needs {n_clients} tokens of at least 16 characters, "
+        raise UserError(f"server.tokens_file: needs {n_clients} tokens of at least 16 characters, "
                         f"one per line; '{path}' has {len(lines)}")
     return dict(enumerate(lines[:n_clients]))
 
@@ -72,7 +72,7 @@ def read_tokens(path: str, n_clients: int) -> dict[int, str]:
 async def _serve(coord: Coordinator, endpoint: Endpoint, tokens: dict[int, str], cfg: Config, log) -> None:
     watchdog = asyncio.create_task(coord.watch())
     try:
-        await serve_grpc(endpoint, cfg.transport.address, tokens, cfg.transport, coord.finished, log)
+        await serve_grpc(endpoint, cfg.transport.address, tokens, cfg.transport, cfg.server, coord.finished, log)
     finally:
         watchdog.cancel()
 
@@ -88,9 +88,9 @@ def deploy_problems(cfg: Config) -> list[str]:
     if f.method == "fedlora" and f.round_budget == "time":
         return ["federation.round_budget=time is deployed for split learning only (a fedlora server sees no steps "
                 "to time); use federation.round_budget=steps"]
-    if cfg.transport.codec_up == AUTO:
-        return ["transport.codec_up=auto chooses each client's codec in simulation; a deployment uses one codec for "
-                "every client: set transport.codec_up to the one a simulation chose (its cut_decision records)"]
+    if cfg.codec.up == AUTO:
+        return ["codec.up=auto chooses each client's codec in simulation; a deployment uses one codec for "
+                "every client: set codec.up to the one a simulation chose (its cut_decision records)"]
     return []
 
 
@@ -107,8 +107,8 @@ def serve(cfg: Config, resume: bool = False, emulate: bool = False) -> dict:
 
 def _run_server(cfg: Config, resume: bool, emulate: bool, lock: RunLock) -> dict:
     check(cfg, deploy_problems)
-    tokens = read_tokens(cfg.transport.tokens_file, cfg.federation.n_clients)
-    tls.check_files(cfg.transport, "server")
+    tokens = read_tokens(cfg.server.tokens_file, cfg.federation.n_clients)
+    tls.check_files(cfg.server)
     check_listen(cfg.transport.address)  # these before any file is written: a corrected command must not be
     meta = check_model(cfg)  # refused because a failed one left a run directory behind
     out = Path(cfg.metrics.out_dir)
@@ -193,7 +193,7 @@ class _Party:
 
     def __init__(self, cfg: Config, meta: Any, logger: MetricsLogger, log: Callable[[str], Any],
                  emulate: bool = False, run_id: str | None = None):
-        fed, t, split = cfg.federation, cfg.transport, cfg.federation.method == "split"
+        fed, split = cfg.federation, cfg.federation.method == "split"
         self.cfg, self.logger, self.pm = cfg, logger, open_model(cfg, meta)
         pm = self.pm
         cost = cost_model_of(hf_of(pm.peft), pm.family, pm.compute)
@@ -225,8 +225,9 @@ class _Party:
                                   end) if emulate and split else None
         pace = None if self.pacer is None else self.pacer.rest
         self.coord = Coordinator(self.server, fed.n_clients, fed.rounds, fed.local_steps if split else 0,
-                                 fed.clients_per_round, fed.seed, log, run_id=run_id, dead_after_s=t.dead_after_s,
-                                 round_timeout_s=t.round_timeout_s, on_round=self.records.round,
+                                 fed.clients_per_round, fed.seed, log, run_id=run_id,
+                                 dead_after_s=cfg.server.dead_after_s, round_timeout_s=cfg.server.round_timeout_s,
+                                 on_round=self.records.round,
                                  placement=self.placement,
                                  on_eval=lambda r: self.records.eval(r, self.coord.evals.get(r, {})),
                                  max_cut=bounds.hi if split else pm.n_layer,
@@ -264,7 +265,7 @@ class _Party:
 def _step_shape(cfg: Config, pm: PartialModel, first: int) -> wire.StepShape:
     hf = hf_of(pm.peft)
     end = tail_cut(cfg, pm.n_layer)
-    up, down = codecs_of(cfg.transport)
+    up, down = codecs_of(cfg.codec)
     c = config_of(hf)
     return wire.StepShape(c.hidden_size, pm.dtype, max_tokens=cfg.train.batch_size * cfg.data.max_length,
                           vocab=c.vocab_size, cut_range=(first, end or pm.n_layer),

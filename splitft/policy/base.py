@@ -86,7 +86,7 @@ class Decision:
     cuts: dict[int, int]
     why: dict[int, dict[str, Any]] = field(default_factory=dict)
     codecs: dict[int, str] = field(default_factory=dict)
-    """transport.codec_up=auto: each client's codec up (`policy/codecs.py`); empty: the config's for all."""
+    """codec.up=auto: each client's codec up (`policy/codecs.py`); empty: the config's for all."""
 
 
 class CutPolicy(Protocol):

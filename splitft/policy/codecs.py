@@ -1,10 +1,10 @@
-"""A codec per client (`transport.codec_up=auto`): with each decision of the cut policy, each client's codec for
+"""A codec per client (`codec.up=auto`): with each decision of the cut policy, each client's codec for
 its activations up, priced by the round-time model and kept within a measured quality budget.
 
 Where the uplink sets the round (the default federation: a phone on 10 Mbit/s), fewer bytes up shorten it;
 where it does not (a workstation on a fast link), compression buys nothing and costs quality. So:
   1. the options: codecs whose measured cost (relative change of held-out ppl with the activations at the
-     reference cut encoded, `sim.methods.codec_costs`) is within transport.max_ppl_cost; `none` always;
+     reference cut encoded, `sim.methods.codec_costs`) is within codec.max_ppl_cost; `none` always;
   2. the fastest: every client on its option of fewest bytes; the round it predicts is T*;
   3. in client-id order, each client takes the least lossy option (most bits; then the lower measured cost)
      with which the predicted round stays within (1 + tolerance) of T*, the others as they stand.

@@ -61,7 +61,7 @@ class RoundCosts:
         tail_flops, tail_bytes_up, tail_bytes_down: under a U-shaped split, the client tail's FLOPs per step and
             the bytes of the gradient of the hidden states (up) and of the hidden states (down), part of
             step_bytes_up / step_bytes_down.
-        client_bytes_up: step_bytes_up of clients whose up codec differs from the config's (codec_up=auto).
+        client_bytes_up: step_bytes_up of clients whose up codec differs from the config's (codec.up=auto).
         forward_share: the client forward's share of client_flops (1/3 under activation checkpointing).
         serving: the server's seconds per step beside its FLOPs and how many clients' steps it joins
             (`heterogeneity.server_step_s`, `federation.server_batch`).

@@ -42,7 +42,7 @@ class Adaptivity:
     stats: dict[int, ClientStats]
     recut: Callable[[int, int], None]
     recode: Callable[[int, str], None] = lambda cid, codec: None
-    """transport.codec_up=auto: gives a client the codec the policy chose (`Decision.codecs`)."""
+    """codec.up=auto: gives a client the codec the policy chose (`Decision.codecs`)."""
     bounds: CutBounds | None = None
     """The policy's bounds, for the record of which cuts sit at the privacy floor (`CutBounds.at_floor`)."""
 
@@ -66,7 +66,7 @@ class Federation:
         """Told "evaluate" before and "train" after each evaluation (progress output keeps the two apart)."""
         self.virtual_time = 0.0
         self.codecs: dict[int, str] = {}
-        """transport.codec_up=auto: each client's codec up as the policy last chose it."""
+        """codec.up=auto: each client's codec up as the policy last chose it."""
         self.step_s: dict[int, float] = {}
         """Per client, its own seconds per step in its last round (`RoundClock.own_s`): what a deployed client
         reports with its push, and what the next time budget is set from."""
@@ -351,7 +351,7 @@ class Federation:
         return {str(c): v for c, v in decision.cuts.items()}
 
     def _recode(self, codecs: dict[int, str]) -> None:
-        """Apply the clients' codecs up (transport.codec_up=auto), and tell the policy, whose next decision
+        """Apply the clients' codecs up (codec.up=auto), and tell the policy, whose next decision
         prices them (a resumed run restores them this way)."""
         if not codecs:
             return

@@ -98,7 +98,7 @@ def _federation(setup: Setup, server: FedAvgServer, clients: dict, devices: dict
                device=str(setup.device), devices={str(c): vars(d) for c, d in devices.items()},
                over_memory=over_memory(setup), precision=setup.compute.precision.record(),
                activation_checkpointing=setup.compute.checkpointing, loss_chunk_tokens=setup.compute.loss_chunk)
-    transport = InProcTransport(server, networked, *codecs_of(cfg.transport))
+    transport = InProcTransport(server, networked, *codecs_of(cfg.codec))
     return Federation(server, clients, transport, eval_examples=setup.eval, batch_size=cfg.train.batch_size,
                       pad_id=setup.pad_id, local_steps=local_steps, clients_per_round=per_round,
                       seed=cfg.federation.seed, logger=logger, on_step=on_step, clock=clock, adaptivity=adaptivity,
@@ -121,18 +121,18 @@ def build_split(setup: Setup, logger: MetricsLogger, on_step: OnStep = None) -> 
     stats = client_stats(devices)
     fed = _federation(setup, server, clients, devices, logger, on_step, cfg.federation.local_steps,
                       cfg.federation.clients_per_round, Adaptivity(policy, stats, recut, bounds=bounds))
-    if cfg.transport.codec_up == AUTO:
+    if cfg.codec.up == AUTO:
         _choose_codecs(setup, fed, logger)
     fed.decide_cuts(0)
     return fed
 
 
 def _choose_codecs(setup: Setup, fed: Federation, logger: MetricsLogger) -> None:
-    """transport.codec_up=auto: measure every codec's ppl cost (at the reference cut, the clients' cut now),
-    then wrap the cut policy in a `CodecChoice` over those within transport.max_ppl_cost."""
+    """codec.up=auto: measure every codec's ppl cost (at the reference cut, the clients' cut now),
+    then wrap the cut policy in a `CodecChoice` over those within codec.max_ppl_cost."""
     cfg, a = setup.cfg, fed.adaptivity
     assert a is not None
-    t = cfg.transport
+    t = cfg.codec
     codecs = {n: codec_of(n, t.entropy) for n in CODECS if n != NONE.name}
     costs = codec_costs(fed, codecs)
     logger.log("codec_costs", cut=cfg.split.cut, max_ppl_cost=t.max_ppl_cost, ppl_cost=costs)
@@ -227,7 +227,7 @@ def build_federation(setup: Setup, logger: MetricsLogger, on_step: OnStep = None
 def codec_costs(fed: Federation, codecs: dict[str, Any]) -> dict[str, float]:
     """Relative change of held-out ppl (the global model at the probe client's cut) with the probe's
     activations up encoded by each of `codecs` ({name: Codec}), against `none`: the quality guard of
-    transport.codec_up=auto, measured before training. A measurement: its bytes are not counted."""
+    codec.up=auto, measured before training. A measurement: its bytes are not counted."""
     probe, t = min(fed.clients), fed.transport
     saved, before = t.counter.state_dict(), t.codec_up(probe)
     ppl = {}

@@ -3,14 +3,14 @@
 Client and server code talk only to `Transport`; `inproc.py` calls the server object directly (simulation)
 and `grpc_client.py` / `grpc_server.py` encode the same messages (`wire.py`). Wire dtypes are fixed here so
 byte counts are exact:
-    activations        (B, T, H)  as `transport.codec_up` encodes them (compress.py; `none`: float32)
+    activations        (B, T, H)  as `codec.up` encodes them (compress.py; `none`: float32)
     attention_mask     (B, T)     uint8   (1 = token, 0 = padding)
     labels             (B, T)     int32   (-100 = no loss; under split.shape=vanilla labels travel to the server,
                                             which computes the loss; under u they never leave the client)
-    grad_activations   (B, T, H)  same dtype as activations, or as `transport.codec_down` encodes them
+    grad_activations   (B, T, H)  same dtype as activations, or as `codec.down` encodes them
 A U-shaped step crosses twice more, between the server's last block and the client's tail:
-    hidden             (B, T, H)  server -> client, encoded by codec_down
-    grad_hidden        (B, T, H)  client -> server (`BackwardRequest`), encoded by codec_up
+    hidden             (B, T, H)  server -> client, encoded by codec.down
+    grad_hidden        (B, T, H)  client -> server (`BackwardRequest`), encoded by codec.up
 The messages hold decoded tensors: each transport encodes what it sends with the codec, counts the encoded
 bytes, and hands the other side what it decodes.
 """

@@ -5,8 +5,8 @@
     y = c.decode(packed, x.dtype)      # (B, T, H); y is x itself for `none` on float32 activations
     packed.nbytes()                    # what crosses: values (as coded) + scales (the byte counters use this)
 
-Each direction has its own codec (`transport.codec_up`: activations, and grad_hidden under a U-shaped split;
-`transport.codec_down`: grad_activations, and hidden under U). The codec alone decides what crosses, whatever
+Each direction has its own codec (`codec.up`: activations, and grad_hidden under a U-shaped split;
+`codec.down`: grad_activations, and hidden under U). The codec alone decides what crosses, whatever
 the storage and compute dtypes (`precision.py`); activations arrive, and grad_activations return, in the storage
 dtype of the frozen weights (the residual stream's).
 Bytes for one (B, T, H) tensor (SmolLM2-135M, B=4, T=256, H=576: fp32 = 2.36 MB):
@@ -84,7 +84,7 @@ class Codec:
     scale: str = ""
     """'' (none) | tensor (one scale) | token (one per (b, t)) | channel (one per hidden unit)."""
     bits: int = 32
-    """Bits per value: the guard on lossy gradients (< 8 needs transport.allow_lossy_grad) and the order of loss."""
+    """Bits per value: the guard on lossy gradients (< 8 needs codec.allow_lossy_grad) and the order of loss."""
     entropy: Entropy = field(default=NO_ENTROPY)
     scale_dtype: torch.dtype = torch.float32
 
@@ -210,14 +210,14 @@ class Int4Codec(Codec):
 
 
 NONE = Codec("none", torch.float32)
-CODECS = Registry("transport.codec_up", {c.name: c for c in (
+CODECS = Registry("codec.up", {c.name: c for c in (
     NONE, Codec("fp16", torch.float16, "tensor", 16), Codec("bf16", torch.bfloat16, bits=16),
     Codec("int8_token", torch.int8, "token", 8), Codec("int8_channel", torch.int8, "channel", 8),
     Int4Codec("int4_token", scale="token"), Int4Codec("int4_group", scale="group", scale_dtype=torch.bfloat16))})
 AUTO = "auto"
-"""transport.codec_up=auto: the cut policy picks each client's codec with its cut."""
+"""codec.up=auto: the cut policy picks each client's codec with its cut."""
 LOSSY_GRAD_BITS = 8
-"""Fewer bits than this on a gradient need transport.allow_lossy_grad."""
+"""Fewer bits than this on a gradient need codec.allow_lossy_grad."""
 
 
 def codec_of(name: str, entropy: str = NO_ENTROPY.name) -> Codec:
@@ -226,29 +226,28 @@ def codec_of(name: str, entropy: str = NO_ENTROPY.name) -> Codec:
     return c if entropy == NO_ENTROPY.name else c.with_entropy(ENTROPY[entropy])
 
 
-def codecs_of(t: Any) -> tuple[Codec, Codec]:
-    """(up, down) of a TransportConfig `t`: each direction's codec with the lossless coder."""
-    return codec_of(t.codec_up, t.entropy), codec_of(t.codec_down, t.entropy)
+def codecs_of(c: Any) -> tuple[Codec, Codec]:
+    """(up, down) of a `config.CodecConfig`: each direction's codec with the lossless coder."""
+    return codec_of(c.up, c.entropy), codec_of(c.down, c.entropy)
 
 
 def codec_problems(cfg: Any) -> list[str]:
     """One line per bad transport codec setting: an unknown codec or coder, a coder not installed, a gradient
-    below 8 bits without transport.allow_lossy_grad (codec_down; codec_up too under a U-shaped split, where it
+    below 8 bits without codec.allow_lossy_grad (codec.down; codec.up too under a U-shaped split, where it
     carries grad_hidden). Checked at config load, before any weights."""
-    t, names = cfg.transport, ", ".join(CODECS)
-    p = [] if t.codec_up in CODECS or t.codec_up == AUTO else \
-        [f"transport.codec_up: must be one of {names}, {AUTO}; got '{t.codec_up}'"]
-    if t.codec_down not in CODECS:
-        p.append(f"transport.codec_down: must be one of {names}; got '{t.codec_down}'")
+    t, names = cfg.codec, ", ".join(CODECS)
+    p = [] if t.up in CODECS or t.up == AUTO else [f"codec.up: must be one of {names}, {AUTO}; got '{t.up}'"]
+    if t.down not in CODECS:
+        p.append(f"codec.down: must be one of {names}; got '{t.down}'")
     p += ENTROPY.problems(cfg) or entropy_problems(cfg)
-    if t.codec_up == AUTO and cfg.split.shape == "u":
-        p.append("transport.codec_up=auto chooses codecs for the vanilla split; under split.shape=u codec_up also "
+    if t.up == AUTO and cfg.split.shape == "u":
+        p.append("codec.up=auto chooses codecs for the vanilla split; under split.shape=u codec.up also "
                  "carries grad_hidden: name one codec (e.g. int8_token)")
-    gradients = {"transport.codec_down": t.codec_down}
+    gradients = {"codec.down": t.down}
     if cfg.split.shape == "u":
-        gradients["transport.codec_up"] = t.codec_up  # grad_hidden goes up
+        gradients["codec.up"] = t.up  # grad_hidden goes up
     for key, name in gradients.items():
         if name in CODECS and CODECS[name].bits < LOSSY_GRAD_BITS and not t.allow_lossy_grad:
             p.append(f"{key}={name} puts gradients in {CODECS[name].bits} bits (below {LOSSY_GRAD_BITS} they cost "
-                     f"quality); use int8_token or wider, or set transport.allow_lossy_grad=true to allow it")
+                     f"quality); use int8_token or wider, or set codec.allow_lossy_grad=true to allow it")
     return p

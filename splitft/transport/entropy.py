@@ -1,4 +1,4 @@
-"""Lossless coding of what a codec puts on the wire (`transport.entropy`): none | zstd | lz4.
+"""Lossless coding of what a codec puts on the wire (`codec.entropy`): none | zstd | lz4.
 
     coder = ENTROPY["zstd"]
     blob = coder.compress(raw)             # raw: the codec's values as bytes (C order, little-endian)
@@ -96,15 +96,15 @@ def _module(name: str) -> Any:
 
 
 NO_ENTROPY = Entropy("none")
-ENTROPY = Registry("transport.entropy", {e.name: e for e in (
+ENTROPY = Registry("codec.entropy", {e.name: e for e in (
     NO_ENTROPY, Zstd("zstd", "zstandard", "zstandard"), Lz4("lz4", "lz4.block", "lz4"))})
 
 
 def entropy_problems(cfg: Any) -> list[str]:
-    """One line when `transport.entropy` names a coder whose library is not installed (checked at config load,
+    """One line when `codec.entropy` names a coder whose library is not installed (checked at config load,
     before any weights)."""
-    e = ENTROPY.get(cfg.transport.entropy)
+    e = ENTROPY.get(cfg.codec.entropy)
     if e is None or e.available():
         return []
-    return [f"transport.entropy={e.name} needs the {e.pip_name} package, which is not installed: "
+    return [f"codec.entropy={e.name} needs the {e.pip_name} package, which is not installed: "
             f"pip install {e.pip_name} (or pip install 'splitft[compress]')"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from ..config import TransportConfig
+from ..config import ClientConfig, CodecConfig, TransportConfig
 from . import wire
 from .base import (
     AdapterUpdate,
@@ -35,11 +35,11 @@ from .tls import read_pem
 Envelope = pb.Envelope
 
 
-def _client_credentials(opts: TransportConfig) -> grpc.ChannelCredentials:
+def _client_credentials(me: ClientConfig) -> grpc.ChannelCredentials:
     """Read (and check) once, when the transport is made: a bad file is one line, not minutes of retries."""
-    cert = read_pem(opts.tls_client_cert, "transport.tls_client_cert", "CERTIFICATE") if opts.tls_client_cert else None
-    key = read_pem(opts.tls_client_key, "transport.tls_client_key", "PRIVATE KEY") if opts.tls_client_key else None
-    return grpc.ssl_channel_credentials(read_pem(opts.tls_root, "transport.tls_root", "CERTIFICATE"),
+    cert = read_pem(me.tls_cert, "client.tls_cert", "CERTIFICATE") if me.tls_cert else None
+    key = read_pem(me.tls_key, "client.tls_key", "PRIVATE KEY") if me.tls_key else None
+    return grpc.ssl_channel_credentials(read_pem(me.tls_root, "client.tls_root", "CERTIFICATE"),
                                         private_key=key, certificate_chain=cert)
 
 
@@ -118,20 +118,22 @@ class GrpcTransport:
     server again; a server that is another process than before (restarted) raises `ServerRestarted`.
     """
 
-    def __init__(self, address: str, client_id: int, token: str, opts: TransportConfig,
-                 log: Callable[[str], None] = print):
+    def __init__(self, address: str, client_id: int, token: str, opts: TransportConfig, me: ClientConfig,
+                 codec: CodecConfig, log: Callable[[str], None] = print):
+        """`opts`: the wire's limits; `me`: this client's settings (TLS, deadlines, reconnects, heartbeats);
+        `codec`: what crosses each way."""
         self.address, self.client_id, self.token, self.opts = address, client_id, token, opts
-        self.timeout_s, self.reconnect_s, self.log = opts.timeout_s, opts.reconnect_s, log
-        self.counter, (self.up, self.down) = ByteCounter(), codecs_of(opts)
+        self.timeout_s, self.reconnect_s, self.log = me.timeout_s, me.reconnect_s, log
+        self.counter, (self.up, self.down) = ByteCounter(), codecs_of(codec)
         self.wire_up = self.wire_down = self.seq = self.reconnects = 0
         self.terms: dict[str, Any] | None = None  # sent on every new connection once `hello` was called
         self.welcome: dict[str, Any] | None = None  # the server's last answer to HELLO
         self.greeted = False  # on this connection
         self.lock = threading.Lock()  # the frames of one envelope leave together; heartbeats go in between
-        self.creds = _client_credentials(opts) if opts.tls_root else None
+        self.creds = _client_credentials(me) if me.tls_root else None
         self.conn = _Connection(address, client_id, token, opts, self.creds)
         self.stopped = threading.Event()
-        threading.Thread(target=self._heartbeats, args=(opts.heartbeat_s,), daemon=True).start()
+        threading.Thread(target=self._heartbeats, args=(me.heartbeat_s,), daemon=True).start()
 
     def _send(self, env: Envelope) -> None:
         with self.lock:
@@ -158,7 +160,7 @@ class GrpcTransport:
                 deadline = deadline or now + self.reconnect_s
                 if now >= deadline:
                     raise TransportError(f"client {self.client_id}: the server at {self.address} cannot be reached; "
-                                         f"gave up after {self.reconnect_s:g} s (transport.reconnect_s): {e}") from None
+                                         f"gave up after {self.reconnect_s:g} s (client.reconnect_s): {e}") from None
                 if attempt % 10 == 0:
                     self.log(f"client {self.client_id}: connection failed ({e}); reconnecting for up to "
                              f"{deadline - now:.0f} s more")
@@ -207,7 +209,7 @@ class GrpcTransport:
             item = self.conn.inbox.get(timeout=self.timeout_s)
         except queue.Empty:
             raise TransportError(f"client {self.client_id}: no reply within {self.timeout_s:g} s "
-                                 "(transport.timeout_s)") from None
+                                 "(client.timeout_s)") from None
         if isinstance(item, grpc.RpcError):
             if item.code() in RETRYABLE:
                 raise _Broken(f"{item.code().name}: {item.details()}")

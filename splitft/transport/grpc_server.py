@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from ..config import TransportConfig
+from ..config import ServerConfig, TransportConfig
 from ..errors import reason
 from . import wire
 from .base import TransportError
@@ -189,26 +189,27 @@ class Sessions:
                                "the details")
 
 
-def _server_credentials(opts: TransportConfig, log: Callable[[str], None]) -> grpc.ServerCredentials:
-    cert = read_pem(opts.tls_cert, "transport.tls_cert", "CERTIFICATE")
-    for line in certificate_warnings(cert, "transport.tls_cert"):
+def _server_credentials(me: ServerConfig, log: Callable[[str], None]) -> grpc.ServerCredentials:
+    cert = read_pem(me.tls_cert, "server.tls_cert", "CERTIFICATE")
+    for line in certificate_warnings(cert, "server.tls_cert"):
         log(line)
-    pair = [(read_pem(opts.tls_key, "transport.tls_key", "PRIVATE KEY"), cert)]
-    if opts.tls_client_ca:  # mutual TLS: the handshake fails for a client without a certificate from this CA
-        ca = read_pem(opts.tls_client_ca, "transport.tls_client_ca", "CERTIFICATE")
+    pair = [(read_pem(me.tls_key, "server.tls_key", "PRIVATE KEY"), cert)]
+    if me.tls_client_ca:  # mutual TLS: the handshake fails for a client without a certificate from this CA
+        ca = read_pem(me.tls_client_ca, "server.tls_client_ca", "CERTIFICATE")
         return grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=True)
     return grpc.ssl_server_credentials(pair)
 
 
 async def serve_grpc(endpoint: Endpoint, address: str, tokens: dict[int, str], opts: TransportConfig,
-                     until: asyncio.Event, log: Callable[[str], None] = print) -> None:
-    """Serve sessions on `address` until `until` is set, then stop (in-flight calls get a grace second)."""
+                     me: ServerConfig, until: asyncio.Event, log: Callable[[str], None] = print) -> None:
+    """Serve sessions on `address` until `until` is set, then stop (in-flight calls get a grace second).
+    `opts`: the wire's limits; `me`: the server's TLS identity."""
     service = Sessions(endpoint, tokens, opts, log)
     rpc = grpc.stream_stream_rpc_method_handler(service.session, request_deserializer=pb.Frame.FromString,
                                                 response_serializer=pb.Frame.SerializeToString)
     server = grpc.aio.server(options=frame_options(opts) + SERVER_OPTIONS)
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {"Session": rpc})])
-    creds = _server_credentials(opts, log) if opts.tls_cert else None
+    creds = _server_credentials(me, log) if me.tls_cert else None
     try:
         port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
     except Exception as e:  # grpc raises RuntimeError for an address it cannot bind
@@ -217,7 +218,7 @@ async def serve_grpc(endpoint: Endpoint, address: str, tokens: dict[int, str], o
     if port == 0:
         raise TransportError(f"transport.address: cannot listen on '{address}'")
     await server.start()
-    mode = "mutual TLS" if opts.tls_client_ca else "TLS" if opts.tls_cert else "plaintext"
+    mode = "mutual TLS" if me.tls_client_ca else "TLS" if me.tls_cert else "plaintext"
     log(f"listening on {address} ({mode})")
     await until.wait()
     await server.stop(grace=1.0)

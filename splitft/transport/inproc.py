@@ -1,9 +1,9 @@
 """In-process transport: direct calls on the server object, exact byte accounting.
 
 Bytes are those a network transport carries as payload (tensor bytes at the wire dtypes of `transport.base`,
-activations as codec_up and grad_activations as codec_down encode them, lossless coding included, plus the reply
+activations as codec.up and grad_activations as codec.down encode them, lossless coding included, plus the reply
 scalars); envelopes/headers are not counted. With a lossy codec the server sees, and the client receives, exactly
-what the other side would decode. `transport.codec_up=auto` gives each client its own up codec (`use_codec_up`).
+what the other side would decode. `codec.up=auto` gives each client its own up codec (`use_codec_up`).
 """
 
 from __future__ import annotations

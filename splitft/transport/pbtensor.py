@@ -22,7 +22,7 @@ masks, labels."""
 NAMES = {v: k for k, v in DTYPES.items()}
 CODED_KINDS = (Envelope.STEP, Envelope.STEP_REPLY, Envelope.BACKWARD)
 CODED_ROLES = ("activations", "grad_activations", "hidden", "grad_hidden")
-"""The tensors `transport.entropy` may compress: a codec's values, in the messages that carry them."""
+"""The tensors `codec.entropy` may compress: a codec's values, in the messages that carry them."""
 NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16,  # bfloat16: raw bits
          torch.uint8: np.uint8, torch.int8: np.int8, torch.int32: np.int32}
 

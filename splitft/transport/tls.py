@@ -2,8 +2,8 @@
 line naming its setting (gRPC would fail later with a handshake error, or retry for minutes), and a server
 certificate that has expired or is about to is said in the log.
 
-    pem = read_pem(opts.tls_cert, "transport.tls_cert", "CERTIFICATE")
-    for line in certificate_warnings(pem, "transport.tls_cert"): log(line)
+    pem = read_pem(opts.tls_cert, "server.tls_cert", "CERTIFICATE")
+    for line in certificate_warnings(pem, "server.tls_cert"): log(line)
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import ssl
 
-from ..config import TransportConfig
+from ..config import ClientConfig, ServerConfig
 from ..errors import UserError, reason
 
 SOON = dt.timedelta(days=7)
@@ -56,18 +56,16 @@ def certificate_warnings(pem: bytes, key: str, now: dt.datetime | None = None) -
     return []
 
 
-def check_files(t: TransportConfig, side: str) -> None:
-    """Read every TLS file `side` ("server" or "client") is configured with, before a model loads or a file is
-    written; a key must belong to its certificate."""
-    files = {"server": [("tls_cert", "CERTIFICATE"), ("tls_key", "PRIVATE KEY"), ("tls_client_ca", "CERTIFICATE")],
-             "client": [("tls_root", "CERTIFICATE"), ("tls_client_cert", "CERTIFICATE"),
-                        ("tls_client_key", "PRIVATE KEY")]}[side]
-    for name, kind in files:
-        if getattr(t, name):
-            read_pem(getattr(t, name), f"transport.{name}", kind)
-    cert, key = ("tls_cert", "tls_key") if side == "server" else ("tls_client_cert", "tls_client_key")
-    if getattr(t, cert) and getattr(t, key):
-        check_pair(getattr(t, cert), getattr(t, key), f"transport.{cert}", f"transport.{key}")
+def check_files(me: ServerConfig | ClientConfig) -> None:
+    """Read every TLS file a party (its `server` or `client` section) is configured with, before a model loads or
+    a file is written; a key must belong to its certificate."""
+    side = "server" if isinstance(me, ServerConfig) else "client"
+    trusted = "tls_client_ca" if side == "server" else "tls_root"  # a CA: a certificate, no key of ours
+    for name, kind in [("tls_cert", "CERTIFICATE"), ("tls_key", "PRIVATE KEY"), (trusted, "CERTIFICATE")]:
+        if getattr(me, name):
+            read_pem(getattr(me, name), f"{side}.{name}", kind)
+    if me.tls_cert and me.tls_key:
+        check_pair(me.tls_cert, me.tls_key, f"{side}.tls_cert", f"{side}.tls_key")
 
 
 def check_pair(cert: str, key: str, cert_key: str, key_key: str) -> None:

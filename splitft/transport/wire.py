@@ -21,9 +21,9 @@ and WELCOME carry theirs in the same field.
     ACK, ERROR  ack / error                        server -> client  (ERROR: the refusal's text)
 Activations and grad_activations travel as each direction's codec (compress.py) encodes them: the tensor
 `activations` in the codec's wire dtype and shape ((B, T, H), or (B, T, H/2) bytes for the 4-bit codecs) and,
-for scaled codecs, `activations_scale`; with `transport.entropy` the values' bytes are compressed (the tensor's
+for scaled codecs, `activations_scale`; with `codec.entropy` the values' bytes are compressed (the tensor's
 `coding` names the coder). The envelope names the codec (`int4_group+zstd`) and each side accepts only the one
-it expects in that direction (`transport.codec_up` for requests, `codec_down` for replies). Decoding never trusts
+it expects in that direction (`codec.up` for requests, `codec.down` for replies). Decoding never trusts
 the peer: dtypes come from a whitelist, byte counts must match shapes, sizes are capped, a compressed tensor must
 decode to exactly the bytes its shape declares (never more: no decompression bombs), scales and decoded
 activations must be finite. Errors are `WireError` values the server returns to that client as ERROR.
@@ -111,7 +111,7 @@ def _check_codec(env: Envelope, c: Codec, role: str, key: str) -> None:
     (checked before anything is decompressed)."""
     if (env.codec or NONE.name) != c.wire_name:
         raise WireError(f"{role} encoded with codec '{env.codec[:40] or NONE.name}', but this side expects "
-                        f"'{c.wire_name}': set {key} (and transport.entropy) the same on the server and every client")
+                        f"'{c.wire_name}': set {key} (and codec.entropy) the same on the server and every client")
     coding = "" if c.entropy is NO_ENTROPY else c.entropy.name
     for m in env.tensors:
         if m.coding != (coding if m.name == role else ""):
@@ -133,7 +133,7 @@ def decode_step(env: Envelope, shape: StepShape) -> ForwardRequest:
     finite), a 0/1 uint8 mask and int32 labels (token ids or -100) of shape (B, T), B*T <= max_tokens, and a cut
     the server serves."""
     c = shape.codec_up
-    _check_codec(env, c, "activations", "transport.codec_up")
+    _check_codec(env, c, "activations", "codec.up")
     t = tensors_of(env, shape.max_tokens * shape.hidden)
     if shape.u and "labels" in t:
         raise WireError("this server runs a U-shaped split (split.shape=u): labels stay on the client; start the "
@@ -178,7 +178,7 @@ def decode_backward(env: Envelope, shape: StepShape) -> BackwardRequest:
     if not shape.u:
         raise WireError("BACKWARD is a U-shaped split's message; this server runs split.shape=vanilla")
     c = shape.codec_up
-    _check_codec(env, c, "grad_hidden", "transport.codec_up")
+    _check_codec(env, c, "grad_hidden", "codec.up")
     t = tensors_of(env, shape.max_tokens * shape.hidden)
     _expect_tensors(t, "BACKWARD", {"grad_hidden"}, c, "grad_hidden")
     full = _hidden_shaped(t["grad_hidden"], "grad_hidden", shape)
@@ -205,7 +205,7 @@ def decode_reply(env: Envelope, req: ForwardRequest, c: Codec = NONE) -> tuple[S
     full = tuple(acts.shape)
     role = "hidden" if req.labels is None else "grad_activations"
     if env.tensors:  # an eval reply holds none
-        _check_codec(env, c, role, "transport.codec_down")
+        _check_codec(env, c, role, "codec.down")
     t = tensors_of(env, acts.numel())
     if req.labels is None:  # U-shaped: the hidden states for the tail, train or eval
         _expect_tensors(t, "STEP_REPLY (U-shaped)", {"hidden"}, c, "hidden")
@@ -222,7 +222,7 @@ def decode_reply(env: Envelope, req: ForwardRequest, c: Codec = NONE) -> tuple[S
 def decode_backward_reply(env: Envelope, req: BackwardRequest, c: Codec = NONE) -> tuple[StepReply, int]:
     """(reply with grad_activations, their bytes as encoded). Raises WireError unless grad_activations of
     grad_hidden's shape in codec `c`."""
-    _check_codec(env, c, "grad_activations", "transport.codec_down")
+    _check_codec(env, c, "grad_activations", "codec.down")
     t = tensors_of(env, req.grad_hidden.numel())
     _expect_tensors(t, "STEP_REPLY (backward)", {"grad_activations"}, c, "grad_activations")
     grad = packed_from_pb(t, "grad_activations", c, req.grad_hidden.dtype, tuple(req.grad_hidden.shape))

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from splitft.config import TransportConfig
+from splitft.config import ClientConfig, CodecConfig, ServerConfig, TransportConfig
 from splitft.deploy.launch import free_port
 from splitft.transport import wire
 from splitft.transport.base import TransportError
@@ -74,13 +74,13 @@ class _Ack:
 @pytest.fixture(scope="module")
 def mtls_server(pki):
     address = f"127.0.0.1:{free_port()}"
-    opts = TransportConfig(tls_cert=pki["server"][0], tls_key=pki["server"][1], tls_client_ca=pki["ca"][0])
+    me = ServerConfig(tls_cert=pki["server"][0], tls_key=pki["server"][1], tls_client_ca=pki["ca"][0])
     ready, box = threading.Event(), {}
 
     async def main():
         box["loop"], box["until"] = asyncio.get_running_loop(), asyncio.Event()
         # ready once it listens: a client connecting before that is refused (a race seen under load)
-        await serve_grpc(_Ack(), address, {0: TOKEN}, opts, box["until"],
+        await serve_grpc(_Ack(), address, {0: TOKEN}, TransportConfig(), me, box["until"],
                          log=lambda s: ready.set() if s.startswith("listening") else None)
 
     thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
@@ -92,7 +92,8 @@ def mtls_server(pki):
 
 
 def _done(address, **opts):
-    t = GrpcTransport(address, 0, TOKEN, TransportConfig(timeout_s=20, reconnect_s=0, **opts), log=lambda s: None)
+    t = GrpcTransport(address, 0, TOKEN, TransportConfig(), ClientConfig(timeout_s=20, reconnect_s=0, **opts),
+                      CodecConfig(), log=lambda s: None)
     try:
         t.hello({})
         t.done(0)
@@ -101,14 +102,14 @@ def _done(address, **opts):
 
 
 def test_a_client_with_a_certificate_from_the_trusted_ca_gets_through(pki, mtls_server):
-    _done(mtls_server, tls_root=pki["ca"][0], tls_client_cert=pki["client"][0], tls_client_key=pki["client"][1])
+    _done(mtls_server, tls_root=pki["ca"][0], tls_cert=pki["client"][0], tls_key=pki["client"][1])
 
 
 @pytest.mark.parametrize("who", ["no certificate", "another CA's certificate", "plaintext"])
 def test_other_clients_are_refused_at_the_handshake(pki, mtls_server, who):
     opts = {"no certificate": dict(tls_root=pki["ca"][0]),
-            "another CA's certificate": dict(tls_root=pki["ca"][0], tls_client_cert=pki["stranger"][0],
-                                             tls_client_key=pki["stranger"][1]),
+            "another CA's certificate": dict(tls_root=pki["ca"][0], tls_cert=pki["stranger"][0],
+                                             tls_key=pki["stranger"][1]),
             "plaintext": {}}[who]
     with pytest.raises(TransportError, match="cannot be reached"):
         _done(mtls_server, **opts)

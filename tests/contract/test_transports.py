@@ -36,8 +36,8 @@ def _deploy(tmp_path, monkeypatch, *extra):
     (tmp_path / "tokens.txt").write_text((TOKEN + "\n") * 3)
     port = free_port()
     cfg.transport.address = f"127.0.0.1:{port}"
-    cfg.transport.tokens_file = str(tmp_path / "tokens.txt")
-    monkeypatch.setenv(cfg.transport.token_env, TOKEN)
+    cfg.server.tokens_file = str(tmp_path / "tokens.txt")
+    monkeypatch.setenv(cfg.client.token_env, TOKEN)
     lock, build = threading.Lock(), join_module.open_model
 
     def one_at_a_time(c, *a):  # model init seeds torch's global RNG: threads must not interleave there (processes
@@ -100,9 +100,9 @@ def test_both_transports_end_with_the_same_weights_and_bytes(simulated, tmp_path
     assert all(reports[i]["reconnects"] == 0 and reports[i]["dropped_rounds"] == [] for i in range(3))
 
 
-@pytest.mark.parametrize("codecs", [("transport.codec=int8_token",),
-                                    ("transport.codec_up=int4_group", "transport.codec_down=int8_token",
-                                     "transport.entropy=zstd")], ids=["int8", "int4_group-int8+zstd"])
+@pytest.mark.parametrize("codecs", [("codec.up=int8_token", "codec.down=int8_token"),
+                                    ("codec.up=int4_group", "codec.down=int8_token",
+                                     "codec.entropy=zstd")], ids=["int8", "int4_group-int8+zstd"])
 def test_a_lossy_codec_gives_the_same_weights_and_encoded_bytes_over_both_transports(simulated, tmp_path,
                                                                                    monkeypatch, codecs):
     run_simulation(_config(tmp_path, "sim", *codecs))
@@ -118,7 +118,7 @@ def test_a_lossy_codec_gives_the_same_weights_and_encoded_bytes_over_both_transp
     server = read_records(out / "metrics.jsonl", "round")[-1]["bytes"]
     assert all(server[k] == totals[k] for k in KINDS), "the server counts compressed bytes as the clients do"
     hidden = 32  # tiny models: 1 byte per element + a 4-byte scale per token, instead of 4 bytes per element
-    if len(codecs) == 1:
+    if codecs[0] == "codec.up=int8_token":  # int8 both ways
         assert totals["activations_up"] == plain["activations_up"] // 4 * (hidden + 4) // hidden
     else:  # 4 bits + a bfloat16 scale per 32 values, then zstd: under 4.5 / 32 of float32
         assert totals["activations_up"] < plain["activations_up"] * 4.5 / 32
@@ -184,7 +184,7 @@ def test_a_vanished_client_is_dropped_and_the_run_completes(tmp_path, monkeypatc
         return real(self, env)
 
     monkeypatch.setattr(wire.GrpcTransport, "_exchange", dies)
-    out, reports = _deploy(tmp_path, monkeypatch, "transport.heartbeat_s=0.2", "transport.dead_after_s=2")
+    out, reports = _deploy(tmp_path, monkeypatch, "client.heartbeat_s=0.2", "server.dead_after_s=2")
     assert isinstance(reports[2], _Vanished)
     summary = json.loads((out / "server.json").read_text())
     assert summary["rounds"] == 2 and summary["dropped_by_round"][0] == {}

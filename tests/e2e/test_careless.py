@@ -48,7 +48,7 @@ def _mismatched_tls(tmp):
     keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(2)]
     cert, _ = _write(tmp, "a", _cert("a", keys[0]), keys[0])
     _, key = _write(tmp, "b", _cert("b", keys[1]), keys[1])
-    return [f"transport.tls_cert={cert}", f"transport.tls_key={key}"]
+    return [f"server.tls_cert={cert}", f"server.tls_key={key}"]
 
 
 CASES = {
@@ -68,14 +68,14 @@ CASES = {
                                              if _file(t, "config.yaml", b"# mine\n") else [], "holds a config.yaml"),
     "port 99999": (lambda t: ["server", "transport.address=127.0.0.1:99999"], "port in 1..65535"),
     "chunk_kb huge": (lambda t: ["simulate", "transport.chunk_kb=3000000"], "transport.chunk_kb"),
-    "tokens file of junk": (lambda t: ["server", f"transport.tokens_file={_file(t, 'tok', bytes(range(256)))}"],
+    "tokens file of junk": (lambda t: ["server", f"server.tokens_file={_file(t, 'tok', bytes(range(256)))}"],
                             "not a text file of tokens"),
-    "missing TLS certificate": (lambda t: ["server", f"transport.tokens_file={_tokens(t)}",
-                                           f"transport.tls_cert={t}/none.pem", f"transport.tls_key={t}/none.key"],
-                                "transport.tls_cert: cannot read"),
+    "missing TLS certificate": (lambda t: ["server", f"server.tokens_file={_tokens(t)}",
+                                           f"server.tls_cert={t}/none.pem", f"server.tls_key={t}/none.key"],
+                                "server.tls_cert: cannot read"),
     "junk TLS root on a client": (lambda t: ["client", "--client-id", "0",
-                                             f"transport.tls_root={_file(t, 'r.pem', b'junk')}"],
-                                  "transport.tls_root"),
+                                             f"client.tls_root={_file(t, 'r.pem', b'junk')}"],
+                                  "client.tls_root"),
     "unknown client id": (lambda t: ["client", "--client-id", "7"], "--client-id"),
     "float16 compute on a CPU": (lambda t: ["simulate", "model.device=cpu", "train.compute_dtype=float16"],
                                  "train.compute_dtype=float16: refused on a CPU"),
@@ -84,15 +84,15 @@ CASES = {
     "unknown compute dtype": (lambda t: ["simulate", "train.compute_dtype=fp8"], "train.compute_dtype: must be one of"),
     "negative loss chunk": (lambda t: ["simulate", "train.loss_chunk_tokens=-1"], "train.loss_chunk_tokens"),
     "unknown random shape": (lambda t: ["simulate", "model.source=random:gpt-9"], "unknown random shape"),
-    "server address not of this machine": (lambda t: ["server", f"transport.tokens_file={_tokens(t)}",
+    "server address not of this machine": (lambda t: ["server", f"server.tokens_file={_tokens(t)}",
                                                       "transport.address=192.0.2.1:50051"],
                                            "cannot listen on '192.0.2.1:50051': Cannot assign requested address"),
-    "server port in use": (lambda t: ["server", f"transport.tokens_file={_tokens(t)}",
+    "server port in use": (lambda t: ["server", f"server.tokens_file={_tokens(t)}",
                                       f"transport.address=127.0.0.1:{_busy_port()}"],
                            "Address already in use; another process listens on it"),
-    "TLS key of another certificate": (lambda t: ["server", f"transport.tokens_file={_tokens(t)}",
+    "TLS key of another certificate": (lambda t: ["server", f"server.tokens_file={_tokens(t)}",
                                                   *_mismatched_tls(t)],
-                                       "is not the key of the certificate in transport.tls_cert"),
+                                       "is not the key of the certificate in server.tls_cert"),
 }
 
 

@@ -60,7 +60,7 @@ def test_launch_matches_simulate_under_bf16(tmp_path, monkeypatch):
 
     monkeypatch.setenv(EMULATED_BF16, "1")  # bf16 on any CI machine (emulated where the CPU lacks it)
     bf16 = [*DEPLOY, "train.compute_dtype=bfloat16", "model.dtype=bfloat16", "train.loss_chunk_tokens=64",
-            "transport.codec=bf16", "federation.rounds=2"]
+            "codec.up=bf16", "codec.down=bf16", "federation.rounds=2"]
     sim, dep = tmp_path / "sim", tmp_path / "dep"
     res = splitft("simulate", *bf16, f"metrics.out_dir={sim}")
     assert res.returncode == 0 and "computing in bfloat16 (bfloat16), frozen weights stored in bfloat16" in res.stderr
@@ -88,7 +88,7 @@ def two_client_server(tmp_path):
     common = [*[o for o in DEPLOY if "n_clients" not in o], "federation.n_clients=2", f"transport.address={addr}"]
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen([sys.executable, "-m", "splitft.cli", "server", *common,
-                               f"transport.tokens_file={tokens}", f"metrics.out_dir={tmp_path / 'srv'}"],
+                               f"server.tokens_file={tokens}", f"metrics.out_dir={tmp_path / 'srv'}"],
                               stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
@@ -130,17 +130,17 @@ def test_a_client_with_another_config_or_model_is_refused_before_training(tmp_pa
 
 def test_server_without_tokens_is_a_clear_error(tmp_path):
     res = splitft("server", *DEPLOY, f"metrics.out_dir={tmp_path / 's'}")
-    assert res.returncode == 2 and "transport.tokens_file" in res.stderr
+    assert res.returncode == 2 and "server.tokens_file" in res.stderr
 
 
 def test_a_killed_client_process_is_dropped_and_the_run_completes(tmp_path):
-    """SIGKILL one client process mid-run: the server drops it (silent past transport.dead_after_s), aggregates
+    """SIGKILL one client process mid-run: the server drops it (silent past server.dead_after_s), aggregates
     every later round over the survivors, finishes and saves the adapter."""
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("".join(f"{i}" * 32 + "\n" for i in range(3)))
     addr = f"127.0.0.1:{free_port()}"
-    common = [*DEPLOY, "federation.rounds=10", f"transport.address={addr}", "transport.heartbeat_s=0.2",
-              "transport.dead_after_s=2", f"metrics.out_dir={tmp_path / 'run'}"]
+    common = [*DEPLOY, "federation.rounds=10", f"transport.address={addr}", "client.heartbeat_s=0.2",
+              "server.dead_after_s=2", f"metrics.out_dir={tmp_path / 'run'}"]
     logs = {name: tmp_path / f"{name}.log" for name in ("server", "c0", "c1", "c2")}
 
     def spawn(args, name, env=None):
@@ -149,7 +149,7 @@ def test_a_killed_client_process_is_dropped_and_the_run_completes(tmp_path):
             return subprocess.Popen([sys.executable, "-m", "splitft.cli", *args, *common], stdout=f,
                                     stderr=subprocess.STDOUT, env=env)
 
-    server = spawn(["server", f"transport.tokens_file={tokens}"], "server")
+    server = spawn(["server", f"server.tokens_file={tokens}"], "server")
     procs = [server]
     try:
         deadline = time.monotonic() + 120

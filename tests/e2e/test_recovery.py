@@ -18,8 +18,8 @@ from tests.e2e.test_cli import splitft
 from tests.e2e.test_deploy import DEPLOY
 
 pytestmark = pytest.mark.multiproc
-RECOVER = [*DEPLOY, "federation.rounds=4", "federation.local_steps=3", "transport.heartbeat_s=0.2",
-           "transport.reconnect_s=120"]
+RECOVER = [*DEPLOY, "federation.rounds=4", "federation.local_steps=3", "client.heartbeat_s=0.2",
+           "client.reconnect_s=120"]
 
 
 class Parties:
@@ -42,7 +42,7 @@ class Parties:
         return self.procs[name]
 
     def server(self, *args: str) -> subprocess.Popen:
-        p = self.spawn("server", list(args) or ["server", *self.common, f"transport.tokens_file={self.tokens}"])
+        p = self.spawn("server", list(args) or ["server", *self.common, f"server.tokens_file={self.tokens}"])
         self.wait_for("server", "listening")
         return p
 
@@ -102,7 +102,7 @@ def test_a_server_killed_mid_round_resumes_and_ends_bit_identical(tmp_path, join
 
 
 def test_a_killed_client_restarted_with_its_id_rejoins_at_the_current_round(tmp_path):
-    parties = Parties(tmp_path, "federation.rounds=24", "transport.dead_after_s=2")  # outlasts a restart
+    parties = Parties(tmp_path, "federation.rounds=24", "server.dead_after_s=2")  # outlasts a restart
     try:
         server = parties.server()
         clients = [parties.client(i) for i in range(3)]
@@ -154,10 +154,10 @@ def test_an_interrupted_launch_stops_its_server_and_clients(tmp_path):
 
 
 def test_a_client_asleep_past_dead_after_rejoins_when_it_wakes(tmp_path):
-    """A laptop whose lid closed: the process is stopped (SIGSTOP) past transport.dead_after_s, dropped, and the
+    """A laptop whose lid closed: the process is stopped (SIGSTOP) past server.dead_after_s, dropped, and the
     federation moves on; woken (SIGCONT), it rejoins at the round the federation stands at, and the run ends
     with it."""
-    parties = Parties(tmp_path, "federation.rounds=24", "transport.dead_after_s=2")
+    parties = Parties(tmp_path, "federation.rounds=24", "server.dead_after_s=2")
     try:
         server = parties.server()
         clients = [parties.client(i) for i in range(3)]
@@ -235,8 +235,8 @@ def test_a_server_given_another_runs_checkpoint_refuses_it_and_changes_nothing(d
 def test_a_server_that_nobody_joined_says_so_and_exits_non_zero(tmp_path):
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("".join(f"{i}" * 32 + "\n" for i in range(3)))
-    res = splitft("server", *RECOVER, "federation.rounds=2", "transport.round_timeout_s=1",
-                  f"transport.address=127.0.0.1:{free_port()}", f"transport.tokens_file={tokens}",
+    res = splitft("server", *RECOVER, "federation.rounds=2", "server.round_timeout_s=1",
+                  f"transport.address=127.0.0.1:{free_port()}", f"server.tokens_file={tokens}",
                   f"metrics.out_dir={tmp_path / 'run'}")
     lines = [x for x in res.stderr.splitlines() if x.startswith("splitft: error:")]
     assert res.returncode == 2 and len(lines) == 1, res.stderr

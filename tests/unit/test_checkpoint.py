@@ -101,9 +101,9 @@ def test_a_run_with_joined_server_steps_resumes_bit_identical(tmp_path, monkeypa
 
 
 def test_a_run_choosing_codecs_per_client_resumes_bit_identical(tmp_path, monkeypatch):
-    """transport.codec_up=auto with zstd on top: the clients' codecs are part of the federation's state."""
-    auto = [*RUN, "transport.codec_up=auto", "transport.codec_down=int8_token", "transport.entropy=zstd",
-            "transport.max_ppl_cost=0.05"]
+    """codec.up=auto with zstd on top: the clients' codecs are part of the federation's state."""
+    auto = [*RUN, "codec.up=auto", "codec.down=int8_token", "codec.entropy=zstd",
+            "codec.max_ppl_cost=0.05"]
     whole = tiny_config(tmp_path / "whole", "llama", *auto)
     run_simulation(whole)
     _same_run(whole.metrics.out_dir, _interrupt_in_round_2(tiny_config(tmp_path, "llama", *auto), monkeypatch))

@@ -1,4 +1,4 @@
-"""A codec per client (transport.codec_up=auto): the hand-computed choice, the quality budget, the decision
+"""A codec per client (codec.up=auto): the hand-computed choice, the quality budget, the decision
 records, and a simulation where the phone's uplink gets 4 bits and the workstation's stays lossless."""
 
 import pytest
@@ -51,8 +51,8 @@ def test_options_within_keep_none_and_order_by_loss():
 
 def test_a_simulation_gives_the_phone_4_bits_and_records_why(tmp_path):
     cfg = tiny_config(tmp_path, "llama", "federation.n_clients=3", "heterogeneity.devices=[phone,laptop,workstation]",
-                      "heterogeneity.profile=list", "split.policy=fixed", "transport.codec_up=auto",
-                      "transport.max_ppl_cost=0.05", "transport.codec_down=int8_token")
+                      "heterogeneity.profile=list", "split.policy=fixed", "codec.up=auto",
+                      "codec.max_ppl_cost=0.05", "codec.down=int8_token")
     run_simulation(cfg)
     records = read_records(tmp_path / "run" / "metrics.jsonl")
     costs = next(r for r in records if r["kind"] == "codec_costs")

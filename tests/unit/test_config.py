@@ -1,5 +1,6 @@
 """Config: file + dotted overrides, typed coercion, all errors at once, every shipped config loads."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -34,16 +35,16 @@ def test_range_errors_say_how_to_fix():
         load_config(None, ["federation.rounds=0"])
     with pytest.raises(ConfigError, match=r"split.cut: must be >= 1"):
         load_config(None, ["split.cut=0"])
-    with pytest.raises(ConfigError, match=r"transport.codec_up: must be one of none, fp16, bf16, int8_token"):
+    with pytest.raises(ConfigError, match=r"codec.up: must be one of none, fp16, bf16, int8_token"):
         load(None, ["transport.codec=int4"])
 
 
 def test_each_registry_checks_its_own_names_all_reported_with_the_other_problems(tmp_path):
     with pytest.raises(ConfigError) as e:
-        load(None, ["model.dtype=fp8", "data.partitioner=zipf", "split.policy=greedy", "transport.codec_up=int4",
+        load(None, ["model.dtype=fp8", "data.partitioner=zipf", "split.policy=greedy", "codec.up=int4",
                     "federation.rounds=0", "federation.method=swarm", "heterogeneity.profile=zoo"], sim_problems)
     assert [p.split(":")[0] for p in e.value.problems] == [
-        "federation.rounds", "model.dtype", "data.partitioner", "split.policy", "transport.codec_up",
+        "federation.rounds", "model.dtype", "data.partitioner", "split.policy", "codec.up",
         "federation.method", "heterogeneity.profile"]
     assert "model.dtype: must be one of float32, bfloat16, float16, auto, got 'fp8'" in e.value.problems
     cfg = load_config(None, ["data.partitioner=zipf"])  # a config built without the registries' checks ...
@@ -87,8 +88,8 @@ def test_every_shipped_config_loads(path):
     ("train.lr=.nan", "train.lr: must be a finite number"),
     ("lora.alpha=.inf", "lora.alpha: must be a finite number"),
     ("privacy.noise=.nan", "privacy.noise: must be a finite number"),
-    ("transport.timeout_s=.inf", "transport.timeout_s: must be a finite number"),
-    ("transport.dead_after_s=.nan", "transport.dead_after_s: must be a finite number"),
+    ("client.timeout_s=.inf", "client.timeout_s: must be a finite number"),
+    ("server.dead_after_s=.nan", "server.dead_after_s: must be a finite number"),
     ("heterogeneity.tiers=[{name: fast, tflops: .inf}]", "heterogeneity.tiers[0].tflops: must be a finite number"),
     ("train.weight_decay=-1", "train.weight_decay: must be >= 0"),
     ("train.max_grad_norm=-0.5", "train.max_grad_norm: must be >= 0"),
@@ -171,20 +172,78 @@ def test_a_tail_that_leaves_the_server_nothing_or_overlaps_the_cut_is_refused(ov
 def test_transport_codec_still_sets_both_directions_with_a_note(capsys, monkeypatch):
     monkeypatch.setattr(config.load, "_NOTED", set())  # once per process: this test may not be the first
     cfg = load(None, ["transport.codec=int8_token"])
-    assert (cfg.transport.codec_up, cfg.transport.codec_down) == ("int8_token", "int8_token")
-    assert "note: transport.codec is now transport.codec_up and transport.codec_down" in capsys.readouterr().err
-    cfg = load(None, ["transport.codec=bf16", "transport.codec_down=none"])  # the new key wins where set
-    assert (cfg.transport.codec_up, cfg.transport.codec_down) == ("bf16", "none")
+    assert (cfg.codec.up, cfg.codec.down) == ("int8_token", "int8_token")
+    assert "note: transport.codec is now codec.up and codec.down" in capsys.readouterr().err
+    cfg = load(None, ["transport.codec=bf16", "codec.down=none"])  # the new key wins where set
+    assert (cfg.codec.up, cfg.codec.down) == ("bf16", "none")
     assert "codec" not in config.to_dict(cfg)["transport"]
 
 
+TWO = {"codec.up": ("int8_token", "fp16"), "codec.down": ("bf16", "fp16"), "codec.entropy": ("none", "none"),
+       "codec.allow_lossy_grad": (True, True), "codec.max_ppl_cost": (0.05, 0.02), "client.heartbeat_s": (2.5, 1.0),
+       "client.token_env": ("MY_TOKEN", "OTHER")}
+"""Two valid values of a moved key (the old key's, the new key's); the others: a path or a number of seconds."""
+PAIRS = {"server.tls_cert": ["server.tls_key=k.pem"], "server.tls_key": ["server.tls_cert=c.pem"],
+         "server.tls_client_ca": ["server.tls_cert=c.pem", "server.tls_key=k.pem"],
+         "client.tls_cert": ["client.tls_key=k.pem", "client.tls_root=r.pem"],
+         "client.tls_key": ["client.tls_cert=c.pem", "client.tls_root=r.pem"]}
+
+
+@pytest.mark.parametrize("old, new", sorted((o, n[0]) for o, n in config.RENAMED.items() if len(n) == 1))
+def test_a_key_of_the_previous_release_still_loads_into_its_new_section_with_a_note(capsys, monkeypatch, old,
+                                                                                      new):
+    monkeypatch.setattr(config.load, "_NOTED", set())
+    section, name = new.split(".")
+    default = getattr(getattr(config.Config(), section), name)
+    value, other = TWO.get(new) or (("x.pem", "y.pem") if isinstance(default, str) else (75.0, 80.0))
+    cfg = load(None, [f"{old}={value}", *PAIRS.get(new, [])])
+    assert getattr(getattr(cfg, section), name) == value
+    assert f"note: {old} is now {new}; the old key goes in the next release" in capsys.readouterr().err
+    assert name not in config.to_dict(cfg)["transport"]
+    both = load(None, [f"{old}={value}", f"{new}={other}", *PAIRS.get(new, [])])  # the new key wins where set
+    assert getattr(getattr(both, section), name) == other
+
+
+def test_a_config_the_previous_release_saved_loads_unchanged_with_one_note(tmp_path, capsys, monkeypatch):
+    """A run directory's config.yaml of the previous release (every key, the transport section holding them all):
+    resuming it gives the same config, with one note line for all the moved keys."""
+    monkeypatch.setattr(config.load, "_NOTED", set())
+    tree = config.to_dict(config.Config(codec=config.CodecConfig(up="int8_token"),
+                                        client=config.ClientConfig(reconnect_s=9.0)))
+    for old, (new,) in ((o, n) for o, n in config.RENAMED.items() if len(n) == 1):
+        section, name = new.split(".")
+        tree["transport"][old.split(".")[1]] = tree[section].pop(name)
+    for section in ("codec", "server", "client"):
+        assert tree.pop(section) == {}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tree))
+    cfg = load(tmp_path / "config.yaml")
+    assert cfg == config.Config(codec=config.CodecConfig(up="int8_token"), client=config.ClientConfig(reconnect_s=9.0))
+    notes = capsys.readouterr().err.splitlines()
+    assert len(notes) == 1 and "transport.codec_up is now codec.up" in notes[0] and "old keys go" in notes[0]
+
+
+def test_every_key_has_an_audience_and_the_handshake_compares_exactly_the_shared_ones():
+    from splitft.deploy.handshake import DTYPES, SETTINGS
+
+    every = [f"{s.name}.{f.name}" for s in dataclasses.fields(config.Config)
+             for f in dataclasses.fields(s.default_factory())]
+    by_audience = {a: config.keys_for(a) for a in config.AUDIENCES}
+    assert sorted(k for keys in by_audience.values() for k in keys) == sorted(every), "each key exactly once"
+    assert set(SETTINGS) | set(DTYPES) | {"split.shape", "split.tail"} == set(by_audience[config.SHARED])
+    assert {"codec.up", "codec.down", "codec.entropy", "lora.r_cut", "federation.order"} <= set(SETTINGS)
+    assert all(k.startswith("server.") for k in every if k.split(".")[0] == "server")
+    assert set(config.keys_for(config.SERVER)) >= {f"server.{f.name}" for f in dataclasses.fields(config.ServerConfig)}
+    assert set(config.keys_for(config.CLIENT)) >= {f"client.{f.name}" for f in dataclasses.fields(config.ClientConfig)}
+    assert "data.path" in by_audience[config.CLIENT] and "federation.dropout" in by_audience[config.SIMULATION]
+
+
 @pytest.mark.parametrize("overrides, message", [
-    (["transport.codec_down=int4_group"], "transport.codec_down=int4_group puts gradients in 4 bits"),
-    (["transport.codec=int4_token"], "transport.codec_down=int4_token puts gradients in 4 bits"),
-    (["split.shape=u", "transport.codec_up=int4_group"], "transport.codec_up=int4_group puts gradients in 4 bits"),
-    (["transport.codec_up=int5"], "transport.codec_up: must be one of .*int4_group, auto; got 'int5'"),
-    (["transport.entropy=brotli"], "transport.entropy: must be one of none, zstd, lz4, got 'brotli'"),
-    (["transport.max_ppl_cost=-1"], "transport.max_ppl_cost: must be a relative ppl increase >= 0"),
+    (["codec.down=int4_group"], "codec.down=int4_group puts gradients in 4 bits"),
+    (["transport.codec=int4_token"], "codec.down=int4_token puts gradients in 4 bits"),
+    (["split.shape=u", "codec.up=int4_group"], "codec.up=int4_group puts gradients in 4 bits"),
+    (["codec.up=int5"], "codec.up: must be one of .*int4_group, auto; got 'int5'"),
+    (["codec.entropy=brotli"], "codec.entropy: must be one of none, zstd, lz4, got 'brotli'"),
+    (["codec.max_ppl_cost=-1"], "codec.max_ppl_cost: must be a relative ppl increase >= 0"),
 ])
 def test_bad_codec_settings_are_one_line_each(overrides, message):
     with pytest.raises(ConfigError, match=message) as e:
@@ -193,11 +252,11 @@ def test_bad_codec_settings_are_one_line_each(overrides, message):
 
 
 def test_lossy_gradients_are_allowed_when_asked_and_4_bit_activations_up_need_no_opt_in():
-    load(None, ["transport.codec_down=int4_group", "transport.allow_lossy_grad=true"])
-    load(None, ["transport.codec_up=int4_group", "transport.codec_down=int8_token", "transport.entropy=zstd"])
+    load(None, ["codec.down=int4_group", "codec.allow_lossy_grad=true"])
+    load(None, ["codec.up=int4_group", "codec.down=int8_token", "codec.entropy=zstd"])
 
 
 def test_an_entropy_coder_that_is_not_installed_is_named_with_its_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "lz4.block", None)  # what an import of a missing package raises on
-    with pytest.raises(ConfigError, match=r"transport.entropy=lz4 needs the lz4 package.*pip install lz4"):
-        load(None, ["transport.entropy=lz4"])
+    with pytest.raises(ConfigError, match=r"codec.entropy=lz4 needs the lz4 package.*pip install lz4"):
+        load(None, ["codec.entropy=lz4"])

@@ -245,12 +245,12 @@ def test_a_client_with_other_terms_is_refused_at_hello_naming_each_setting():
     standing = asyncio.run(c.hello(1, terms_of(cfg, "abc", FP32)))
     assert standing["round"] == 0 and standing["start"] == 0 and standing["run"] and standing["server"]
     other = Config()
-    other.federation.local_steps, other.transport.codec_up, other.model.source = 9, "int8_token", "tiny:qwen2"
+    other.federation.local_steps, other.codec.up, other.model.source = 9, "int8_token", "tiny:qwen2"
     with pytest.raises(Refused) as e:
         asyncio.run(c.hello(1, terms_of(other, "def", FP32)))
     text = str(e.value)
     assert "\n" not in text and "federation.local_steps: the server has 4, this client 9" in text
-    assert "transport.codec_up: the server has 'none', this client 'int8_token'" in text
+    assert "codec.up: the server has 'none', this client 'int8_token'" in text
     assert "fingerprint abc" in text and "tiny:qwen2 (fingerprint def)" in text
 
 

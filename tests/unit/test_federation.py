@@ -85,8 +85,8 @@ def test_a_steps_bytes_are_counted_once_and_the_round_is_their_sum(tmp_path, ord
     """A step's bytes are what the transport counted as it crossed (an entropy coder's real output, U's second
     crossing): the step records add up to the round's training traffic, lora aside."""
     u = ["split.shape=u", "split.tail=1", "split.cut_max=2"] if shape == "u" else []
-    fed, rec, _ = _round(tmp_path, f"federation.order={order}", "transport.codec_up=int8_token",
-                         "transport.entropy=zstd", *u)
+    fed, rec, _ = _round(tmp_path, f"federation.order={order}", "codec.up=int8_token",
+                         "codec.entropy=zstd", *u)
     steps = []
     fed.on_step = steps.append
     rec = fed.run_round(1, evaluate=False)

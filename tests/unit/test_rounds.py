@@ -80,9 +80,9 @@ def test_a_client_is_silent_after_dead_after_s_and_late_after_the_round_deadline
     assert live.why_drop(0, now=50, started=0) is None, "never connected: not silent, not late yet"
     live.seen(0, 45)
     assert live.why_drop(0, now=50, started=0) is None
-    assert live.why_drop(0, now=56, started=0).startswith("silent for 11 s (transport.dead_after_s=10)")
+    assert live.why_drop(0, now=56, started=0).startswith("silent for 11 s (server.dead_after_s=10)")
     live.seen(0, 105)
-    assert "not done 106 s into the round (transport.round_timeout_s=100)" in live.why_drop(0, 106, started=0)
+    assert "not done 106 s into the round (server.round_timeout_s=100)" in live.why_drop(0, 106, started=0)
     assert live.gone(range(3), now=110) == {1, 2}, "never connected by the deadline"
     assert live.gone(range(3), now=99) == set()
 

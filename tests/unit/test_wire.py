@@ -56,7 +56,7 @@ def test_frames_reassemble_and_oversized_messages_are_refused():
     (lambda e: e.tensors[2].__setattr__("data", VOCAB.to_bytes(4, "little") + e.tensors[2].data[4:]), "labels in"),
     (lambda e: e.tensors[2].__setattr__("data", (2**32 - 1).to_bytes(4, "little") + e.tensors[2].data[4:]),
      "labels in"),
-    (lambda e: e.__setattr__("codec", "int8_token"), "set transport.codec_up"),
+    (lambda e: e.__setattr__("codec", "int8_token"), "set codec.up"),
 ])
 def test_malformed_steps_are_refused(mutate, message):
     env = wire.encode_step(_req())
