@@ -293,12 +293,11 @@ class Config:
 
 def keys_for(audience: str) -> tuple[str, ...]:
     """The dotted keys of `audience`, in the schema's order (e.g. the handshake's: `keys_for(SHARED)`)."""
-    return tuple(f"{s.name}.{f.name}" for s in dataclasses.fields(Config)
-                 for f in dataclasses.fields(_section(s.name)) if audience_of(_section(s.name), f.name) == audience)
-
-
-def _section(name: str) -> type:
-    return {f.name: f.default_factory for f in dataclasses.fields(Config)}[name]  # type: ignore[return-value]
+    keys: list[str] = []
+    for s in dataclasses.fields(Config):
+        section: Any = s.default_factory  # every field of Config is a section: field(default_factory=<its class>)
+        keys += [f"{s.name}.{f.name}" for f in dataclasses.fields(section) if audience_of(section, f.name) == audience]
+    return tuple(keys)
 
 
 _REPR = reprlib.Repr()

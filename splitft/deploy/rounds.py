@@ -74,19 +74,20 @@ class RoundState:
         """`cid` took part in the round already (pulled it, trained, pushed, or was dropped from it)."""
         return cid in self.holds or self.trained[cid] > 0 or cid in self.pushed or cid in self.dropped
 
-    def not_dropped(self, cid: int, round_: int) -> None:
-        """Raise Refused if `cid` was dropped from `round_` (this round): it rejoins at its next one."""
+    def _dropped(self, cid: int, round_: int) -> str | None:
+        """Why `cid` is out of `round_` (this round; it rejoins at its next one), or None."""
         if round_ == self.number and cid in self.dropped:
-            raise Refused(f"client {cid} was dropped from round {round_} ({self.dropped[cid]}); it rejoins at its "
-                          f"next round")
+            return f"client {cid} was dropped from round {round_} ({self.dropped[cid]}); it rejoins at its next round"
+        return None
+
+    def not_dropped(self, cid: int, round_: int) -> None:
+        """Raise Refused if `cid` was dropped from `round_` (this round)."""
+        if (why := self._dropped(cid, round_)) is not None:
+            raise Refused(why)
 
     def refusal(self, cid: int, round_: int, step: int) -> str | None:
         """Why a training request of `cid` cannot be admitted now (None: it can)."""
-        try:
-            self.not_dropped(cid, round_)
-        except Refused as e:
-            return str(e)
-        return self.turns.refusal(cid, round_, step)
+        return self._dropped(cid, round_) or self.turns.refusal(cid, round_, step)
 
     def gone(self, cid: int, round_: int) -> bool:
         """A step of `cid` in `round_` no longer counts: its client was dropped, or the round ended."""
